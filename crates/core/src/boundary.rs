@@ -1,0 +1,419 @@
+//! Task boundaries: a thin pass-through node at the end of each task's fragment.
+//!
+//! After planning, the plan of a lazy flow is one DataFusion plan, and the tasks would
+//! vanish in it. A [`TaskBoundary`] (logical) / [`TaskBoundaryExec`] (physical) marks
+//! where a task's output leaves it, so that a streaming run still records per-task rows,
+//! bytes and time, and an error is attributed to the first task it passes through.
+//!
+//! The boundary does not block the optimizer: it passes projections down (it declares
+//! that it needs exactly the columns its parent needs), lets every filter through and
+//! lets limits through, so projection and predicate push-down still reach the scan.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::Session as DfSession;
+use datafusion::common::DFSchemaRef;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::execution_plan::CardinalityEffect;
+use datafusion::physical_plan::filter_pushdown::{FilterDescription, FilterPushdownPhase};
+use datafusion::physical_plan::{
+    ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, Statistics,
+    StatisticsArgs,
+};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use futures::Stream;
+
+use crate::Error;
+use crate::error::panic_message;
+use crate::run::TaskRunState;
+
+/// The logical boundary node at the end of a task's fragment.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskBoundary {
+    pub(crate) run: Arc<TaskRunState>,
+    pub(crate) sources: Arc<[String]>,
+    pub(crate) input: LogicalPlan,
+}
+
+impl PartialEq for TaskBoundary {
+    fn eq(&self, other: &Self) -> bool {
+        self.run.id == other.run.id && self.input == other.input
+    }
+}
+
+impl Eq for TaskBoundary {}
+
+impl Hash for TaskBoundary {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.run.id.hash(state);
+        self.input.hash(state);
+    }
+}
+
+impl PartialOrd for TaskBoundary {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        match self.run.id.cmp(&other.run.id) {
+            Ordering::Equal => self.input.partial_cmp(&other.input),
+            unequal => Some(unequal),
+        }
+    }
+}
+
+impl UserDefinedLogicalNodeCore for TaskBoundary {
+    fn name(&self) -> &str {
+        "TaskBoundary"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        self.input.schema()
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+
+    fn prevent_predicate_push_down_columns(&self) -> std::collections::HashSet<String> {
+        // A pass-through: every filter may move below it.
+        std::collections::HashSet::new()
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "TaskBoundary: task={}", self.run.name)
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> DfResult<Self> {
+        let input = inputs.pop().ok_or_else(|| {
+            DataFusionError::Internal("TaskBoundary needs exactly one input".into())
+        })?;
+        Ok(Self {
+            run: Arc::clone(&self.run),
+            sources: Arc::clone(&self.sources),
+            input,
+        })
+    }
+
+    fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
+        // The output schema is the input schema: column i out needs column i in.
+        Some(vec![output_columns.to_vec()])
+    }
+
+    fn supports_limit_pushdown(&self) -> bool {
+        true
+    }
+}
+
+/// The physical boundary: passes batches through unchanged, counting them into the
+/// task's run record, and attributes errors to the task.
+#[derive(Debug)]
+pub struct TaskBoundaryExec {
+    input: Arc<dyn ExecutionPlan>,
+    run: Arc<TaskRunState>,
+    sources: Arc<[String]>,
+    properties: Arc<PlanProperties>,
+}
+
+impl TaskBoundaryExec {
+    fn new(input: Arc<dyn ExecutionPlan>, run: Arc<TaskRunState>, sources: Arc<[String]>) -> Self {
+        let properties = Arc::clone(input.properties());
+        Self {
+            input,
+            run,
+            sources,
+            properties,
+        }
+    }
+
+    /// The name of the task whose output this node counts.
+    pub fn task_name(&self) -> &str {
+        &self.run.name
+    }
+}
+
+impl DisplayAs for TaskBoundaryExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "TaskBoundaryExec: task={}", self.run.name)
+    }
+}
+
+impl ExecutionPlan for TaskBoundaryExec {
+    fn name(&self) -> &str {
+        "TaskBoundaryExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let input = children.pop().ok_or_else(|| {
+            DataFusionError::Internal("TaskBoundaryExec needs exactly one child".into())
+        })?;
+        Ok(Arc::new(Self::new(
+            input,
+            Arc::clone(&self.run),
+            Arc::clone(&self.sources),
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let input = self
+            .input
+            .execute(partition, context)
+            .map_err(|e| self.attribute(e))?;
+        self.run.stream_opened();
+        Ok(Box::pin(BoundaryStream {
+            schema: self.input.schema(),
+            input,
+            run: Arc::clone(&self.run),
+            sources: Arc::clone(&self.sources),
+            partitions: self.properties.partitioning.partition_count(),
+            closed: false,
+        }))
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        vec![ChildStats::At(partition)]
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> DfResult<Arc<Statistics>> {
+        input_stats.first().cloned().ok_or_else(|| {
+            DataFusionError::Internal("TaskBoundaryExec has exactly one child".into())
+        })
+    }
+
+    fn supports_limit_pushdown(&self) -> bool {
+        true
+    }
+
+    fn cardinality_effect(&self) -> CardinalityEffect {
+        CardinalityEffect::Equal
+    }
+
+    fn gather_filters_for_pushdown(
+        &self,
+        _phase: FilterPushdownPhase,
+        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
+        _config: &ConfigOptions,
+    ) -> DfResult<FilterDescription> {
+        FilterDescription::from_children(parent_filters, &self.children())
+    }
+}
+
+impl TaskBoundaryExec {
+    fn attribute(&self, error: DataFusionError) -> DataFusionError {
+        attribute(&self.run, &self.sources, error)
+    }
+}
+
+/// Attributes an error that reached a boundary: one that an upstream boundary already
+/// attributed passes through (this task failed because of it); any other is this
+/// task's own.
+fn attribute(run: &TaskRunState, sources: &[String], error: DataFusionError) -> DataFusionError {
+    let ours = Error::from_datafusion(error, sources);
+    if let Some(upstream) = ours.task() {
+        run.fail(&Error::UpstreamFailed {
+            task: run.name.clone(),
+            upstream: upstream.to_string(),
+        });
+        return ours.into();
+    }
+    run.fail(&ours);
+    Error::Task {
+        task: run.name.clone(),
+        source: Box::new(ours),
+    }
+    .into()
+}
+
+struct BoundaryStream {
+    schema: SchemaRef,
+    input: SendableRecordBatchStream,
+    run: Arc<TaskRunState>,
+    sources: Arc<[String]>,
+    partitions: usize,
+    closed: bool,
+}
+
+impl BoundaryStream {
+    fn close(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            self.run.stream_closed(self.partitions);
+        }
+    }
+}
+
+impl Stream for BoundaryStream {
+    type Item = DfResult<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.closed {
+            return Poll::Ready(None);
+        }
+        let started = Instant::now();
+        // A malformed file can make a decoder panic (an upstream bug): turn the panic into
+        // this task's error instead of tearing down the caller.
+        let polled = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.input.as_mut().poll_next(cx)
+        })) {
+            Ok(polled) => polled,
+            Err(payload) => {
+                let cause = DataFusionError::Execution(format!(
+                    "execution panicked: {}",
+                    panic_message(payload.as_ref())
+                ));
+                let error = if self.sources.is_empty() {
+                    Error::Execution { source: cause }
+                } else {
+                    Error::Read {
+                        sources: self.sources.to_vec(),
+                        source: cause,
+                    }
+                };
+                Poll::Ready(Some(Err(error.into())))
+            }
+        };
+        let nanos = started.elapsed().as_nanos() as u64;
+        match polled {
+            Poll::Ready(Some(Ok(batch))) => {
+                self.run.add_output(
+                    batch.num_rows() as u64,
+                    batch.get_array_memory_size() as u64,
+                    nanos,
+                );
+                Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                self.run.add_output(0, 0, nanos);
+                let error = attribute(&self.run, &self.sources, error);
+                self.close();
+                Poll::Ready(Some(Err(error)))
+            }
+            Poll::Ready(None) => {
+                self.run.add_output(0, 0, nanos);
+                self.close();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                self.run.add_output(0, 0, nanos);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl RecordBatchStream for BoundaryStream {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+}
+
+impl Drop for BoundaryStream {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Plans [`TaskBoundary`] nodes as [`TaskBoundaryExec`].
+#[derive(Debug)]
+struct BoundaryPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for BoundaryPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session: &dyn DfSession,
+        _planning_ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
+    ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(boundary) = node.as_any().downcast_ref::<TaskBoundary>() else {
+            return Ok(None);
+        };
+        let [input] = physical_inputs else {
+            return Err(DataFusionError::Internal(
+                "TaskBoundary needs exactly one input".into(),
+            ));
+        };
+        Ok(Some(Arc::new(TaskBoundaryExec::new(
+            Arc::clone(input),
+            Arc::clone(&boundary.run),
+            Arc::clone(&boundary.sources),
+        ))))
+    }
+}
+
+/// DataFusion's query planner plus Sluice's extension nodes.
+#[derive(Debug, Default)]
+pub(crate) struct SluiceQueryPlanner;
+
+#[async_trait]
+impl QueryPlanner for SluiceQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn DfSession,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(BoundaryPlanner)])
+            .create_physical_plan(logical_plan, session)
+            .await
+    }
+}

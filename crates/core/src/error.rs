@@ -1,0 +1,391 @@
+//! The error type of Sluice's core, and how DataFusion's errors map onto it.
+
+use std::error::Error as StdError;
+
+use datafusion::common::SchemaError;
+use datafusion::error::DataFusionError;
+use sluice_store::StoreError;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in a flow.
+///
+/// Variants fall in groups by whose fault they are:
+/// - the data or the flow definition: [`SourceNotFound`](Self::SourceNotFound),
+///   [`InvalidParquet`](Self::InvalidParquet), [`MissingColumn`](Self::MissingColumn),
+///   [`Plan`](Self::Plan), [`InvalidOption`](Self::InvalidOption);
+/// - a task's own code: [`Task`](Self::Task) wraps whatever a task failed with,
+///   [`Custom`](Self::Custom) is an error a task body raised itself;
+/// - storage and execution: [`Store`](Self::Store), [`Read`](Self::Read),
+///   [`Write`](Self::Write), [`Execution`](Self::Execution);
+/// - ours: [`Internal`](Self::Internal) (the message asks for an issue).
+///
+/// Messages name the task and the object and say what to do next; they never carry
+/// credentials.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A source location matched no object.
+    #[error(
+        "no {format} data found at {url}: check the path or URL \
+         (a directory or glob must match at least one .{format} file)"
+    )]
+    SourceNotFound {
+        /// The location as resolved.
+        url: String,
+        /// The file format looked for (`parquet`, `csv`, `json`).
+        format: &'static str,
+    },
+    /// An object is not a readable Parquet file (not Parquet, truncated, corrupt).
+    #[error(
+        "{url} is not a readable Parquet file ({reason}); check that it is Parquet \
+         and was written completely"
+    )]
+    InvalidParquet {
+        /// The file.
+        url: String,
+        /// What the Parquet reader said.
+        reason: String,
+    },
+    /// An expression refers to a column the data does not have.
+    #[error(
+        "column {column:?} is not in the data{}; available columns: {}",
+        from_sources(sources),
+        available.join(", ")
+    )]
+    MissingColumn {
+        /// The missing column.
+        column: String,
+        /// Where the data came from.
+        sources: Vec<String>,
+        /// The columns that exist.
+        available: Vec<String>,
+    },
+    /// The plan is invalid: a type error, an ambiguous name, bad SQL.
+    #[error("invalid query plan: {source}")]
+    Plan {
+        /// DataFusion's error.
+        #[source]
+        source: DataFusionError,
+    },
+    /// An option value is out of range or inconsistent.
+    #[error("invalid option {option}: {reason}")]
+    InvalidOption {
+        /// The option.
+        option: &'static str,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// Reading a source failed while the data streamed.
+    #[error("reading {} failed: {source}", sources.join(", "))]
+    Read {
+        /// The sources being read.
+        sources: Vec<String>,
+        /// DataFusion's error.
+        #[source]
+        source: DataFusionError,
+    },
+    /// Writing a sink failed; nothing was published at the destination.
+    #[error("writing {url} failed, nothing was published there: {source}")]
+    Write {
+        /// The destination.
+        url: String,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+    /// An object store operation failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Executing a plan failed.
+    #[error("query execution failed: {source}")]
+    Execution {
+        /// DataFusion's error.
+        #[source]
+        source: DataFusionError,
+    },
+    /// A task failed; `source` says why.
+    #[error("task {task:?} failed: {source}")]
+    Task {
+        /// The task's name.
+        task: String,
+        /// Why it failed.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A task could not finish because a task upstream of it failed.
+    #[error("task {task:?} did not finish because upstream task {upstream:?} failed")]
+    UpstreamFailed {
+        /// The task that could not finish.
+        task: String,
+        /// The task that failed.
+        upstream: String,
+    },
+    /// An error raised by a task's own code.
+    #[error(transparent)]
+    Custom(Box<dyn StdError + Send + Sync + 'static>),
+    /// A bug in Sluice.
+    #[error("internal error in sluice: {message}; please report it as an issue")]
+    Internal {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+fn from_sources(sources: &[String]) -> String {
+    if sources.is_empty() {
+        String::new()
+    } else {
+        format!(" read from {}", sources.join(", "))
+    }
+}
+
+impl Error {
+    /// Wraps an error raised by a task's own code.
+    ///
+    /// ```
+    /// let err = sluice_core::Error::custom(std::io::Error::other("quota exceeded"));
+    /// assert_eq!(err.to_string(), "quota exceeded");
+    /// ```
+    pub fn custom(error: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> Self {
+        Error::Custom(error.into())
+    }
+
+    /// The name of the task this error is attributed to, if any.
+    ///
+    /// ```
+    /// use sluice_core::Error;
+    /// let err = Error::Task { task: "extract".into(), source: Box::new(Error::custom("boom")) };
+    /// assert_eq!(err.task(), Some("extract"));
+    /// ```
+    pub fn task(&self) -> Option<&str> {
+        match self {
+            Error::Task { task, .. } => Some(task),
+            Error::Write { source, .. } => source.task(),
+            _ => None,
+        }
+    }
+
+    /// Attributes this error to `task`, unless it already names a task.
+    pub(crate) fn in_task(self, task: &str) -> Error {
+        if self.task().is_some() {
+            self
+        } else {
+            Error::Task {
+                task: task.to_string(),
+                source: Box::new(self),
+            }
+        }
+    }
+
+    /// Maps a DataFusion error raised while planning or running a query over data read
+    /// from `sources`. An error a task boundary already attributed is unwrapped.
+    pub(crate) fn from_datafusion(error: DataFusionError, sources: &[String]) -> Error {
+        let error = match error {
+            DataFusionError::External(boxed) => match boxed.downcast::<Error>() {
+                Ok(ours) => return *ours,
+                Err(other) => DataFusionError::External(other),
+            },
+            other => other,
+        };
+        if let Some(found) = find_sluice_error(&error) {
+            return duplicate(found);
+        }
+        let root = root_cause(&error);
+        if let DataFusionError::SchemaError(schema_error, _) = root
+            && let SchemaError::FieldNotFound {
+                field,
+                valid_fields,
+            } = schema_error.as_ref()
+        {
+            return Error::MissingColumn {
+                column: field.name().to_string(),
+                sources: sources.to_vec(),
+                available: valid_fields.iter().map(|c| c.name().to_string()).collect(),
+            };
+        }
+        if matches!(
+            root,
+            DataFusionError::Plan(_) | DataFusionError::SchemaError(..) | DataFusionError::SQL(..)
+        ) {
+            return Error::Plan { source: error };
+        }
+        if !sources.is_empty() && is_read_error(&error) {
+            if let Some(parquet) = find_in_chain::<parquet::errors::ParquetError>(&error) {
+                return Error::InvalidParquet {
+                    url: sources.join(", "),
+                    reason: parquet.to_string(),
+                };
+            }
+            return Error::Read {
+                sources: sources.to_vec(),
+                source: error,
+            };
+        }
+        Error::Execution { source: error }
+    }
+}
+
+/// A DataFusion error whose cause is reading source data (as opposed to evaluating
+/// an expression or writing a sink).
+fn is_read_error(error: &DataFusionError) -> bool {
+    find_in_chain::<parquet::errors::ParquetError>(error).is_some()
+        || find_in_chain::<object_store::Error>(error).is_some()
+        || find_in_chain::<std::io::Error>(error).is_some()
+        || matches!(root_cause(error), DataFusionError::ParquetError(_))
+        || format!("{error}").contains("Parquet")
+}
+
+fn root_cause(error: &DataFusionError) -> &DataFusionError {
+    let mut current = error;
+    loop {
+        current = match current {
+            DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => inner,
+            DataFusionError::Shared(inner) => inner,
+            _ => return current,
+        };
+    }
+}
+
+fn find_in_chain<T: StdError + 'static>(error: &DataFusionError) -> Option<&T> {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+fn find_sluice_error(error: &DataFusionError) -> Option<&Error> {
+    find_in_chain::<Error>(error)
+}
+
+/// A copy of a borrowed error (errors that hold DataFusion errors cannot be cloned):
+/// structure is kept where it matters for callers (task names, URLs, columns), and
+/// wrapped DataFusion errors become their message.
+fn duplicate(error: &Error) -> Error {
+    match error {
+        Error::Task { task, source } => Error::Task {
+            task: task.clone(),
+            source: Box::new(duplicate(source)),
+        },
+        Error::UpstreamFailed { task, upstream } => Error::UpstreamFailed {
+            task: task.clone(),
+            upstream: upstream.clone(),
+        },
+        Error::SourceNotFound { url, format } => Error::SourceNotFound {
+            url: url.clone(),
+            format,
+        },
+        Error::InvalidParquet { url, reason } => Error::InvalidParquet {
+            url: url.clone(),
+            reason: reason.clone(),
+        },
+        Error::MissingColumn {
+            column,
+            sources,
+            available,
+        } => Error::MissingColumn {
+            column: column.clone(),
+            sources: sources.clone(),
+            available: available.clone(),
+        },
+        Error::Read { sources, source } => Error::Read {
+            sources: sources.clone(),
+            source: DataFusionError::Execution(source.to_string()),
+        },
+        other => Error::Execution {
+            source: DataFusionError::Execution(other.to_string()),
+        },
+    }
+}
+
+/// The message of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
+/// Runs a DataFusion future, turning a panic in it (an upstream bug, such as a decoder
+/// choking on a malformed file) into an error.
+pub(crate) async fn guarded<T>(
+    future: impl std::future::Future<Output = datafusion::error::Result<T>>,
+) -> datafusion::error::Result<T> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|payload| {
+            Err(DataFusionError::Execution(format!(
+                "execution panicked: {}",
+                panic_message(payload.as_ref())
+            )))
+        })
+}
+
+impl From<DataFusionError> for Error {
+    fn from(error: DataFusionError) -> Self {
+        Error::from_datafusion(error, &[])
+    }
+}
+
+impl From<datafusion::arrow::error::ArrowError> for Error {
+    fn from(error: datafusion::arrow::error::ArrowError) -> Self {
+        Error::from(DataFusionError::from(error))
+    }
+}
+
+impl From<Error> for DataFusionError {
+    fn from(error: Error) -> Self {
+        DataFusionError::External(Box::new(error))
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(error: std::io::Error) -> Self {
+        Error::Custom(Box::new(error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attributed_error_survives_a_round_trip_through_datafusion() {
+        let ours = Error::Task {
+            task: "extract".into(),
+            source: Box::new(Error::InvalidParquet {
+                url: "file:///x.parquet".into(),
+                reason: "bad footer".into(),
+            }),
+        };
+        let df = DataFusionError::Context("while writing".into(), Box::new(ours.into()));
+        let back = Error::from(df);
+        assert_eq!(back.task(), Some("extract"));
+        assert!(back.to_string().contains("file:///x.parquet"), "{back}");
+    }
+
+    #[test]
+    fn missing_fields_become_missing_column_errors() {
+        let df = DataFusionError::SchemaError(
+            Box::new(SchemaError::FieldNotFound {
+                field: Box::new(datafusion::common::Column::from_name("tip_amount")),
+                valid_fields: vec![datafusion::common::Column::from_name("fare")],
+            }),
+            Box::new(None),
+        );
+        let err = Error::from_datafusion(df, &["file:///a.parquet".to_string()]);
+        assert_eq!(
+            err.to_string(),
+            "column \"tip_amount\" is not in the data read from file:///a.parquet; \
+             available columns: fare"
+        );
+    }
+}

@@ -1,0 +1,543 @@
+//! [`Frame`]: a cheap handle on a lazy logical plan.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::JoinType;
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::datasource::MemTable;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::functions_aggregate::expr_fn::count;
+use datafusion::logical_expr::{Expr, LogicalPlan, SortExpr, lit};
+
+use crate::col;
+use datafusion::prelude::DataFrame;
+use serde::{Deserialize, Serialize};
+use sluice_store::{OutputKind, PublishedFile, StagedOutput, resolve_url};
+use tracing::Instrument;
+
+use crate::error::guarded;
+use crate::write::{CsvWrite, ParquetWrite, WriteLayout};
+use crate::{Error, Result, Session};
+
+/// A cheap handle on a lazy logical plan: what tasks pass between them.
+///
+/// Cloning is O(1) whatever the data size. Transformations build a bigger plan and
+/// read nothing; sinks ([`write_parquet`](Self::write_parquet),
+/// [`write_csv`](Self::write_csv), [`collect`](Self::collect), [`count`](Self::count),
+/// [`info`](Self::info)) turn the plan into one physical plan and stream it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> sluice_core::Result<()> {
+/// use sluice_core::{Session, col, lit};
+/// let session = Session::new();
+/// let trips = session
+///     .sql("SELECT * FROM (VALUES (1, 10.0, 2.0), (2, 0.0, 0.0)) AS t(id, total, tip)", [])
+///     .await?;
+/// let out = trips
+///     .with_column("tip_fraction", col("tip") / col("total"))?
+///     .filter(col("id").gt(lit(1)))?;
+/// let batches = out.collect().await?;
+/// assert_eq!(batches[0].num_rows(), 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Frame {
+    inner: Arc<FrameInner>,
+}
+
+struct FrameInner {
+    session: Session,
+    plan: LogicalPlan,
+    /// The sources the data comes from, for error messages and run records.
+    sources: Arc<[String]>,
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frame")
+            .field("sources", &self.inner.sources)
+            .field("plan", &self.inner.plan.display_indent().to_string())
+            .finish()
+    }
+}
+
+impl Frame {
+    pub(crate) fn from_dataframe(session: Session, df: DataFrame, sources: Vec<String>) -> Self {
+        let (_, plan) = df.into_parts();
+        Self::from_plan(session, plan, sources)
+    }
+
+    pub(crate) fn from_plan(session: Session, plan: LogicalPlan, sources: Vec<String>) -> Self {
+        let mut unique: Vec<String> = Vec::with_capacity(sources.len());
+        for s in sources {
+            if !unique.contains(&s) {
+                unique.push(s);
+            }
+        }
+        Frame {
+            inner: Arc::new(FrameInner {
+                session,
+                plan,
+                sources: unique.into(),
+            }),
+        }
+    }
+
+    /// The same data under a new plan (for the task wrapper's boundary nodes).
+    pub(crate) fn with_plan(&self, plan: LogicalPlan) -> Frame {
+        Frame {
+            inner: Arc::new(FrameInner {
+                session: self.inner.session.clone(),
+                plan,
+                sources: Arc::clone(&self.inner.sources),
+            }),
+        }
+    }
+
+    /// The session this frame plans and runs in.
+    pub fn session(&self) -> &Session {
+        &self.inner.session
+    }
+
+    /// The logical plan.
+    pub fn logical_plan(&self) -> &LogicalPlan {
+        &self.inner.plan
+    }
+
+    /// The sources (URLs) the data is read from.
+    pub fn sources(&self) -> &[String] {
+        &self.inner.sources
+    }
+
+    /// A DataFusion `DataFrame` over the same plan, for what Sluice does not wrap.
+    pub fn to_dataframe(&self) -> DataFrame {
+        DataFrame::new(self.inner.session.state(), self.inner.plan.clone())
+    }
+
+    /// The output schema, as Arrow sees it.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(self.inner.plan.schema().inner())
+    }
+
+    /// The output column names, in order.
+    pub fn columns(&self) -> Vec<String> {
+        self.schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
+    fn derive(
+        &self,
+        op: impl FnOnce(DataFrame) -> datafusion::error::Result<DataFrame>,
+    ) -> Result<Frame> {
+        let df = op(self.to_dataframe()).map_err(|e| self.error(e))?;
+        let (_, plan) = df.into_parts();
+        Ok(self.with_plan(plan))
+    }
+
+    fn error(&self, error: datafusion::error::DataFusionError) -> Error {
+        Error::from_datafusion(error, &self.inner.sources)
+    }
+
+    /// Keeps the given expressions as columns (`col("a")`, `(col("a") + lit(1)).alias("b")`).
+    pub fn select(&self, exprs: impl IntoIterator<Item = Expr>) -> Result<Frame> {
+        let exprs: Vec<Expr> = exprs.into_iter().collect();
+        self.derive(|df| df.select(exprs))
+    }
+
+    /// Keeps the named columns.
+    pub fn select_columns(&self, columns: &[&str]) -> Result<Frame> {
+        self.derive(|df| df.select_columns(columns))
+    }
+
+    /// Drops the named columns.
+    pub fn drop_columns(&self, columns: &[&str]) -> Result<Frame> {
+        self.derive(|df| df.drop_columns(columns))
+    }
+
+    /// Keeps the rows where `predicate` is true.
+    pub fn filter(&self, predicate: Expr) -> Result<Frame> {
+        self.derive(|df| df.filter(predicate))
+    }
+
+    /// Adds a column, or replaces the column of that name, keeping every other column.
+    pub fn with_column(&self, name: &str, expr: Expr) -> Result<Frame> {
+        self.derive(|df| df.with_column(name, expr))
+    }
+
+    /// Renames a column.
+    pub fn rename(&self, old: &str, new: &str) -> Result<Frame> {
+        if !self.columns().iter().any(|c| c == old) {
+            return Err(Error::MissingColumn {
+                column: old.to_string(),
+                sources: self.sources().to_vec(),
+                available: self.columns(),
+            });
+        }
+        self.derive(|df| df.with_column_renamed(old, new))
+    }
+
+    /// Groups by `group_by` and computes `aggregates` (`avg(col("x")).alias("mean_x")`).
+    pub fn aggregate(
+        &self,
+        group_by: impl IntoIterator<Item = Expr>,
+        aggregates: impl IntoIterator<Item = Expr>,
+    ) -> Result<Frame> {
+        let group_by: Vec<Expr> = group_by.into_iter().collect();
+        let aggregates: Vec<Expr> = aggregates.into_iter().collect();
+        self.derive(|df| df.aggregate(group_by, aggregates))
+    }
+
+    /// Joins with `right` on equal key columns, like Polars' `join(other, left_on, right_on, how)`.
+    pub fn join(
+        &self,
+        right: &Frame,
+        how: JoinType,
+        left_on: &[&str],
+        right_on: &[&str],
+    ) -> Result<Frame> {
+        let right_df = right.to_dataframe();
+        let frame = self.derive(|df| df.join(right_df, how, left_on, right_on, None))?;
+        let mut sources = self.sources().to_vec();
+        sources.extend(right.sources().iter().cloned());
+        Ok(Frame::from_plan(
+            self.inner.session.clone(),
+            frame.inner.plan.clone(),
+            sources,
+        ))
+    }
+
+    /// Appends the rows of `other`, matching columns by position (SQL `UNION ALL`).
+    pub fn union(&self, other: &Frame) -> Result<Frame> {
+        let other_df = other.to_dataframe();
+        let frame = self.derive(|df| df.union(other_df))?;
+        let mut sources = self.sources().to_vec();
+        sources.extend(other.sources().iter().cloned());
+        Ok(Frame::from_plan(
+            self.inner.session.clone(),
+            frame.inner.plan.clone(),
+            sources,
+        ))
+    }
+
+    /// Appends the rows of `other`, matching columns by name; missing columns are null.
+    pub fn union_by_name(&self, other: &Frame) -> Result<Frame> {
+        let other_df = other.to_dataframe();
+        let frame = self.derive(|df| df.union_by_name(other_df))?;
+        let mut sources = self.sources().to_vec();
+        sources.extend(other.sources().iter().cloned());
+        Ok(Frame::from_plan(
+            self.inner.session.clone(),
+            frame.inner.plan.clone(),
+            sources,
+        ))
+    }
+
+    /// Sorts by the given keys (`col("a").sort(true, false)` is ascending, nulls last).
+    pub fn sort(&self, keys: impl IntoIterator<Item = SortExpr>) -> Result<Frame> {
+        let keys: Vec<SortExpr> = keys.into_iter().collect();
+        self.derive(|df| df.sort(keys))
+    }
+
+    /// Sorts ascending by the named columns, nulls last.
+    pub fn sort_by(&self, columns: &[&str]) -> Result<Frame> {
+        self.sort(columns.iter().map(|c| col(*c).sort(true, false)))
+    }
+
+    /// Keeps the first `n` rows.
+    pub fn limit(&self, n: usize) -> Result<Frame> {
+        self.derive(|df| df.limit(0, Some(n)))
+    }
+
+    /// Skips `offset` rows, then keeps up to `len` rows.
+    pub fn slice(&self, offset: usize, len: usize) -> Result<Frame> {
+        self.derive(|df| df.limit(offset, Some(len)))
+    }
+
+    /// Removes duplicate rows.
+    pub fn distinct(&self) -> Result<Frame> {
+        self.derive(|df| df.distinct())
+    }
+
+    /// The optimized logical plan and the physical plan, as `EXPLAIN` prints them.
+    pub async fn explain(&self) -> Result<String> {
+        let batches = self
+            .to_dataframe()
+            .explain(false, false)
+            .map_err(|e| self.error(e))?
+            .collect()
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(datafusion::arrow::util::pretty::pretty_format_batches(&batches)?.to_string())
+    }
+
+    /// Runs the plan and returns its output as a stream of record batches.
+    pub async fn execute_stream(&self) -> Result<SendableRecordBatchStream> {
+        self.to_dataframe()
+            .execute_stream()
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Runs the plan and collects every batch in memory.
+    pub async fn collect(&self) -> Result<Vec<RecordBatch>> {
+        guarded(self.to_dataframe().collect())
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Runs the plan, keeping it in memory as a new frame over those batches (what
+    /// eager mode does between tasks). Returns the frame, its rows and in-memory bytes.
+    pub(crate) async fn materialize(&self) -> Result<(Frame, u64, u64)> {
+        let schema = self.schema();
+        let partitions = guarded(self.to_dataframe().collect_partitioned())
+            .await
+            .map_err(|e| self.error(e))?;
+        let rows = partitions
+            .iter()
+            .flatten()
+            .map(|b| b.num_rows() as u64)
+            .sum();
+        let bytes = partitions
+            .iter()
+            .flatten()
+            .map(|b| b.get_array_memory_size() as u64)
+            .sum();
+        let table = MemTable::try_new(schema, partitions)?;
+        let df = self
+            .inner
+            .session
+            .context()
+            .read_table(Arc::new(table))
+            .map_err(|e| self.error(e))?;
+        let (_, plan) = df.into_parts();
+        Ok((self.with_plan(plan), rows, bytes))
+    }
+
+    /// Counts the rows (reading no column data where the source knows its row counts).
+    pub async fn count(&self) -> Result<u64> {
+        Ok(guarded(self.to_dataframe().count())
+            .await
+            .map_err(|e| self.error(e))? as u64)
+    }
+
+    /// Rows, and per column its type and non-null count: pandas' `df.info()`. Runs one
+    /// aggregation over the data.
+    pub async fn info(&self) -> Result<FrameInfo> {
+        let schema = self.schema();
+        let mut aggregates = vec![count(lit(1)).alias("__rows")];
+        for (i, field) in schema.fields().iter().enumerate() {
+            aggregates.push(
+                count(Expr::Column(datafusion::common::Column::from_name(
+                    field.name(),
+                )))
+                .alias(format!("__c{i}")),
+            );
+        }
+        let batches = self
+            .aggregate(Vec::<Expr>::new(), aggregates)?
+            .collect()
+            .await?;
+        let batch = batches.first().ok_or_else(|| Error::Internal {
+            message: "a global aggregate returned no batch".into(),
+        })?;
+        let value = |i: usize| -> Result<u64> {
+            let array = datafusion::arrow::compute::cast(batch.column(i), &DataType::UInt64)?;
+            Ok(array
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                .map(|a| a.value(0))
+                .unwrap_or(0))
+        };
+        let rows = value(0)?;
+        let mut columns = Vec::with_capacity(schema.fields().len());
+        for (i, field) in schema.fields().iter().enumerate() {
+            columns.push(ColumnInfo {
+                name: field.name().clone(),
+                data_type: field.data_type().to_string(),
+                nullable: field.is_nullable(),
+                non_null: value(i + 1)?,
+            });
+        }
+        Ok(FrameInfo { rows, columns })
+    }
+
+    /// Writes the frame as Parquet to a path or URL: one file, or a directory of parts
+    /// (see [`ParquetWrite`]). The whole plan runs here, streaming; the output appears
+    /// only once complete (written under a hidden staging name, then published), and a
+    /// failed write leaves nothing at the destination.
+    pub async fn write_parquet(&self, dest: &str, options: ParquetWrite) -> Result<WriteSummary> {
+        let table_options = options.table_options(&self.inner.session)?;
+        self.write(
+            dest,
+            options.layout,
+            "parquet",
+            |df, path, write_options| async move {
+                df.write_parquet(&path, write_options, Some(table_options))
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// Writes the frame as CSV to a path or URL, published whole like
+    /// [`write_parquet`](Self::write_parquet).
+    pub async fn write_csv(&self, dest: &str, options: CsvWrite) -> Result<WriteSummary> {
+        let csv_options = options.csv_options();
+        self.write(
+            dest,
+            options.layout,
+            "csv",
+            |df, path, write_options| async move {
+                df.write_csv(&path, write_options, Some(csv_options)).await
+            },
+        )
+        .await
+    }
+
+    async fn write<F, Fut>(
+        &self,
+        dest: &str,
+        layout: WriteLayout,
+        extension: &str,
+        sink: F,
+    ) -> Result<WriteSummary>
+    where
+        F: FnOnce(DataFrame, String, DataFrameWriteOptions) -> Fut,
+        Fut: std::future::Future<Output = datafusion::error::Result<Vec<RecordBatch>>>,
+    {
+        let url = resolve_url(dest)?;
+        let kind = layout.resolve(&url, extension);
+        let staged = StagedOutput::new(self.inner.session.stores(), &url, kind)?;
+        let write_options =
+            DataFrameWriteOptions::new().with_single_file_output(kind == OutputKind::File);
+        let path = staged.staging_url().to_string();
+        let span = tracing::info_span!("sink", dest = %staged.destination(), format = extension);
+        let written =
+            guarded(sink(self.to_dataframe(), path, write_options).instrument(span)).await;
+        let rows = match written {
+            Ok(batches) => count_from(&batches),
+            Err(e) => {
+                let error = self.error(e);
+                if let Err(cleanup) = staged.abort().await {
+                    tracing::warn!(error = %cleanup, "could not delete staged output");
+                }
+                return Err(Error::Write {
+                    url: url.to_string(),
+                    source: Box::new(error),
+                });
+            }
+        };
+        let published = staged.publish().await?;
+        tracing::info!(dest = %published.url, rows, bytes = published.bytes(), files = published.files.len(), "published output");
+        Ok(WriteSummary {
+            url: published.url.to_string(),
+            rows,
+            bytes: published.bytes(),
+            files: published.files.into_iter().map(WrittenFile::from).collect(),
+        })
+    }
+}
+
+fn count_from(batches: &[RecordBatch]) -> u64 {
+    batches
+        .iter()
+        .filter(|b| b.num_columns() > 0 && b.num_rows() > 0)
+        .filter_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                .map(|a| a.value(0))
+        })
+        .sum()
+}
+
+/// What a sink wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteSummary {
+    /// The destination.
+    pub url: String,
+    /// Rows written.
+    pub rows: u64,
+    /// Bytes written, summed over files.
+    pub bytes: u64,
+    /// The files written.
+    pub files: Vec<WrittenFile>,
+}
+
+/// One file a sink wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrittenFile {
+    /// Where it is.
+    pub url: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+impl From<PublishedFile> for WrittenFile {
+    fn from(file: PublishedFile) -> Self {
+        WrittenFile {
+            url: file.url.to_string(),
+            size: file.size,
+        }
+    }
+}
+
+/// A frame's shape: what [`Frame::info`] returns. Its `Display` is a table like
+/// pandas' `df.info()`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameInfo {
+    /// Number of rows.
+    pub rows: u64,
+    /// One entry per column, in order.
+    pub columns: Vec<ColumnInfo>,
+}
+
+/// One column of a [`FrameInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnInfo {
+    /// Its name.
+    pub name: String,
+    /// Its Arrow type.
+    pub data_type: String,
+    /// Whether the schema allows nulls.
+    pub nullable: bool,
+    /// How many values are not null.
+    pub non_null: u64,
+}
+
+impl fmt::Display for FrameInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} rows, {} columns", self.rows, self.columns.len())?;
+        let width = self
+            .columns
+            .iter()
+            .map(|c| c.name.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        writeln!(
+            f,
+            " #  {:<width$}  {:>14}  Dtype",
+            "Column", "Non-Null Count"
+        )?;
+        for (i, c) in self.columns.iter().enumerate() {
+            writeln!(
+                f,
+                "{:>2}  {:<width$}  {:>14}  {}",
+                i,
+                c.name,
+                format!("{} non-null", c.non_null),
+                c.data_type
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,110 @@
+//! Sluice's core: frames, tasks, flows, run records and lazy or eager execution on
+//! Apache DataFusion.
+//!
+//! A [`Task`] returns a [`Frame`], a lazy DataFusion plan fragment; fragments compose
+//! into one plan and a sink ([`Frame::write_parquet`], [`Frame::collect`], ...) streams
+//! it in Arrow record batches. A [`Flow`] run records every task run: its state, timings,
+//! rows and bytes. Each task's fragment ends in a pass-through boundary node
+//! ([`boundary`]) that counts its output while it streams and attributes errors to it.
+//! In [`ExecutionMode::Eager`] each task's output is collected in memory instead, as
+//! Prefect does by default.
+//!
+//! The facade crate `sluice` re-exports all of this together with the `#[task]` and
+//! `#[flow]` macros; this crate holds the plain API they expand to.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> sluice_core::Result<()> {
+//! use sluice_core::*;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let dest = dir.path().join("out.parquet").display().to_string();
+//! let run = Flow::new("etl")
+//!     .run(serde_json::json!({}), async {
+//!         let raw = Task::new("extract")
+//!             .run(|cx| async move {
+//!                 cx.sql("SELECT * FROM (VALUES (1.0, 10.0), (3.0, 0.0)) AS t(tip, total)", [])
+//!                     .await
+//!             })
+//!             .await?;
+//!         let df = Task::new("transform")
+//!             .run(|_cx| async move { raw.with_column("tip_fraction", col("tip") / col("total")) })
+//!             .await?;
+//!         Task::new("load")
+//!             .run(|_cx| async move { df.write_parquet(&dest, ParquetWrite::zstd(3)).await })
+//!             .await
+//!     })
+//!     .await;
+//! let summary = run.output?;
+//! assert_eq!(summary.rows, 2);
+//! assert_eq!(run.record.task("transform").unwrap().rows, Some(2));
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod boundary;
+mod error;
+mod flow;
+mod frame;
+mod run;
+mod session;
+mod task;
+mod write;
+
+pub use error::{Error, Result};
+pub use flow::{Flow, FlowCall, FlowFuture, FlowOptions, FlowRun};
+pub use frame::{ColumnInfo, Frame, FrameInfo, WriteSummary, WrittenFile};
+pub use run::{ExecutionMode, FlowRunRecord, FlowState, TaskRunRecord, TaskState};
+pub use session::{Session, SessionBuilder};
+pub use task::{Task, TaskContext, TaskOutput};
+pub use write::{Compression, CsvWrite, ParquetWrite, WriteLayout};
+
+pub use datafusion::common::JoinType;
+pub use datafusion::logical_expr::{Expr, SortExpr, lit};
+
+/// A column by its exact name, case and all (`col("VendorID")`), as in Polars.
+///
+/// DataFusion's own `col` parses its argument as a SQL identifier, which lower-cases
+/// unquoted names; Sluice's does not.
+///
+/// ```
+/// use sluice_core::col;
+/// assert_eq!(col("VendorID").to_string(), "VendorID");
+/// ```
+pub fn col(name: impl Into<String>) -> Expr {
+    datafusion::logical_expr::ident(name)
+}
+pub use datafusion::prelude::CsvReadOptions;
+
+/// Support for the `#[task]` and `#[flow]` macros. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde_json;
+
+    /// Probes whether a flow argument can be recorded as a JSON parameter.
+    pub struct ParamProbe<'a, T: ?Sized>(pub &'a T);
+
+    /// Arguments that serialize are recorded as their JSON value.
+    pub trait ViaSerialize {
+        /// The parameter's JSON value.
+        fn param_value(&self) -> serde_json::Value;
+    }
+
+    impl<T: serde::Serialize + ?Sized> ViaSerialize for ParamProbe<'_, T> {
+        fn param_value(&self) -> serde_json::Value {
+            serde_json::to_value(self.0).unwrap_or(serde_json::Value::Null)
+        }
+    }
+
+    /// Other arguments are recorded by type name.
+    pub trait ViaTypeName {
+        /// The parameter's type name.
+        fn param_value(&self) -> serde_json::Value;
+    }
+
+    impl<T: ?Sized> ViaTypeName for &ParamProbe<'_, T> {
+        fn param_value(&self) -> serde_json::Value {
+            serde_json::Value::String(format!("<{}>", std::any::type_name::<T>()))
+        }
+    }
+}

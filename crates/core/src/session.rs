@@ -1,0 +1,377 @@
+//! Sessions: a DataFusion context with Sluice's stores and planner.
+
+use std::sync::Arc;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::memory::{
+    MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider,
+};
+use datafusion::catalog::{CatalogProvider, CatalogProviderList};
+use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::{SQLOptions, SessionContext, SessionState};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig};
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use sluice_store::StoreRegistry;
+use url::Url;
+
+use crate::boundary::SluiceQueryPlanner;
+use crate::error::guarded;
+use crate::{Error, Frame, Result};
+
+/// A DataFusion session with Sluice's object stores (created per URL on first use) and
+/// query planner. Cloning is O(1); clones share stores and configuration.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> sluice_core::Result<()> {
+/// use sluice_core::Session;
+/// let session = Session::new();
+/// let frame = session.sql("SELECT 1 AS one", []).await?;
+/// assert_eq!(frame.count().await?, 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+}
+
+struct SessionInner {
+    ctx: SessionContext,
+    stores: Arc<StoreRegistry>,
+}
+
+impl std::fmt::Debug for SessionInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("session_id", &self.ctx.session_id())
+            .field("stores", &self.stores)
+            .finish()
+    }
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Session {
+    /// A session with default settings: as many partitions as cores, 8192-row batches.
+    pub fn new() -> Self {
+        // Only a custom disk manager or cache configuration can make the runtime fail to
+        // build, and the default has neither.
+        SessionBuilder::default()
+            .build()
+            .expect("the default DataFusion runtime always builds")
+    }
+
+    /// A builder for a session with custom settings or stores.
+    pub fn builder() -> SessionBuilder {
+        SessionBuilder::default()
+    }
+
+    /// The DataFusion context, for what Sluice does not wrap.
+    pub fn context(&self) -> &SessionContext {
+        &self.inner.ctx
+    }
+
+    /// The session's object stores.
+    pub fn stores(&self) -> &Arc<StoreRegistry> {
+        &self.inner.stores
+    }
+
+    pub(crate) fn state(&self) -> SessionState {
+        self.inner.ctx.state()
+    }
+
+    /// A lazy frame over Parquet data: one file, a directory (every `.parquet` file in
+    /// it) or a glob (`data/*.parquet`), as a path or URL.
+    ///
+    /// Building the frame lists the files and reads their footers for the schema; no
+    /// row data is read until a sink runs.
+    pub async fn read_parquet(&self, location: &str) -> Result<Frame> {
+        let (url, extension) = self.source_url(location, "parquet")?;
+        let options = ParquetReadOptions {
+            file_extension: &extension,
+            ..Default::default()
+        };
+        match guarded(self.inner.ctx.read_parquet(url.as_str(), options)).await {
+            Ok(df) => Ok(Frame::from_dataframe(self.clone(), df, vec![display(&url)])),
+            Err(e) => Err(self.diagnose(&url, &extension, "parquet", e).await),
+        }
+    }
+
+    /// A lazy frame over CSV data (a file, a directory or a glob). The schema is
+    /// inferred from the first rows.
+    pub async fn read_csv(&self, location: &str, options: CsvReadOptions<'_>) -> Result<Frame> {
+        let (url, extension) = self.source_url(location, "csv")?;
+        let options = options.file_extension(&extension);
+        match guarded(self.inner.ctx.read_csv(url.as_str(), options)).await {
+            Ok(df) => Ok(Frame::from_dataframe(self.clone(), df, vec![display(&url)])),
+            Err(e) => Err(self.diagnose(&url, &extension, "csv", e).await),
+        }
+    }
+
+    /// A lazy frame over newline-delimited JSON (a file, a directory or a glob).
+    pub async fn read_json(&self, location: &str) -> Result<Frame> {
+        let (url, extension) = self.source_url(location, "json")?;
+        let options = JsonReadOptions::default().file_extension(&extension);
+        match guarded(self.inner.ctx.read_json(url.as_str(), options)).await {
+            Ok(df) => Ok(Frame::from_dataframe(self.clone(), df, vec![display(&url)])),
+            Err(e) => Err(self.diagnose(&url, &extension, "json", e).await),
+        }
+    }
+
+    /// A frame over batches already in memory.
+    pub fn from_batches(&self, batches: Vec<RecordBatch>) -> Result<Frame> {
+        let Some(first) = batches.first() else {
+            return Err(Error::InvalidOption {
+                option: "batches",
+                reason: "at least one batch is needed for the schema".into(),
+            });
+        };
+        let table = MemTable::try_new(first.schema(), vec![batches])?;
+        let df = self.inner.ctx.read_table(Arc::new(table))?;
+        Ok(Frame::from_dataframe(self.clone(), df, vec![]))
+    }
+
+    /// A frame defined by a SQL query over frames given by name: the task body of a
+    /// SQL task. Only queries are allowed (no DDL or DML).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sluice_core::Result<()> {
+    /// use sluice_core::Session;
+    /// let session = Session::new();
+    /// let numbers = session.sql("SELECT * FROM (VALUES (1), (2), (3)) AS t(n)", []).await?;
+    /// let big = session.sql("SELECT n FROM numbers WHERE n > 1", [("numbers", &numbers)]).await?;
+    /// assert_eq!(big.count().await?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn sql<'a>(
+        &self,
+        query: &str,
+        frames: impl IntoIterator<Item = (&'a str, &'a Frame)>,
+    ) -> Result<Frame> {
+        let state = self.state();
+        let (catalog, schema) = {
+            let options = state.config().options();
+            (
+                options.catalog.default_catalog.clone(),
+                options.catalog.default_schema.clone(),
+            )
+        };
+        // A catalog of its own, so that the names live only as long as this query.
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        let default_catalog = Arc::new(MemoryCatalogProvider::new());
+        default_catalog.register_schema(&schema, Arc::new(MemorySchemaProvider::new()))?;
+        catalogs.register_catalog(catalog, default_catalog);
+        let scoped = SessionStateBuilder::new_from_existing(state)
+            .with_catalog_list(catalogs)
+            .build();
+        let ctx = SessionContext::new_with_state(scoped);
+        let mut sources = Vec::new();
+        for (name, frame) in frames {
+            ctx.register_table(name, frame.to_dataframe().into_view())?;
+            sources.extend(frame.sources().iter().cloned());
+        }
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = ctx
+            .sql_with_options(query, options)
+            .await
+            .map_err(|e| Error::from_datafusion(e, &sources))?;
+        let (_, plan) = df.into_parts();
+        Ok(Frame::from_plan(self.clone(), plan, sources))
+    }
+
+    /// Resolves a source location; returns its URL and the file extension to list by.
+    fn source_url(&self, location: &str, format: &str) -> Result<(ListingTableUrl, String)> {
+        let url = if location.contains("://") {
+            ListingTableUrl::parse(location)
+        } else {
+            let absolute = sluice_store::resolve_url(location)?;
+            // Keep glob characters unescaped: the listing URL splits them off itself.
+            let path = absolute.to_file_path().map_err(|()| {
+                Error::Store(sluice_store::StoreError::InvalidUrl {
+                    location: location.to_string(),
+                    reason: "not a local path".into(),
+                })
+            })?;
+            let mut text = path.display().to_string();
+            if location.ends_with('/') && !text.ends_with('/') {
+                text.push('/');
+            }
+            ListingTableUrl::parse(text)
+        }
+        .map_err(|e| {
+            Error::Store(sluice_store::StoreError::InvalidUrl {
+                location: location.to_string(),
+                reason: e.to_string(),
+            })
+        })?;
+        // A single named object is read whatever its extension; a collection or a glob
+        // picks the files with the format's extension.
+        let single =
+            !url.is_collection() && url.get_glob().is_none() && url.file_extension().is_some();
+        let extension = if single {
+            String::new()
+        } else {
+            format!(".{format}")
+        };
+        Ok((url, extension))
+    }
+
+    /// Finds out why DataFusion could not open a source, to name the object at fault.
+    async fn diagnose(
+        &self,
+        url: &ListingTableUrl,
+        extension: &str,
+        format: &'static str,
+        error: DataFusionError,
+    ) -> Error {
+        let state = self.state();
+        let store = match state.runtime_env().object_store(url.object_store()) {
+            Ok(store) => store,
+            Err(e) => return Error::from_datafusion(e, &[display(url)]),
+        };
+        let listed = match url.list_all_files(&state, store.as_ref(), extension).await {
+            Ok(stream) => stream.try_collect::<Vec<_>>().await,
+            Err(e) => Err(e),
+        };
+        let files = match listed {
+            Ok(files) => files,
+            Err(e) => return Error::from_datafusion(e, &[display(url)]),
+        };
+        if files.is_empty() {
+            return Error::SourceNotFound {
+                url: display(url),
+                format,
+            };
+        }
+        if format == "parquet" {
+            for meta in &files {
+                let file_url = format!("{}{}", url.object_store().as_str(), meta.location);
+                if let Err(e) = guarded(ParquetFormat::default().infer_schema(
+                    &state,
+                    &store,
+                    std::slice::from_ref(meta),
+                ))
+                .await
+                {
+                    return Error::InvalidParquet {
+                        url: file_url,
+                        reason: e.to_string(),
+                    };
+                }
+            }
+        }
+        Error::from_datafusion(error, &[display(url)])
+    }
+}
+
+/// How a source URL appears in records and errors.
+fn display(url: &ListingTableUrl) -> String {
+    let mut text = url.as_str().to_string();
+    if let Some(glob) = url.get_glob() {
+        if !text.ends_with('/') {
+            text.push('/');
+        }
+        text.push_str(glob.as_str());
+    }
+    text
+}
+
+/// Builds a [`Session`].
+///
+/// ```
+/// use sluice_core::Session;
+/// let session = Session::builder().with_target_partitions(2).with_batch_size(4096).build()?;
+/// assert_eq!(session.context().state().config().target_partitions(), 2);
+/// # Ok::<(), sluice_core::Error>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct SessionBuilder {
+    target_partitions: Option<usize>,
+    batch_size: Option<usize>,
+    memory_limit: Option<usize>,
+    stores: Vec<(Url, Arc<dyn ObjectStore>)>,
+    config: Option<SessionConfig>,
+}
+
+impl SessionBuilder {
+    /// Partitions (and so threads) per plan; defaults to the number of cores.
+    pub fn with_target_partitions(mut self, partitions: usize) -> Self {
+        self.target_partitions = Some(partitions.max(1));
+        self
+    }
+
+    /// Rows per record batch; defaults to 8192.
+    pub fn with_batch_size(mut self, rows: usize) -> Self {
+        self.batch_size = Some(rows.max(1));
+        self
+    }
+
+    /// Caps the memory that sorts, aggregations and joins may reserve; past it they
+    /// spill to disk or fail.
+    pub fn with_memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Serves every URL with the scheme and authority of `url` from `store`, instead of
+    /// the store Sluice would create.
+    pub fn with_object_store(mut self, url: &Url, store: Arc<dyn ObjectStore>) -> Self {
+        self.stores.push((url.clone(), store));
+        self
+    }
+
+    /// Starts from this DataFusion configuration.
+    pub fn with_config(mut self, config: SessionConfig) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Builds the session.
+    pub fn build(self) -> Result<Session> {
+        let stores = Arc::new(StoreRegistry::new());
+        for (url, store) in self.stores {
+            stores.register(&url, store);
+        }
+        let mut config = self.config.unwrap_or_default();
+        if let Some(n) = self.target_partitions {
+            config = config.with_target_partitions(n);
+        }
+        if let Some(n) = self.batch_size {
+            config = config.with_batch_size(n);
+        }
+        let mut runtime =
+            RuntimeEnvBuilder::new().with_object_store_registry(Arc::clone(&stores) as _);
+        if let Some(limit) = self.memory_limit {
+            runtime = runtime.with_memory_limit(limit, 1.0);
+        }
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime.build_arc()?)
+            .with_default_features()
+            .with_query_planner(Arc::new(SluiceQueryPlanner))
+            .build();
+        Ok(Session {
+            inner: Arc::new(SessionInner {
+                ctx: SessionContext::new_with_state(state),
+                stores,
+            }),
+        })
+    }
+}

@@ -1,0 +1,187 @@
+//! Options for sinks: [`ParquetWrite`] and [`CsvWrite`].
+
+use datafusion::common::config::{CsvOptions, TableParquetOptions};
+use serde::{Deserialize, Serialize};
+use sluice_store::OutputKind;
+use url::Url;
+
+use crate::{Error, Result, Session};
+
+/// Whether a sink writes one file or a directory of part files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteLayout {
+    /// One file when the destination has a file extension and no trailing `/`;
+    /// otherwise a directory of parts.
+    #[default]
+    Auto,
+    /// Exactly one file at the destination.
+    SingleFile,
+    /// A directory of part files (written in parallel, one per partition).
+    Directory,
+}
+
+impl WriteLayout {
+    pub(crate) fn resolve(self, url: &Url, _extension: &str) -> OutputKind {
+        match self {
+            WriteLayout::SingleFile => OutputKind::File,
+            WriteLayout::Directory => OutputKind::Directory,
+            WriteLayout::Auto => {
+                let path = url.path();
+                let last = path.rsplit('/').next().unwrap_or("");
+                if path.ends_with('/') || !last.contains('.') {
+                    OutputKind::Directory
+                } else {
+                    OutputKind::File
+                }
+            }
+        }
+    }
+}
+
+/// A Parquet compression codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Compression {
+    /// No compression.
+    Uncompressed,
+    /// Snappy.
+    Snappy,
+    /// LZ4 (raw).
+    Lz4,
+    /// Zstandard at a level from 1 to 22.
+    Zstd(i32),
+    /// Gzip at a level from 0 to 9.
+    Gzip(u32),
+}
+
+impl Compression {
+    fn as_option(self) -> Result<String> {
+        Ok(match self {
+            Compression::Uncompressed => "uncompressed".into(),
+            Compression::Snappy => "snappy".into(),
+            Compression::Lz4 => "lz4_raw".into(),
+            Compression::Zstd(level) if (1..=22).contains(&level) => format!("zstd({level})"),
+            Compression::Gzip(level) if level <= 9 => format!("gzip({level})"),
+            other => {
+                return Err(Error::InvalidOption {
+                    option: "compression",
+                    reason: format!("{other:?} has a level out of range (zstd: 1-22, gzip: 0-9)"),
+                });
+            }
+        })
+    }
+}
+
+/// How [`Frame::write_parquet`](crate::Frame::write_parquet) writes: codec and level,
+/// row-group size, one file or a directory of parts.
+///
+/// ```
+/// use sluice_core::{ParquetWrite, WriteLayout};
+/// let options = ParquetWrite::zstd(3).with_row_group_rows(500_000).with_layout(WriteLayout::SingleFile);
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParquetWrite {
+    pub(crate) compression: Compression,
+    pub(crate) row_group_rows: Option<usize>,
+    pub(crate) layout: WriteLayout,
+}
+
+impl Default for ParquetWrite {
+    /// Zstandard level 3, DataFusion's row groups (about 1M rows), layout from the URL.
+    fn default() -> Self {
+        Self::zstd(3)
+    }
+}
+
+impl ParquetWrite {
+    /// Zstandard at `level` (1-22).
+    pub fn zstd(level: i32) -> Self {
+        Self::with_compression(Compression::Zstd(level))
+    }
+
+    /// Snappy, the codec of the NYC TLC files.
+    pub fn snappy() -> Self {
+        Self::with_compression(Compression::Snappy)
+    }
+
+    /// Any codec.
+    pub fn with_compression(compression: Compression) -> Self {
+        Self {
+            compression,
+            row_group_rows: None,
+            layout: WriteLayout::Auto,
+        }
+    }
+
+    /// Rows per row group.
+    pub fn with_row_group_rows(mut self, rows: usize) -> Self {
+        self.row_group_rows = Some(rows.max(1));
+        self
+    }
+
+    /// One file or a directory of parts.
+    pub fn with_layout(mut self, layout: WriteLayout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    pub(crate) fn table_options(&self, session: &Session) -> Result<TableParquetOptions> {
+        let mut options = session.state().default_table_options().parquet.clone();
+        options.global.compression = Some(self.compression.as_option()?);
+        if let Some(rows) = self.row_group_rows {
+            options.global.max_row_group_size = rows;
+        }
+        Ok(options)
+    }
+}
+
+/// How [`Frame::write_csv`](crate::Frame::write_csv) writes.
+///
+/// ```
+/// let options = sluice_core::CsvWrite::default().with_delimiter(b';');
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CsvWrite {
+    pub(crate) header: bool,
+    pub(crate) delimiter: u8,
+    pub(crate) layout: WriteLayout,
+}
+
+impl Default for CsvWrite {
+    /// A header row, comma-separated, layout from the URL.
+    fn default() -> Self {
+        Self {
+            header: true,
+            delimiter: b',',
+            layout: WriteLayout::Auto,
+        }
+    }
+}
+
+impl CsvWrite {
+    /// Whether to write a header row.
+    pub fn with_header(mut self, header: bool) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// The field delimiter.
+    pub fn with_delimiter(mut self, delimiter: u8) -> Self {
+        self.delimiter = delimiter;
+        self
+    }
+
+    /// One file or a directory of parts.
+    pub fn with_layout(mut self, layout: WriteLayout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    pub(crate) fn csv_options(&self) -> CsvOptions {
+        CsvOptions::default()
+            .with_has_header(self.header)
+            .with_delimiter(self.delimiter)
+    }
+}

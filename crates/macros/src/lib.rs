@@ -1,0 +1,261 @@
+//! The `#[task]` and `#[flow]` attribute macros of Sluice.
+//!
+//! They turn an `async fn` into a task or a flow and expand to the plain API of
+//! `sluice-core` ([`Task::run`] and [`Flow::call`]), so anything they do can be written
+//! without them. Use them through the `sluice` facade crate, which re-exports them:
+//!
+//! ```text
+//! use sluice::prelude::*;
+//!
+//! #[task]
+//! async fn extract(cx: &TaskContext, url: &str) -> Result<Frame> {
+//!     cx.read_parquet(url).await
+//! }
+//!
+//! #[flow]
+//! async fn etl(url: &str) -> Result<()> {
+//!     let raw = extract(url).await?;
+//!     raw.count().await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! (Runnable versions of these examples are in the `sluice` crate's documentation:
+//! a proc-macro crate cannot run doctests that use its own macros.)
+//!
+//! [`Task::run`]: https://docs.rs/sluice-core/latest/sluice_core/struct.Task.html#method.run
+//! [`Flow::call`]: https://docs.rs/sluice-core/latest/sluice_core/struct.Flow.html#method.call
+
+use proc_macro::TokenStream;
+use proc_macro2::TokenStream as TokenStream2;
+use quote::{ToTokens, quote};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::{Expr, ExprLit, FnArg, ItemFn, Lit, Meta, Pat, Token, Type, parse_macro_input};
+
+/// Settings given in the attribute: `#[task(name = "...", version = "...")]`.
+struct Settings {
+    name: Option<String>,
+    version: Option<String>,
+}
+
+fn parse_settings(attr: TokenStream, what: &str) -> syn::Result<Settings> {
+    let mut settings = Settings {
+        name: None,
+        version: None,
+    };
+    let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse(attr)?;
+    for meta in metas {
+        let Meta::NameValue(nv) = &meta else {
+            return Err(syn::Error::new_spanned(
+                &meta,
+                format!("expected `key = \"value\"` in #[{what}(...)]"),
+            ));
+        };
+        let key = nv
+            .path
+            .get_ident()
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        let Expr::Lit(ExprLit {
+            lit: Lit::Str(value),
+            ..
+        }) = &nv.value
+        else {
+            return Err(syn::Error::new_spanned(
+                &nv.value,
+                "expected a string literal",
+            ));
+        };
+        match key.as_str() {
+            "name" => settings.name = Some(value.value()),
+            "version" => settings.version = Some(value.value()),
+            _ => {
+                return Err(syn::Error::new_spanned(
+                    &nv.path,
+                    format!("unknown #[{what}] setting `{key}`; supported: name, version"),
+                ));
+            }
+        }
+    }
+    Ok(settings)
+}
+
+/// A stable hash of the function's source: editing the body changes the version.
+fn source_version(item: &ItemFn) -> String {
+    let text = item.to_token_stream().to_string();
+    blake3::hash(text.as_bytes()).to_hex()[..16].to_string()
+}
+
+fn check_async(item: &ItemFn, what: &str) -> syn::Result<()> {
+    if item.sig.asyncness.is_none() {
+        return Err(syn::Error::new_spanned(
+            item.sig.fn_token,
+            format!("#[{what}] works on `async fn`s"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an argument is `cx: &TaskContext`, which the task wrapper provides.
+fn is_task_context(arg: &FnArg) -> bool {
+    let FnArg::Typed(typed) = arg else {
+        return false;
+    };
+    let Type::Reference(reference) = typed.ty.as_ref() else {
+        return false;
+    };
+    let Type::Path(path) = reference.elem.as_ref() else {
+        return false;
+    };
+    path.path
+        .segments
+        .last()
+        .is_some_and(|segment| segment.ident == "TaskContext")
+}
+
+fn return_type(sig: &syn::Signature) -> TokenStream2 {
+    match &sig.output {
+        syn::ReturnType::Default => quote! { () },
+        syn::ReturnType::Type(_, ty) => ty.to_token_stream(),
+    }
+}
+
+/// Turns an `async fn` into a task: each call is a recorded task run in the current
+/// flow. A first argument `cx: &TaskContext` is provided by the task and dropped from
+/// the signature callers see.
+///
+/// Settings: `name = "..."` (defaults to the function's name) and `version = "..."`
+/// (defaults to a hash of the function's source, so editing the body changes it).
+#[proc_macro_attribute]
+pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let settings = match parse_settings(attr, "task") {
+        Ok(settings) => settings,
+        Err(e) => return e.to_compile_error().into(),
+    };
+    let item = parse_macro_input!(item as ItemFn);
+    match expand_task(settings, item) {
+        Ok(tokens) => tokens.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn expand_task(settings: Settings, item: ItemFn) -> syn::Result<TokenStream2> {
+    check_async(&item, "task")?;
+    let version = settings.version.unwrap_or_else(|| source_version(&item));
+    let ItemFn {
+        attrs,
+        vis,
+        mut sig,
+        block,
+    } = item;
+    let name = settings.name.unwrap_or_else(|| sig.ident.to_string());
+    let output = return_type(&sig);
+    let mut bind_cx = TokenStream2::new();
+    if sig.inputs.first().is_some_and(is_task_context) {
+        let first = sig.inputs.iter().next().cloned();
+        sig.inputs = sig.inputs.into_iter().skip(1).collect();
+        if let Some(FnArg::Typed(typed)) = first {
+            let pat = &typed.pat;
+            bind_cx = quote! { let #pat = &__sluice_cx; };
+        }
+    } else {
+        bind_cx = quote! { let _ = &__sluice_cx; };
+    }
+    Ok(quote! {
+        #(#attrs)*
+        #vis #sig {
+            ::sluice::Task::new(#name)
+                .with_version(#version)
+                .run(move |__sluice_cx: ::sluice::TaskContext| async move {
+                    #bind_cx
+                    // The annotation lets `?` in the body infer its error type.
+                    #[allow(clippy::let_and_return)]
+                    let __sluice_out: #output = #block;
+                    __sluice_out
+                })
+                .await
+        }
+    })
+}
+
+/// Turns an `async fn` into a flow. Calling it returns a [`FlowCall`]: `.await` it for
+/// the body's result, or chain `.with_mode(..)` / `.with_session(..)` and `.run()` for
+/// the result and the flow-run record. Arguments are recorded as the run's parameters
+/// (as JSON where they implement `Serialize`, by type name otherwise).
+///
+/// Settings: `name = "..."` and `version = "..."`, as for [`task`](macro@task).
+///
+/// [`FlowCall`]: https://docs.rs/sluice-core/latest/sluice_core/struct.FlowCall.html
+#[proc_macro_attribute]
+pub fn flow(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let settings = match parse_settings(attr, "flow") {
+        Ok(settings) => settings,
+        Err(e) => return e.to_compile_error().into(),
+    };
+    let item = parse_macro_input!(item as ItemFn);
+    match expand_flow(settings, item) {
+        Ok(tokens) => tokens.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn expand_flow(settings: Settings, item: ItemFn) -> syn::Result<TokenStream2> {
+    check_async(&item, "flow")?;
+    let version = settings.version.unwrap_or_else(|| source_version(&item));
+    let ItemFn {
+        attrs,
+        vis,
+        mut sig,
+        block,
+    } = item;
+    let name = settings.name.unwrap_or_else(|| sig.ident.to_string());
+    let output = return_type(&sig);
+    let mut params = Vec::new();
+    for arg in &sig.inputs {
+        match arg {
+            FnArg::Receiver(receiver) => {
+                return Err(syn::Error::new_spanned(
+                    receiver,
+                    "#[flow] works on free functions, not methods",
+                ));
+            }
+            FnArg::Typed(typed) => {
+                if let Pat::Ident(ident) = typed.pat.as_ref() {
+                    let ident = &ident.ident;
+                    let key = ident.to_string();
+                    params.push(quote! {
+                        __sluice_params.insert(
+                            #key.to_string(),
+                            (&::sluice::__private::ParamProbe(&#ident)).param_value(),
+                        );
+                    });
+                }
+            }
+        }
+    }
+    sig.asyncness = None;
+    sig.output = syn::parse2(quote! {
+        -> ::sluice::FlowCall<impl ::core::future::Future<Output = #output>>
+    })?;
+    Ok(quote! {
+        #(#attrs)*
+        #vis #sig {
+            let __sluice_parameters = {
+                #[allow(unused_imports)]
+                use ::sluice::__private::{ViaSerialize as _, ViaTypeName as _};
+                #[allow(unused_mut)]
+                let mut __sluice_params = ::sluice::__private::serde_json::Map::new();
+                #(#params)*
+                ::sluice::__private::serde_json::Value::Object(__sluice_params)
+            };
+            ::sluice::Flow::new(#name)
+                .with_version(#version)
+                .call(__sluice_parameters, async move {
+                    #[allow(clippy::let_and_return)]
+                    let __sluice_out: #output = #block;
+                    __sluice_out
+                })
+        }
+    })
+}

@@ -1,0 +1,56 @@
+//! The error type of the storage layer.
+
+use std::path::PathBuf;
+
+/// A `Result` whose error is [`StoreError`].
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong naming, opening, writing or publishing an object.
+///
+/// URLs in these errors never carry credentials: user info is stripped before a URL
+/// is stored in an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The text is neither a path nor a URL Sluice understands.
+    #[error("invalid location {location:?}: {reason}")]
+    InvalidUrl {
+        /// The location as the user wrote it.
+        location: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The URL's scheme has no object store in this build.
+    #[error(
+        "no object store for {url}: the scheme `{scheme}` is not supported by this build \
+         (supported: plain paths, file://, memory://)"
+    )]
+    UnsupportedScheme {
+        /// The URL, without credentials.
+        url: String,
+        /// Its scheme.
+        scheme: String,
+    },
+    /// An operation on an object store failed.
+    #[error("{operation} {url} failed: {source}")]
+    ObjectStore {
+        /// What was being done: `list`, `rename`, `delete`, ...
+        operation: &'static str,
+        /// The object, without credentials.
+        url: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A local file-system operation failed.
+    #[error("{operation} {} failed: {source}", path.display())]
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// The local path.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}

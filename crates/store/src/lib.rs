@@ -1,0 +1,56 @@
+//! Sluice's storage layer: object stores named by URL, created on first use, and
+//! outputs that appear only when they are whole.
+//!
+//! Everything in Sluice that takes a path takes a URL: a plain path (`data/x.parquet`),
+//! `file:///abs/path`, or `memory://bucket/key`. [`StoreRegistry`] is the DataFusion
+//! [`ObjectStoreRegistry`] behind every session: it builds the store for a URL the
+//! first time the URL is used, so users never register stores by hand, and tests can
+//! put an instrumented store in front of a scheme with [`StoreRegistry::register`].
+//!
+//! [`StagedOutput`] is how sinks publish: data is written under a hidden staging name
+//! beside the destination and moved into place only after the last byte is written.
+//!
+//! ```text
+//!  write parts ──► <parent>/.<name>.sluice-staging-<id>   (hidden: readers skip dot-files)
+//!       │ failure / drop ──► staging deleted, destination untouched
+//!       ▼ success
+//!  publish ──► file: one rename (atomic on local disk)
+//!              directory on local disk: one directory rename (atomic)
+//!              directory elsewhere: each part renamed, then `_SUCCESS` written last
+//! ```
+//!
+//! # Example
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), sluice_store::StoreError> {
+//! use object_store::{ObjectStoreExt, PutPayload};
+//! use sluice_store::{StoreRegistry, resolve_url};
+//!
+//! let registry = StoreRegistry::new();
+//! let url = resolve_url("memory://bucket/greeting.txt")?;
+//! let store = registry.store_for(&url)?;
+//! store
+//!     .put(&object_store::path::Path::from("greeting.txt"), PutPayload::from("hi"))
+//!     .await
+//!     .unwrap();
+//! // The same URL authority gives the same store back.
+//! let again = registry.store_for(&url)?;
+//! let bytes = again
+//!     .get(&object_store::path::Path::from("greeting.txt"))
+//!     .await
+//!     .unwrap()
+//!     .bytes()
+//!     .await
+//!     .unwrap();
+//! assert_eq!(&bytes[..], b"hi");
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod registry;
+mod staged;
+
+pub use error::{Result, StoreError};
+pub use registry::{StoreRegistry, object_path, resolve_url, store_key};
+pub use staged::{OutputKind, PublishedFile, PublishedOutput, StagedOutput};

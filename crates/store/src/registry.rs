@@ -1,0 +1,241 @@
+//! URL → object store, created on first use.
+
+use std::collections::HashMap;
+use std::path::{Component, Path as FsPath, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use datafusion::error::DataFusionError;
+use datafusion::execution::object_store::ObjectStoreRegistry;
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use url::Url;
+
+use crate::{Result, StoreError};
+
+/// Turns what a user wrote (a plain path, relative or absolute, or a URL) into an
+/// absolute URL.
+///
+/// A plain path is taken relative to the current directory and normalized without
+/// touching the file system (it need not exist yet: destinations usually don't). A
+/// trailing `/` is kept: it marks a directory.
+///
+/// ```
+/// let url = sluice_store::resolve_url("/data/taxi/../out.parquet").unwrap();
+/// assert_eq!(url.as_str(), "file:///data/out.parquet");
+/// let url = sluice_store::resolve_url("memory://bucket/a/b.parquet").unwrap();
+/// assert_eq!(url.scheme(), "memory");
+/// ```
+pub fn resolve_url(location: &str) -> Result<Url> {
+    let invalid = |reason: String| StoreError::InvalidUrl {
+        location: location.to_string(),
+        reason,
+    };
+    if location.is_empty() {
+        return Err(invalid("the location is empty".into()));
+    }
+    if let Some((scheme, _)) = location.split_once("://")
+        && scheme.len() > 1
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
+        return Url::parse(location).map_err(|e| invalid(e.to_string()));
+    }
+    let path = FsPath::new(location);
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| invalid(format!("cannot read the current directory: {e}")))?
+            .join(path)
+    };
+    let normalized = normalize(&absolute);
+    let url = if location.ends_with('/') {
+        Url::from_directory_path(&normalized)
+    } else {
+        Url::from_file_path(&normalized)
+    };
+    url.map_err(|()| invalid("not an absolute local path".into()))
+}
+
+/// Removes `.` and `..` components lexically.
+fn normalize(path: &FsPath) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The key a store is registered under: `scheme://authority` (no credentials, no path).
+///
+/// ```
+/// let url = url::Url::parse("s3://bucket/a/b.parquet").unwrap();
+/// assert_eq!(sluice_store::store_key(&url), "s3://bucket");
+/// ```
+pub fn store_key(url: &Url) -> String {
+    format!(
+        "{}://{}",
+        url.scheme(),
+        &url[url::Position::BeforeHost..url::Position::AfterPort]
+    )
+}
+
+/// The object path of a URL inside its store.
+///
+/// ```
+/// let url = url::Url::parse("memory://bucket/a/b%20c.parquet").unwrap();
+/// assert_eq!(sluice_store::object_path(&url).unwrap().as_ref(), "a/b c.parquet");
+/// ```
+pub fn object_path(url: &Url) -> Result<Path> {
+    Path::from_url_path(url.path()).map_err(|e| StoreError::InvalidUrl {
+        location: redact(url),
+        reason: e.to_string(),
+    })
+}
+
+/// A URL as it may appear in logs and errors: without user name or password.
+pub(crate) fn redact(url: &Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.to_string()
+}
+
+/// The object stores of a session, keyed by `scheme://authority`, created on first use.
+///
+/// It implements DataFusion's [`ObjectStoreRegistry`], so every scan and sink of a
+/// session finds its store here. `file://` maps to the local file system and
+/// `memory://NAME` to one in-memory store per name that lives as long as the registry.
+///
+/// ```
+/// use std::sync::Arc;
+/// use sluice_store::StoreRegistry;
+///
+/// let registry = StoreRegistry::new();
+/// let url = url::Url::parse("memory://scratch/").unwrap();
+/// let a = registry.store_for(&url).unwrap();
+/// let b = registry.store_for(&url).unwrap();
+/// assert!(Arc::ptr_eq(&a, &b));
+/// ```
+#[derive(Debug, Default)]
+pub struct StoreRegistry {
+    stores: RwLock<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+impl StoreRegistry {
+    /// An empty registry; stores are created as URLs are used.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Puts `store` in front of every URL with the same `scheme://authority` as `url`,
+    /// returning the store it replaces. Use it for stores built by hand (an
+    /// instrumented store in a test, a store with custom options).
+    pub fn register(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
+        self.stores
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(store_key(url), store)
+    }
+
+    /// The store for `url`, created on first use.
+    pub fn store_for(&self, url: &Url) -> Result<Arc<dyn ObjectStore>> {
+        let key = store_key(url);
+        if let Some(store) = self
+            .stores
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&key)
+        {
+            return Ok(Arc::clone(store));
+        }
+        let mut stores = self
+            .stores
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(store) = stores.get(&key) {
+            return Ok(Arc::clone(store));
+        }
+        let store: Arc<dyn ObjectStore> = match url.scheme() {
+            "file" => Arc::new(LocalFileSystem::new()),
+            "memory" => Arc::new(InMemory::new()),
+            scheme => {
+                return Err(StoreError::UnsupportedScheme {
+                    url: redact(url),
+                    scheme: scheme.to_string(),
+                });
+            }
+        };
+        tracing::debug!(store = %key, "created object store");
+        stores.insert(key, Arc::clone(&store));
+        Ok(store)
+    }
+}
+
+impl ObjectStoreRegistry for StoreRegistry {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.register(url, store)
+    }
+
+    fn deregister_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        self.stores
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&store_key(url))
+            .ok_or_else(|| {
+                DataFusionError::Execution(format!(
+                    "no object store registered for {}",
+                    redact(url)
+                ))
+            })
+    }
+
+    fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        self.store_for(url)
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_resolve_against_the_current_directory() {
+        let url = resolve_url("some/dir/").unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(url, Url::from_directory_path(cwd.join("some/dir")).unwrap());
+        assert!(url.as_str().ends_with('/'));
+    }
+
+    #[test]
+    fn unsupported_schemes_are_a_typed_error_without_credentials() {
+        let registry = StoreRegistry::new();
+        let url = Url::parse("ftp://user:secret@host/x").unwrap();
+        let err = registry.store_for(&url).unwrap_err();
+        assert!(matches!(err, StoreError::UnsupportedScheme { .. }));
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn registered_stores_take_precedence() {
+        let registry = StoreRegistry::new();
+        let url = Url::parse("file:///").unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        registry.register(&url, Arc::clone(&store));
+        assert!(Arc::ptr_eq(&registry.store_for(&url).unwrap(), &store));
+    }
+}

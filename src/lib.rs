@@ -1,0 +1,79 @@
+//! Sluice: a dataflow engine for big-data ETL on Apache DataFusion.
+//!
+//! Write a pipeline as **tasks** in a **flow**, as Prefect users do with `@task` and
+//! `@flow`. A task returns a [`Frame`], a lazy DataFusion plan fragment, not a
+//! materialized result; fragments compose, and when a sink runs, data streams in Arrow
+//! record batches through extract → transform → load with bounded memory, whatever the
+//! size of the data. [`ExecutionMode::Eager`] collects each task's output in memory
+//! instead (Prefect's default), for comparison.
+//!
+//! ```
+//! use sluice::prelude::*;
+//!
+//! #[task]
+//! async fn extract(cx: &TaskContext, query: &str) -> Result<Frame> {
+//!     cx.sql(query, []).await // lazy: nothing runs yet
+//! }
+//!
+//! #[task]
+//! async fn transform(df: Frame) -> Result<Frame> {
+//!     df.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+//! }
+//!
+//! #[task]
+//! async fn load(df: Frame, dest: &str) -> Result<WriteSummary> {
+//!     df.write_parquet(dest, ParquetWrite::zstd(3)).await // the whole chain runs here
+//! }
+//!
+//! #[flow]
+//! async fn etl(query: &str, dest: &str) -> Result<WriteSummary> {
+//!     let raw = extract(query).await?;
+//!     let df = transform(raw).await?;
+//!     load(df, dest).await
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let dest = dir.path().join("out.parquet").display().to_string();
+//! let query = "SELECT * FROM (VALUES (2.0, 10.0), (0.0, 0.0)) AS t(tip_amount, total_amount)";
+//!
+//! // Await the flow for its result...
+//! let written = etl(query, &dest).await?;
+//! assert_eq!(written.rows, 2);
+//!
+//! // ...or run it for the result and the run record.
+//! let run = etl(query, &dest).with_mode(ExecutionMode::Eager).run().await;
+//! assert_eq!(run.record.flow, "etl");
+//! assert_eq!(run.record.tasks.len(), 3);
+//! assert!(run.record.tasks.iter().all(|t| t.state == TaskState::Completed));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The crates behind the facade: `sluice-core` (frames, tasks, flows, execution),
+//! `sluice-store` (object stores by URL, staged publishing), `sluice-macros`.
+
+extern crate self as sluice;
+
+pub use sluice_core::*;
+pub use sluice_macros::{flow, task};
+
+/// Object stores named by URL, and outputs published whole.
+pub mod store {
+    pub use sluice_store::*;
+}
+
+/// DataFusion, for expressions and APIs Sluice does not wrap.
+pub use datafusion;
+
+/// Everything a flow usually needs: `use sluice::prelude::*;`.
+pub mod prelude {
+    pub use crate::{flow, task};
+    pub use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
+    pub use sluice_core::{
+        CsvReadOptions, CsvWrite, Error, ExecutionMode, Flow, FlowOptions, FlowRunRecord,
+        FlowState, Frame, ParquetWrite, Result, Session, Task, TaskContext, TaskState, WriteLayout,
+        WriteSummary, col, lit,
+    };
+}

@@ -1,0 +1,7 @@
+//! Sluice's integration tests: one binary, a module per area.
+
+mod bad_input;
+mod common;
+mod example;
+mod flows;
+mod frames;
