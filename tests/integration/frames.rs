@@ -276,3 +276,78 @@ async fn memory_urls_work_for_reading_and_writing() {
         .unwrap();
     assert_eq!(back.count().await.unwrap(), 6);
 }
+
+#[tokio::test]
+async fn csv_and_json_sources_read_files_directories_and_globs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.json"),
+        "{\"n\": 1, \"s\": \"x\"}\n{\"n\": 2, \"s\": \"y\"}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("b.json"), "{\"n\": 3, \"s\": \"z\"}\n").unwrap();
+    std::fs::write(dir.path().join("c.csv"), "n,s\n4,w\n").unwrap();
+    let session = Session::new();
+    let one = session
+        .read_json(dir.path().join("a.json").to_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(one.columns(), ["n", "s"]);
+    assert_eq!(one.count().await.unwrap(), 2);
+    let all = session
+        .read_json(&format!("{}/", dir.path().display()))
+        .await
+        .unwrap();
+    assert_eq!(all.count().await.unwrap(), 3);
+    let glob = session
+        .read_json(&format!("{}/b*.json", dir.path().display()))
+        .await
+        .unwrap();
+    assert_eq!(glob.count().await.unwrap(), 1);
+    let csv = session
+        .read_csv(
+            &format!("{}/*.csv", dir.path().display()),
+            CsvReadOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(csv.count().await.unwrap(), 1);
+    let missing = session
+        .read_csv(
+            &format!("{}/*.tsv", dir.path().display()),
+            CsvReadOptions::new(),
+        )
+        .await;
+    assert!(
+        matches!(missing, Err(Error::SourceNotFound { .. })),
+        "{missing:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_write_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = crate::common::taxi_file(dir.path(), "in.parquet", 500_000, 65_536);
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let dest = out.join("result.parquet");
+    let session = Session::new();
+    let frame = session
+        .read_parquet(source.to_str().unwrap())
+        .await
+        .unwrap();
+    // zstd level 19 on 500k rows takes seconds: the write is surely cut short.
+    let write = frame.write_parquet(dest.to_str().unwrap(), ParquetWrite::zstd(19));
+    let outcome = tokio::time::timeout(std::time::Duration::from_millis(300), write).await;
+    assert!(
+        outcome.is_err(),
+        "the write finished before it could be cancelled"
+    );
+    for _ in 0..100 {
+        if dir_entries(&out).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(dir_entries(&out), Vec::<String>::new());
+}

@@ -178,7 +178,7 @@ impl TaskRunState {
             name: name.to_string(),
             record: Mutex::new(TaskRunRecord {
                 name: name.to_string(),
-                state: TaskState::Running,
+                state: TaskState::Pending,
                 version,
                 start: Utc::now(),
                 end: None,
@@ -197,6 +197,14 @@ impl TaskRunState {
             streamed: AtomicBool::new(false),
             awaits_stream: AtomicBool::new(false),
         })
+    }
+
+    /// The body starts running.
+    pub(crate) fn start(&self) {
+        let mut record = self.lock();
+        if record.state == TaskState::Pending {
+            record.state = TaskState::Running;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TaskRunRecord> {
@@ -288,7 +296,7 @@ impl TaskRunState {
     /// Completed (a lazy fragment that no sink consumed).
     pub(crate) fn snapshot(&self, closing: bool) -> TaskRunRecord {
         let mut record = self.lock();
-        if closing && record.state == TaskState::Running {
+        if closing && matches!(record.state, TaskState::Pending | TaskState::Running) {
             self.finish_locked(&mut record, TaskState::Completed, None);
         }
         let mut out = record.clone();

@@ -9,12 +9,14 @@ use datafusion::catalog::memory::{
 use datafusion::catalog::{CatalogProvider, CatalogProviderList};
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::options::ReadOptions;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{SQLOptions, SessionContext, SessionState};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::DataFrame;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
@@ -103,7 +105,7 @@ impl Session {
             file_extension: &extension,
             ..Default::default()
         };
-        match guarded(self.inner.ctx.read_parquet(url.as_str(), options)).await {
+        match guarded(self.read_listing(&url, options)).await {
             Ok(df) => Ok(Frame::from_dataframe(self.clone(), df, vec![display(&url)])),
             Err(e) => Err(self.diagnose(&url, &extension, "parquet", e).await),
         }
@@ -114,7 +116,7 @@ impl Session {
     pub async fn read_csv(&self, location: &str, options: CsvReadOptions<'_>) -> Result<Frame> {
         let (url, extension) = self.source_url(location, "csv")?;
         let options = options.file_extension(&extension);
-        match guarded(self.inner.ctx.read_csv(url.as_str(), options)).await {
+        match guarded(self.read_listing(&url, options)).await {
             Ok(df) => Ok(Frame::from_dataframe(self.clone(), df, vec![display(&url)])),
             Err(e) => Err(self.diagnose(&url, &extension, "csv", e).await),
         }
@@ -124,7 +126,7 @@ impl Session {
     pub async fn read_json(&self, location: &str) -> Result<Frame> {
         let (url, extension) = self.source_url(location, "json")?;
         let options = JsonReadOptions::default().file_extension(&extension);
-        match guarded(self.inner.ctx.read_json(url.as_str(), options)).await {
+        match guarded(self.read_listing(&url, options)).await {
             Ok(df) => Ok(Frame::from_dataframe(self.clone(), df, vec![display(&url)])),
             Err(e) => Err(self.diagnose(&url, &extension, "json", e).await),
         }
@@ -196,10 +198,33 @@ impl Session {
         Ok(Frame::from_plan(self.clone(), plan, sources))
     }
 
+    /// A listing table over `url` (a file, a prefix, or a prefix and a glob), as
+    /// DataFusion's `read_*` build them, but keeping the glob of a URL, which
+    /// `SessionContext::read_*` would drop.
+    async fn read_listing<'a>(
+        &self,
+        url: &ListingTableUrl,
+        options: impl ReadOptions<'a>,
+    ) -> datafusion::error::Result<DataFrame> {
+        let ctx = &self.inner.ctx;
+        let config = ctx.copied_config();
+        let listing = options.to_listing_options(&config, ctx.copied_table_options());
+        let schema = options
+            .get_resolved_schema(&config, ctx.state(), url.clone())
+            .await?;
+        let table = ListingTable::try_new(
+            ListingTableConfig::new(url.clone())
+                .with_listing_options(listing)
+                .with_schema(schema),
+        )?
+        .with_cache(ctx.runtime_env().cache_manager.get_file_statistic_cache());
+        ctx.read_table(Arc::new(table))
+    }
+
     /// Resolves a source location; returns its URL and the file extension to list by.
     fn source_url(&self, location: &str, format: &str) -> Result<(ListingTableUrl, String)> {
         let url = if location.contains("://") {
-            ListingTableUrl::parse(location)
+            parse_remote(location)
         } else {
             let absolute = sluice_store::resolve_url(location)?;
             // Keep glob characters unescaped: the listing URL splits them off itself.
@@ -279,6 +304,29 @@ impl Session {
         }
         Error::from_datafusion(error, &[display(url)])
     }
+}
+
+/// Parses a URL with a scheme, splitting off a glob in its path (`s3://b/2023/*.parquet`):
+/// DataFusion's own parser takes globs in local paths only.
+fn parse_remote(location: &str) -> datafusion::error::Result<ListingTableUrl> {
+    let url = Url::parse(location).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let path = url.path();
+    let Some(first_glob) = path.find(['*', '?', '[']) else {
+        return ListingTableUrl::parse(location);
+    };
+    let split = path[..first_glob].rfind('/').map_or(0, |i| i + 1);
+    let pattern = percent_decode(&path[split..]);
+    let mut base = url.clone();
+    base.set_path(&path[..split]);
+    let glob = glob::Pattern::new(&pattern).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    ListingTableUrl::try_new(base, Some(glob))
+}
+
+fn percent_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| text.to_string())
 }
 
 /// How a source URL appears in records and errors.

@@ -77,6 +77,7 @@ impl Task {
         };
         let span = tracing::info_span!("task.run", task = %self.name, flow_run = %flow.run_id);
         let result = async {
+            run.start();
             tracing::debug!("task run started");
             let output = body(cx.clone()).await?;
             output.finish(&cx).await

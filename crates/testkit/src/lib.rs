@@ -55,7 +55,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum TestkitError {
     /// Reading or writing a local file or directory failed.
-    #[error("I/O error on {path}; check that it exists and is writable")]
+    #[error("I/O error on {path}; check the path and its permissions")]
     Io {
         /// The file or directory being accessed.
         path: PathBuf,

@@ -1561,7 +1561,7 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let out = dir.path().join("a/b/trips.parquet");
         let summary = write_taxi_parquet(&out, &TaxiGenOptions::new(10)).unwrap();
-        assert_eq!(summary.files, [out.clone()]);
+        assert_eq!(summary.files, std::slice::from_ref(&out));
         assert_eq!(summary.bytes, fs::metadata(out).unwrap().len());
     }
 
@@ -1576,36 +1576,5 @@ mod tests {
             panic!("unexpected error {err}");
         };
         assert_eq!(path, &blocker);
-    }
-}
-#[cfg(test)]
-mod tmp_stats {
-    use super::*;
-    #[test]
-    fn print_stats() {
-        let model = Model::get();
-        let n = 200_000u64;
-        let rows: Vec<Row> = (0..n).map(|i| gen_row(model, 42, n, i)).collect();
-        let nf = n as f64;
-        let mean = |f: &dyn Fn(&Row) -> f64| rows.iter().map(f).sum::<f64>() / nf;
-        println!("mean distance {:.2}", mean(&|r| r.distance));
-        println!("mean fare {:.2}", mean(&|r| r.fare as f64 / 100.0));
-        println!("mean total {:.2}", mean(&|r| r.total as f64 / 100.0));
-        let mut d: Vec<f64> = rows.iter().map(|r| (r.dropoff_us - r.pickup_us) as f64 / 60e6).collect();
-        d.sort_by(f64::total_cmp);
-        println!("duration p5 {:.1} p50 {:.1} p95 {:.1} p99 {:.1} mean {:.1}", d[(nf*0.05) as usize], d[(nf*0.5) as usize], d[(nf*0.95) as usize], d[(nf*0.99) as usize], d.iter().sum::<f64>()/nf);
-        let mut dist: Vec<f64> = rows.iter().map(|r| r.distance).collect();
-        dist.sort_by(f64::total_cmp);
-        println!("distance p50 {:.2} p90 {:.2} p99 {:.2}", dist[(nf*0.5) as usize], dist[(nf*0.9) as usize], dist[(nf*0.99) as usize]);
-        let card: Vec<&Row> = rows.iter().filter(|r| r.payment == 1 && r.fare > 0).collect();
-        println!("card tip/fare {:.3}", card.iter().map(|r| r.tip as f64 / r.fare as f64).sum::<f64>() / card.len() as f64);
-        let mut counts = std::collections::BTreeMap::new();
-        for r in &rows { *counts.entry(("pay", r.payment)).or_insert(0) += 1; *counts.entry(("rate", r.ratecode)).or_insert(0) += 1; *counts.entry(("pass", r.passengers)).or_insert(0) += 1; *counts.entry(("extra", r.extra)).or_insert(0) += 1; *counts.entry(("tolls", r.tolls)).or_insert(0) += 1; *counts.entry(("fee", r.airport_fee)).or_insert(0) += 1; *counts.entry(("hour", (r.pickup_us - START_US) / 3_600_000_000 % 24)).or_insert(0) += 1; *counts.entry(("day", (r.pickup_us - START_US) / 86_400_000_000)).or_insert(0) += 1;}
-        for (k, v) in counts { println!("{k:?} {:.4}", v as f64 / nf); }
-        let mut z = std::collections::HashMap::new();
-        for r in &rows { *z.entry(r.pu).or_insert(0) += 1; }
-        let mut z: Vec<_> = z.into_iter().collect(); z.sort_by_key(|(_, c)| -(*c as i64));
-        println!("top PU {:?}", &z[..12]);
-        println!("distinct PU {}", z.len());
     }
 }
