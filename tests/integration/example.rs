@@ -157,3 +157,43 @@ fn lazy_peak_memory_stays_flat_as_the_input_grows_while_eager_grows_with_it() {
     );
     assert!(lazy.1 < eager.1, "lazy {lazy:?} vs eager {eager:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_runs_from_http_to_s3_and_from_s3_to_local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    taxi_file(
+        dir.path(),
+        "yellow_tripdata_2023-09.parquet",
+        30_000,
+        10_000,
+    );
+    let http = sluice_testkit::servers::HttpFileServer::start(dir.path())
+        .await
+        .unwrap();
+    let target = crate::remote::S3Target::new("example").await;
+    let on_s3 = target.url("nyc_yellow_tax_data/2023/09.parquet");
+    let local = dir.path().join("local.parquet");
+    let runs = [
+        (http.url("yellow_tripdata_2023-09.parquet"), on_s3.clone()),
+        (on_s3.clone(), local.to_str().unwrap().to_string()),
+    ];
+    for (source, dest) in runs {
+        let env = target.env();
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new(example_binary())
+                .args(["--source", &source, "--dest", &dest])
+                .envs(env)
+                .output()
+                .expect("run the example")
+        })
+        .await
+        .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(String::from_utf8_lossy(&output.stdout).contains("30000 rows"));
+    }
+    assert!(local.is_file());
+}

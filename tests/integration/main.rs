@@ -5,3 +5,4 @@ mod common;
 mod example;
 mod flows;
 mod frames;
+mod remote;

@@ -98,6 +98,41 @@ pub enum Error {
     /// An object store operation failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store refused the credentials or the permissions (HTTP 401 / 403).
+    #[error(
+        "access to {url} was denied ({reason}); check the credentials \
+         (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and their permissions"
+    )]
+    AccessDenied {
+        /// The object or prefix.
+        url: String,
+        /// The store's answer.
+        reason: String,
+    },
+    /// The endpoint could not be reached, even after retries.
+    #[error("cannot reach the store for {url} ({reason}); check the endpoint and the network")]
+    Unreachable {
+        /// The object or prefix.
+        url: String,
+        /// The connection error.
+        reason: String,
+    },
+    /// The bucket does not exist.
+    #[error("the bucket of {url} does not exist; create it or fix the URL")]
+    BucketNotFound {
+        /// The object or prefix.
+        url: String,
+    },
+    /// The server answered a range request with the whole object, so a Parquet file
+    /// cannot be read in parts.
+    #[error(
+        "the server of {url} does not support range requests; \
+         serve the file from a server that does, or download it first"
+    )]
+    RangeNotSupported {
+        /// The object.
+        url: String,
+    },
     /// Executing a plan failed.
     #[error("query execution failed: {source}")]
     Execution {
@@ -211,6 +246,11 @@ impl Error {
         ) {
             return Error::Plan { source: error };
         }
+        if let Some(store_error) = find_in_chain::<object_store::Error>(&error)
+            && let Some(classified) = classify_store_error(store_error, sources)
+        {
+            return classified;
+        }
         if !sources.is_empty() && is_read_error(&error) {
             if let Some(parquet) = find_in_chain::<parquet::errors::ParquetError>(&error) {
                 return Error::InvalidParquet {
@@ -224,6 +264,66 @@ impl Error {
             };
         }
         Error::Execution { source: error }
+    }
+}
+
+/// Maps what an object store said into the errors users can act on; `None` for
+/// the rest.
+pub(crate) fn classify_store_error(error: &object_store::Error, urls: &[String]) -> Option<Error> {
+    let url = urls.join(", ");
+    let text = error.to_string();
+    match error {
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => {
+            return Some(Error::AccessDenied {
+                url,
+                reason: short(&text),
+            });
+        }
+        object_store::Error::NotFound { .. } if text.contains("NoSuchBucket") => {
+            return Some(Error::BucketNotFound { url });
+        }
+        _ => {}
+    }
+    if text.contains("non-partial response when range requested")
+        || text.contains("Range request not supported")
+    {
+        return Some(Error::RangeNotSupported { url });
+    }
+    if text.contains("NoSuchBucket") {
+        return Some(Error::BucketNotFound { url });
+    }
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::NotConnected
+                    | std::io::ErrorKind::AddrNotAvailable
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::TimedOut
+            )
+        {
+            return Some(Error::Unreachable {
+                url,
+                reason: short(&text),
+            });
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// The first line of a message, without the response bodies some stores append.
+fn short(text: &str) -> String {
+    let line = text.lines().next().unwrap_or(text);
+    match line.find("<?xml") {
+        Some(i) => line[..i].trim_end().to_string(),
+        None => line.to_string(),
     }
 }
 
@@ -257,6 +357,14 @@ fn find_in_chain<T: StdError + 'static>(error: &DataFusionError) -> Option<&T> {
         current = e.source();
     }
     None
+}
+
+pub(crate) fn find_store_error(error: &DataFusionError) -> Option<&object_store::Error> {
+    if find_sluice_error(error).is_some() {
+        // Attributed to a task already: keep that attribution.
+        return None;
+    }
+    find_in_chain::<object_store::Error>(error)
 }
 
 fn find_sluice_error(error: &DataFusionError) -> Option<&Error> {
@@ -297,6 +405,16 @@ fn duplicate(error: &Error) -> Error {
             sources: sources.clone(),
             source: DataFusionError::Execution(source.to_string()),
         },
+        Error::AccessDenied { url, reason } => Error::AccessDenied {
+            url: url.clone(),
+            reason: reason.clone(),
+        },
+        Error::Unreachable { url, reason } => Error::Unreachable {
+            url: url.clone(),
+            reason: reason.clone(),
+        },
+        Error::BucketNotFound { url } => Error::BucketNotFound { url: url.clone() },
+        Error::RangeNotSupported { url } => Error::RangeNotSupported { url: url.clone() },
         other => Error::Execution {
             source: DataFusionError::Execution(other.to_string()),
         },

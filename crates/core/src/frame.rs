@@ -425,7 +425,16 @@ impl Frame {
         let rows = match written {
             Ok(batches) => count_from(&batches),
             Err(e) => {
-                let error = self.error(e);
+                let error = match crate::error::find_store_error(&e)
+                    .and_then(|store| crate::error::classify_store_error(store, &[url.to_string()]))
+                {
+                    Some(classified) => classified,
+                    // The sink's own I/O (its staging object), not a source's.
+                    None if e.to_string().contains(sluice_store::STAGING_MARKER) => {
+                        Error::Execution { source: e }
+                    }
+                    None => self.error(e),
+                };
                 if let Err(cleanup) = staged.abort().await {
                     tracing::warn!(error = %cleanup, "could not delete staged output");
                 }

@@ -20,6 +20,7 @@ use datafusion::prelude::DataFrame;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
+use object_store::ObjectStoreExt;
 use sluice_store::StoreRegistry;
 use url::Url;
 
@@ -271,6 +272,22 @@ impl Session {
             Ok(store) => store,
             Err(e) => return Error::from_datafusion(e, &[display(url)]),
         };
+        // One named object: ask for it directly (HTTP servers cannot list).
+        if !url.is_collection() && url.get_glob().is_none() {
+            match store.head(url.prefix()).await {
+                Err(object_store::Error::NotFound { .. }) => {
+                    return self.not_found(url, &store, format).await;
+                }
+                Err(e) => {
+                    if let Some(classified) =
+                        crate::error::classify_store_error(&e, &[display(url)])
+                    {
+                        return classified;
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
         let listed = match url.list_all_files(&state, store.as_ref(), extension).await {
             Ok(stream) => stream.try_collect::<Vec<_>>().await,
             Err(e) => Err(e),
@@ -280,10 +297,7 @@ impl Session {
             Err(e) => return Error::from_datafusion(e, &[display(url)]),
         };
         if files.is_empty() {
-            return Error::SourceNotFound {
-                url: display(url),
-                format,
-            };
+            return self.not_found(url, &store, format).await;
         }
         if format == "parquet" {
             for meta in &files {
@@ -295,6 +309,11 @@ impl Session {
                 ))
                 .await
                 {
+                    if let Some(classified) = crate::error::find_store_error(&e).and_then(|store| {
+                        crate::error::classify_store_error(store, std::slice::from_ref(&file_url))
+                    }) {
+                        return classified;
+                    }
                     return Error::InvalidParquet {
                         url: file_url,
                         reason: e.to_string(),
@@ -303,6 +322,29 @@ impl Session {
             }
         }
         Error::from_datafusion(error, &[display(url)])
+    }
+}
+
+impl Session {
+    /// Nothing at `url`: says whether the bucket itself is missing (a HEAD answer has
+    /// no body to tell NoSuchKey from NoSuchBucket, so ask the bucket).
+    async fn not_found(
+        &self,
+        url: &ListingTableUrl,
+        store: &Arc<dyn ObjectStore>,
+        format: &'static str,
+    ) -> Error {
+        if matches!(url.scheme(), "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss")
+            && let Err(e) = store.list_with_delimiter(None).await
+            && (matches!(e, object_store::Error::NotFound { .. })
+                || e.to_string().contains("NoSuchBucket"))
+        {
+            return Error::BucketNotFound { url: display(url) };
+        }
+        Error::SourceNotFound {
+            url: display(url),
+            format,
+        }
     }
 }
 

@@ -23,10 +23,21 @@ pub enum StoreError {
     /// The URL's scheme has no object store in this build.
     #[error(
         "no object store for {url}: the scheme `{scheme}` is not supported by this build \
-         (supported: plain paths, file://, memory://)"
+         (supported: {})",
+        crate::supported_schemes()
     )]
     UnsupportedScheme {
         /// The URL, without credentials.
+        url: String,
+        /// Its scheme.
+        scheme: String,
+    },
+    /// The destination's store is read-only in Sluice (HTTP and HTTPS).
+    #[error(
+        "cannot write to {url}: {scheme}:// locations are read-only; write to a path, s3:// or memory:// instead"
+    )]
+    ReadOnly {
+        /// The destination, without credentials.
         url: String,
         /// Its scheme.
         scheme: String,

@@ -2,7 +2,8 @@
 //! outputs that appear only when they are whole.
 //!
 //! Everything in Sluice that takes a path takes a URL: a plain path (`data/x.parquet`),
-//! `file:///abs/path`, or `memory://bucket/key`. [`StoreRegistry`] is the DataFusion
+//! `file:///abs/path`, `memory://bucket/key`, `s3://bucket/key`, `http(s)://host/path`
+//! (read-only), and `gs://` / `az://` with the `gcp` / `azure` features. [`StoreRegistry`] is the DataFusion
 //! [`ObjectStoreRegistry`] behind every session: it builds the store for a URL the
 //! first time the URL is used, so users never register stores by hand, and tests can
 //! put an instrumented store in front of a scheme with [`StoreRegistry::register`].
@@ -47,10 +48,32 @@
 //! # }
 //! ```
 
+mod builder;
 mod error;
 mod registry;
 mod staged;
 
+pub use builder::{RetryPolicy, StoreBuilder};
 pub use error::{Result, StoreError};
+
+/// The URL schemes this build can open, for error messages.
+///
+/// ```
+/// assert!(sluice_store::supported_schemes().contains("file://"));
+/// ```
+pub fn supported_schemes() -> String {
+    let mut schemes = String::from("plain paths, file://, memory://");
+    for (enabled, scheme) in [
+        (cfg!(feature = "s3"), ", s3://"),
+        (cfg!(feature = "http"), ", http(s):// (read-only)"),
+        (cfg!(feature = "gcp"), ", gs://"),
+        (cfg!(feature = "azure"), ", az://"),
+    ] {
+        if enabled {
+            schemes.push_str(scheme);
+        }
+    }
+    schemes
+}
 pub use registry::{StoreRegistry, object_path, resolve_url, store_key};
-pub use staged::{OutputKind, PublishedFile, PublishedOutput, StagedOutput};
+pub use staged::{OutputKind, PublishedFile, PublishedOutput, STAGING_MARKER, StagedOutput};

@@ -7,12 +7,10 @@ use std::sync::{Arc, RwLock};
 use datafusion::error::DataFusionError;
 use datafusion::execution::object_store::ObjectStoreRegistry;
 use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
-use object_store::memory::InMemory;
 use object_store::path::Path;
 use url::Url;
 
-use crate::{Result, StoreError};
+use crate::{Result, StoreBuilder, StoreError};
 
 /// Turns what a user wrote (a plain path, relative or absolute, or a URL) into an
 /// absolute URL.
@@ -113,8 +111,10 @@ pub(crate) fn redact(url: &Url) -> String {
 /// The object stores of a session, keyed by `scheme://authority`, created on first use.
 ///
 /// It implements DataFusion's [`ObjectStoreRegistry`], so every scan and sink of a
-/// session finds its store here. `file://` maps to the local file system and
-/// `memory://NAME` to one in-memory store per name that lives as long as the registry.
+/// session finds its store here. `file://` maps to the local file system,
+/// `memory://NAME` to one in-memory store per name that lives as long as the registry,
+/// `s3://BUCKET` to S3 configured from the environment, `http(s)://HOST` to a read-only
+/// HTTP store (see [`StoreBuilder`]).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -165,16 +165,7 @@ impl StoreRegistry {
         if let Some(store) = stores.get(&key) {
             return Ok(Arc::clone(store));
         }
-        let store: Arc<dyn ObjectStore> = match url.scheme() {
-            "file" => Arc::new(LocalFileSystem::new()),
-            "memory" => Arc::new(InMemory::new()),
-            scheme => {
-                return Err(StoreError::UnsupportedScheme {
-                    url: redact(url),
-                    scheme: scheme.to_string(),
-                });
-            }
-        };
+        let store = StoreBuilder::from_env(url).build()?;
         tracing::debug!(store = %key, "created object store");
         stores.insert(key, Arc::clone(&store));
         Ok(store)
@@ -232,6 +223,7 @@ mod tests {
 
     #[test]
     fn registered_stores_take_precedence() {
+        use object_store::memory::InMemory;
         let registry = StoreRegistry::new();
         let url = Url::parse("file:///").unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());

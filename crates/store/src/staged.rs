@@ -9,6 +9,12 @@
 //! | publishing a local dir    | the old directory or the new one (directory rename)     |
 //! | publishing a remote dir   | no `_SUCCESS` marker until every part is in place       |
 //!
+//! Staging is needed even where a multipart upload is invisible until completed: on a
+//! failed write DataFusion 55 still *completes* the uploads it started
+//! (`stateless_serialize_and_write_files` in `datafusion-datasource/src/write/orchestration.rs`
+//! shuts every writer down), which would publish a truncated file at the destination.
+//! On S3 publishing a file is a server-side copy (CopyObject: at most 5 GiB per object).
+//!
 //! Leftover staging objects start with `.` and carry `sluice-staging` in their name:
 //! DataFusion and most readers skip hidden files, and they are safe to delete.
 
@@ -92,12 +98,21 @@ pub struct StagedOutput {
     finished: bool,
 }
 
+/// What every staging name contains: `.NAME.sluice-staging-ID`.
+pub const STAGING_MARKER: &str = ".sluice-staging-";
+
 /// Name of the marker written last into a published remote directory.
 pub const SUCCESS_MARKER: &str = "_SUCCESS";
 
 impl StagedOutput {
     /// Prepares a staged write to `dest`. Nothing is written yet.
     pub fn new(registry: &StoreRegistry, dest: &Url, kind: OutputKind) -> Result<Self> {
+        if matches!(dest.scheme(), "http" | "https") {
+            return Err(StoreError::ReadOnly {
+                url: redact(dest),
+                scheme: dest.scheme().to_string(),
+            });
+        }
         let store = registry.store_for(dest)?;
         let mut dest = dest.clone();
         let trimmed = dest.path().trim_end_matches('/').to_string();
@@ -112,11 +127,11 @@ impl StagedOutput {
         let mut staging = dest.clone();
         match kind {
             OutputKind::File => {
-                staging.set_path(&format!("{parent}/.{name}.sluice-staging-{id}"));
+                staging.set_path(&format!("{parent}/.{name}{STAGING_MARKER}{id}"));
                 dest.set_path(&trimmed);
             }
             OutputKind::Directory => {
-                staging.set_path(&format!("{parent}/.{name}.sluice-staging-{id}/"));
+                staging.set_path(&format!("{parent}/.{name}{STAGING_MARKER}{id}/"));
                 dest.set_path(&format!("{trimmed}/"));
             }
         }

@@ -10,6 +10,9 @@
 //!   cases of the real data (the all-NULL pattern, refunds, zero totals).
 //! - [`counting_store`]: an instrumented object store that counts the requests and
 //!   bytes a query makes, for tests that assert how much Sluice reads.
+//! - [`servers`]: real servers on loopback for the storage tests: an S3-compatible
+//!   server (`s3s-fs`, in-process) and an HTTP file server with range requests, both
+//!   counting the bytes they send and able to inject faults.
 //!
 //! The `sluice gen-taxi` command of the `sluice-cli` crate is a thin shell over
 //! [`taxi::write_taxi_parquet`].
@@ -30,6 +33,7 @@
 //! ```
 
 pub mod counting_store;
+pub mod servers;
 pub mod taxi;
 
 use std::path::PathBuf;
@@ -98,6 +102,18 @@ pub enum TestkitError {
     StaleOutput {
         /// The stale file.
         path: PathBuf,
+    },
+    /// A test server could not start (binding a loopback port, creating its root).
+    #[error("could not start a test server: {source}")]
+    Server {
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The S3 server library refused its configuration.
+    #[error("could not start the S3 test server: {message}")]
+    S3 {
+        /// Its error (s3s-fs errors implement only `Debug`).
+        message: String,
     },
 }
 

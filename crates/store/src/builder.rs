@@ -1,0 +1,503 @@
+//! Building the object store for a URL: S3 (AWS conventions), HTTP(S), local disk,
+//! memory, and GCS / Azure behind cargo features.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    BackoffConfig, ClientOptions, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload,
+    ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+    RetryConfig, UploadPart,
+};
+use url::Url;
+
+use crate::registry::redact;
+use crate::{Result, StoreError};
+
+/// How requests to a remote store are retried: transient failures (5xx, connection
+/// resets, timeouts) are retried with exponential backoff until either limit is hit.
+/// Conditional writes are never retried blindly (object_store's own rule).
+///
+/// The defaults suit batch ETL on a flaky network without hanging on a dead endpoint:
+/// up to 5 retries within 30 s, backoff from 100 ms doubling up to 5 s.
+///
+/// ```
+/// use std::time::Duration;
+/// let policy = sluice_store::RetryPolicy::default().with_max_retries(2).with_timeout(Duration::from_secs(5));
+/// assert_eq!(policy.max_retries, 2);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: usize,
+    /// No retry starts after this much time since the first attempt.
+    pub timeout: Duration,
+    /// The first backoff.
+    pub initial_backoff: Duration,
+    /// The largest backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 5,
+            timeout: Duration::from_secs(30),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Sets the number of retries.
+    pub fn with_max_retries(mut self, retries: usize) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// Sets the overall retry time limit.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the first and largest backoff.
+    pub fn with_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial_backoff = initial;
+        self.max_backoff = max.max(initial);
+        self
+    }
+
+    fn to_config(self) -> RetryConfig {
+        RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: self.initial_backoff,
+                max_backoff: self.max_backoff,
+                base: 2.0,
+            },
+            max_retries: self.max_retries,
+            retry_timeout: self.timeout,
+        }
+    }
+}
+
+/// Builds the object store for a URL's `scheme://authority`.
+///
+/// [`from_env`](Self::from_env) starts from the AWS conventions (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL` for
+/// S3-compatible servers, `AWS_ALLOW_HTTP`); the `with_*` methods override them for
+/// this store. This is what a [`StoreRegistry`](crate::StoreRegistry) does on first use
+/// of a URL; build one by hand to give one store its own endpoint or credentials.
+///
+/// ```
+/// use sluice_store::{RetryPolicy, StoreBuilder};
+/// let url = url::Url::parse("s3://my-bucket/").unwrap();
+/// let store = StoreBuilder::from_url(&url)
+///     .with_endpoint("http://127.0.0.1:9000")
+///     .with_region("us-east-1")
+///     .with_credentials("access", "secret", None)
+///     .with_allow_http(true)
+///     .with_retry(RetryPolicy::default().with_max_retries(3))
+///     .build()
+///     .unwrap();
+/// assert!(store.to_string().contains("my-bucket"));
+/// ```
+#[derive(Clone, Default)]
+pub struct StoreBuilder {
+    url: Option<Url>,
+    from_env: bool,
+    endpoint: Option<String>,
+    region: Option<String>,
+    credentials: Option<(String, String, Option<String>)>,
+    allow_http: Option<bool>,
+    retry: RetryPolicy,
+    timeout: Option<Duration>,
+    connect_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for StoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print credentials.
+        f.debug_struct("StoreBuilder")
+            .field("url", &self.url.as_ref().map(redact))
+            .field("from_env", &self.from_env)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allow_http", &self.allow_http)
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl StoreBuilder {
+    /// A store for `url`'s scheme and authority, configured only by the `with_*` calls.
+    pub fn from_url(url: &Url) -> Self {
+        Self {
+            url: Some(url.clone()),
+            ..Self::default()
+        }
+    }
+
+    /// A store for `url`, configured from the environment (AWS conventions for S3),
+    /// then by the `with_*` calls.
+    pub fn from_env(url: &Url) -> Self {
+        Self {
+            from_env: true,
+            ..Self::from_url(url)
+        }
+    }
+
+    /// The endpoint of an S3-compatible server (`http://127.0.0.1:9000`).
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// The S3 region.
+    pub fn with_region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// Static credentials: access key id, secret key and an optional session token.
+    pub fn with_credentials(
+        mut self,
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+        session_token: Option<String>,
+    ) -> Self {
+        self.credentials = Some((
+            access_key_id.into(),
+            secret_access_key.into(),
+            session_token,
+        ));
+        self
+    }
+
+    /// Allows plain `http://` endpoints.
+    pub fn with_allow_http(mut self, allow: bool) -> Self {
+        self.allow_http = Some(allow);
+        self
+    }
+
+    /// How transient failures are retried.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The time limit of one request.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The time limit for connecting.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Whether plain HTTP is allowed: set by hand, or `AWS_ALLOW_HTTP` with `from_env`.
+    fn allow_http(&self) -> Option<bool> {
+        self.allow_http.or_else(|| {
+            self.from_env
+                .then(|| std::env::var("AWS_ALLOW_HTTP").ok())
+                .flatten()
+                .map(|v| v.eq_ignore_ascii_case("true") || v == "1")
+        })
+    }
+
+    fn client_options(&self) -> ClientOptions {
+        // Replaces the builder's client options wholesale, so it carries over what
+        // `from_env` would otherwise have set there.
+        let mut options = ClientOptions::new();
+        if let Some(allow) = self.allow_http() {
+            options = options.with_allow_http(allow);
+        }
+        if let Some(timeout) = self.timeout {
+            options = options.with_timeout(timeout);
+        }
+        if let Some(timeout) = self.connect_timeout {
+            options = options.with_connect_timeout(timeout);
+        }
+        options
+    }
+
+    /// Builds the store. Multipart uploads of the store are aborted when dropped
+    /// unfinished, so a failed or cancelled write leaves no parts behind.
+    pub fn build(self) -> Result<Arc<dyn ObjectStore>> {
+        let url = self.url.clone().ok_or_else(|| StoreError::InvalidUrl {
+            location: String::new(),
+            reason: "a store builder needs a URL".into(),
+        })?;
+        let invalid = |source: object_store::Error| StoreError::ObjectStore {
+            operation: "configure",
+            url: redact(&url),
+            source,
+        };
+        let store: Arc<dyn ObjectStore> = match url.scheme() {
+            "file" => Arc::new(LocalFileSystem::new()),
+            "memory" => Arc::new(InMemory::new()),
+            #[cfg(feature = "s3")]
+            "s3" | "s3a" => {
+                use object_store::aws::AmazonS3Builder;
+                let bucket = url.host_str().unwrap_or_default();
+                let mut builder = if self.from_env {
+                    AmazonS3Builder::from_env()
+                } else {
+                    AmazonS3Builder::new()
+                }
+                .with_bucket_name(bucket);
+                if let Some(endpoint) = &self.endpoint {
+                    builder = builder.with_endpoint(endpoint);
+                }
+                if let Some(region) = &self.region {
+                    builder = builder.with_region(region);
+                }
+                if let Some((key, secret, token)) = &self.credentials {
+                    builder = builder
+                        .with_access_key_id(key)
+                        .with_secret_access_key(secret);
+                    if let Some(token) = token {
+                        builder = builder.with_token(token);
+                    }
+                }
+                let builder = builder
+                    .with_retry(self.retry.to_config())
+                    .with_client_options(self.client_options());
+                Arc::new(builder.build().map_err(invalid)?)
+            }
+            #[cfg(feature = "http")]
+            "http" | "https" => {
+                use object_store::http::HttpBuilder;
+                let base = format!(
+                    "{}://{}",
+                    url.scheme(),
+                    &url[url::Position::BeforeHost..url::Position::AfterPort]
+                );
+                // Writing `http://` in the URL is the user's consent to plain HTTP.
+                let options = self
+                    .client_options()
+                    .with_allow_http(url.scheme() == "http" || self.allow_http == Some(true));
+                let store = HttpBuilder::new()
+                    .with_url(base)
+                    .with_retry(self.retry.to_config())
+                    .with_client_options(options)
+                    .build()
+                    .map_err(invalid)?;
+                Arc::new(store)
+            }
+            #[cfg(feature = "gcp")]
+            "gs" => {
+                use object_store::gcp::GoogleCloudStorageBuilder;
+                let builder = if self.from_env {
+                    GoogleCloudStorageBuilder::from_env()
+                } else {
+                    GoogleCloudStorageBuilder::new()
+                };
+                Arc::new(
+                    builder
+                        .with_bucket_name(url.host_str().unwrap_or_default())
+                        .with_retry(self.retry.to_config())
+                        .with_client_options(self.client_options())
+                        .build()
+                        .map_err(invalid)?,
+                )
+            }
+            #[cfg(feature = "azure")]
+            "az" | "abfs" | "abfss" => {
+                use object_store::azure::MicrosoftAzureBuilder;
+                let builder = if self.from_env {
+                    MicrosoftAzureBuilder::from_env()
+                } else {
+                    MicrosoftAzureBuilder::new()
+                };
+                Arc::new(
+                    builder
+                        .with_url(url.as_str())
+                        .with_retry(self.retry.to_config())
+                        .with_client_options(self.client_options())
+                        .build()
+                        .map_err(invalid)?,
+                )
+            }
+            scheme => {
+                return Err(StoreError::UnsupportedScheme {
+                    url: redact(&url),
+                    scheme: scheme.to_string(),
+                });
+            }
+        };
+        Ok(Arc::new(AbortingStore { inner: store }))
+    }
+}
+
+/// Wraps a store so that a multipart upload dropped before `complete` is aborted.
+/// DataFusion's writers drop their upload on failure without aborting it (see
+/// `datafusion-datasource/src/write/mod.rs`), which on S3 leaves invisible, billed parts.
+#[derive(Debug)]
+pub(crate) struct AbortingStore {
+    inner: Arc<dyn ObjectStore>,
+}
+
+impl fmt::Display for AbortingStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for AbortingStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let upload = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(AbortOnDrop {
+            inner: Some(upload),
+            location: location.clone(),
+        }))
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[std::ops::Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: RenameOptions,
+    ) -> object_store::Result<()> {
+        self.inner.rename_opts(from, to, options).await
+    }
+}
+
+#[derive(Debug)]
+struct AbortOnDrop {
+    inner: Option<Box<dyn MultipartUpload>>,
+    location: Path,
+}
+
+#[async_trait]
+impl MultipartUpload for AbortOnDrop {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        match self.inner.as_mut() {
+            Some(upload) => upload.put_part(data),
+            None => Box::pin(futures::future::ready(Err(finished(&self.location)))),
+        }
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        let mut upload = self.inner.take().ok_or_else(|| finished(&self.location))?;
+        let result = upload.complete().await;
+        if result.is_err() {
+            let _ = upload.abort().await;
+        }
+        result
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        match self.inner.take() {
+            Some(mut upload) => upload.abort().await,
+            None => Ok(()),
+        }
+    }
+}
+
+fn finished(location: &Path) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "sluice",
+        source: format!("the multipart upload of {location} is already finished").into(),
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        let Some(mut upload) = self.inner.take() else {
+            return;
+        };
+        let location = self.location.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    match upload.abort().await {
+                        Ok(()) => tracing::debug!(%location, "aborted an unfinished multipart upload"),
+                        Err(e) => tracing::warn!(%location, error = %e, "could not abort an unfinished multipart upload"),
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(%location, "unfinished multipart upload dropped outside a runtime; not aborted")
+            }
+        }
+    }
+}

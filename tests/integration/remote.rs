@@ -1,0 +1,542 @@
+//! Object stores over the network: S3 (an in-process `s3s-fs` server, or an external
+//! endpoint named by `SLUICE_TEST_S3_*`) and HTTP (a file server with ranges), both
+//! real servers on loopback.
+//!
+//! `.ci/run` runs the S3 tests a second time against moto's S3 server:
+//! `SLUICE_TEST_S3_ENDPOINT=http://127.0.0.1:PORT SLUICE_TEST_S3_BUCKET=NAME
+//! [SLUICE_TEST_S3_ACCESS_KEY=.. SLUICE_TEST_S3_SECRET_KEY=..] cargo test --test integration remote::s3`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::{ObjectStore, ObjectStoreExt};
+use sluice::prelude::*;
+use sluice::store::{RetryPolicy, StoreBuilder};
+use sluice_testkit::servers::{Fault, HttpFileServer, S3Server};
+
+use crate::common::{etl, taxi_file};
+
+/// Retries fast enough for tests that provoke failures.
+fn quick_retries() -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_retries(3)
+        .with_timeout(Duration::from_secs(10))
+        .with_backoff(Duration::from_millis(10), Duration::from_millis(100))
+}
+
+/// Where the S3 tests run.
+pub struct S3Target {
+    /// The in-process server, unless an external endpoint is configured.
+    pub server: Option<S3Server>,
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// A prefix of this test's own.
+    pub prefix: String,
+}
+
+impl S3Target {
+    pub async fn new(test: &str) -> S3Target {
+        let prefix = format!("{test}-{}", std::process::id());
+        if let Ok(endpoint) = std::env::var("SLUICE_TEST_S3_ENDPOINT") {
+            return S3Target {
+                server: None,
+                endpoint,
+                bucket: std::env::var("SLUICE_TEST_S3_BUCKET").expect("SLUICE_TEST_S3_BUCKET"),
+                access_key: std::env::var("SLUICE_TEST_S3_ACCESS_KEY")
+                    .unwrap_or_else(|_| "testing".into()),
+                secret_key: std::env::var("SLUICE_TEST_S3_SECRET_KEY")
+                    .unwrap_or_else(|_| "testing".into()),
+                prefix,
+            };
+        }
+        let server = S3Server::start().await.unwrap();
+        server.create_bucket("sluice").unwrap();
+        S3Target {
+            endpoint: server.endpoint(),
+            server: Some(server),
+            bucket: "sluice".into(),
+            access_key: S3Server::ACCESS_KEY.into(),
+            secret_key: S3Server::SECRET_KEY.into(),
+            prefix,
+        }
+    }
+
+    /// `s3://bucket/prefix/key`.
+    pub fn url(&self, key: &str) -> String {
+        format!("s3://{}/{}/{key}", self.bucket, self.prefix)
+    }
+
+    pub fn store_builder(&self, bucket: &str) -> StoreBuilder {
+        StoreBuilder::from_url(&url::Url::parse(&format!("s3://{bucket}/")).unwrap())
+            .with_endpoint(&self.endpoint)
+            .with_region("us-east-1")
+            .with_credentials(&self.access_key, &self.secret_key, None)
+            .with_allow_http(true)
+            .with_retry(quick_retries())
+    }
+
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store_builder(&self.bucket).build().unwrap()
+    }
+
+    /// A session whose `s3://bucket` is this target.
+    pub fn session(&self) -> Session {
+        Session::builder()
+            .with_object_store(
+                &url::Url::parse(&format!("s3://{}/", self.bucket)).unwrap(),
+                self.store(),
+            )
+            .build()
+            .unwrap()
+    }
+
+    /// The environment a child process needs to reach the target by AWS conventions.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+
+    async fn exists(&self, key: &str) -> bool {
+        let path = object_store::path::Path::from(format!("{}/{key}", self.prefix));
+        self.store().head(&path).await.is_ok()
+    }
+
+    /// Waits until the in-process server holds no unfinished multipart upload.
+    async fn assert_no_pending_uploads(&self) {
+        let Some(server) = &self.server else { return };
+        for _ in 0..100 {
+            if server.pending_uploads() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "{} multipart uploads were left unfinished",
+            server.pending_uploads()
+        );
+    }
+}
+
+async fn run_etl(session: &Session, source: &str, dest: &str) -> sluice::Result<WriteSummary> {
+    etl(source, dest).with_session(session.clone()).await
+}
+
+mod s3 {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_seed_etl_runs_from_local_disk_to_s3_and_back() {
+        let target = S3Target::new("roundtrip").await;
+        let session = target.session();
+        let dir = tempfile::tempdir().unwrap();
+        let source = taxi_file(dir.path(), "in.parquet", 60_000, 20_000);
+        // local → S3
+        let on_s3 = target.url("out/tips.parquet");
+        let written = run_etl(&session, source.to_str().unwrap(), &on_s3)
+            .await
+            .unwrap();
+        assert_eq!(written.rows, 60_000);
+        assert_eq!(written.files.len(), 1);
+        assert!(target.exists("out/tips.parquet").await);
+        // S3 → local (the seed transform again, on data that already has tip_fraction)
+        let back = dir.path().join("back.parquet");
+        let copied = session
+            .read_parquet(&on_s3)
+            .await
+            .unwrap()
+            .write_parquet(back.to_str().unwrap(), ParquetWrite::default())
+            .await
+            .unwrap();
+        assert_eq!(copied.rows, 60_000);
+        let cols = session
+            .read_parquet(back.to_str().unwrap())
+            .await
+            .unwrap()
+            .columns();
+        assert_eq!(cols.last().map(String::as_str), Some("tip_fraction"));
+        target.assert_no_pending_uploads().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn s3_prefixes_and_globs_read_every_matching_object() {
+        let target = S3Target::new("prefix").await;
+        let session = target.session();
+        let dir = tempfile::tempdir().unwrap();
+        let source = taxi_file(dir.path(), "in.parquet", 20_000, 10_000);
+        let frame = session
+            .read_parquet(source.to_str().unwrap())
+            .await
+            .unwrap();
+        frame
+            .write_parquet(&target.url("parts/a.parquet"), ParquetWrite::default())
+            .await
+            .unwrap();
+        frame
+            .write_parquet(&target.url("parts/b.parquet"), ParquetWrite::default())
+            .await
+            .unwrap();
+        frame
+            .write_csv(&target.url("parts/c.csv"), CsvWrite::default())
+            .await
+            .unwrap();
+        let all = session.read_parquet(&target.url("parts/")).await.unwrap();
+        assert_eq!(all.count().await.unwrap(), 40_000);
+        let one = session
+            .read_parquet(&target.url("parts/a*.parquet"))
+            .await
+            .unwrap();
+        assert_eq!(one.count().await.unwrap(), 20_000);
+        let csv = session
+            .read_csv(&target.url("parts/*.csv"), CsvReadOptions::new())
+            .await
+            .unwrap();
+        assert_eq!(csv.count().await.unwrap(), 20_000);
+        // A directory of parts is published with _SUCCESS last.
+        let summary = frame
+            .write_parquet(
+                &target.url("dir/"),
+                ParquetWrite::default().with_layout(WriteLayout::Directory),
+            )
+            .await
+            .unwrap();
+        assert_eq!(summary.rows, 20_000);
+        assert!(target.exists("dir/_SUCCESS").await);
+        assert_eq!(
+            session
+                .read_parquet(&target.url("dir/"))
+                .await
+                .unwrap()
+                .count()
+                .await
+                .unwrap(),
+            20_000
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_two_column_query_fetches_well_under_half_of_an_s3_object() {
+        let target = S3Target::new("ranges").await;
+        let Some(server) = &target.server else { return }; // counts need the in-process server
+        let session = target.session();
+        let dir = tempfile::tempdir().unwrap();
+        let source = taxi_file(dir.path(), "in.parquet", 200_000, 50_000);
+        let size = std::fs::metadata(&source).unwrap().len();
+        let key = target.url("big.parquet");
+        session
+            .read_parquet(source.to_str().unwrap())
+            .await
+            .unwrap()
+            .write_parquet(&key, ParquetWrite::snappy().with_row_group_rows(50_000))
+            .await
+            .unwrap();
+        server.reset_counters();
+        let frame = session.read_parquet(&key).await.unwrap();
+        let sums = frame
+            .aggregate(
+                Vec::<Expr>::new(),
+                [
+                    sum(col("tip_amount")).alias("t"),
+                    sum(col("total_amount")).alias("a"),
+                ],
+            )
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(sums[0].num_rows(), 1);
+        let sent = server.bytes_sent();
+        eprintln!("2 of 19 columns from S3: {sent} bytes of a {size}-byte object");
+        assert!(
+            sent > 0 && sent < size / 2,
+            "fetched {sent} of {size} bytes"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_s3_write_aborts_its_upload_and_leaves_no_object() {
+        let target = S3Target::new("abort").await;
+        let session = Session::builder()
+            .with_target_partitions(1)
+            .with_object_store(
+                &url::Url::parse(&format!("s3://{}/", target.bucket)).unwrap(),
+                target.store(),
+            )
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        taxi_file(dir.path(), "a.parquet", 300_000, 50_000);
+        // b.parquet: a valid footer over garbled data pages, read after a.parquet.
+        let b = taxi_file(dir.path(), "b.parquet", 50_000, 50_000);
+        let mut bytes = std::fs::read(&b).unwrap();
+        let middle = bytes.len() / 2;
+        for byte in &mut bytes[middle - 100_000..middle + 100_000] {
+            *byte = 0xA5;
+        }
+        std::fs::write(&b, bytes).unwrap();
+        let frame = session
+            .read_parquet(&format!("{}/", dir.path().display()))
+            .await
+            .unwrap();
+        let dest = target.url("never.parquet");
+        let error = frame
+            .write_parquet(
+                &dest,
+                ParquetWrite::with_compression(sluice::Compression::Uncompressed)
+                    .with_row_group_rows(50_000),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::Write { .. }), "{error}");
+        assert!(
+            error.to_string().contains("b.parquet")
+                || error.to_string().contains(dir.path().to_str().unwrap()),
+            "{error}"
+        );
+        assert!(!target.exists("never.parquet").await);
+        target.assert_no_pending_uploads().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn s3_errors_are_typed_and_name_the_url_without_secrets() {
+        let target = S3Target::new("errors").await;
+        let session = target.session();
+        // A key that does not exist.
+        let missing = session
+            .read_parquet(&target.url("nope.parquet"))
+            .await
+            .unwrap_err();
+        assert!(matches!(missing, Error::SourceNotFound { .. }), "{missing}");
+        assert!(missing.to_string().contains("nope.parquet"));
+        // A bucket that does not exist.
+        let no_bucket = format!("s3://no-such-bucket-{}/x.parquet", std::process::id());
+        let bucket_url = url::Url::parse(&no_bucket).unwrap();
+        let other = Session::builder()
+            .with_object_store(
+                &bucket_url,
+                target
+                    .store_builder(bucket_url.host_str().unwrap())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let error = other.read_parquet(&no_bucket).await.unwrap_err();
+        assert!(matches!(error, Error::BucketNotFound { .. }), "{error:?}");
+        assert!(error.to_string().contains(&no_bucket), "{error}");
+        // Wrong credentials.
+        if target.server.is_some() {
+            let bad = Session::builder()
+                .with_object_store(
+                    &url::Url::parse(&format!("s3://{}/", target.bucket)).unwrap(),
+                    StoreBuilder::from_url(
+                        &url::Url::parse(&format!("s3://{}/", target.bucket)).unwrap(),
+                    )
+                    .with_endpoint(&target.endpoint)
+                    .with_region("us-east-1")
+                    .with_credentials(&target.access_key, "not-the-secret-XYZ", None)
+                    .with_allow_http(true)
+                    .with_retry(quick_retries())
+                    .build()
+                    .unwrap(),
+                )
+                .build()
+                .unwrap();
+            let denied = bad
+                .read_parquet(&target.url("x.parquet"))
+                .await
+                .unwrap_err();
+            assert!(matches!(denied, Error::AccessDenied { .. }), "{denied:?}");
+            assert!(
+                !denied.to_string().contains("not-the-secret-XYZ"),
+                "{denied}"
+            );
+            assert!(
+                denied.to_string().contains(&target.url("x.parquet")),
+                "{denied}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transient_s3_faults_are_retried() {
+        let target = S3Target::new("faults").await;
+        let Some(server) = &target.server else { return };
+        let session = target.session();
+        let frame = session
+            .sql("SELECT * FROM (VALUES (1), (2), (3)) AS t(n)", [])
+            .await
+            .unwrap();
+        frame
+            .write_parquet(&target.url("n.parquet"), ParquetWrite::default())
+            .await
+            .unwrap();
+        server.fail_next(2, Fault::Unavailable);
+        let back = session
+            .read_parquet(&target.url("n.parquet"))
+            .await
+            .unwrap();
+        assert_eq!(back.count().await.unwrap(), 3);
+        server.fail_next(2, Fault::Reset);
+        let again = session
+            .read_parquet(&target.url("n.parquet"))
+            .await
+            .unwrap();
+        assert_eq!(
+            again
+                .collect()
+                .await
+                .unwrap()
+                .iter()
+                .map(|b| b.num_rows())
+                .sum::<usize>(),
+            3
+        );
+    }
+}
+
+mod http {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_seed_etl_streams_from_http_to_s3() {
+        let dir = tempfile::tempdir().unwrap();
+        taxi_file(dir.path(), "yellow.parquet", 80_000, 20_000);
+        let server = HttpFileServer::start(dir.path()).await.unwrap();
+        let target = S3Target::new("http2s3").await;
+        let session = target.session();
+        let dest = target.url("nyc/2023/09.parquet");
+        let written = run_etl(&session, &server.url("yellow.parquet"), &dest)
+            .await
+            .unwrap();
+        assert_eq!(written.rows, 80_000);
+        let back = session.read_parquet(&dest).await.unwrap();
+        assert_eq!(back.count().await.unwrap(), 80_000);
+        assert!(server.requests() >= 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_two_column_query_fetches_well_under_half_of_an_http_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = taxi_file(dir.path(), "yellow.parquet", 200_000, 50_000);
+        let size = std::fs::metadata(&source).unwrap().len();
+        let server = HttpFileServer::start(dir.path()).await.unwrap();
+        let session = Session::new();
+        let frame = session
+            .read_parquet(&server.url("yellow.parquet"))
+            .await
+            .unwrap();
+        let footer_bytes = server.bytes_sent();
+        assert!(
+            footer_bytes < size / 4,
+            "building the frame fetched {footer_bytes} of {size}"
+        );
+        let sums = frame
+            .aggregate(
+                Vec::<Expr>::new(),
+                [sum(col("tip_amount")), sum(col("total_amount"))],
+            )
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(sums[0].num_rows(), 1);
+        let sent = server.bytes_sent();
+        eprintln!("2 of 19 columns over HTTP: {sent} bytes of a {size}-byte file");
+        assert!(sent < size / 2, "fetched {sent} of {size} bytes");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http_errors_are_typed_and_name_the_url() {
+        let dir = tempfile::tempdir().unwrap();
+        taxi_file(dir.path(), "yellow.parquet", 10_000, 10_000);
+        let server = HttpFileServer::start(dir.path()).await.unwrap();
+        let session = Session::new();
+        let missing = session
+            .read_parquet(&server.url("missing.parquet"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(missing, Error::SourceNotFound { .. }),
+            "{missing:?}"
+        );
+        assert!(missing.to_string().contains(&server.url("missing.parquet")));
+
+        let no_ranges = HttpFileServer::start_without_ranges(dir.path())
+            .await
+            .unwrap();
+        let url = no_ranges.url("yellow.parquet");
+        let error = match session.read_parquet(&url).await {
+            Err(e) => e,
+            Ok(frame) => frame.count().await.unwrap_err(),
+        };
+        assert!(
+            matches!(error, Error::RangeNotSupported { .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains(&url), "{error}");
+
+        let frame = session.sql("SELECT 1 AS x", []).await.unwrap();
+        let read_only = frame
+            .write_parquet(&server.url("out.parquet"), ParquetWrite::default())
+            .await
+            .unwrap_err();
+        assert!(read_only.to_string().contains("read-only"), "{read_only}");
+        assert!(!dir.path().join("out.parquet").exists());
+
+        // Nothing listens on this port any more.
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let dead = format!("http://127.0.0.1:{port}/yellow.parquet");
+        let unreachable = Session::builder()
+            .with_object_store(
+                &url::Url::parse(&dead).unwrap(),
+                StoreBuilder::from_url(&url::Url::parse(&dead).unwrap())
+                    .with_retry(quick_retries())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+            .read_parquet(&dead)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(unreachable, Error::Unreachable { .. }),
+            "{unreachable:?}"
+        );
+        assert!(unreachable.to_string().contains(&dead), "{unreachable}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transient_http_faults_are_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        taxi_file(dir.path(), "yellow.parquet", 10_000, 10_000);
+        let server = HttpFileServer::start(dir.path()).await.unwrap();
+        let session = Session::builder()
+            .with_object_store(
+                &url::Url::parse(&server.url("")).unwrap(),
+                StoreBuilder::from_url(&url::Url::parse(&server.url("")).unwrap())
+                    .with_retry(quick_retries())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        server.fail_next(2, Fault::Unavailable);
+        let frame = session
+            .read_parquet(&server.url("yellow.parquet"))
+            .await
+            .unwrap();
+        server.fail_next(2, Fault::Reset);
+        assert_eq!(frame.count().await.unwrap(), 10_000);
+    }
+}
