@@ -124,6 +124,20 @@ impl S3Target {
     }
 }
 
+/// Sums two of the taxi columns: a query that needs 2 of the 19 columns.
+async fn sum_two_columns(frame: &Frame) {
+    let sums = frame
+        .aggregate(
+            Vec::<Expr>::new(),
+            [sum(col("tip_amount")), sum(col("total_amount"))],
+        )
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(sums[0].num_rows(), 1);
+}
+
 async fn run_etl(session: &Session, source: &str, dest: &str) -> sluice::Result<WriteSummary> {
     etl(source, dest).with_session(session.clone()).await
 }
@@ -236,22 +250,10 @@ mod s3 {
             .write_parquet(&key, ParquetWrite::snappy().with_row_group_rows(50_000))
             .await
             .unwrap();
-        server.reset_counters();
+        server.stats().reset();
         let frame = session.read_parquet(&key).await.unwrap();
-        let sums = frame
-            .aggregate(
-                Vec::<Expr>::new(),
-                [
-                    sum(col("tip_amount")).alias("t"),
-                    sum(col("total_amount")).alias("a"),
-                ],
-            )
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        assert_eq!(sums[0].num_rows(), 1);
-        let sent = server.bytes_sent();
+        sum_two_columns(&frame).await;
+        let sent = server.stats().bytes_sent();
         eprintln!("2 of 19 columns from S3: {sent} bytes of a {size}-byte object");
         assert!(
             sent > 0 && sent < size / 2,
@@ -377,13 +379,13 @@ mod s3 {
             .write_parquet(&target.url("n.parquet"), ParquetWrite::default())
             .await
             .unwrap();
-        server.fail_next(2, Fault::Unavailable);
+        server.stats().fail_next(2, Fault::Unavailable);
         let back = session
             .read_parquet(&target.url("n.parquet"))
             .await
             .unwrap();
         assert_eq!(back.count().await.unwrap(), 3);
-        server.fail_next(2, Fault::Reset);
+        server.stats().fail_next(2, Fault::Reset);
         let again = session
             .read_parquet(&target.url("n.parquet"))
             .await
@@ -418,7 +420,7 @@ mod http {
         assert_eq!(written.rows, 80_000);
         let back = session.read_parquet(&dest).await.unwrap();
         assert_eq!(back.count().await.unwrap(), 80_000);
-        assert!(server.requests() >= 2);
+        assert!(server.stats().requests() >= 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,22 +434,13 @@ mod http {
             .read_parquet(&server.url("yellow.parquet"))
             .await
             .unwrap();
-        let footer_bytes = server.bytes_sent();
+        let footer_bytes = server.stats().bytes_sent();
         assert!(
             footer_bytes < size / 4,
             "building the frame fetched {footer_bytes} of {size}"
         );
-        let sums = frame
-            .aggregate(
-                Vec::<Expr>::new(),
-                [sum(col("tip_amount")), sum(col("total_amount"))],
-            )
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        assert_eq!(sums[0].num_rows(), 1);
-        let sent = server.bytes_sent();
+        sum_two_columns(&frame).await;
+        let sent = server.stats().bytes_sent();
         eprintln!("2 of 19 columns over HTTP: {sent} bytes of a {size}-byte file");
         assert!(sent < size / 2, "fetched {sent} of {size} bytes");
     }
@@ -531,12 +524,12 @@ mod http {
             )
             .build()
             .unwrap();
-        server.fail_next(2, Fault::Unavailable);
+        server.stats().fail_next(2, Fault::Unavailable);
         let frame = session
             .read_parquet(&server.url("yellow.parquet"))
             .await
             .unwrap();
-        server.fail_next(2, Fault::Reset);
+        server.stats().fail_next(2, Fault::Reset);
         assert_eq!(frame.count().await.unwrap(), 10_000);
     }
 }

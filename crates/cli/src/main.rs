@@ -6,6 +6,8 @@
 //! ```text
 //! sluice gen-taxi --rows 3_000_000 --out /tmp/taxi.parquet
 //! sluice gen-taxi --rows 10_000_000 --files 8 --out /tmp/taxi/
+//! sluice serve-s3 --root /tmp/buckets --port 9000    # prints the AWS_* exports
+//! sluice serve-http --root /tmp/files
 //! ```
 
 use std::io::IsTerminal as _;
@@ -34,6 +36,21 @@ struct Cli {
 enum Command {
     /// Generate deterministic NYC yellow-taxi trips (2023 TLC schema) as Parquet.
     GenTaxi(GenTaxiArgs),
+    /// Serve a directory as an S3-compatible endpoint on loopback (each folder a
+    /// bucket), for trying S3 flows locally. Runs until interrupted.
+    ServeS3(ServeArgs),
+    /// Serve a directory over HTTP with range requests on loopback. Runs until interrupted.
+    ServeHttp(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The directory to serve.
+    #[arg(long)]
+    root: PathBuf,
+    /// The loopback port (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -107,7 +124,42 @@ fn init_logging(verbose: u8) {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::GenTaxi(args) => gen_taxi(args),
+        Command::ServeS3(args) => serve(args, true),
+        Command::ServeHttp(args) => serve(args, false),
     }
+}
+
+fn serve(args: ServeArgs, s3: bool) -> anyhow::Result<()> {
+    use sluice_testkit::servers::{HttpFileServer, S3Server};
+    let runtime = tokio::runtime::Runtime::new().context("could not start a runtime")?;
+    runtime.block_on(async {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
+        // Keep the server alive until interrupted.
+        let _server: Box<dyn std::fmt::Debug> = if s3 {
+            let server = S3Server::start_at(&args.root, addr).await?;
+            println!(
+                "S3 endpoint {} serving {}",
+                server.endpoint(),
+                args.root.display()
+            );
+            for (key, value) in server.env() {
+                println!("export {key}={value}");
+            }
+            Box::new(server)
+        } else {
+            let server = HttpFileServer::start_on(&args.root, addr, true).await?;
+            println!(
+                "HTTP server {} serving {}",
+                server.url(""),
+                args.root.display()
+            );
+            Box::new(server)
+        };
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        anyhow::Ok(())
+    })
 }
 
 fn gen_taxi(args: GenTaxiArgs) -> anyhow::Result<()> {

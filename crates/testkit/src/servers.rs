@@ -14,7 +14,7 @@
 //! std::fs::write(dir.path().join("hello.txt"), "hello world").unwrap();
 //! let server = HttpFileServer::start(dir.path()).await?;
 //! assert!(server.url("hello.txt").starts_with("http://127.0.0.1:"));
-//! assert_eq!(server.bytes_sent(), 0);
+//! assert_eq!(server.stats().bytes_sent(), 0);
 //! # Ok(())
 //! # }
 //! ```
@@ -60,6 +60,29 @@ pub struct ServerStats {
 }
 
 impl ServerStats {
+    /// Requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Response body bytes sent so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Ordering::SeqCst)
+    }
+
+    /// Sets both counters back to zero.
+    pub fn reset(&self) {
+        self.requests.store(0, Ordering::SeqCst);
+        self.bytes_sent.store(0, Ordering::SeqCst);
+    }
+
+    /// Makes the next `requests` requests fail with `fault`.
+    pub fn fail_next(&self, requests: u64, fault: Fault) {
+        self.fault_is_reset
+            .store(fault == Fault::Reset, Ordering::SeqCst);
+        self.faults_left.store(requests, Ordering::SeqCst);
+    }
+
     fn take_fault(&self) -> Option<Fault> {
         let took = self
             .faults_left
@@ -91,12 +114,12 @@ impl Drop for Running {
 
 impl Running {
     /// Serves `handler` on a fresh loopback port, wrapping it with counting and faults.
-    async fn start<H, F>(handler: H) -> Result<Self>
+    async fn start<H, F>(addr: SocketAddr, handler: H) -> Result<Self>
     where
         H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
         F: std::future::Future<Output = Response<ResponseBody>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| TestkitError::Server { source })?;
         let addr = listener
@@ -160,13 +183,6 @@ impl Running {
     fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
-
-    fn fail_next(&self, requests: u64, fault: Fault) {
-        self.stats
-            .fault_is_reset
-            .store(fault == Fault::Reset, Ordering::SeqCst);
-        self.stats.faults_left.store(requests, Ordering::SeqCst);
-    }
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
@@ -187,7 +203,13 @@ fn full(bytes: Bytes) -> ResponseBody {
 #[derive(Debug)]
 pub struct S3Server {
     running: Running,
-    root: tempfile::TempDir,
+    root: PathBuf,
+    _temporary: Option<tempfile::TempDir>,
+}
+
+/// `127.0.0.1:0`: any free loopback port.
+fn any_loopback_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 impl S3Server {
@@ -198,10 +220,17 @@ impl S3Server {
     /// The region clients should sign for.
     pub const REGION: &'static str = "us-east-1";
 
-    /// Starts a server with no buckets.
+    /// Starts a server with no buckets, storing objects in a temporary directory.
     pub async fn start() -> Result<Self> {
-        let root = tempfile::tempdir().map_err(|source| TestkitError::Server { source })?;
-        let fs = s3s_fs::FileSystem::new(root.path()).map_err(|e| TestkitError::S3 {
+        let temporary = tempfile::tempdir().map_err(|source| TestkitError::Server { source })?;
+        let mut server = Self::start_at(temporary.path(), any_loopback_port()).await?;
+        server._temporary = Some(temporary);
+        Ok(server)
+    }
+
+    /// Starts a server on `addr` whose buckets are the folders of `root`.
+    pub async fn start_at(root: &Path, addr: SocketAddr) -> Result<Self> {
+        let fs = s3s_fs::FileSystem::new(root).map_err(|e| TestkitError::S3 {
             message: format!("{e:?}"),
         })?;
         let service = {
@@ -212,7 +241,7 @@ impl S3Server {
             ));
             builder.build()
         };
-        let running = Running::start(move |request: Request<Incoming>| {
+        let running = Running::start(addr, move |request: Request<Incoming>| {
             let service = service.clone();
             async move {
                 match hyper::service::Service::call(&service, request).await {
@@ -225,7 +254,11 @@ impl S3Server {
             }
         })
         .await?;
-        Ok(Self { running, root })
+        Ok(Self {
+            running,
+            root: root.to_path_buf(),
+            _temporary: None,
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -235,13 +268,13 @@ impl S3Server {
 
     /// Creates an empty bucket.
     pub fn create_bucket(&self, name: &str) -> Result<()> {
-        let path = self.root.path().join(name);
+        let path = self.root.as_path().join(name);
         std::fs::create_dir_all(&path).map_err(|source| TestkitError::Io { path, source })
     }
 
     /// Where the server keeps the objects of `bucket` on disk.
     pub fn bucket_dir(&self, bucket: &str) -> PathBuf {
-        self.root.path().join(bucket)
+        self.root.as_path().join(bucket)
     }
 
     /// The environment a client (or a child process) needs to reach this server with
@@ -258,7 +291,7 @@ impl S3Server {
 
     /// Multipart uploads started and neither completed nor aborted.
     pub fn pending_uploads(&self) -> usize {
-        std::fs::read_dir(self.root.path())
+        std::fs::read_dir(self.root.as_path())
             .map(|entries| {
                 entries
                     .filter_map(|e| e.ok())
@@ -272,25 +305,9 @@ impl S3Server {
             .unwrap_or(0)
     }
 
-    /// Requests answered so far.
-    pub fn requests(&self) -> u64 {
-        self.running.stats.requests.load(Ordering::SeqCst)
-    }
-
-    /// Response body bytes sent so far.
-    pub fn bytes_sent(&self) -> u64 {
-        self.running.stats.bytes_sent.load(Ordering::SeqCst)
-    }
-
-    /// Sets both counters back to zero.
-    pub fn reset_counters(&self) {
-        self.running.stats.requests.store(0, Ordering::SeqCst);
-        self.running.stats.bytes_sent.store(0, Ordering::SeqCst);
-    }
-
-    /// Makes the next `requests` requests fail with `fault`.
-    pub fn fail_next(&self, requests: u64, fault: Fault) {
-        self.running.fail_next(requests, fault);
+    /// What the server counted, and its fault injection.
+    pub fn stats(&self) -> &ServerStats {
+        &self.running.stats
     }
 }
 
@@ -306,17 +323,18 @@ pub struct HttpFileServer {
 impl HttpFileServer {
     /// Serves the files under `root`.
     pub async fn start(root: &Path) -> Result<Self> {
-        Self::start_with(root, true).await
+        Self::start_on(root, any_loopback_port(), true).await
     }
 
     /// Serves the files under `root`, answering every `GET` with the whole file.
     pub async fn start_without_ranges(root: &Path) -> Result<Self> {
-        Self::start_with(root, false).await
+        Self::start_on(root, any_loopback_port(), false).await
     }
 
-    async fn start_with(root: &Path, ranges: bool) -> Result<Self> {
+    /// Serves the files under `root` on `addr`, with or without range support.
+    pub async fn start_on(root: &Path, addr: SocketAddr, ranges: bool) -> Result<Self> {
         let root = Arc::new(root.to_path_buf());
-        let running = Running::start(move |request: Request<Incoming>| {
+        let running = Running::start(addr, move |request: Request<Incoming>| {
             let root = Arc::clone(&root);
             async move { serve_file(&root, &request, ranges).await }
         })
@@ -333,25 +351,9 @@ impl HttpFileServer {
         )
     }
 
-    /// Requests answered so far.
-    pub fn requests(&self) -> u64 {
-        self.running.stats.requests.load(Ordering::SeqCst)
-    }
-
-    /// Response body bytes sent so far.
-    pub fn bytes_sent(&self) -> u64 {
-        self.running.stats.bytes_sent.load(Ordering::SeqCst)
-    }
-
-    /// Sets both counters back to zero.
-    pub fn reset_counters(&self) {
-        self.running.stats.requests.store(0, Ordering::SeqCst);
-        self.running.stats.bytes_sent.store(0, Ordering::SeqCst);
-    }
-
-    /// Makes the next `requests` requests fail with `fault`.
-    pub fn fail_next(&self, requests: u64, fault: Fault) {
-        self.running.fail_next(requests, fault);
+    /// What the server counted, and its fault injection.
+    pub fn stats(&self) -> &ServerStats {
+        &self.running.stats
     }
 }
 
