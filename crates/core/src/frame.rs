@@ -203,34 +203,29 @@ impl Frame {
         left_on: &[&str],
         right_on: &[&str],
     ) -> Result<Frame> {
-        let right_df = right.to_dataframe();
-        let frame = self.derive(|df| df.join(right_df, how, left_on, right_on, None))?;
-        let mut sources = self.sources().to_vec();
-        sources.extend(right.sources().iter().cloned());
-        Ok(Frame::from_plan(
-            self.inner.session.clone(),
-            frame.inner.plan.clone(),
-            sources,
-        ))
+        self.combine(right, |df, right_df| {
+            df.join(right_df, how, left_on, right_on, None)
+        })
     }
 
     /// Appends the rows of `other`, matching columns by position (SQL `UNION ALL`).
     pub fn union(&self, other: &Frame) -> Result<Frame> {
-        let other_df = other.to_dataframe();
-        let frame = self.derive(|df| df.union(other_df))?;
-        let mut sources = self.sources().to_vec();
-        sources.extend(other.sources().iter().cloned());
-        Ok(Frame::from_plan(
-            self.inner.session.clone(),
-            frame.inner.plan.clone(),
-            sources,
-        ))
+        self.combine(other, DataFrame::union)
     }
 
     /// Appends the rows of `other`, matching columns by name; missing columns are null.
     pub fn union_by_name(&self, other: &Frame) -> Result<Frame> {
+        self.combine(other, DataFrame::union_by_name)
+    }
+
+    /// A frame built from this one and `other`, reading the sources of both.
+    fn combine(
+        &self,
+        other: &Frame,
+        op: impl FnOnce(DataFrame, DataFrame) -> datafusion::error::Result<DataFrame>,
+    ) -> Result<Frame> {
         let other_df = other.to_dataframe();
-        let frame = self.derive(|df| df.union_by_name(other_df))?;
+        let frame = self.derive(|df| op(df, other_df))?;
         let mut sources = self.sources().to_vec();
         sources.extend(other.sources().iter().cloned());
         Ok(Frame::from_plan(
