@@ -159,7 +159,7 @@ mod s3 {
         assert_eq!(written.rows, 60_000);
         assert_eq!(written.files.len(), 1);
         assert!(target.exists("out/tips.parquet").await);
-        // S3 → local (the seed transform again, on data that already has tip_fraction)
+        // S3 → local: read the output back from S3 and copy it to local disk
         let back = dir.path().join("back.parquet");
         let copied = session
             .read_parquet(&on_s3)
