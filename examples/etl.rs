@@ -65,7 +65,7 @@ struct Args {
     /// Rows to generate when no `--source` is given.
     #[arg(long, default_value_t = 3_000_000)]
     rows: u64,
-    /// Rows per output row group (default: DataFusion's, about 1M).
+    /// Rows per output row group (default: 262,144, `ParquetWrite::DEFAULT_ROW_GROUP_ROWS`).
     #[arg(long)]
     row_group_rows: Option<usize>,
     /// zstd level of the output.

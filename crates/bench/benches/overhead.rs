@@ -1,0 +1,115 @@
+//! What a task costs: criterion micro-benchmarks, `cargo bench -p sluice-bench`.
+//!
+//! - `task_chain/*`: a flow whose tasks each add one column to a small in-memory frame,
+//!   then collect, against the same projections written in plain DataFusion. The slope
+//!   over the task count is the per-task cost (planning, the boundary node, the run
+//!   record); the plain DataFusion line is the floor.
+//! - `boundary_stream/*`: 2M rows in 8,192-row batches streamed through one task
+//!   boundary against the same plan without one: the per-batch cost of counting rows
+//!   and bytes and attributing errors.
+
+// criterion_group!/criterion_main! generate undocumented functions.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use sluice::datafusion::arrow::array::{Float64Array, Int64Array};
+use sluice::datafusion::arrow::datatypes::{DataType, Field, Schema};
+use sluice::datafusion::arrow::record_batch::RecordBatch;
+use sluice::datafusion::datasource::MemTable;
+use sluice::datafusion::prelude::{SessionContext, ident};
+use sluice::prelude::*;
+use tokio::runtime::Runtime;
+
+fn batches(count: usize, rows: usize) -> Vec<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("a", DataType::Int64, false),
+        Field::new("b", DataType::Float64, false),
+    ]));
+    (0..count)
+        .map(|i| {
+            let start = (i * rows) as i64;
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int64Array::from_iter_values(start..start + rows as i64)),
+                    Arc::new(Float64Array::from_iter_values(
+                        (0..rows).map(|r| r as f64 * 0.5),
+                    )),
+                ],
+            )
+            .expect("valid batch")
+        })
+        .collect()
+}
+
+/// A flow of `tasks` tasks, each adding a column, then a collect.
+async fn sluice_chain(session: &Session, input: Vec<RecordBatch>, tasks: usize) -> usize {
+    let flow = Flow::new("chain").call(serde_json::Value::Null, async move {
+        let mut df = Task::new("source")
+            .run(|cx| async move { cx.session().from_batches(input) })
+            .await?;
+        for i in 0..tasks {
+            df = Task::new(format!("step_{i}"))
+                .run(
+                    |_cx| async move { df.with_column(&format!("c{i}"), col("a") + lit(i as i64)) },
+                )
+                .await?;
+        }
+        let out = df.collect().await?;
+        Ok(out.iter().map(RecordBatch::num_rows).sum::<usize>())
+    });
+    flow.with_session(session.clone()).await.expect("flow runs")
+}
+
+/// The same projections in plain DataFusion.
+async fn datafusion_chain(ctx: &SessionContext, input: Vec<RecordBatch>, steps: usize) -> usize {
+    let table = MemTable::try_new(input[0].schema(), vec![input]).expect("table");
+    let mut df = ctx.read_table(Arc::new(table)).expect("read");
+    for i in 0..steps {
+        df = df
+            .with_column(&format!("c{i}"), ident("a") + lit(i as i64))
+            .expect("with_column");
+    }
+    let out = df.collect().await.expect("collect");
+    out.iter().map(RecordBatch::num_rows).sum()
+}
+
+fn task_chain(c: &mut Criterion) {
+    let runtime = Runtime::new().expect("runtime");
+    let session = Session::new();
+    let ctx = SessionContext::new();
+    let input = batches(1, 1024);
+    let mut group = c.benchmark_group("task_chain");
+    for tasks in [1usize, 4, 16] {
+        group.bench_with_input(BenchmarkId::new("sluice", tasks), &tasks, |b, &n| {
+            b.iter(|| runtime.block_on(sluice_chain(&session, black_box(input.clone()), n)))
+        });
+        group.bench_with_input(BenchmarkId::new("datafusion", tasks), &tasks, |b, &n| {
+            b.iter(|| runtime.block_on(datafusion_chain(&ctx, black_box(input.clone()), n)))
+        });
+    }
+    group.finish();
+}
+
+fn boundary_stream(c: &mut Criterion) {
+    let runtime = Runtime::new().expect("runtime");
+    let session = Session::new();
+    let ctx = SessionContext::new();
+    let input = batches(256, 8192);
+    let mut group = c.benchmark_group("boundary_stream");
+    group.throughput(Throughput::Elements(256 * 8192));
+    group.sample_size(20);
+    group.bench_function("sluice_one_task", |b| {
+        b.iter(|| runtime.block_on(sluice_chain(&session, black_box(input.clone()), 1)))
+    });
+    group.bench_function("datafusion", |b| {
+        b.iter(|| runtime.block_on(datafusion_chain(&ctx, black_box(input.clone()), 1)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, task_chain, boundary_stream);
+criterion_main!(benches);

@@ -1,0 +1,29 @@
+#!/usr/bin/env python3
+"""A sluice-bench case in DuckDB: one COPY (SELECT ...) TO ... (FORMAT parquet) statement,
+with DuckDB's defaults (all cores, insertion order kept).
+
+Usage: duckdb_case.py {etl,aggregate,rewrite} INPUT OUTPUT
+"""
+import sys
+
+import duckdb
+
+workload, inp, out = sys.argv[1:4]
+queries = {
+    "etl": "SELECT *, tip_amount / total_amount AS tip_fraction FROM read_parquet($1)",
+    "aggregate": (
+        "SELECT PULocationID, hour(tpep_pickup_datetime) AS pickup_hour, "
+        "avg(tip_amount / total_amount) AS mean_tip_fraction "
+        "FROM read_parquet($1) GROUP BY ALL"
+    ),
+    "rewrite": "SELECT * FROM read_parquet($1)",
+}
+if workload not in queries:
+    sys.exit(f"unknown workload {workload!r}")
+con = duckdb.connect()  # in-memory database
+con.execute(
+    "COPY ({}) TO '{}' (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 3)".format(
+        queries[workload], out.replace("'", "''")
+    ),
+    [inp],
+)

@@ -1,0 +1,314 @@
+//! What is measured: workloads (what a pipeline computes) and engines (what runs it).
+//!
+//! The Sluice engines and plain DataFusion run in this binary (`sluice-bench case ...`,
+//! one process per run); the peers run the Python scripts in `crates/bench/peers/`.
+
+use std::fmt;
+use std::path::Path;
+
+use clap::ValueEnum;
+use datafusion::common::config::TableParquetOptions;
+use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
+use datafusion::functions::expr_fn::date_part;
+use datafusion::prelude::{ParquetReadOptions, SessionContext, ident};
+use serde::{Deserialize, Serialize};
+use sluice::prelude::*;
+
+/// The zstd level every engine writes with (Polars' and DuckDB's default).
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// What a case computes, from taxi Parquet to a Parquet file (zstd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// The seed ETL: every column plus `tip_fraction = tip_amount / total_amount`.
+    Etl,
+    /// Mean `tip_fraction` by `PULocationID` and pickup hour.
+    Aggregate,
+    /// Read and rewrite with no transform: the I/O floor.
+    Rewrite,
+}
+
+impl Workload {
+    /// Every workload, in report order.
+    pub const ALL: [Workload; 3] = [Workload::Etl, Workload::Aggregate, Workload::Rewrite];
+
+    /// The name on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Etl => "etl",
+            Workload::Aggregate => "aggregate",
+            Workload::Rewrite => "rewrite",
+        }
+    }
+
+    /// One line on what the workload does.
+    pub fn description(self) -> &'static str {
+        match self {
+            Workload::Etl => {
+                "the seed ETL: read, add `tip_fraction = tip_amount / total_amount`, write every column (zstd)"
+            }
+            Workload::Aggregate => {
+                "mean `tip_fraction` by `PULocationID` and pickup hour, written as Parquet"
+            }
+            Workload::Rewrite => {
+                "read and rewrite every column as zstd Parquet, no transform: the I/O floor"
+            }
+        }
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// What runs a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    /// A Sluice flow in lazy mode: the tasks compose into one streaming plan.
+    Lazy,
+    /// The same flow in eager mode: each task's output collected in memory.
+    Eager,
+    /// The same plan written directly against DataFusion, without Sluice.
+    #[value(name = "datafusion")]
+    #[serde(rename = "datafusion")]
+    DataFusion,
+    /// Polars' streaming engine: `scan_parquet → … → sink_parquet`.
+    Polars,
+    /// DuckDB: one `COPY (SELECT …) TO … (FORMAT parquet)`.
+    #[value(name = "duckdb")]
+    #[serde(rename = "duckdb")]
+    DuckDb,
+}
+
+impl Engine {
+    /// Every engine, in report order.
+    pub const ALL: [Engine; 5] = [
+        Engine::Lazy,
+        Engine::Eager,
+        Engine::DataFusion,
+        Engine::Polars,
+        Engine::DuckDb,
+    ];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Lazy => "lazy",
+            Engine::Eager => "eager",
+            Engine::DataFusion => "datafusion",
+            Engine::Polars => "polars",
+            Engine::DuckDb => "duckdb",
+        }
+    }
+
+    /// The name in tables and plots.
+    pub fn label(self) -> &'static str {
+        match self {
+            Engine::Lazy => "Sluice lazy",
+            Engine::Eager => "Sluice eager",
+            Engine::DataFusion => "DataFusion, no Sluice",
+            Engine::Polars => "Polars streaming",
+            Engine::DuckDb => "DuckDB COPY",
+        }
+    }
+
+    /// A Python peer, run through a script in `crates/bench/peers/`.
+    pub fn is_peer(self) -> bool {
+        self.peer_module().is_some()
+    }
+
+    /// The Python module a peer imports.
+    pub fn peer_module(self) -> Option<&'static str> {
+        match self {
+            Engine::Polars => Some("polars"),
+            Engine::DuckDb => Some("duckdb"),
+            _ => None,
+        }
+    }
+
+    /// The peer's script, by absolute path in this checkout.
+    pub fn peer_script(self) -> Option<&'static str> {
+        match self {
+            Engine::Polars => Some(concat!(env!("CARGO_MANIFEST_DIR"), "/peers/polars_case.py")),
+            Engine::DuckDb => Some(concat!(env!("CARGO_MANIFEST_DIR"), "/peers/duckdb_case.py")),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// Runs one case of an in-process engine (Sluice or plain DataFusion) in this process.
+pub async fn run_case(
+    workload: Workload,
+    engine: Engine,
+    input: &Path,
+    output: &Path,
+) -> anyhow::Result<()> {
+    let input = input
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("input path is not UTF-8"))?;
+    let output = output
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("output path is not UTF-8"))?;
+    match engine {
+        Engine::Lazy | Engine::Eager => {
+            let mode = if engine == Engine::Lazy {
+                ExecutionMode::Lazy
+            } else {
+                ExecutionMode::Eager
+            };
+            pipeline(workload, input, output).with_mode(mode).await?;
+        }
+        Engine::DataFusion => plain_datafusion(workload, input, output).await?,
+        Engine::Polars | Engine::DuckDb => {
+            anyhow::bail!(
+                "{} runs through its Python script, not in this process",
+                engine.label()
+            )
+        }
+    }
+    Ok(())
+}
+
+#[task]
+async fn extract(cx: &TaskContext, source: &str) -> Result<Frame> {
+    cx.read_parquet(source).await
+}
+
+#[task]
+async fn add_tip_fraction(df: Frame) -> Result<Frame> {
+    df.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+}
+
+#[task]
+async fn tips_by_zone_and_hour(df: Frame) -> Result<Frame> {
+    df.aggregate(
+        [col("PULocationID"), pickup_hour()],
+        [avg(col("tip_fraction")).alias("mean_tip_fraction")],
+    )
+}
+
+#[task]
+async fn load(df: Frame, dest: &str) -> Result<WriteSummary> {
+    df.write_parquet(dest, ParquetWrite::zstd(ZSTD_LEVEL)).await
+}
+
+/// The benchmark pipeline as a Sluice flow: one task per step, as a user writes it.
+#[flow]
+async fn pipeline(workload: Workload, source: &str, dest: &str) -> Result<WriteSummary> {
+    let mut df = extract(source).await?;
+    if workload != Workload::Rewrite {
+        df = add_tip_fraction(df).await?;
+    }
+    if workload == Workload::Aggregate {
+        df = tips_by_zone_and_hour(df).await?;
+    }
+    load(df, dest).await
+}
+
+/// The hour of the pickup, as the `pickup_hour` group key.
+fn pickup_hour() -> Expr {
+    date_part(lit("hour"), col("tpep_pickup_datetime")).alias("pickup_hour")
+}
+
+/// The same plan against DataFusion's own API: default session, one output file,
+/// Sluice's writer settings.
+async fn plain_datafusion(workload: Workload, input: &str, output: &str) -> anyhow::Result<()> {
+    let ctx = SessionContext::new();
+    let mut df: DataFrame = ctx
+        .read_parquet(input, ParquetReadOptions::default())
+        .await?;
+    if workload != Workload::Rewrite {
+        df = df.with_column("tip_fraction", ident("tip_amount") / ident("total_amount"))?;
+    }
+    if workload == Workload::Aggregate {
+        df = df.aggregate(
+            vec![ident("PULocationID"), pickup_hour()],
+            vec![avg(ident("tip_fraction")).alias("mean_tip_fraction")],
+        )?;
+    }
+    // The writer settings of Sluice's `ParquetWrite::zstd(3)`, so that only Sluice differs.
+    let mut options = TableParquetOptions::default();
+    options.global.compression = Some(format!("zstd({ZSTD_LEVEL})"));
+    options.global.max_row_group_size = ParquetWrite::DEFAULT_ROW_GROUP_ROWS;
+    df.write_parquet(
+        output,
+        DataFrameWriteOptions::new().with_single_file_output(true),
+        Some(options),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::parquet_rows;
+    use sluice_testkit::taxi::{TaxiGenOptions, write_taxi_parquet};
+
+    /// Every in-process engine computes the same thing: same rows out, same columns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_process_engines_agree() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let input = dir.path().join("taxi.parquet");
+        write_taxi_parquet(&input, &TaxiGenOptions::new(20_000))?;
+        for workload in Workload::ALL {
+            let mut shapes = Vec::new();
+            for engine in [Engine::Lazy, Engine::Eager, Engine::DataFusion] {
+                let output = dir.path().join(format!("{workload}-{engine}.parquet"));
+                run_case(workload, engine, &input, &output).await?;
+                let rows = parquet_rows(&output)?;
+                let session = Session::new();
+                let columns = session
+                    .read_parquet(output.to_str().unwrap())
+                    .await?
+                    .columns();
+                shapes.push((engine, rows, columns));
+            }
+            let (_, rows, columns) = &shapes[0];
+            match workload {
+                Workload::Etl => {
+                    assert_eq!(*rows, 20_000);
+                    assert_eq!(columns.last().map(String::as_str), Some("tip_fraction"));
+                }
+                Workload::Rewrite => {
+                    assert_eq!(*rows, 20_000);
+                    assert!(!columns.iter().any(|c| c == "tip_fraction"));
+                }
+                Workload::Aggregate => {
+                    assert!(*rows > 24 && *rows < 20_000, "{rows} groups");
+                    assert_eq!(
+                        columns,
+                        &["PULocationID", "pickup_hour", "mean_tip_fraction"]
+                    );
+                }
+            }
+            for (engine, other_rows, other_columns) in &shapes[1..] {
+                assert_eq!(
+                    (other_rows, other_columns),
+                    (rows, columns),
+                    "{workload} {engine}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn python_peers_have_their_scripts() {
+        for engine in Engine::ALL.into_iter().filter(|e| e.is_peer()) {
+            let script = engine.peer_script().unwrap();
+            assert!(Path::new(script).is_file(), "{script}");
+        }
+        assert!(!Engine::Lazy.is_peer());
+    }
+}

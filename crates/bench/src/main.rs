@@ -1,0 +1,120 @@
+//! `sluice-bench`: Sluice's benchmark runner.
+//!
+//! Runs the seed ETL, an aggregation and a plain rewrite of generated taxi data in
+//! Sluice's lazy and eager modes, in plain DataFusion (the overhead floor), and in
+//! Polars and DuckDB (the peers), each run as its own process, and writes
+//! `docs/BENCHMARKS.md` with tables, goals and two SVG plots.
+//!
+//! ```text
+//! cargo run --release -p sluice-bench -- run                 # 3M and 12M rows, curve to 48M
+//! cargo run --release -p sluice-bench -- run --rows 1000000 --curve-rows --runs 1
+//! cargo run --release -p sluice-bench -- report              # re-render from docs/bench/results.json
+//! cargo run --release -p sluice-bench -- case etl lazy --input in.parquet --output out.parquet
+//! ```
+//!
+//! The per-task micro-benchmarks are criterion benches: `cargo bench -p sluice-bench`.
+
+mod cases;
+mod measure;
+mod plots;
+mod report;
+mod runner;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::cases::{Engine, Workload};
+
+/// Sluice's benchmarks: wall time and peak RSS of whole processes, with a report.
+#[derive(Debug, Parser)]
+#[command(name = "sluice-bench", about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every case (each as its own process, several times) and write the report.
+    Run(runner::RunArgs),
+    /// Re-render the report from the results a `run` saved.
+    Report {
+        /// The report directory of that run.
+        #[arg(long, default_value = "docs")]
+        out: PathBuf,
+    },
+    /// Run one case of Sluice or plain DataFusion in this process (what `run` spawns).
+    Case {
+        /// What to compute.
+        workload: Workload,
+        /// `lazy`, `eager` or `datafusion`.
+        engine: Engine,
+        /// Input Parquet.
+        #[arg(long)]
+        input: PathBuf,
+        /// Output Parquet file.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Run a command as this process's only child; print its wall time and peak RSS as JSON.
+    Measure {
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let exe = std::env::current_exe()?;
+            let results = runner::run(&exe, &args)?;
+            report::write(&results, &args.out)?;
+            println!("{}", report::markdown(&results));
+            eprintln!(
+                "report written to {}",
+                args.out.join("BENCHMARKS.md").display()
+            );
+        }
+        Command::Report { out } => {
+            let results = runner::Results::load(&out)?;
+            report::write(&results, &out)?;
+            eprintln!("report written to {}", out.join("BENCHMARKS.md").display());
+        }
+        Command::Case {
+            workload,
+            engine,
+            input,
+            output,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(cases::run_case(workload, engine, &input, &output))?;
+        }
+        Command::Measure { command } => {
+            let measured = measure::measure_here(&command)?;
+            println!("{}", serde_json::to_string(&measured)?);
+        }
+    }
+    Ok(())
+}
