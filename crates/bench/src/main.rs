@@ -37,7 +37,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run every case (each as its own process, several times) and write the report.
+    /// Run every case (each as its own process, several times), write the report and
+    /// print its path.
     Run(runner::RunArgs),
     /// Re-render the report from the results a `run` saved.
     Report {
@@ -89,16 +90,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let exe = std::env::current_exe()?;
             let results = runner::run(&exe, &args)?;
             report::write(&results, &args.out)?;
-            println!("{}", report::markdown(&results));
-            eprintln!(
-                "report written to {}",
-                args.out.join("BENCHMARKS.md").display()
-            );
+            println!("{}", args.out.join("BENCHMARKS.md").display());
         }
         Command::Report { out } => {
             let results = runner::Results::load(&out)?;
             report::write(&results, &out)?;
-            eprintln!("report written to {}", out.join("BENCHMARKS.md").display());
+            println!("{}", out.join("BENCHMARKS.md").display());
         }
         Command::Case {
             workload,

@@ -154,7 +154,7 @@ pub fn markdown(results: &Results) -> String {
          (19 columns, Snappy, 1M-row row groups, one file) in a warm page cache; output: one \
          Parquet file, zstd level 3, row groups of 262,144 rows (Sluice's default; Polars' sink \
          writes groups of about 105,000 rows here, DuckDB of 122,880). The Python peers' figures include starting Python and \
-         importing the library (about 0.1–0.3 s).\n",
+         importing the library (about 0.2 s each here).\n",
         results.date,
         m.cores,
         m.cpu,
