@@ -25,7 +25,7 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [24_000_000u64, 48_000_000])]
     pub curve_rows: Vec<u64>,
     /// Measured runs per case (the median and min–max are reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub runs: usize,
     /// Unmeasured runs per case before the measured ones.
     #[arg(long, default_value_t = 1)]
