@@ -7,7 +7,7 @@ use plotters::prelude::*;
 
 use crate::cases::{Engine, Workload};
 use crate::report::rows_label;
-use crate::runner::{Results, Series};
+use crate::runner::Results;
 
 /// File name of the peak-RSS plot.
 pub const RSS_PLOT: &str = "peak_rss_vs_rows.svg";
@@ -113,13 +113,11 @@ pub fn wall_by_case(results: &Results, path: &Path) -> anyhow::Result<()> {
         .flat_map(|workload| {
             Engine::ALL.into_iter().filter_map(move |engine| {
                 let case = results.find(workload, engine, rows)?;
-                (case.series == Series::Main).then(|| {
-                    (
-                        format!("{workload} · {}", engine.label()),
-                        engine,
-                        case.wall().median,
-                    )
-                })
+                Some((
+                    format!("{workload} · {}", engine.label()),
+                    engine,
+                    case.wall().median,
+                ))
             })
         })
         .collect();

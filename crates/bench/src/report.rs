@@ -199,7 +199,6 @@ fn case_table(results: &Results, workload: Workload, rows: u64, md: &mut String)
     let cases: Vec<&CaseResult> = Engine::ALL
         .into_iter()
         .filter_map(|e| results.find(workload, e, rows))
-        .filter(|c| c.series == Series::Main)
         .collect();
     if cases.is_empty() {
         return;

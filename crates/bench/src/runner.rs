@@ -130,7 +130,9 @@ impl Results {
             .with_context(|| format!("{} is not a results file", path.display()))
     }
 
-    /// The result of `engine` on `workload` at `rows`, if measured.
+    /// The result of `engine` on `workload` at `rows`, if measured. A size belongs to the
+    /// main tables or to the memory curve, never both: `run` skips curve sizes that are
+    /// main sizes.
     pub fn find(&self, workload: Workload, engine: Engine, rows: u64) -> Option<&CaseResult> {
         self.cases
             .iter()
@@ -352,21 +354,16 @@ fn remove_if_exists(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// The taxi file of `rows` rows under `dir`, generated on first use (written under a
-/// temporary name and renamed, so an interrupted generation is never taken as whole).
+/// The taxi file of `rows` rows under `dir`, generated on first use (the generator
+/// writes through a temporary file, so an interrupted generation is never taken as whole).
 pub fn ensure_taxi_data(dir: &Path, rows: u64) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("taxi_{rows}.parquet"));
     if !path.exists() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         eprintln!(
             "generating {rows} rows of taxi data into {}",
             path.display()
         );
-        let partial = dir.join(format!(".taxi_{rows}.partial.parquet"));
-        write_taxi_parquet(&partial, &TaxiGenOptions::new(rows))?;
-        std::fs::rename(&partial, &path).with_context(|| {
-            format!("cannot rename {} to {}", partial.display(), path.display())
-        })?;
+        write_taxi_parquet(&path, &TaxiGenOptions::new(rows))?;
     }
     Ok(path)
 }
