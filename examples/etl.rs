@@ -10,6 +10,8 @@
 //! cargo run --release --example etl                 # 3M generated rows in ./data
 //! cargo run --release --example etl -- --source data/in.parquet --dest out.parquet \
 //!     --mode eager --summary run.json
+//! cargo run --release --example etl -- --cache .sluice/   # transform's output checkpointed;
+//!                                                        # the next run reads it instead
 //! ```
 //!
 //! With no `--source`, it generates `--rows` rows (3,000,000 by default) of taxi data
@@ -28,7 +30,9 @@ async fn extract(cx: &TaskContext, source: &str) -> Result<Frame> {
     cx.read_parquet(source).await // lazy: reads footers only
 }
 
-#[task]
+// Persisted (with `--cache`): the output is checkpointed while it streams to `load`,
+// and a later run with the same source and code reads the checkpoint instead.
+#[task(persist)]
 async fn transform(df: Frame) -> Result<Frame> {
     // IEEE division, as pandas: x/0 = ±inf, 0/0 = NaN, null in → null out.
     df.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
@@ -71,6 +75,10 @@ struct Args {
     /// zstd level of the output.
     #[arg(long, default_value_t = 3)]
     zstd_level: i32,
+    /// Checkpoint `transform` to this result store (a path or URL: `s3://bucket/prefix/`)
+    /// and read it from there on the next run. Without it nothing is persisted.
+    #[arg(long)]
+    cache: Option<String>,
 }
 
 #[tokio::main]
@@ -105,10 +113,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         options = options.with_row_group_rows(rows);
     }
     let started = Instant::now();
-    let run = etl(&source, &args.dest, options)
+    let mut call = etl(&source, &args.dest, options)
         .with_mode(args.mode)
-        .run()
-        .await;
+        .with_checkpoints(args.cache.is_some());
+    if let Some(store) = &args.cache {
+        call = call.with_result_store(store);
+    }
+    let run = call.run().await;
     let wall = started.elapsed();
     if let Some(path) = &args.summary {
         std::fs::write(path, serde_json::to_vec_pretty(&run.record)?)

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use crate::common::{shared_data, taxi_file};
 
 /// `target/<profile>/examples/etl`, which `cargo test` builds with the tests.
-fn example_binary() -> PathBuf {
+pub fn example_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let path = profile_dir
@@ -20,7 +20,7 @@ fn example_binary() -> PathBuf {
     path
 }
 
-fn run_example(args: &[&str]) -> Output {
+pub fn run_example(args: &[&str]) -> Output {
     Command::new(example_binary())
         .args(args)
         .env("RUST_LOG", "warn")

@@ -1,6 +1,7 @@
 //! Sluice's integration tests: one binary, a module per area.
 
 mod bad_input;
+mod cache;
 mod common;
 mod example;
 mod flows;

@@ -8,6 +8,10 @@
 //! sluice gen-taxi --rows 10_000_000 --files 8 --out /tmp/taxi/
 //! sluice serve-s3 --root /tmp/buckets --port 9000    # prints the AWS_* exports
 //! sluice serve-http --root /tmp/files
+//! sluice cache ls --store s3://bucket/sluice/         # checkpoints: task, key, rows, size, ...
+//! sluice cache show --store .sluice/ transform 3f2a    # one manifest (a key prefix will do)
+//! sluice cache gc --store .sluice/ --grace 90m         # expired, orphaned and stale objects
+//! sluice cache clear --store .sluice/ --task transform
 //! ```
 
 use std::io::IsTerminal as _;
@@ -41,6 +45,52 @@ enum Command {
     ServeS3(ServeArgs),
     /// Serve a directory over HTTP with range requests on loopback. Runs until interrupted.
     ServeHttp(ServeArgs),
+    /// List, show, collect and clear the checkpoints in a result store.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// Every checkpoint: task, key, state, rows, size, created, expires, last hit.
+    Ls(CacheArgs),
+    /// One checkpoint's manifest.
+    Show {
+        #[command(flatten)]
+        store: CacheArgs,
+        /// The task.
+        task: String,
+        /// The cache key, or a prefix of it that names one checkpoint.
+        key: String,
+    },
+    /// Remove expired checkpoints, parts no manifest names (failed or killed runs) and
+    /// stale staging objects, all older than the grace period.
+    Gc {
+        #[command(flatten)]
+        store: CacheArgs,
+        /// Keep anything younger than this (`0s`, `90m`, `1h`): a run in progress may
+        /// still be writing it.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+    },
+    /// Remove every checkpoint, or every checkpoint of one task.
+    Clear {
+        #[command(flatten)]
+        store: CacheArgs,
+        /// Only this task's checkpoints.
+        #[arg(long)]
+        task: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct CacheArgs {
+    /// The result store: a path or URL (`s3://bucket/prefix/`, `file:///...`).
+    #[arg(long, default_value = sluice_core::DEFAULT_RESULT_STORE)]
+    store: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +176,140 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::GenTaxi(args) => gen_taxi(args),
         Command::ServeS3(args) => serve(args, true),
         Command::ServeHttp(args) => serve(args, false),
+        Command::Cache(command) => cache(command),
+    }
+}
+
+fn cache(command: CacheCommand) -> anyhow::Result<()> {
+    use sluice_core::{CheckpointStore, Session};
+    let runtime = tokio::runtime::Runtime::new().context("could not start a runtime")?;
+    runtime.block_on(async {
+        let session = Session::new();
+        let open = |args: &CacheArgs| CheckpointStore::open(&session, &args.store);
+        match command {
+            CacheCommand::Ls(args) => {
+                let entries = open(&args)?.list().await?;
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&entries)?);
+                } else {
+                    print_entries(&entries);
+                }
+            }
+            CacheCommand::Show { store, task, key } => {
+                let manifest = open(&store)?.show(&task, &key).await?;
+                if store.json {
+                    println!("{}", serde_json::to_string_pretty(&manifest)?);
+                } else {
+                    print_manifest(&manifest);
+                }
+            }
+            CacheCommand::Gc { store, grace } => {
+                let report = open(&store)?.gc(chrono::Utc::now(), grace).await?;
+                if store.json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    println!(
+                        "removed {} expired checkpoint(s), {} orphaned part(s), {} stale object(s): {}",
+                        report.expired.len(),
+                        report.orphans.len(),
+                        report.stale.len(),
+                        human_bytes(report.bytes)
+                    );
+                    for line in report.expired.iter().chain(&report.orphans).chain(&report.stale) {
+                        println!("  {line}");
+                    }
+                }
+            }
+            CacheCommand::Clear { store, task } => {
+                let bytes = open(&store)?.clear(task.as_deref()).await?;
+                if store.json {
+                    println!("{}", serde_json::json!({ "bytes": bytes }));
+                } else {
+                    println!("removed {}", human_bytes(bytes));
+                }
+            }
+        }
+        anyhow::Ok(())
+    })
+}
+
+fn human_bytes(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+    } else if bytes >= 1 << 10 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_entries(entries: &[sluice_core::CacheEntry]) {
+    if entries.is_empty() {
+        println!("no checkpoints");
+        return;
+    }
+    let task_width = entries
+        .iter()
+        .map(|e| e.task.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:<task_width$}  {:<16}  {:<10}  {:>12}  {:>10}  {:<19}  {:<19}  {:<19}",
+        "TASK", "KEY", "STATE", "ROWS", "SIZE", "CREATED", "EXPIRES", "LAST HIT"
+    );
+    for e in entries {
+        println!(
+            "{:<task_width$}  {:<16}  {:<10}  {:>12}  {:>10}  {:<19}  {:<19}  {:<19}",
+            e.task,
+            &e.key[..e.key.len().min(16)],
+            e.state,
+            e.rows.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            human_bytes(e.bytes),
+            time(e.created),
+            time(e.expires),
+            time(e.last_hit),
+        );
+    }
+}
+
+fn print_manifest(m: &sluice_core::Manifest) {
+    println!("task        {}", m.task);
+    println!("key         {}", m.key);
+    println!("version     {}", m.code_version.as_deref().unwrap_or("-"));
+    println!("policy      {}", m.policy);
+    println!("flow run    {}", m.flow_run);
+    println!("created     {}", time(Some(m.created)));
+    println!("expires     {}", time(m.expires));
+    println!("rows        {}", m.rows);
+    println!(
+        "size        {} in {} part(s), {}",
+        human_bytes(m.bytes()),
+        m.files.len(),
+        m.compression
+    );
+    println!("columns     {}", m.columns.join(", "));
+    println!("parameters  {}", m.key_inputs.parameters);
+    for source in &m.key_inputs.sources {
+        println!(
+            "source      {} ({} bytes, etag {}, modified {})",
+            source.url,
+            source.size,
+            source.e_tag.as_deref().unwrap_or("-"),
+            source.last_modified
+        );
+    }
+    for upstream in &m.key_inputs.upstream {
+        println!("upstream    {} key {}", upstream.task, upstream.key);
+    }
+    println!("lineage");
+    for line in m.key_inputs.plan.lines() {
+        println!("  {line}");
     }
 }
 

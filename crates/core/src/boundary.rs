@@ -39,17 +39,20 @@ use datafusion::physical_plan::{
     StatisticsArgs,
 };
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
-use futures::Stream;
+use futures::{Future, Stream};
 
 use crate::Error;
+use crate::checkpoint::{CheckpointRead, CheckpointTeePlanner};
 use crate::error::panic_message;
-use crate::run::TaskRunState;
+use crate::run::{ExecutionState, StreamEnd, TaskRunState};
 
 /// The logical boundary node at the end of a task's fragment.
 #[derive(Debug, Clone)]
 pub(crate) struct TaskBoundary {
     pub(crate) run: Arc<TaskRunState>,
     pub(crate) sources: Arc<[String]>,
+    /// Set when the input is a scan of the task's checkpoint (a cache hit).
+    pub(crate) checkpoint: Option<Arc<CheckpointRead>>,
     pub(crate) input: LogicalPlan,
 }
 
@@ -114,6 +117,7 @@ impl UserDefinedLogicalNodeCore for TaskBoundary {
         Ok(Self {
             run: Arc::clone(&self.run),
             sources: Arc::clone(&self.sources),
+            checkpoint: self.checkpoint.clone(),
             input,
         })
     }
@@ -135,17 +139,27 @@ pub struct TaskBoundaryExec {
     input: Arc<dyn ExecutionPlan>,
     run: Arc<TaskRunState>,
     sources: Arc<[String]>,
+    checkpoint: Option<Arc<CheckpointRead>>,
     properties: Arc<PlanProperties>,
+    /// This plan instance's execution, created when its first partition starts.
+    execution: std::sync::OnceLock<Arc<ExecutionState>>,
 }
 
 impl TaskBoundaryExec {
-    fn new(input: Arc<dyn ExecutionPlan>, run: Arc<TaskRunState>, sources: Arc<[String]>) -> Self {
+    fn new(
+        input: Arc<dyn ExecutionPlan>,
+        run: Arc<TaskRunState>,
+        sources: Arc<[String]>,
+        checkpoint: Option<Arc<CheckpointRead>>,
+    ) -> Self {
         let properties = Arc::clone(input.properties());
         Self {
             input,
             run,
             sources,
+            checkpoint,
             properties,
+            execution: std::sync::OnceLock::new(),
         }
     }
 
@@ -200,6 +214,7 @@ impl ExecutionPlan for TaskBoundaryExec {
             input,
             Arc::clone(&self.run),
             Arc::clone(&self.sources),
+            self.checkpoint.clone(),
         )))
     }
 
@@ -212,13 +227,22 @@ impl ExecutionPlan for TaskBoundaryExec {
             .input
             .execute(partition, context)
             .map_err(|e| self.attribute(e))?;
-        self.run.stream_opened();
+        let execution = Arc::clone(self.execution.get_or_init(|| {
+            self.run.new_execution(
+                self.properties.partitioning.partition_count(),
+                self.checkpoint.is_some(),
+            )
+        }));
+        let verification = self.checkpoint.as_ref().and_then(|c| c.verification());
         Ok(Box::pin(BoundaryStream {
             schema: self.input.schema(),
             input,
             run: Arc::clone(&self.run),
             sources: Arc::clone(&self.sources),
-            partitions: self.properties.partitioning.partition_count(),
+            checkpoint: self.checkpoint.clone(),
+            verification,
+            execution,
+            input_done: false,
             closed: false,
         }))
     }
@@ -257,7 +281,10 @@ impl ExecutionPlan for TaskBoundaryExec {
 
 impl TaskBoundaryExec {
     fn attribute(&self, error: DataFusionError) -> DataFusionError {
-        attribute(&self.run, &self.sources, error)
+        match &self.checkpoint {
+            Some(checkpoint) => checkpoint.corrupt(&self.run, error.to_string()).into(),
+            None => attribute(&self.run, &self.sources, error),
+        }
     }
 }
 
@@ -286,16 +313,47 @@ struct BoundaryStream {
     input: SendableRecordBatchStream,
     run: Arc<TaskRunState>,
     sources: Arc<[String]>,
-    partitions: usize,
+    /// The checkpoint this stream reads, on a cache hit.
+    checkpoint: Option<Arc<CheckpointRead>>,
+    /// The checkpoint's checksum verification, awaited before the stream may end.
+    verification: Option<crate::checkpoint::Verification>,
+    execution: Arc<ExecutionState>,
+    input_done: bool,
     closed: bool,
 }
 
 impl BoundaryStream {
-    fn close(&mut self) {
+    fn close(&mut self, end: StreamEnd) {
         if !self.closed {
             self.closed = true;
-            self.run.stream_closed(self.partitions);
+            self.run.stream_closed(&self.execution, end);
         }
+    }
+
+    fn attribute(&self, error: DataFusionError) -> DataFusionError {
+        match &self.checkpoint {
+            Some(checkpoint) => checkpoint.corrupt(&self.run, error.to_string()).into(),
+            None => attribute(&self.run, &self.sources, error),
+        }
+    }
+
+    /// The input has ended. A checkpoint's data is served only once its checksums have
+    /// matched: the stream ends (and a sink publishes) after the verification does.
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Option<DfResult<RecordBatch>>> {
+        if let Some(verification) = self.verification.as_mut() {
+            let verified = std::task::ready!(Pin::new(verification).poll(cx));
+            self.verification = None;
+            if let Err(reason) = verified {
+                let error = match &self.checkpoint {
+                    Some(checkpoint) => checkpoint.corrupt(&self.run, reason),
+                    None => Error::Internal { message: reason },
+                };
+                self.close(StreamEnd::Failed);
+                return Poll::Ready(Some(Err(error.into())));
+            }
+        }
+        self.close(StreamEnd::Ended);
+        Poll::Ready(None)
     }
 }
 
@@ -305,6 +363,9 @@ impl Stream for BoundaryStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.closed {
             return Poll::Ready(None);
+        }
+        if self.input_done {
+            return self.poll_end(cx);
         }
         let started = Instant::now();
         // A malformed file can make a decoder panic (an upstream bug): turn the panic into
@@ -332,7 +393,7 @@ impl Stream for BoundaryStream {
         let nanos = started.elapsed().as_nanos() as u64;
         match polled {
             Poll::Ready(Some(Ok(batch))) => {
-                self.run.add_output(
+                self.execution.add_output(
                     batch.num_rows() as u64,
                     batch.get_array_memory_size() as u64,
                     nanos,
@@ -340,18 +401,18 @@ impl Stream for BoundaryStream {
                 Poll::Ready(Some(Ok(batch)))
             }
             Poll::Ready(Some(Err(error))) => {
-                self.run.add_output(0, 0, nanos);
-                let error = attribute(&self.run, &self.sources, error);
-                self.close();
+                self.execution.add_output(0, 0, nanos);
+                let error = self.attribute(error);
+                self.close(StreamEnd::Failed);
                 Poll::Ready(Some(Err(error)))
             }
             Poll::Ready(None) => {
-                self.run.add_output(0, 0, nanos);
-                self.close();
-                Poll::Ready(None)
+                self.execution.add_output(0, 0, nanos);
+                self.input_done = true;
+                self.poll_end(cx)
             }
             Poll::Pending => {
-                self.run.add_output(0, 0, nanos);
+                self.execution.add_output(0, 0, nanos);
                 Poll::Pending
             }
         }
@@ -366,7 +427,7 @@ impl RecordBatchStream for BoundaryStream {
 
 impl Drop for BoundaryStream {
     fn drop(&mut self) {
-        self.close();
+        self.close(StreamEnd::Dropped);
     }
 }
 
@@ -397,6 +458,7 @@ impl ExtensionPlanner for BoundaryPlanner {
             Arc::clone(input),
             Arc::clone(&boundary.run),
             Arc::clone(&boundary.sources),
+            boundary.checkpoint.clone(),
         ))))
     }
 }
@@ -412,8 +474,11 @@ impl QueryPlanner for SluiceQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn DfSession,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(BoundaryPlanner)])
-            .create_physical_plan(logical_plan, session)
-            .await
+        DefaultPhysicalPlanner::with_extension_planners(vec![
+            Arc::new(BoundaryPlanner),
+            Arc::new(CheckpointTeePlanner),
+        ])
+        .create_physical_plan(logical_plan, session)
+        .await
     }
 }

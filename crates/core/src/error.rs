@@ -140,6 +140,47 @@ pub enum Error {
         #[source]
         source: DataFusionError,
     },
+    /// A checkpoint turned out corrupt while it streamed (a part that does not decode
+    /// or does not match its checksum). It has been invalidated: the next run
+    /// recomputes the task.
+    #[error(
+        "the checkpoint of task {task:?} at {checkpoint} is corrupt ({reason}); it has been \
+         invalidated, run the flow again to recompute it"
+    )]
+    CorruptCheckpoint {
+        /// The task.
+        task: String,
+        /// The checkpoint's directory.
+        checkpoint: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A checkpoint could not be looked up, written or committed: the store is
+    /// unreachable, denies access, or failed. A persisted task never runs silently
+    /// unpersisted.
+    #[error(
+        "cannot use the checkpoint of task {task:?} at {checkpoint}: {source}; check the \
+         result store's URL and credentials, or run without persisting the task"
+    )]
+    Checkpoint {
+        /// The task.
+        task: String,
+        /// The checkpoint's directory.
+        checkpoint: String,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A task, flow or cache name cannot be used as a path component.
+    #[error("invalid {what} {name:?}: {reason}; use letters, digits, `-` and `_`")]
+    InvalidName {
+        /// What is named (`task name`, ...).
+        what: &'static str,
+        /// The name, escaped.
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A task failed; `source` says why.
     #[error("task {task:?} failed: {source}")]
     Task {
@@ -415,6 +456,24 @@ fn duplicate(error: &Error) -> Error {
         },
         Error::BucketNotFound { url } => Error::BucketNotFound { url: url.clone() },
         Error::RangeNotSupported { url } => Error::RangeNotSupported { url: url.clone() },
+        Error::CorruptCheckpoint {
+            task,
+            checkpoint,
+            reason,
+        } => Error::CorruptCheckpoint {
+            task: task.clone(),
+            checkpoint: checkpoint.clone(),
+            reason: reason.clone(),
+        },
+        Error::Checkpoint {
+            task,
+            checkpoint,
+            source,
+        } => Error::Checkpoint {
+            task: task.clone(),
+            checkpoint: checkpoint.clone(),
+            source: Box::new(duplicate(source)),
+        },
         other => Error::Execution {
             source: DataFusionError::Execution(other.to_string()),
         },

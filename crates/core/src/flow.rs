@@ -14,7 +14,7 @@ use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
 use crate::run::{FlowRunRecord, FlowState, TaskRunState};
-use crate::{ExecutionMode, Result, Session};
+use crate::{Clock, ExecutionMode, Result, Session};
 
 tokio::task_local! {
     static CURRENT_FLOW: Arc<FlowRunShared>;
@@ -29,6 +29,11 @@ pub(crate) struct FlowRunShared {
     parameters: serde_json::Value,
     pub(crate) mode: ExecutionMode,
     pub(crate) session: Session,
+    /// Where persisted tasks write checkpoints unless they name a store of their own.
+    pub(crate) result_store: Option<String>,
+    /// Whether persisted tasks read and write checkpoints at all.
+    pub(crate) checkpoints: bool,
+    pub(crate) clock: Clock,
     start: DateTime<Utc>,
     started: Instant,
     tasks: Mutex<Vec<Arc<TaskRunState>>>,
@@ -43,6 +48,9 @@ impl FlowRunShared {
             parameters,
             mode: flow.options.mode,
             session: flow.options.session.clone().unwrap_or_default(),
+            result_store: flow.options.result_store.clone(),
+            checkpoints: flow.options.checkpoints,
+            clock: flow.options.clock.clone(),
             start: Utc::now(),
             started: Instant::now(),
             tasks: Mutex::new(Vec::new()),
@@ -89,20 +97,61 @@ impl FlowRunShared {
     }
 }
 
-/// How a flow runs: execution mode and session.
+/// How a flow runs: execution mode, session, and where persisted tasks keep their
+/// checkpoints.
 ///
 /// ```
 /// use sluice_core::{ExecutionMode, FlowOptions};
-/// let options = FlowOptions::default().with_mode(ExecutionMode::Eager);
+/// let options = FlowOptions::default()
+///     .with_mode(ExecutionMode::Eager)
+///     .with_result_store("s3://my-bucket/sluice/");
 /// # let _ = options;
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FlowOptions {
     mode: ExecutionMode,
     session: Option<Session>,
+    result_store: Option<String>,
+    checkpoints: bool,
+    clock: Clock,
+}
+
+impl Default for FlowOptions {
+    fn default() -> Self {
+        Self {
+            mode: ExecutionMode::default(),
+            session: None,
+            result_store: None,
+            checkpoints: true,
+            clock: Clock::default(),
+        }
+    }
 }
 
 impl FlowOptions {
+    /// Where persisted tasks write their checkpoints (a path or any store URL:
+    /// `file://`, `s3://`, `memory://`), unless a task names its own; like Prefect's
+    /// `result_storage`. Without it, checkpoints go to `.sluice/` in the working
+    /// directory. Setting it also caches the schemas of the Parquet sources tasks read
+    /// there (by source identity), so that a cache hit reads no source footer.
+    pub fn with_result_store(mut self, location: impl Into<String>) -> Self {
+        self.result_store = Some(location.into());
+        self
+    }
+
+    /// Whether persisted tasks read and write checkpoints (default: yes). Off, every
+    /// task runs as if unpersisted.
+    pub fn with_checkpoints(mut self, enabled: bool) -> Self {
+        self.checkpoints = enabled;
+        self
+    }
+
+    /// The clock that checkpoint expiry is judged by (tests inject one).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Lazy (the default) or eager.
     pub fn with_mode(mut self, mode: ExecutionMode) -> Self {
         self.mode = mode;
@@ -165,6 +214,12 @@ impl Flow {
         self
     }
 
+    /// Where persisted tasks write checkpoints; see [`FlowOptions::with_result_store`].
+    pub fn with_result_store(mut self, location: impl Into<String>) -> Self {
+        self.options = self.options.with_result_store(location);
+        self
+    }
+
     /// Binds the flow to a body and its parameters. Awaiting the call gives the body's
     /// result; [`FlowCall::run`] gives the whole [`FlowRun`].
     pub fn call<F, T>(self, parameters: serde_json::Value, body: F) -> FlowCall<F>
@@ -217,6 +272,24 @@ where
     /// Runs with these options.
     pub fn with_options(mut self, options: FlowOptions) -> Self {
         self.flow.options = options;
+        self
+    }
+
+    /// Writes checkpoints to this store; see [`FlowOptions::with_result_store`].
+    pub fn with_result_store(mut self, location: impl Into<String>) -> Self {
+        self.flow.options = self.flow.options.with_result_store(location);
+        self
+    }
+
+    /// Reads and writes checkpoints (the default), or runs every task unpersisted.
+    pub fn with_checkpoints(mut self, enabled: bool) -> Self {
+        self.flow.options = self.flow.options.with_checkpoints(enabled);
+        self
+    }
+
+    /// Judges checkpoint expiry by this clock.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.flow.options = self.flow.options.with_clock(clock);
         self
     }
 

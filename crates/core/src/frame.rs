@@ -19,6 +19,7 @@ use sluice_store::{OutputKind, PublishedFile, StagedOutput, resolve_url};
 use tracing::Instrument;
 
 use crate::error::guarded;
+use crate::lineage::Lineage;
 use crate::write::{CsvWrite, ParquetWrite, WriteLayout};
 use crate::{Error, Result, Session};
 
@@ -55,6 +56,8 @@ struct FrameInner {
     plan: LogicalPlan,
     /// The sources the data comes from, for error messages and run records.
     sources: Arc<[String]>,
+    /// How the frame was made, for cache keys.
+    lineage: Lineage,
 }
 
 impl fmt::Debug for Frame {
@@ -67,12 +70,22 @@ impl fmt::Debug for Frame {
 }
 
 impl Frame {
-    pub(crate) fn from_dataframe(session: Session, df: DataFrame, sources: Vec<String>) -> Self {
+    pub(crate) fn from_dataframe(
+        session: Session,
+        df: DataFrame,
+        sources: Vec<String>,
+        lineage: Lineage,
+    ) -> Self {
         let (_, plan) = df.into_parts();
-        Self::from_plan(session, plan, sources)
+        Self::from_plan(session, plan, sources, lineage)
     }
 
-    pub(crate) fn from_plan(session: Session, plan: LogicalPlan, sources: Vec<String>) -> Self {
+    pub(crate) fn from_plan(
+        session: Session,
+        plan: LogicalPlan,
+        sources: Vec<String>,
+        lineage: Lineage,
+    ) -> Self {
         let mut unique: Vec<String> = Vec::with_capacity(sources.len());
         for s in sources {
             if !unique.contains(&s) {
@@ -84,19 +97,31 @@ impl Frame {
                 session,
                 plan,
                 sources: unique.into(),
+                lineage,
             }),
         }
     }
 
-    /// The same data under a new plan (for the task wrapper's boundary nodes).
+    /// The same data under a new plan (for the task wrapper's boundary nodes, and
+    /// eager mode's in-memory copies).
     pub(crate) fn with_plan(&self, plan: LogicalPlan) -> Frame {
+        self.with_plan_and_lineage(plan, self.inner.lineage.clone())
+    }
+
+    /// A frame under a new plan and lineage (a task's output), over the same sources.
+    pub(crate) fn with_plan_and_lineage(&self, plan: LogicalPlan, lineage: Lineage) -> Frame {
         Frame {
             inner: Arc::new(FrameInner {
                 session: self.inner.session.clone(),
                 plan,
                 sources: Arc::clone(&self.inner.sources),
+                lineage,
             }),
         }
+    }
+
+    pub(crate) fn lineage(&self) -> &Lineage {
+        &self.inner.lineage
     }
 
     /// The session this frame plans and runs in.
@@ -133,13 +158,17 @@ impl Frame {
             .collect()
     }
 
+    /// A frame made by `apply` from this one; `op` and `args` describe it in the
+    /// lineage.
     fn derive(
         &self,
-        op: impl FnOnce(DataFrame) -> datafusion::error::Result<DataFrame>,
+        op: &'static str,
+        args: String,
+        apply: impl FnOnce(DataFrame) -> datafusion::error::Result<DataFrame>,
     ) -> Result<Frame> {
-        let df = op(self.to_dataframe()).map_err(|e| self.error(e))?;
+        let df = apply(self.to_dataframe()).map_err(|e| self.error(e))?;
         let (_, plan) = df.into_parts();
-        Ok(self.with_plan(plan))
+        Ok(self.with_plan_and_lineage(plan, self.inner.lineage.op(op, args)))
     }
 
     fn error(&self, error: datafusion::error::DataFusionError) -> Error {
@@ -149,27 +178,33 @@ impl Frame {
     /// Keeps the given expressions as columns (`col("a")`, `(col("a") + lit(1)).alias("b")`).
     pub fn select(&self, exprs: impl IntoIterator<Item = Expr>) -> Result<Frame> {
         let exprs: Vec<Expr> = exprs.into_iter().collect();
-        self.derive(|df| df.select(exprs))
+        self.derive("select", describe_exprs(&exprs), |df| df.select(exprs))
     }
 
     /// Keeps the named columns.
     pub fn select_columns(&self, columns: &[&str]) -> Result<Frame> {
-        self.derive(|df| df.select_columns(columns))
+        self.derive("select_columns", columns.join(", "), |df| {
+            df.select_columns(columns)
+        })
     }
 
     /// Drops the named columns.
     pub fn drop_columns(&self, columns: &[&str]) -> Result<Frame> {
-        self.derive(|df| df.drop_columns(columns))
+        self.derive("drop_columns", columns.join(", "), |df| {
+            df.drop_columns(columns)
+        })
     }
 
     /// Keeps the rows where `predicate` is true.
     pub fn filter(&self, predicate: Expr) -> Result<Frame> {
-        self.derive(|df| df.filter(predicate))
+        let args = describe_exprs(std::slice::from_ref(&predicate));
+        self.derive("filter", args, |df| df.filter(predicate))
     }
 
     /// Adds a column, or replaces the column of that name, keeping every other column.
     pub fn with_column(&self, name: &str, expr: Expr) -> Result<Frame> {
-        self.derive(|df| df.with_column(name, expr))
+        let args = format!("{name:?}, {}", describe_exprs(std::slice::from_ref(&expr)));
+        self.derive("with_column", args, |df| df.with_column(name, expr))
     }
 
     /// Renames a column.
@@ -181,7 +216,9 @@ impl Frame {
                 available: self.columns(),
             });
         }
-        self.derive(|df| df.with_column_renamed(old, new))
+        self.derive("rename", format!("{old:?}, {new:?}"), |df| {
+            df.with_column_renamed(old, new)
+        })
     }
 
     /// Groups by `group_by` and computes `aggregates` (`avg(col("x")).alias("mean_x")`).
@@ -192,7 +229,12 @@ impl Frame {
     ) -> Result<Frame> {
         let group_by: Vec<Expr> = group_by.into_iter().collect();
         let aggregates: Vec<Expr> = aggregates.into_iter().collect();
-        self.derive(|df| df.aggregate(group_by, aggregates))
+        let args = format!(
+            "[{}], [{}]",
+            describe_exprs(&group_by),
+            describe_exprs(&aggregates)
+        );
+        self.derive("aggregate", args, |df| df.aggregate(group_by, aggregates))
     }
 
     /// Joins with `right` on equal key columns, like Polars' `join(other, left_on, right_on, how)`.
@@ -203,42 +245,62 @@ impl Frame {
         left_on: &[&str],
         right_on: &[&str],
     ) -> Result<Frame> {
-        self.combine(right, |df, right_df| {
+        let args = format!("{how:?}, {left_on:?}, {right_on:?}");
+        self.combine(right, "join", args, |df, right_df| {
             df.join(right_df, how, left_on, right_on, None)
         })
     }
 
     /// Appends the rows of `other`, matching columns by position (SQL `UNION ALL`).
     pub fn union(&self, other: &Frame) -> Result<Frame> {
-        self.combine(other, DataFrame::union)
+        self.combine(other, "union", String::new(), DataFrame::union)
     }
 
     /// Appends the rows of `other`, matching columns by name; missing columns are null.
     pub fn union_by_name(&self, other: &Frame) -> Result<Frame> {
-        self.combine(other, DataFrame::union_by_name)
+        self.combine(
+            other,
+            "union_by_name",
+            String::new(),
+            DataFrame::union_by_name,
+        )
     }
 
     /// A frame built from this one and `other`, reading the sources of both.
     fn combine(
         &self,
         other: &Frame,
-        op: impl FnOnce(DataFrame, DataFrame) -> datafusion::error::Result<DataFrame>,
+        op: &'static str,
+        args: String,
+        apply: impl FnOnce(DataFrame, DataFrame) -> datafusion::error::Result<DataFrame>,
     ) -> Result<Frame> {
         let other_df = other.to_dataframe();
-        let frame = self.derive(|df| op(df, other_df))?;
+        let df = apply(self.to_dataframe(), other_df).map_err(|e| self.error(e))?;
+        let (_, plan) = df.into_parts();
         let mut sources = self.sources().to_vec();
         sources.extend(other.sources().iter().cloned());
         Ok(Frame::from_plan(
             self.inner.session.clone(),
-            frame.inner.plan.clone(),
+            plan,
             sources,
+            self.inner.lineage.combine(&other.inner.lineage, op, args),
         ))
     }
 
     /// Sorts by the given keys (`col("a").sort(true, false)` is ascending, nulls last).
     pub fn sort(&self, keys: impl IntoIterator<Item = SortExpr>) -> Result<Frame> {
         let keys: Vec<SortExpr> = keys.into_iter().collect();
-        self.derive(|df| df.sort(keys))
+        let args = keys
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let args = if keys.iter().any(|k| has_subquery(&k.expr)) {
+            unkeyable(args)
+        } else {
+            args
+        };
+        self.derive("sort", args, |df| df.sort(keys))
     }
 
     /// Sorts ascending by the named columns, nulls last.
@@ -248,17 +310,19 @@ impl Frame {
 
     /// Keeps the first `n` rows.
     pub fn limit(&self, n: usize) -> Result<Frame> {
-        self.derive(|df| df.limit(0, Some(n)))
+        self.derive("limit", n.to_string(), |df| df.limit(0, Some(n)))
     }
 
     /// Skips `offset` rows, then keeps up to `len` rows.
     pub fn slice(&self, offset: usize, len: usize) -> Result<Frame> {
-        self.derive(|df| df.limit(offset, Some(len)))
+        self.derive("slice", format!("{offset}, {len}"), |df| {
+            df.limit(offset, Some(len))
+        })
     }
 
     /// Removes duplicate rows.
     pub fn distinct(&self) -> Result<Frame> {
-        self.derive(|df| df.distinct())
+        self.derive("distinct", String::new(), |df| df.distinct())
     }
 
     /// The optimized logical plan and the physical plan, as `EXPLAIN` prints them.
@@ -279,6 +343,17 @@ impl Frame {
             .execute_stream()
             .await
             .map_err(|e| self.error(e))
+    }
+
+    /// Runs the plan to its end, dropping the batches (a barrier checkpoint).
+    pub(crate) async fn drain(&self) -> Result<u64> {
+        use futures::StreamExt;
+        let mut stream = self.execute_stream().await?;
+        let mut rows = 0;
+        while let Some(batch) = guarded(async { Ok(stream.next().await) }).await? {
+            rows += batch.map_err(|e| self.error(e))?.num_rows() as u64;
+        }
+        Ok(rows)
     }
 
     /// Runs the plan and collects every batch in memory.
@@ -448,6 +523,37 @@ impl Frame {
             files: published.files.into_iter().map(WrittenFile::from).collect(),
         })
     }
+}
+
+/// Expressions as DataFusion displays them, for lineages. An expression with a
+/// subquery displays as `<subquery>`, which does not say what it reads: such a frame
+/// gets a lineage that matches no other, so it is never taken from a cache.
+fn describe_exprs(exprs: &[Expr]) -> String {
+    let text = exprs
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if exprs.iter().any(has_subquery) {
+        unkeyable(text)
+    } else {
+        text
+    }
+}
+
+fn has_subquery(expr: &Expr) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    expr.exists(|e| {
+        Ok(matches!(
+            e,
+            Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)
+        ))
+    })
+    .unwrap_or(true)
+}
+
+fn unkeyable(text: String) -> String {
+    format!("{text} <uncacheable {}>", uuid::Uuid::new_v4().simple())
 }
 
 fn count_from(batches: &[RecordBatch]) -> u64 {

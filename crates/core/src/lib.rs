@@ -43,20 +43,30 @@
 //! ```
 
 pub mod boundary;
+pub mod checkpoint;
 mod error;
 mod flow;
 mod frame;
+mod lineage;
 mod run;
 mod session;
 mod task;
 mod write;
 
+pub use checkpoint::{
+    CacheEntry, CacheKeyInputs, CachePolicy, CheckpointFormat, CheckpointStore, Clock, GcReport,
+    Manifest, Persist,
+};
 pub use error::{Error, Result};
 pub use flow::{Flow, FlowCall, FlowFuture, FlowOptions, FlowRun};
 pub use frame::{ColumnInfo, Frame, FrameInfo, WriteSummary, WrittenFile};
-pub use run::{ExecutionMode, FlowRunRecord, FlowState, TaskRunRecord, TaskState};
+pub use lineage::{SourceObject, UpstreamTask};
+pub use run::{
+    CacheRecord, ExecutionMode, ExecutionOutcome, FlowRunRecord, FlowState, TaskExecution,
+    TaskRunRecord, TaskState,
+};
 pub use session::{Session, SessionBuilder};
-pub use task::{Task, TaskContext, TaskOutput};
+pub use task::{DEFAULT_RESULT_STORE, Task, TaskContext, TaskOutput};
 pub use write::{Compression, CsvWrite, ParquetWrite, WriteLayout};
 
 pub use datafusion::common::JoinType;

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::memory::{
     MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider,
@@ -19,13 +20,15 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::DataFrame;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig};
 use futures::TryStreamExt;
-use object_store::ObjectStore;
 use object_store::ObjectStoreExt;
+use object_store::{ObjectMeta, ObjectStore};
 use sluice_store::StoreRegistry;
 use url::Url;
 
 use crate::boundary::SluiceQueryPlanner;
+use crate::checkpoint::CheckpointStore;
 use crate::error::guarded;
+use crate::lineage::{Lineage, SourceObject};
 use crate::{Error, Frame, Result};
 
 /// A DataFusion session with Sluice's object stores (created per URL on first use) and
@@ -101,15 +104,54 @@ impl Session {
     /// Building the frame lists the files and reads their footers for the schema; no
     /// row data is read until a sink runs.
     pub async fn read_parquet(&self, location: &str) -> Result<Frame> {
+        self.read_parquet_with_schema_cache(location, None).await
+    }
+
+    /// [`read_parquet`](Self::read_parquet), taking the schema from `cache` when the
+    /// objects listed are the same (same URLs, sizes, ETags, modification times) as
+    /// when it was cached: then no footer is read. A schema inferred is cached there.
+    pub(crate) async fn read_parquet_with_schema_cache(
+        &self,
+        location: &str,
+        cache: Option<&CheckpointStore>,
+    ) -> Result<Frame> {
         let (url, extension) = self.source_url(location, "parquet")?;
         let options = ParquetReadOptions {
             file_extension: &extension,
             ..Default::default()
         };
-        match guarded(self.read_listing(&url, options)).await {
-            Ok(df) => Ok(Frame::from_dataframe(self.clone(), df, vec![display(&url)])),
+        let schema = match cache {
+            Some(cache) => SchemaSource::Cache(cache),
+            None => SchemaSource::Infer,
+        };
+        match guarded(self.read_listing(&url, options, schema)).await {
+            Ok((df, objects)) => Ok(self.listed_frame(&url, "parquet", String::new(), df, objects)),
             Err(e) => Err(self.diagnose(&url, &extension, "parquet", e).await),
         }
+    }
+
+    /// A frame over a listing table, with its lineage.
+    fn listed_frame(
+        &self,
+        url: &ListingTableUrl,
+        format: &'static str,
+        options: String,
+        df: DataFrame,
+        objects: Vec<ObjectMeta>,
+    ) -> Frame {
+        let base = url.object_store();
+        let objects = objects
+            .into_iter()
+            .map(|meta| SourceObject {
+                url: format!("{}{}", base.as_str(), meta.location),
+                size: meta.size,
+                e_tag: meta.e_tag,
+                last_modified: meta.last_modified,
+            })
+            .collect();
+        let shown = display(url);
+        let lineage = Lineage::read(format, &shown, options, objects);
+        Frame::from_dataframe(self.clone(), df, vec![shown], lineage)
     }
 
     /// A lazy frame over CSV data (a file, a directory or a glob). The schema is
@@ -117,8 +159,29 @@ impl Session {
     pub async fn read_csv(&self, location: &str, options: CsvReadOptions<'_>) -> Result<Frame> {
         let (url, extension) = self.source_url(location, "csv")?;
         let options = options.file_extension(&extension);
-        match guarded(self.read_listing(&url, options)).await {
-            Ok(df) => Ok(Frame::from_dataframe(self.clone(), df, vec![display(&url)])),
+        let described = format!(
+            "header={} delimiter={} quote={} terminator={:?} escape={:?} comment={:?} \
+             newlines_in_values={} schema={} infer_rows={} compression={:?} null_regex={:?} \
+             truncated_rows={}",
+            options.has_header,
+            options.delimiter,
+            options.quote,
+            options.terminator,
+            options.escape,
+            options.comment,
+            options.newlines_in_values,
+            describe_schema(options.schema),
+            options.schema_infer_max_records,
+            options.file_compression_type.get_variant(),
+            options.null_regex,
+            options.truncated_rows,
+        );
+        let schema = match options.schema {
+            Some(schema) => SchemaSource::Given(Arc::new(schema.clone())),
+            None => SchemaSource::Infer,
+        };
+        match guarded(self.read_listing(&url, options, schema)).await {
+            Ok((df, objects)) => Ok(self.listed_frame(&url, "csv", described, df, objects)),
             Err(e) => Err(self.diagnose(&url, &extension, "csv", e).await),
         }
     }
@@ -127,8 +190,8 @@ impl Session {
     pub async fn read_json(&self, location: &str) -> Result<Frame> {
         let (url, extension) = self.source_url(location, "json")?;
         let options = JsonReadOptions::default().file_extension(&extension);
-        match guarded(self.read_listing(&url, options)).await {
-            Ok(df) => Ok(Frame::from_dataframe(self.clone(), df, vec![display(&url)])),
+        match guarded(self.read_listing(&url, options, SchemaSource::Infer)).await {
+            Ok((df, objects)) => Ok(self.listed_frame(&url, "json", String::new(), df, objects)),
             Err(e) => Err(self.diagnose(&url, &extension, "json", e).await),
         }
     }
@@ -141,9 +204,10 @@ impl Session {
                 reason: "at least one batch is needed for the schema".into(),
             });
         };
+        let lineage = Lineage::batches(&batches);
         let table = MemTable::try_new(first.schema(), vec![batches])?;
         let df = self.inner.ctx.read_table(Arc::new(table))?;
-        Ok(Frame::from_dataframe(self.clone(), df, vec![]))
+        Ok(Frame::from_dataframe(self.clone(), df, vec![], lineage))
     }
 
     /// A frame defined by a SQL query over frames given by name: the task body of a
@@ -183,9 +247,11 @@ impl Session {
             .build();
         let ctx = SessionContext::new_with_state(scoped);
         let mut sources = Vec::new();
+        let mut inputs = Vec::new();
         for (name, frame) in frames {
             ctx.register_table(name, frame.to_dataframe().into_view())?;
             sources.extend(frame.sources().iter().cloned());
+            inputs.push((name.to_string(), frame.lineage().clone()));
         }
         let options = SQLOptions::new()
             .with_allow_ddl(false)
@@ -196,30 +262,69 @@ impl Session {
             .await
             .map_err(|e| Error::from_datafusion(e, &sources))?;
         let (_, plan) = df.into_parts();
-        Ok(Frame::from_plan(self.clone(), plan, sources))
+        Ok(Frame::from_plan(
+            self.clone(),
+            plan,
+            sources,
+            Lineage::sql(query, inputs),
+        ))
     }
 
     /// A listing table over `url` (a file, a prefix, or a prefix and a glob), as
     /// DataFusion's `read_*` build them, but keeping the glob of a URL, which
     /// `SessionContext::read_*` would drop.
+    ///
+    /// Returns the objects listed too: their identities make the frame's lineage. The
+    /// schema is inferred from those objects (as DataFusion's `infer_schema` does,
+    /// skipping empty files) unless it is given.
     async fn read_listing<'a>(
         &self,
         url: &ListingTableUrl,
         options: impl ReadOptions<'a>,
-    ) -> datafusion::error::Result<DataFrame> {
+        schema: SchemaSource<'_>,
+    ) -> datafusion::error::Result<(DataFrame, Vec<ObjectMeta>)> {
         let ctx = &self.inner.ctx;
+        let state = ctx.state();
         let config = ctx.copied_config();
         let listing = options.to_listing_options(&config, ctx.copied_table_options());
-        let schema = options
-            .get_resolved_schema(&config, ctx.state(), url.clone())
+        let store = state.runtime_env().object_store(url)?;
+        let objects: Vec<ObjectMeta> = url
+            .list_all_files(&state, store.as_ref(), &listing.file_extension)
+            .await?
+            .try_collect()
             .await?;
+        if objects.is_empty() {
+            return Err(DataFusionError::Plan(format!("no files found at {url}")));
+        }
+        let infer = || async {
+            let files: Vec<ObjectMeta> = objects.iter().filter(|o| o.size > 0).cloned().collect();
+            listing.format.infer_schema(&state, &store, &files).await
+        };
+        let schema = match schema {
+            SchemaSource::Given(schema) => schema,
+            SchemaSource::Infer => infer().await?,
+            SchemaSource::Cache(cache) => {
+                let digest = schema_digest(listing.format.get_ext().as_str(), &objects);
+                match cache.cached_schema(&digest).await {
+                    Some(schema) => {
+                        tracing::debug!(source = %url, "source schema from the schema cache");
+                        schema
+                    }
+                    None => {
+                        let schema = infer().await?;
+                        cache.cache_schema(&digest, url.as_str(), &schema).await;
+                        schema
+                    }
+                }
+            }
+        };
         let table = ListingTable::try_new(
             ListingTableConfig::new(url.clone())
                 .with_listing_options(listing)
                 .with_schema(schema),
         )?
         .with_cache(ctx.runtime_env().cache_manager.get_file_statistic_cache());
-        ctx.read_table(Arc::new(table))
+        Ok((ctx.read_table(Arc::new(table))?, objects))
     }
 
     /// Resolves a source location; returns its URL and the file extension to list by.
@@ -369,6 +474,51 @@ fn percent_decode(text: &str) -> String {
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_else(|| text.to_string())
+}
+
+/// Where a read's schema comes from.
+enum SchemaSource<'a> {
+    /// Inferred from the files (footers, or the first rows of CSV and JSON).
+    Infer,
+    /// Given by the caller.
+    Given(SchemaRef),
+    /// From a schema cache when the same objects were read before; inferred and
+    /// cached otherwise.
+    Cache(&'a CheckpointStore),
+}
+
+/// The digest a source's schema is cached under: the format and every object's
+/// identity.
+fn schema_digest(format: &str, objects: &[ObjectMeta]) -> String {
+    let mut text = format!("{format}\n");
+    let mut listed: Vec<String> = objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {} {:?} {}",
+                o.location,
+                o.size,
+                o.e_tag,
+                o.last_modified.timestamp_nanos_opt().unwrap_or_default()
+            )
+        })
+        .collect();
+    listed.sort();
+    text.push_str(&listed.join("\n"));
+    crate::lineage::digest(text.as_bytes())
+}
+
+/// A schema as text, for lineages: fields in order with their types.
+fn describe_schema(schema: Option<&datafusion::arrow::datatypes::Schema>) -> String {
+    match schema {
+        None => "inferred".into(),
+        Some(schema) => schema
+            .fields()
+            .iter()
+            .map(|f| format!("{}:{}:{}", f.name(), f.data_type(), f.is_nullable()))
+            .collect::<Vec<_>>()
+            .join(","),
+    }
 }
 
 /// How a source URL appears in records and errors.

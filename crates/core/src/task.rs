@@ -9,8 +9,13 @@ use datafusion::prelude::CsvReadOptions;
 use tracing::Instrument;
 
 use crate::boundary::TaskBoundary;
+use crate::checkpoint::{
+    CacheKeyInputs, CachePolicy, CheckpointFormat, CheckpointRead, CheckpointStore,
+    CheckpointTarget, CheckpointTee, Lookup, Persist,
+};
 use crate::flow::FlowRunShared;
-use crate::run::{TaskRunState, TaskState};
+use crate::lineage::{Lineage, UpstreamTask};
+use crate::run::{CacheRecord, TaskRunState, TaskState};
 use crate::{Error, ExecutionMode, Frame, FrameInfo, Result, Session, WriteSummary};
 
 /// A named task. `#[task]` expands to this; without macros, call [`Task::run`] with the
@@ -41,7 +46,18 @@ use crate::{Error, ExecutionMode, Frame, FrameInfo, Result, Session, WriteSummar
 #[derive(Debug, Clone)]
 pub struct Task {
     name: String,
+    config: TaskConfig,
+}
+
+/// A task's settings, shared by its runs.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TaskConfig {
     version: Option<String>,
+    persist: Option<Persist>,
+    cache: Option<CachePolicy>,
+    result_store: Option<String>,
+    format: CheckpointFormat,
+    parameters: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Task {
@@ -49,14 +65,78 @@ impl Task {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
-            version: None,
+            config: TaskConfig::default(),
         }
     }
 
-    /// The task's code version, recorded in its runs (`#[task]` sets a hash of the
-    /// task's source).
+    /// The task's code version, recorded in its runs and part of its cache key
+    /// (`#[task]` sets a hash of the task's source; an explicit version overrides it).
     pub fn with_version(mut self, version: impl Into<String>) -> Self {
-        self.version = Some(version.into());
+        self.config.version = Some(version.into());
+        self
+    }
+
+    /// Checkpoints the task's output (a [`Frame`]) to the flow's result store, and
+    /// reads it back instead of recomputing when the same cache key comes again. See
+    /// [`Persist`] for the two modes and [`cache`](Self::cache) for the key.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sluice_core::Result<()> {
+    /// use sluice_core::*;
+    /// let store = tempfile::tempdir().unwrap();
+    /// let count = || async {
+    ///     Flow::new("numbers")
+    ///         .with_result_store(store.path().display().to_string())
+    ///         .run(serde_json::json!({}), async {
+    ///             let df = Task::new("numbers")
+    ///                 .persist(Persist::Tee)
+    ///                 .run(|cx| async move {
+    ///                     cx.sql("SELECT * FROM (VALUES (1), (2), (3)) AS t(n)", []).await
+    ///                 })
+    ///                 .await?;
+    ///             df.count().await
+    ///         })
+    ///         .await
+    /// };
+    /// let first = count().await;
+    /// assert_eq!(first.record.tasks[0].state, TaskState::Completed);
+    /// let second = count().await;
+    /// assert_eq!(*second.output.as_ref().unwrap(), 3);
+    /// assert_eq!(second.record.tasks[0].state, TaskState::Cached);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn persist(mut self, mode: Persist) -> Self {
+        self.config.persist = Some(mode);
+        self
+    }
+
+    /// How the task's cache key is made, when its checkpoint expires, whether to
+    /// refresh it. Persists the task (in [`Persist::Tee`] mode) unless
+    /// [`persist`](Self::persist) says otherwise.
+    pub fn cache(mut self, policy: CachePolicy) -> Self {
+        self.config.cache = Some(policy);
+        self
+    }
+
+    /// Writes this task's checkpoints to `location` instead of the flow's result store.
+    pub fn with_result_store(mut self, location: impl Into<String>) -> Self {
+        self.config.result_store = Some(location.into());
+        self
+    }
+
+    /// How the checkpoint's Parquet parts are encoded.
+    pub fn with_checkpoint_format(mut self, format: CheckpointFormat) -> Self {
+        self.config.format = format;
+        self
+    }
+
+    /// Records a parameter of the call: it is part of the cache key (`#[task]`
+    /// records every argument that is not a frame: frames enter the key through their
+    /// lineage).
+    pub fn with_parameter(mut self, name: impl Into<String>, value: serde_json::Value) -> Self {
+        self.config.parameters.insert(name.into(), value);
         self
     }
 
@@ -69,15 +149,19 @@ impl Task {
         Fut: Future<Output = Result<T>>,
     {
         let flow = FlowRunShared::current_or_ad_hoc(&self.name);
-        let run = TaskRunState::new(&self.name, self.version);
+        let run = TaskRunState::new(&self.name, self.config.version.clone());
         flow.add_task(Arc::clone(&run));
         let cx = TaskContext {
             flow: Arc::clone(&flow),
             run: Arc::clone(&run),
+            config: Arc::new(self.config),
         };
         let span = tracing::info_span!("task.run", task = %self.name, flow_run = %flow.run_id);
         let result = async {
             run.start();
+            if cx.persistence().is_some() {
+                crate::checkpoint::validate_name("task name", &self.name)?;
+            }
             tracing::debug!("task run started");
             let output = body(cx.clone()).await?;
             output.finish(&cx).await
@@ -109,7 +193,59 @@ impl Task {
 pub struct TaskContext {
     flow: Arc<FlowRunShared>,
     run: Arc<TaskRunState>,
+    config: Arc<TaskConfig>,
 }
+
+/// Where and how a persisted task's checkpoint goes.
+struct Persistence {
+    mode: Persist,
+    policy: CachePolicy,
+    store: String,
+}
+
+impl TaskContext {
+    /// The task's persistence, if it is persisted and the flow uses checkpoints.
+    fn persistence(&self) -> Option<Persistence> {
+        let config = &self.config;
+        if !self.flow.checkpoints || (config.persist.is_none() && config.cache.is_none()) {
+            return None;
+        }
+        Some(Persistence {
+            mode: config.persist.unwrap_or_default(),
+            policy: config.cache.clone().unwrap_or_default(),
+            store: config
+                .result_store
+                .clone()
+                .or_else(|| self.flow.result_store.clone())
+                .unwrap_or_else(|| DEFAULT_RESULT_STORE.to_string()),
+        })
+    }
+
+    /// The store that caches source schemas: the flow's result store, when set.
+    fn schema_cache(&self) -> Option<CheckpointStore> {
+        if !self.flow.checkpoints {
+            return None;
+        }
+        let location = self.flow.result_store.as_ref()?;
+        CheckpointStore::open(&self.flow.session, location).ok()
+    }
+
+    /// What this call's cache key is computed from.
+    fn key_inputs(&self, frame: &Frame) -> CacheKeyInputs {
+        let lineage = frame.lineage();
+        CacheKeyInputs {
+            task: self.run.name.clone(),
+            version: self.config.version.clone(),
+            parameters: serde_json::Value::Object(self.config.parameters.clone()),
+            plan: lineage.describe(),
+            sources: lineage.sources(),
+            upstream: lineage.upstream(),
+        }
+    }
+}
+
+/// Where checkpoints go when neither the task nor the flow names a store.
+pub const DEFAULT_RESULT_STORE: &str = ".sluice/";
 
 impl TaskContext {
     /// The task's name.
@@ -142,9 +278,16 @@ impl TaskContext {
         self.run.state()
     }
 
-    /// A lazy frame over Parquet data; see [`Session::read_parquet`].
+    /// A lazy frame over Parquet data; see [`Session::read_parquet`]. When the flow
+    /// has a result store, the source's schema is cached there by the identity of the
+    /// objects listed, so a later run whose tasks hit their checkpoints reads no
+    /// footer either.
     pub async fn read_parquet(&self, location: &str) -> Result<Frame> {
-        let frame = self.flow.session.read_parquet(location).await?;
+        let frame = self
+            .flow
+            .session
+            .read_parquet_with_schema_cache(location, self.schema_cache().as_ref())
+            .await?;
         self.run.set_sources(frame.sources());
         Ok(frame)
     }
@@ -188,26 +331,206 @@ pub trait TaskOutput: Sized + Send {
 impl TaskOutput for Frame {
     async fn finish(self, cx: &TaskContext) -> Result<Self> {
         cx.run.set_sources(self.sources());
-        let boundary = LogicalPlan::Extension(Extension {
-            node: Arc::new(TaskBoundary {
-                run: Arc::clone(&cx.run),
-                sources: self.sources().to_vec().into(),
-                input: self.logical_plan().clone(),
-            }),
+        let inputs = cx.key_inputs(&self);
+        let persistence = cx.persistence();
+        let name = cx.run.name.clone();
+        let version = cx.config.version.clone();
+        // The key downstream tasks see: the checkpoint's key, or (for a task that is
+        // not cached) the key its inputs would give.
+        let key = match &persistence {
+            Some(p) if p.policy.looks_up() => p.policy.key(&inputs),
+            _ => CachePolicy::inputs().key(&inputs),
+        };
+        let lineage = Lineage::task(UpstreamTask {
+            task: name.clone(),
+            version: version.clone(),
+            key: key.clone(),
         });
-        let frame = self.with_plan(boundary);
-        match cx.mode() {
-            ExecutionMode::Lazy => {
-                cx.run.expect_stream();
-                Ok(frame)
+        let Some(persistence) = persistence else {
+            let frame = self.with_plan_and_lineage(
+                boundary(
+                    cx,
+                    self.sources().to_vec(),
+                    None,
+                    self.logical_plan().clone(),
+                ),
+                lineage,
+            );
+            return deliver(cx, frame).await;
+        };
+        let session = cx.session();
+        let store = CheckpointStore::open(session, &persistence.store)?;
+        // A policy without lookups still writes a checkpoint, under a key of its own.
+        let key = if persistence.policy.looks_up() {
+            key
+        } else {
+            persistence.policy.key(&inputs)
+        };
+        let checkpoint_url = store.key_url(&name, &key);
+        let checkpoint_error = |source: Error| Error::Checkpoint {
+            task: name.clone(),
+            checkpoint: checkpoint_url.clone(),
+            source: Box::new(source),
+        };
+        let now = cx.flow.clock.now();
+        let (lookup, label) = if !persistence.policy.looks_up() {
+            (Lookup::Miss { reason: None }, "disabled")
+        } else if persistence.policy.refreshes() {
+            (Lookup::Miss { reason: None }, "refresh")
+        } else {
+            let by_inputs = (persistence.policy.describe() == "inputs").then_some(&inputs);
+            let found = store
+                .lookup(&name, &key, by_inputs, now)
+                .await
+                .map_err(checkpoint_error)?;
+            (found, "miss")
+        };
+        match lookup {
+            Lookup::Hit(manifest) => {
+                tracing::info!(task = %name, key = %key, rows = manifest.rows, "cache hit");
+                supersede_upstream(self.logical_plan(), &name);
+                cx.run
+                    .set_cache(&key, CacheRecord::new(&checkpoint_url, "hit", None));
+                cx.run.cached();
+                store.touch(&name, &key, now).await;
+                let read = CheckpointRead::new(store, manifest, true);
+                let plan = read.scan_plan(session)?;
+                let frame = Frame::from_plan(
+                    session.clone(),
+                    boundary(cx, vec![checkpoint_url.clone()], Some(read), plan),
+                    vec![checkpoint_url],
+                    lineage,
+                );
+                deliver(cx, frame).await
             }
-            ExecutionMode::Eager => {
-                let (collected, rows, bytes) = frame.materialize().await?;
-                tracing::debug!(task = %cx.task_name(), rows, bytes, "collected task output");
-                Ok(collected)
+            Lookup::Miss { reason } => {
+                tracing::info!(task = %name, key = %key, lookup = label, reason = reason.as_deref().unwrap_or(""), "cache miss: computing the task");
+                cx.run
+                    .set_cache(&key, CacheRecord::new(&checkpoint_url, label, reason));
+                let target = Arc::new(CheckpointTarget {
+                    store: store.clone(),
+                    run: Arc::clone(&cx.run),
+                    task: name.clone(),
+                    key: key.clone(),
+                    code_version: version,
+                    key_inputs: inputs,
+                    policy: persistence.policy.describe(),
+                    flow_run: cx.flow.run_id.clone(),
+                    ttl: persistence.policy.expiry(),
+                    clock: cx.flow.clock.clone(),
+                    replace: persistence.policy.refreshes(),
+                    format: cx.config.format,
+                    plan_text: self.logical_plan().display_indent().to_string(),
+                    schema: self.schema(),
+                    committed: std::sync::OnceLock::new(),
+                });
+                let tee = LogicalPlan::Extension(Extension {
+                    node: Arc::new(CheckpointTee {
+                        target: Arc::clone(&target),
+                        input: boundary(
+                            cx,
+                            self.sources().to_vec(),
+                            None,
+                            self.logical_plan().clone(),
+                        ),
+                    }),
+                });
+                let teed = self.with_plan_and_lineage(tee, lineage.clone());
+                match persistence.mode {
+                    Persist::Tee => deliver(cx, teed).await,
+                    Persist::Barrier => {
+                        cx.run.expect_stream();
+                        teed.drain().await?;
+                        let manifest = match target.committed.get() {
+                            Some(manifest) => manifest.clone(),
+                            // Another run committed the same key first: read theirs.
+                            None => match store
+                                .lookup(&name, &key, None, now)
+                                .await
+                                .map_err(checkpoint_error)?
+                            {
+                                Lookup::Hit(manifest) => manifest,
+                                Lookup::Miss { reason } => {
+                                    return Err(checkpoint_error(Error::Internal {
+                                        message: format!(
+                                            "the barrier checkpoint is not readable after its commit: {}",
+                                            reason.unwrap_or_default()
+                                        ),
+                                    }));
+                                }
+                            },
+                        };
+                        // Just written and hashed by this run: read without verifying.
+                        let read = CheckpointRead::new(store, manifest, false);
+                        let plan = read.scan_plan(session)?;
+                        let frame = Frame::from_plan(
+                            session.clone(),
+                            boundary(cx, vec![checkpoint_url], Some(read), plan),
+                            self.sources().to_vec(),
+                            lineage,
+                        );
+                        deliver(cx, frame).await
+                    }
+                }
             }
         }
     }
+}
+
+/// A task boundary for this run over `input`.
+fn boundary(
+    cx: &TaskContext,
+    sources: Vec<String>,
+    checkpoint: Option<Arc<CheckpointRead>>,
+    input: LogicalPlan,
+) -> LogicalPlan {
+    LogicalPlan::Extension(Extension {
+        node: Arc::new(TaskBoundary {
+            run: Arc::clone(&cx.run),
+            sources: sources.into(),
+            checkpoint,
+            input,
+        }),
+    })
+}
+
+/// Hands a task's output frame on: lazily, or collected in memory in eager mode.
+async fn deliver(cx: &TaskContext, frame: Frame) -> Result<Frame> {
+    match cx.mode() {
+        ExecutionMode::Lazy => {
+            cx.run.expect_stream();
+            Ok(frame)
+        }
+        ExecutionMode::Eager => {
+            let (collected, rows, bytes) = frame.materialize().await?;
+            tracing::debug!(task = %cx.task_name(), rows, bytes, "collected task output");
+            Ok(collected)
+        }
+    }
+}
+
+/// Marks the task runs whose boundaries appear in `plan` (the fragment a cache hit
+/// replaced) as superseded by `by`: unless something else executes them, they are
+/// `Skipped`.
+fn supersede_upstream(plan: &LogicalPlan, by: &str) {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let _ = plan.apply(|node| {
+        match node {
+            LogicalPlan::Extension(ext) => {
+                if let Some(boundary) = ext.node.as_any().downcast_ref::<TaskBoundary>() {
+                    boundary.run.supersede(by);
+                }
+            }
+            LogicalPlan::TableScan(scan) => {
+                // A SQL task's inputs are views whose plans hold the upstream tasks.
+                if let Some(view) = scan.source.get_logical_plan() {
+                    supersede_upstream(&view, by);
+                }
+            }
+            _ => {}
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
 }
 
 impl TaskOutput for WriteSummary {

@@ -55,6 +55,22 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// The codec as the parquet crate names it, for writers Sluice drives itself.
+    pub(crate) fn to_parquet(self) -> Result<parquet::basic::Compression> {
+        use parquet::basic::{Compression as Pq, GzipLevel, ZstdLevel};
+        let invalid = |e: parquet::errors::ParquetError| Error::InvalidOption {
+            option: "compression",
+            reason: e.to_string(),
+        };
+        Ok(match self {
+            Compression::Uncompressed => Pq::UNCOMPRESSED,
+            Compression::Snappy => Pq::SNAPPY,
+            Compression::Lz4 => Pq::LZ4_RAW,
+            Compression::Zstd(level) => Pq::ZSTD(ZstdLevel::try_new(level).map_err(invalid)?),
+            Compression::Gzip(level) => Pq::GZIP(GzipLevel::try_new(level).map_err(invalid)?),
+        })
+    }
+
     fn as_option(self) -> Result<String> {
         Ok(match self {
             Compression::Uncompressed => "uncompressed".into(),

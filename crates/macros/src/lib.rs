@@ -33,47 +33,69 @@ use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::{Expr, ExprLit, FnArg, ItemFn, Lit, Meta, Pat, Token, Type, parse_macro_input};
 
-/// Settings given in the attribute: `#[task(name = "...", version = "...")]`.
+/// Settings given in the attribute: `#[task(name = "...", version = "...", persist,
+/// cache = ...)]`.
 struct Settings {
     name: Option<String>,
     version: Option<String>,
+    /// `persist` (tee) or `persist = <expr>`.
+    persist: Option<TokenStream2>,
+    /// `cache = <expr>`: a `CachePolicy`.
+    cache: Option<TokenStream2>,
 }
 
 fn parse_settings(attr: TokenStream, what: &str) -> syn::Result<Settings> {
     let mut settings = Settings {
         name: None,
         version: None,
+        persist: None,
+        cache: None,
+    };
+    let supported = if what == "task" {
+        "name, version, persist, cache"
+    } else {
+        "name, version"
     };
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse(attr)?;
     for meta in metas {
-        let Meta::NameValue(nv) = &meta else {
-            return Err(syn::Error::new_spanned(
-                &meta,
-                format!("expected `key = \"value\"` in #[{what}(...)]"),
-            ));
-        };
-        let key = nv
-            .path
+        let key = meta
+            .path()
             .get_ident()
             .map(|i| i.to_string())
             .unwrap_or_default();
-        let Expr::Lit(ExprLit {
-            lit: Lit::Str(value),
-            ..
-        }) = &nv.value
-        else {
-            return Err(syn::Error::new_spanned(
-                &nv.value,
-                "expected a string literal",
-            ));
-        };
-        match key.as_str() {
-            "name" => settings.name = Some(value.value()),
-            "version" => settings.version = Some(value.value()),
+        match (&meta, key.as_str()) {
+            (Meta::Path(_), "persist") if what == "task" => {
+                settings.persist = Some(quote! { ::sluice::Persist::Tee });
+            }
+            (Meta::NameValue(nv), "persist") if what == "task" => {
+                let value = &nv.value;
+                settings.persist = Some(quote! { #value });
+            }
+            (Meta::NameValue(nv), "cache") if what == "task" => {
+                let value = &nv.value;
+                settings.cache = Some(quote! { #value });
+            }
+            (Meta::NameValue(nv), "name" | "version") => {
+                let Expr::Lit(ExprLit {
+                    lit: Lit::Str(value),
+                    ..
+                }) = &nv.value
+                else {
+                    return Err(syn::Error::new_spanned(
+                        &nv.value,
+                        "expected a string literal",
+                    ));
+                };
+                if key == "name" {
+                    settings.name = Some(value.value());
+                } else {
+                    settings.version = Some(value.value());
+                }
+            }
             _ => {
                 return Err(syn::Error::new_spanned(
-                    &nv.path,
-                    format!("unknown #[{what}] setting `{key}`; supported: name, version"),
+                    &meta,
+                    format!("unknown #[{what}] setting `{key}`; supported: {supported}"),
                 ));
             }
         }
@@ -81,10 +103,76 @@ fn parse_settings(attr: TokenStream, what: &str) -> syn::Result<Settings> {
     Ok(settings)
 }
 
-/// A stable hash of the function's source: editing the body changes the version.
+/// A version of the function from its source: editing its signature or body changes
+/// it; whitespace, comments and attributes (doc comments included) do not.
+///
+/// The text hashed is the function's tokens spelled by this macro (identifiers,
+/// literals as written, punctuation, one space between tokens), not by the compiler's
+/// pretty-printer, whose spelling may change between Rust versions: upgrading the
+/// toolchain keeps every version, so it keeps every cache.
 fn source_version(item: &ItemFn) -> String {
-    let text = item.to_token_stream().to_string();
+    let mut text = String::new();
+    let tokens = quote! { #item };
+    // Skip the attributes: `#` followed by a bracket group, at the top level.
+    let mut trees = tokens.into_iter().peekable();
+    let mut kept = TokenStream2::new();
+    while let Some(tree) = trees.next() {
+        if let proc_macro2::TokenTree::Punct(p) = &tree
+            && p.as_char() == '#'
+            && matches!(trees.peek(), Some(proc_macro2::TokenTree::Group(g)) if g.delimiter() == proc_macro2::Delimiter::Bracket)
+        {
+            trees.next();
+            continue;
+        }
+        kept.extend([tree]);
+    }
+    canonical_tokens(kept, &mut text);
     blake3::hash(text.as_bytes()).to_hex()[..16].to_string()
+}
+
+fn canonical_tokens(tokens: TokenStream2, out: &mut String) {
+    use proc_macro2::{Delimiter, Spacing, TokenTree};
+    for tree in tokens {
+        match tree {
+            TokenTree::Group(group) => {
+                let (open, close) = match group.delimiter() {
+                    Delimiter::Parenthesis => ("(", ")"),
+                    Delimiter::Brace => ("{", "}"),
+                    Delimiter::Bracket => ("[", "]"),
+                    Delimiter::None => ("", ""),
+                };
+                out.push_str(open);
+                out.push(' ');
+                canonical_tokens(group.stream(), out);
+                out.push_str(close);
+                out.push(' ');
+            }
+            TokenTree::Ident(ident) => {
+                out.push_str(&ident.to_string());
+                out.push(' ');
+            }
+            TokenTree::Punct(punct) => {
+                out.push(punct.as_char());
+                if punct.spacing() == Spacing::Alone {
+                    out.push(' ');
+                }
+            }
+            TokenTree::Literal(literal) => {
+                out.push_str(&literal.to_string());
+                out.push(' ');
+            }
+        }
+    }
+}
+
+/// Whether an argument's type is a frame (`Frame` or `&Frame`): frames enter a cache
+/// key through their lineage, not as parameters.
+fn is_frame(ty: &Type) -> bool {
+    let ty = match ty {
+        Type::Reference(reference) => reference.elem.as_ref(),
+        other => other,
+    };
+    matches!(ty, Type::Path(path) if path.path.segments.last().is_some_and(|s| s.ident == "Frame"))
 }
 
 fn check_async(item: &ItemFn, what: &str) -> syn::Result<()> {
@@ -125,8 +213,16 @@ fn return_type(sig: &syn::Signature) -> TokenStream2 {
 /// flow. A first argument `cx: &TaskContext` is provided by the task and dropped from
 /// the signature callers see.
 ///
-/// Settings: `name = "..."` (defaults to the function's name) and `version = "..."`
-/// (defaults to a hash of the function's source, so editing the body changes it).
+/// Settings:
+/// - `name = "..."` (defaults to the function's name);
+/// - `version = "..."` (defaults to a hash of the function's tokens: editing its
+///   signature or body changes it, and so invalidates its cache; whitespace, comments
+///   and attributes do not, nor does a new compiler version);
+/// - `persist` or `persist = Persist::Barrier`: checkpoint the output;
+/// - `cache = CachePolicy::inputs().expire_after(..)`: how the cache key is made.
+///
+/// Every argument other than the context and frames is recorded as a parameter of the
+/// call (as JSON where it implements `Serialize`) and is part of the cache key.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     let settings = match parse_settings(attr, "task") {
@@ -151,6 +247,13 @@ fn expand_task(settings: Settings, item: ItemFn) -> syn::Result<TokenStream2> {
     } = item;
     let name = settings.name.unwrap_or_else(|| sig.ident.to_string());
     let output = return_type(&sig);
+    let mut options = TokenStream2::new();
+    if let Some(persist) = &settings.persist {
+        options.extend(quote! { .persist(#persist) });
+    }
+    if let Some(cache) = &settings.cache {
+        options.extend(quote! { .cache(#cache) });
+    }
     let mut bind_cx = TokenStream2::new();
     if sig.inputs.first().is_some_and(is_task_context) {
         let first = sig.inputs.iter().next().cloned();
@@ -162,11 +265,28 @@ fn expand_task(settings: Settings, item: ItemFn) -> syn::Result<TokenStream2> {
     } else {
         bind_cx = quote! { let _ = &__sluice_cx; };
     }
+    for arg in &sig.inputs {
+        if let FnArg::Typed(typed) = arg
+            && !is_frame(&typed.ty)
+            && let Pat::Ident(ident) = typed.pat.as_ref()
+        {
+            let ident = &ident.ident;
+            let key = ident.to_string();
+            options.extend(quote! {
+                .with_parameter(#key, {
+                    #[allow(unused_imports)]
+                    use ::sluice::__private::{ViaSerialize as _, ViaTypeName as _};
+                    (&::sluice::__private::ParamProbe(&#ident)).param_value()
+                })
+            });
+        }
+    }
     Ok(quote! {
         #(#attrs)*
         #vis #sig {
             ::sluice::Task::new(#name)
                 .with_version(#version)
+                #options
                 .run(move |__sluice_cx: ::sluice::TaskContext| async move {
                     #bind_cx
                     // The annotation lets `?` in the body infer its error type.

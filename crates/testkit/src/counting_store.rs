@@ -37,6 +37,7 @@ use object_store::{
 #[derive(Debug)]
 pub struct CountingStore {
     inner: Arc<dyn ObjectStore>,
+    only_under: Option<String>,
     bytes_read: AtomicU64,
     get_requests: AtomicU64,
 }
@@ -46,9 +47,40 @@ impl CountingStore {
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
         Self {
             inner,
+            only_under: None,
             bytes_read: AtomicU64::new(0),
             get_requests: AtomicU64::new(0),
         }
+    }
+
+    /// Counts only reads of objects whose path starts with `prefix` (the sources of a
+    /// test, say, and not the checkpoints beside them on the same store).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::sync::Arc;
+    /// use object_store::{ObjectStoreExt, PutPayload, memory::InMemory, path::Path};
+    /// use sluice_testkit::counting_store::CountingStore;
+    ///
+    /// let store = CountingStore::new(Arc::new(InMemory::new())).counting_only_under("src/");
+    /// store.put(&Path::from("src/a"), PutPayload::from("hello")).await.unwrap();
+    /// store.put(&Path::from("cache/b"), PutPayload::from("hello")).await.unwrap();
+    /// store.get(&Path::from("cache/b")).await.unwrap();
+    /// assert_eq!(store.bytes_read(), 0);
+    /// store.get(&Path::from("src/a")).await.unwrap();
+    /// assert_eq!(store.bytes_read(), 5);
+    /// # }
+    /// ```
+    pub fn counting_only_under(mut self, prefix: impl Into<String>) -> Self {
+        self.only_under = Some(prefix.into());
+        self
+    }
+
+    fn counts(&self, location: &Path) -> bool {
+        self.only_under
+            .as_ref()
+            .is_none_or(|prefix| location.as_ref().starts_with(prefix.as_str()))
     }
 
     /// Bytes returned by `get` and range requests so far.
@@ -102,7 +134,7 @@ impl ObjectStore for CountingStore {
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         let head = options.head;
         let result = self.inner.get_opts(location, options).await?;
-        if !head {
+        if !head && self.counts(location) {
             self.count(&result.range);
         }
         Ok(result)
@@ -110,8 +142,10 @@ impl ObjectStore for CountingStore {
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         let out = self.inner.get_ranges(location, ranges).await?;
-        for range in ranges {
-            self.count(range);
+        if self.counts(location) {
+            for range in ranges {
+                self.count(range);
+            }
         }
         Ok(out)
     }

@@ -1,0 +1,159 @@
+//! The checkpoint manifest: what a checkpoint holds, committed after its data.
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+use super::CacheKeyInputs;
+use crate::{Error, Result};
+
+/// The manifest format this build writes and reads. A manifest of a newer format is
+/// a cache miss (with a warning), never an error.
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+
+/// A checkpoint's manifest (`_manifest.json`): written last, with a create-if-absent
+/// put, only when every part is durable. Its presence is what makes a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Manifest {
+    /// [`MANIFEST_FORMAT_VERSION`] when written.
+    pub format_version: u32,
+    /// The task.
+    pub task: String,
+    /// The cache key (the checkpoint's directory name).
+    pub key: String,
+    /// The task's code version.
+    pub code_version: Option<String>,
+    /// What the key was computed from.
+    pub key_inputs: CacheKeyInputs,
+    /// `inputs`, `key_fn` or `none`.
+    pub policy: String,
+    /// The flow run that wrote it.
+    pub flow_run: String,
+    /// When it was committed.
+    pub created: DateTime<Utc>,
+    /// When it stops being valid.
+    pub expires: Option<DateTime<Utc>>,
+    /// Rows in all parts.
+    pub rows: u64,
+    /// The output schema, as an Arrow IPC schema message in hex (exact types,
+    /// nullability and metadata).
+    pub schema_ipc: String,
+    /// The output schema in readable form: `name: type` per column.
+    pub columns: Vec<String>,
+    /// The Parquet parts, with sizes and checksums.
+    pub files: Vec<ManifestFile>,
+    /// The logical plan that computed it, as `EXPLAIN` shows it (for people).
+    pub plan: String,
+    /// Codec of the parts.
+    pub compression: String,
+}
+
+/// One Parquet part of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ManifestFile {
+    /// Its path relative to the checkpoint's directory (`data-<id>/part-<n>.parquet`).
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Rows in it.
+    pub rows: u64,
+    /// BLAKE3 of its bytes, in hex.
+    pub blake3: String,
+}
+
+impl Manifest {
+    /// Total size of the parts.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// The output schema.
+    pub fn schema(&self) -> Result<SchemaRef> {
+        decode_schema(&self.schema_ipc).map_err(|reason| Error::Internal {
+            message: format!(
+                "the manifest of {} holds an unreadable schema: {reason}",
+                self.key
+            ),
+        })
+    }
+
+    /// Parses a manifest; the error says what is wrong with it.
+    pub fn parse(bytes: &[u8]) -> std::result::Result<Manifest, String> {
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
+        }
+        let version: Version = serde_json::from_slice(bytes)
+            .map_err(|e| format!("the manifest does not parse: {e}"))?;
+        if version.format_version > MANIFEST_FORMAT_VERSION {
+            return Err(format!(
+                "the manifest has format version {}, newer than this build's {}",
+                version.format_version, MANIFEST_FORMAT_VERSION
+            ));
+        }
+        let manifest: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| format!("the manifest does not parse: {e}"))?;
+        decode_schema(&manifest.schema_ipc)?;
+        Ok(manifest)
+    }
+}
+
+/// A schema as a hex IPC message.
+pub(crate) fn encode_schema(schema: &Schema) -> Result<String> {
+    let mut bytes = Vec::new();
+    {
+        let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut bytes, schema)?;
+        writer.finish()?;
+    }
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+pub(crate) fn decode_schema(hex: &str) -> std::result::Result<SchemaRef, String> {
+    if hex.len() % 2 != 0 || !hex.is_ascii() {
+        return Err("the schema is not hex".into());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<std::result::Result<Vec<u8>, _>>()
+        .map_err(|e| format!("the schema is not hex: {e}"))?;
+    let reader =
+        datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .map_err(|e| format!("the schema does not decode: {e}"))?;
+    Ok(reader.schema())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field};
+
+    #[test]
+    fn schemas_round_trip_through_hex_ipc() {
+        let schema = Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("b", DataType::Utf8View, true),
+        ]);
+        let hex = encode_schema(&schema).unwrap();
+        assert_eq!(decode_schema(&hex).unwrap().as_ref(), &schema);
+        assert!(decode_schema("zz").is_err());
+    }
+
+    #[test]
+    fn newer_and_broken_manifests_are_rejected_with_a_reason() {
+        let newer = format!("{{\"format_version\": {}}}", MANIFEST_FORMAT_VERSION + 1);
+        assert!(
+            Manifest::parse(newer.as_bytes())
+                .unwrap_err()
+                .contains("newer")
+        );
+        assert!(
+            Manifest::parse(b"{\"format_version\": 1")
+                .unwrap_err()
+                .contains("parse")
+        );
+        assert!(Manifest::parse(b"").is_err());
+    }
+}

@@ -1,0 +1,316 @@
+//! Checkpoints: a task's output written as Parquet to an object store, with a manifest
+//! committed last, and read back instead of recomputing when its cache key comes again.
+//!
+//! ```text
+//! <store>/checkpoints/<task>/<key>/_manifest.json        committed last, create-if-absent
+//! <store>/checkpoints/<task>/<key>/data-<id>/part-<n>.parquet   one part per partition
+//! <store>/checkpoints/<task>/<key>/_last_hit              when it was last read
+//! <store>/schemas/<digest>.json                           source schemas, by source identity
+//! ```
+//!
+//! A checkpoint exists only through its manifest: parts are written under a directory
+//! of their own writer (`data-<id>`), never renamed (a rename on S3 is a copy), and
+//! become part of a checkpoint when a manifest naming them, with their sizes and
+//! checksums, is committed. A run that fails, is dropped or stops early commits no
+//! manifest; its parts are orphans that [`CheckpointStore::gc`] removes after a grace
+//! period. Two runs racing on one key both write their own parts; the first manifest
+//! wins, and the loser deletes its parts.
+//!
+//! See [`Persist`] for when a checkpoint is written, [`CachePolicy`] for how its key is
+//! made, and [`CheckpointStore`] for listing, showing and collecting checkpoints.
+
+mod manifest;
+mod read;
+mod store;
+mod tee;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use manifest::{MANIFEST_FORMAT_VERSION, Manifest, ManifestFile};
+pub(crate) use read::{CheckpointRead, Verification};
+pub use store::{CacheEntry, CheckpointStore, GcReport};
+pub(crate) use store::{Lookup, validate_name};
+pub(crate) use tee::{CheckpointTarget, CheckpointTee, CheckpointTeePlanner};
+
+use crate::lineage::{SourceObject, UpstreamTask};
+use crate::write::Compression;
+
+/// When a persisted task's checkpoint is written.
+///
+/// - [`Tee`](Self::Tee) (the default) writes it **while the output streams** to its
+///   consumer: the upstream runs once, the consumer does not wait, and the checkpoint
+///   is committed when every partition has streamed to its end. Pick it for the
+///   common case: a later run (or a retry) reads the checkpoint instead of the
+///   source. A failed or early-stopped consumer commits nothing, so a load that fails
+///   half-way leaves no checkpoint to resume from; and a frame consumed by two sinks
+///   is computed twice, unless the second sink is planned after the first one's
+///   checkpoint committed (it then reads the checkpoint).
+/// - [`Barrier`](Self::Barrier) writes the checkpoint **in full when the task is
+///   called**, then hands downstream a scan of it. Slower (the output is written and
+///   read back), but a load that fails mid-write resumes from the checkpoint on the
+///   next run without reading a source byte, and one frame feeding several sinks is
+///   computed once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Persist {
+    /// Written while the output streams past (a tee in the physical plan).
+    #[default]
+    Tee,
+    /// Written in full before anything downstream reads it.
+    Barrier,
+}
+
+/// A user's key function: given the key inputs of a call, its cache key.
+pub type KeyFn = Arc<dyn Fn(&CacheKeyInputs) -> String + Send + Sync>;
+
+#[derive(Clone)]
+enum KeyKind {
+    Inputs,
+    Function(KeyFn),
+    None,
+}
+
+/// How a persisted task's cache key is made, how long a checkpoint stays valid, and
+/// whether to recompute anyway. As Prefect's `cache_policy`, `cache_expiration` and
+/// `refresh_cache`.
+///
+/// ```
+/// use std::time::Duration;
+/// use sluice_core::CachePolicy;
+///
+/// let daily = CachePolicy::inputs().expire_after(Duration::from_secs(24 * 3600));
+/// let by_month = CachePolicy::key_fn(|inputs| {
+///     format!("{}", inputs.parameters["month"])
+/// });
+/// let recompute = CachePolicy::inputs().refresh(true);
+/// # let _ = (daily, by_month, recompute);
+/// ```
+#[derive(Clone)]
+pub struct CachePolicy {
+    kind: KeyKind,
+    expire_after: Option<Duration>,
+    refresh: bool,
+}
+
+impl Default for CachePolicy {
+    /// [`CachePolicy::inputs`].
+    fn default() -> Self {
+        Self::inputs()
+    }
+}
+
+impl fmt::Debug for CachePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachePolicy")
+            .field("key", &self.describe())
+            .field("expire_after", &self.expire_after)
+            .field("refresh", &self.refresh)
+            .finish()
+    }
+}
+
+impl CachePolicy {
+    /// The key covers everything that can change the output: the task's name and
+    /// code version, the lineage of its output (every operation, and the identity of
+    /// every source object: URL, size, ETag, last-modified), its parameters, and the
+    /// keys of the upstream tasks it reads. The default.
+    pub fn inputs() -> Self {
+        Self {
+            kind: KeyKind::Inputs,
+            expire_after: None,
+            refresh: false,
+        }
+    }
+
+    /// The key is what `key` returns for the call's [`CacheKeyInputs`] (hashed with the
+    /// task's name): calls with equal keys share a checkpoint, whatever else differs.
+    pub fn key_fn(key: impl Fn(&CacheKeyInputs) -> String + Send + Sync + 'static) -> Self {
+        Self {
+            kind: KeyKind::Function(Arc::new(key)),
+            expire_after: None,
+            refresh: false,
+        }
+    }
+
+    /// No lookup: the task is recomputed on every call. A persisted task still writes
+    /// a checkpoint (under a key of its own run) for a barrier to read from.
+    pub fn none() -> Self {
+        Self {
+            kind: KeyKind::None,
+            expire_after: None,
+            refresh: false,
+        }
+    }
+
+    /// Checkpoints older than `ttl` are a miss (and are replaced).
+    pub fn expire_after(mut self, ttl: Duration) -> Self {
+        self.expire_after = Some(ttl);
+        self
+    }
+
+    /// Recompute even when a valid checkpoint exists, and replace it.
+    pub fn refresh(mut self, refresh: bool) -> Self {
+        self.refresh = refresh;
+        self
+    }
+
+    /// `inputs`, `key_fn` or `none`.
+    pub fn describe(&self) -> &'static str {
+        match self.kind {
+            KeyKind::Inputs => "inputs",
+            KeyKind::Function(_) => "key_fn",
+            KeyKind::None => "none",
+        }
+    }
+
+    pub(crate) fn expiry(&self) -> Option<Duration> {
+        self.expire_after
+    }
+
+    pub(crate) fn refreshes(&self) -> bool {
+        self.refresh
+    }
+
+    pub(crate) fn looks_up(&self) -> bool {
+        !matches!(self.kind, KeyKind::None)
+    }
+
+    /// The cache key of a call with these inputs.
+    pub(crate) fn key(&self, inputs: &CacheKeyInputs) -> String {
+        match &self.kind {
+            KeyKind::Inputs => {
+                // serde_json writes struct fields in declaration order and map keys in
+                // a fixed order: the bytes are the same in every process.
+                let bytes = serde_json::to_vec(inputs).unwrap_or_default();
+                crate::lineage::digest(&bytes)
+            }
+            KeyKind::Function(f) => {
+                let user = f(inputs);
+                crate::lineage::digest(format!("{}\u{0}{user}", inputs.task).as_bytes())
+            }
+            KeyKind::None => uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+}
+
+/// How a checkpoint's Parquet parts are encoded.
+///
+/// The default, LZ4 without dictionary encoding, was picked by measurement: a
+/// checkpoint is written by every persisted run and read only on a hit, so encoding
+/// cost matters more than size (see `docs/BENCHMARKS.md`).
+///
+/// ```
+/// use sluice_core::{CheckpointFormat, Compression};
+/// let smaller = CheckpointFormat::default().with_compression(Compression::Zstd(1));
+/// # let _ = smaller;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointFormat {
+    pub(crate) compression: Compression,
+    pub(crate) dictionary: bool,
+    pub(crate) row_group_rows: usize,
+}
+
+impl Default for CheckpointFormat {
+    fn default() -> Self {
+        Self {
+            compression: Compression::Lz4,
+            dictionary: false,
+            row_group_rows: crate::ParquetWrite::DEFAULT_ROW_GROUP_ROWS,
+        }
+    }
+}
+
+impl CheckpointFormat {
+    /// The codec (and level) of the parts.
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// Whether to dictionary-encode columns (smaller for repetitive data, slower to
+    /// write).
+    pub fn with_dictionary(mut self, dictionary: bool) -> Self {
+        self.dictionary = dictionary;
+        self
+    }
+
+    /// Rows per row group.
+    pub fn with_row_group_rows(mut self, rows: usize) -> Self {
+        self.row_group_rows = rows.max(1);
+        self
+    }
+
+    pub(crate) fn writer_properties(
+        &self,
+    ) -> crate::Result<parquet::file::properties::WriterProperties> {
+        Ok(parquet::file::properties::WriterProperties::builder()
+            .set_compression(self.compression.to_parquet()?)
+            .set_dictionary_enabled(self.dictionary)
+            .set_max_row_group_row_count(Some(self.row_group_rows))
+            .build())
+    }
+}
+
+/// What a cache key is computed from, in readable form: it is stored in the
+/// checkpoint's manifest, and given to a [`CachePolicy::key_fn`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CacheKeyInputs {
+    /// The task's name.
+    pub task: String,
+    /// Its code version.
+    pub version: Option<String>,
+    /// Its parameters other than frames (frames enter through `plan`).
+    pub parameters: serde_json::Value,
+    /// The lineage of its output: every read, operation and upstream task.
+    pub plan: String,
+    /// Every source object read (upstream tasks excluded: they enter by their key).
+    pub sources: Vec<SourceObject>,
+    /// The upstream tasks read, by name, version and key.
+    pub upstream: Vec<UpstreamTask>,
+}
+
+/// The time source for expiry: the wall clock unless a test injects another.
+///
+/// ```
+/// use sluice_core::Clock;
+/// let fixed = Clock::fixed(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap());
+/// assert_eq!(fixed.now().timestamp(), 1_700_000_000);
+/// ```
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>);
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self(Arc::new(Utc::now))
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Clock({})", self.now())
+    }
+}
+
+impl Clock {
+    /// A clock that reads `now`.
+    pub fn new(now: impl Fn() -> DateTime<Utc> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+
+    /// A clock that stands still at `at`.
+    pub fn fixed(at: DateTime<Utc>) -> Self {
+        Self::new(move || at)
+    }
+
+    /// The current time.
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.0)()
+    }
+}

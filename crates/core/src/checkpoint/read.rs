@@ -1,0 +1,198 @@
+//! Reading a checkpoint on a cache hit: a scan of exactly the manifest's parts, with
+//! the manifest's schema, whose checksums are verified while it streams.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::logical_expr::LogicalPlan;
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
+use object_store::ObjectStoreExt;
+
+use super::{CheckpointStore, Manifest};
+use crate::run::TaskRunState;
+use crate::{Error, Result, Session};
+
+fn known_corrupt() -> &'static std::sync::Mutex<std::collections::HashSet<String>> {
+    static KNOWN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    KNOWN.get_or_init(Default::default)
+}
+
+/// The checksum verification of a checkpoint's parts: `Err(reason)` on a mismatch.
+pub(crate) type Verification = Shared<BoxFuture<'static, std::result::Result<(), String>>>;
+
+/// A checkpoint being read: what a task boundary over its scan needs to verify it and
+/// to invalidate it if it turns out corrupt.
+#[derive(Debug)]
+pub(crate) struct CheckpointRead {
+    store: CheckpointStore,
+    task: String,
+    manifest: Manifest,
+    invalidated: AtomicBool,
+    /// Whether to verify the parts' checksums while they stream (not for a checkpoint
+    /// this run has just written and hashed).
+    verify: bool,
+    verification: std::sync::OnceLock<Verification>,
+}
+
+impl CheckpointRead {
+    pub(crate) fn new(store: CheckpointStore, manifest: Manifest, verify: bool) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            task: manifest.task.clone(),
+            manifest,
+            invalidated: AtomicBool::new(false),
+            verify,
+            verification: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn identity(&self) -> String {
+        format!("{}@{}", self.url(), self.manifest.created.to_rfc3339())
+    }
+
+    /// Whether a stream in this process found this checkpoint corrupt.
+    pub(crate) fn is_known_corrupt(store: &CheckpointStore, manifest: &Manifest) -> bool {
+        let identity = format!(
+            "{}@{}",
+            store.key_url(&manifest.task, &manifest.key),
+            manifest.created.to_rfc3339()
+        );
+        known_corrupt()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&identity)
+    }
+
+    /// The checkpoint directory's URL.
+    pub(crate) fn url(&self) -> String {
+        self.store.key_url(&self.task, &self.manifest.key)
+    }
+
+    fn file_urls(&self) -> Vec<String> {
+        let dir = self.url();
+        self.manifest
+            .files
+            .iter()
+            .map(|f| format!("{dir}{}", f.path))
+            .collect()
+    }
+
+    /// A table over exactly the checkpoint's parts, with the manifest's schema: no
+    /// footer is read to plan it.
+    pub(crate) fn table(&self) -> Result<Arc<dyn TableProvider>> {
+        let schema = self.manifest.schema()?;
+        let paths = self
+            .file_urls()
+            .iter()
+            .map(ListingTableUrl::parse)
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        if paths.is_empty() {
+            return Ok(Arc::new(EmptyTable::new(schema)));
+        }
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension("");
+        Ok(Arc::new(ListingTable::try_new(
+            ListingTableConfig::new_with_multi_paths(paths)
+                .with_listing_options(options)
+                .with_schema(schema),
+        )?))
+    }
+
+    /// A scan of the checkpoint, as a logical plan.
+    pub(crate) fn scan_plan(&self, session: &Session) -> Result<LogicalPlan> {
+        Ok(session.context().read_table(self.table()?)?.into_parts().1)
+    }
+
+    /// The verification of every part's BLAKE3 against the manifest, started on first
+    /// use and run in the background while the scan streams; `None` when not verified.
+    pub(crate) fn verification(&self) -> Option<Verification> {
+        if !self.verify {
+            return None;
+        }
+        let verification = self
+            .verification
+            .get_or_init(|| {
+                let store = Arc::clone(self.store.object_store());
+                let dir = self.store.key_dir(&self.task, &self.manifest.key);
+                let files = self.manifest.files.clone();
+                let handle = tokio::spawn(async move {
+                    for file in files {
+                        let path = file
+                            .path
+                            .split('/')
+                            .fold(dir.clone(), |p, part| p.join(part));
+                        let mut stream = store
+                            .get(&path)
+                            .await
+                            .map_err(|e| format!("cannot read part {}: {e}", file.path))?
+                            .into_stream();
+                        let mut hasher = blake3::Hasher::new();
+                        let mut size = 0u64;
+                        while let Some(chunk) = stream.next().await {
+                            let chunk = chunk
+                                .map_err(|e| format!("cannot read part {}: {e}", file.path))?;
+                            size += chunk.len() as u64;
+                            hasher.update(&chunk);
+                        }
+                        let digest = hasher.finalize().to_hex().to_string();
+                        if size != file.size || digest != file.blake3 {
+                            return Err(format!(
+                                "part {} does not match its checksum ({size} bytes, blake3 {}; \
+                                 the manifest says {} bytes, blake3 {})",
+                                file.path,
+                                &digest[..16],
+                                file.size,
+                                &file.blake3[..file.blake3.len().min(16)]
+                            ));
+                        }
+                    }
+                    Ok(())
+                });
+                async move {
+                    handle
+                        .await
+                        .unwrap_or_else(|e| Err(format!("checksum verification stopped: {e}")))
+                }
+                .boxed()
+                .shared()
+            })
+            .clone();
+        Some(verification)
+    }
+
+    /// The checkpoint turned out corrupt while streaming: invalidates it (once), fails
+    /// the task run, and returns the error to raise.
+    pub(crate) fn corrupt(&self, run: &TaskRunState, reason: String) -> Error {
+        if !self.invalidated.swap(true, Ordering::AcqRel) {
+            // Known bad in this process at once; removed from the store in the
+            // background (the stream that found it cannot wait).
+            known_corrupt()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(self.identity());
+            let store = self.store.clone();
+            let (task, key) = (self.task.clone(), self.manifest.key.clone());
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move { store.invalidate(&task, &key).await });
+            }
+        }
+        let error = Error::CorruptCheckpoint {
+            task: self.task.clone(),
+            checkpoint: self.url(),
+            reason,
+        };
+        run.fail(&error);
+        Error::Task {
+            task: self.task.clone(),
+            source: Box::new(error),
+        }
+    }
+}

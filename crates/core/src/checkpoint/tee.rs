@@ -1,0 +1,680 @@
+//! The checkpoint tee: a plan node that writes every batch of a task's output to its
+//! checkpoint while passing it on, and commits the manifest when every partition has
+//! streamed to its end.
+//!
+//! It is a materialization point: it declares that it needs every column of its input
+//! and lets no filter or limit through, so the checkpoint holds the task's whole
+//! output whatever reads it downstream. (The task boundary below it, by contrast,
+//! lets push-downs through.)
+//!
+//! Each partition's batches go to a writer task of their own through a channel of two
+//! batches: encoding and uploading run beside the stream, and a slow store slows the
+//! stream down instead of filling memory. A partition's part is complete when its
+//! input ended (`Ready(None)`) and its writer closed the file; the last partition to
+//! complete commits the manifest before it ends its own stream, so a sink has not
+//! finished before the checkpoint is committed. A partition that fails or is dropped
+//! marks the write failed: nothing is committed, and its parts are deleted.
+
+use std::cmp::Ordering as CmpOrdering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::Session as DfSession;
+use datafusion::common::DFSchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream};
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::async_writer::AsyncFileWriter;
+use tokio::sync::mpsc;
+
+use super::manifest::encode_schema;
+use super::{CacheKeyInputs, CheckpointFormat, CheckpointStore, Clock, Manifest, ManifestFile};
+use crate::run::TaskRunState;
+use crate::{Error, Result};
+
+/// Everything a tee needs to write and commit one task run's checkpoint.
+#[derive(Debug)]
+pub(crate) struct CheckpointTarget {
+    pub(crate) store: CheckpointStore,
+    pub(crate) run: Arc<TaskRunState>,
+    pub(crate) task: String,
+    pub(crate) key: String,
+    pub(crate) code_version: Option<String>,
+    pub(crate) key_inputs: CacheKeyInputs,
+    pub(crate) policy: &'static str,
+    pub(crate) flow_run: String,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) clock: Clock,
+    /// Overwrite an existing manifest (refresh) instead of create-if-absent.
+    pub(crate) replace: bool,
+    pub(crate) format: CheckpointFormat,
+    pub(crate) plan_text: String,
+    /// The task output's schema, as the manifest records it.
+    pub(crate) schema: SchemaRef,
+    /// Set once this run committed the checkpoint: later sinks of the same frame read
+    /// it instead of computing the task again.
+    pub(crate) committed: OnceLock<Manifest>,
+}
+
+impl CheckpointTarget {
+    fn url(&self) -> String {
+        self.store.key_url(&self.task, &self.key)
+    }
+
+    fn error(&self, source: Error) -> Error {
+        Error::Checkpoint {
+            task: self.task.clone(),
+            checkpoint: self.url(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// The logical tee node.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckpointTee {
+    pub(crate) target: Arc<CheckpointTarget>,
+    pub(crate) input: LogicalPlan,
+}
+
+impl PartialEq for CheckpointTee {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.target, &other.target) && self.input == other.input
+    }
+}
+
+impl Eq for CheckpointTee {}
+
+impl Hash for CheckpointTee {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.target.key.hash(state);
+        self.input.hash(state);
+    }
+}
+
+impl PartialOrd for CheckpointTee {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        match self.target.key.cmp(&other.target.key) {
+            CmpOrdering::Equal => self.input.partial_cmp(&other.input),
+            unequal => Some(unequal),
+        }
+    }
+}
+
+impl UserDefinedLogicalNodeCore for CheckpointTee {
+    fn name(&self) -> &str {
+        "CheckpointTee"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        self.input.schema()
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "CheckpointTee: task={} key={}",
+            self.target.task, self.target.key
+        )
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> DfResult<Self> {
+        let input = inputs.pop().ok_or_else(|| {
+            DataFusionError::Internal("CheckpointTee needs exactly one input".into())
+        })?;
+        Ok(Self {
+            target: Arc::clone(&self.target),
+            input,
+        })
+    }
+
+    // The defaults are what a materialization point needs: every input column is
+    // necessary (`necessary_children_exprs` is `None`), no filter may pass
+    // (`prevent_predicate_push_down_columns` is every column), no limit may pass.
+}
+
+/// The physical tee.
+#[derive(Debug)]
+pub struct CheckpointExec {
+    input: Arc<dyn ExecutionPlan>,
+    target: Arc<CheckpointTarget>,
+    properties: Arc<PlanProperties>,
+    write: OnceLock<Arc<CheckpointWrite>>,
+}
+
+impl CheckpointExec {
+    fn new(input: Arc<dyn ExecutionPlan>, target: Arc<CheckpointTarget>) -> Self {
+        let properties = Arc::clone(input.properties());
+        Self {
+            input,
+            target,
+            properties,
+            write: OnceLock::new(),
+        }
+    }
+}
+
+impl DisplayAs for CheckpointExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "CheckpointExec: task={} key={}",
+            self.target.task, self.target.key
+        )
+    }
+}
+
+impl ExecutionPlan for CheckpointExec {
+    fn name(&self) -> &str {
+        "CheckpointExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let input = children.pop().ok_or_else(|| {
+            DataFusionError::Internal("CheckpointExec needs exactly one child".into())
+        })?;
+        Ok(Arc::new(Self::new(input, Arc::clone(&self.target))))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let schema = self.input.schema();
+        let write = Arc::clone(self.write.get_or_init(|| {
+            let partitions = self.properties.partitioning.partition_count().max(1);
+            Arc::new(CheckpointWrite {
+                dir: self
+                    .target
+                    .store
+                    .key_dir(&self.target.task, &self.target.key)
+                    .join(format!("data-{}", uuid::Uuid::new_v4().simple())),
+                state: Mutex::new(WriteState {
+                    parts: vec![None; partitions],
+                    closed: 0,
+                }),
+                failed: AtomicBool::new(false),
+            })
+        }));
+        let props = self
+            .target
+            .format
+            .writer_properties()
+            .map_err(DataFusionError::from)?;
+        let path = write.dir.clone().join(format!("part-{partition}.parquet"));
+        let (sender, receiver) = mpsc::channel(2);
+        let writer = tokio::spawn(write_part(
+            Arc::clone(self.target.store.object_store()),
+            path,
+            Arc::clone(&schema),
+            props,
+            receiver,
+        ));
+        Ok(Box::pin(TeeStream {
+            schema,
+            input,
+            target: Arc::clone(&self.target),
+            write,
+            partition,
+            sender: Some(sender),
+            writer: Some(writer),
+            pending: None,
+            finishing: None,
+            done: false,
+        }))
+    }
+}
+
+/// What one partition sends its writer.
+enum Message {
+    Batch(RecordBatch),
+    End,
+}
+
+/// The write of one execution of the tee: its parts and whether it failed.
+#[derive(Debug)]
+struct CheckpointWrite {
+    /// `checkpoints/<task>/<key>/data-<id>`, this write's own directory.
+    dir: Path,
+    state: Mutex<WriteState>,
+    failed: AtomicBool,
+}
+
+#[derive(Debug)]
+struct WriteState {
+    parts: Vec<Option<ManifestFile>>,
+    closed: usize,
+}
+
+impl CheckpointWrite {
+    /// One partition closed, with its part or without (failed or dropped). Returns the
+    /// parts when this was the last partition and none failed: time to commit.
+    fn close(&self, partition: usize, part: Option<ManifestFile>) -> Option<Vec<ManifestFile>> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match part {
+            Some(part) => state.parts[partition] = Some(part),
+            None => self.failed.store(true, Ordering::Release),
+        }
+        state.closed += 1;
+        if state.closed < state.parts.len() || self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        state.parts.iter().cloned().collect()
+    }
+
+    /// Whether every partition has closed (so a failed write can be cleaned up).
+    fn all_closed(&self) -> bool {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.closed >= state.parts.len()
+    }
+}
+
+/// Writes one partition's part: batches until `End`, then closes the file. A channel
+/// that closes without `End` is an abort: the writer is dropped unfinished (the
+/// store aborts its multipart upload), and nothing is returned.
+async fn write_part(
+    store: Arc<dyn object_store::ObjectStore>,
+    path: Path,
+    schema: SchemaRef,
+    props: parquet::file::properties::WriterProperties,
+    mut receiver: mpsc::Receiver<Message>,
+) -> Result<Option<ManifestFile>> {
+    let file = HashingWriter {
+        inner: BufWriter::new(store, path.clone()),
+        hasher: blake3::Hasher::new(),
+        size: 0,
+    };
+    let mut writer = AsyncArrowWriter::try_new(file, schema, Some(props))
+        .map_err(|e| parquet_error(&path, e))?;
+    let mut rows = 0u64;
+    loop {
+        match receiver.recv().await {
+            Some(Message::Batch(batch)) => {
+                rows += batch.num_rows() as u64;
+                writer
+                    .write(&batch)
+                    .await
+                    .map_err(|e| parquet_error(&path, e))?;
+            }
+            Some(Message::End) => break,
+            None => return Ok(None),
+        }
+    }
+    writer.finish().await.map_err(|e| parquet_error(&path, e))?;
+    let file = writer.into_inner();
+    let name = path.filename().unwrap_or_default().to_string();
+    let dir = path
+        .parts()
+        .collect::<Vec<_>>()
+        .iter()
+        .rev()
+        .nth(1)
+        .map(|p| p.as_ref().to_string())
+        .unwrap_or_default();
+    Ok(Some(ManifestFile {
+        path: format!("{dir}/{name}"),
+        size: file.size,
+        rows,
+        blake3: file.hasher.finalize().to_hex().to_string(),
+    }))
+}
+
+fn parquet_error(path: &Path, error: parquet::errors::ParquetError) -> Error {
+    if let parquet::errors::ParquetError::External(boxed) = &error
+        && let Some(store_error) = boxed.downcast_ref::<object_store::Error>()
+        && let Some(classified) =
+            crate::error::classify_store_error(store_error, &[path.to_string()])
+    {
+        return classified;
+    }
+    Error::Execution {
+        source: DataFusionError::ParquetError(Box::new(error)),
+    }
+}
+
+/// A file writer that hashes and counts the bytes it writes.
+struct HashingWriter {
+    inner: BufWriter,
+    hasher: blake3::Hasher,
+    size: u64,
+}
+
+impl AsyncFileWriter for HashingWriter {
+    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        self.hasher.update(&bs);
+        self.size += bs.len() as u64;
+        Box::pin(async move {
+            self.inner
+                .put(bs)
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        })
+    }
+
+    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        Box::pin(async move {
+            use tokio::io::AsyncWriteExt;
+            self.inner
+                .shutdown()
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        })
+    }
+}
+
+type ReserveFuture =
+    BoxFuture<'static, std::result::Result<mpsc::OwnedPermit<Message>, mpsc::error::SendError<()>>>;
+
+struct TeeStream {
+    schema: SchemaRef,
+    input: SendableRecordBatchStream,
+    target: Arc<CheckpointTarget>,
+    write: Arc<CheckpointWrite>,
+    partition: usize,
+    sender: Option<mpsc::Sender<Message>>,
+    writer: Option<tokio::task::JoinHandle<Result<Option<ManifestFile>>>>,
+    /// A batch waiting for room in the writer's channel, and the wait.
+    pending: Option<(RecordBatch, ReserveFuture)>,
+    /// The end of the partition: the writer closing its part, then (for the last
+    /// partition) the commit.
+    finishing: Option<BoxFuture<'static, Result<()>>>,
+    done: bool,
+}
+
+impl TeeStream {
+    /// The partition ends without a part: the write is failed; the last partition to
+    /// close deletes what the others wrote.
+    fn abort(&mut self) {
+        self.sender = None;
+        self.pending = None;
+        if let Some(writer) = self.writer.take() {
+            writer.abort();
+        }
+        self.write.close(self.partition, None);
+        if self.write.all_closed() {
+            let store = self.target.store.clone();
+            let dir = self.write.dir.clone();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    if let Err(e) = store.delete_prefix(&dir).await {
+                        tracing::warn!(error = %e, "could not delete an uncommitted checkpoint's parts");
+                    }
+                });
+            }
+        }
+    }
+
+    /// The input ended: tell the writer, wait for its part, and commit if this was
+    /// the last partition.
+    fn finish(&mut self) -> BoxFuture<'static, Result<()>> {
+        let sender = self.sender.take();
+        let writer = self.writer.take();
+        let write = Arc::clone(&self.write);
+        let target = Arc::clone(&self.target);
+        let partition = self.partition;
+        async move {
+            let part = async {
+                let sender = sender.ok_or_else(|| Error::Internal {
+                    message: "checkpoint partition finished twice".into(),
+                })?;
+                let writer = writer.ok_or_else(|| Error::Internal {
+                    message: "checkpoint partition finished twice".into(),
+                })?;
+                // A send fails only when the writer has stopped: its result says why.
+                let _ = sender.send(Message::End).await;
+                drop(sender);
+                match writer.await {
+                    Ok(Ok(Some(part))) => Ok(part),
+                    Ok(Ok(None)) => Err(Error::Internal {
+                        message: "checkpoint writer stopped before the end".into(),
+                    }),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(Error::Internal {
+                        message: format!("checkpoint writer task failed: {e}"),
+                    }),
+                }
+            }
+            .await;
+            let part = match part {
+                Ok(part) => part,
+                Err(e) => {
+                    write.close(partition, None);
+                    if write.all_closed() {
+                        let _ = target.store.delete_prefix(&write.dir).await;
+                    }
+                    return Err(target.error(e));
+                }
+            };
+            let Some(parts) = write.close(partition, Some(part)) else {
+                if write.failed.load(Ordering::Acquire) && write.all_closed() {
+                    let _ = target.store.delete_prefix(&write.dir).await;
+                }
+                return Ok(());
+            };
+            commit(&target, &write, parts).await
+        }
+        .boxed()
+    }
+}
+
+/// Commits the manifest of a complete write. A lost create-if-absent race is not an
+/// error: the winner's checkpoint holds the same data; ours is deleted.
+async fn commit(
+    target: &CheckpointTarget,
+    write: &CheckpointWrite,
+    files: Vec<ManifestFile>,
+) -> Result<()> {
+    let created = target.clock.now();
+    let schema = Arc::clone(&target.schema);
+    let manifest = Manifest {
+        format_version: super::MANIFEST_FORMAT_VERSION,
+        task: target.task.clone(),
+        key: target.key.clone(),
+        code_version: target.code_version.clone(),
+        key_inputs: target.key_inputs.clone(),
+        policy: target.policy.to_string(),
+        flow_run: target.flow_run.clone(),
+        created,
+        expires: target
+            .ttl
+            .and_then(|ttl| chrono::Duration::from_std(ttl).ok())
+            .map(|ttl| created + ttl),
+        rows: files.iter().map(|f| f.rows).sum(),
+        schema_ipc: encode_schema(&schema)?,
+        columns: schema
+            .fields()
+            .iter()
+            .map(|f| format!("{}: {}", f.name(), f.data_type()))
+            .collect(),
+        files,
+        plan: target.plan_text.clone(),
+        compression: format!("{:?}", target.format.compression),
+    };
+    let committed = target
+        .store
+        .commit(&manifest, target.replace)
+        .await
+        .map_err(|e| target.error(e))?;
+    if committed {
+        tracing::info!(
+            task = %target.task,
+            key = %target.key,
+            rows = manifest.rows,
+            bytes = manifest.bytes(),
+            checkpoint = %target.url(),
+            "committed checkpoint"
+        );
+        target.run.checkpoint_committed();
+        let _ = target.committed.set(manifest);
+    } else {
+        tracing::info!(
+            task = %target.task,
+            key = %target.key,
+            "another run committed this checkpoint first; deleting this run's parts"
+        );
+        if let Err(e) = target.store.delete_prefix(&write.dir).await {
+            tracing::warn!(error = %e, "could not delete the losing run's parts");
+        }
+    }
+    Ok(())
+}
+
+impl Stream for TeeStream {
+    type Item = DfResult<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            if let Some(finishing) = self.finishing.as_mut() {
+                let finished = std::task::ready!(finishing.as_mut().poll(cx));
+                self.finishing = None;
+                self.done = true;
+                return Poll::Ready(finished.err().map(|e| Err(e.into())));
+            }
+            if let Some((_, reserve)) = self.pending.as_mut() {
+                let reserved = std::task::ready!(reserve.as_mut().poll(cx));
+                let (batch, _) = self.pending.take().expect("a pending batch");
+                match reserved {
+                    Ok(permit) => {
+                        permit.send(Message::Batch(batch.clone()));
+                        return Poll::Ready(Some(Ok(batch)));
+                    }
+                    Err(_) => {
+                        // The writer stopped: its result says why.
+                        self.finishing = Some(self.finish());
+                        continue;
+                    }
+                }
+            }
+            match std::task::ready!(self.input.as_mut().poll_next(cx)) {
+                Some(Ok(batch)) if batch.num_rows() == 0 => return Poll::Ready(Some(Ok(batch))),
+                Some(Ok(batch)) => {
+                    let Some(sender) = self.sender.clone() else {
+                        return Poll::Ready(Some(Ok(batch)));
+                    };
+                    self.pending = Some((batch, sender.reserve_owned().boxed()));
+                }
+                Some(Err(error)) => {
+                    self.abort();
+                    self.done = true;
+                    return Poll::Ready(Some(Err(error)));
+                }
+                None => self.finishing = Some(self.finish()),
+            }
+        }
+    }
+}
+
+impl RecordBatchStream for TeeStream {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+}
+
+impl Drop for TeeStream {
+    fn drop(&mut self) {
+        if !self.done && self.finishing.is_none() {
+            self.abort();
+        }
+    }
+}
+
+/// Plans [`CheckpointTee`] nodes: as a [`CheckpointExec`], or, when this run already
+/// committed the checkpoint (a second sink of the same frame), as a scan of it.
+#[derive(Debug)]
+pub(crate) struct CheckpointTeePlanner;
+
+#[async_trait]
+impl ExtensionPlanner for CheckpointTeePlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session: &dyn DfSession,
+        _planning_ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
+    ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(tee) = node.as_any().downcast_ref::<CheckpointTee>() else {
+            return Ok(None);
+        };
+        if let Some(manifest) = tee.target.committed.get() {
+            tracing::debug!(task = %tee.target.task, "reading the checkpoint this run committed");
+            let read =
+                super::CheckpointRead::new(tee.target.store.clone(), manifest.clone(), false);
+            let table = read.table()?;
+            return Ok(Some(table.scan(session, None, &[], None).await?));
+        }
+        let [input] = physical_inputs else {
+            return Err(DataFusionError::Internal(
+                "CheckpointTee needs exactly one input".into(),
+            ));
+        };
+        Ok(Some(Arc::new(CheckpointExec::new(
+            Arc::clone(input),
+            Arc::clone(&tee.target),
+        ))))
+    }
+}

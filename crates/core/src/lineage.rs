@@ -1,0 +1,326 @@
+//! Lineage: how a frame was made, as a tree of reads, operations and tasks. Cache keys
+//! are computed from it.
+//!
+//! A cache key cannot come from hashing a DataFusion plan: plans hold per-process
+//! things (task runs, table providers behind pointers, in-memory tables in eager
+//! mode), and `TableScan`'s equality ignores what it scans. A lineage records only what
+//! decides a frame's content, in a text form that is the same in every process and on
+//! every machine:
+//!
+//! - a read: format, URL, read options, and the identity of every object listed
+//!   (URL, size, ETag, last-modified);
+//! - an operation: its name and arguments as DataFusion displays them
+//!   (`with_column(tip_fraction, tip_amount / total_amount)`);
+//! - a SQL query: its text and the lineage of each frame it names;
+//! - batches from memory: a digest of their data;
+//! - a task's output: the task's name, code version and cache key (which covers the
+//!   lineage of the task's own input), so that a cached and a computed upstream task
+//!   give the same key downstream.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+/// The identity of one source object, taken from the listing done when the frame was
+/// built: if any of it changes, a key over it changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SourceObject {
+    /// Where it is.
+    pub url: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its ETag, when the store gives one.
+    pub e_tag: Option<String>,
+    /// When it was last modified.
+    pub last_modified: DateTime<Utc>,
+}
+
+/// An upstream task a key depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct UpstreamTask {
+    /// Its name.
+    pub task: String,
+    /// Its code version.
+    pub version: Option<String>,
+    /// Its own cache key.
+    pub key: String,
+}
+
+/// How a frame was made. Cloning is O(1).
+#[derive(Debug, Clone)]
+pub(crate) struct Lineage(Arc<Node>);
+
+#[derive(Debug)]
+enum Node {
+    Read {
+        format: &'static str,
+        url: String,
+        options: String,
+        objects: Vec<SourceObject>,
+    },
+    Batches {
+        digest: String,
+    },
+    Op {
+        input: Lineage,
+        op: &'static str,
+        args: String,
+    },
+    Combine {
+        left: Lineage,
+        right: Lineage,
+        op: &'static str,
+        args: String,
+    },
+    Sql {
+        query: String,
+        inputs: Vec<(String, Lineage)>,
+    },
+    Task(UpstreamTask),
+}
+
+impl Lineage {
+    /// A read of `url` in `format`, with its options and the objects listed.
+    pub(crate) fn read(
+        format: &'static str,
+        url: &str,
+        options: String,
+        mut objects: Vec<SourceObject>,
+    ) -> Self {
+        objects.sort_by(|a, b| a.url.cmp(&b.url));
+        Self(Arc::new(Node::Read {
+            format,
+            url: url.to_string(),
+            options,
+            objects,
+        }))
+    }
+
+    /// Batches from memory, by a digest of their content (Arrow IPC bytes).
+    pub(crate) fn batches(batches: &[RecordBatch]) -> Self {
+        let mut hasher = blake3::Hasher::new();
+        if let Some(first) = batches.first() {
+            // Writing to a hasher cannot fail but through a schema/batch mismatch,
+            // which MemTable rejects before this point.
+            if let Ok(mut writer) = datafusion::arrow::ipc::writer::StreamWriter::try_new(
+                &mut hasher,
+                first.schema_ref(),
+            ) {
+                for batch in batches {
+                    let _ = writer.write(batch);
+                }
+                let _ = writer.finish();
+            }
+        }
+        Self(Arc::new(Node::Batches {
+            digest: hasher.finalize().to_hex()[..32].to_string(),
+        }))
+    }
+
+    /// `op(args)` applied to this lineage.
+    pub(crate) fn op(&self, op: &'static str, args: String) -> Self {
+        Self(Arc::new(Node::Op {
+            input: self.clone(),
+            op,
+            args,
+        }))
+    }
+
+    /// `op(args)` combining this lineage with `right`'s.
+    pub(crate) fn combine(&self, right: &Lineage, op: &'static str, args: String) -> Self {
+        Self(Arc::new(Node::Combine {
+            left: self.clone(),
+            right: right.clone(),
+            op,
+            args,
+        }))
+    }
+
+    /// A SQL query over named frames.
+    pub(crate) fn sql(query: &str, inputs: Vec<(String, Lineage)>) -> Self {
+        Self(Arc::new(Node::Sql {
+            query: query.to_string(),
+            inputs,
+        }))
+    }
+
+    /// The output of a task run whose key is `key`.
+    pub(crate) fn task(task: UpstreamTask) -> Self {
+        Self(Arc::new(Node::Task(task)))
+    }
+
+    /// The lineage as text: one line per node, children indented. Source objects are
+    /// not listed (see [`sources`](Self::sources)); the read's URL is.
+    pub(crate) fn describe(&self) -> String {
+        let mut out = String::new();
+        self.describe_into(&mut out, 0);
+        out
+    }
+
+    fn describe_into(&self, out: &mut String, depth: usize) {
+        let indent = "  ".repeat(depth);
+        match self.0.as_ref() {
+            Node::Read {
+                format,
+                url,
+                options,
+                objects,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "{indent}read {format} {url} [{options}] ({} objects)",
+                    objects.len()
+                );
+            }
+            Node::Batches { digest } => {
+                let _ = writeln!(out, "{indent}batches {digest}");
+            }
+            Node::Op { input, op, args } => {
+                let _ = writeln!(out, "{indent}{op}({args})");
+                input.describe_into(out, depth + 1);
+            }
+            Node::Combine {
+                left,
+                right,
+                op,
+                args,
+            } => {
+                let _ = writeln!(out, "{indent}{op}({args})");
+                left.describe_into(out, depth + 1);
+                right.describe_into(out, depth + 1);
+            }
+            Node::Sql { query, inputs } => {
+                let _ = writeln!(out, "{indent}sql({query:?})");
+                for (name, input) in inputs {
+                    let _ = writeln!(out, "{indent}  as {name}:");
+                    input.describe_into(out, depth + 2);
+                }
+            }
+            Node::Task(task) => {
+                let _ = writeln!(
+                    out,
+                    "{indent}task {}@{} key={}",
+                    task.task,
+                    task.version.as_deref().unwrap_or("-"),
+                    task.key
+                );
+            }
+        }
+    }
+
+    /// Every source object read under this lineage (upstream tasks excluded: they
+    /// enter by their key), sorted and without duplicates.
+    pub(crate) fn sources(&self) -> Vec<SourceObject> {
+        let mut out = Vec::new();
+        self.walk(&mut |node| {
+            if let Node::Read { objects, .. } = node {
+                out.extend(objects.iter().cloned());
+            }
+        });
+        out.sort_by(|a, b| a.url.cmp(&b.url));
+        out.dedup();
+        out
+    }
+
+    /// The upstream tasks this lineage reads, in order of appearance, without
+    /// duplicates.
+    pub(crate) fn upstream(&self) -> Vec<UpstreamTask> {
+        let mut out: Vec<UpstreamTask> = Vec::new();
+        self.walk(&mut |node| {
+            if let Node::Task(task) = node
+                && !out.contains(task)
+            {
+                out.push(task.clone());
+            }
+        });
+        out
+    }
+
+    fn walk(&self, f: &mut dyn FnMut(&Node)) {
+        f(&self.0);
+        match self.0.as_ref() {
+            Node::Op { input, .. } => input.walk(f),
+            Node::Combine { left, right, .. } => {
+                left.walk(f);
+                right.walk(f);
+            }
+            Node::Sql { inputs, .. } => {
+                for (_, input) in inputs {
+                    input.walk(f);
+                }
+            }
+            Node::Read { .. } | Node::Batches { .. } | Node::Task(_) => {}
+        }
+    }
+}
+
+/// A short, path-safe hex digest of `bytes`.
+pub(crate) fn digest(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex()[..32].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(url: &str, size: u64) -> SourceObject {
+        SourceObject {
+            url: url.into(),
+            size,
+            e_tag: Some("e1".into()),
+            last_modified: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn descriptions_name_operations_and_upstream_tasks() {
+        let read = Lineage::read(
+            "parquet",
+            "file:///d/",
+            String::new(),
+            vec![object("file:///d/b", 2), object("file:///d/a", 1)],
+        );
+        let derived = read.op("with_column", "x, a + b".into());
+        let text = derived.describe();
+        assert_eq!(
+            text,
+            "with_column(x, a + b)\n  read parquet file:///d/ [] (2 objects)\n"
+        );
+        // Sources come out sorted whatever the listing order.
+        let urls: Vec<_> = derived.sources().into_iter().map(|o| o.url).collect();
+        assert_eq!(urls, ["file:///d/a", "file:///d/b"]);
+        let task = Lineage::task(UpstreamTask {
+            task: "extract".into(),
+            version: Some("v1".into()),
+            key: "k".into(),
+        });
+        let joined = task.combine(&derived, "union", String::new());
+        assert_eq!(joined.upstream().len(), 1);
+        assert!(joined.describe().contains("task extract@v1 key=k"));
+    }
+
+    #[test]
+    fn batch_digests_follow_the_data() {
+        use datafusion::arrow::array::Int64Array;
+        let batch = |v: i64| {
+            RecordBatch::try_from_iter([(
+                "n",
+                Arc::new(Int64Array::from(vec![v])) as datafusion::arrow::array::ArrayRef,
+            )])
+            .unwrap()
+        };
+        assert_eq!(
+            Lineage::batches(&[batch(1)]).describe(),
+            Lineage::batches(&[batch(1)]).describe()
+        );
+        assert_ne!(
+            Lineage::batches(&[batch(1)]).describe(),
+            Lineage::batches(&[batch(2)]).describe()
+        );
+    }
+}

@@ -1,0 +1,1325 @@
+//! Checkpoints and caching: one behaviour suite, run against an in-memory store, local
+//! disk and S3 (the in-process server, or the endpoint named by `SLUICE_TEST_S3_*`; CI
+//! runs it against moto too, as `cache::remote::s3::*` matches `remote::s3`).
+//!
+//! Sources are generated on local disk behind a byte-counting store that counts only
+//! reads under the test's source directory, so "a hit reads no source byte" is counted,
+//! not assumed, whatever store the checkpoints are on.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use sluice::prelude::*;
+use sluice::{CheckpointStore, Clock, FlowRun, TaskRunRecord};
+use sluice_testkit::counting_store::CountingStore;
+use sluice_testkit::taxi::{TaxiGenOptions, write_taxi_parquet};
+
+use crate::remote::S3Target;
+
+#[task]
+async fn extract(cx: &TaskContext, source: &str) -> Result<Frame> {
+    cx.read_parquet(source).await
+}
+
+#[task(persist)]
+async fn transform(df: Frame) -> Result<Frame> {
+    df.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+}
+
+#[task]
+async fn load(df: Frame, dest: &str) -> Result<WriteSummary> {
+    df.write_parquet(dest, ParquetWrite::zstd(1)).await
+}
+
+/// The seed ETL with `transform` persisted (tee).
+#[flow]
+async fn cached_etl(source: &str, dest: &str) -> Result<WriteSummary> {
+    let raw = extract(source).await?;
+    let df = transform(raw).await?;
+    load(df, dest).await
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Memory,
+    Local,
+    S3,
+}
+
+/// One test's world: a source directory behind a counting store, and a result store
+/// on the backend under test.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub session: Session,
+    pub counting: Arc<CountingStore>,
+    pub store_url: String,
+    _s3: Option<S3Target>,
+}
+
+impl Harness {
+    pub async fn new(backend: Backend, test: &str) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("src")).unwrap();
+        let source_prefix = format!(
+            "{}/",
+            dir.path()
+                .join("src")
+                .display()
+                .to_string()
+                .trim_start_matches('/')
+        );
+        let counting = Arc::new(
+            CountingStore::new(Arc::new(LocalFileSystem::new())).counting_only_under(source_prefix),
+        );
+        let mut builder = Session::builder().with_object_store(
+            &url::Url::parse("file:///").unwrap(),
+            Arc::clone(&counting) as Arc<dyn ObjectStore>,
+        );
+        let (store_url, s3) = match backend {
+            Backend::Memory => (format!("memory://cache-{test}/"), None),
+            Backend::Local => (format!("{}/", dir.path().join("cache").display()), None),
+            Backend::S3 => {
+                let target = S3Target::new(&format!("cache-{test}")).await;
+                builder = builder.with_object_store(
+                    &url::Url::parse(&format!("s3://{}/", target.bucket)).unwrap(),
+                    target.store(),
+                );
+                (target.url("cache/"), Some(target))
+            }
+        };
+        Harness {
+            dir,
+            session: builder.build().unwrap(),
+            counting,
+            store_url,
+            _s3: s3,
+        }
+    }
+
+    /// Generates `rows` taxi rows (with `seed`) as `src/<name>`.
+    pub fn source(&self, name: &str, rows: u64, seed: u64) -> String {
+        let path = self.dir.path().join("src").join(name);
+        write_taxi_parquet(
+            &path,
+            &TaxiGenOptions::new(rows)
+                .with_seed(seed)
+                .with_row_group_rows(10_000),
+        )
+        .unwrap();
+        path.display().to_string()
+    }
+
+    pub fn dest(&self, name: &str) -> String {
+        self.dir.path().join("out").join(name).display().to_string()
+    }
+
+    pub fn store(&self) -> CheckpointStore {
+        CheckpointStore::open(&self.session, &self.store_url).unwrap()
+    }
+
+    /// Runs the cached seed ETL; returns the run and the source bytes it read.
+    pub async fn etl(
+        &self,
+        source: &str,
+        dest: &str,
+        clock: Clock,
+    ) -> (FlowRun<WriteSummary>, u64) {
+        self.counting.reset();
+        let run = cached_etl(source, dest)
+            .with_session(self.session.clone())
+            .with_result_store(&self.store_url)
+            .with_clock(clock)
+            .run()
+            .await;
+        (run, self.counting.bytes_read())
+    }
+
+    /// The valid checkpoints in the store.
+    pub async fn valid_checkpoints(&self) -> Vec<sluice::CacheEntry> {
+        let entries = self.store().list().await.unwrap();
+        entries.into_iter().filter(|e| e.state == "valid").collect()
+    }
+}
+
+fn now() -> Clock {
+    Clock::default()
+}
+
+fn task<'a>(run: &'a FlowRun<WriteSummary>, name: &str) -> &'a TaskRunRecord {
+    run.record
+        .task(name)
+        .unwrap_or_else(|| panic!("no task {name} in {:?}", run.record))
+}
+
+fn ok(run: &FlowRun<WriteSummary>) -> &WriteSummary {
+    run.output
+        .as_ref()
+        .unwrap_or_else(|e| panic!("flow failed: {e}\n{:#?}", run.record))
+}
+
+/// What an output holds, as a comparable summary: rows, columns, and sums (floats
+/// rounded: partial sums add up in any order).
+pub async fn content(session: &Session, path: &str) -> String {
+    use datafusion::arrow::array::Float64Array;
+    use datafusion::arrow::datatypes::DataType;
+    let frame = session.read_parquet(path).await.unwrap();
+    let columns = frame.columns().join(",");
+    let sums = frame
+        .aggregate(
+            Vec::<Expr>::new(),
+            [
+                count(lit(1)),
+                sum(col("tip_amount")),
+                sum(col("total_amount")),
+                count(col("tip_fraction")),
+                sum(col("PULocationID")),
+                sum(col("trip_distance")),
+            ],
+        )
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let batch = &sums[0];
+    let values: Vec<String> = batch
+        .columns()
+        .iter()
+        .map(|c| {
+            let c = datafusion::arrow::compute::cast(c, &DataType::Float64).unwrap();
+            let v = c.as_any().downcast_ref::<Float64Array>().unwrap().value(0);
+            format!("{v:.3}")
+        })
+        .collect();
+    format!("{columns}\n{}", values.join(" "))
+}
+
+// ---------------------------------------------------------------------------
+// The behaviour suite: each function runs against one backend.
+// ---------------------------------------------------------------------------
+
+async fn a_second_run_reads_the_checkpoint_and_no_source_byte(backend: Backend) {
+    let h = Harness::new(backend, "hit").await;
+    let source = h.source("in.parquet", 30_000, 1);
+    let (first, first_bytes) = h.etl(&source, &h.dest("a.parquet"), now()).await;
+    assert_eq!(ok(&first).rows, 30_000);
+    assert!(first_bytes > 0);
+    let t = task(&first, "transform");
+    assert_eq!(t.state, TaskState::Completed, "{t:?}");
+    let cache = t.cache.as_ref().unwrap();
+    assert_eq!(cache.lookup, "miss");
+    assert!(cache.committed, "{t:?}");
+    assert_eq!(h.valid_checkpoints().await.len(), 1);
+
+    let (second, second_bytes) = h.etl(&source, &h.dest("b.parquet"), now()).await;
+    assert_eq!(ok(&second).rows, 30_000);
+    let t = task(&second, "transform");
+    assert_eq!(t.state, TaskState::Cached, "{t:?}");
+    assert_eq!(t.cache.as_ref().unwrap().lookup, "hit");
+    assert_eq!(t.rows, Some(30_000));
+    assert!(t.executions[0].from_checkpoint);
+    assert_eq!(t.cache_key, task(&first, "transform").cache_key);
+    let e = task(&second, "extract");
+    assert_eq!(e.state, TaskState::Skipped, "{e:?}");
+    assert!(e.reason.as_ref().unwrap().contains("transform"), "{e:?}");
+    assert!(e.executions.is_empty());
+    assert_eq!(task(&second, "load").state, TaskState::Completed);
+    assert_eq!(second_bytes, 0, "a cache hit read source bytes");
+    assert_eq!(
+        content(&h.session, &h.dest("a.parquet")).await,
+        content(&h.session, &h.dest("b.parquet")).await
+    );
+    let entry = &h.valid_checkpoints().await[0];
+    assert!(entry.last_hit.is_some(), "{entry:?}");
+    assert_eq!(entry.rows, Some(30_000));
+}
+
+async fn a_changed_source_file_is_a_miss(backend: Backend) {
+    let h = Harness::new(backend, "source").await;
+    let source = h.source("in.parquet", 20_000, 1);
+    let (first, _) = h.etl(&source, &h.dest("a.parquet"), now()).await;
+    ok(&first);
+    // Same path, new content (and size).
+    std::fs::remove_file(&source).unwrap();
+    let source = h.source("in.parquet", 25_000, 2);
+    let (second, bytes) = h.etl(&source, &h.dest("b.parquet"), now()).await;
+    assert_eq!(ok(&second).rows, 25_000);
+    assert_eq!(task(&second, "transform").state, TaskState::Completed);
+    assert_eq!(task(&second, "extract").state, TaskState::Completed);
+    assert!(bytes > 0);
+    assert_ne!(
+        task(&first, "transform").cache_key,
+        task(&second, "transform").cache_key
+    );
+    // The output is the new source's, as a run without cache computes it.
+    let reference = h.dest("reference.parquet");
+    crate::common::etl(&source, &reference)
+        .with_session(h.session.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        content(&h.session, &h.dest("b.parquet")).await,
+        content(&h.session, &reference).await
+    );
+}
+
+/// A persisted task built without macros, so that version, plan and parameters can
+/// vary.
+async fn builder_flow(
+    h: &Harness,
+    source: &str,
+    version: &str,
+    factor: f64,
+    tag: &str,
+    policy: CachePolicy,
+    clock: Clock,
+) -> FlowRun<u64> {
+    let source = source.to_string();
+    let (version, tag) = (version.to_string(), tag.to_string());
+    Flow::new("builder")
+        .with_result_store(&h.store_url)
+        .with_options(
+            FlowOptions::default()
+                .with_session(h.session.clone())
+                .with_result_store(&h.store_url)
+                .with_clock(clock),
+        )
+        .run(serde_json::json!({}), async move {
+            let raw = Task::new("raw")
+                .run(|cx| async move { cx.read_parquet(&source).await })
+                .await?;
+            let scaled =
+                Task::new("scaled")
+                    .with_version(version)
+                    .with_parameter("tag", serde_json::json!(tag))
+                    .cache(policy)
+                    .run(|_cx| async move {
+                        raw.with_column("scaled", col("fare_amount") * lit(factor))
+                    })
+                    .await?;
+            scaled.count().await
+        })
+        .await
+}
+
+fn state(run: &FlowRun<u64>, name: &str) -> TaskState {
+    run.output
+        .as_ref()
+        .unwrap_or_else(|e| panic!("flow failed: {e}"));
+    run.record.task(name).unwrap().state
+}
+
+async fn changed_code_parameters_or_plan_are_misses(backend: Backend) {
+    let h = Harness::new(backend, "inputs").await;
+    let source = h.source("in.parquet", 10_000, 1);
+    let run = |version: &'static str, factor: f64, tag: &'static str| {
+        builder_flow(
+            &h,
+            &source,
+            version,
+            factor,
+            tag,
+            CachePolicy::inputs(),
+            now(),
+        )
+    };
+    assert_eq!(
+        state(&run("v1", 2.0, "a").await, "scaled"),
+        TaskState::Completed
+    );
+    assert_eq!(
+        state(&run("v1", 2.0, "a").await, "scaled"),
+        TaskState::Cached
+    );
+    // Code version.
+    assert_eq!(
+        state(&run("v2", 2.0, "a").await, "scaled"),
+        TaskState::Completed
+    );
+    // Plan (an expression's literal).
+    assert_eq!(
+        state(&run("v1", 3.0, "a").await, "scaled"),
+        TaskState::Completed
+    );
+    // A parameter that the plan does not show.
+    assert_eq!(
+        state(&run("v1", 2.0, "b").await, "scaled"),
+        TaskState::Completed
+    );
+    // Each of those is now a hit.
+    for (v, f, t) in [("v2", 2.0, "a"), ("v1", 3.0, "a"), ("v1", 2.0, "b")] {
+        assert_eq!(state(&run(v, f, t).await, "scaled"), TaskState::Cached);
+    }
+    assert_eq!(h.valid_checkpoints().await.len(), 4);
+}
+
+async fn checkpoints_expire_by_the_injected_clock_and_refresh_replaces_them(backend: Backend) {
+    let h = Harness::new(backend, "expiry").await;
+    let source = h.source("in.parquet", 10_000, 1);
+    let t0: DateTime<Utc> = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let at = |minutes: i64| Clock::fixed(t0 + chrono::Duration::minutes(minutes));
+    let hourly = || CachePolicy::inputs().expire_after(Duration::from_secs(3600));
+    let run = |clock: Clock, policy: CachePolicy| {
+        builder_flow(&h, &source, "v1", 2.0, "a", policy, clock)
+    };
+    assert_eq!(
+        state(&run(at(0), hourly()).await, "scaled"),
+        TaskState::Completed
+    );
+    assert_eq!(
+        state(&run(at(30), hourly()).await, "scaled"),
+        TaskState::Cached
+    );
+    let expired = run(at(61), hourly()).await;
+    assert_eq!(state(&expired, "scaled"), TaskState::Completed);
+    let cache = expired
+        .record
+        .task("scaled")
+        .unwrap()
+        .cache
+        .clone()
+        .unwrap();
+    assert!(
+        cache.reason.as_ref().unwrap().contains("expired"),
+        "{cache:?}"
+    );
+    assert!(cache.committed);
+    // The new checkpoint counts from its own creation.
+    assert_eq!(
+        state(&run(at(100), hourly()).await, "scaled"),
+        TaskState::Cached
+    );
+    // Refresh recomputes and replaces a valid checkpoint.
+    let refreshed = run(at(101), hourly().refresh(true)).await;
+    assert_eq!(state(&refreshed, "scaled"), TaskState::Completed);
+    let cache = refreshed
+        .record
+        .task("scaled")
+        .unwrap()
+        .cache
+        .clone()
+        .unwrap();
+    assert_eq!(cache.lookup, "refresh");
+    assert!(cache.committed);
+    let entries = h.valid_checkpoints().await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        entries[0].created,
+        Some(t0 + chrono::Duration::minutes(101))
+    );
+    // gc at a time when it has expired removes it whole.
+    let report = h
+        .store()
+        .gc(t0 + chrono::Duration::minutes(200), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(report.expired.len(), 1, "{report:?}");
+    assert!(h.store().list().await.unwrap().is_empty());
+}
+
+/// Where a checkpoint's objects are, through the object store (any backend).
+async fn checkpoint_objects(h: &Harness) -> Vec<object_store::ObjectMeta> {
+    use futures::TryStreamExt;
+    let url = url::Url::parse(
+        &sluice::store::resolve_url(&h.store_url)
+            .unwrap()
+            .to_string(),
+    )
+    .unwrap();
+    let store = h.session.stores().store_for(&url).unwrap();
+    let prefix = sluice::store::object_path(&url).unwrap();
+    let mut all: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
+    all.sort_by(|a, b| a.location.cmp(&b.location));
+    all
+}
+
+async fn rewrite(h: &Harness, location: &object_store::path::Path, bytes: Vec<u8>) {
+    use object_store::ObjectStoreExt;
+    let url = sluice::store::resolve_url(&h.store_url).unwrap();
+    let store = h.session.stores().store_for(&url).unwrap();
+    store
+        .put(location, object_store::PutPayload::from(bytes))
+        .await
+        .unwrap();
+}
+
+async fn read(h: &Harness, location: &object_store::path::Path) -> Vec<u8> {
+    use object_store::ObjectStoreExt;
+    let url = sluice::store::resolve_url(&h.store_url).unwrap();
+    let store = h.session.stores().store_for(&url).unwrap();
+    store
+        .get(location)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
+}
+
+async fn corrupt_checkpoints_are_misses_or_typed_errors_never_wrong_data(backend: Backend) {
+    let h = Harness::new(backend, "corrupt").await;
+    let source = h.source("in.parquet", 20_000, 1);
+    let (first, _) = h.etl(&source, &h.dest("ref.parquet"), now()).await;
+    ok(&first);
+    let reference = content(&h.session, &h.dest("ref.parquet")).await;
+    let manifest_of = |objects: &[object_store::ObjectMeta]| {
+        objects
+            .iter()
+            .find(|m| m.location.as_ref().ends_with("_manifest.json"))
+            .map(|m| m.location.clone())
+    };
+    let parts_of = |objects: &[object_store::ObjectMeta]| -> Vec<object_store::path::Path> {
+        objects
+            .iter()
+            .filter(|m| m.location.as_ref().ends_with(".parquet"))
+            .map(|m| m.location.clone())
+            .collect()
+    };
+    let rerun_expecting_a_miss = |label: &'static str| {
+        let h = &h;
+        let source = source.clone();
+        let reference = reference.clone();
+        async move {
+            let dest = h.dest(&format!("{label}.parquet"));
+            let (run, _) = h.etl(&source, &dest, now()).await;
+            ok(&run);
+            let t = task(&run, "transform");
+            assert_eq!(t.state, TaskState::Completed, "{label}: {t:?}");
+            assert!(t.cache.as_ref().unwrap().committed, "{label}: {t:?}");
+            assert_eq!(content(&h.session, &dest).await, reference, "{label}");
+        }
+    };
+
+    // 1. The manifest is gone: a plain miss.
+    let objects = checkpoint_objects(&h).await;
+    use object_store::ObjectStoreExt;
+    let url = sluice::store::resolve_url(&h.store_url).unwrap();
+    let store = h.session.stores().store_for(&url).unwrap();
+    store.delete(&manifest_of(&objects).unwrap()).await.unwrap();
+    rerun_expecting_a_miss("no-manifest").await;
+
+    // 2. The manifest does not parse.
+    let objects = checkpoint_objects(&h).await;
+    rewrite(
+        &h,
+        &manifest_of(&objects).unwrap(),
+        b"{\"format_version\": 1, \"task\"".to_vec(),
+    )
+    .await;
+    rerun_expecting_a_miss("unparseable").await;
+
+    // Orphans of the replaced checkpoints go, so that every part left is referenced.
+    let collect = || async { h.store().gc(Utc::now(), Duration::ZERO).await.unwrap() };
+
+    // 3. A part is truncated.
+    collect().await;
+    let objects = checkpoint_objects(&h).await;
+    let part = parts_of(&objects)[0].clone();
+    let mut bytes = read(&h, &part).await;
+    bytes.truncate(bytes.len() / 2);
+    rewrite(&h, &part, bytes).await;
+    rerun_expecting_a_miss("truncated").await;
+
+    // 4. A part is missing.
+    collect().await;
+    let objects = checkpoint_objects(&h).await;
+    store.delete(&parts_of(&objects)[0]).await.unwrap();
+    rerun_expecting_a_miss("missing-part").await;
+
+    // 5. A manifest of a newer format: a miss, left in place for the newer build.
+    let objects = checkpoint_objects(&h).await;
+    let manifest_path = manifest_of(&objects).unwrap();
+    let text = String::from_utf8(read(&h, &manifest_path).await).unwrap();
+    rewrite(
+        &h,
+        &manifest_path,
+        text.replacen("\"format_version\": 1", "\"format_version\": 99", 1)
+            .into_bytes(),
+    )
+    .await;
+    let (run, _) = h.etl(&source, &h.dest("newer.parquet"), now()).await;
+    ok(&run);
+    let t = task(&run, "transform");
+    assert_eq!(t.state, TaskState::Completed);
+    assert!(
+        t.cache
+            .as_ref()
+            .unwrap()
+            .reason
+            .as_ref()
+            .unwrap()
+            .contains("newer")
+    );
+    assert!(
+        !t.cache.as_ref().unwrap().committed,
+        "the newer manifest stays"
+    );
+    assert!(
+        String::from_utf8(read(&h, &manifest_path).await)
+            .unwrap()
+            .contains("99")
+    );
+    store.delete(&manifest_path).await.unwrap();
+    rerun_expecting_a_miss("after-newer").await;
+
+    // 6. Same size, other bytes (a bit flip in every page): found while streaming, a
+    // typed error naming the checkpoint; nothing published; the next run recomputes.
+    collect().await;
+    let objects = checkpoint_objects(&h).await;
+    for part in parts_of(&objects) {
+        let mut bytes = read(&h, &part).await;
+        let middle = bytes.len() / 2;
+        for b in &mut bytes[4..middle] {
+            *b ^= 0x5a;
+        }
+        rewrite(&h, &part, bytes).await;
+    }
+    let dest = h.dest("flipped.parquet");
+    let (run, _) = h.etl(&source, &dest, now()).await;
+    let error = run
+        .output
+        .as_ref()
+        .expect_err("a corrupt checkpoint must fail the run");
+    assert_eq!(error.task(), Some("transform"), "{error:?}");
+    assert!(
+        format!("{error:?}").contains("CorruptCheckpoint"),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("is corrupt"), "{error}");
+    assert!(
+        error.to_string().contains("checkpoints/transform/"),
+        "{error}"
+    );
+    assert!(
+        !Path::new(&dest).exists(),
+        "a run over a corrupt checkpoint published output"
+    );
+    assert_eq!(task(&run, "transform").state, TaskState::Failed);
+    rerun_expecting_a_miss("after-corruption").await;
+}
+
+async fn racing_runs_leave_one_valid_checkpoint(backend: Backend) {
+    let h = Harness::new(backend, "race").await;
+    let source = h.source("in.parquet", 40_000, 1);
+    let runs = futures::future::join_all((0..4).map(|i| {
+        let dest = h.dest(&format!("race-{i}.parquet"));
+        let source = source.clone();
+        let h = &h;
+        async move {
+            let (run, _) = h.etl(&source, &dest, now()).await;
+            (run, dest)
+        }
+    }))
+    .await;
+    let reference = content(&h.session, &runs[0].1).await;
+    let mut committed = 0;
+    for (run, dest) in &runs {
+        ok(run);
+        if task(run, "transform").cache.as_ref().unwrap().committed {
+            committed += 1;
+        }
+        assert_eq!(content(&h.session, dest).await, reference);
+    }
+    assert!(committed >= 1);
+    assert_eq!(h.valid_checkpoints().await.len(), 1);
+    // The losers deleted their parts: only the winner's remain (plus the manifest).
+    let objects = checkpoint_objects(&h).await;
+    let data_dirs: std::collections::BTreeSet<String> = objects
+        .iter()
+        .filter(|m| m.location.as_ref().ends_with(".parquet"))
+        .filter_map(|m| {
+            m.location
+                .parts()
+                .nth_back(1)
+                .map(|p| p.as_ref().to_string())
+        })
+        .collect();
+    assert_eq!(data_dirs.len(), 1, "{objects:#?}");
+    let (hit, bytes) = h.etl(&source, &h.dest("after.parquet"), now()).await;
+    assert_eq!(task(&hit, "transform").state, TaskState::Cached);
+    assert_eq!(bytes, 0);
+}
+
+async fn an_early_stop_commits_nothing_and_leaves_no_parts(backend: Backend) {
+    let h = Harness::new(backend, "early").await;
+    let source = h.source("in.parquet", 50_000, 1);
+    let run = Flow::new("early")
+        .with_options(FlowOptions::default().with_session(h.session.clone()))
+        .with_result_store(&h.store_url)
+        .run(serde_json::json!({}), async {
+            let raw = extract(&source).await?;
+            let df = transform(raw).await?;
+            // A limit above the tee: it stops the stream early.
+            let mut stream = df.execute_stream().await?;
+            use futures::StreamExt;
+            let first = stream.next().await.unwrap()?;
+            drop(stream);
+            Ok(first.num_rows() as u64)
+        })
+        .await;
+    assert!(run.output.unwrap() > 0);
+    let t = run.record.task("transform").unwrap();
+    assert_eq!(t.state, TaskState::Cancelled, "{t:?}");
+    assert!(!t.cache.as_ref().unwrap().committed);
+    assert!(h.valid_checkpoints().await.is_empty());
+    // The dropped write's parts are deleted in the background.
+    for _ in 0..100 {
+        if checkpoint_objects(&h)
+            .await
+            .iter()
+            .all(|m| !m.location.as_ref().ends_with(".parquet"))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("parts left behind: {:#?}", checkpoint_objects(&h).await);
+}
+
+/// A barrier task feeding a load that fails: the rerun resumes from the checkpoint.
+async fn barrier_flow(h: &Harness, source: &str, dests: Vec<String>) -> FlowRun<u64> {
+    let source = source.to_string();
+    Flow::new("barrier")
+        .with_options(FlowOptions::default().with_session(h.session.clone()))
+        .with_result_store(&h.store_url)
+        .run(serde_json::json!({}), async move {
+            let raw = extract(&source).await?;
+            let df = Task::new("transform")
+                .with_version("v1")
+                .persist(Persist::Barrier)
+                .run(|_cx| async move {
+                    raw.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+                })
+                .await?;
+            let mut rows = 0;
+            for dest in dests {
+                rows += load(df.clone(), &dest).await?.rows;
+            }
+            Ok(rows)
+        })
+        .await
+}
+
+async fn barrier_mode_resumes_after_a_failed_load_and_computes_fan_out_once(backend: Backend) {
+    let h = Harness::new(backend, "barrier").await;
+    let source = h.source("in.parquet", 30_000, 1);
+    // A load that fails: its destination's parent is a file.
+    std::fs::create_dir_all(h.dir.path().join("out")).unwrap();
+    std::fs::write(h.dir.path().join("out/blocker"), b"x").unwrap();
+    h.counting.reset();
+    let failed = barrier_flow(&h, &source, vec![h.dest("blocker/x.parquet")]).await;
+    assert!(failed.output.is_err());
+    let source_bytes = h.counting.bytes_read();
+    assert!(source_bytes > 0);
+    assert_eq!(
+        failed.record.task("transform").unwrap().state,
+        TaskState::Completed
+    );
+    assert_eq!(failed.record.task("load").unwrap().state, TaskState::Failed);
+    assert_eq!(h.valid_checkpoints().await.len(), 1);
+
+    // The rerun reads the checkpoint: no source byte.
+    h.counting.reset();
+    let resumed = barrier_flow(&h, &source, vec![h.dest("ok.parquet")]).await;
+    assert_eq!(resumed.output.unwrap(), 30_000);
+    assert_eq!(
+        resumed.record.task("transform").unwrap().state,
+        TaskState::Cached
+    );
+    assert_eq!(
+        resumed.record.task("extract").unwrap().state,
+        TaskState::Skipped
+    );
+    assert_eq!(h.counting.bytes_read(), 0);
+
+    // Fan-out on a fresh store: two sinks, the source read once.
+    let fresh = Harness::new(backend, "fanout").await;
+    let source = fresh.source("in.parquet", 30_000, 1);
+    fresh.counting.reset();
+    let two = barrier_flow(
+        &fresh,
+        &source,
+        vec![fresh.dest("one.parquet"), fresh.dest("two.parquet")],
+    )
+    .await;
+    assert_eq!(two.output.unwrap(), 60_000);
+    let once = fresh.counting.bytes_read();
+    fresh.counting.reset();
+    let single = Harness::new(backend, "fanout-ref").await;
+    let reference_source = single.source("in.parquet", 30_000, 1);
+    single.counting.reset();
+    let one = barrier_flow(&single, &reference_source, vec![single.dest("one.parquet")]).await;
+    assert_eq!(one.output.unwrap(), 30_000);
+    assert_eq!(
+        once,
+        single.counting.bytes_read(),
+        "two sinks read the source twice"
+    );
+    let extract = two.record.task("extract").unwrap();
+    assert_eq!(extract.executions.len(), 1, "{extract:?}");
+    let transform = two.record.task("transform").unwrap();
+    // One execution computed it (the barrier); each sink read the checkpoint.
+    let computed: Vec<bool> = transform
+        .executions
+        .iter()
+        .map(|e| e.from_checkpoint)
+        .collect();
+    assert_eq!(computed, [false, true, true], "{transform:?}");
+}
+
+async fn a_store_that_denies_access_is_a_typed_error_naming_it(backend: Backend) {
+    // Only meaningful where credentials exist: S3 (bad keys), and a memory store's
+    // counterpart on local disk (a result store under a file).
+    let h = Harness::new(backend, "denied").await;
+    let source = h.source("in.parquet", 5_000, 1);
+    let bad_store = match backend {
+        Backend::S3 => {
+            // The same endpoint with the wrong secret.
+            let target = S3Target::new("cache-denied-bad").await;
+            let store = target
+                .store_builder(&target.bucket)
+                .with_credentials(&target.access_key, "not-the-secret", None)
+                .build()
+                .unwrap();
+            let session = Session::builder()
+                .with_object_store(
+                    &url::Url::parse(&format!("s3://{}/", target.bucket)).unwrap(),
+                    store,
+                )
+                .build()
+                .unwrap();
+            let run = cached_etl(&source, &h.dest("x.parquet"))
+                .with_session(session)
+                .with_result_store(target.url("cache/"))
+                .run()
+                .await;
+            let error = run
+                .output
+                .expect_err("a store that denies access must fail the run");
+            assert!(
+                matches!(&error, Error::Task { source, .. } if matches!(source.as_ref(), Error::Checkpoint { .. })),
+                "{error:?}"
+            );
+            let text = error.to_string();
+            assert!(text.contains("checkpoints/transform/"), "{text}");
+            assert!(!text.contains("not-the-secret"), "{text}");
+            return;
+        }
+        Backend::Local | Backend::Memory => {
+            std::fs::write(h.dir.path().join("a-file"), b"x").unwrap();
+            format!("{}/", h.dir.path().join("a-file").display())
+        }
+    };
+    let run = cached_etl(&source, &h.dest("x.parquet"))
+        .with_session(h.session.clone())
+        .with_result_store(&bad_store)
+        .run()
+        .await;
+    let error = run.output.expect_err("an unusable store must fail the run");
+    assert!(error.to_string().contains("a-file"), "{error}");
+    assert!(!Path::new(&h.dest("x.parquet")).exists());
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Memory).await
+                }
+            )*
+        }
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Local).await
+                }
+            )*
+        }
+        /// Named so that `remote::s3` (CI's filter for the moto run) selects it.
+        mod remote {
+            mod s3 {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        super::super::$name(super::super::Backend::S3).await
+                    }
+                )*
+            }
+        }
+    };
+}
+
+suite!(
+    a_second_run_reads_the_checkpoint_and_no_source_byte,
+    a_changed_source_file_is_a_miss,
+    changed_code_parameters_or_plan_are_misses,
+    checkpoints_expire_by_the_injected_clock_and_refresh_replaces_them,
+    corrupt_checkpoints_are_misses_or_typed_errors_never_wrong_data,
+    racing_runs_leave_one_valid_checkpoint,
+    an_early_stop_commits_nothing_and_leaves_no_parts,
+    barrier_mode_resumes_after_a_failed_load_and_computes_fan_out_once,
+    a_store_that_denies_access_is_a_typed_error_naming_it,
+);
+
+// ---------------------------------------------------------------------------
+// Backend-independent tests.
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tee_keeps_every_column_and_row_while_push_downs_stop_above_it() {
+    let h = Harness::new(Backend::Local, "explain").await;
+    let source = h.source("in.parquet", 10_000, 1);
+    let explained = Flow::new("explain")
+        .with_options(FlowOptions::default().with_session(h.session.clone()))
+        .with_result_store(&h.store_url)
+        .run(serde_json::json!({}), async {
+            let raw = extract(&source).await?;
+            let df = transform(raw).await?;
+            df.select_columns(&["tip_fraction"])?
+                .filter(col("tip_fraction").gt(lit(0.1)))?
+                .limit(5)?
+                .explain()
+                .await
+        })
+        .await
+        .output
+        .unwrap();
+    let physical = explained
+        .split("physical_plan")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{explained}"));
+    let tee_line = physical
+        .lines()
+        .position(|l| l.contains("CheckpointExec: task=transform"))
+        .unwrap_or_else(|| panic!("no CheckpointExec in {explained}"));
+    let below: Vec<&str> = physical.lines().skip(tee_line + 1).collect();
+    let scan = below
+        .iter()
+        .find(|l| l.contains("DataSourceExec"))
+        .unwrap_or_else(|| panic!("{explained}"));
+    // Below the tee the scan reads every column, with no predicate and no limit.
+    for column in ["VendorID", "tip_amount", "total_amount", "Airport_fee"] {
+        assert!(
+            scan.contains(column),
+            "{column} not scanned below the tee: {scan}"
+        );
+    }
+    assert!(!scan.contains("predicate"), "{scan}");
+    assert!(!scan.contains("limit"), "{scan}");
+    assert!(
+        below.iter().all(|l| !l.contains("FilterExec")),
+        "{explained}"
+    );
+    // Above it, the filter and the limit.
+    let above = physical
+        .lines()
+        .take(tee_line)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        above.contains("FilterExec") || above.contains("tip_fraction@"),
+        "{explained}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_names_that_would_escape_their_prefix_fail_before_anything_runs() {
+    let h = Harness::new(Backend::Local, "names").await;
+    for bad in ["../x", "a/b", "", ".."] {
+        let name = bad.to_string();
+        let run = Flow::new("names")
+            .with_options(FlowOptions::default().with_session(h.session.clone()))
+            .with_result_store(&h.store_url)
+            .run(serde_json::json!({}), async move {
+                Task::new(name)
+                    .persist(Persist::Tee)
+                    .run(|cx| async move { cx.sql("SELECT 1 AS one", []).await })
+                    .await?
+                    .count()
+                    .await
+            })
+            .await;
+        let error = run.output.expect_err("a bad name must fail");
+        assert!(
+            error.to_string().contains("invalid task name"),
+            "{bad:?}: {error}"
+        );
+    }
+    assert!(!h.dir.path().join("cache").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_mode_reads_and_writes_the_same_checkpoints() {
+    let h = Harness::new(Backend::Local, "eager").await;
+    let source = h.source("in.parquet", 20_000, 1);
+    async fn eager(h: &Harness, source: &str, dest: String) -> FlowRun<WriteSummary> {
+        cached_etl(source, &dest)
+            .with_mode(ExecutionMode::Eager)
+            .with_session(h.session.clone())
+            .with_result_store(&h.store_url)
+            .run()
+            .await
+    }
+    let first = eager(&h, &source, h.dest("a.parquet")).await;
+    assert_eq!(task(&first, "transform").state, TaskState::Completed);
+    assert!(task(&first, "transform").cache.as_ref().unwrap().committed);
+    // A lazy run hits the checkpoint the eager run wrote, and vice versa.
+    let (lazy, bytes) = h.etl(&source, &h.dest("b.parquet"), now()).await;
+    assert_eq!(task(&lazy, "transform").state, TaskState::Cached);
+    assert_eq!(bytes, 0);
+    let second = eager(&h, &source, h.dest("c.parquet")).await;
+    assert_eq!(task(&second, "transform").state, TaskState::Cached);
+    let a = content(&h.session, &h.dest("a.parquet")).await;
+    assert_eq!(a, content(&h.session, &h.dest("b.parquet")).await);
+    assert_eq!(a, content(&h.session, &h.dest("c.parquet")).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_removes_orphaned_parts_and_clear_removes_checkpoints() {
+    let h = Harness::new(Backend::Local, "gc").await;
+    let source = h.source("in.parquet", 10_000, 1);
+    let (run, _) = h.etl(&source, &h.dest("a.parquet"), now()).await;
+    ok(&run);
+    // An orphan, as a killed run leaves it: parts without a manifest naming them.
+    let key = task(&run, "transform").cache_key.clone().unwrap();
+    let orphan_dir: PathBuf = h
+        .dir
+        .path()
+        .join("cache/checkpoints/transform")
+        .join(&key)
+        .join("data-killed");
+    std::fs::create_dir_all(&orphan_dir).unwrap();
+    std::fs::write(orphan_dir.join("part-0.parquet"), b"half a file").unwrap();
+    // Young orphans are kept (a run may still be writing them)...
+    let report = h
+        .store()
+        .gc(Utc::now(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(report.orphans.is_empty(), "{report:?}");
+    // ...old ones go; the valid checkpoint stays.
+    let report = h.store().gc(Utc::now(), Duration::ZERO).await.unwrap();
+    assert_eq!(report.orphans.len(), 1, "{report:?}");
+    assert!(report.orphans[0].contains("data-killed"));
+    assert_eq!(h.valid_checkpoints().await.len(), 1);
+    let (hit, _) = h.etl(&source, &h.dest("b.parquet"), now()).await;
+    assert_eq!(task(&hit, "transform").state, TaskState::Cached);
+    let manifest = h.store().show("transform", &key[..8]).await.unwrap();
+    assert_eq!(manifest.rows, 10_000);
+    assert_eq!(manifest.key, key);
+    // extract's sources enter through its key; transform reads no source itself.
+    assert_eq!(manifest.key_inputs.upstream[0].task, "extract");
+    assert!(manifest.key_inputs.sources.is_empty());
+    assert!(
+        manifest.key_inputs.plan.contains("with_column"),
+        "{}",
+        manifest.key_inputs.plan
+    );
+    assert!(h.store().clear(Some("transform")).await.unwrap() > 0);
+    assert!(h.store().list().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_consumed_twice_records_each_execution() {
+    let h = Harness::new(Backend::Local, "twice").await;
+    let source = h.source("in.parquet", 10_000, 1);
+    let run = Flow::new("twice")
+        .with_options(FlowOptions::default().with_session(h.session.clone()))
+        .run(serde_json::json!({}), async {
+            let raw = extract(&source).await?;
+            let a: usize = raw
+                .select_columns(&["VendorID"])?
+                .collect()
+                .await?
+                .iter()
+                .map(|b| b.num_rows())
+                .sum();
+            let a = a as u64;
+            let b = raw
+                .write_parquet(&h.dest("x.parquet"), ParquetWrite::default())
+                .await?;
+            Ok(a + b.rows)
+        })
+        .await;
+    assert_eq!(run.output.unwrap(), 20_000);
+    let e = run.record.task("extract").unwrap();
+    assert_eq!(e.state, TaskState::Completed);
+    assert_eq!(e.executions.len(), 2, "{e:?}");
+    assert_eq!(e.executions[1].rows, 10_000);
+    assert_eq!(e.rows, Some(e.executions[0].rows), "rows do not accumulate");
+}
+
+// ---------------------------------------------------------------------------
+// Across processes: the seed example with `--cache`.
+// ---------------------------------------------------------------------------
+
+mod processes {
+    use std::process::{Command, Stdio};
+
+    use super::*;
+    use crate::example::{example_binary, run_example};
+
+    fn summary(path: &Path) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn task_json<'a>(record: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+        record["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()
+    }
+
+    fn run_ok(args: &[&str]) {
+        let output = run_example(args);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn manifests(cache: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![cache.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.file_name().is_some_and(|n| n == "_manifest.json") {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_example_caches_transform_across_processes_with_the_same_key() {
+        let h = Harness::new(Backend::Local, "example").await;
+        let source = h.source("in.parquet", 30_000, 1);
+        let cache = h.dir.path().join("cache").display().to_string();
+        let (s1, s2) = (h.dir.path().join("s1.json"), h.dir.path().join("s2.json"));
+        let (d1, d2) = (h.dest("one.parquet"), h.dest("two.parquet"));
+        let args = |dest: &str, summary: &Path| {
+            vec![
+                "--source".to_string(),
+                source.clone(),
+                "--dest".into(),
+                dest.to_string(),
+                "--cache".into(),
+                cache.clone(),
+                "--summary".into(),
+                summary.display().to_string(),
+            ]
+        };
+        let run = |dest: &str, summary: &Path| {
+            let args = args(dest, summary);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_ok(&args);
+        };
+        run(&d1, &s1);
+        run(&d2, &s2);
+        let (first, second) = (summary(&s1), summary(&s2));
+        assert_eq!(task_json(&first, "transform")["state"], "Completed");
+        assert_eq!(task_json(&second, "transform")["state"], "Cached");
+        assert_eq!(task_json(&second, "extract")["state"], "Skipped");
+        // The key computed in two processes is the same.
+        let key = task_json(&first, "transform")["cache_key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(key.len(), 32);
+        assert_eq!(task_json(&second, "transform")["cache_key"], key.as_str());
+        assert_eq!(
+            content(&h.session, &d1).await,
+            content(&h.session, &d2).await
+        );
+
+        // A truncated checkpoint part: a miss, recomputed, correct output.
+        let part = std::fs::read_dir(Path::new(&cache).join("checkpoints/transform").join(&key))
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("data-"))
+            .unwrap()
+            .path()
+            .join("part-0.parquet");
+        let bytes = std::fs::read(&part).unwrap();
+        std::fs::write(&part, &bytes[..bytes.len() - 100]).unwrap();
+        let d3 = h.dest("three.parquet");
+        run(&d3, &s1);
+        assert_eq!(task_json(&summary(&s1), "transform")["state"], "Completed");
+        assert_eq!(
+            content(&h.session, &d1).await,
+            content(&h.session, &d3).await
+        );
+
+        // A new source file at the same path: a miss with the new data.
+        std::fs::remove_file(&source).unwrap();
+        h.source("in.parquet", 31_000, 7);
+        let d4 = h.dest("four.parquet");
+        run(&d4, &s1);
+        let record = summary(&s1);
+        assert_eq!(task_json(&record, "transform")["state"], "Completed");
+        assert_eq!(task_json(&record, "load")["rows"], 31_000);
+        assert_ne!(task_json(&record, "transform")["cache_key"], key.as_str());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_processes_racing_on_one_key_both_succeed_and_one_manifest_stands() {
+        let h = Harness::new(Backend::Local, "processes").await;
+        let source = h.source("in.parquet", 200_000, 1);
+        let cache = h.dir.path().join("cache");
+        let children: Vec<_> = (0..2)
+            .map(|i| {
+                Command::new(example_binary())
+                    .args([
+                        "--source",
+                        &source,
+                        "--dest",
+                        &h.dest(&format!("p{i}.parquet")),
+                    ])
+                    .arg("--cache")
+                    .arg(&cache)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        assert_eq!(manifests(&cache).len(), 1);
+        let a = content(&h.session, &h.dest("p0.parquet")).await;
+        assert_eq!(a, content(&h.session, &h.dest("p1.parquet")).await);
+        // Whatever the loser left, gc leaves exactly the winner's parts.
+        h.store().gc(Utc::now(), Duration::ZERO).await.unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&manifests(&cache)[0]).unwrap()).unwrap();
+        let named = manifest["files"].as_array().unwrap().len();
+        let dir = manifests(&cache)[0].parent().unwrap().to_path_buf();
+        let mut parts = 0;
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            if entry.path().is_dir() {
+                parts += std::fs::read_dir(entry.path()).unwrap().count();
+            }
+        }
+        assert_eq!(parts, named);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_killed_while_writing_its_checkpoint_commits_nothing() {
+        let h = Harness::new(Backend::Local, "killed").await;
+        let source = h.source("in.parquet", 400_000, 1);
+        let cache = h.dir.path().join("cache");
+        let dest = h.dest("out.parquet");
+        let reference = h.dest("reference.parquet");
+        crate::common::etl(&source, &reference)
+            .with_session(h.session.clone())
+            .await
+            .unwrap();
+        let reference = content(&h.session, &reference).await;
+        let mut killed_while_writing = 0;
+        for attempt in 0..3 {
+            let mut child = Command::new(example_binary())
+                .args(["--source", &source, "--dest", &dest])
+                .arg("--cache")
+                .arg(&cache)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            // Kill it once its checkpoint parts exist, at a different point each time.
+            let started = std::time::Instant::now();
+            loop {
+                let writing = walk(&cache).iter().any(|p| p.contains("/data-"));
+                if writing || started.elapsed() > Duration::from_secs(60) {
+                    break;
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(20 * attempt));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                if manifests(&cache).is_empty() {
+                    killed_while_writing += 1;
+                }
+            }
+            // Whatever happened, no manifest of a killed run, and nothing half-written
+            // at the destination.
+            if let Some(manifest) = manifests(&cache).first() {
+                let m = sluice::Manifest::parse(&std::fs::read(manifest).unwrap()).unwrap();
+                assert_eq!(m.rows, 400_000, "a manifest for a partial checkpoint");
+                std::fs::remove_file(manifest).unwrap();
+            }
+            if Path::new(&dest).exists() {
+                assert_eq!(content(&h.session, &dest).await, reference);
+            }
+        }
+        assert!(
+            killed_while_writing > 0,
+            "no kill landed while the checkpoint was written"
+        );
+        // The rerun computes a correct output and commits.
+        run_ok(&[
+            "--source",
+            &source,
+            "--dest",
+            &dest,
+            "--cache",
+            cache.to_str().unwrap(),
+        ]);
+        assert_eq!(content(&h.session, &dest).await, reference);
+        assert_eq!(manifests(&cache).len(), 1);
+        // gc then removes every killed run's parts, and only those.
+        let report = h.store().gc(Utc::now(), Duration::ZERO).await.unwrap();
+        assert!(!report.orphans.is_empty(), "{report:?}");
+        let out = run_example(&[
+            "--source",
+            &source,
+            "--dest",
+            &h.dest("hit.parquet"),
+            "--cache",
+            cache.to_str().unwrap(),
+        ]);
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Cached"));
+        assert_eq!(content(&h.session, &h.dest("hit.parquet")).await, reference);
+    }
+
+    fn walk(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    out.push(path.display().to_string());
+                }
+            }
+        }
+        out
+    }
+}
