@@ -423,12 +423,7 @@ async fn checkpoints_expire_by_the_injected_clock_and_refresh_replaces_them(back
 /// Where a checkpoint's objects are, through the object store (any backend).
 async fn checkpoint_objects(h: &Harness) -> Vec<object_store::ObjectMeta> {
     use futures::TryStreamExt;
-    let url = url::Url::parse(
-        &sluice::store::resolve_url(&h.store_url)
-            .unwrap()
-            .to_string(),
-    )
-    .unwrap();
+    let url = sluice::store::resolve_url(&h.store_url).unwrap();
     let store = h.session.stores().store_for(&url).unwrap();
     let prefix = sluice::store::object_path(&url).unwrap();
     let mut all: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();

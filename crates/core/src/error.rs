@@ -309,54 +309,25 @@ impl Error {
 }
 
 /// Maps what an object store said into the errors users can act on; `None` for
-/// the rest.
+/// the rest. The meaning is decided by [`sluice_store::classify`], once for every
+/// caller.
 pub(crate) fn classify_store_error(error: &object_store::Error, urls: &[String]) -> Option<Error> {
+    use sluice_store::StoreErrorKind as Kind;
     let url = urls.join(", ");
-    let text = error.to_string();
-    match error {
-        object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => {
-            return Some(Error::AccessDenied {
-                url,
-                reason: short(&text),
-            });
-        }
-        object_store::Error::NotFound { .. } if text.contains("NoSuchBucket") => {
-            return Some(Error::BucketNotFound { url });
-        }
-        _ => {}
-    }
-    if text.contains("non-partial response when range requested")
-        || text.contains("Range request not supported")
-    {
-        return Some(Error::RangeNotSupported { url });
-    }
-    if text.contains("NoSuchBucket") {
-        return Some(Error::BucketNotFound { url });
-    }
-    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(e) = current {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::NotConnected
-                    | std::io::ErrorKind::AddrNotAvailable
-                    | std::io::ErrorKind::HostUnreachable
-                    | std::io::ErrorKind::NetworkUnreachable
-                    | std::io::ErrorKind::TimedOut
-            )
-        {
-            return Some(Error::Unreachable {
-                url,
-                reason: short(&text),
-            });
-        }
-        current = e.source();
-    }
-    None
+    Some(match sluice_store::classify(error) {
+        Kind::AccessDenied => Error::AccessDenied {
+            url,
+            reason: short(&error.to_string()),
+        },
+        Kind::BucketNotFound => Error::BucketNotFound { url },
+        Kind::RangeNotSupported => Error::RangeNotSupported { url },
+        Kind::Unreachable => Error::Unreachable {
+            url,
+            reason: short(&error.to_string()),
+        },
+        Kind::Conflict => Error::Store(sluice_store::StoreError::Conflict { url }),
+        _ => return None,
+    })
 }
 
 /// The first line of a message, without the response bodies some stores append.

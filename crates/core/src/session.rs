@@ -441,8 +441,11 @@ impl Session {
     ) -> Error {
         if matches!(url.scheme(), "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss")
             && let Err(e) = store.list_with_delimiter(None).await
-            && (matches!(e, object_store::Error::NotFound { .. })
-                || e.to_string().contains("NoSuchBucket"))
+            && matches!(
+                sluice_store::classify(&e),
+                sluice_store::StoreErrorKind::NotFound
+                    | sluice_store::StoreErrorKind::BucketNotFound
+            )
         {
             return Error::BucketNotFound { url: display(url) };
         }

@@ -393,7 +393,7 @@ impl TaskOutput for Frame {
                     .set_cache(&key, CacheRecord::new(&checkpoint_url, "hit", None));
                 cx.run.cached();
                 store.touch(&name, &key, now).await;
-                let read = CheckpointRead::new(store, manifest, true);
+                let read = CheckpointRead::new(store, *manifest, true);
                 let plan = read.scan_plan(session)?;
                 let frame = Frame::from_plan(
                     session.clone(),
@@ -449,7 +449,7 @@ impl TaskOutput for Frame {
                                 .await
                                 .map_err(checkpoint_error)?
                             {
-                                Lookup::Hit(manifest) => manifest,
+                                Lookup::Hit(manifest) => *manifest,
                                 Lookup::Miss { reason } => {
                                     return Err(checkpoint_error(Error::Internal {
                                         message: format!(

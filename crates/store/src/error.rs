@@ -53,6 +53,12 @@ pub enum StoreError {
         #[source]
         source: object_store::Error,
     },
+    /// A create-if-absent write lost to another writer: the object exists now.
+    #[error("{url} was created by another writer first")]
+    Conflict {
+        /// The object, without credentials.
+        url: String,
+    },
     /// A local file-system operation failed.
     #[error("{operation} {} failed: {source}", path.display())]
     Io {

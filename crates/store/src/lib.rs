@@ -49,11 +49,13 @@
 //! ```
 
 mod builder;
+mod classify;
 mod error;
 mod registry;
 mod staged;
 
 pub use builder::{RetryPolicy, StoreBuilder};
+pub use classify::{StoreErrorKind, classify};
 pub use error::{Result, StoreError};
 
 /// The URL schemes this build can open, for error messages.

@@ -111,7 +111,7 @@ pub(crate) fn encode_schema(schema: &Schema) -> Result<String> {
 }
 
 pub(crate) fn decode_schema(hex: &str) -> std::result::Result<SchemaRef, String> {
-    if hex.len() % 2 != 0 || !hex.is_ascii() {
+    if !hex.len().is_multiple_of(2) || !hex.is_ascii() {
         return Err("the schema is not hex".into());
     }
     let bytes = (0..hex.len())

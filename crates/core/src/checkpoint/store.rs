@@ -9,7 +9,7 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
-use sluice_store::resolve_url;
+use sluice_store::{StoreErrorKind, resolve_url};
 use url::Url;
 
 use super::{CacheKeyInputs, Manifest};
@@ -50,7 +50,7 @@ pub(crate) fn validate_name(what: &'static str, name: &str) -> Result<()> {
 #[derive(Debug)]
 pub(crate) enum Lookup {
     /// A valid, unexpired checkpoint.
-    Hit(Manifest),
+    Hit(Box<Manifest>),
     /// None usable; `reason` says why when one existed.
     Miss { reason: Option<String> },
 }
@@ -266,7 +266,7 @@ impl CheckpointStore {
             self.invalidate(task, key).await;
             return miss("a run in this process found it corrupt".into());
         }
-        Ok(Lookup::Hit(manifest))
+        Ok(Lookup::Hit(Box::new(manifest)))
     }
 
     /// Records that a run read the checkpoint (best effort: a failure is logged).
@@ -314,9 +314,13 @@ impl CheckpointStore {
             .await
         {
             Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => return Ok(false),
-            Err(e) => return Err(self.error(&path, "put", e)),
+            Err(e) => {
+                return match sluice_store::classify(&e) {
+                    // Lost the create-if-absent race: the winner's checkpoint stands.
+                    StoreErrorKind::Conflict | StoreErrorKind::PreconditionFailed => Ok(false),
+                    _ => Err(self.error(&path, "put", e)),
+                };
+            }
         }
         // Read it back: a server whose conditional put is not atomic under concurrency
         // (some S3-compatible ones) can let two creates succeed; the manifest that

@@ -1,0 +1,138 @@
+//! What an object store's error means, decided once, here, for every caller.
+//!
+//! object_store reports most failures as typed variants (`NotFound`, `AlreadyExists`,
+//! `Precondition`, `PermissionDenied`, `Unauthenticated`, `NotSupported`); those are
+//! matched by type. Three meanings have no variant of their own and are read from
+//! what the store carries: a missing *bucket* (S3 answers 404 with the code
+//! `NoSuchBucket`, which object_store keeps only in its message), a server that
+//! ignores range requests (object_store's HTTP client says so in the message of a
+//! `NotSupported` or `Generic` error),
+//! and a connection that failed (an `io::Error` somewhere in the source chain, found
+//! by type).
+
+use std::error::Error as StdError;
+
+/// The meaning of an object store error, as Sluice acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The object does not exist.
+    NotFound,
+    /// The bucket (or container) does not exist.
+    BucketNotFound,
+    /// A create-if-absent put found the object there: another writer won the race.
+    Conflict,
+    /// A conditional request's precondition failed.
+    PreconditionFailed,
+    /// The store refused the credentials or the permissions.
+    AccessDenied,
+    /// The endpoint could not be reached (after retries).
+    Unreachable,
+    /// The server does not answer range requests with ranges.
+    RangeNotSupported,
+    /// The store does not support the operation.
+    NotSupported,
+    /// Anything else.
+    Other,
+}
+
+/// Classifies an object store error (see the module docs for how).
+///
+/// ```
+/// use sluice_store::{StoreErrorKind, classify};
+/// let lost = object_store::Error::AlreadyExists {
+///     path: "cache/_manifest.json".into(),
+///     source: "exists".into(),
+/// };
+/// assert_eq!(classify(&lost), StoreErrorKind::Conflict);
+/// ```
+pub fn classify(error: &object_store::Error) -> StoreErrorKind {
+    use object_store::Error as E;
+    let bucket = || error.to_string().contains("NoSuchBucket");
+    let ranges = || {
+        let text = error.to_string();
+        text.contains("non-partial response when range requested")
+            || text.contains("Range request not supported")
+    };
+    match error {
+        E::NotFound { .. } if bucket() => StoreErrorKind::BucketNotFound,
+        E::NotFound { .. } => StoreErrorKind::NotFound,
+        E::AlreadyExists { .. } => StoreErrorKind::Conflict,
+        E::Precondition { .. } => StoreErrorKind::PreconditionFailed,
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => StoreErrorKind::AccessDenied,
+        _ if ranges() => StoreErrorKind::RangeNotSupported,
+        E::NotSupported { .. } | E::NotImplemented { .. } => StoreErrorKind::NotSupported,
+        _ => {
+            if bucket() {
+                StoreErrorKind::BucketNotFound
+            } else if connection_failed(error) {
+                StoreErrorKind::Unreachable
+            } else {
+                StoreErrorKind::Other
+            }
+        }
+    }
+}
+
+/// Whether an `io::Error` of a connection kind is in the error's source chain.
+fn connection_failed(error: &object_store::Error) -> bool {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::NotConnected
+                    | std::io::ErrorKind::AddrNotAvailable
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::TimedOut
+            )
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_variants_are_classified_by_type() {
+        let not_found = object_store::Error::NotFound {
+            path: "a".into(),
+            source: "gone".into(),
+        };
+        assert_eq!(classify(&not_found), StoreErrorKind::NotFound);
+        let no_bucket = object_store::Error::NotFound {
+            path: "a".into(),
+            source: "<Code>NoSuchBucket</Code>".into(),
+        };
+        assert_eq!(classify(&no_bucket), StoreErrorKind::BucketNotFound);
+        let denied = object_store::Error::PermissionDenied {
+            path: "a".into(),
+            source: "403".into(),
+        };
+        assert_eq!(classify(&denied), StoreErrorKind::AccessDenied);
+        let precondition = object_store::Error::Precondition {
+            path: "a".into(),
+            source: "412".into(),
+        };
+        assert_eq!(classify(&precondition), StoreErrorKind::PreconditionFailed);
+        let refused = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        };
+        assert_eq!(classify(&refused), StoreErrorKind::Unreachable);
+        let other = object_store::Error::Generic {
+            store: "S3",
+            source: "boom".into(),
+        };
+        assert_eq!(classify(&other), StoreErrorKind::Other);
+    }
+}
