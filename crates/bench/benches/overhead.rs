@@ -7,6 +7,9 @@
 //! - `boundary_stream/*`: 2M rows in 8,192-row batches streamed through one task
 //!   boundary against the same plan without one: the per-batch cost of counting rows
 //!   and bytes and attributing errors.
+//! - `cache_lookup/*`: building a flow of 10 chained tasks, unpersisted against all
+//!   persisted with every task a cache hit on a local store: the difference is the
+//!   cost of computing 10 cache keys and looking up and validating 10 checkpoints.
 
 // criterion_group!/criterion_main! generate undocumented functions.
 #![allow(missing_docs)]
@@ -111,5 +114,72 @@ fn boundary_stream(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, task_chain, boundary_stream);
+/// A flow of `tasks` chained tasks over a small frame, each persisted in `store` when
+/// `persist`; nothing is executed (no sink), so what is timed is building the flow:
+/// planning, cache keys and, when persisted, one checkpoint lookup per task.
+async fn keyed_chain(session: &Session, store: &str, tasks: usize, persist: bool) -> usize {
+    let input = batches(1, 64);
+    let flow = Flow::new("keyed").call(serde_json::Value::Null, async move {
+        let mut df = Task::new("source")
+            .run(|cx| async move { cx.session().from_batches(input) })
+            .await?;
+        for i in 0..tasks {
+            let mut task = Task::new(format!("step_{i}"));
+            if persist {
+                task = task.persist(Persist::Tee);
+            }
+            df = task
+                .run(
+                    |_cx| async move { df.with_column(&format!("c{i}"), col("a") + lit(i as i64)) },
+                )
+                .await?;
+        }
+        Ok(df.columns().len())
+    });
+    flow.with_session(session.clone())
+        .with_result_store(store)
+        .await
+        .expect("flow runs")
+}
+
+fn cache_lookup(c: &mut Criterion) {
+    let runtime = Runtime::new().expect("runtime");
+    let session = Session::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().display().to_string();
+    // Commit the ten checkpoints once: every timed run is then ten hits.
+    runtime.block_on(async {
+        let input = batches(1, 64);
+        Flow::new("keyed")
+            .call(serde_json::Value::Null, async move {
+                let mut df = Task::new("source")
+                    .run(|cx| async move { cx.session().from_batches(input) })
+                    .await?;
+                for i in 0..10 {
+                    df = Task::new(format!("step_{i}"))
+                        .persist(Persist::Tee)
+                        .run(|_cx| async move {
+                            df.with_column(&format!("c{i}"), col("a") + lit(i as i64))
+                        })
+                        .await?;
+                    df.collect().await?;
+                }
+                Ok(())
+            })
+            .with_session(session.clone())
+            .with_result_store(&store)
+            .await
+            .expect("priming run")
+    });
+    let mut group = c.benchmark_group("cache_lookup");
+    group.bench_function("10_tasks_unpersisted", |b| {
+        b.iter(|| runtime.block_on(keyed_chain(&session, &store, black_box(10), false)))
+    });
+    group.bench_function("10_tasks_all_hits_local", |b| {
+        b.iter(|| runtime.block_on(keyed_chain(&session, &store, black_box(10), true)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, task_chain, boundary_stream, cache_lookup);
 criterion_main!(benches);

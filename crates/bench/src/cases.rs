@@ -82,17 +82,33 @@ pub enum Engine {
     #[value(name = "duckdb")]
     #[serde(rename = "duckdb")]
     DuckDb,
+    /// Sluice lazy with the workload's last transform persisted (tee) to a local
+    /// result store, recomputed and rewritten on every run (`refresh`): the cost of
+    /// checkpointing.
+    Persisted,
+    /// Sluice lazy rerun against a valid checkpoint of that transform: a cache hit.
+    /// The case fails unless the transform was `Cached` and no source byte was read.
+    #[value(name = "cache-hit")]
+    #[serde(rename = "cache-hit")]
+    CacheHit,
 }
 
 impl Engine {
     /// Every engine, in report order.
-    pub const ALL: [Engine; 5] = [
+    pub const ALL: [Engine; 7] = [
         Engine::Lazy,
         Engine::Eager,
         Engine::DataFusion,
         Engine::Polars,
         Engine::DuckDb,
+        Engine::Persisted,
+        Engine::CacheHit,
     ];
+
+    /// Whether the case reads or writes a result store.
+    pub fn uses_cache(self) -> bool {
+        matches!(self, Engine::Persisted | Engine::CacheHit)
+    }
 
     /// The name on the command line.
     pub fn name(self) -> &'static str {
@@ -102,6 +118,8 @@ impl Engine {
             Engine::DataFusion => "datafusion",
             Engine::Polars => "polars",
             Engine::DuckDb => "duckdb",
+            Engine::Persisted => "persisted",
+            Engine::CacheHit => "cache-hit",
         }
     }
 
@@ -113,6 +131,8 @@ impl Engine {
             Engine::DataFusion => "DataFusion, no Sluice",
             Engine::Polars => "Polars streaming",
             Engine::DuckDb => "DuckDB COPY",
+            Engine::Persisted => "Sluice lazy, persisted (tee)",
+            Engine::CacheHit => "Sluice lazy, cache hit",
         }
     }
 
@@ -146,12 +166,14 @@ impl fmt::Display for Engine {
     }
 }
 
-/// Runs one case of an in-process engine (Sluice or plain DataFusion) in this process.
+/// Runs one case of an in-process engine (Sluice or plain DataFusion) in this process;
+/// `cache` is the result store of the persisted and cache-hit engines.
 pub async fn run_case(
     workload: Workload,
     engine: Engine,
     input: &Path,
     output: &Path,
+    cache: Option<&Path>,
 ) -> anyhow::Result<()> {
     let input = input
         .to_str()
@@ -169,6 +191,11 @@ pub async fn run_case(
             pipeline(workload, input, output).with_mode(mode).await?;
         }
         Engine::DataFusion => plain_datafusion(workload, input, output).await?,
+        Engine::Persisted | Engine::CacheHit => {
+            let cache =
+                cache.ok_or_else(|| anyhow::anyhow!("{} needs --cache DIR", engine.label()))?;
+            cached_case(workload, engine, input, output, cache).await?;
+        }
         Engine::Polars | Engine::DuckDb => {
             anyhow::bail!(
                 "{} runs through its Python script, not in this process",
@@ -213,6 +240,107 @@ async fn pipeline(workload: Workload, source: &str, dest: &str) -> Result<WriteS
         df = tips_by_zone_and_hour(df).await?;
     }
     load(df, dest).await
+}
+
+/// The name of the task a workload persists: its last transform.
+pub fn persisted_task(workload: Workload) -> &'static str {
+    match workload {
+        Workload::Etl => "add_tip_fraction",
+        Workload::Aggregate => "tips_by_zone_and_hour",
+        Workload::Rewrite => "extract",
+    }
+}
+
+/// The pipeline with the workload's last transform persisted (tee) in `cache`.
+#[flow]
+async fn persisted_pipeline(
+    workload: Workload,
+    source: &str,
+    dest: &str,
+    refresh: bool,
+) -> Result<WriteSummary> {
+    let policy = CachePolicy::inputs().refresh(refresh);
+    let persisted = Task::new(persisted_task(workload))
+        .with_version("bench-1")
+        .cache(policy);
+    let source = source.to_string();
+    let df = match workload {
+        Workload::Rewrite => {
+            persisted
+                .run(|cx| async move { cx.read_parquet(&source).await })
+                .await?
+        }
+        Workload::Etl => {
+            let raw = extract(&source).await?;
+            persisted
+                .run(|_cx| async move {
+                    raw.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+                })
+                .await?
+        }
+        Workload::Aggregate => {
+            let df = add_tip_fraction(extract(&source).await?).await?;
+            persisted
+                .run(|_cx| async move {
+                    df.aggregate(
+                        [col("PULocationID"), pickup_hour()],
+                        [avg(col("tip_fraction")).alias("mean_tip_fraction")],
+                    )
+                })
+                .await?
+        }
+    };
+    load(df, dest).await
+}
+
+/// A persisted run (recomputing and replacing the checkpoint), or a cache-hit rerun
+/// that must read no source byte: the input is read through a store that counts.
+async fn cached_case(
+    workload: Workload,
+    engine: Engine,
+    input: &str,
+    output: &str,
+    cache: &Path,
+) -> anyhow::Result<()> {
+    use sluice_testkit::counting_store::CountingStore;
+    use std::sync::Arc;
+    let absolute = std::fs::canonicalize(input)?;
+    let counting = Arc::new(
+        CountingStore::new(Arc::new(object_store::local::LocalFileSystem::new()))
+            .counting_only_under(absolute.display().to_string().trim_start_matches('/')),
+    );
+    let session = Session::builder()
+        .with_object_store(
+            &url::Url::parse("file:///")?,
+            Arc::clone(&counting) as Arc<dyn object_store::ObjectStore>,
+        )
+        .build()?;
+    let hit = engine == Engine::CacheHit;
+    let run = persisted_pipeline(workload, input, output, !hit)
+        .with_session(session)
+        .with_result_store(cache.display().to_string())
+        .run()
+        .await;
+    run.output?;
+    let task = run
+        .record
+        .task(persisted_task(workload))
+        .ok_or_else(|| anyhow::anyhow!("no run of the persisted task"))?;
+    if hit {
+        anyhow::ensure!(
+            task.state == TaskState::Cached,
+            "the cache-hit case found no valid checkpoint ({:?}); run the persisted case first",
+            task.state
+        );
+        let read = counting.bytes_read();
+        anyhow::ensure!(read == 0, "a cache hit read {read} source bytes");
+    } else {
+        anyhow::ensure!(
+            task.cache.as_ref().is_some_and(|c| c.committed),
+            "the persisted case committed no checkpoint"
+        );
+    }
+    Ok(())
 }
 
 /// The hour of the pickup, as the `pickup_hour` group key.
@@ -265,7 +393,7 @@ mod tests {
             let mut shapes = Vec::new();
             for engine in [Engine::Lazy, Engine::Eager, Engine::DataFusion] {
                 let output = dir.path().join(format!("{workload}-{engine}.parquet"));
-                run_case(workload, engine, &input, &output).await?;
+                run_case(workload, engine, &input, &output, None).await?;
                 let rows = parquet_rows(&output)?;
                 let session = Session::new();
                 let columns = session
@@ -296,6 +424,33 @@ mod tests {
                 assert_eq!(
                     (other_rows, other_columns),
                     (rows, columns),
+                    "{workload} {engine}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The persisted run writes what the cache-hit run reads; both give the lazy output.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn persisted_and_cache_hit_cases_agree_with_lazy() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let input = dir.path().join("taxi.parquet");
+        write_taxi_parquet(&input, &TaxiGenOptions::new(20_000))?;
+        let cache = dir.path().join("cache");
+        for workload in Workload::ALL {
+            let lazy = dir.path().join(format!("{workload}-lazy.parquet"));
+            run_case(workload, Engine::Lazy, &input, &lazy, None).await?;
+            // A hit before anything was persisted is an error, not a silent miss.
+            let early = dir.path().join(format!("{workload}-early.parquet"));
+            let err = run_case(workload, Engine::CacheHit, &input, &early, Some(&cache)).await;
+            assert!(err.is_err(), "{workload}");
+            for engine in [Engine::Persisted, Engine::CacheHit] {
+                let output = dir.path().join(format!("{workload}-{engine}.parquet"));
+                run_case(workload, engine, &input, &output, Some(&cache)).await?;
+                assert_eq!(
+                    parquet_rows(&output)?,
+                    parquet_rows(&lazy)?,
                     "{workload} {engine}"
                 );
             }

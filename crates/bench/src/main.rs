@@ -58,6 +58,9 @@ enum Command {
         /// Output Parquet file.
         #[arg(long)]
         output: PathBuf,
+        /// Result store of the `persisted` and `cache-hit` engines.
+        #[arg(long)]
+        cache: Option<PathBuf>,
     },
     /// Run a command as this process's only child; print its wall time and peak RSS as JSON.
     Measure {
@@ -102,11 +105,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             engine,
             input,
             output,
+            cache,
         } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(cases::run_case(workload, engine, &input, &output))?;
+            runtime.block_on(cases::run_case(
+                workload,
+                engine,
+                &input,
+                &output,
+                cache.as_deref(),
+            ))?;
         }
         Command::Measure { command } => {
             let measured = measure::measure_here(&command)?;

@@ -24,6 +24,8 @@ fn color(engine: Engine) -> RGBColor {
         Engine::DataFusion => RGBColor(44, 160, 44),
         Engine::Polars => RGBColor(214, 39, 40),
         Engine::DuckDb => RGBColor(148, 103, 189),
+        Engine::Persisted => RGBColor(140, 86, 75),
+        Engine::CacheHit => RGBColor(23, 190, 207),
     }
 }
 

@@ -212,7 +212,14 @@ pub fn run(exe: &Path, args: &RunArgs) -> anyhow::Result<Results> {
                 runs: args.curve_runs,
                 series: Series::Curve,
             };
-            let cases = bench.interleaved(&input, &spec, &engines, &mut results.notes);
+            // The memory curve is the streaming engines' (and the peers'): the
+            // checkpoint cases are measured at the main sizes.
+            let curve_engines: Vec<Engine> = engines
+                .iter()
+                .copied()
+                .filter(|e| !e.uses_cache())
+                .collect();
+            let cases = bench.interleaved(&input, &spec, &curve_engines, &mut results.notes);
             results.cases.extend(cases);
         }
     }
@@ -300,13 +307,43 @@ impl Bench<'_> {
                 }
             }
         }
+        let cache = self.cache_dir(input, workload);
+        if cache.exists()
+            && let Err(e) = std::fs::remove_dir_all(&cache)
+        {
+            notes.push(format!("could not remove {}: {e}", cache.display()));
+        }
         cases.retain(|c| !c.samples.is_empty());
         cases
+    }
+
+    /// One result store per input and workload, shared by the persisted case (which
+    /// rewrites it) and the cache-hit case (which reads it).
+    fn cache_dir(&self, input: &Path, workload: Workload) -> PathBuf {
+        let stem = input
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.out_dir.join(format!("cache-{workload}-{stem}"))
     }
 
     fn run_once(&self, input: &Path, workload: Workload, engine: Engine) -> anyhow::Result<Output> {
         let output = self.out_dir.join(format!("{workload}-{engine}.parquet"));
         remove_if_exists(&output)?;
+        let cache = self.cache_dir(input, workload);
+        if engine == Engine::CacheHit && !cache.join("checkpoints").exists() {
+            // Prime it, unmeasured.
+            let status = std::process::Command::new(self.exe)
+                .args(["case", workload.name(), Engine::Persisted.name(), "--input"])
+                .arg(input)
+                .arg("--output")
+                .arg(&output)
+                .arg("--cache")
+                .arg(&cache)
+                .status()?;
+            anyhow::ensure!(status.success(), "priming the cache failed");
+            remove_if_exists(&output)?;
+        }
         let command: Vec<String> = match engine.peer_script() {
             Some(script) => vec![
                 self.python.to_string(),
@@ -324,7 +361,16 @@ impl Bench<'_> {
                 input.display().to_string(),
                 "--output".to_string(),
                 output.display().to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                engine
+                    .uses_cache()
+                    .then(|| ["--cache".to_string(), cache.display().to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
+            .collect(),
         };
         let sample = measure_child(self.exe, &command)?;
         let rows = parquet_rows(&output)?;

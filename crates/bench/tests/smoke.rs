@@ -1,6 +1,7 @@
 //! `sluice-bench run` end to end at a small size: every in-process case runs as its own
 //! process through `measure`, the report, the plots and the raw results are written,
-//! and a missing Python peer is skipped with a note instead of failing the run.
+//! and a missing Python peer is skipped with a note instead of failing the run. The
+//! cache-hit cases read no source byte (they fail otherwise).
 
 use std::process::Command;
 
@@ -42,7 +43,8 @@ fn run_writes_the_report() {
         .lines()
         .filter(|l| l.starts_with("| Sluice") || l.starts_with("| DataFusion"))
         .collect();
-    assert_eq!(etl_rows.len(), 3, "{etl_rows:?}");
+    // Lazy, eager, DataFusion, persisted and cache hit.
+    assert_eq!(etl_rows.len(), 5, "{etl_rows:?}");
     assert!(
         etl_rows.iter().all(|l| l.contains("| 20000 | ")),
         "{etl_rows:?}"
@@ -53,8 +55,13 @@ fn run_writes_the_report() {
     )
     .expect("JSON");
     let cases = results["cases"].as_array().expect("cases");
-    // 3 workloads x 3 engines at 20k, and the curve's 3 engines at 40k.
-    assert_eq!(cases.len(), 12);
+    // 3 workloads x 5 engines at 20k, and the curve's 3 streaming engines at 40k.
+    assert_eq!(cases.len(), 18);
+    assert!(report.contains("Persisted (tee) seed ETL"), "{report}");
+    assert!(
+        report.contains("0 bytes in every cache-hit run"),
+        "{report}"
+    );
     for case in cases {
         let samples = case["samples"].as_array().expect("samples");
         let expected = if case["series"] == "main" { 2 } else { 1 };

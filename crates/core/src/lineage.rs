@@ -18,7 +18,7 @@
 //!   give the same key downstream.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -64,7 +64,10 @@ enum Node {
         objects: Vec<SourceObject>,
     },
     Batches {
-        digest: String,
+        /// The batches (Arc'd arrays: the frame holds them anyway), digested only when
+        /// a key is needed.
+        batches: Vec<RecordBatch>,
+        digest: OnceLock<String>,
     },
     Op {
         input: Lineage,
@@ -81,7 +84,38 @@ enum Node {
         query: String,
         inputs: Vec<(String, Lineage)>,
     },
-    Task(UpstreamTask),
+    Task(TaskOutput),
+}
+
+/// A task's output: its key is computed when first needed (a persisted task sets it
+/// at once), from the task's identity and its input's lineage.
+#[derive(Debug)]
+struct TaskOutput {
+    task: String,
+    version: Option<String>,
+    parameters: serde_json::Value,
+    input: Lineage,
+    key: OnceLock<String>,
+}
+
+impl TaskOutput {
+    fn key(&self) -> &str {
+        self.key.get_or_init(|| {
+            crate::checkpoint::CachePolicy::inputs().key(&self.input.key_inputs(
+                &self.task,
+                self.version.clone(),
+                self.parameters.clone(),
+            ))
+        })
+    }
+
+    fn upstream(&self) -> UpstreamTask {
+        UpstreamTask {
+            task: self.task.clone(),
+            version: self.version.clone(),
+            key: self.key().to_string(),
+        }
+    }
 }
 
 impl Lineage {
@@ -101,24 +135,12 @@ impl Lineage {
         }))
     }
 
-    /// Batches from memory, by a digest of their content (Arrow IPC bytes).
+    /// Batches from memory, by a digest of their content (Arrow IPC bytes), computed
+    /// when a key is first needed.
     pub(crate) fn batches(batches: &[RecordBatch]) -> Self {
-        let mut hasher = blake3::Hasher::new();
-        if let Some(first) = batches.first() {
-            // Writing to a hasher cannot fail but through a schema/batch mismatch,
-            // which MemTable rejects before this point.
-            if let Ok(mut writer) = datafusion::arrow::ipc::writer::StreamWriter::try_new(
-                &mut hasher,
-                first.schema_ref(),
-            ) {
-                for batch in batches {
-                    let _ = writer.write(batch);
-                }
-                let _ = writer.finish();
-            }
-        }
         Self(Arc::new(Node::Batches {
-            digest: hasher.finalize().to_hex()[..32].to_string(),
+            batches: batches.to_vec(),
+            digest: OnceLock::new(),
         }))
     }
 
@@ -149,9 +171,43 @@ impl Lineage {
         }))
     }
 
-    /// The output of a task run whose key is `key`.
-    pub(crate) fn task(task: UpstreamTask) -> Self {
-        Self(Arc::new(Node::Task(task)))
+    /// The output of a task run over `input`; its key is `key` when known (a
+    /// persisted task's checkpoint key), computed from the rest when first needed.
+    pub(crate) fn task(
+        task: &str,
+        version: Option<String>,
+        parameters: serde_json::Value,
+        input: &Lineage,
+        key: Option<String>,
+    ) -> Self {
+        let cell = OnceLock::new();
+        if let Some(key) = key {
+            let _ = cell.set(key);
+        }
+        Self(Arc::new(Node::Task(TaskOutput {
+            task: task.to_string(),
+            version,
+            parameters,
+            input: input.clone(),
+            key: cell,
+        })))
+    }
+
+    /// What a task's cache key over this lineage is computed from.
+    pub(crate) fn key_inputs(
+        &self,
+        task: &str,
+        version: Option<String>,
+        parameters: serde_json::Value,
+    ) -> crate::checkpoint::CacheKeyInputs {
+        crate::checkpoint::CacheKeyInputs {
+            task: task.to_string(),
+            version,
+            parameters,
+            plan: self.describe(),
+            sources: self.sources(),
+            upstream: self.upstream(),
+        }
     }
 
     /// The lineage as text: one line per node, children indented. Source objects are
@@ -177,7 +233,8 @@ impl Lineage {
                     objects.len()
                 );
             }
-            Node::Batches { digest } => {
+            Node::Batches { batches, digest } => {
+                let digest = digest.get_or_init(|| digest_batches(batches));
                 let _ = writeln!(out, "{indent}batches {digest}");
             }
             Node::Op { input, op, args } => {
@@ -207,7 +264,7 @@ impl Lineage {
                     "{indent}task {}@{} key={}",
                     task.task,
                     task.version.as_deref().unwrap_or("-"),
-                    task.key
+                    task.key()
                 );
             }
         }
@@ -232,10 +289,11 @@ impl Lineage {
     pub(crate) fn upstream(&self) -> Vec<UpstreamTask> {
         let mut out: Vec<UpstreamTask> = Vec::new();
         self.walk(&mut |node| {
-            if let Node::Task(task) = node
-                && !out.contains(task)
-            {
-                out.push(task.clone());
+            if let Node::Task(task) = node {
+                let task = task.upstream();
+                if !out.contains(&task) {
+                    out.push(task);
+                }
             }
         });
         out
@@ -257,6 +315,24 @@ impl Lineage {
             Node::Read { .. } | Node::Batches { .. } | Node::Task(_) => {}
         }
     }
+}
+
+/// A digest of batches' content, through their Arrow IPC encoding.
+fn digest_batches(batches: &[RecordBatch]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    if let Some(first) = batches.first() {
+        // Writing to a hasher cannot fail but through a schema/batch mismatch, which
+        // MemTable rejects before this point.
+        if let Ok(mut writer) =
+            datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut hasher, first.schema_ref())
+        {
+            for batch in batches {
+                let _ = writer.write(batch);
+            }
+            let _ = writer.finish();
+        }
+    }
+    hasher.finalize().to_hex()[..32].to_string()
 }
 
 /// A short, path-safe hex digest of `bytes`.
@@ -294,11 +370,13 @@ mod tests {
         // Sources come out sorted whatever the listing order.
         let urls: Vec<_> = derived.sources().into_iter().map(|o| o.url).collect();
         assert_eq!(urls, ["file:///d/a", "file:///d/b"]);
-        let task = Lineage::task(UpstreamTask {
-            task: "extract".into(),
-            version: Some("v1".into()),
-            key: "k".into(),
-        });
+        let task = Lineage::task(
+            "extract",
+            Some("v1".into()),
+            serde_json::Value::Null,
+            &read,
+            Some("k".into()),
+        );
         let joined = task.combine(&derived, "union", String::new());
         assert_eq!(joined.upstream().len(), 1);
         assert!(joined.describe().contains("task extract@v1 key=k"));

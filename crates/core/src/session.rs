@@ -139,11 +139,15 @@ impl Session {
         df: DataFrame,
         objects: Vec<ObjectMeta>,
     ) -> Frame {
-        let base = url.object_store();
+        // Object URLs go into cache keys and manifests: never with credentials.
+        let base = Url::parse(url.object_store().as_str())
+            .map(|u| sluice_store::redact(&u))
+            .unwrap_or_default();
+        let base = base.trim_end_matches('/');
         let objects = objects
             .into_iter()
             .map(|meta| SourceObject {
-                url: format!("{}{}", base.as_str(), meta.location),
+                url: format!("{base}/{}", meta.location),
                 size: meta.size,
                 e_tag: meta.e_tag,
                 last_modified: meta.last_modified,
@@ -312,7 +316,7 @@ impl Session {
                     }
                     None => {
                         let schema = infer().await?;
-                        cache.cache_schema(&digest, url.as_str(), &schema).await;
+                        cache.cache_schema(&digest, &schema).await;
                         schema
                     }
                 }

@@ -10,11 +10,11 @@ use tracing::Instrument;
 
 use crate::boundary::TaskBoundary;
 use crate::checkpoint::{
-    CacheKeyInputs, CachePolicy, CheckpointFormat, CheckpointRead, CheckpointStore,
-    CheckpointTarget, CheckpointTee, Lookup, Persist,
+    CachePolicy, CheckpointFormat, CheckpointRead, CheckpointStore, CheckpointTarget,
+    CheckpointTee, Lookup, Persist,
 };
 use crate::flow::FlowRunShared;
-use crate::lineage::{Lineage, UpstreamTask};
+use crate::lineage::Lineage;
 use crate::run::{CacheRecord, TaskRunState, TaskState};
 use crate::{Error, ExecutionMode, Frame, FrameInfo, Result, Session, WriteSummary};
 
@@ -229,19 +229,6 @@ impl TaskContext {
         let location = self.flow.result_store.as_ref()?;
         CheckpointStore::open(&self.flow.session, location).ok()
     }
-
-    /// What this call's cache key is computed from.
-    fn key_inputs(&self, frame: &Frame) -> CacheKeyInputs {
-        let lineage = frame.lineage();
-        CacheKeyInputs {
-            task: self.run.name.clone(),
-            version: self.config.version.clone(),
-            parameters: serde_json::Value::Object(self.config.parameters.clone()),
-            plan: lineage.describe(),
-            sources: lineage.sources(),
-            upstream: lineage.upstream(),
-        }
-    }
 }
 
 /// Where checkpoints go when neither the task nor the flow names a store.
@@ -331,22 +318,13 @@ pub trait TaskOutput: Sized + Send {
 impl TaskOutput for Frame {
     async fn finish(self, cx: &TaskContext) -> Result<Self> {
         cx.run.set_sources(self.sources());
-        let inputs = cx.key_inputs(&self);
-        let persistence = cx.persistence();
         let name = cx.run.name.clone();
         let version = cx.config.version.clone();
-        // The key downstream tasks see: the checkpoint's key, or (for a task that is
-        // not cached) the key its inputs would give.
-        let key = match &persistence {
-            Some(p) if p.policy.looks_up() => p.policy.key(&inputs),
-            _ => CachePolicy::inputs().key(&inputs),
-        };
-        let lineage = Lineage::task(UpstreamTask {
-            task: name.clone(),
-            version: version.clone(),
-            key: key.clone(),
-        });
-        let Some(persistence) = persistence else {
+        let parameters = serde_json::Value::Object(cx.config.parameters.clone());
+        let Some(persistence) = cx.persistence() else {
+            // Not persisted: the key downstream tasks see is computed only if one of
+            // them needs it.
+            let lineage = Lineage::task(&name, version, parameters, self.lineage(), None);
             let frame = self.with_plan_and_lineage(
                 boundary(
                     cx,
@@ -358,14 +336,27 @@ impl TaskOutput for Frame {
             );
             return deliver(cx, frame).await;
         };
+        let inputs = self
+            .lineage()
+            .key_inputs(&name, version.clone(), parameters.clone());
+        let key = persistence.policy.key(&inputs);
+        // Downstream keys use the checkpoint's key, so that they are the same whether
+        // this task was computed or read; a policy without lookups gives them the key
+        // its inputs would give.
+        let lineage_key = if persistence.policy.looks_up() {
+            key.clone()
+        } else {
+            CachePolicy::inputs().key(&inputs)
+        };
+        let lineage = Lineage::task(
+            &name,
+            version.clone(),
+            parameters,
+            self.lineage(),
+            Some(lineage_key),
+        );
         let session = cx.session();
         let store = CheckpointStore::open(session, &persistence.store)?;
-        // A policy without lookups still writes a checkpoint, under a key of its own.
-        let key = if persistence.policy.looks_up() {
-            key
-        } else {
-            persistence.policy.key(&inputs)
-        };
         let checkpoint_url = store.key_url(&name, &key);
         let checkpoint_error = |source: Error| Error::Checkpoint {
             task: name.clone(),
@@ -392,7 +383,11 @@ impl TaskOutput for Frame {
                 cx.run
                     .set_cache(&key, CacheRecord::new(&checkpoint_url, "hit", None));
                 cx.run.cached();
-                store.touch(&name, &key, now).await;
+                // Off the critical path: the last-hit time is for `sluice cache ls`.
+                {
+                    let (store, name, key) = (store.clone(), name.clone(), key.clone());
+                    tokio::spawn(async move { store.touch(&name, &key, now).await });
+                }
                 let read = CheckpointRead::new(store, *manifest, true);
                 let plan = read.scan_plan(session)?;
                 let frame = Frame::from_plan(

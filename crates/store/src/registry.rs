@@ -100,8 +100,14 @@ pub fn object_path(url: &Url) -> Result<Path> {
     })
 }
 
-/// A URL as it may appear in logs and errors: without user name or password.
-pub(crate) fn redact(url: &Url) -> String {
+/// A URL as it may appear in logs, errors, run records and manifests: without user
+/// name or password.
+///
+/// ```
+/// let url = url::Url::parse("https://user:secret@host/a.parquet").unwrap();
+/// assert_eq!(sluice_store::redact(&url), "https://host/a.parquet");
+/// ```
+pub fn redact(url: &Url) -> String {
     let mut url = url.clone();
     let _ = url.set_username("");
     let _ = url.set_password(None);

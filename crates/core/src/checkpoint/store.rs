@@ -665,22 +665,19 @@ impl CheckpointStore {
     pub(crate) async fn cache_schema(
         &self,
         digest: &str,
-        source: &str,
         schema: &datafusion::arrow::datatypes::Schema,
     ) {
         let Ok(schema_ipc) = super::manifest::encode_schema(schema) else {
             return;
         };
-        let body = serde_json::json!({ "source": source, "schema_ipc": schema_ipc });
+        let body = serde_json::json!({ "schema_ipc": schema_ipc });
+        let path = self.schema_path(digest);
         if let Err(e) = self
             .store
-            .put(
-                &self.schema_path(digest),
-                PutPayload::from(body.to_string()),
-            )
+            .put(&path, PutPayload::from(body.to_string()))
             .await
         {
-            tracing::warn!(source, error = %e, "could not cache the source schema");
+            tracing::warn!(digest, error = %e, "could not cache a source schema");
         }
     }
 }
