@@ -774,42 +774,60 @@ async fn barrier_mode_resumes_after_a_failed_load_and_computes_fan_out_once(back
     assert_eq!(computed, [false, true, true], "{transform:?}");
 }
 
-async fn a_store_that_denies_access_is_a_typed_error_naming_it(backend: Backend) {
-    // Only meaningful where credentials exist: S3 (bad keys), and a memory store's
-    // counterpart on local disk (a result store under a file).
+async fn an_unusable_result_store_is_a_typed_error_naming_it(backend: Backend) {
+    // S3: a wrong secret on the in-process server (which checks signatures; moto does
+    // not), a bucket that does not exist elsewhere. Local disk and memory: a result store
+    // under a file.
     let h = Harness::new(backend, "denied").await;
     let source = h.source("in.parquet", 5_000, 1);
     let bad_store = match backend {
         Backend::S3 => {
-            // The same endpoint with the wrong secret.
             let target = S3Target::new("cache-denied-bad").await;
-            let store = target
-                .store_builder(&target.bucket)
-                .with_credentials(&target.access_key, "not-the-secret", None)
-                .build()
-                .unwrap();
-            let session = Session::builder()
-                .with_object_store(
-                    &url::Url::parse(&format!("s3://{}/", target.bucket)).unwrap(),
-                    store,
-                )
-                .build()
-                .unwrap();
-            let run = cached_etl(&source, &h.dest("x.parquet"))
-                .with_session(session)
-                .with_result_store(target.url("cache/"))
-                .run()
-                .await;
-            let error = run
-                .output
-                .expect_err("a store that denies access must fail the run");
-            assert!(
-                matches!(&error, Error::Task { source, .. } if matches!(source.as_ref(), Error::Checkpoint { .. })),
-                "{error:?}"
-            );
-            let text = error.to_string();
-            assert!(text.contains("checkpoints/transform/"), "{text}");
-            assert!(!text.contains("not-the-secret"), "{text}");
+            let mut cases = Vec::new();
+            if target.server.is_none() {
+                // s3s-fs creates a missing bucket on write; S3 and moto do not.
+                cases.push((
+                    target
+                        .store_builder("no-such-bucket-sluice")
+                        .build()
+                        .unwrap(),
+                    "s3://no-such-bucket-sluice/cache/".to_string(),
+                    "no-such-bucket-sluice",
+                ));
+            } else {
+                cases.push((
+                    target
+                        .store_builder(&target.bucket)
+                        .with_credentials(&target.access_key, "not-the-secret", None)
+                        .build()
+                        .unwrap(),
+                    target.url("cache/"),
+                    "checkpoints/transform/",
+                ));
+            }
+            for (store, url, named) in cases {
+                let bucket = url::Url::parse(&url).unwrap();
+                let session = Session::builder()
+                    .with_object_store(&bucket, store)
+                    .build()
+                    .unwrap();
+                let run = cached_etl(&source, &h.dest("x.parquet"))
+                    .with_session(session)
+                    .with_result_store(&url)
+                    .run()
+                    .await;
+                let error = run
+                    .output
+                    .expect_err("an unusable result store must fail the run");
+                assert!(
+                    matches!(&error, Error::Task { source, .. } if matches!(source.as_ref(), Error::Checkpoint { .. })),
+                    "{error:?}"
+                );
+                let text = error.to_string();
+                assert!(text.contains(named), "{text}");
+                assert!(!text.contains("not-the-secret"), "{text}");
+                assert!(!Path::new(&h.dest("x.parquet")).exists());
+            }
             return;
         }
         Backend::Local | Backend::Memory => {
@@ -868,7 +886,7 @@ suite!(
     racing_runs_leave_one_valid_checkpoint,
     an_early_stop_commits_nothing_and_leaves_no_parts,
     barrier_mode_resumes_after_a_failed_load_and_computes_fan_out_once,
-    a_store_that_denies_access_is_a_typed_error_naming_it,
+    an_unusable_result_store_is_a_typed_error_naming_it,
 );
 
 // ---------------------------------------------------------------------------

@@ -208,7 +208,10 @@ impl CheckpointStore {
                 .bytes()
                 .await
                 .map_err(|e| self.error(&manifest_path, "get", e))?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(Lookup::Miss { reason: None }),
+            // No manifest is a miss; no bucket is an error (nothing could be written).
+            Err(e) if sluice_store::classify(&e) == StoreErrorKind::NotFound => {
+                return Ok(Lookup::Miss { reason: None });
+            }
             Err(e) => return Err(self.error(&manifest_path, "get", e)),
         };
         let miss = |reason: String| {

@@ -379,13 +379,23 @@ async fn write_part(
     }))
 }
 
+/// A writer's error: what the store said, when a store error is behind it (the
+/// buffered writer hands them over inside an `io::Error`).
 fn parquet_error(path: &Path, error: parquet::errors::ParquetError) -> Error {
-    if let parquet::errors::ParquetError::External(boxed) = &error
-        && let Some(store_error) = boxed.downcast_ref::<object_store::Error>()
-        && let Some(classified) =
-            crate::error::classify_store_error(store_error, &[path.to_string()])
-    {
-        return classified;
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(e) = current {
+        if let Some(store_error) = e.downcast_ref::<object_store::Error>() {
+            if let Some(classified) =
+                crate::error::classify_store_error(store_error, &[path.to_string()])
+            {
+                return classified;
+            }
+            break;
+        }
+        current = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as _),
+            None => e.source(),
+        };
     }
     Error::Execution {
         source: DataFusionError::ParquetError(Box::new(error)),
