@@ -51,6 +51,46 @@
 //! # }
 //! ```
 //!
+//! Persist a task, and the next run reads its checkpoint instead of computing it (and
+//! skips what is upstream of it):
+//!
+//! ```
+//! use std::time::Duration;
+//! use sluice::prelude::*;
+//!
+//! #[task]
+//! async fn numbers(cx: &TaskContext) -> Result<Frame> {
+//!     cx.sql("SELECT * FROM (VALUES (1.0, 4.0), (2.0, 8.0)) AS t(tip, total)", []).await
+//! }
+//!
+//! #[task(persist, cache = CachePolicy::inputs().expire_after(Duration::from_secs(3600)))]
+//! async fn ratios(df: Frame, column: &str) -> Result<Frame> {
+//!     df.with_column(column, col("tip") / col("total"))
+//! }
+//!
+//! #[flow]
+//! async fn pipeline(column: &str) -> Result<usize> {
+//!     let df = ratios(numbers().await?, column).await?;
+//!     Ok(df.collect().await?.iter().map(|b| b.num_rows()).sum())
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<()> {
+//! let store = tempfile::tempdir().unwrap();
+//! let store = store.path().display().to_string();
+//! let first = pipeline("ratio").with_result_store(&store).run().await;
+//! assert_eq!(first.record.task("ratios").unwrap().state, TaskState::Completed);
+//! let second = pipeline("ratio").with_result_store(&store).run().await;
+//! assert_eq!(*second.output.as_ref().unwrap(), 2);
+//! assert_eq!(second.record.task("ratios").unwrap().state, TaskState::Cached);
+//! assert_eq!(second.record.task("numbers").unwrap().state, TaskState::Skipped);
+//! // Another parameter is another key.
+//! let other = pipeline("share").with_result_store(&store).run().await;
+//! assert_eq!(other.record.task("ratios").unwrap().state, TaskState::Completed);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! The crates behind the facade: `sluice-core` (frames, tasks, flows, execution),
 //! `sluice-store` (object stores by URL, staged publishing), `sluice-macros`.
 

@@ -13,6 +13,7 @@ use datafusion::functions::expr_fn::date_part;
 use datafusion::prelude::{ParquetReadOptions, SessionContext, ident};
 use serde::{Deserialize, Serialize};
 use sluice::prelude::*;
+use sluice::{CheckpointFormat, Compression};
 
 /// The zstd level every engine writes with (Polars' and DuckDB's default).
 pub const ZSTD_LEVEL: i32 = 3;
@@ -262,7 +263,8 @@ async fn persisted_pipeline(
     let policy = CachePolicy::inputs().refresh(refresh);
     let persisted = Task::new(persisted_task(workload))
         .with_version("bench-1")
-        .cache(policy);
+        .cache(policy)
+        .with_checkpoint_format(checkpoint_format()?);
     let source = source.to_string();
     let df = match workload {
         Workload::Rewrite => {
@@ -291,6 +293,35 @@ async fn persisted_pipeline(
         }
     };
     load(df, dest).await
+}
+
+/// The checkpoint format: Sluice's default, or `SLUICE_BENCH_CHECKPOINT_CODEC`
+/// (`lz4`, `snappy`, `zstd1`, `zstd3`, `none`; with `+dict` for dictionary encoding),
+/// the knob used to pick the default.
+fn checkpoint_format() -> Result<CheckpointFormat> {
+    let Ok(spec) = std::env::var("SLUICE_BENCH_CHECKPOINT_CODEC") else {
+        return Ok(CheckpointFormat::default());
+    };
+    let (codec, dictionary) = match spec.strip_suffix("+dict") {
+        Some(codec) => (codec, true),
+        None => (spec.as_str(), false),
+    };
+    let compression = match codec {
+        "lz4" => Compression::Lz4,
+        "snappy" => Compression::Snappy,
+        "zstd1" => Compression::Zstd(1),
+        "zstd3" => Compression::Zstd(3),
+        "none" => Compression::Uncompressed,
+        other => {
+            return Err(Error::InvalidOption {
+                option: "SLUICE_BENCH_CHECKPOINT_CODEC",
+                reason: format!("{other:?}: use lz4, snappy, zstd1, zstd3 or none"),
+            });
+        }
+    };
+    Ok(CheckpointFormat::default()
+        .with_compression(compression)
+        .with_dictionary(dictionary))
 }
 
 /// A persisted run (recomputing and replacing the checkpoint), or a cache-hit rerun
