@@ -1344,3 +1344,33 @@ mod processes {
         out
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_tee_a_second_sink_planned_after_the_commit_reads_the_checkpoint() {
+    let h = Harness::new(Backend::Local, "tee-twice").await;
+    let source = h.source("in.parquet", 20_000, 1);
+    let (first_dest, second_dest) = (h.dest("one.parquet"), h.dest("two.parquet"));
+    let counting = Arc::clone(&h.counting);
+    let run = Flow::new("tee-twice")
+        .with_options(FlowOptions::default().with_session(h.session.clone()))
+        .with_result_store(&h.store_url)
+        .run(serde_json::json!({}), async {
+            let df = transform(extract(&source).await?).await?;
+            counting.reset();
+            df.write_parquet(&first_dest, ParquetWrite::default())
+                .await?;
+            let first = counting.bytes_read();
+            counting.reset();
+            df.write_parquet(&second_dest, ParquetWrite::default())
+                .await?;
+            Ok((first, counting.bytes_read()))
+        })
+        .await;
+    let (first, second) = run.output.unwrap();
+    assert!(first > 0);
+    assert_eq!(second, 0, "the second sink recomputed the teed task");
+    assert_eq!(
+        content(&h.session, &first_dest).await,
+        content(&h.session, &second_dest).await
+    );
+}
