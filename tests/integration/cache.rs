@@ -414,6 +414,21 @@ async fn checkpoints_expire_by_the_injected_clock_and_refresh_replaces_them(back
     assert!(cache.committed);
     let entries = h.valid_checkpoints().await;
     assert_eq!(entries.len(), 1);
+    // The replaced checkpoint's parts went with it: once the expired one's orphans are
+    // collected, one data directory is left.
+    h.store().gc(Utc::now(), Duration::ZERO).await.unwrap();
+    let data_dirs: std::collections::BTreeSet<String> = checkpoint_objects(&h)
+        .await
+        .iter()
+        .filter(|m| m.location.as_ref().ends_with(".parquet"))
+        .filter_map(|m| {
+            m.location
+                .parts()
+                .nth_back(1)
+                .map(|p| p.as_ref().to_string())
+        })
+        .collect();
+    assert_eq!(data_dirs.len(), 1, "{data_dirs:?}");
     assert_eq!(
         entries[0].created,
         Some(t0 + chrono::Duration::minutes(101))

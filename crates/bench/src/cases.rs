@@ -296,16 +296,26 @@ async fn persisted_pipeline(
 }
 
 /// The checkpoint format: Sluice's default, or `SLUICE_BENCH_CHECKPOINT_CODEC`
-/// (`lz4`, `snappy`, `zstd1`, `zstd3`, `none`; with `+dict` for dictionary encoding),
-/// the knob used to pick the default.
+/// (`lz4`, `snappy`, `zstd1`, `zstd3`, `none`; `+dict` for dictionary encoding,
+/// `+stats` for page statistics, `+ROWS` for the row-group size), the knob used to pick
+/// the default.
 fn checkpoint_format() -> Result<CheckpointFormat> {
     let Ok(spec) = std::env::var("SLUICE_BENCH_CHECKPOINT_CODEC") else {
         return Ok(CheckpointFormat::default());
     };
-    let (codec, dictionary) = match spec.strip_suffix("+dict") {
-        Some(codec) => (codec, true),
-        None => (spec.as_str(), false),
-    };
+    let mut parts = spec.split('+');
+    let codec = parts.next().unwrap_or_default();
+    let mut format = CheckpointFormat::default();
+    for extra in parts {
+        format = match extra {
+            "dict" => format.with_dictionary(true),
+            "stats" => format.with_statistics(true),
+            rows => format.with_row_group_rows(rows.parse().map_err(|_| Error::InvalidOption {
+                option: "SLUICE_BENCH_CHECKPOINT_CODEC",
+                reason: format!("{rows:?}: use +dict, +stats or +ROWS"),
+            })?),
+        };
+    }
     let compression = match codec {
         "lz4" => Compression::Lz4,
         "snappy" => Compression::Snappy,
@@ -319,9 +329,7 @@ fn checkpoint_format() -> Result<CheckpointFormat> {
             });
         }
     };
-    Ok(CheckpointFormat::default()
-        .with_compression(compression)
-        .with_dictionary(dictionary))
+    Ok(format.with_compression(compression))
 }
 
 /// A persisted run (recomputing and replacing the checkpoint), or a cache-hit rerun

@@ -200,9 +200,11 @@ impl CachePolicy {
 
 /// How a checkpoint's Parquet parts are encoded.
 ///
-/// The default, LZ4 without dictionary encoding, was picked by measurement: a
-/// checkpoint is written by every persisted run and read only on a hit, so encoding
-/// cost matters more than size (see `docs/BENCHMARKS.md`).
+/// The default, LZ4 without dictionary encoding or page statistics, in row groups of
+/// 65,536 rows, was picked by measurement: a checkpoint is written by every persisted
+/// run (beside the sink's own encoding, on the same cores) and read only on a hit, so
+/// encoding cost matters more than size; smaller row groups keep the tee's buffers
+/// small (see `docs/BENCHMARKS.md`).
 ///
 /// ```
 /// use sluice_core::{CheckpointFormat, Compression};
@@ -213,6 +215,7 @@ impl CachePolicy {
 pub struct CheckpointFormat {
     pub(crate) compression: Compression,
     pub(crate) dictionary: bool,
+    pub(crate) statistics: bool,
     pub(crate) row_group_rows: usize,
 }
 
@@ -221,12 +224,21 @@ impl Default for CheckpointFormat {
         Self {
             compression: Compression::Lz4,
             dictionary: false,
-            row_group_rows: crate::ParquetWrite::DEFAULT_ROW_GROUP_ROWS,
+            statistics: false,
+            row_group_rows: Self::DEFAULT_ROW_GROUP_ROWS,
         }
     }
 }
 
 impl CheckpointFormat {
+    /// Rows per row group unless set: 65,536. The writer holds a row group's encoded
+    /// pages until it is complete, per partition.
+    ///
+    /// ```
+    /// assert_eq!(sluice_core::CheckpointFormat::DEFAULT_ROW_GROUP_ROWS, 1 << 16);
+    /// ```
+    pub const DEFAULT_ROW_GROUP_ROWS: usize = 65_536;
+
     /// The codec (and level) of the parts.
     pub fn with_compression(mut self, compression: Compression) -> Self {
         self.compression = compression;
@@ -246,12 +258,24 @@ impl CheckpointFormat {
         self
     }
 
+    /// Whether to write page statistics (min/max: they let a filter downstream of a
+    /// cache hit skip pages, at a cost when writing).
+    pub fn with_statistics(mut self, statistics: bool) -> Self {
+        self.statistics = statistics;
+        self
+    }
+
     pub(crate) fn writer_properties(
         &self,
     ) -> crate::Result<parquet::file::properties::WriterProperties> {
         Ok(parquet::file::properties::WriterProperties::builder()
             .set_compression(self.compression.to_parquet()?)
             .set_dictionary_enabled(self.dictionary)
+            .set_statistics_enabled(if self.statistics {
+                parquet::file::properties::EnabledStatistics::Page
+            } else {
+                parquet::file::properties::EnabledStatistics::None
+            })
             .set_max_row_group_row_count(Some(self.row_group_rows))
             .build())
     }

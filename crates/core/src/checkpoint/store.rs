@@ -311,6 +311,12 @@ impl CheckpointStore {
             },
             ..Default::default()
         };
+        // What a refresh replaces: its parts go once the new manifest stands.
+        let replaced = if replace {
+            self.read_manifest(&path).await?.ok()
+        } else {
+            None
+        };
         match self
             .store
             .put_opts(&path, PutPayload::from(bytes), options)
@@ -329,7 +335,29 @@ impl CheckpointStore {
         // (some S3-compatible ones) can let two creates succeed; the manifest that
         // stands is the last one written, and only its writer keeps its parts.
         match self.read_manifest(&path).await? {
-            Ok(standing) => Ok(standing.files == manifest.files),
+            Ok(standing) => {
+                let ours = standing.files == manifest.files;
+                if ours && let Some(old) = replaced {
+                    let dir = self.key_dir(&manifest.task, &manifest.key);
+                    let kept: BTreeSet<&str> = manifest
+                        .files
+                        .iter()
+                        .filter_map(|f| f.path.split('/').next())
+                        .collect();
+                    let gone: BTreeSet<&str> = old
+                        .files
+                        .iter()
+                        .filter_map(|f| f.path.split('/').next())
+                        .filter(|d| !kept.contains(d))
+                        .collect();
+                    for data_dir in gone {
+                        if let Err(e) = self.delete_prefix(&dir.clone().join(data_dir)).await {
+                            tracing::warn!(error = %e, "could not delete a replaced checkpoint's parts");
+                        }
+                    }
+                }
+                Ok(ours)
+            }
             Err(reason) => Err(Error::Internal {
                 message: format!(
                     "the manifest just committed at {} does not read back: {reason}",
