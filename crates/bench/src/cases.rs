@@ -260,7 +260,10 @@ async fn persisted_pipeline(
     dest: &str,
     refresh: bool,
 ) -> Result<WriteSummary> {
-    let policy = CachePolicy::inputs().refresh(refresh);
+    let verify = std::env::var("SLUICE_BENCH_VERIFY").map_or(true, |v| v != "0");
+    let policy = CachePolicy::inputs()
+        .refresh(refresh)
+        .verify_checksums(verify);
     let persisted = Task::new(persisted_task(workload))
         .with_version("bench-1")
         .cache(policy)

@@ -388,7 +388,7 @@ impl TaskOutput for Frame {
                     let (store, name, key) = (store.clone(), name.clone(), key.clone());
                     tokio::spawn(async move { store.touch(&name, &key, now).await });
                 }
-                let read = CheckpointRead::new(store, *manifest, true);
+                let read = CheckpointRead::new(store, *manifest, persistence.policy.verifies());
                 let plan = read.scan_plan(session)?;
                 let frame = Frame::from_plan(
                     session.clone(),

@@ -95,6 +95,7 @@ pub struct CachePolicy {
     kind: KeyKind,
     expire_after: Option<Duration>,
     refresh: bool,
+    verify: bool,
 }
 
 impl Default for CachePolicy {
@@ -110,6 +111,7 @@ impl fmt::Debug for CachePolicy {
             .field("key", &self.describe())
             .field("expire_after", &self.expire_after)
             .field("refresh", &self.refresh)
+            .field("verify", &self.verify)
             .finish()
     }
 }
@@ -124,6 +126,7 @@ impl CachePolicy {
             kind: KeyKind::Inputs,
             expire_after: None,
             refresh: false,
+            verify: true,
         }
     }
 
@@ -134,6 +137,7 @@ impl CachePolicy {
             kind: KeyKind::Function(Arc::new(key)),
             expire_after: None,
             refresh: false,
+            verify: true,
         }
     }
 
@@ -144,6 +148,7 @@ impl CachePolicy {
             kind: KeyKind::None,
             expire_after: None,
             refresh: false,
+            verify: true,
         }
     }
 
@@ -157,6 +162,18 @@ impl CachePolicy {
     pub fn refresh(mut self, refresh: bool) -> Self {
         self.refresh = refresh;
         self
+    }
+
+    /// Whether a hit verifies every part's BLAKE3 while it streams (the default). Off,
+    /// a part corrupted in place (same size, other bytes) is caught only if it fails
+    /// to decode; missing and truncated parts are still misses.
+    pub fn verify_checksums(mut self, verify: bool) -> Self {
+        self.verify = verify;
+        self
+    }
+
+    pub(crate) fn verifies(&self) -> bool {
+        self.verify
     }
 
     /// `inputs`, `key_fn` or `none`.
