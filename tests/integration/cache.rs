@@ -334,32 +334,25 @@ async fn changed_code_parameters_or_plan_are_misses(backend: Backend) {
             now(),
         )
     };
-    assert_eq!(
-        state(&run("v1", 2.0, "a").await, "scaled"),
-        TaskState::Completed
-    );
-    assert_eq!(
-        state(&run("v1", 2.0, "a").await, "scaled"),
-        TaskState::Cached
-    );
-    // Code version.
-    assert_eq!(
-        state(&run("v2", 2.0, "a").await, "scaled"),
-        TaskState::Completed
-    );
-    // Plan (an expression's literal).
-    assert_eq!(
-        state(&run("v1", 3.0, "a").await, "scaled"),
-        TaskState::Completed
-    );
-    // A parameter that the plan does not show.
-    assert_eq!(
-        state(&run("v1", 2.0, "b").await, "scaled"),
-        TaskState::Completed
-    );
-    // Each of those is now a hit.
-    for (v, f, t) in [("v2", 2.0, "a"), ("v1", 3.0, "a"), ("v1", 2.0, "b")] {
-        assert_eq!(state(&run(v, f, t).await, "scaled"), TaskState::Cached);
+    use TaskState::{Cached, Completed};
+    for (version, factor, tag, expected, what) in [
+        ("v1", 2.0, "a", Completed, "the first run"),
+        ("v1", 2.0, "a", Cached, "the same call"),
+        ("v2", 2.0, "a", Completed, "another code version"),
+        ("v1", 3.0, "a", Completed, "another expression (a literal)"),
+        (
+            "v1",
+            2.0,
+            "b",
+            Completed,
+            "a parameter the plan does not show",
+        ),
+        ("v2", 2.0, "a", Cached, "each of those, again"),
+        ("v1", 3.0, "a", Cached, "each of those, again"),
+        ("v1", 2.0, "b", Cached, "each of those, again"),
+    ] {
+        let run = run(version, factor, tag).await;
+        assert_eq!(state(&run, "scaled"), expected, "{what}");
     }
     assert_eq!(h.valid_checkpoints().await.len(), 4);
 }
@@ -1262,50 +1255,46 @@ mod processes {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_run_killed_while_writing_its_checkpoint_commits_nothing() {
         let h = Harness::new(Backend::Local, "killed").await;
-        let source = h.source("in.parquet", 400_000, 1);
+        let source = h.source("in.parquet", 600_000, 1);
         let cache = h.dir.path().join("cache");
         let dest = h.dest("out.parquet");
-        let reference = h.dest("reference.parquet");
-        crate::common::etl(&source, &reference)
-            .with_session(h.session.clone())
-            .await
-            .unwrap();
-        let reference = content(&h.session, &reference).await;
-        let mut killed_while_writing = 0;
-        for attempt in 0..3 {
-            let mut child = Command::new(example_binary())
-                .args(["--source", &source, "--dest", &dest])
-                .arg("--cache")
-                .arg(&cache)
+        let example = |cache: &Path, dest: &str| {
+            let mut command = Command::new(example_binary());
+            command
+                .args(["--source", &source, "--dest", dest, "--cache"])
+                .arg(cache)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            // Kill it once its checkpoint parts exist, at a different point each time.
-            let started = std::time::Instant::now();
-            loop {
-                let writing = walk(&cache).iter().any(|p| p.contains("/data-"));
-                if writing || started.elapsed() > Duration::from_secs(60) {
-                    break;
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            std::thread::sleep(Duration::from_millis(20 * attempt));
+                .stderr(Stdio::null());
+            command
+        };
+        // A whole run, timed: the checkpoint streams for most of it and is committed at
+        // its very end.
+        let reference = h.dest("reference.parquet");
+        let started = std::time::Instant::now();
+        assert!(
+            example(&h.dir.path().join("timing-cache"), &reference)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let whole = started.elapsed();
+        let reference = content(&h.session, &reference).await;
+        // Kills at points spread over the run, the last ones well into the streaming.
+        let mut killed_before_commit = 0;
+        for fraction in [0.5, 0.7, 0.85] {
+            let mut child = example(&cache, &dest).spawn().unwrap();
+            std::thread::sleep(whole.mul_f64(fraction));
             if child.try_wait().unwrap().is_none() {
                 child.kill().unwrap();
                 child.wait().unwrap();
                 if manifests(&cache).is_empty() {
-                    killed_while_writing += 1;
+                    killed_before_commit += 1;
                 }
             }
-            // Whatever happened, no manifest of a killed run, and nothing half-written
-            // at the destination.
+            // No manifest of a killed run; nothing half-written at the destination.
             if let Some(manifest) = manifests(&cache).first() {
                 let m = sluice::Manifest::parse(&std::fs::read(manifest).unwrap()).unwrap();
-                assert_eq!(m.rows, 400_000, "a manifest for a partial checkpoint");
+                assert_eq!(m.rows, 600_000, "a manifest for a partial checkpoint");
                 std::fs::remove_file(manifest).unwrap();
             }
             if Path::new(&dest).exists() {
@@ -1313,8 +1302,8 @@ mod processes {
             }
         }
         assert!(
-            killed_while_writing > 0,
-            "no kill landed while the checkpoint was written"
+            killed_before_commit > 0,
+            "no kill landed before the commit (a whole run took {whole:?})"
         );
         // The rerun computes a correct output and commits.
         run_ok(&[
@@ -1327,9 +1316,23 @@ mod processes {
         ]);
         assert_eq!(content(&h.session, &dest).await, reference);
         assert_eq!(manifests(&cache).len(), 1);
-        // gc then removes every killed run's parts, and only those.
-        let report = h.store().gc(Utc::now(), Duration::ZERO).await.unwrap();
-        assert!(!report.orphans.is_empty(), "{report:?}");
+        // gc then leaves exactly the parts the manifest names: no orphan of a killed run.
+        h.store().gc(Utc::now(), Duration::ZERO).await.unwrap();
+        let manifest =
+            sluice::Manifest::parse(&std::fs::read(&manifests(&cache)[0]).unwrap()).unwrap();
+        let dir = manifests(&cache)[0].parent().unwrap().to_path_buf();
+        let mut named: Vec<String> = manifest
+            .files
+            .iter()
+            .map(|f| dir.join(&f.path).display().to_string())
+            .collect();
+        let mut parts: Vec<String> = walk(&cache)
+            .into_iter()
+            .filter(|p| p.contains("/data-"))
+            .collect();
+        named.sort();
+        parts.sort();
+        assert_eq!(parts, named);
         let out = run_example(&[
             "--source",
             &source,

@@ -369,7 +369,7 @@ impl TaskOutput for Frame {
         } else if persistence.policy.refreshes() {
             (Lookup::Miss { reason: None }, "refresh")
         } else {
-            let by_inputs = (persistence.policy.describe() == "inputs").then_some(&inputs);
+            let by_inputs = persistence.policy.keys_by_inputs().then_some(&inputs);
             let found = store
                 .lookup(&name, &key, by_inputs, now)
                 .await

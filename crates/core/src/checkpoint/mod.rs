@@ -197,6 +197,11 @@ impl CachePolicy {
         !matches!(self.kind, KeyKind::None)
     }
 
+    /// Whether the key is made from the inputs (so a manifest's inputs must match).
+    pub(crate) fn keys_by_inputs(&self) -> bool {
+        matches!(self.kind, KeyKind::Inputs)
+    }
+
     /// The cache key of a call with these inputs.
     pub(crate) fn key(&self, inputs: &CacheKeyInputs) -> String {
         match &self.kind {
@@ -230,7 +235,7 @@ impl CachePolicy {
 /// let faster_to_write = CheckpointFormat::default()
 ///     .with_compression(Compression::Lz4)
 ///     .with_dictionary(false);
-/// # let _ = smaller;
+/// # let _ = faster_to_write;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointFormat {

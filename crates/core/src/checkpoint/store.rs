@@ -367,14 +367,18 @@ impl CheckpointStore {
         }
     }
 
-    /// Deletes every object under `prefix`.
-    pub(crate) async fn delete_prefix(&self, prefix: &Path) -> Result<u64> {
-        let objects: Vec<ObjectMeta> = self
-            .store
+    /// Every object under `prefix`.
+    async fn list_under(&self, prefix: &Path) -> Result<Vec<ObjectMeta>> {
+        self.store
             .list(Some(prefix))
             .try_collect()
             .await
-            .map_err(|e| self.error(prefix, "list", e))?;
+            .map_err(|e| self.error(prefix, "list", e))
+    }
+
+    /// Deletes every object under `prefix`.
+    pub(crate) async fn delete_prefix(&self, prefix: &Path) -> Result<u64> {
+        let objects = self.list_under(prefix).await?;
         self.delete_all(&objects).await
     }
 
@@ -392,12 +396,7 @@ impl CheckpointStore {
     /// Every object under `checkpoints/`, grouped by task and key.
     async fn scan(&self) -> Result<BTreeMap<(String, String), KeyObjects>> {
         let prefix = self.under(&[CHECKPOINTS]);
-        let objects: Vec<ObjectMeta> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.error(&prefix, "list", e))?;
+        let objects = self.list_under(&prefix).await?;
         let mut keys: BTreeMap<(String, String), KeyObjects> = BTreeMap::new();
         for meta in objects {
             let rest: Vec<String> = match meta.location.prefix_match(&prefix) {
@@ -569,14 +568,9 @@ impl CheckpointStore {
                 .extend(orphans.iter().map(|m| self.url_of(&m.location)));
         }
         // Staging objects of sinks that wrote into this store and never finished.
-        let root = self.root_path();
-        let all: Vec<ObjectMeta> = self
-            .store
-            .list(Some(&root))
-            .try_collect()
-            .await
-            .map_err(|e| self.error(&root, "list", e))?;
-        let stale: Vec<ObjectMeta> = all
+        let stale: Vec<ObjectMeta> = self
+            .list_under(&self.root_path())
+            .await?
             .into_iter()
             .filter(|m| m.location.as_ref().contains(sluice_store::STAGING_MARKER) && old(m))
             .collect();
@@ -655,13 +649,9 @@ impl CheckpointStore {
             None => self.under(&[CHECKPOINTS]),
         };
         // Manifests first, so that nothing reads a checkpoint being cleared.
-        let objects: Vec<ObjectMeta> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.error(&prefix, "list", e))?;
-        let (manifests, rest): (Vec<_>, Vec<_>) = objects
+        let (manifests, rest): (Vec<_>, Vec<_>) = self
+            .list_under(&prefix)
+            .await?
             .into_iter()
             .partition(|m| m.location.filename() == Some(MANIFEST));
         Ok(self.delete_all(&manifests).await? + self.delete_all(&rest).await?)
