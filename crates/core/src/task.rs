@@ -383,11 +383,9 @@ impl TaskOutput for Frame {
                 cx.run
                     .set_cache(&key, CacheRecord::new(&checkpoint_url, "hit", None));
                 cx.run.cached();
-                // Off the critical path: the last-hit time is for `sluice cache ls`.
-                {
-                    let (store, name, key) = (store.clone(), name.clone(), key.clone());
-                    tokio::spawn(async move { store.touch(&name, &key, now).await });
-                }
+                // The last-hit time, for `sluice cache ls`; awaited, so that a short-lived
+                // process records it too.
+                store.touch(&name, &key, now).await;
                 let read = CheckpointRead::new(store, *manifest, persistence.policy.verifies());
                 let plan = read.scan_plan(session)?;
                 let frame = Frame::from_plan(

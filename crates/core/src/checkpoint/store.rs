@@ -247,9 +247,14 @@ impl CheckpointStore {
             self.invalidate(task, key).await;
             return miss(format!("it expired at {expires}"));
         }
-        for file in &manifest.files {
+        // Every part at once: each is a round trip (a blocking task on local disk).
+        let heads = futures::future::join_all(manifest.files.iter().map(|file| {
             let path = dir.clone().join_path(&file.path);
-            match self.store.head(&path).await {
+            async move { (file, self.store.head(&path).await, path) }
+        }))
+        .await;
+        for (file, head, path) in heads {
+            match head {
                 Ok(meta) if meta.size == file.size => {}
                 Ok(meta) => {
                     self.invalidate(task, key).await;
