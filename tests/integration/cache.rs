@@ -232,7 +232,15 @@ async fn a_second_run_reads_the_checkpoint_and_no_source_byte(backend: Backend) 
         content(&h.session, &h.dest("a.parquet")).await,
         content(&h.session, &h.dest("b.parquet")).await
     );
-    let entry = h.valid_checkpoints().await.remove(0);
+    // The hit time is recorded in the background.
+    let mut entry = h.valid_checkpoints().await.remove(0);
+    for _ in 0..100 {
+        if entry.last_hit.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        entry = h.valid_checkpoints().await.remove(0);
+    }
     assert!(entry.last_hit.is_some(), "{entry:?}");
     assert_eq!(entry.rows, Some(30_000));
 }

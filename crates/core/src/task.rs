@@ -383,9 +383,12 @@ impl TaskOutput for Frame {
                 cx.run
                     .set_cache(&key, CacheRecord::new(&checkpoint_url, "hit", None));
                 cx.run.cached();
-                // The last-hit time, for `sluice cache ls`; awaited, so that a short-lived
-                // process records it too.
-                store.touch(&name, &key, now).await;
+                // The last-hit time, for `sluice cache ls`, off the critical path: a local
+                // put alone costs about what the rest of a hit does.
+                {
+                    let (store, name, key) = (store.clone(), name.clone(), key.clone());
+                    tokio::spawn(async move { store.touch(&name, &key, now).await });
+                }
                 let read = CheckpointRead::new(store, *manifest, persistence.policy.verifies());
                 let plan = read.scan_plan(session)?;
                 let frame = Frame::from_plan(
