@@ -410,18 +410,8 @@ async fn checkpoints_expire_by_the_injected_clock_and_refresh_replaces_them(back
     // The replaced checkpoint's parts went with it: once the expired one's orphans are
     // collected, one data directory is left.
     h.store().gc(Utc::now(), Duration::ZERO).await.unwrap();
-    let data_dirs: std::collections::BTreeSet<String> = checkpoint_objects(&h)
-        .await
-        .iter()
-        .filter(|m| m.location.as_ref().ends_with(".parquet"))
-        .filter_map(|m| {
-            m.location
-                .parts()
-                .nth_back(1)
-                .map(|p| p.as_ref().to_string())
-        })
-        .collect();
-    assert_eq!(data_dirs.len(), 1, "{data_dirs:?}");
+    let dirs = data_dirs(&checkpoint_objects(&h).await);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
     assert_eq!(
         entries[0].created,
         Some(t0 + chrono::Duration::minutes(101))
@@ -445,6 +435,20 @@ async fn checkpoint_objects(h: &Harness) -> Vec<object_store::ObjectMeta> {
     let mut all: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
     all.sort_by(|a, b| a.location.cmp(&b.location));
     all
+}
+
+/// The writers' directories (`data-<id>`) that hold parts.
+fn data_dirs(objects: &[object_store::ObjectMeta]) -> std::collections::BTreeSet<String> {
+    objects
+        .iter()
+        .filter(|m| m.location.as_ref().ends_with(".parquet"))
+        .filter_map(|m| {
+            m.location
+                .parts()
+                .nth_back(1)
+                .map(|p| p.as_ref().to_string())
+        })
+        .collect()
 }
 
 async fn rewrite(h: &Harness, location: &object_store::path::Path, bytes: Vec<u8>) {
@@ -639,17 +643,7 @@ async fn racing_runs_leave_one_valid_checkpoint(backend: Backend) {
     assert_eq!(h.valid_checkpoints().await.len(), 1);
     // The losers deleted their parts: only the winner's remain (plus the manifest).
     let objects = checkpoint_objects(&h).await;
-    let data_dirs: std::collections::BTreeSet<String> = objects
-        .iter()
-        .filter(|m| m.location.as_ref().ends_with(".parquet"))
-        .filter_map(|m| {
-            m.location
-                .parts()
-                .nth_back(1)
-                .map(|p| p.as_ref().to_string())
-        })
-        .collect();
-    assert_eq!(data_dirs.len(), 1, "{objects:#?}");
+    assert_eq!(data_dirs(&objects).len(), 1, "{objects:#?}");
     let (hit, bytes) = h.etl(&source, &h.dest("after.parquet"), now()).await;
     assert_eq!(task(&hit, "transform").state, TaskState::Cached);
     assert_eq!(bytes, 0);
