@@ -281,17 +281,23 @@ impl ExecutionPlan for TaskBoundaryExec {
 
 impl TaskBoundaryExec {
     fn attribute(&self, error: DataFusionError) -> DataFusionError {
-        match &self.checkpoint {
-            Some(checkpoint) => checkpoint.corrupt(&self.run, error.to_string()).into(),
-            None => attribute(&self.run, &self.sources, error),
-        }
+        attribute(&self.run, &self.sources, self.checkpoint.as_deref(), error)
     }
 }
 
-/// Attributes an error that reached a boundary: one that an upstream boundary already
+/// Attributes an error that reached a boundary. Over a checkpoint's scan, any error
+/// means the checkpoint is corrupt. Otherwise, one that an upstream boundary already
 /// attributed passes through (this task failed because of it); any other is this
 /// task's own.
-fn attribute(run: &TaskRunState, sources: &[String], error: DataFusionError) -> DataFusionError {
+fn attribute(
+    run: &TaskRunState,
+    sources: &[String],
+    checkpoint: Option<&CheckpointRead>,
+    error: DataFusionError,
+) -> DataFusionError {
+    if let Some(checkpoint) = checkpoint {
+        return checkpoint.corrupt(run, error.to_string()).into();
+    }
     let ours = Error::from_datafusion(error, sources);
     if let Some(upstream) = ours.task() {
         run.fail(&Error::UpstreamFailed {
@@ -331,10 +337,7 @@ impl BoundaryStream {
     }
 
     fn attribute(&self, error: DataFusionError) -> DataFusionError {
-        match &self.checkpoint {
-            Some(checkpoint) => checkpoint.corrupt(&self.run, error.to_string()).into(),
-            None => attribute(&self.run, &self.sources, error),
-        }
+        attribute(&self.run, &self.sources, self.checkpoint.as_deref(), error)
     }
 
     /// The input has ended. A checkpoint's data is served only once its checksums have

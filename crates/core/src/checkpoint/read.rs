@@ -57,17 +57,18 @@ impl CheckpointRead {
         })
     }
 
-    fn identity(&self) -> String {
-        format!("{}@{}", self.url(), self.manifest.created.to_rfc3339())
+    /// A checkpoint as the known-corrupt set names it: its directory and commit time.
+    fn identity(store: &CheckpointStore, manifest: &Manifest) -> String {
+        format!(
+            "{}@{}",
+            store.key_url(&manifest.task, &manifest.key),
+            manifest.created.to_rfc3339()
+        )
     }
 
     /// Whether a stream in this process found this checkpoint corrupt.
     pub(crate) fn is_known_corrupt(store: &CheckpointStore, manifest: &Manifest) -> bool {
-        let identity = format!(
-            "{}@{}",
-            store.key_url(&manifest.task, &manifest.key),
-            manifest.created.to_rfc3339()
-        );
+        let identity = Self::identity(store, manifest);
         known_corrupt()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -183,7 +184,7 @@ impl CheckpointRead {
             known_corrupt()
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(self.identity());
+                .insert(Self::identity(&self.store, &self.manifest));
             let store = self.store.clone();
             let (task, key) = (self.task.clone(), self.manifest.key.clone());
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
