@@ -17,10 +17,16 @@
 //! With no `--source`, it generates `--rows` rows (3,000,000 by default) of taxi data
 //! once into `data/`. On failure it exits non-zero with a one-line error that names the
 //! task and the object; nothing is left at the destination.
+//!
+//! Every run is recorded in `.sluice/` (or `--run-store URL`): `sluice runs ls` lists
+//! them. Ctrl-C (or SIGTERM) stops the run within a second, publishes nothing, records
+//! it `Cancelled` and exits 130 (143 for SIGTERM). `--timeout 10m` bounds the run.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use sluice::prelude::*;
@@ -38,7 +44,9 @@ async fn transform(df: Frame) -> Result<Frame> {
     df.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
 }
 
-#[task]
+// Retried on errors a new attempt may fix (network, throttling): the write reruns the
+// plan; a checkpoint `transform` committed is read, not recomputed.
+#[task(retries = 2, retry_delay = RetryDelay::exponential(Duration::from_secs(1)))]
 async fn load(df: Frame, dest: &str, options: ParquetWrite) -> Result<WriteSummary> {
     df.write_parquet(dest, options).await // the whole chain runs here, streaming
 }
@@ -79,6 +87,12 @@ struct Args {
     /// and read it from there on the next run. Without it nothing is persisted.
     #[arg(long)]
     cache: Option<String>,
+    /// Record the run in this run store (a path or URL) instead of `.sluice/`.
+    #[arg(long)]
+    run_store: Option<String>,
+    /// Fail the run if it takes longer than this (`90s`, `10m`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
 }
 
 #[tokio::main]
@@ -93,17 +107,43 @@ async fn main() -> ExitCode {
     // Sluice turns panics inside query execution (say, a decoder choking on a malformed
     // file) into errors that name the task and the file; keep them out of the output.
     std::panic::set_hook(Box::new(|info| tracing::debug!(%info, "caught panic")));
-    match run(Args::parse()).await {
+    // Ctrl-C and SIGTERM cancel the run; the exit status says which (128 + signal).
+    let cancel = CancellationToken::new();
+    let signal = Arc::new(AtomicU8::new(0));
+    tokio::spawn(cancel_on_signal(cancel.clone(), Arc::clone(&signal)));
+    match run(Args::parse(), cancel).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let message = format!("{e:#}").replace('\n', " ");
             eprintln!("error: {message}");
-            ExitCode::FAILURE
+            match signal.load(Ordering::Acquire) {
+                0 => ExitCode::FAILURE,
+                signal => ExitCode::from(128 + signal),
+            }
         }
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+/// Cancels `token` on the first SIGINT or SIGTERM, noting which.
+async fn cancel_on_signal(token: CancellationToken, signal: Arc<AtomicU8>) {
+    use tokio::signal::unix::{SignalKind, signal as unix_signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        unix_signal(SignalKind::interrupt()),
+        unix_signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot listen for signals; Ctrl-C will not stop the run cleanly");
+        return;
+    };
+    let number = tokio::select! {
+        _ = interrupt.recv() => 2,
+        _ = terminate.recv() => 15,
+    };
+    signal.store(number, Ordering::Release);
+    eprintln!("stopping: the run is cancelled, nothing it was writing will be published");
+    token.cancel();
+}
+
+async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
     let source = match &args.source {
         Some(source) => source.clone(),
         None => generated_source(args.rows).await?,
@@ -115,9 +155,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut call = etl(&source, &args.dest, options)
         .with_mode(args.mode)
-        .with_checkpoints(args.cache.is_some());
+        .with_checkpoints(args.cache.is_some())
+        .with_cancellation(cancel);
     if let Some(store) = &args.cache {
         call = call.with_result_store(store);
+    }
+    if let Some(store) = &args.run_store {
+        call = call.with_run_store(store);
+    }
+    if let Some(limit) = args.timeout {
+        call = call.with_timeout(limit);
     }
     let run = call.run().await;
     let wall = started.elapsed();
@@ -125,6 +172,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_vec_pretty(&run.record)?)
             .map_err(|e| anyhow::anyhow!("cannot write the summary to {}: {e}", path.display()))?;
     }
+    eprintln!(
+        "run {} {:?} (`sluice runs show {}`)",
+        run.record.run_id,
+        run.record.state,
+        &run.record.run_id[..8]
+    );
     let written = run.output?;
     println!(
         "flow {} ({} mode) completed in {:.2} s: {} rows → {} ({:.1} MiB)",

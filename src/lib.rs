@@ -112,8 +112,8 @@ pub mod prelude {
     pub use crate::{flow, task};
     pub use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
     pub use sluice_core::{
-        CachePolicy, CsvReadOptions, CsvWrite, Error, ExecutionMode, Expr, Flow, FlowOptions,
-        FlowRunRecord, FlowState, Frame, ParquetWrite, Persist, Result, Session, Task, TaskContext,
-        TaskState, WriteLayout, WriteSummary, col, lit,
+        CachePolicy, CancellationToken, CsvReadOptions, CsvWrite, Error, ExecutionMode, Expr, Flow,
+        FlowOptions, FlowRunRecord, FlowState, Frame, ParquetWrite, Persist, Result, Retry,
+        RetryDelay, Session, Task, TaskContext, TaskState, WriteLayout, WriteSummary, col, lit,
     };
 }

@@ -297,17 +297,20 @@ async fn builder_flow(
         )
         .run(serde_json::json!({}), async move {
             let raw = Task::new("raw")
-                .run(|cx| async move { cx.read_parquet(&source).await })
+                .run(|cx| {
+                    let source = source.clone();
+                    async move { cx.read_parquet(&source).await }
+                })
                 .await?;
-            let scaled =
-                Task::new("scaled")
-                    .with_version(version)
-                    .with_parameter("tag", serde_json::json!(tag))
-                    .cache(policy)
-                    .run(|_cx| async move {
-                        raw.with_column("scaled", col("fare_amount") * lit(factor))
-                    })
-                    .await?;
+            let scaled = Task::new("scaled")
+                .with_version(version)
+                .with_parameter("tag", serde_json::json!(tag))
+                .cache(policy)
+                .run(|_cx| {
+                    let raw = raw.clone();
+                    async move { raw.with_column("scaled", col("fare_amount") * lit(factor)) }
+                })
+                .await?;
             scaled.count().await
         })
         .await
@@ -696,8 +699,11 @@ async fn barrier_flow(h: &Harness, source: &str, dests: Vec<String>) -> FlowRun<
             let df = Task::new("transform")
                 .with_version("v1")
                 .persist(Persist::Barrier)
-                .run(|_cx| async move {
-                    raw.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+                .run(|_cx| {
+                    let raw = raw.clone();
+                    async move {
+                        raw.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+                    }
                 })
                 .await?;
             let mut rows = 0;

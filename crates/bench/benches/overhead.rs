@@ -52,13 +52,17 @@ fn batches(count: usize, rows: usize) -> Vec<RecordBatch> {
 async fn sluice_chain(session: &Session, input: Vec<RecordBatch>, tasks: usize) -> usize {
     let flow = Flow::new("chain").call(serde_json::Value::Null, async move {
         let mut df = Task::new("source")
-            .run(|cx| async move { cx.session().from_batches(input) })
+            .run(|cx| {
+                let input = input.clone();
+                async move { cx.session().from_batches(input) }
+            })
             .await?;
         for i in 0..tasks {
             df = Task::new(format!("step_{i}"))
-                .run(
-                    |_cx| async move { df.with_column(&format!("c{i}"), col("a") + lit(i as i64)) },
-                )
+                .run(|_cx| {
+                    let df = df.clone();
+                    async move { df.with_column(&format!("c{i}"), col("a") + lit(i as i64)) }
+                })
                 .await?;
         }
         let out = df.collect().await?;
@@ -121,7 +125,10 @@ async fn keyed_chain(session: &Session, store: &str, tasks: usize, persist: bool
     let input = batches(1, 64);
     let flow = Flow::new("keyed").call(serde_json::Value::Null, async move {
         let mut df = Task::new("source")
-            .run(|cx| async move { cx.session().from_batches(input) })
+            .run(|cx| {
+                let input = input.clone();
+                async move { cx.session().from_batches(input) }
+            })
             .await?;
         for i in 0..tasks {
             let mut task = Task::new(format!("step_{i}"));
@@ -129,9 +136,10 @@ async fn keyed_chain(session: &Session, store: &str, tasks: usize, persist: bool
                 task = task.persist(Persist::Tee);
             }
             df = task
-                .run(
-                    |_cx| async move { df.with_column(&format!("c{i}"), col("a") + lit(i as i64)) },
-                )
+                .run(|_cx| {
+                    let df = df.clone();
+                    async move { df.with_column(&format!("c{i}"), col("a") + lit(i as i64)) }
+                })
                 .await?;
         }
         Ok(df.columns().len())
@@ -153,14 +161,20 @@ fn cache_lookup(c: &mut Criterion) {
         Flow::new("keyed")
             .call(serde_json::Value::Null, async move {
                 let mut df = Task::new("source")
-                    .run(|cx| async move { cx.session().from_batches(input) })
+                    .run(|cx| {
+                        let input = input.clone();
+                        async move { cx.session().from_batches(input) }
+                    })
                     .await?;
                 for i in 0..10 {
                     df = Task::new(format!("step_{i}"))
                         .persist(Persist::Tee)
-                        .run(|_cx| async move {
+                        .run(|_cx| {
+let df = df.clone();
+async move {
                             df.with_column(&format!("c{i}"), col("a") + lit(i as i64))
-                        })
+                        }
+})
                         .await?;
                     df.collect().await?;
                 }

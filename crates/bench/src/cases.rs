@@ -272,25 +272,34 @@ async fn persisted_pipeline(
     let df = match workload {
         Workload::Rewrite => {
             persisted
-                .run(|cx| async move { cx.read_parquet(&source).await })
+                .run(|cx| {
+                    let source = source.clone();
+                    async move { cx.read_parquet(&source).await }
+                })
                 .await?
         }
         Workload::Etl => {
             let raw = extract(&source).await?;
             persisted
-                .run(|_cx| async move {
-                    raw.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+                .run(|_cx| {
+                    let raw = raw.clone();
+                    async move {
+                        raw.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+                    }
                 })
                 .await?
         }
         Workload::Aggregate => {
             let df = add_tip_fraction(extract(&source).await?).await?;
             persisted
-                .run(|_cx| async move {
-                    df.aggregate(
-                        [col("PULocationID"), pickup_hour()],
-                        [avg(col("tip_fraction")).alias("mean_tip_fraction")],
-                    )
+                .run(|_cx| {
+                    let df = df.clone();
+                    async move {
+                        df.aggregate(
+                            [col("PULocationID"), pickup_hour()],
+                            [avg(col("tip_fraction")).alias("mean_tip_fraction")],
+                        )
+                    }
                 })
                 .await?
         }

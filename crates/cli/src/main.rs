@@ -12,6 +12,8 @@
 //! sluice cache show --store .sluice/ transform 3f2a    # one manifest (a key prefix will do)
 //! sluice cache gc --store .sluice/ --grace 90m         # expired, orphaned and stale objects
 //! sluice cache clear --store .sluice/ --task transform
+//! sluice runs ls --flow etl --state failed --since 1d   # recorded flow runs, newest first
+//! sluice runs show 3f2a9c1e                             # one run: tasks, attempts, errors
 //! ```
 
 use std::io::IsTerminal as _;
@@ -48,6 +50,65 @@ enum Command {
     /// List, show, collect and clear the checkpoints in a result store.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// List and show recorded flow runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// Flow runs, newest first: id, flow, state, start, duration, tasks, error.
+    Ls {
+        #[command(flatten)]
+        store: RunStoreArgs,
+        /// Only runs of this flow.
+        #[arg(long)]
+        flow: Option<String>,
+        /// Only runs in this state: running, completed, failed, cancelled.
+        #[arg(long)]
+        state: Option<sluice_core::FlowState>,
+        /// Only runs that started within this long (`1h`, `2d`) or since this time
+        /// (RFC 3339, `2026-11-27T10:00:00Z`).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// One flow run's record: parameters, task runs, states, attempts, errors.
+    Show {
+        #[command(flatten)]
+        store: RunStoreArgs,
+        /// The run id, or a prefix of it that names one run.
+        run_id: String,
+    },
+}
+
+impl RunStoreArgs {
+    fn location(&self) -> String {
+        self.store
+            .clone()
+            .or_else(|| std::env::var("SLUICE_RUN_STORE").ok())
+            .unwrap_or_else(|| sluice_core::DEFAULT_RUN_STORE.to_string())
+    }
+}
+
+#[derive(Debug, Args)]
+struct RunStoreArgs {
+    /// The run store: a path or URL (`s3://bucket/prefix/`). Default: `$SLUICE_RUN_STORE`,
+    /// or `.sluice/`.
+    #[arg(long)]
+    store: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let ago = humantime::parse_duration(text)
+        .map_err(|e| format!("expected a duration (`1h`) or an RFC 3339 time: {e}"))?;
+    let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
+    Ok(chrono::Utc::now() - ago)
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +238,144 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ServeS3(args) => serve(args, true),
         Command::ServeHttp(args) => serve(args, false),
         Command::Cache(command) => cache(command),
+        Command::Runs(command) => runs(command),
+    }
+}
+
+fn runs(command: RunsCommand) -> anyhow::Result<()> {
+    use sluice_core::{RunFilter, RunStore, Session};
+    let runtime = tokio::runtime::Runtime::new().context("could not start a runtime")?;
+    runtime.block_on(async {
+        let session = Session::new();
+        match command {
+            RunsCommand::Ls {
+                store,
+                flow,
+                state,
+                since,
+            } => {
+                let mut filter = RunFilter::default();
+                if let Some(flow) = flow {
+                    filter = filter.with_flow(flow);
+                }
+                if let Some(state) = state {
+                    filter = filter.with_state(state);
+                }
+                if let Some(since) = since {
+                    filter = filter.with_since(since);
+                }
+                let records = RunStore::open(&session, &store.location())?
+                    .list(&filter)
+                    .await?;
+                if store.json {
+                    println!("{}", serde_json::to_string_pretty(&records)?);
+                } else {
+                    print_runs(&records);
+                }
+            }
+            RunsCommand::Show { store, run_id } => {
+                let record = RunStore::open(&session, &store.location())?
+                    .get(&run_id)
+                    .await?;
+                if store.json {
+                    println!("{}", serde_json::to_string_pretty(&record)?);
+                } else {
+                    print_run(&record);
+                }
+            }
+        }
+        anyhow::Ok(())
+    })
+}
+
+fn millis(ms: Option<f64>) -> String {
+    match ms {
+        Some(ms) if ms >= 1000.0 => format!("{:.1} s", ms / 1000.0),
+        Some(ms) => format!("{ms:.0} ms"),
+        None => "-".into(),
+    }
+}
+
+fn print_runs(records: &[sluice_core::FlowRunRecord]) {
+    if records.is_empty() {
+        println!("no flow runs");
+        return;
+    }
+    let flow_width = records
+        .iter()
+        .map(|r| r.flow.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:<8}  {:<flow_width$}  {:<9}  {:<19}  {:>9}  {:>5}  ERROR",
+        "RUN", "FLOW", "STATE", "START", "DURATION", "TASKS"
+    );
+    for r in records {
+        let error = r.error.as_deref().unwrap_or("");
+        println!(
+            "{:<8}  {:<flow_width$}  {:<9}  {:<19}  {:>9}  {:>5}  {}",
+            &r.run_id[..r.run_id.len().min(8)],
+            r.flow,
+            r.state.to_string(),
+            time(Some(r.start)),
+            millis(r.duration_ms),
+            r.tasks.len(),
+            error.chars().take(80).collect::<String>(),
+        );
+    }
+}
+
+fn print_run(r: &sluice_core::FlowRunRecord) {
+    println!("run         {}", r.run_id);
+    println!("flow        {}", r.flow);
+    println!("state       {}", r.state);
+    println!("mode        {}", r.mode);
+    println!("version     {}", r.version.as_deref().unwrap_or("-"));
+    println!("start       {}", time(Some(r.start)));
+    println!("end         {}", time(r.end));
+    println!("duration    {}", millis(r.duration_ms));
+    println!("parameters  {}", r.parameters);
+    if let Some(error) = &r.error {
+        println!("error       {error}");
+    }
+    let name_width = r
+        .tasks
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "\n{:<name_width$}  {:<9}  {:>12}  {:>10}  {:>9}  {:>8}  NOTE",
+        "TASK", "STATE", "ROWS", "BYTES", "DURATION", "ATTEMPTS"
+    );
+    for t in &r.tasks {
+        let note = t
+            .error
+            .as_deref()
+            .or(t.reason.as_deref())
+            .or(t.cache.as_ref().map(|c| c.lookup.as_str()))
+            .unwrap_or("");
+        println!(
+            "{:<name_width$}  {:<9}  {:>12}  {:>10}  {:>9}  {:>8}  {}",
+            t.name,
+            format!("{:?}", t.state),
+            t.rows.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+            t.bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
+            millis(t.duration_ms),
+            t.attempts.len().max(1),
+            note,
+        );
+        for a in t.attempts.iter().filter(|a| a.error.is_some()) {
+            println!(
+                "{:<name_width$}    attempt {} failed after {}: {}",
+                "",
+                a.attempt,
+                millis(Some(a.duration_ms)),
+                a.error.as_deref().unwrap_or("")
+            );
+        }
     }
 }
 

@@ -234,6 +234,11 @@ impl ExecutionPlan for TaskBoundaryExec {
             )
         }));
         let verification = self.checkpoint.as_ref().and_then(|c| c.verification());
+        let deadline = self.run.timeout.map(|limit| {
+            Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
+                execution.started + limit,
+            )))
+        });
         Ok(Box::pin(BoundaryStream {
             schema: self.input.schema(),
             input,
@@ -242,6 +247,7 @@ impl ExecutionPlan for TaskBoundaryExec {
             checkpoint: self.checkpoint.clone(),
             verification,
             execution,
+            deadline,
             input_done: false,
             closed: false,
         }))
@@ -299,6 +305,15 @@ fn attribute(
         return checkpoint.corrupt(run, error.to_string()).into();
     }
     let ours = Error::from_datafusion(error, sources);
+    if ours.task().is_none() && ours.is_retryable() && run.has_retry_left() {
+        // A sink that reruns its plan may fix it: not failed yet.
+        run.execution_failed_retryably(&ours);
+        return Error::Task {
+            task: run.name.clone(),
+            source: Box::new(ours),
+        }
+        .into();
+    }
     if let Some(upstream) = ours.task() {
         run.fail(&Error::UpstreamFailed {
             task: run.name.clone(),
@@ -324,6 +339,8 @@ struct BoundaryStream {
     /// The checkpoint's checksum verification, awaited before the stream may end.
     verification: Option<crate::checkpoint::Verification>,
     execution: Arc<ExecutionState>,
+    /// When this execution times out (the task's timeout after it started).
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     input_done: bool,
     closed: bool,
 }
@@ -366,6 +383,18 @@ impl Stream for BoundaryStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.closed {
             return Poll::Ready(None);
+        }
+        if let Some(deadline) = self.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            let error = Error::Timeout {
+                scope: "task",
+                name: self.run.name.clone(),
+                limit: self.run.timeout.unwrap_or_default(),
+            };
+            let error = self.attribute(DataFusionError::External(Box::new(error)));
+            self.close(StreamEnd::Failed);
+            return Poll::Ready(Some(Err(error)));
         }
         if self.input_done {
             return self.poll_end(cx);

@@ -201,6 +201,45 @@ pub enum Error {
     /// An error raised by a task's own code.
     #[error(transparent)]
     Custom(Box<dyn StdError + Send + Sync + 'static>),
+    /// An error raised by a task's own code that a new attempt may fix: the task's
+    /// retries apply to it (see [`Error::retryable`]).
+    #[error(transparent)]
+    Retryable(Box<dyn StdError + Send + Sync + 'static>),
+    /// A task or flow ran longer than its timeout. Its plans were stopped and nothing
+    /// it was writing was published.
+    #[error(
+        "{scope} {name:?} timed out after {limit:?}; nothing it was writing was published; \
+         raise its timeout or make the work smaller"
+    )]
+    Timeout {
+        /// `task` or `flow`.
+        scope: &'static str,
+        /// The task's or flow's name.
+        name: String,
+        /// The timeout.
+        limit: std::time::Duration,
+    },
+    /// The flow run was cancelled (a cancellation token, Ctrl-C). Its plans were stopped
+    /// and nothing it was writing was published.
+    #[error("flow run {run_id} of {flow:?} was cancelled; nothing it was writing was published")]
+    Cancelled {
+        /// The flow's name.
+        flow: String,
+        /// The run's id.
+        run_id: String,
+    },
+    /// No run in the run store has this id.
+    #[error(
+        "no flow run {run_id:?} in {store}{detail}; `sluice runs ls --store {store}` lists them"
+    )]
+    RunNotFound {
+        /// The id (or prefix) asked for.
+        run_id: String,
+        /// The run store.
+        store: String,
+        /// More (several runs match the prefix).
+        detail: String,
+    },
     /// A bug in Sluice.
     #[error("internal error in sluice: {message}; please report it as an issue")]
     Internal {
@@ -226,6 +265,47 @@ impl Error {
     /// ```
     pub fn custom(error: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> Self {
         Error::Custom(error.into())
+    }
+
+    /// Wraps an error raised by a task's own code that a new attempt may fix (a rate
+    /// limit of an API it calls, say): the task's retries apply to it.
+    ///
+    /// ```
+    /// let err = sluice_core::Error::retryable(std::io::Error::other("429 from the API"));
+    /// assert!(err.is_retryable());
+    /// assert!(!sluice_core::Error::custom("bad input").is_retryable());
+    /// ```
+    pub fn retryable(error: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> Self {
+        Error::Retryable(error.into())
+    }
+
+    /// Whether a new attempt may succeed: the endpoint was unreachable, the server
+    /// failed or throttled (after the object store's own request retries), a timeout
+    /// hit, a checkpoint was corrupt (it is invalidated, so a new attempt recomputes
+    /// it), or a task marked its error [`retryable`](Self::retryable). Bad data (an
+    /// invalid file, a missing column), bad code or settings (a plan error, an invalid
+    /// option), missing objects, denied access and cancellation are not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Unreachable { .. }
+            | Error::Retryable(_)
+            | Error::Timeout { .. }
+            | Error::CorruptCheckpoint { .. } => true,
+            Error::Task { source, .. }
+            | Error::Write { source, .. }
+            | Error::Checkpoint { source, .. } => source.is_retryable(),
+            Error::Store(store) => store_error_is_transient(store),
+            Error::Read { source, .. } | Error::Execution { source } => {
+                find_in_chain::<object_store::Error>(source).is_some_and(|e| {
+                    matches!(
+                        sluice_store::classify(e),
+                        sluice_store::StoreErrorKind::Unreachable
+                            | sluice_store::StoreErrorKind::Transient
+                    )
+                }) || find_in_chain::<std::io::Error>(source).is_some_and(io_is_transient)
+            }
+            _ => false,
+        }
     }
 
     /// The name of the task this error is attributed to, if any.
@@ -360,6 +440,35 @@ fn root_cause(error: &DataFusionError) -> &DataFusionError {
     }
 }
 
+fn store_error_is_transient(error: &StoreError) -> bool {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(store) = e.downcast_ref::<object_store::Error>() {
+            return matches!(
+                sluice_store::classify(store),
+                sluice_store::StoreErrorKind::Unreachable | sluice_store::StoreErrorKind::Transient
+            );
+        }
+        current = e.source();
+    }
+    false
+}
+
+fn io_is_transient(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        error.kind(),
+        K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::BrokenPipe
+            | K::TimedOut
+            | K::UnexpectedEof
+            | K::Interrupted
+    )
+}
+
 fn find_in_chain<T: StdError + 'static>(error: &DataFusionError) -> Option<&T> {
     let mut current: Option<&(dyn StdError + 'static)> = Some(error);
     while let Some(e) = current {
@@ -445,6 +554,16 @@ fn duplicate(error: &Error) -> Error {
             checkpoint: checkpoint.clone(),
             source: Box::new(duplicate(source)),
         },
+        Error::Timeout { scope, name, limit } => Error::Timeout {
+            scope,
+            name: name.clone(),
+            limit: *limit,
+        },
+        Error::Cancelled { flow, run_id } => Error::Cancelled {
+            flow: flow.clone(),
+            run_id: run_id.clone(),
+        },
+        Error::Retryable(source) => Error::Retryable(source.to_string().into()),
         other => Error::Execution {
             source: DataFusionError::Execution(other.to_string()),
         },

@@ -5,16 +5,48 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use tokio::task::futures::TaskLocalFuture;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
-use crate::run::{FlowRunRecord, FlowState, TaskRunState};
-use crate::{Clock, ExecutionMode, Result, Session};
+use crate::history::RunStore;
+use crate::run::{Closing, FlowRunRecord, FlowState, TaskRunState, call_hook};
+use crate::{Clock, Error, ExecutionMode, Result, Session};
+
+/// Where flow runs record themselves unless told otherwise: `$SLUICE_RUN_STORE`, or
+/// `.sluice/` in the working directory.
+pub const DEFAULT_RUN_STORE: &str = ".sluice/";
+
+/// How long an interrupted run waits for its background cleanups (staging deletes,
+/// multipart aborts) before it reports.
+const CLEANUP_LIMIT: Duration = Duration::from_secs(10);
+
+/// A function called with a flow run's record when the run ends.
+type FlowHook = Arc<dyn Fn(&FlowRunRecord) + Send + Sync>;
+
+/// A flow's hooks, by the state its run ends in.
+#[derive(Clone, Default)]
+struct FlowHooks {
+    completion: Vec<FlowHook>,
+    failure: Vec<FlowHook>,
+    cancellation: Vec<FlowHook>,
+}
+
+impl std::fmt::Debug for FlowHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowHooks")
+            .field("completion", &self.completion.len())
+            .field("failure", &self.failure.len())
+            .field("cancellation", &self.cancellation.len())
+            .finish()
+    }
+}
 
 tokio::task_local! {
     static CURRENT_FLOW: Arc<FlowRunShared>;
@@ -72,14 +104,25 @@ impl FlowRunShared {
             .push(run);
     }
 
-    fn record(&self, state: FlowState, error: Option<String>, closing: bool) -> FlowRunRecord {
-        let tasks = self
-            .tasks
+    /// The latest run of the task named `name` in this flow run.
+    pub(crate) fn task_run(&self, name: &str) -> Option<Arc<TaskRunState>> {
+        self.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|t| t.snapshot(closing))
-            .collect();
+            .rev()
+            .find(|t| t.name == name)
+            .cloned()
+    }
+
+    fn record(
+        &self,
+        state: FlowState,
+        error: Option<String>,
+        closing: Option<Closing<'_>>,
+    ) -> FlowRunRecord {
+        let runs: Vec<_> = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let tasks = runs.iter().map(|t| t.close(closing)).collect();
         let ended = state != FlowState::Running;
         FlowRunRecord {
             flow: self.name.clone(),
@@ -87,13 +130,34 @@ impl FlowRunShared {
             state,
             mode: self.mode,
             version: self.version.clone(),
-            parameters: self.parameters.clone(),
+            parameters: redact_parameters(&self.parameters),
             start: self.start,
             end: ended.then(Utc::now),
             duration_ms: ended.then(|| self.started.elapsed().as_secs_f64() * 1e3),
             tasks,
             error,
         }
+    }
+}
+
+/// Parameters as recorded: credentials inside URL-valued strings are removed.
+fn redact_parameters(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => match url::Url::parse(text) {
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+                Value::String(sluice_store::redact(&url))
+            }
+            _ => value.clone(),
+        },
+        Value::Array(items) => Value::Array(items.iter().map(redact_parameters).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), redact_parameters(v)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
@@ -114,6 +178,11 @@ pub struct FlowOptions {
     result_store: Option<String>,
     checkpoints: bool,
     clock: Clock,
+    run_store: Option<String>,
+    run_history: bool,
+    timeout: Option<Duration>,
+    cancellation: Option<CancellationToken>,
+    hooks: FlowHooks,
 }
 
 impl Default for FlowOptions {
@@ -124,11 +193,67 @@ impl Default for FlowOptions {
             result_store: None,
             checkpoints: true,
             clock: Clock::default(),
+            run_store: None,
+            run_history: true,
+            timeout: None,
+            cancellation: None,
+            hooks: FlowHooks::default(),
         }
     }
 }
 
 impl FlowOptions {
+    /// Where the run's record is written, as JSON (see [`RunStore`]): a path or any
+    /// store URL. By default `$SLUICE_RUN_STORE`, or `.sluice/` in the working
+    /// directory.
+    pub fn with_run_store(mut self, location: impl Into<String>) -> Self {
+        self.run_store = Some(location.into());
+        self
+    }
+
+    /// Whether the run's record is written to the run store (default: yes).
+    pub fn with_run_history(mut self, enabled: bool) -> Self {
+        self.run_history = enabled;
+        self
+    }
+
+    /// Fails the run with [`Error::Timeout`] when it runs longer than `limit`: its
+    /// plans are stopped, nothing it was writing is published, and the task runs it
+    /// stopped are `Cancelled`.
+    pub fn with_timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// Cancels the run when `token` is cancelled (from a Ctrl-C handler, say): its
+    /// plans are stopped, nothing it was writing is published, and the run and the
+    /// task runs it stopped are `Cancelled`.
+    pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
+        self.cancellation = Some(token);
+        self
+    }
+
+    /// Calls `hook` with the run's record when the run completes.
+    pub fn on_completion(mut self, hook: impl Fn(&FlowRunRecord) + Send + Sync + 'static) -> Self {
+        self.hooks.completion.push(Arc::new(hook));
+        self
+    }
+
+    /// Calls `hook` with the run's record when the run fails (or times out).
+    pub fn on_failure(mut self, hook: impl Fn(&FlowRunRecord) + Send + Sync + 'static) -> Self {
+        self.hooks.failure.push(Arc::new(hook));
+        self
+    }
+
+    /// Calls `hook` with the run's record when the run is cancelled.
+    pub fn on_cancellation(
+        mut self,
+        hook: impl Fn(&FlowRunRecord) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.cancellation.push(Arc::new(hook));
+        self
+    }
+
     /// Where persisted tasks write their checkpoints (a path or any store URL:
     /// `file://`, `s3://`, `memory://`), unless a task names its own; like Prefect's
     /// `result_storage`. Without it, checkpoints go to `.sluice/` in the working
@@ -220,6 +345,25 @@ impl Flow {
         self
     }
 
+    /// Where runs are recorded; see [`FlowOptions::with_run_store`].
+    pub fn with_run_store(mut self, location: impl Into<String>) -> Self {
+        self.options = self.options.with_run_store(location);
+        self
+    }
+
+    /// Whether runs are recorded; see [`FlowOptions::with_run_history`].
+    pub fn with_run_history(mut self, enabled: bool) -> Self {
+        self.options = self.options.with_run_history(enabled);
+        self
+    }
+
+    /// Changes the options with `change` (hooks, timeouts, ...):
+    /// `flow.configure(|o| o.with_timeout(limit).on_failure(alert))`.
+    pub fn configure(mut self, change: impl FnOnce(FlowOptions) -> FlowOptions) -> Self {
+        self.options = change(self.options);
+        self
+    }
+
     /// Binds the flow to a body and its parameters. Awaiting the call gives the body's
     /// result; [`FlowCall::run`] gives the whole [`FlowRun`].
     pub fn call<F, T>(self, parameters: serde_json::Value, body: F) -> FlowCall<F>
@@ -293,8 +437,33 @@ where
         self
     }
 
+    /// Records the run in this run store; see [`FlowOptions::with_run_store`].
+    pub fn with_run_store(mut self, location: impl Into<String>) -> Self {
+        self.flow.options = self.flow.options.with_run_store(location);
+        self
+    }
+
+    /// Fails the run when it takes longer than `limit`; see [`FlowOptions::with_timeout`].
+    pub fn with_timeout(mut self, limit: Duration) -> Self {
+        self.flow.options = self.flow.options.with_timeout(limit);
+        self
+    }
+
+    /// Cancels the run with `token`; see [`FlowOptions::with_cancellation`].
+    pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
+        self.flow.options = self.flow.options.with_cancellation(token);
+        self
+    }
+
+    /// Changes the options with `change` (hooks, run history, ...).
+    pub fn configure(mut self, change: impl FnOnce(FlowOptions) -> FlowOptions) -> Self {
+        self.flow.options = change(self.flow.options);
+        self
+    }
+
     /// Starts the run; the future resolves to the body's result and the run record.
     pub fn run(self) -> FlowFuture<F> {
+        let options = &self.flow.options;
         let shared = FlowRunShared::new(&self.flow, self.parameters);
         let span = tracing::info_span!(
             "flow.run",
@@ -302,12 +471,55 @@ where
             run = %shared.run_id,
             mode = %shared.mode,
         );
+        let history = if options.run_history {
+            let location = options
+                .run_store
+                .clone()
+                .or_else(|| std::env::var("SLUICE_RUN_STORE").ok())
+                .unwrap_or_else(|| DEFAULT_RUN_STORE.to_string());
+            match RunStore::open(&shared.session, &location) {
+                Ok(store) => Some(store),
+                Err(e) => {
+                    tracing::warn!(store = %location, error = %e, "cannot open the run store; this run is not recorded");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let starting = history.clone().map(|store| {
+            let record = shared.record(FlowState::Running, None, None);
+            write_record(store, record)
+        });
         FlowFuture {
-            inner: CURRENT_FLOW.scope(Arc::clone(&shared), self.body.instrument(span)),
+            inner: Some(Box::pin(
+                CURRENT_FLOW.scope(Arc::clone(&shared), self.body.instrument(span)),
+            )),
             shared,
-            announced: false,
+            history,
+            hooks: options.hooks.clone(),
+            cancelled: options
+                .cancellation
+                .clone()
+                .map(|token| Box::pin(token.cancelled_owned())),
+            deadline: options
+                .timeout
+                .map(|limit| (limit, Box::pin(tokio::time::sleep(limit)))),
+            starting,
+            finishing: None,
+            ended: None,
         }
     }
+}
+
+/// Writes a run's record; a failure is logged, not raised: the run itself went on.
+fn write_record(store: RunStore, record: FlowRunRecord) -> BoxFuture<'static, ()> {
+    async move {
+        if let Err(e) = store.write(&record).await {
+            tracing::warn!(run = %record.run_id, error = %e, "could not record the flow run");
+        }
+    }
+    .boxed()
 }
 
 impl<F, T> IntoFuture for FlowCall<F>
@@ -323,14 +535,38 @@ where
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A running flow; resolves to a [`FlowRun`].
-    #[must_use = "futures do nothing unless polled"]
-    pub struct FlowFuture<F> {
-        #[pin]
-        inner: TaskLocalFuture<Arc<FlowRunShared>, Instrumented<F>>,
-        shared: Arc<FlowRunShared>,
-        announced: bool,
+/// A running flow; resolves to a [`FlowRun`].
+///
+/// It records the run in the run store before the body starts and again when it
+/// ends; a cancellation or a timeout drops the body (which stops its plans and
+/// discards what they were writing), waits for the cleanups that follow, and
+/// resolves with [`Error::Cancelled`] or [`Error::Timeout`].
+#[must_use = "futures do nothing unless polled"]
+pub struct FlowFuture<F: Future> {
+    inner: Option<Pin<Box<TaskLocalFuture<Arc<FlowRunShared>, Instrumented<F>>>>>,
+    shared: Arc<FlowRunShared>,
+    history: Option<RunStore>,
+    hooks: FlowHooks,
+    cancelled: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    deadline: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    /// Writing the `Running` record, before the body starts.
+    starting: Option<BoxFuture<'static, ()>>,
+    /// Cleanups and the final record, after the body ended.
+    finishing: Option<BoxFuture<'static, ()>>,
+    /// The body's result and the final record, once the body ended.
+    ended: Option<(F::Output, FlowRunRecord)>,
+}
+
+// Nothing in a `FlowFuture` relies on being pinned: the body is boxed, and the ended
+// output is only moved, never pinned.
+impl<F: Future> Unpin for FlowFuture<F> {}
+
+impl<F: Future> std::fmt::Debug for FlowFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowFuture")
+            .field("flow", &self.shared.name)
+            .field("run_id", &self.shared.run_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -341,25 +577,120 @@ where
     type Output = FlowRun<T>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if !*this.announced {
-            *this.announced = true;
+        let this = self.get_mut();
+        if let Some(starting) = this.starting.as_mut() {
+            std::task::ready!(starting.as_mut().poll(cx));
+            this.starting = None;
             tracing::info!(flow = %this.shared.name, run = %this.shared.run_id, mode = %this.shared.mode, "flow run started");
         }
-        let output = std::task::ready!(this.inner.poll(cx));
-        let (state, error) = match &output {
-            Ok(_) => (FlowState::Completed, None),
-            Err(e) => (FlowState::Failed, Some(e.to_string())),
-        };
-        let record = this.shared.record(state, error, true);
-        tracing::info!(
-            flow = %record.flow,
-            run = %record.run_id,
-            state = ?record.state,
-            duration_ms = record.duration_ms,
-            "flow run finished"
-        );
+        if this.ended.is_none() {
+            let (output, interrupted) = match this.poll_body(cx) {
+                Poll::Ready(ended) => ended,
+                Poll::Pending => return Poll::Pending,
+            };
+            let (state, closing) = match (&output, interrupted) {
+                (_, Some(why)) => (
+                    if matches!(output, Err(Error::Cancelled { .. })) {
+                        FlowState::Cancelled
+                    } else {
+                        FlowState::Failed
+                    },
+                    Some(Closing::Interrupted(why)),
+                ),
+                (Ok(_), None) => (FlowState::Completed, Some(Closing::Ended)),
+                (Err(_), None) => (FlowState::Failed, Some(Closing::Ended)),
+            };
+            let error = output.as_ref().err().map(|e| e.to_string());
+            let record = this.shared.record(state, error, closing);
+            tracing::info!(
+                flow = %record.flow,
+                run = %record.run_id,
+                state = ?record.state,
+                duration_ms = record.duration_ms,
+                "flow run finished"
+            );
+            let hooks = match state {
+                FlowState::Completed => &this.hooks.completion,
+                FlowState::Cancelled => &this.hooks.cancellation,
+                _ => &this.hooks.failure,
+            };
+            for hook in hooks {
+                call_hook(&record.flow, hook.as_ref(), &record);
+            }
+            let history = this.history.clone();
+            let saved = record.clone();
+            this.finishing = Some(
+                async move {
+                    if interrupted.is_some() {
+                        sluice_store::cleanup::drain(CLEANUP_LIMIT).await;
+                    }
+                    if let Some(store) = history {
+                        write_record(store, saved).await;
+                    }
+                }
+                .boxed(),
+            );
+            this.ended = Some((output, record));
+        }
+        if let Some(finishing) = this.finishing.as_mut() {
+            std::task::ready!(finishing.as_mut().poll(cx));
+            this.finishing = None;
+        }
+        let (output, record) = this
+            .ended
+            .take()
+            .expect("a flow future polled after it resolved");
         Poll::Ready(FlowRun { output, record })
+    }
+}
+
+impl<F, T> FlowFuture<F>
+where
+    F: Future<Output = Result<T>>,
+{
+    /// Polls the body, racing it against cancellation and the timeout. On either,
+    /// the body is dropped (its plans stop, its staged outputs are discarded) and the
+    /// reason is returned.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<(Result<T>, Option<&'static str>)> {
+        let interruption = if self
+            .cancelled
+            .as_mut()
+            .is_some_and(|c| c.as_mut().poll(cx).is_ready())
+        {
+            Some((
+                Error::Cancelled {
+                    flow: self.shared.name.clone(),
+                    run_id: self.shared.run_id.clone(),
+                },
+                "the flow run was cancelled",
+            ))
+        } else if let Some((limit, deadline)) = self.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            Some((
+                Error::Timeout {
+                    scope: "flow",
+                    name: self.shared.name.clone(),
+                    limit: *limit,
+                },
+                "the flow run timed out",
+            ))
+        } else {
+            None
+        };
+        if let Some((error, why)) = interruption {
+            // Dropping the body drops every plan it was running.
+            self.inner = None;
+            tracing::warn!(flow = %self.shared.name, run = %self.shared.run_id, reason = why, "flow run interrupted");
+            return Poll::Ready((Err(error), Some(why)));
+        }
+        let inner = self
+            .inner
+            .as_mut()
+            .expect("a flow future polled after it resolved");
+        let output = std::task::ready!(inner.as_mut().poll(cx));
+        self.inner = None;
+        Poll::Ready((output, None))
     }
 }
 

@@ -484,6 +484,10 @@ impl Frame {
         Fut: std::future::Future<Output = datafusion::error::Result<Vec<RecordBatch>>>,
     {
         let url = resolve_url(dest)?;
+        if let Some(published) = crate::task::already_published(url.as_str()) {
+            tracing::info!(dest = %sluice_store::redact(&url), "an earlier attempt of this task run published it; not written again");
+            return Ok(published);
+        }
         let kind = layout.resolve(&url, extension);
         let staged = StagedOutput::new(self.inner.session.stores(), &url, kind)?;
         let write_options =
@@ -516,12 +520,14 @@ impl Frame {
         };
         let published = staged.publish().await?;
         tracing::info!(dest = %published.url, rows, bytes = published.bytes(), files = published.files.len(), "published output");
-        Ok(WriteSummary {
+        let summary = WriteSummary {
             url: published.url.to_string(),
             rows,
             bytes: published.bytes(),
             files: published.files.into_iter().map(WrittenFile::from).collect(),
-        })
+        };
+        crate::task::note_published(&summary);
+        Ok(summary)
     }
 }
 

@@ -27,11 +27,18 @@
 //!                     .await
 //!             })
 //!             .await?;
+//!         // A task's body may be called again (retries): it clones what it moves.
 //!         let df = Task::new("transform")
-//!             .run(|_cx| async move { raw.with_column("tip_fraction", col("tip") / col("total")) })
+//!             .run(|_cx| {
+//!                 let raw = raw.clone();
+//!                 async move { raw.with_column("tip_fraction", col("tip") / col("total")) }
+//!             })
 //!             .await?;
 //!         Task::new("load")
-//!             .run(|_cx| async move { df.write_parquet(&dest, ParquetWrite::zstd(3)).await })
+//!             .run(|_cx| {
+//!                 let (df, dest) = (df.clone(), dest.clone());
+//!                 async move { df.write_parquet(&dest, ParquetWrite::zstd(3)).await }
+//!             })
 //!             .await
 //!     })
 //!     .await;
@@ -47,7 +54,9 @@ pub mod checkpoint;
 mod error;
 mod flow;
 mod frame;
+mod history;
 mod lineage;
+mod retry;
 mod run;
 mod session;
 mod task;
@@ -58,12 +67,14 @@ pub use checkpoint::{
     Manifest, Persist,
 };
 pub use error::{Error, Result};
-pub use flow::{Flow, FlowCall, FlowFuture, FlowOptions, FlowRun};
+pub use flow::{DEFAULT_RUN_STORE, Flow, FlowCall, FlowFuture, FlowOptions, FlowRun};
 pub use frame::{ColumnInfo, Frame, FrameInfo, WriteSummary, WrittenFile};
+pub use history::{RunFilter, RunStore};
 pub use lineage::{SourceObject, UpstreamTask};
+pub use retry::{Retry, RetryDelay};
 pub use run::{
-    CacheRecord, ExecutionMode, ExecutionOutcome, FlowRunRecord, FlowState, TaskExecution,
-    TaskRunRecord, TaskState,
+    CacheRecord, ExecutionMode, ExecutionOutcome, FlowRunRecord, FlowState, TaskAttempt,
+    TaskExecution, TaskRunRecord, TaskState,
 };
 pub use session::{Session, SessionBuilder};
 pub use task::{DEFAULT_RESULT_STORE, Task, TaskContext, TaskOutput};
@@ -71,6 +82,7 @@ pub use write::{Compression, CsvWrite, ParquetWrite, WriteLayout};
 
 pub use datafusion::common::JoinType;
 pub use datafusion::logical_expr::{Expr, SortExpr, lit};
+pub use tokio_util::sync::CancellationToken;
 
 /// A column by its exact name, case and all (`col("VendorID")`), as in Polars.
 ///

@@ -67,10 +67,25 @@ pub enum TaskState {
     /// else consumed its output. The record's `reason` names that task.
     Skipped,
     /// Its output stream was dropped before its end (a downstream `limit` that did not
-    /// reach the scan, a cancelled sink), and no execution ran to the end.
+    /// reach the scan, a cancelled sink), and no execution ran to the end; or the flow
+    /// run was cancelled or timed out while it ran. The record's `reason` says which.
     Cancelled,
+    /// An attempt failed with an error that can be retried; the next attempt starts
+    /// after the retry delay. The record's `attempts` lists them.
+    Retrying,
     /// Failed; the record's `error` says why.
     Failed,
+}
+
+impl TaskState {
+    /// Whether the run has ended in this state (nothing will change it but a later
+    /// execution that completes the output of a task that failed).
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            TaskState::Pending | TaskState::Running | TaskState::Retrying
+        )
+    }
 }
 
 /// The state of a flow run.
@@ -81,8 +96,57 @@ pub enum FlowState {
     Running,
     /// The flow body returned `Ok`.
     Completed,
-    /// The flow body returned an error.
+    /// The flow body returned an error, or the run timed out.
     Failed,
+    /// The run was cancelled (a cancellation token, Ctrl-C): its plans were stopped and
+    /// nothing it was writing was published.
+    Cancelled,
+}
+
+impl std::str::FromStr for FlowState {
+    type Err = Error;
+
+    /// Parses a state name, ignoring case.
+    ///
+    /// ```
+    /// use sluice_core::FlowState;
+    /// assert_eq!("failed".parse::<FlowState>().unwrap(), FlowState::Failed);
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "running" => Ok(FlowState::Running),
+            "completed" => Ok(FlowState::Completed),
+            "failed" => Ok(FlowState::Failed),
+            "cancelled" | "canceled" => Ok(FlowState::Cancelled),
+            other => Err(Error::InvalidOption {
+                option: "state",
+                reason: format!(
+                    "{other:?} is not a flow-run state; use running, completed, failed or cancelled"
+                ),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for FlowState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// One attempt of a task run: each call of its body. A task with retries has one per
+/// try; the last one is the attempt that decided the run's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TaskAttempt {
+    /// 1 for the first call of the body.
+    pub attempt: u32,
+    /// When it started.
+    pub start: DateTime<Utc>,
+    /// How long the body ran, in milliseconds.
+    pub duration_ms: f64,
+    /// Why it failed; `None` for the attempt that succeeded.
+    pub error: Option<String>,
 }
 
 /// How one execution of a task's output ended.
@@ -178,6 +242,9 @@ pub struct TaskRunRecord {
     pub cache: Option<CacheRecord>,
     /// Each execution of its output, in order (lazy mode).
     pub executions: Vec<TaskExecution>,
+    /// Each call of its body, in order, when it was retried (empty otherwise).
+    #[serde(default)]
+    pub attempts: Vec<TaskAttempt>,
     /// Why it is `Skipped` or `Cancelled`.
     pub reason: Option<String>,
     /// Why it failed.
@@ -235,6 +302,8 @@ impl FlowRunRecord {
 /// node. Counted by the streams of those partitions.
 #[derive(Debug)]
 pub(crate) struct ExecutionState {
+    /// When the first partition started.
+    pub(crate) started: Instant,
     partitions: usize,
     from_checkpoint: bool,
     rows: AtomicU64,
@@ -279,6 +348,15 @@ impl ExecutionState {
     }
 }
 
+/// Why a flow run closes its task runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Closing<'a> {
+    /// The flow body returned.
+    Ended,
+    /// The flow run was cancelled or timed out; the reason says which.
+    Interrupted(&'a str),
+}
+
 /// How one partition's stream of an execution ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StreamEnd {
@@ -290,12 +368,61 @@ pub(crate) enum StreamEnd {
     Dropped,
 }
 
+/// A function called with a task run's record when the run ends.
+pub(crate) type TaskHook = Arc<dyn Fn(&TaskRunRecord) + Send + Sync>;
+
+/// A task's hooks: called once, with the run's record, when it reaches a final state.
+#[derive(Clone, Default)]
+pub(crate) struct TaskHooks {
+    pub(crate) completion: Vec<TaskHook>,
+    pub(crate) failure: Vec<TaskHook>,
+    pub(crate) cancellation: Vec<TaskHook>,
+}
+
+impl std::fmt::Debug for TaskHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskHooks")
+            .field("completion", &self.completion.len())
+            .field("failure", &self.failure.len())
+            .field("cancellation", &self.cancellation.len())
+            .finish()
+    }
+}
+
+impl TaskHooks {
+    fn for_state(&self, state: TaskState) -> &[TaskHook] {
+        match state {
+            TaskState::Completed | TaskState::Cached => &self.completion,
+            TaskState::Failed => &self.failure,
+            TaskState::Cancelled => &self.cancellation,
+            _ => &[],
+        }
+    }
+}
+
+/// Calls `hook` with `value`; a hook that panics is logged, not propagated.
+pub(crate) fn call_hook<T: ?Sized>(what: &str, hook: &(dyn Fn(&T) + Send + Sync), value: &T) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(value))).is_err() {
+        tracing::warn!(hook = what, "a hook panicked; the run's state is unchanged");
+    }
+}
+
 /// The live state of one task run, shared by the task wrapper and the boundary node
 /// that counts the task's output while it streams.
 #[derive(Debug)]
 pub(crate) struct TaskRunState {
     pub(crate) id: u64,
     pub(crate) name: String,
+    pub(crate) retry: Option<crate::Retry>,
+    /// How long one attempt of the body, or one execution of its lazy output, may take.
+    pub(crate) timeout: Option<std::time::Duration>,
+    /// What sinks inside this run published, by destination: a retry does not write
+    /// them again.
+    published: Mutex<Vec<crate::WriteSummary>>,
+    /// Retries spent so far (by this task's body, or by a sink that reran its output).
+    retries_used: std::sync::atomic::AtomicU32,
+    hooks: TaskHooks,
+    hooked: AtomicBool,
     record: Mutex<TaskRunRecord>,
     started: Instant,
     executions: Mutex<Vec<Arc<ExecutionState>>>,
@@ -308,10 +435,27 @@ pub(crate) struct TaskRunState {
 static NEXT_TASK_RUN: AtomicU64 = AtomicU64::new(1);
 
 impl TaskRunState {
+    #[cfg(test)]
     pub(crate) fn new(name: &str, version: Option<String>) -> Arc<Self> {
+        Self::with_settings(name, version, None, None, TaskHooks::default())
+    }
+
+    pub(crate) fn with_settings(
+        name: &str,
+        version: Option<String>,
+        retry: Option<crate::Retry>,
+        timeout: Option<std::time::Duration>,
+        hooks: TaskHooks,
+    ) -> Arc<Self> {
         Arc::new(Self {
             id: NEXT_TASK_RUN.fetch_add(1, Ordering::Relaxed),
             name: name.to_string(),
+            retry,
+            timeout,
+            published: Mutex::new(Vec::new()),
+            retries_used: std::sync::atomic::AtomicU32::new(0),
+            hooks,
+            hooked: AtomicBool::new(false),
             record: Mutex::new(TaskRunRecord {
                 name: name.to_string(),
                 state: TaskState::Pending,
@@ -326,6 +470,7 @@ impl TaskRunState {
                 cache_key: None,
                 cache: None,
                 executions: Vec::new(),
+                attempts: Vec::new(),
                 reason: None,
                 error: None,
             }),
@@ -336,11 +481,101 @@ impl TaskRunState {
         })
     }
 
-    /// The body starts running.
+    /// The body starts running (again, after a retry).
     pub(crate) fn start(&self) {
         let mut record = self.lock();
-        if record.state == TaskState::Pending {
+        if matches!(record.state, TaskState::Pending | TaskState::Retrying) {
             record.state = TaskState::Running;
+        }
+    }
+
+    /// Spends one retry of this task's policy, if any is left: returns the attempt
+    /// number that follows (2 for the first retry) and the delay before it.
+    pub(crate) fn take_retry(&self) -> Option<(u32, std::time::Duration)> {
+        let retry = self.retry.as_ref()?;
+        let used = self
+            .retries_used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used < retry.retries()).then_some(used + 1)
+            })
+            .ok()?;
+        Some((used + 2, retry.delay_before(used + 1)))
+    }
+
+    /// Records an attempt of the body. A failed one that will be retried puts the run
+    /// in `Retrying` (its error shown until the next attempt).
+    pub(crate) fn attempt(
+        &self,
+        attempt: u32,
+        start: DateTime<Utc>,
+        duration: std::time::Duration,
+        error: Option<&Error>,
+        retrying: bool,
+    ) {
+        let mut record = self.lock();
+        record.attempts.push(TaskAttempt {
+            attempt,
+            start,
+            duration_ms: duration.as_secs_f64() * 1e3,
+            error: error.map(|e| e.to_string()),
+        });
+        if retrying {
+            record.state = TaskState::Retrying;
+            record.end = None;
+            record.duration_ms = None;
+            record.error = error.map(|e| e.to_string());
+        }
+    }
+
+    /// Whether a retry of this task's policy is left (without spending it).
+    pub(crate) fn has_retry_left(&self) -> bool {
+        self.retry
+            .as_ref()
+            .is_some_and(|r| self.retries_used.load(Ordering::Acquire) < r.retries())
+    }
+
+    /// An execution of this task's output failed with an error that a rerun of the
+    /// sink may fix, and a retry is left: the run is `Retrying` until the sink decides.
+    pub(crate) fn execution_failed_retryably(&self, error: &Error) {
+        let mut record = self.lock();
+        if !record.state.is_final() {
+            record.state = TaskState::Retrying;
+            record.error = Some(error.to_string());
+        }
+    }
+
+    /// What a sink of this run published at `url` before, if it did.
+    pub(crate) fn published(&self, url: &str) -> Option<crate::WriteSummary> {
+        self.published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|w| w.url == url)
+            .cloned()
+    }
+
+    /// A sink of this run published `summary`.
+    pub(crate) fn record_published(&self, summary: &crate::WriteSummary) {
+        self.published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(summary.clone());
+    }
+
+    /// Whether attempts are recorded for this run (it has a retry policy).
+    pub(crate) fn records_attempts(&self) -> bool {
+        self.retry.is_some()
+    }
+
+    /// Calls the hooks of `state`, once per run.
+    fn fire_hooks(&self, state: TaskState) {
+        let hooks = self.hooks.for_state(state);
+        if hooks.is_empty() || self.hooked.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let record = self.snapshot(false);
+        for hook in hooks {
+            call_hook(&self.name, hook.as_ref(), &record);
         }
     }
 
@@ -375,6 +610,8 @@ impl TaskRunState {
         let mut record = self.lock();
         if matches!(record.state, TaskState::Pending | TaskState::Running) {
             self.finish_locked(&mut record, TaskState::Cached, None);
+            drop(record);
+            self.fire_hooks(TaskState::Cached);
         }
     }
 
@@ -394,6 +631,7 @@ impl TaskRunState {
         from_checkpoint: bool,
     ) -> Arc<ExecutionState> {
         let execution = Arc::new(ExecutionState {
+            started: Instant::now(),
             partitions: partitions.max(1),
             from_checkpoint,
             rows: AtomicU64::new(0),
@@ -424,12 +662,24 @@ impl TaskRunState {
         };
         counter.fetch_add(1, Ordering::AcqRel);
         let mut record = self.lock();
-        match execution.outcome() {
+        let finished = match execution.outcome() {
             ExecutionOutcome::Completed
-                if matches!(record.state, TaskState::Running | TaskState::Cancelled) =>
+                if matches!(
+                    record.state,
+                    TaskState::Running
+                        | TaskState::Retrying
+                        | TaskState::Cancelled
+                        | TaskState::Failed
+                ) =>
             {
-                record.reason = None;
+                // A later execution (a retry of the sink that consumed it) produced the
+                // whole output after an earlier one failed or was dropped.
+                record.reason = record
+                    .error
+                    .take()
+                    .map(|e| format!("an earlier execution failed: {e}"));
                 self.finish_locked(&mut record, TaskState::Completed, None);
+                Some(TaskState::Completed)
             }
             ExecutionOutcome::Dropped if record.state == TaskState::Running => {
                 record.reason = Some(
@@ -438,8 +688,13 @@ impl TaskRunState {
                         .into(),
                 );
                 self.finish_locked(&mut record, TaskState::Cancelled, None);
+                Some(TaskState::Cancelled)
             }
-            _ => {}
+            _ => None,
+        };
+        drop(record);
+        if let Some(state) = finished {
+            self.fire_hooks(state);
         }
     }
 
@@ -456,6 +711,8 @@ impl TaskRunState {
         let mut record = self.lock();
         if record.state == TaskState::Running {
             self.finish_locked(&mut record, TaskState::Completed, None);
+            drop(record);
+            self.fire_hooks(TaskState::Completed);
         }
     }
 
@@ -470,6 +727,8 @@ impl TaskRunState {
         let mut record = self.lock();
         if record.state != TaskState::Failed {
             self.finish_locked(&mut record, TaskState::Failed, Some(error.to_string()));
+            drop(record);
+            self.fire_hooks(TaskState::Failed);
         }
     }
 
@@ -495,6 +754,13 @@ impl TaskRunState {
     /// unnecessary, `Completed` if nothing consumed it, `Cancelled` if a stream of it was
     /// still open.
     pub(crate) fn snapshot(&self, closing: bool) -> TaskRunRecord {
+        self.close(closing.then_some(Closing::Ended))
+    }
+
+    /// Closes the run because the flow run ended (`Closing::Ended`) or was interrupted
+    /// (`Closing::Interrupted`: every run not final is `Cancelled` with that reason), and
+    /// returns its record.
+    pub(crate) fn close(&self, closing: Option<Closing<'_>>) -> TaskRunRecord {
         let executions: Vec<TaskExecution> = self
             .executions
             .lock()
@@ -503,7 +769,19 @@ impl TaskRunState {
             .map(|e| e.record())
             .collect();
         let mut record = self.lock();
-        if closing && matches!(record.state, TaskState::Pending | TaskState::Running) {
+        let mut finished = None;
+        if let Some(Closing::Interrupted(why)) = closing
+            && !record.state.is_final()
+        {
+            record.reason = Some(why.to_string());
+            self.finish_locked(&mut record, TaskState::Cancelled, None);
+            finished = Some(TaskState::Cancelled);
+        } else if closing.is_some() && record.state == TaskState::Retrying {
+            // An execution failed and no sink reran it.
+            let error = record.error.take();
+            self.finish_locked(&mut record, TaskState::Failed, error);
+            finished = Some(TaskState::Failed);
+        } else if closing.is_some() && !record.state.is_final() {
             let superseded = self
                 .superseded_by
                 .lock()
@@ -524,8 +802,10 @@ impl TaskRunState {
             };
             record.reason = reason;
             self.finish_locked(&mut record, state, None);
+            finished = Some(state);
         }
         let mut out = record.clone();
+        drop(record);
         if let Some(chosen) = executions
             .iter()
             .find(|e| e.outcome == ExecutionOutcome::Completed)
@@ -536,6 +816,9 @@ impl TaskRunState {
         }
         out.busy_ms += executions.iter().map(|e| e.busy_ms).sum::<f64>();
         out.executions = executions;
+        if let Some(state) = finished {
+            self.fire_hooks(state);
+        }
         out
     }
 }

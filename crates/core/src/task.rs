@@ -15,8 +15,27 @@ use crate::checkpoint::{
 };
 use crate::flow::FlowRunShared;
 use crate::lineage::Lineage;
-use crate::run::{CacheRecord, TaskRunState, TaskState};
-use crate::{Error, ExecutionMode, Frame, FrameInfo, Result, Session, WriteSummary};
+use crate::run::{CacheRecord, TaskHooks, TaskRunRecord, TaskRunState, TaskState};
+use crate::{Error, ExecutionMode, Frame, FrameInfo, Result, Retry, Session, WriteSummary};
+
+tokio::task_local! {
+    /// The task run whose body is running: sinks inside it consult it so that a retry
+    /// never writes a destination it already published.
+    static CURRENT_TASK: Arc<TaskRunState>;
+}
+
+/// What the running task's sinks published at `url` before (an earlier attempt).
+pub(crate) fn already_published(url: &str) -> Option<WriteSummary> {
+    CURRENT_TASK
+        .try_with(|run| run.published(url))
+        .ok()
+        .flatten()
+}
+
+/// A sink of the running task published `summary`.
+pub(crate) fn note_published(summary: &WriteSummary) {
+    let _ = CURRENT_TASK.try_with(|run| run.record_published(summary));
+}
 
 /// A named task. `#[task]` expands to this; without macros, call [`Task::run`] with the
 /// task's body.
@@ -33,7 +52,10 @@ use crate::{Error, ExecutionMode, Frame, FrameInfo, Result, Session, WriteSummar
 ///
 /// async fn double(df: Frame) -> sluice_core::Result<Frame> {
 ///     Task::new("double")
-///         .run(|_cx| async move { df.with_column("n2", col("n") * lit(2)) })
+///         .run(|_cx| {
+///             let df = df.clone(); // the body runs again on a retry
+///             async move { df.with_column("n2", col("n") * lit(2)) }
+///         })
 ///         .await
 /// }
 /// let session = sluice_core::Session::new();
@@ -53,6 +75,9 @@ pub struct Task {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TaskConfig {
     version: Option<String>,
+    retry: Option<Retry>,
+    timeout: Option<std::time::Duration>,
+    hooks: TaskHooks,
     persist: Option<Persist>,
     cache: Option<CachePolicy>,
     result_store: Option<String>,
@@ -140,50 +165,208 @@ impl Task {
         self
     }
 
+    /// Retries the task when it fails with an error a new attempt may fix (see
+    /// [`Error::is_retryable`]), like Prefect's `retries` / `retry_delay_seconds`.
+    ///
+    /// In lazy mode a task that returns a frame only builds a plan; its failures
+    /// surface in the sink that runs it. The sink's task then runs its body again (so
+    /// its plan runs again), spending a retry of the task that failed. A checkpoint
+    /// committed upstream is read by the new attempt, not recomputed, and a destination
+    /// the sink already published is not written again.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use sluice_core::*;
+    /// let calls = AtomicU32::new(0);
+    /// let run = Flow::new("flaky")
+    ///     .with_run_history(false)
+    ///     .run(serde_json::json!({}), async {
+    ///         Task::new("call_api")
+    ///             .with_retries(Retry::new(2))
+    ///             .run(|_cx| async {
+    ///                 match calls.fetch_add(1, Ordering::SeqCst) {
+    ///                     0 => Err(Error::retryable(std::io::Error::other("429"))),
+    ///                     _ => Ok(7u64),
+    ///                 }
+    ///             })
+    ///             .await
+    ///     })
+    ///     .await;
+    /// assert_eq!(*run.output.as_ref().unwrap(), 7);
+    /// let task = &run.record.tasks[0];
+    /// assert_eq!(task.state, TaskState::Completed);
+    /// assert_eq!(task.attempts.len(), 2);
+    /// assert!(task.attempts[0].error.as_deref().unwrap().contains("429"));
+    /// # }
+    /// ```
+    pub fn with_retries(mut self, retry: Retry) -> Self {
+        self.config.retry = Some(retry);
+        self
+    }
+
+    /// Fails the task with [`Error::Timeout`] when an attempt of its body runs longer
+    /// than `limit`, or, in lazy mode, when one execution of its output (the streaming
+    /// of its fragment, everything upstream included, inside whichever sink runs it)
+    /// does. Building a lazy fragment takes no time; the time that counts is the
+    /// streaming. The plans it ran are stopped and nothing partial is published. A
+    /// timeout can be retried.
+    pub fn with_timeout(mut self, limit: std::time::Duration) -> Self {
+        self.config.timeout = Some(limit);
+        self
+    }
+
+    /// Calls `hook` with the run's record when the run completes (or is read from a
+    /// checkpoint). Hooks run once per run, on the thread that ended it: keep them short.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::sync::{Arc, Mutex};
+    /// use sluice_core::*;
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&seen);
+    /// let _ = Task::new("answer")
+    ///     .on_completion(move |record| log.lock().unwrap().push(record.name.clone()))
+    ///     .run(|_cx| async { Ok(42u64) })
+    ///     .await;
+    /// assert_eq!(*seen.lock().unwrap(), ["answer"]);
+    /// # }
+    /// ```
+    pub fn on_completion(mut self, hook: impl Fn(&TaskRunRecord) + Send + Sync + 'static) -> Self {
+        self.config.hooks.completion.push(Arc::new(hook));
+        self
+    }
+
+    /// Calls `hook` with the run's record when the run fails (after its last retry).
+    pub fn on_failure(mut self, hook: impl Fn(&TaskRunRecord) + Send + Sync + 'static) -> Self {
+        self.config.hooks.failure.push(Arc::new(hook));
+        self
+    }
+
+    /// Calls `hook` with the run's record when the run is cancelled (the flow run was
+    /// cancelled or timed out while it ran, or its output stream was dropped).
+    pub fn on_cancellation(
+        mut self,
+        hook: impl Fn(&TaskRunRecord) + Send + Sync + 'static,
+    ) -> Self {
+        self.config.hooks.cancellation.push(Arc::new(hook));
+        self
+    }
+
     /// Runs `body` as one run of this task, inside the current flow run (or a one-off
-    /// run when called outside any flow).
-    pub async fn run<T, F, Fut>(self, body: F) -> Result<T>
+    /// run when called outside any flow). The body is called again for each retry
+    /// ([`with_retries`](Self::with_retries)), so it is `FnMut`: clone what it moves.
+    pub async fn run<T, F, Fut>(self, mut body: F) -> Result<T>
     where
         T: TaskOutput,
-        F: FnOnce(TaskContext) -> Fut,
+        F: FnMut(TaskContext) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let flow = FlowRunShared::current_or_ad_hoc(&self.name);
-        let run = TaskRunState::new(&self.name, self.config.version.clone());
+        let run = TaskRunState::with_settings(
+            &self.name,
+            self.config.version.clone(),
+            self.config.retry.clone(),
+            self.config.timeout,
+            self.config.hooks.clone(),
+        );
         flow.add_task(Arc::clone(&run));
+        let timeout = self.config.timeout;
         let cx = TaskContext {
             flow: Arc::clone(&flow),
             run: Arc::clone(&run),
             config: Arc::new(self.config),
+            attempt: 1,
         };
-        let span = tracing::info_span!("task.run", task = %self.name, flow_run = %flow.run_id);
-        let result = async {
-            run.start();
-            if cx.persistence().is_some() {
-                crate::checkpoint::validate_name("task name", &self.name)?;
-            }
-            tracing::debug!("task run started");
-            let output = body(cx.clone()).await?;
-            output.finish(&cx).await
-        }
-        .instrument(span)
-        .await;
-        match result {
-            Ok(output) => {
-                run.body_done();
-                Ok(output)
-            }
-            Err(error) => {
-                match error.task() {
-                    Some(upstream) if upstream != self.name => run.fail(&Error::UpstreamFailed {
-                        task: self.name.clone(),
-                        upstream: upstream.to_string(),
-                    }),
-                    _ => run.fail(&error),
+        let span = tracing::info_span!("task.run", task = %self.name, flow_run = %flow.run_id, task_run = run.id);
+        let mut attempt = 1;
+        loop {
+            let start = chrono::Utc::now();
+            let started = std::time::Instant::now();
+            let cx = TaskContext {
+                attempt,
+                ..cx.clone()
+            };
+            let work = async {
+                run.start();
+                if cx.persistence().is_some() {
+                    crate::checkpoint::validate_name("task name", &self.name)?;
                 }
-                Err(error.in_task(&self.name))
+                tracing::debug!(attempt, "task run started");
+                let output = body(cx.clone()).await?;
+                output.finish(&cx).await
+            };
+            let work = CURRENT_TASK.scope(Arc::clone(&run), work.instrument(span.clone()));
+            let result = match timeout {
+                Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+                    Err(Error::Timeout {
+                        scope: "task",
+                        name: self.name.clone(),
+                        limit,
+                    })
+                }),
+                None => work.await,
+            };
+            match result {
+                Ok(output) => {
+                    if run.records_attempts() {
+                        run.attempt(attempt, start, started.elapsed(), None, false);
+                    }
+                    run.body_done();
+                    return Ok(output);
+                }
+                Err(error) => {
+                    if let Some(delay) = retry_of(&flow, &run, &error) {
+                        let next = attempt + 1;
+                        run.attempt(attempt, start, started.elapsed(), Some(&error), true);
+                        tracing::warn!(parent: &span, task = %self.name, attempt, next, delay_ms = delay.as_millis() as u64, error = %error, "task attempt failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        attempt = next;
+                        continue;
+                    }
+                    if run.records_attempts() {
+                        run.attempt(attempt, start, started.elapsed(), Some(&error), false);
+                    }
+                    match error.task() {
+                        Some(upstream) if upstream != self.name => {
+                            run.fail(&Error::UpstreamFailed {
+                                task: self.name.clone(),
+                                upstream: upstream.to_string(),
+                            })
+                        }
+                        _ => run.fail(&error),
+                    }
+                    return Err(error.in_task(&self.name));
+                }
             }
         }
+    }
+}
+
+/// Whether a failed attempt of `run` is retried, and when: by this task's own retries
+/// when the error is its own, or by the retries of the upstream task it is attributed
+/// to (a lazy task whose output failed while this task's sink streamed it: rerunning
+/// this body reruns that plan). Returns the delay before the next attempt.
+fn retry_of(
+    flow: &FlowRunShared,
+    run: &TaskRunState,
+    error: &Error,
+) -> Option<std::time::Duration> {
+    if !error.is_retryable() {
+        return None;
+    }
+    let own = || {
+        let (_, delay) = run.take_retry()?;
+        Some(delay)
+    };
+    match error.task() {
+        Some(upstream) if upstream != run.name => flow
+            .task_run(upstream)
+            .and_then(|upstream| upstream.take_retry().map(|(_, delay)| delay))
+            .or_else(own),
+        _ => own(),
     }
 }
 
@@ -194,6 +377,7 @@ pub struct TaskContext {
     flow: Arc<FlowRunShared>,
     run: Arc<TaskRunState>,
     config: Arc<TaskConfig>,
+    attempt: u32,
 }
 
 /// Where and how a persisted task's checkpoint goes.
@@ -248,6 +432,11 @@ impl TaskContext {
     /// The flow run's id.
     pub fn flow_run_id(&self) -> &str {
         &self.flow.run_id
+    }
+
+    /// Which attempt of the task this is: 1, then 2 for the first retry.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
     }
 
     /// The flow's execution mode.

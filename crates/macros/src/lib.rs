@@ -42,6 +42,12 @@ struct Settings {
     persist: Option<TokenStream2>,
     /// `cache = <expr>`: a `CachePolicy`.
     cache: Option<TokenStream2>,
+    /// `retries = <expr>`: a `u32`.
+    retries: Option<TokenStream2>,
+    /// `retry_delay = <expr>`: a `RetryDelay`.
+    retry_delay: Option<TokenStream2>,
+    /// `timeout = <expr>`: a `Duration`.
+    timeout: Option<TokenStream2>,
 }
 
 fn parse_settings(attr: TokenStream, what: &str) -> syn::Result<Settings> {
@@ -50,9 +56,12 @@ fn parse_settings(attr: TokenStream, what: &str) -> syn::Result<Settings> {
         version: None,
         persist: None,
         cache: None,
+        retries: None,
+        retry_delay: None,
+        timeout: None,
     };
     let supported = if what == "task" {
-        "name, version, persist, cache"
+        "name, version, persist, cache, retries, retry_delay, timeout"
     } else {
         "name, version"
     };
@@ -74,6 +83,18 @@ fn parse_settings(attr: TokenStream, what: &str) -> syn::Result<Settings> {
             (Meta::NameValue(nv), "cache") if what == "task" => {
                 let value = &nv.value;
                 settings.cache = Some(quote! { #value });
+            }
+            (Meta::NameValue(nv), "retries") if what == "task" => {
+                let value = &nv.value;
+                settings.retries = Some(quote! { #value });
+            }
+            (Meta::NameValue(nv), "retry_delay") if what == "task" => {
+                let value = &nv.value;
+                settings.retry_delay = Some(quote! { #value });
+            }
+            (Meta::NameValue(nv), "timeout") if what == "task" => {
+                let value = &nv.value;
+                settings.timeout = Some(quote! { #value });
             }
             (Meta::NameValue(nv), "name" | "version") => {
                 let Expr::Lit(ExprLit {
@@ -219,7 +240,14 @@ fn return_type(sig: &syn::Signature) -> TokenStream2 {
 ///   signature or body changes it, and so invalidates its cache; whitespace, comments
 ///   and attributes do not, nor does a new compiler version);
 /// - `persist` or `persist = Persist::Barrier`: checkpoint the output;
-/// - `cache = CachePolicy::inputs().expire_after(..)`: how the cache key is made.
+/// - `cache = CachePolicy::inputs().expire_after(..)`: how the cache key is made;
+/// - `retries = 3` and `retry_delay = RetryDelay::exponential(Duration::from_secs(1))`:
+///   retry errors that a new attempt may fix;
+/// - `timeout = Duration::from_secs(600)`: fail an attempt (or, for a lazy task, one
+///   streaming of its output) that takes longer.
+///
+/// A retry calls the body again with its own copy of each owned argument, so owned
+/// arguments must be `Clone` (a `Frame` is a cheap handle).
 ///
 /// Every argument other than the context and frames is recorded as a parameter of the
 /// call (as JSON where it implements `Serialize`) and is part of the cache key.
@@ -254,6 +282,23 @@ fn expand_task(settings: Settings, item: ItemFn) -> syn::Result<TokenStream2> {
     if let Some(cache) = &settings.cache {
         options.extend(quote! { .cache(#cache) });
     }
+    match (&settings.retries, &settings.retry_delay) {
+        (Some(retries), Some(delay)) => options
+            .extend(quote! { .with_retries(::sluice::Retry::new(#retries).with_delay(#delay)) }),
+        (Some(retries), None) => {
+            options.extend(quote! { .with_retries(::sluice::Retry::new(#retries)) })
+        }
+        (None, Some(delay)) => {
+            return Err(syn::Error::new_spanned(
+                delay,
+                "`retry_delay` needs `retries = N`",
+            ));
+        }
+        (None, None) => {}
+    }
+    if let Some(timeout) = &settings.timeout {
+        options.extend(quote! { .with_timeout(#timeout) });
+    }
     let mut bind_cx = TokenStream2::new();
     if sig.inputs.first().is_some_and(is_task_context) {
         let first = sig.inputs.iter().next().cloned();
@@ -264,6 +309,21 @@ fn expand_task(settings: Settings, item: ItemFn) -> syn::Result<TokenStream2> {
         }
     } else {
         bind_cx = quote! { let _ = &__sluice_cx; };
+    }
+    // The body is called again on a retry: each call gets its own copy of the owned
+    // arguments (references are copied as they are). The `mut` of an argument moves to
+    // that copy.
+    let mut clone_args = TokenStream2::new();
+    for arg in sig.inputs.iter_mut() {
+        if let FnArg::Typed(typed) = arg
+            && !matches!(typed.ty.as_ref(), Type::Reference(_))
+            && let Pat::Ident(ident) = typed.pat.as_mut()
+        {
+            let inner = ident.clone();
+            ident.mutability = None;
+            let name = &ident.ident;
+            clone_args.extend(quote! { let #inner = ::core::clone::Clone::clone(&#name); });
+        }
     }
     for arg in &sig.inputs {
         if let FnArg::Typed(typed) = arg
@@ -287,12 +347,15 @@ fn expand_task(settings: Settings, item: ItemFn) -> syn::Result<TokenStream2> {
             ::sluice::Task::new(#name)
                 .with_version(#version)
                 #options
-                .run(move |__sluice_cx: ::sluice::TaskContext| async move {
-                    #bind_cx
-                    // The annotation lets `?` in the body infer its error type.
-                    #[allow(clippy::let_and_return)]
-                    let __sluice_out: #output = #block;
-                    __sluice_out
+                .run(move |__sluice_cx: ::sluice::TaskContext| {
+                    #clone_args
+                    async move {
+                        #bind_cx
+                        // The annotation lets `?` in the body infer its error type.
+                        #[allow(clippy::let_and_return)]
+                        let __sluice_out: #output = #block;
+                        __sluice_out
+                    }
                 })
                 .await
         }

@@ -486,18 +486,13 @@ impl Drop for AbortOnDrop {
             return;
         };
         let location = self.location.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move {
-                    match upload.abort().await {
-                        Ok(()) => tracing::debug!(%location, "aborted an unfinished multipart upload"),
-                        Err(e) => tracing::warn!(%location, error = %e, "could not abort an unfinished multipart upload"),
-                    }
-                });
+        crate::cleanup::spawn("abort multipart upload", async move {
+            match upload.abort().await {
+                Ok(()) => tracing::debug!(%location, "aborted an unfinished multipart upload"),
+                Err(e) => {
+                    tracing::warn!(%location, error = %e, "could not abort an unfinished multipart upload")
+                }
             }
-            Err(_) => {
-                tracing::warn!(%location, "unfinished multipart upload dropped outside a runtime; not aborted")
-            }
-        }
+        });
     }
 }

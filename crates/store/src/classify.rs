@@ -28,6 +28,9 @@ pub enum StoreErrorKind {
     AccessDenied,
     /// The endpoint could not be reached (after retries).
     Unreachable,
+    /// The server failed (5xx) or throttled the request (429, S3's `SlowDown`) after
+    /// the client's own retries: a later attempt may succeed.
+    Transient,
     /// The server does not answer range requests with ranges.
     RangeNotSupported,
     /// The store does not support the operation.
@@ -67,11 +70,26 @@ pub fn classify(error: &object_store::Error) -> StoreErrorKind {
                 StoreErrorKind::BucketNotFound
             } else if connection_failed(error) {
                 StoreErrorKind::Unreachable
+            } else if server_failed(error) {
+                StoreErrorKind::Transient
             } else {
                 StoreErrorKind::Other
             }
         }
     }
+}
+
+/// Whether the server answered with a 5xx or a throttling status. object_store keeps
+/// the status in its `RetryError`, which it does not export: its message is the one
+/// place the status can be read ("Server returned non-2xx status code: 503 ...").
+fn server_failed(error: &object_store::Error) -> bool {
+    let text = error.to_string();
+    let status = text
+        .split("status code: ")
+        .nth(1)
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok());
+    matches!(status, Some(429 | 500..=599)) || text.contains("SlowDown")
 }
 
 /// Whether an `io::Error` of a connection kind is in the error's source chain.
@@ -129,6 +147,16 @@ mod tests {
             source: Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
         };
         assert_eq!(classify(&refused), StoreErrorKind::Unreachable);
+        let throttled = object_store::Error::Generic {
+            store: "S3",
+            source: "Server returned non-2xx status code: 503 Service Unavailable: <Code>SlowDown</Code>".into(),
+        };
+        assert_eq!(classify(&throttled), StoreErrorKind::Transient);
+        let bad_request = object_store::Error::Generic {
+            store: "S3",
+            source: "Server returned non-2xx status code: 400 Bad Request".into(),
+        };
+        assert_eq!(classify(&bad_request), StoreErrorKind::Other);
         let other = object_store::Error::Generic {
             store: "S3",
             source: "boom".into(),

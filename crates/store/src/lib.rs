@@ -50,6 +50,7 @@
 
 mod builder;
 mod classify;
+pub mod cleanup;
 mod error;
 mod registry;
 mod staged;

@@ -318,15 +318,11 @@ impl Drop for StagedOutput {
         }
         let store = Arc::clone(&self.store);
         let staging = self.staging.clone();
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Err(e) = delete_prefix(&store, &staging).await {
-                    tracing::warn!(staging = %redact(&staging), error = %e, "could not delete staged output");
-                }
-            });
-        } else {
-            tracing::warn!(staging = %redact(&staging), "staged output dropped outside a runtime; not deleted");
-        }
+        crate::cleanup::spawn("delete staged output", async move {
+            if let Err(e) = delete_prefix(&store, &staging).await {
+                tracing::warn!(staging = %redact(&staging), error = %e, "could not delete staged output");
+            }
+        });
     }
 }
 

@@ -120,22 +120,29 @@ struct KeyObjects {
     others: Vec<ObjectMeta>,
 }
 
+/// The root URL (ending in `/`) of a store that Sluice writes its own objects to
+/// (checkpoints, run records), and the object store behind it.
+pub(crate) fn store_root(session: &Session, location: &str) -> Result<(Url, Arc<dyn ObjectStore>)> {
+    let mut root = resolve_url(location)?;
+    if !root.path().ends_with('/') {
+        let path = format!("{}/", root.path());
+        root.set_path(&path);
+    }
+    if matches!(root.scheme(), "http" | "https") {
+        return Err(Error::Store(sluice_store::StoreError::ReadOnly {
+            url: sluice_store::redact(&root),
+            scheme: root.scheme().to_string(),
+        }));
+    }
+    let store = session.stores().store_for(&root)?;
+    Ok((root, store))
+}
+
 impl CheckpointStore {
     /// The checkpoint store at `location` (a path or URL; a directory), its object
     /// store from the session.
     pub fn open(session: &Session, location: &str) -> Result<Self> {
-        let mut root = resolve_url(location)?;
-        if !root.path().ends_with('/') {
-            let path = format!("{}/", root.path());
-            root.set_path(&path);
-        }
-        if matches!(root.scheme(), "http" | "https") {
-            return Err(Error::Store(sluice_store::StoreError::ReadOnly {
-                url: root.to_string(),
-                scheme: root.scheme().to_string(),
-            }));
-        }
-        let store = session.stores().store_for(&root)?;
+        let (root, store) = store_root(session, location)?;
         Ok(Self { root, store })
     }
 

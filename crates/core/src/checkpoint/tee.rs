@@ -464,13 +464,11 @@ impl TeeStream {
         if self.write.all_closed() {
             let store = self.target.store.clone();
             let dir = self.write.dir.clone();
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    if let Err(e) = store.delete_prefix(&dir).await {
-                        tracing::warn!(error = %e, "could not delete an uncommitted checkpoint's parts");
-                    }
-                });
-            }
+            sluice_store::cleanup::spawn("delete uncommitted checkpoint parts", async move {
+                if let Err(e) = store.delete_prefix(&dir).await {
+                    tracing::warn!(error = %e, "could not delete an uncommitted checkpoint's parts");
+                }
+            });
         }
     }
 

@@ -1,0 +1,497 @@
+//! The task runtime: retries, timeouts, cancellation, hooks and run history, against
+//! real sources (local files, the in-process S3 and HTTP servers) and real processes.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use sluice::prelude::*;
+use sluice::{RunFilter, RunStore, TaskRunRecord};
+use sluice_store::{RetryPolicy, StoreBuilder};
+use sluice_testkit::servers::{Fault, HttpFileServer, S3Server};
+
+use crate::common::{dir_entries, extract, shared_data, taxi_file};
+use crate::example::example_binary;
+
+#[task(retries = 3, retry_delay = RetryDelay::Fixed(Duration::from_millis(20)))]
+async fn load_with_retries(df: Frame, dest: &str) -> Result<WriteSummary> {
+    df.write_parquet(dest, ParquetWrite::zstd(1)).await
+}
+
+#[task(retries = 3)]
+async fn extract_with_retries(cx: &TaskContext, source: &str) -> Result<Frame> {
+    cx.read_parquet(source).await
+}
+
+/// A session whose HTTP store does not retry on its own, so that the task's retries
+/// are what recovers.
+fn session_without_store_retries(server: &HttpFileServer) -> Session {
+    let base = url::Url::parse(&server.url("")).unwrap();
+    let store = StoreBuilder::from_url(&base)
+        .with_retry(RetryPolicy::default().with_max_retries(0))
+        .build()
+        .unwrap();
+    Session::builder()
+        .with_object_store(&base, store)
+        .build()
+        .unwrap()
+}
+
+/// A lazy frame of `rows` rows that takes a while to stream (random values do not
+/// compress, so the write is real work).
+async fn slow_rows(cx: &TaskContext, rows: u64) -> Result<Frame> {
+    cx.sql(
+        &format!(
+            "SELECT v, random() AS a, random() AS b, random() AS c \
+             FROM generate_series(1, {rows}) AS t(v)"
+        ),
+        [],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_is_retried_against_a_server_that_fails_its_first_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    taxi_file(dir.path(), "yellow.parquet", 50_000, 10_000);
+    let server = HttpFileServer::start(dir.path()).await.unwrap();
+    let session = session_without_store_retries(&server);
+    let dest = dir.path().join("out.parquet").display().to_string();
+    let runs = dir.path().join("runs").display().to_string();
+    let source = server.url("yellow.parquet");
+    let stats = server.stats();
+    let run = Flow::new("retried")
+        .with_run_store(&runs)
+        .call(serde_json::json!({}), async {
+            let raw = extract(&source).await?;
+            // The footer is read; the data requests fail: twice 503, then fine.
+            stats.fail_next(2, Fault::Unavailable);
+            load_with_retries(raw, &dest).await
+        })
+        .with_session(session.clone())
+        .run()
+        .await;
+    let written = run.output.expect("the retries recover");
+    assert_eq!(written.rows, 50_000);
+    let load = run.record.task("load_with_retries").unwrap();
+    assert_eq!(load.state, TaskState::Completed);
+    assert!(load.attempts.len() >= 2, "{:?}", load.attempts);
+    let failed = &load.attempts[0];
+    assert!(
+        failed.error.as_deref().unwrap().contains("503"),
+        "{failed:?}"
+    );
+    assert!(load.attempts.last().unwrap().error.is_none());
+    // The upstream task whose stream failed completed on the rerun.
+    let extract = run.record.task("extract").unwrap();
+    assert_eq!(extract.state, TaskState::Completed, "{extract:?}");
+    assert_eq!(extract.rows, Some(50_000));
+    // The record with its attempts is in the run store.
+    let stored = RunStore::open(&session, &runs)
+        .unwrap()
+        .get(&run.record.run_id)
+        .await
+        .unwrap();
+    assert_eq!(stored, run.record);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_file_is_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = shared_data("duckdb-parquet-testing/invalid.parquet");
+    let source = source.display().to_string();
+    let started = Instant::now();
+    let run = Flow::new("malformed")
+        .with_run_history(false)
+        .run(serde_json::json!({}), async {
+            let raw = extract_with_retries(&source).await?;
+            load_with_retries(raw, &dir.path().join("o.parquet").display().to_string()).await
+        })
+        .await;
+    let error = run.output.unwrap_err();
+    assert!(!error.is_retryable(), "{error}");
+    let extract = run.record.task("extract_with_retries").unwrap();
+    assert_eq!(extract.state, TaskState::Failed);
+    assert_eq!(extract.attempts.len(), 1, "{:?}", extract.attempts);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(dir_entries(dir.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_error_marked_retryable_is_retried_and_others_are_not() {
+    let calls = AtomicUsize::new(0);
+    let run = Flow::new("own_errors")
+        .with_run_history(false)
+        .run(serde_json::json!({}), async {
+            let flaky = Task::new("flaky")
+                .with_retries(Retry::new(2))
+                .run(|cx| {
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        assert_eq!(cx.attempt() as usize, n + 1);
+                        if n < 2 {
+                            Err(Error::retryable(std::io::Error::other("quota")))
+                        } else {
+                            Ok(n as u64)
+                        }
+                    }
+                })
+                .await?;
+            let broken: Result<u64> = Task::new("broken")
+                .with_retries(Retry::new(5))
+                .run(|_cx| async { Err(Error::custom("a bug")) })
+                .await;
+            assert!(broken.is_err());
+            Ok(flaky)
+        })
+        .await;
+    assert_eq!(run.output.unwrap(), 2);
+    let flaky = run.record.task("flaky").unwrap();
+    assert_eq!(flaky.state, TaskState::Completed);
+    assert_eq!(flaky.attempts.len(), 3);
+    let broken = run.record.task("broken").unwrap();
+    assert_eq!(broken.state, TaskState::Failed);
+    assert_eq!(broken.attempts.len(), 1, "not retryable: one attempt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_task_times_out_while_its_output_streams_and_nothing_is_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("out.parquet").display().to_string();
+    let run = Flow::new("slow")
+        .with_run_history(false)
+        .run(serde_json::json!({}), async {
+            let rows = Task::new("rows")
+                .with_timeout(Duration::from_millis(300))
+                .run(|cx| async move { slow_rows(&cx, 200_000_000).await })
+                .await?;
+            rows.write_parquet(&dest, ParquetWrite::snappy()).await
+        })
+        .await;
+    let error = run.output.unwrap_err();
+    assert!(
+        matches!(error.task(), Some("rows")) && error.to_string().contains("timed out"),
+        "{error}"
+    );
+    let rows = run.record.task("rows").unwrap();
+    assert_eq!(rows.state, TaskState::Failed);
+    assert!(
+        rows.error
+            .as_deref()
+            .unwrap()
+            .contains("timed out after 300ms")
+    );
+    assert!(
+        dir_entries(dir.path()).is_empty(),
+        "{:?}",
+        dir_entries(dir.path())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_timeout_stops_the_plans_and_cancels_the_running_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("out.parquet").display().to_string();
+    let started = Instant::now();
+    let run = Flow::new("bounded")
+        .with_run_history(false)
+        .configure(|o| o.with_timeout(Duration::from_millis(500)))
+        .run(serde_json::json!({}), async {
+            let rows = Task::new("rows")
+                .run(|cx| async move { slow_rows(&cx, 200_000_000).await })
+                .await?;
+            Task::new("write")
+                .run(|_cx| {
+                    let (rows, dest) = (rows.clone(), dest.clone());
+                    async move { rows.write_parquet(&dest, ParquetWrite::snappy()).await }
+                })
+                .await
+        })
+        .await;
+    let stopped = started.elapsed();
+    assert!(matches!(
+        run.output,
+        Err(Error::Timeout { scope: "flow", .. })
+    ));
+    assert_eq!(run.record.state, FlowState::Failed);
+    for task in &run.record.tasks {
+        assert_eq!(task.state, TaskState::Cancelled, "{task:?}");
+        assert!(task.reason.as_deref().unwrap().contains("timed out"));
+    }
+    assert!(dir_entries(dir.path()).is_empty());
+    assert!(stopped < Duration::from_secs(20), "took {stopped:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_an_s3_multipart_write_leaves_nothing_on_the_server() {
+    let server = S3Server::start().await.unwrap();
+    server.create_bucket("out").unwrap();
+    let bucket = url::Url::parse("s3://out/").unwrap();
+    let store = StoreBuilder::from_url(&bucket)
+        .with_endpoint(server.endpoint())
+        .with_region("us-east-1")
+        .with_credentials(S3Server::ACCESS_KEY, S3Server::SECRET_KEY, None)
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let session = Session::builder()
+        .with_object_store(&bucket, store)
+        .build()
+        .unwrap();
+    let token = CancellationToken::new();
+    let cancelled_tasks = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&cancelled_tasks);
+    let flow_hooks = Arc::new(AtomicUsize::new(0));
+    let flow_seen = Arc::clone(&flow_hooks);
+    let flow = Flow::new("cancelled")
+        .with_run_history(false)
+        .configure(move |o| {
+            o.on_cancellation(move |record| {
+                assert_eq!(record.state, FlowState::Cancelled);
+                flow_seen.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .call(serde_json::json!({}), async {
+            let rows = Task::new("rows")
+                .on_cancellation(move |_| {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                })
+                .run(|cx| async move { slow_rows(&cx, 300_000_000).await })
+                .await?;
+            rows.write_parquet("s3://out/big.parquet", ParquetWrite::snappy())
+                .await
+        })
+        .with_session(session)
+        .with_cancellation(token.clone());
+    let flow = tokio::spawn(flow.run());
+    // Cancel once a multipart upload is in flight on the server.
+    let waited = Instant::now();
+    while server.pending_uploads() == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(120),
+            "no multipart upload started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cancelled_at = Instant::now();
+    token.cancel();
+    let run = flow.await.unwrap();
+    let stopped = cancelled_at.elapsed();
+    assert!(matches!(run.output, Err(Error::Cancelled { .. })));
+    assert_eq!(run.record.state, FlowState::Cancelled);
+    assert_eq!(run.record.tasks[0].state, TaskState::Cancelled);
+    assert_eq!(
+        cancelled_tasks.load(Ordering::SeqCst),
+        1,
+        "the hook fires once"
+    );
+    assert_eq!(flow_hooks.load(Ordering::SeqCst), 1);
+    // No pending upload, no staging object, no output.
+    assert_eq!(server.pending_uploads(), 0);
+    let left: Vec<_> = walk(&server.bucket_dir("out"));
+    assert!(left.is_empty(), "left on the server: {left:?}");
+    tracing::info!(?stopped, "cancelled");
+    assert!(stopped < Duration::from_secs(15), "took {stopped:?}");
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path.display().to_string());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_fire_once_with_the_final_record() {
+    let completed: Arc<std::sync::Mutex<Vec<TaskRunRecord>>> = Arc::default();
+    let failed = Arc::new(AtomicUsize::new(0));
+    let flow_completed = Arc::new(AtomicUsize::new(0));
+    let (c, f, fc) = (
+        Arc::clone(&completed),
+        Arc::clone(&failed),
+        Arc::clone(&flow_completed),
+    );
+    let run = Flow::new("hooks")
+        .with_run_history(false)
+        .configure(move |o| {
+            o.on_completion(move |r| {
+                assert_eq!(r.state, FlowState::Completed);
+                fc.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .run(serde_json::json!({}), async move {
+            let c2 = Arc::clone(&c);
+            let df = Task::new("numbers")
+                .on_completion(move |r| c.lock().unwrap().push(r.clone()))
+                .on_failure(move |_| {
+                    f.fetch_add(1, Ordering::SeqCst);
+                })
+                .run(|cx| async move {
+                    cx.sql("SELECT * FROM (VALUES (1), (2), (3)) AS t(n)", [])
+                        .await
+                })
+                .await?;
+            // Executed twice: the hook still fires once.
+            let rows = |batches: Vec<sluice::datafusion::arrow::record_batch::RecordBatch>| {
+                batches.iter().map(|b| b.num_rows() as u64).sum::<u64>()
+            };
+            let n = rows(df.collect().await?);
+            assert_eq!(rows(df.collect().await?), n);
+            drop(c2);
+            Ok(n)
+        })
+        .await;
+    assert_eq!(run.output.unwrap(), 3);
+    let completed = completed.lock().unwrap();
+    assert_eq!(completed.len(), 1);
+    assert_eq!(completed[0].state, TaskState::Completed);
+    assert_eq!(completed[0].rows, Some(3));
+    assert_eq!(failed.load(Ordering::SeqCst), 0);
+    assert_eq!(flow_completed.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_records_round_trip_and_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().display().to_string();
+    let ok = Flow::new("first")
+        .with_run_store(&store)
+        .run(
+            serde_json::json!({"source": "https://user:hunter2@example.com/x.parquet"}),
+            async { Ok(()) },
+        )
+        .await;
+    let failed = Flow::new("second")
+        .with_run_store(&store)
+        .run(serde_json::json!({}), async {
+            Task::new("boom")
+                .run(|_cx| async { Err::<(), _>(Error::custom("boom")) })
+                .await
+        })
+        .await;
+    let runs = RunStore::open(&Session::new(), &store).unwrap();
+    let all = runs.list(&RunFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0], failed.record, "newest first");
+    assert_eq!(all[1], ok.record);
+    let only_failed = runs
+        .list(&RunFilter::default().with_state(FlowState::Failed))
+        .await
+        .unwrap();
+    assert_eq!(only_failed.len(), 1);
+    assert_eq!(only_failed[0].flow, "second");
+    assert_eq!(only_failed[0].tasks[0].error.as_deref(), Some("boom"));
+    let of_first = runs
+        .list(&RunFilter::default().with_flow("first"))
+        .await
+        .unwrap();
+    assert_eq!(of_first.len(), 1);
+    // Credentials in parameters are not recorded.
+    let text = std::fs::read_to_string(
+        dir.path()
+            .join("runs/first")
+            .join(format!("{}.json", ok.record.run_id)),
+    )
+    .unwrap();
+    assert!(!text.contains("hunter2"), "{text}");
+    let missing = runs.get("no-such-run").await.unwrap_err();
+    assert!(matches!(missing, Error::RunNotFound { .. }), "{missing}");
+}
+
+#[test]
+fn ctrl_c_cancels_the_example_which_exits_130_and_records_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = taxi_file(dir.path(), "in.parquet", 1_500_000, 100_000);
+    let dest = dir.path().join("out.parquet");
+    let runs = dir.path().join("runs");
+    let child = Command::new(example_binary())
+        .arg("--source")
+        .arg(&source)
+        .arg("--dest")
+        .arg(&dest)
+        .arg("--run-store")
+        .arg(&runs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the run is recorded as started (it is writing by then).
+    let waited = Instant::now();
+    while walk(&runs).is_empty() {
+        assert!(waited.elapsed() < Duration::from_secs(60), "no run record");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let interrupted = Instant::now();
+    // SIGINT, as Ctrl-C sends it.
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stopped = interrupted.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() == Some(0) {
+        // The run finished before the signal arrived: nothing to check.
+        eprintln!("the run ended before the interrupt ({stopped:?})");
+        return;
+    }
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("cancelled"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!dest.exists());
+    assert_eq!(dir_entries(dir.path()), ["in.parquet", "runs"]);
+    let records = walk(&runs);
+    assert_eq!(records.len(), 1);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&records[0]).unwrap()).unwrap();
+    assert_eq!(record["state"], "Cancelled");
+    assert!(record["end"].is_string());
+    assert!(stopped < Duration::from_secs(10), "took {stopped:?}");
+}
+
+#[test]
+fn a_killed_process_leaves_a_running_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = taxi_file(dir.path(), "in.parquet", 1_500_000, 100_000);
+    let dest = dir.path().join("out.parquet");
+    let runs = dir.path().join("runs");
+    let mut child = Command::new(example_binary())
+        .arg("--source")
+        .arg(&source)
+        .arg("--dest")
+        .arg(&dest)
+        .arg("--run-store")
+        .arg(&runs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let waited = Instant::now();
+    while walk(&runs).is_empty() {
+        assert!(waited.elapsed() < Duration::from_secs(60), "no run record");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let records = walk(&runs);
+    assert_eq!(records.len(), 1);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&records[0]).unwrap()).unwrap();
+    if record["state"] == "Running" {
+        assert!(record["end"].is_null());
+    } else {
+        // The run ended before the kill.
+        assert_eq!(record["state"], "Completed");
+    }
+}
