@@ -113,7 +113,7 @@ pub mod prelude {
     pub use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
     pub use sluice_core::{
         CachePolicy, CsvReadOptions, CsvWrite, Error, ExecutionMode, Expr, Flow, FlowOptions,
-        FlowRunRecord, FlowState, Frame, ParquetWrite, Persist, Result, Session, Task, TaskContext,
-        TaskState, WriteLayout, WriteSummary, col, lit,
+        FlowRunRecord, FlowState, Frame, ParquetRead, ParquetWrite, Persist, Result, Session, Task,
+        TaskContext, TaskState, WriteLayout, WriteSummary, col, lit,
     };
 }

@@ -45,9 +45,11 @@
 pub mod boundary;
 pub mod checkpoint;
 mod error;
+mod evolution;
 mod flow;
 mod frame;
 mod lineage;
+mod read;
 mod run;
 mod session;
 mod task;
@@ -61,6 +63,7 @@ pub use error::{Error, Result};
 pub use flow::{Flow, FlowCall, FlowFuture, FlowOptions, FlowRun};
 pub use frame::{ColumnInfo, Frame, FrameInfo, WriteSummary, WrittenFile};
 pub use lineage::{SourceObject, UpstreamTask};
+pub use read::ParquetRead;
 pub use run::{
     CacheRecord, ExecutionMode, ExecutionOutcome, FlowRunRecord, FlowState, TaskExecution,
     TaskRunRecord, TaskState,

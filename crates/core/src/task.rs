@@ -16,7 +16,7 @@ use crate::checkpoint::{
 use crate::flow::FlowRunShared;
 use crate::lineage::Lineage;
 use crate::run::{CacheRecord, TaskRunState, TaskState};
-use crate::{Error, ExecutionMode, Frame, FrameInfo, Result, Session, WriteSummary};
+use crate::{Error, ExecutionMode, Frame, FrameInfo, ParquetRead, Result, Session, WriteSummary};
 
 /// A named task. `#[task]` expands to this; without macros, call [`Task::run`] with the
 /// task's body.
@@ -270,10 +270,19 @@ impl TaskContext {
     /// objects listed, so a later run whose tasks hit their checkpoints reads no
     /// footer either.
     pub async fn read_parquet(&self, location: &str) -> Result<Frame> {
+        self.read_parquet_with(location, ParquetRead::default())
+            .await
+    }
+
+    /// [`read_parquet`](Self::read_parquet) with options; see
+    /// [`Session::read_parquet_with`]. The options are part of the read's identity:
+    /// a checkpoint made from a case-insensitive read is not reused for a
+    /// case-sensitive one, nor is a cached schema.
+    pub async fn read_parquet_with(&self, location: &str, options: ParquetRead) -> Result<Frame> {
         let frame = self
             .flow
             .session
-            .read_parquet_with_schema_cache(location, self.schema_cache().as_ref())
+            .read_parquet_with_schema_cache(location, &options, self.schema_cache().as_ref())
             .await?;
         self.run.set_sources(frame.sources());
         Ok(frame)
