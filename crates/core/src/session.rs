@@ -28,7 +28,7 @@ use url::Url;
 use crate::boundary::SluiceQueryPlanner;
 use crate::checkpoint::CheckpointStore;
 use crate::error::guarded;
-use crate::evolution::{CaseInsensitiveAdapterFactory, FileSchema};
+use crate::evolution::{CaseInsensitiveAdapterFactory, CaseInsensitiveFormat, FileSchema};
 use crate::lineage::{Lineage, SourceObject};
 use crate::{Error, Frame, ParquetRead, Result};
 
@@ -344,7 +344,7 @@ impl Session {
         let ctx = &self.inner.ctx;
         let state = ctx.state();
         let config = ctx.copied_config();
-        let listing = options.to_listing_options(&config, ctx.copied_table_options());
+        let mut listing = options.to_listing_options(&config, ctx.copied_table_options());
         let store = state.runtime_env().object_store(url)?;
         let objects: Vec<ObjectMeta> = url
             .list_all_files(&state, store.as_ref(), &listing.file_extension)
@@ -382,18 +382,22 @@ impl Session {
             }
         };
         let mut table_config = ListingTableConfig::new(url.clone());
+        let mut statistics_cache = ctx.runtime_env().cache_manager.get_file_statistic_cache();
         if evolution.is_some_and(ParquetRead::case_insensitive_names) {
             // DataFusion matches a file's columns by exact name: map each file's
-            // spelling onto the table's.
+            // spelling onto the table's, in the scan and in the statistics.
+            listing.format = Arc::new(CaseInsensitiveFormat::new(listing.format));
             table_config =
                 table_config.with_expr_adapter_factory(Arc::new(CaseInsensitiveAdapterFactory));
+            // Its entries are keyed by file and table schema, not by how names match.
+            statistics_cache = None;
         }
         let table = ListingTable::try_new(
             table_config
                 .with_listing_options(listing)
                 .with_schema(schema),
         )?
-        .with_cache(ctx.runtime_env().cache_manager.get_file_statistic_cache());
+        .with_cache(statistics_cache);
         Ok((ctx.read_table(Arc::new(table))?, objects))
     }
 
