@@ -7,3 +7,4 @@ mod example;
 mod flows;
 mod frames;
 mod remote;
+mod schema;
