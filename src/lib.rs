@@ -113,7 +113,8 @@ pub mod prelude {
     pub use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
     pub use sluice_core::{
         CachePolicy, CancellationToken, CsvReadOptions, CsvWrite, Error, ExecutionMode, Expr, Flow,
-        FlowOptions, FlowRunRecord, FlowState, Frame, ParquetWrite, Persist, Result, Retry,
-        RetryDelay, Session, Task, TaskContext, TaskState, WriteLayout, WriteSummary, col, lit,
+        FlowOptions, FlowRunRecord, FlowState, Frame, ParquetRead, ParquetWrite, Persist, Result,
+        Retry, RetryDelay, Session, Task, TaskContext, TaskState, WriteLayout, WriteSummary, col,
+        lit,
     };
 }

@@ -8,3 +8,4 @@ mod flows;
 mod frames;
 mod remote;
 mod runtime;
+mod schema;

@@ -2,6 +2,7 @@
 
 use std::error::Error as StdError;
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::SchemaError;
 use datafusion::error::DataFusionError;
 use sluice_store::StoreError;
@@ -13,8 +14,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Variants fall in groups by whose fault they are:
 /// - the data or the flow definition: [`SourceNotFound`](Self::SourceNotFound),
-///   [`InvalidParquet`](Self::InvalidParquet), [`MissingColumn`](Self::MissingColumn),
-///   [`Plan`](Self::Plan), [`InvalidOption`](Self::InvalidOption);
+///   [`InvalidParquet`](Self::InvalidParquet), [`SchemaMismatch`](Self::SchemaMismatch),
+///   [`AmbiguousColumnNames`](Self::AmbiguousColumnNames),
+///   [`MissingColumn`](Self::MissingColumn), [`Plan`](Self::Plan),
+///   [`InvalidOption`](Self::InvalidOption);
 /// - a task's own code: [`Task`](Self::Task) wraps whatever a task failed with,
 ///   [`Custom`](Self::Custom) is an error a task body raised itself;
 /// - storage and execution: [`Store`](Self::Store), [`Read`](Self::Read),
@@ -47,6 +50,58 @@ pub enum Error {
         url: String,
         /// What the Parquet reader said.
         reason: String,
+    },
+    /// Two files of one source have types for a column that do not unify, by the rule
+    /// on [`ParquetRead`](crate::ParquetRead) (a string and an integer, a timestamp and
+    /// a double, timestamps in different time zones, ...).
+    ///
+    /// ```
+    /// use sluice_core::Error;
+    /// use datafusion::arrow::datatypes::DataType;
+    /// let err = Error::SchemaMismatch {
+    ///     column: "fare_amount".into(),
+    ///     first_url: "file:///data/a.parquet".into(),
+    ///     first_type: DataType::Float64,
+    ///     second_url: "file:///data/b.parquet".into(),
+    ///     second_type: DataType::Utf8,
+    /// };
+    /// assert!(err.to_string().starts_with(
+    ///     "column \"fare_amount\" is Float64 in file:///data/a.parquet but Utf8 in \
+    ///      file:///data/b.parquet"
+    /// ));
+    /// ```
+    #[error(
+        "column {column:?} is {first_type} in {first_url} but {second_type} in {second_url}, \
+         and the two types do not unify (see \"Schema evolution across files\"); read the \
+         files separately and cast the column to one type before combining them, or narrow \
+         the path or glob to leave one of them out"
+    )]
+    SchemaMismatch {
+        /// The column, spelled as in the unified schema.
+        column: String,
+        /// A file with the column's first type.
+        first_url: String,
+        /// The column's type in `first_url`.
+        first_type: DataType,
+        /// The file whose type does not unify with it.
+        second_url: String,
+        /// The column's type in `second_url`.
+        second_type: DataType,
+    },
+    /// With case-insensitive names, a file has two columns whose names differ only in
+    /// case, so which one to read is ambiguous.
+    #[error(
+        "{url} has columns {first:?} and {second:?}, whose names differ only in case, so it \
+         cannot be read with case-insensitive names; read it with case-sensitive names \
+         (the default), where they are two columns"
+    )]
+    AmbiguousColumnNames {
+        /// The file.
+        url: String,
+        /// One spelling.
+        first: String,
+        /// The other.
+        second: String,
     },
     /// An expression refers to a column the data does not have.
     #[error(
@@ -512,6 +567,24 @@ fn duplicate(error: &Error) -> Error {
         Error::InvalidParquet { url, reason } => Error::InvalidParquet {
             url: url.clone(),
             reason: reason.clone(),
+        },
+        Error::SchemaMismatch {
+            column,
+            first_url,
+            first_type,
+            second_url,
+            second_type,
+        } => Error::SchemaMismatch {
+            column: column.clone(),
+            first_url: first_url.clone(),
+            first_type: first_type.clone(),
+            second_url: second_url.clone(),
+            second_type: second_type.clone(),
+        },
+        Error::AmbiguousColumnNames { url, first, second } => Error::AmbiguousColumnNames {
+            url: url.clone(),
+            first: first.clone(),
+            second: second.clone(),
         },
         Error::MissingColumn {
             column,

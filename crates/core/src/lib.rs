@@ -52,10 +52,12 @@
 pub mod boundary;
 pub mod checkpoint;
 mod error;
+mod evolution;
 mod flow;
 mod frame;
 mod history;
 mod lineage;
+mod read;
 mod retry;
 mod run;
 mod session;
@@ -71,6 +73,7 @@ pub use flow::{DEFAULT_RUN_STORE, Flow, FlowCall, FlowFuture, FlowOptions, FlowR
 pub use frame::{ColumnInfo, Frame, FrameInfo, WriteSummary, WrittenFile};
 pub use history::{RunFilter, RunStore};
 pub use lineage::{SourceObject, UpstreamTask};
+pub use read::ParquetRead;
 pub use retry::{Retry, RetryDelay};
 pub use run::{
     CacheRecord, ExecutionMode, ExecutionOutcome, FlowRunRecord, FlowState, TaskAttempt,

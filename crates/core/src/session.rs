@@ -19,7 +19,7 @@ use datafusion::execution::context::{SQLOptions, SessionContext, SessionState};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::DataFrame;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use object_store::{ObjectMeta, ObjectStore};
 use sluice_store::StoreRegistry;
@@ -28,8 +28,9 @@ use url::Url;
 use crate::boundary::SluiceQueryPlanner;
 use crate::checkpoint::CheckpointStore;
 use crate::error::guarded;
+use crate::evolution::{CaseInsensitiveAdapterFactory, CaseInsensitiveFormat, FileSchema};
 use crate::lineage::{Lineage, SourceObject};
-use crate::{Error, Frame, Result};
+use crate::{Error, Frame, ParquetRead, Result};
 
 /// A DataFusion session with Sluice's object stores (created per URL on first use) and
 /// query planner. Cloning is O(1); clones share stores and configuration.
@@ -102,17 +103,53 @@ impl Session {
     /// it) or a glob (`data/*.parquet`), as a path or URL.
     ///
     /// Building the frame lists the files and reads their footers for the schema; no
-    /// row data is read until a sink runs.
+    /// row data is read until a sink runs. Files whose schemas differ compatibly are
+    /// read under one schema (see [`ParquetRead`] for the rule); column names are
+    /// case-sensitive ([`read_parquet_with`](Self::read_parquet_with) takes options).
     pub async fn read_parquet(&self, location: &str) -> Result<Frame> {
-        self.read_parquet_with_schema_cache(location, None).await
+        self.read_parquet_with(location, ParquetRead::default())
+            .await
     }
 
-    /// [`read_parquet`](Self::read_parquet), taking the schema from `cache` when the
-    /// objects listed are the same (same URLs, sizes, ETags, modification times) as
-    /// when it was cached: then no footer is read. A schema inferred is cached there.
+    /// [`read_parquet`](Self::read_parquet) with options, such as case-insensitive
+    /// column names across files.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sluice_core::Result<()> {
+    /// use sluice_core::{ParquetRead, ParquetWrite, Session};
+    /// let session = Session::new();
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = |name: &str| format!("{}/{name}", dir.path().display());
+    /// let old = session.sql("SELECT 1.5 AS airport_fee", []).await?;
+    /// old.write_parquet(&path("2022.parquet"), ParquetWrite::default()).await?;
+    /// let new = session.sql("SELECT 2.5 AS \"Airport_fee\"", []).await?;
+    /// new.write_parquet(&path("2025.parquet"), ParquetWrite::default()).await?;
+    ///
+    /// // Case-sensitive (the default): two columns, each null in the other file.
+    /// let frame = session.read_parquet(&path("*.parquet")).await?;
+    /// assert_eq!(frame.columns(), ["airport_fee", "Airport_fee"]);
+    /// // Case-insensitive: one column, spelled as in the first file.
+    /// let options = ParquetRead::default().with_case_insensitive_names(true);
+    /// let frame = session.read_parquet_with(&path("*.parquet"), options).await?;
+    /// assert_eq!(frame.columns(), ["airport_fee"]);
+    /// assert_eq!(frame.count().await?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn read_parquet_with(&self, location: &str, options: ParquetRead) -> Result<Frame> {
+        self.read_parquet_with_schema_cache(location, &options, None)
+            .await
+    }
+
+    /// [`read_parquet_with`](Self::read_parquet_with), taking the schema from `cache`
+    /// when the objects listed are the same (same URLs, sizes, ETags, modification
+    /// times) and read with the same options as when it was cached: then no footer is
+    /// read. A schema inferred is cached there.
     pub(crate) async fn read_parquet_with_schema_cache(
         &self,
         location: &str,
+        read: &ParquetRead,
         cache: Option<&CheckpointStore>,
     ) -> Result<Frame> {
         let (url, extension) = self.source_url(location, "parquet")?;
@@ -124,8 +161,22 @@ impl Session {
             Some(cache) => SchemaSource::Cache(cache),
             None => SchemaSource::Infer,
         };
-        match guarded(self.read_listing(&url, options, schema)).await {
-            Ok((df, objects)) => Ok(self.listed_frame(&url, "parquet", String::new(), df, objects)),
+        match guarded(self.read_listing(&url, options, schema, Some(read))).await {
+            Ok((df, objects)) => {
+                Ok(self.listed_frame(&url, "parquet", read.describe(), df, objects))
+            }
+            // Schemas that do not unify: the error names the files already.
+            Err(DataFusionError::External(boxed)) => match boxed.downcast::<Error>() {
+                Ok(ours) => Err(*ours),
+                Err(other) => Err(self
+                    .diagnose(
+                        &url,
+                        &extension,
+                        "parquet",
+                        DataFusionError::External(other),
+                    )
+                    .await),
+            },
             Err(e) => Err(self.diagnose(&url, &extension, "parquet", e).await),
         }
     }
@@ -139,7 +190,8 @@ impl Session {
         df: DataFrame,
         objects: Vec<ObjectMeta>,
     ) -> Frame {
-        // Object URLs go into cache keys and manifests: never with credentials.
+        // Object URLs go into cache keys and manifests: never with credentials. (Local
+        // objects come out as `file:/path`: kept so, for the keys already made.)
         let base = Url::parse(url.object_store().as_str())
             .map(|u| sluice_store::redact(&u))
             .unwrap_or_default();
@@ -184,7 +236,7 @@ impl Session {
             Some(schema) => SchemaSource::Given(Arc::new(schema.clone())),
             None => SchemaSource::Infer,
         };
-        match guarded(self.read_listing(&url, options, schema)).await {
+        match guarded(self.read_listing(&url, options, schema, None)).await {
             Ok((df, objects)) => Ok(self.listed_frame(&url, "csv", described, df, objects)),
             Err(e) => Err(self.diagnose(&url, &extension, "csv", e).await),
         }
@@ -194,7 +246,7 @@ impl Session {
     pub async fn read_json(&self, location: &str) -> Result<Frame> {
         let (url, extension) = self.source_url(location, "json")?;
         let options = JsonReadOptions::default().file_extension(&extension);
-        match guarded(self.read_listing(&url, options, SchemaSource::Infer)).await {
+        match guarded(self.read_listing(&url, options, SchemaSource::Infer, None)).await {
             Ok((df, objects)) => Ok(self.listed_frame(&url, "json", String::new(), df, objects)),
             Err(e) => Err(self.diagnose(&url, &extension, "json", e).await),
         }
@@ -279,18 +331,20 @@ impl Session {
     /// `SessionContext::read_*` would drop.
     ///
     /// Returns the objects listed too: their identities make the frame's lineage. The
-    /// schema is inferred from those objects (as DataFusion's `infer_schema` does,
-    /// skipping empty files) unless it is given.
+    /// schema is inferred from those objects (skipping empty files) unless it is
+    /// given: with `evolution`, by unifying each file's schema (see [`ParquetRead`]);
+    /// without, as DataFusion's `infer_schema` does.
     async fn read_listing<'a>(
         &self,
         url: &ListingTableUrl,
         options: impl ReadOptions<'a>,
         schema: SchemaSource<'_>,
+        evolution: Option<&ParquetRead>,
     ) -> datafusion::error::Result<(DataFrame, Vec<ObjectMeta>)> {
         let ctx = &self.inner.ctx;
         let state = ctx.state();
         let config = ctx.copied_config();
-        let listing = options.to_listing_options(&config, ctx.copied_table_options());
+        let mut listing = options.to_listing_options(&config, ctx.copied_table_options());
         let store = state.runtime_env().object_store(url)?;
         let objects: Vec<ObjectMeta> = url
             .list_all_files(&state, store.as_ref(), &listing.file_extension)
@@ -302,13 +356,18 @@ impl Session {
         }
         let infer = || async {
             let files: Vec<ObjectMeta> = objects.iter().filter(|o| o.size > 0).cloned().collect();
-            listing.format.infer_schema(&state, &store, &files).await
+            match evolution {
+                Some(read) => {
+                    unified_schema(url, &state, &store, &listing.format, &files, read).await
+                }
+                None => listing.format.infer_schema(&state, &store, &files).await,
+            }
         };
         let schema = match schema {
             SchemaSource::Given(schema) => schema,
             SchemaSource::Infer => infer().await?,
             SchemaSource::Cache(cache) => {
-                let digest = schema_digest(listing.format.get_ext().as_str(), &objects);
+                let digest = schema_digest(listing.format.get_ext().as_str(), evolution, &objects);
                 match cache.cached_schema(&digest).await {
                     Some(schema) => {
                         tracing::debug!(source = %url, "source schema from the schema cache");
@@ -322,12 +381,23 @@ impl Session {
                 }
             }
         };
+        let mut table_config = ListingTableConfig::new(url.clone());
+        let mut statistics_cache = ctx.runtime_env().cache_manager.get_file_statistic_cache();
+        if evolution.is_some_and(ParquetRead::case_insensitive_names) {
+            // DataFusion matches a file's columns by exact name: map each file's
+            // spelling onto the table's, in the scan and in the statistics.
+            listing.format = Arc::new(CaseInsensitiveFormat::new(listing.format));
+            table_config =
+                table_config.with_expr_adapter_factory(Arc::new(CaseInsensitiveAdapterFactory));
+            // Its entries are keyed by file and table schema, not by how names match.
+            statistics_cache = None;
+        }
         let table = ListingTable::try_new(
-            ListingTableConfig::new(url.clone())
+            table_config
                 .with_listing_options(listing)
                 .with_schema(schema),
         )?
-        .with_cache(ctx.runtime_env().cache_manager.get_file_statistic_cache());
+        .with_cache(statistics_cache);
         Ok((ctx.read_table(Arc::new(table))?, objects))
     }
 
@@ -494,10 +564,69 @@ enum SchemaSource<'a> {
     Cache(&'a CheckpointStore),
 }
 
-/// The digest a source's schema is cached under: the format and every object's
-/// identity.
-fn schema_digest(format: &str, objects: &[ObjectMeta]) -> String {
+/// The schema of a Parquet source from each file's footer (read concurrently, as
+/// DataFusion's `infer_schema` does), unified by the rule on [`ParquetRead`].
+async fn unified_schema(
+    url: &ListingTableUrl,
+    state: &SessionState,
+    store: &Arc<dyn ObjectStore>,
+    format: &Arc<dyn FileFormat>,
+    files: &[ObjectMeta],
+    read: &ParquetRead,
+) -> datafusion::error::Result<SchemaRef> {
+    let base = object_base(url);
+    let concurrency = state
+        .config_options()
+        .execution
+        .meta_fetch_concurrency
+        .get();
+    let mut schemas: Vec<FileSchema> = futures::stream::iter(files)
+        .map(|object| {
+            let base = &base;
+            async move {
+                let schema = format
+                    .infer_schema(state, store, std::slice::from_ref(object))
+                    .await?;
+                Ok::<_, DataFusionError>(FileSchema {
+                    url: object_url(base, object),
+                    schema,
+                })
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
+    // Listing order is not deterministic on every store; "first" means first by URL.
+    schemas.sort_by(|a, b| a.url.cmp(&b.url));
+    let schema = crate::evolution::unify(&schemas, read.case_insensitive_names())
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    Ok(Arc::new(schema))
+}
+
+/// The URL of the store `url` is in, without credentials, ending in `/`.
+fn object_base(url: &ListingTableUrl) -> String {
+    let mut base = Url::parse(url.object_store().as_str())
+        .map(|u| sluice_store::redact(&u))
+        .unwrap_or_default();
+    if !base.ends_with('/') {
+        base.push('/');
+    }
+    base
+}
+
+/// An object's URL, under a base from [`object_base`], as errors name it.
+fn object_url(base: &str, meta: &ObjectMeta) -> String {
+    format!("{base}{}", meta.location)
+}
+
+/// The digest a source's schema is cached under: the format, how schemas are unified
+/// (the rule's version and the read's options) and every object's identity.
+fn schema_digest(format: &str, evolution: Option<&ParquetRead>, objects: &[ObjectMeta]) -> String {
     let mut text = format!("{format}\n");
+    if let Some(read) = evolution {
+        // Schemas cached before files were unified by Sluice's rule are not reused.
+        text.push_str(&format!("unified v1 [{}]\n", read.describe()));
+    }
     let mut listed: Vec<String> = objects
         .iter()
         .map(|o| {

@@ -16,7 +16,9 @@ use crate::checkpoint::{
 use crate::flow::FlowRunShared;
 use crate::lineage::Lineage;
 use crate::run::{CacheRecord, TaskHooks, TaskRunRecord, TaskRunState, TaskState};
-use crate::{Error, ExecutionMode, Frame, FrameInfo, Result, Retry, Session, WriteSummary};
+use crate::{
+    Error, ExecutionMode, Frame, FrameInfo, ParquetRead, Result, Retry, Session, WriteSummary,
+};
 
 tokio::task_local! {
     /// The task run whose body is running: sinks inside it consult it so that a retry
@@ -459,10 +461,19 @@ impl TaskContext {
     /// objects listed, so a later run whose tasks hit their checkpoints reads no
     /// footer either.
     pub async fn read_parquet(&self, location: &str) -> Result<Frame> {
+        self.read_parquet_with(location, ParquetRead::default())
+            .await
+    }
+
+    /// [`read_parquet`](Self::read_parquet) with options; see
+    /// [`Session::read_parquet_with`]. The options are part of the read's identity:
+    /// a checkpoint made from a case-insensitive read is not reused for a
+    /// case-sensitive one, nor is a cached schema.
+    pub async fn read_parquet_with(&self, location: &str, options: ParquetRead) -> Result<Frame> {
         let frame = self
             .flow
             .session
-            .read_parquet_with_schema_cache(location, self.schema_cache().as_ref())
+            .read_parquet_with_schema_cache(location, &options, self.schema_cache().as_ref())
             .await?;
         self.run.set_sources(frame.sources());
         Ok(frame)
