@@ -535,6 +535,9 @@ where
     }
 }
 
+/// A flow's body, inside its flow run and span.
+type FlowBody<F> = TaskLocalFuture<Arc<FlowRunShared>, Instrumented<F>>;
+
 /// A running flow; resolves to a [`FlowRun`].
 ///
 /// It records the run in the run store before the body starts and again when it
@@ -543,7 +546,7 @@ where
 /// resolves with [`Error::Cancelled`] or [`Error::Timeout`].
 #[must_use = "futures do nothing unless polled"]
 pub struct FlowFuture<F: Future> {
-    inner: Option<Pin<Box<TaskLocalFuture<Arc<FlowRunShared>, Instrumented<F>>>>>,
+    inner: Option<Pin<Box<FlowBody<F>>>>,
     shared: Arc<FlowRunShared>,
     history: Option<RunStore>,
     hooks: FlowHooks,
