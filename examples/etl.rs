@@ -172,7 +172,7 @@ async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_vec_pretty(&run.record)?)
             .map_err(|e| anyhow::anyhow!("cannot write the summary to {}: {e}", path.display()))?;
     }
-    eprintln!(
+    println!(
         "run {} {:?} (`sluice runs show {}`)",
         run.record.run_id,
         run.record.state,

@@ -1,9 +1,10 @@
-//! `sluice cache ls|show|gc|clear` against a result store that a real flow filled.
+//! `sluice cache ls|show|gc|clear` against a result store that a real flow filled, and
+//! `sluice runs ls|show` against the runs real flows recorded.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use sluice_core::{Flow, Persist, Task};
+use sluice_core::{Error, Flow, Persist, Task};
 
 fn sluice(args: &[&str]) -> Output {
     let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -130,4 +131,89 @@ fn bad_task_names_and_unknown_keys_are_clear_errors() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no checkpoint of task"), "{stderr}");
+}
+
+#[test]
+fn runs_commands_list_and_show_recorded_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().display().to_string();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (ok, failed) = runtime.block_on(async {
+        let ok = Flow::new("daily")
+            .with_run_store(&store)
+            .run(serde_json::json!({"day": "2026-11-27"}), async {
+                Task::new("count").run(|_cx| async { Ok(3u64) }).await
+            })
+            .await;
+        let failed = Flow::new("weekly")
+            .with_run_store(&store)
+            .run(serde_json::json!({}), async {
+                Task::new("boom")
+                    .run(|_cx| async { Err::<u64, _>(Error::custom("the API said no")) })
+                    .await
+            })
+            .await;
+        (ok.record, failed.record)
+    });
+
+    let listed = json(&sluice(&["runs", "ls", "--store", &store, "--json"]));
+    let runs = listed.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{listed}");
+    assert_eq!(runs[0]["run_id"], failed.run_id.as_str(), "newest first");
+    for (run, record) in runs.iter().zip([&failed, &ok]) {
+        for field in ["run_id", "flow", "state", "start", "end"] {
+            assert!(!run[field].is_null(), "{field} missing in {run}");
+        }
+        assert_eq!(run["flow"], record.flow.as_str());
+    }
+    let only_failed = json(&sluice(&[
+        "runs", "ls", "--store", &store, "--state", "failed", "--json",
+    ]));
+    assert_eq!(only_failed.as_array().unwrap().len(), 1);
+    assert_eq!(only_failed[0]["flow"], "weekly");
+    let by_flow = json(&sluice(&[
+        "runs", "ls", "--store", &store, "--flow", "daily", "--since", "1h", "--json",
+    ]));
+    assert_eq!(by_flow.as_array().unwrap().len(), 1);
+    let none_yet = json(&sluice(&[
+        "runs",
+        "ls",
+        "--store",
+        &store,
+        "--since",
+        "2999-01-01T00:00:00Z",
+        "--json",
+    ]));
+    assert!(none_yet.as_array().unwrap().is_empty());
+
+    let table = sluice(&["runs", "ls", "--store", &store]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("RUN"), "{table}");
+    assert!(
+        table.contains("weekly") && table.contains("Failed"),
+        "{table}"
+    );
+
+    let shown = json(&sluice(&[
+        "runs",
+        "show",
+        "--store",
+        &store,
+        &ok.run_id[..8],
+        "--json",
+    ]));
+    assert_eq!(shown["run_id"], ok.run_id.as_str());
+    assert_eq!(shown["parameters"]["day"], "2026-11-27");
+    assert_eq!(shown["tasks"][0]["name"], "count");
+    let text = sluice(&["runs", "show", "--store", &store, &failed.run_id]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("the API said no"), "{text}");
+
+    let missing = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["runs", "show", "--store", &store, "nope"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("no flow run \"nope\""), "{stderr}");
 }
