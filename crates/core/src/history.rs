@@ -14,7 +14,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use url::Url;
 
-use crate::checkpoint::store_root;
+use crate::checkpoint::{store_error, store_root, url_in};
 use crate::run::{FlowRunRecord, FlowState};
 use crate::{Error, Result, Session};
 
@@ -106,20 +106,11 @@ impl RunStore {
     }
 
     fn url_of(&self, path: &Path) -> String {
-        let mut url = self.root.clone();
-        url.set_path(&format!("/{path}"));
-        sluice_store::redact(&url)
+        url_in(&self.root, path)
     }
 
     fn error(&self, path: &Path, operation: &'static str, source: object_store::Error) -> Error {
-        let url = self.url_of(path);
-        crate::error::classify_store_error(&source, std::slice::from_ref(&url)).unwrap_or(
-            Error::Store(sluice_store::StoreError::ObjectStore {
-                operation,
-                url,
-                source,
-            }),
-        )
+        store_error(&self.root, path, operation, source)
     }
 
     /// Writes (or overwrites) a run's record.

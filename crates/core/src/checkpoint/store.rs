@@ -138,6 +138,31 @@ pub(crate) fn store_root(session: &Session, location: &str) -> Result<(Url, Arc<
     Ok((root, store))
 }
 
+/// The URL (without credentials) of `path` in the store whose root is `root`.
+pub(crate) fn url_in(root: &Url, path: &Path) -> String {
+    let mut url = root.clone();
+    url.set_path(&format!("/{path}"));
+    sluice_store::redact(&url)
+}
+
+/// What an object store operation on `path` (in the store whose root is `root`) failed
+/// with, as the error users act on.
+pub(crate) fn store_error(
+    root: &Url,
+    path: &Path,
+    operation: &'static str,
+    source: object_store::Error,
+) -> Error {
+    let url = url_in(root, path);
+    crate::error::classify_store_error(&source, std::slice::from_ref(&url)).unwrap_or(Error::Store(
+        sluice_store::StoreError::ObjectStore {
+            operation,
+            url,
+            source,
+        },
+    ))
+}
+
 impl CheckpointStore {
     /// The checkpoint store at `location` (a path or URL; a directory), its object
     /// store from the session.
@@ -174,9 +199,7 @@ impl CheckpointStore {
 
     /// The URL of an object path in this store.
     pub(crate) fn url_of(&self, path: &Path) -> String {
-        let mut url = self.root.clone();
-        url.set_path(&format!("/{path}"));
-        url.to_string()
+        url_in(&self.root, path)
     }
 
     /// The URL of a checkpoint's directory.
@@ -185,14 +208,7 @@ impl CheckpointStore {
     }
 
     fn error(&self, path: &Path, operation: &'static str, source: object_store::Error) -> Error {
-        let url = self.url_of(path);
-        crate::error::classify_store_error(&source, std::slice::from_ref(&url)).unwrap_or(
-            Error::Store(sluice_store::StoreError::ObjectStore {
-                operation,
-                url,
-                source,
-            }),
-        )
+        store_error(&self.root, path, operation, source)
     }
 
     /// Looks a checkpoint up and validates it before anything streams: the manifest
