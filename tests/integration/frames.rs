@@ -351,3 +351,45 @@ async fn a_cancelled_write_leaves_nothing_behind() {
     }
     assert_eq!(dir_entries(&out), Vec::<String>::new());
 }
+
+/// DataFusion 55 caches listings per session, keyed without the store: Sluice turns
+/// that cache off, so two buckets with the same prefix, and files added later, read right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_are_not_cached_across_buckets_or_over_time() {
+    let session = Session::new();
+    let rows = |n: i64| {
+        let batch = RecordBatch::try_from_iter([(
+            "n",
+            std::sync::Arc::new(Int64Array::from_iter_values(0..n)) as _,
+        )])
+        .unwrap();
+        session.from_batches(vec![batch]).unwrap()
+    };
+    let options = ParquetWrite::snappy();
+    rows(3)
+        .write_parquet("memory://one/data/a.parquet", options.clone())
+        .await
+        .unwrap();
+    rows(1)
+        .write_parquet("memory://two/data/a.parquet", options.clone())
+        .await
+        .unwrap();
+    let one = session.read_parquet("memory://one/data/").await.unwrap();
+    assert_eq!(one.count().await.unwrap(), 3);
+    let two = session.read_parquet("memory://two/data/").await.unwrap();
+    assert_eq!(
+        two.count().await.unwrap(),
+        1,
+        "bucket two read as bucket one"
+    );
+    rows(5)
+        .write_parquet("memory://one/data/b.parquet", options)
+        .await
+        .unwrap();
+    let again = session.read_parquet("memory://one/data/").await.unwrap();
+    assert_eq!(
+        again.count().await.unwrap(),
+        8,
+        "a file written later is seen"
+    );
+}

@@ -15,6 +15,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::{SQLOptions, SessionContext, SessionState};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::DataFrame;
@@ -732,8 +733,13 @@ impl SessionBuilder {
         if let Some(n) = self.batch_size {
             config = config.with_batch_size(n);
         }
-        let mut runtime =
-            RuntimeEnvBuilder::new().with_object_store_registry(Arc::clone(&stores) as _);
+        // DataFusion 55 caches directory listings per session with no expiry, keyed by
+        // the path without the store: a file written later is not seen, and
+        // `memory://two/data/` read after `memory://one/data/` lists bucket one's files.
+        // Listings are cheap next to reading the data; correctness first.
+        let mut runtime = RuntimeEnvBuilder::new()
+            .with_object_store_registry(Arc::clone(&stores) as _)
+            .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0));
         if let Some(limit) = self.memory_limit {
             runtime = runtime.with_memory_limit(limit, 1.0);
         }
