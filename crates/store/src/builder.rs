@@ -376,11 +376,29 @@ impl ObjectStore for AbortingStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        let upload = self.inner.put_multipart_opts(location, opts).await?;
-        Ok(Box::new(AbortOnDrop {
-            inner: Some(upload),
-            location: location.clone(),
-        }))
+        // Counted from before the request: if the caller is dropped while the upload is
+        // being created, the creation still completes in its own task and is aborted.
+        // Dropping the value sent (the caller gone) aborts the upload.
+        let open = crate::cleanup::Pending::new();
+        let inner = Arc::clone(&self.inner);
+        let path = location.clone();
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let created = inner
+                .put_multipart_opts(&path, opts)
+                .await
+                .map(|upload| AbortOnDrop {
+                    inner: Some(upload),
+                    location: path,
+                    open: Some(open),
+                });
+            let _ = sender.send(created);
+        });
+        let upload = receiver.await.map_err(|_| object_store::Error::Generic {
+            store: "sluice",
+            source: format!("the creation of the multipart upload of {location} was lost").into(),
+        })??;
+        Ok(Box::new(upload))
     }
 
     async fn get_opts(
@@ -445,6 +463,8 @@ impl ObjectStore for AbortingStore {
 struct AbortOnDrop {
     inner: Option<Box<dyn MultipartUpload>>,
     location: Path,
+    /// Counted by [`crate::cleanup::drain`] until the upload is completed or aborted.
+    open: Option<crate::cleanup::Pending>,
 }
 
 #[async_trait]
@@ -486,7 +506,9 @@ impl Drop for AbortOnDrop {
             return;
         };
         let location = self.location.clone();
+        let open = self.open.take();
         crate::cleanup::spawn("abort multipart upload", async move {
+            let _open = open;
             match upload.abort().await {
                 Ok(()) => tracing::debug!(%location, "aborted an unfinished multipart upload"),
                 Err(e) => {

@@ -4,7 +4,9 @@
 //! multipart upload aborts it. A `Drop` cannot await, so both are spawned on the
 //! runtime. A process that stops right after (Ctrl-C, a timeout) must wait for them
 //! before its runtime shuts down, or the staging objects and pending uploads stay
-//! behind: [`drain`] is that wait.
+//! behind: [`drain`] is that wait. It also waits for every multipart upload that is
+//! open: the writers of a cancelled plan run in tasks that tokio drops only when a
+//! worker gets to them, and each one's upload is aborted then.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -35,8 +37,7 @@ pub fn spawn(what: &'static str, cleanup: impl Future<Output = ()> + Send + 'sta
         );
         return false;
     };
-    PENDING.fetch_add(1, Ordering::AcqRel);
-    let guard = Pending;
+    let guard = Pending::new();
     handle.spawn(async move {
         let _guard = guard;
         cleanup.await;
@@ -44,8 +45,17 @@ pub fn spawn(what: &'static str, cleanup: impl Future<Output = ()> + Send + 'sta
     true
 }
 
-/// Decrements the count when the cleanup ends, or when the runtime drops it.
-struct Pending;
+/// Counts one piece of work [`drain`] waits for (a cleanup, an open multipart upload)
+/// from its creation until it is dropped.
+#[derive(Debug)]
+pub(crate) struct Pending;
+
+impl Pending {
+    pub(crate) fn new() -> Self {
+        PENDING.fetch_add(1, Ordering::AcqRel);
+        Pending
+    }
+}
 
 impl Drop for Pending {
     fn drop(&mut self) {
@@ -54,12 +64,13 @@ impl Drop for Pending {
     }
 }
 
-/// How many background cleanups are running.
+/// How many background cleanups are running, and multipart uploads are open.
 pub fn pending() -> usize {
     PENDING.load(Ordering::Acquire)
 }
 
-/// Waits until no background cleanup is running, at most `limit`. Returns whether
+/// Waits until no background cleanup is running and no multipart upload is open (in
+/// this process: other writes in flight count too), at most `limit`. Returns whether
 /// they all ended.
 pub async fn drain(limit: Duration) -> bool {
     let wait = async {
