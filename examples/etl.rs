@@ -52,8 +52,10 @@ async fn load(df: Frame, dest: &str, options: ParquetWrite) -> Result<WriteSumma
 }
 
 #[flow]
-async fn etl(source: &str, dest: &str, options: ParquetWrite) -> Result<WriteSummary> {
-    let raw = extract(source).await?;
+async fn etl(sources: Vec<String>, dest: &str, options: ParquetWrite) -> Result<WriteSummary> {
+    // One `extract` per source, run concurrently; their frames union lazily into one plan.
+    let parts = map(&sources, |source| extract(source)).await?;
+    let raw = Frame::concat(parts)?;
     let df = transform(raw).await?;
     load(df, dest, options).await
 }
@@ -61,10 +63,11 @@ async fn etl(source: &str, dest: &str, options: ParquetWrite) -> Result<WriteSum
 #[derive(Parser, Debug)]
 #[command(about = "The seed ETL: taxi Parquet → tip_fraction → Parquet (zstd)")]
 struct Args {
-    /// Input: a Parquet file, a directory or a glob, as a path or URL. Default:
+    /// Input: a Parquet file, a directory or a glob, as a path or URL; give it more
+    /// than once to map `extract` over several (twelve monthly files, say). Default:
     /// generated taxi data in `data/`.
     #[arg(long)]
-    source: Option<String>,
+    source: Vec<String>,
     /// Output: a `.parquet` file, or a directory (trailing `/`), as a path or URL.
     #[arg(long, default_value = "data/out/yellow_tripdata_tip_fraction.parquet")]
     dest: String,
@@ -144,16 +147,17 @@ async fn cancel_on_signal(token: CancellationToken, signal: Arc<AtomicU8>) {
 }
 
 async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
-    let source = match &args.source {
-        Some(source) => source.clone(),
-        None => generated_source(args.rows).await?,
+    let sources = if args.source.is_empty() {
+        vec![generated_source(args.rows).await?]
+    } else {
+        args.source.clone()
     };
     let mut options = ParquetWrite::zstd(args.zstd_level);
     if let Some(rows) = args.row_group_rows {
         options = options.with_row_group_rows(rows);
     }
     let started = Instant::now();
-    let mut call = etl(&source, &args.dest, options)
+    let mut call = etl(sources, &args.dest, options)
         .with_mode(args.mode)
         .with_checkpoints(args.cache.is_some())
         .with_cancellation(cancel);

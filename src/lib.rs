@@ -115,6 +115,6 @@ pub mod prelude {
         CachePolicy, CancellationToken, CsvReadOptions, CsvWrite, Error, ExecutionMode, Expr, Flow,
         FlowOptions, FlowRunRecord, FlowState, Frame, ParquetRead, ParquetWrite, Persist, Result,
         Retry, RetryDelay, Session, Task, TaskContext, TaskState, WriteLayout, WriteSummary, col,
-        lit,
+        lit, map, submit,
     };
 }

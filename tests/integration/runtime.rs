@@ -501,3 +501,175 @@ fn a_killed_process_leaves_a_running_record() {
         assert_eq!(record["state"], "Completed");
     }
 }
+
+/// A task that sleeps `ms` while counting how many run at once.
+async fn counted(
+    name: String,
+    tags: &[&str],
+    ms: u64,
+    now: &AtomicUsize,
+    max: &AtomicUsize,
+) -> Result<u64> {
+    let mut task = Task::new(name);
+    for tag in tags {
+        task = task.with_tag(*tag);
+    }
+    task.run(|_cx| async {
+        let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+        max.fetch_max(running, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        now.fetch_sub(1, Ordering::SeqCst);
+        Ok(ms)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_runs_calls_at_once_within_the_flow_and_tag_limits() {
+    let (now, max) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let run = Flow::new("limited")
+        .with_run_history(false)
+        .configure(|o| o.with_task_concurrency(2).with_tag_concurrency("api", 1))
+        .run(serde_json::json!({}), async {
+            let all = map(0..6, |i| counted(format!("t{i}"), &[], 50, &now, &max)).await?;
+            assert_eq!(all.len(), 6);
+            let flow_max = max.swap(0, Ordering::SeqCst);
+            map(0..3, |i| {
+                counted(format!("api{i}"), &["api"], 30, &now, &max)
+            })
+            .await?;
+            Ok(flow_max)
+        })
+        .await;
+    assert_eq!(run.output.unwrap(), 2, "the flow's limit, reached");
+    assert_eq!(max.load(Ordering::SeqCst), 1, "the tag's limit");
+    assert_eq!(run.record.tasks.len(), 9);
+    assert!(
+        run.record
+            .tasks
+            .iter()
+            .all(|t| t.state == TaskState::Completed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sinks_awaited_together_run_at_the_same_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = taxi_file(dir.path(), "in.parquet", 300_000, 50_000)
+        .display()
+        .to_string();
+    let (a, b) = (
+        dir.path().join("a.parquet").display().to_string(),
+        dir.path().join("b.parquet").display().to_string(),
+    );
+    let run = Flow::new("fan_out")
+        .with_run_history(false)
+        .run(serde_json::json!({}), async {
+            let raw = extract(&source).await?;
+            let (x, y) = futures::join!(
+                load_with_retries(raw.clone(), &a),
+                load_with_retries(raw.clone(), &b)
+            );
+            Ok(x?.rows + y?.rows)
+        })
+        .await;
+    assert_eq!(run.output.unwrap(), 600_000);
+    let loads: Vec<_> = run
+        .record
+        .tasks
+        .iter()
+        .filter(|t| t.name == "load_with_retries")
+        .collect();
+    let (first, second) = (loads[0], loads[1]);
+    assert!(
+        first.start < second.end.unwrap() && second.start < first.end.unwrap(),
+        "the two writes did not overlap: {first:?} {second:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_mapped_call_stops_its_siblings_and_unawaited_submits_are_stopped() {
+    let run = Flow::new("siblings")
+        .with_run_history(false)
+        .run(serde_json::json!({}), async {
+            let background = submit(Task::new("awaited").run(|_cx| async { Ok(5u64) }));
+            let _forgotten = submit(Task::new("forgotten").run(|_cx| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(0u64)
+            }));
+            assert_eq!(background.await?, 5);
+            let mapped = map(0..3u64, |i| {
+                Task::new(format!("m{i}")).run(move |_cx| async move {
+                    if i == 1 {
+                        // Once every call has started.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Err(Error::custom("bad month"))
+                    } else {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        Ok(i)
+                    }
+                })
+            })
+            .await;
+            assert!(mapped.is_err());
+            Ok(())
+        })
+        .await;
+    run.output.unwrap();
+    let names: Vec<_> = run
+        .record
+        .tasks
+        .iter()
+        .map(|t| (&t.name, t.state))
+        .collect();
+    let state = |name: &str| {
+        run.record
+            .task(name)
+            .unwrap_or_else(|| panic!("no {name} in {names:?}"))
+            .state
+    };
+    assert_eq!(state("awaited"), TaskState::Completed);
+    assert_eq!(state("m1"), TaskState::Failed);
+    for stopped in ["m0", "m2", "forgotten"] {
+        assert_eq!(state(stopped), TaskState::Cancelled, "{stopped}");
+        assert!(run.record.task(stopped).unwrap().reason.is_some());
+    }
+}
+
+#[test]
+fn the_example_maps_extract_over_several_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = taxi_file(dir.path(), "a.parquet", 30_000, 10_000);
+    let b = taxi_file(dir.path(), "b.parquet", 20_000, 10_000);
+    let dest = dir.path().join("out.parquet");
+    let summary = dir.path().join("run.json");
+    let output = Command::new(example_binary())
+        .arg("--source")
+        .arg(&a)
+        .arg("--source")
+        .arg(&b)
+        .arg("--dest")
+        .arg(&dest)
+        .arg("--run-store")
+        .arg(dir.path().join("runs"))
+        .arg("--summary")
+        .arg(&summary)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    let tasks = record["tasks"].as_array().unwrap();
+    let extracts: Vec<_> = tasks.iter().filter(|t| t["name"] == "extract").collect();
+    assert_eq!(extracts.len(), 2);
+    assert_eq!(
+        extracts[0]["rows"].as_u64().unwrap() + extracts[1]["rows"].as_u64().unwrap(),
+        50_000
+    );
+    let load = tasks.iter().find(|t| t["name"] == "load").unwrap();
+    assert_eq!(load["rows"], 50_000);
+}

@@ -69,6 +69,10 @@ pub(crate) struct FlowRunShared {
     start: DateTime<Utc>,
     started: Instant,
     tasks: Mutex<Vec<Arc<TaskRunState>>>,
+    /// How many task bodies may run at once, in all and per tag.
+    pub(crate) limits: crate::concurrency::Limits,
+    /// Calls started with `submit`, stopped when the run ends.
+    submitted: crate::concurrency::Submitted,
 }
 
 impl FlowRunShared {
@@ -86,7 +90,27 @@ impl FlowRunShared {
             start: Utc::now(),
             started: Instant::now(),
             tasks: Mutex::new(Vec::new()),
+            limits: crate::concurrency::Limits::new(
+                flow.options.task_concurrency,
+                &flow.options.tag_concurrency,
+            ),
+            submitted: Default::default(),
         })
+    }
+
+    /// The flow run of the calling code, if it runs inside one.
+    pub(crate) fn current() -> Option<Arc<Self>> {
+        CURRENT_FLOW.try_with(Arc::clone).ok()
+    }
+
+    /// `future`, run inside the flow run `flow`.
+    pub(crate) fn scope<F: Future>(flow: Arc<Self>, future: F) -> TaskLocalFuture<Arc<Self>, F> {
+        CURRENT_FLOW.scope(flow, future)
+    }
+
+    /// A call started in the background, to stop when the run ends.
+    pub(crate) fn track(&self, handle: tokio::task::AbortHandle) {
+        self.submitted.push(handle);
     }
 
     /// The flow run of the calling task, or a one-off run for a task called outside any
@@ -180,6 +204,8 @@ pub struct FlowOptions {
     clock: Clock,
     run_store: Option<String>,
     run_history: bool,
+    task_concurrency: Option<usize>,
+    tag_concurrency: Vec<(String, usize)>,
     timeout: Option<Duration>,
     cancellation: Option<CancellationToken>,
     hooks: FlowHooks,
@@ -195,6 +221,8 @@ impl Default for FlowOptions {
             clock: Clock::default(),
             run_store: None,
             run_history: true,
+            task_concurrency: None,
+            tag_concurrency: Vec::new(),
             timeout: None,
             cancellation: None,
             hooks: FlowHooks::default(),
@@ -208,6 +236,21 @@ impl FlowOptions {
     /// directory.
     pub fn with_run_store(mut self, location: impl Into<String>) -> Self {
         self.run_store = Some(location.into());
+        self
+    }
+
+    /// At most `limit` task bodies run at once in a run of this flow (a `map` over
+    /// twelve files with a limit of 4, say). Unlimited by default. See
+    /// [`map`](crate::map) for what a body is in lazy mode.
+    pub fn with_task_concurrency(mut self, limit: usize) -> Self {
+        self.task_concurrency = Some(limit);
+        self
+    }
+
+    /// At most `limit` bodies of tasks tagged `tag` (see
+    /// [`Task::with_tag`](crate::Task::with_tag)) run at once in a run of this flow.
+    pub fn with_tag_concurrency(mut self, tag: impl Into<String>, limit: usize) -> Self {
+        self.tag_concurrency.push((tag.into(), limit));
         self
     }
 
@@ -591,6 +634,10 @@ where
                 Poll::Ready(ended) => ended,
                 Poll::Pending => return Poll::Pending,
             };
+            let stopped = this.shared.submitted.abort_all();
+            if stopped > 0 {
+                tracing::warn!(flow = %this.shared.name, run = %this.shared.run_id, stopped, "submitted calls still running when the flow run ended were stopped; await them");
+            }
             let (state, closing) = match (&output, interrupted) {
                 (_, Some(why)) => (
                     if matches!(output, Err(Error::Cancelled { .. })) {

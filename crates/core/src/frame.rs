@@ -256,6 +256,29 @@ impl Frame {
         self.combine(other, "union", String::new(), DataFrame::union)
     }
 
+    /// The rows of every frame, one after the other (SQL `UNION ALL`, by position), as
+    /// one lazy plan: how the frames of a [`map`](crate::map) come together.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sluice_core::Result<()> {
+    /// let session = sluice_core::Session::new();
+    /// let a = session.sql("SELECT 1 AS n", []).await?;
+    /// let b = session.sql("SELECT 2 AS n", []).await?;
+    /// let both = sluice_core::Frame::concat([a, b])?;
+    /// assert_eq!(both.count().await?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn concat(frames: impl IntoIterator<Item = Frame>) -> Result<Frame> {
+        let mut frames = frames.into_iter();
+        let first = frames.next().ok_or_else(|| Error::InvalidOption {
+            option: "frames",
+            reason: "concat needs at least one frame".into(),
+        })?;
+        frames.try_fold(first, |all, next| all.union(&next))
+    }
+
     /// Appends the rows of `other`, matching columns by name; missing columns are null.
     pub fn union_by_name(&self, other: &Frame) -> Result<Frame> {
         self.combine(

@@ -51,6 +51,7 @@
 
 pub mod boundary;
 pub mod checkpoint;
+mod concurrency;
 mod error;
 mod evolution;
 mod flow;
@@ -68,6 +69,7 @@ pub use checkpoint::{
     CacheEntry, CacheKeyInputs, CachePolicy, CheckpointFormat, CheckpointStore, Clock, GcReport,
     Manifest, Persist,
 };
+pub use concurrency::{TaskFuture, map, submit};
 pub use error::{Error, Result};
 pub use flow::{DEFAULT_RUN_STORE, Flow, FlowCall, FlowFuture, FlowOptions, FlowRun};
 pub use frame::{ColumnInfo, Frame, FrameInfo, WriteSummary, WrittenFile};

@@ -428,6 +428,9 @@ pub(crate) struct TaskRunState {
     executions: Mutex<Vec<Arc<ExecutionState>>>,
     /// Set when the body returned a lazy frame: the run completes when it has streamed.
     awaits_stream: AtomicBool,
+    /// Set when a call of the body ended (returned, failed, or was read from a
+    /// checkpoint); a run closed without it was stopped mid-call.
+    body_ended: AtomicBool,
     /// The downstream task whose checkpoint made this task's output unnecessary.
     superseded_by: Mutex<Option<String>>,
 }
@@ -477,6 +480,7 @@ impl TaskRunState {
             started: Instant::now(),
             executions: Mutex::new(Vec::new()),
             awaits_stream: AtomicBool::new(false),
+            body_ended: AtomicBool::new(false),
             superseded_by: Mutex::new(None),
         })
     }
@@ -705,6 +709,7 @@ impl TaskRunState {
 
     /// The body returned successfully.
     pub(crate) fn body_done(&self) {
+        self.body_ended.store(true, Ordering::Release);
         if self.awaits_stream.load(Ordering::Relaxed) {
             return;
         }
@@ -724,6 +729,7 @@ impl TaskRunState {
     }
 
     pub(crate) fn fail(&self, error: &Error) {
+        self.body_ended.store(true, Ordering::Release);
         let mut record = self.lock();
         if record.state != TaskState::Failed {
             self.finish_locked(&mut record, TaskState::Failed, Some(error.to_string()));
@@ -774,6 +780,16 @@ impl TaskRunState {
             && !record.state.is_final()
         {
             record.reason = Some(why.to_string());
+            self.finish_locked(&mut record, TaskState::Cancelled, None);
+            finished = Some(TaskState::Cancelled);
+        } else if closing.is_some()
+            && !record.state.is_final()
+            && !self.body_ended.load(Ordering::Acquire)
+            && record.state != TaskState::Retrying
+        {
+            // Its call was dropped: a sibling in `map` failed, or a `submit`ted call
+            // was still running when the flow run ended.
+            record.reason = Some("its call was stopped before it finished".into());
             self.finish_locked(&mut record, TaskState::Cancelled, None);
             finished = Some(TaskState::Cancelled);
         } else if closing.is_some() && record.state == TaskState::Retrying {

@@ -79,6 +79,7 @@ pub(crate) struct TaskConfig {
     version: Option<String>,
     retry: Option<Retry>,
     timeout: Option<std::time::Duration>,
+    tags: Vec<String>,
     hooks: TaskHooks,
     persist: Option<Persist>,
     cache: Option<CachePolicy>,
@@ -219,6 +220,14 @@ impl Task {
         self
     }
 
+    /// Tags the task, for the flow's per-tag concurrency limits
+    /// ([`FlowOptions::with_tag_concurrency`](crate::FlowOptions::with_tag_concurrency)):
+    /// `Task::new("fetch").with_tag("api")`.
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        self.config.tags.push(tag.into());
+        self
+    }
+
     /// Calls `hook` with the run's record when the run completes (or is read from a
     /// checkpoint). Hooks run once per run, on the thread that ended it: keep them short.
     ///
@@ -276,6 +285,9 @@ impl Task {
         );
         flow.add_task(Arc::clone(&run));
         let timeout = self.config.timeout;
+        let tags = self.config.tags.clone();
+        // A call nested in another task's body takes no permit: the outer one holds one.
+        let nested = CURRENT_TASK.try_with(|_| ()).is_ok();
         let cx = TaskContext {
             flow: Arc::clone(&flow),
             run: Arc::clone(&run),
@@ -290,6 +302,12 @@ impl Task {
             let cx = TaskContext {
                 attempt,
                 ..cx.clone()
+            };
+            // Pending until the flow's limits let it start (not part of its timeout).
+            let _permits = if nested {
+                Vec::new()
+            } else {
+                flow.limits.acquire(&tags).await
             };
             let work = async {
                 run.start();

@@ -48,6 +48,8 @@ struct Settings {
     retry_delay: Option<TokenStream2>,
     /// `timeout = <expr>`: a `Duration`.
     timeout: Option<TokenStream2>,
+    /// `tags = ["a", "b"]`.
+    tags: Vec<Expr>,
 }
 
 fn parse_settings(attr: TokenStream, what: &str) -> syn::Result<Settings> {
@@ -59,9 +61,10 @@ fn parse_settings(attr: TokenStream, what: &str) -> syn::Result<Settings> {
         retries: None,
         retry_delay: None,
         timeout: None,
+        tags: Vec::new(),
     };
     let supported = if what == "task" {
-        "name, version, persist, cache, retries, retry_delay, timeout"
+        "name, version, persist, cache, retries, retry_delay, timeout, tags"
     } else {
         "name, version"
     };
@@ -91,6 +94,15 @@ fn parse_settings(attr: TokenStream, what: &str) -> syn::Result<Settings> {
             (Meta::NameValue(nv), "retry_delay") if what == "task" => {
                 let value = &nv.value;
                 settings.retry_delay = Some(quote! { #value });
+            }
+            (Meta::NameValue(nv), "tags") if what == "task" => {
+                let Expr::Array(array) = &nv.value else {
+                    return Err(syn::Error::new_spanned(
+                        &nv.value,
+                        "expected a list of tags: tags = [\"api\"]",
+                    ));
+                };
+                settings.tags = array.elems.iter().cloned().collect();
             }
             (Meta::NameValue(nv), "timeout") if what == "task" => {
                 let value = &nv.value;
@@ -244,7 +256,8 @@ fn return_type(sig: &syn::Signature) -> TokenStream2 {
 /// - `retries = 3` and `retry_delay = RetryDelay::exponential(Duration::from_secs(1))`:
 ///   retry errors that a new attempt may fix;
 /// - `timeout = Duration::from_secs(600)`: fail an attempt (or, for a lazy task, one
-///   streaming of its output) that takes longer.
+///   streaming of its output) that takes longer;
+/// - `tags = ["api"]`: for the flow's per-tag concurrency limits.
 ///
 /// A retry calls the body again with its own copy of each owned argument, so owned
 /// arguments must be `Clone` (a `Frame` is a cheap handle).
@@ -298,6 +311,9 @@ fn expand_task(settings: Settings, item: ItemFn) -> syn::Result<TokenStream2> {
     }
     if let Some(timeout) = &settings.timeout {
         options.extend(quote! { .with_timeout(#timeout) });
+    }
+    for tag in &settings.tags {
+        options.extend(quote! { .with_tag(#tag) });
     }
     let mut bind_cx = TokenStream2::new();
     if sig.inputs.first().is_some_and(is_task_context) {
