@@ -21,6 +21,8 @@
 //! Every run is recorded in `.sluice/` (or `--run-store URL`): `sluice runs ls` lists
 //! them. Ctrl-C (or SIGTERM) stops the run within a second, publishes nothing, records
 //! it `Cancelled` and exits 130 (143 for SIGTERM). `--timeout 10m` bounds the run.
+//! Progress shows as bars on a terminal and as a line every 5 s otherwise
+//! (`--progress`); `--source` may be given more than once.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -90,6 +92,10 @@ struct Args {
     /// and read it from there on the next run. Without it nothing is persisted.
     #[arg(long)]
     cache: Option<String>,
+    /// Progress on standard error: `auto` (bars on a terminal, else a line every 5 s),
+    /// `bars`, `lines`, `lines:2s` or `off`.
+    #[arg(long, default_value = "auto")]
+    progress: Progress,
     /// Record the run in this run store (a path or URL) instead of `.sluice/`.
     #[arg(long)]
     run_store: Option<String>,
@@ -100,12 +106,19 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+    // Logs honour RUST_LOG and go around the progress bars; log lines emitted inside a
+    // task (INFO and up) are also kept in the run record.
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(ProgressWriter)
+                .with_filter(filter),
         )
-        .with_writer(std::io::stderr)
+        .with(RunLogLayer::default())
         .init();
     // Sluice turns panics inside query execution (say, a decoder choking on a malformed
     // file) into errors that name the task and the file; keep them out of the output.
@@ -160,7 +173,8 @@ async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
     let mut call = etl(sources, &args.dest, options)
         .with_mode(args.mode)
         .with_checkpoints(args.cache.is_some())
-        .with_cancellation(cancel);
+        .with_cancellation(cancel)
+        .with_progress(args.progress);
     if let Some(store) = &args.cache {
         call = call.with_result_store(store);
     }

@@ -113,8 +113,8 @@ pub mod prelude {
     pub use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
     pub use sluice_core::{
         CachePolicy, CancellationToken, CsvReadOptions, CsvWrite, Error, ExecutionMode, Expr, Flow,
-        FlowOptions, FlowRunRecord, FlowState, Frame, ParquetRead, ParquetWrite, Persist, Result,
-        Retry, RetryDelay, Session, Task, TaskContext, TaskState, WriteLayout, WriteSummary, col,
-        lit, map, submit,
+        FlowOptions, FlowRunRecord, FlowState, Frame, ParquetRead, ParquetWrite, Persist, Progress,
+        ProgressWriter, Result, Retry, RetryDelay, RunLogLayer, Session, Task, TaskContext,
+        TaskState, WriteLayout, WriteSummary, col, lit, map, submit,
     };
 }

@@ -673,3 +673,61 @@ fn the_example_maps_extract_over_several_sources() {
     let load = tasks.iter().find(|t| t["name"] == "load").unwrap();
     assert_eq!(load["rows"], 50_000);
 }
+
+#[test]
+fn the_example_prints_progress_lines_and_keeps_task_logs_in_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = taxi_file(dir.path(), "in.parquet", 1_000_000, 100_000);
+    let summary = dir.path().join("run.json");
+    let output = Command::new(example_binary())
+        .arg("--source")
+        .arg(&source)
+        .arg("--dest")
+        .arg(dir.path().join("out.parquet"))
+        .arg("--run-store")
+        .arg(dir.path().join("runs"))
+        .arg("--summary")
+        .arg(&summary)
+        .args(["--progress", "lines:50ms"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // Not a terminal: plain lines, with the footer row count as the total.
+    let lines: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.starts_with("progress etl "))
+        .collect();
+    assert!(lines.len() >= 2, "{stderr}");
+    assert!(
+        lines.iter().any(|l| l.contains("of 1.0M (")),
+        "no percentage: {lines:?}"
+    );
+    assert!(lines.last().unwrap().contains("(done,"), "{lines:?}");
+    // Log lines carry the flow-run and task-run ids, from the task's span.
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    let run_id = record["run_id"].as_str().unwrap();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains(&format!("flow_run={run_id}")) && l.contains("task_run=")),
+        "{stderr}"
+    );
+    // And the ones emitted inside a task are in its record.
+    let load = record["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "load")
+        .unwrap();
+    let logs = load["logs"].as_array().unwrap();
+    assert!(
+        logs.iter().any(|l| l["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("published output")),
+        "{logs:?}"
+    );
+}

@@ -73,6 +73,8 @@ pub(crate) struct FlowRunShared {
     pub(crate) limits: crate::concurrency::Limits,
     /// Calls started with `submit`, stopped when the run ends.
     submitted: crate::concurrency::Submitted,
+    /// How the run shows its progress.
+    pub(crate) progress: crate::Progress,
 }
 
 impl FlowRunShared {
@@ -95,7 +97,19 @@ impl FlowRunShared {
                 &flow.options.tag_concurrency,
             ),
             submitted: Default::default(),
+            progress: flow.options.progress,
         })
+    }
+
+    /// Every task run so far, as progress shows it.
+    pub(crate) fn live_tasks(&self) -> Vec<crate::run::LiveTask> {
+        let runs: Vec<_> = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        runs.iter().map(|t| t.live()).collect()
+    }
+
+    /// Time since the run started.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// The flow run of the calling code, if it runs inside one.
@@ -206,6 +220,7 @@ pub struct FlowOptions {
     run_history: bool,
     task_concurrency: Option<usize>,
     tag_concurrency: Vec<(String, usize)>,
+    progress: crate::Progress,
     timeout: Option<Duration>,
     cancellation: Option<CancellationToken>,
     hooks: FlowHooks,
@@ -223,6 +238,7 @@ impl Default for FlowOptions {
             run_history: true,
             task_concurrency: None,
             tag_concurrency: Vec::new(),
+            progress: crate::Progress::Off,
             timeout: None,
             cancellation: None,
             hooks: FlowHooks::default(),
@@ -251,6 +267,13 @@ impl FlowOptions {
     /// [`Task::with_tag`](crate::Task::with_tag)) run at once in a run of this flow.
     pub fn with_tag_concurrency(mut self, tag: impl Into<String>, limit: usize) -> Self {
         self.tag_concurrency.push((tag.into(), limit));
+        self
+    }
+
+    /// Shows the run's progress on standard error (see [`Progress`](crate::Progress));
+    /// off by default.
+    pub fn with_progress(mut self, progress: crate::Progress) -> Self {
+        self.progress = progress;
         self
     }
 
@@ -498,6 +521,12 @@ where
         self
     }
 
+    /// Shows progress; see [`FlowOptions::with_progress`].
+    pub fn with_progress(mut self, progress: crate::Progress) -> Self {
+        self.flow.options = self.flow.options.with_progress(progress);
+        self
+    }
+
     /// Changes the options with `change` (hooks, run history, ...).
     pub fn configure(mut self, change: impl FnOnce(FlowOptions) -> FlowOptions) -> Self {
         self.flow.options = change(self.flow.options);
@@ -549,6 +578,8 @@ where
                 .timeout
                 .map(|limit| (limit, Box::pin(tokio::time::sleep(limit)))),
             starting,
+            progress: None,
+            announced: false,
             finishing: None,
             ended: None,
         }
@@ -597,6 +628,10 @@ pub struct FlowFuture<F: Future> {
     deadline: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     /// Writing the `Running` record, before the body starts.
     starting: Option<BoxFuture<'static, ()>>,
+    /// The progress display, while the body runs.
+    progress: Option<crate::progress::Reporter>,
+    /// Whether the start was logged (and the progress display started).
+    announced: bool,
     /// Cleanups and the final record, after the body ended.
     finishing: Option<BoxFuture<'static, ()>>,
     /// The body's result and the final record, once the body ended.
@@ -627,13 +662,20 @@ where
         if let Some(starting) = this.starting.as_mut() {
             std::task::ready!(starting.as_mut().poll(cx));
             this.starting = None;
+        }
+        if !this.announced {
+            this.announced = true;
             tracing::info!(flow = %this.shared.name, run = %this.shared.run_id, mode = %this.shared.mode, "flow run started");
+            this.progress = crate::progress::Reporter::start(&this.shared, this.shared.progress);
         }
         if this.ended.is_none() {
             let (output, interrupted) = match this.poll_body(cx) {
                 Poll::Ready(ended) => ended,
                 Poll::Pending => return Poll::Pending,
             };
+            if let Some(progress) = this.progress.take() {
+                progress.finish();
+            }
             let stopped = this.shared.submitted.abort_all();
             if stopped > 0 {
                 tracing::warn!(flow = %this.shared.name, run = %this.shared.run_id, stopped, "submitted calls still running when the flow run ended were stopped; await them");

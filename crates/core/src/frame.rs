@@ -256,6 +256,21 @@ impl Frame {
         self.combine(other, "union", String::new(), DataFrame::union)
     }
 
+    /// The rows the frame will produce, when its statistics know them exactly (a scan
+    /// of Parquet files: the row counts in their footers). Plans the frame; reads no
+    /// data.
+    pub(crate) async fn footer_rows(&self) -> Option<u64> {
+        use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
+        let plan = self.to_dataframe().create_physical_plan().await.ok()?;
+        let stats = StatisticsContext::new()
+            .compute(plan.as_ref(), &StatisticsArgs::new())
+            .ok()?;
+        match stats.num_rows {
+            datafusion::common::stats::Precision::Exact(rows) => Some(rows as u64),
+            _ => None,
+        }
+    }
+
     /// The rows of every frame, one after the other (SQL `UNION ALL`, by position), as
     /// one lazy plan: how the frames of a [`map`](crate::map) come together.
     ///

@@ -58,6 +58,8 @@ mod flow;
 mod frame;
 mod history;
 mod lineage;
+mod logging;
+mod progress;
 mod read;
 mod retry;
 mod run;
@@ -75,11 +77,13 @@ pub use flow::{DEFAULT_RUN_STORE, Flow, FlowCall, FlowFuture, FlowOptions, FlowR
 pub use frame::{ColumnInfo, Frame, FrameInfo, WriteSummary, WrittenFile};
 pub use history::{RunFilter, RunStore};
 pub use lineage::{SourceObject, UpstreamTask};
+pub use logging::RunLogLayer;
+pub use progress::{Progress, ProgressWriter};
 pub use read::ParquetRead;
 pub use retry::{Retry, RetryDelay};
 pub use run::{
-    CacheRecord, ExecutionMode, ExecutionOutcome, FlowRunRecord, FlowState, TaskAttempt,
-    TaskExecution, TaskRunRecord, TaskState,
+    CacheRecord, ExecutionMode, ExecutionOutcome, FlowRunRecord, FlowState, LogLine, MAX_LOG_LINES,
+    TaskAttempt, TaskExecution, TaskRunRecord, TaskState,
 };
 pub use session::{Session, SessionBuilder};
 pub use task::{DEFAULT_RESULT_STORE, Task, TaskContext, TaskOutput};

@@ -209,12 +209,33 @@ impl CacheRecord {
     }
 }
 
+/// A log line emitted inside a task run, kept in its record (see
+/// [`RunLogLayer`](crate::RunLogLayer)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct LogLine {
+    /// When it was emitted.
+    pub time: DateTime<Utc>,
+    /// `ERROR`, `WARN`, `INFO`, `DEBUG` or `TRACE`.
+    pub level: String,
+    /// The module that emitted it.
+    pub target: String,
+    /// The message and its fields (`key=value`).
+    pub message: String,
+}
+
+/// How many log lines a task run's record keeps; later ones are counted, not kept.
+pub const MAX_LOG_LINES: usize = 200;
+
 /// What one task run did. Part of a [`FlowRunRecord`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct TaskRunRecord {
     /// The task's name.
     pub name: String,
+    /// The task run's id within the process (log lines carry it as `task_run`).
+    #[serde(default)]
+    pub id: u64,
     /// The run's state.
     pub state: TaskState,
     /// The task's code version (a hash of its source when defined with `#[task]`).
@@ -245,6 +266,15 @@ pub struct TaskRunRecord {
     /// Each call of its body, in order, when it was retried (empty otherwise).
     #[serde(default)]
     pub attempts: Vec<TaskAttempt>,
+    /// Rows its Parquet sources hold, from their footers, when progress is shown.
+    #[serde(default)]
+    pub expected_rows: Option<u64>,
+    /// The first [`MAX_LOG_LINES`] log lines emitted inside the run.
+    #[serde(default)]
+    pub logs: Vec<LogLine>,
+    /// Log lines emitted beyond those.
+    #[serde(default)]
+    pub logs_dropped: u64,
     /// Why it is `Skipped` or `Cancelled`.
     pub reason: Option<String>,
     /// Why it failed.
@@ -348,6 +378,18 @@ impl ExecutionState {
     }
 }
 
+/// A task run as progress shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveTask {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+    pub(crate) state: TaskState,
+    pub(crate) rows: u64,
+    pub(crate) bytes: u64,
+    pub(crate) elapsed: std::time::Duration,
+    pub(crate) expected_rows: Option<u64>,
+}
+
 /// Why a flow run closes its task runs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Closing<'a> {
@@ -423,6 +465,9 @@ pub(crate) struct TaskRunState {
     retries_used: std::sync::atomic::AtomicU32,
     hooks: TaskHooks,
     hooked: AtomicBool,
+    /// Log lines, apart from the record: a line can be logged while the record is
+    /// locked (the "task run finished" event is).
+    logs: Mutex<(Vec<LogLine>, u64)>,
     record: Mutex<TaskRunRecord>,
     started: Instant,
     executions: Mutex<Vec<Arc<ExecutionState>>>,
@@ -459,7 +504,12 @@ impl TaskRunState {
             retries_used: std::sync::atomic::AtomicU32::new(0),
             hooks,
             hooked: AtomicBool::new(false),
+            logs: Mutex::new((Vec::new(), 0)),
             record: Mutex::new(TaskRunRecord {
+                id: 0,
+                expected_rows: None,
+                logs: Vec::new(),
+                logs_dropped: 0,
                 name: name.to_string(),
                 state: TaskState::Pending,
                 version,
@@ -529,6 +579,54 @@ impl TaskRunState {
             record.duration_ms = None;
             record.error = error.map(|e| e.to_string());
         }
+    }
+
+    /// The run as progress shows it: its state and the figures of its latest execution.
+    pub(crate) fn live(&self) -> LiveTask {
+        let latest = self
+            .executions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last()
+            .cloned();
+        let record = self.lock();
+        let (rows, bytes, elapsed) = match &latest {
+            Some(e) => (
+                e.rows.load(Ordering::Relaxed),
+                e.bytes.load(Ordering::Relaxed),
+                e.started.elapsed(),
+            ),
+            None => (
+                record.rows.unwrap_or(0),
+                record.bytes.unwrap_or(0),
+                self.started.elapsed(),
+            ),
+        };
+        LiveTask {
+            id: self.id,
+            name: self.name.clone(),
+            state: record.state,
+            rows,
+            bytes,
+            elapsed,
+            expected_rows: record.expected_rows,
+        }
+    }
+
+    /// Keeps a log line emitted inside the run (the first [`MAX_LOG_LINES`]).
+    pub(crate) fn log(&self, line: LogLine) {
+        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        if logs.0.len() < MAX_LOG_LINES {
+            logs.0.push(line);
+        } else {
+            logs.1 += 1;
+        }
+    }
+
+    /// The rows its sources hold, for progress.
+    pub(crate) fn set_expected_rows(&self, rows: u64) {
+        let mut record = self.lock();
+        record.expected_rows = Some(record.expected_rows.unwrap_or(0) + rows);
     }
 
     /// Whether a retry of this task's policy is left (without spending it).
@@ -832,6 +930,12 @@ impl TaskRunState {
         }
         out.busy_ms += executions.iter().map(|e| e.busy_ms).sum::<f64>();
         out.executions = executions;
+        out.id = self.id;
+        {
+            let logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+            out.logs = logs.0.clone();
+            out.logs_dropped = logs.1;
+        }
         if let Some(state) = finished {
             self.fire_hooks(state);
         }
@@ -934,6 +1038,23 @@ mod tests {
         let execution = used.new_execution(1, false);
         used.stream_closed(&execution, StreamEnd::Ended);
         assert_eq!(used.snapshot(true).state, TaskState::Completed);
+    }
+
+    #[test]
+    fn logs_are_bounded_and_counted_beyond() {
+        let run = lazy_run();
+        for i in 0..MAX_LOG_LINES + 50 {
+            run.log(LogLine {
+                time: Utc::now(),
+                level: "INFO".into(),
+                target: "t".into(),
+                message: format!("line {i}"),
+            });
+        }
+        let record = run.snapshot(true);
+        assert_eq!(record.logs.len(), MAX_LOG_LINES);
+        assert_eq!(record.logs_dropped, 50);
+        assert_eq!(record.logs[0].message, "line 0");
     }
 
     #[test]

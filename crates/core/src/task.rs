@@ -34,6 +34,11 @@ pub(crate) fn already_published(url: &str) -> Option<WriteSummary> {
         .flatten()
 }
 
+/// Calls `f` with the task run whose body is running on this task, if any.
+pub(crate) fn with_current_task(f: impl FnOnce(&TaskRunState)) {
+    let _ = CURRENT_TASK.try_with(|run| f(run));
+}
+
 /// A sink of the running task published `summary`.
 pub(crate) fn note_published(summary: &WriteSummary) {
     let _ = CURRENT_TASK.try_with(|run| run.record_published(summary));
@@ -494,6 +499,11 @@ impl TaskContext {
             .read_parquet_with_schema_cache(location, &options, self.schema_cache().as_ref())
             .await?;
         self.run.set_sources(frame.sources());
+        if self.flow.progress != crate::Progress::Off
+            && let Some(rows) = frame.footer_rows().await
+        {
+            self.run.set_expected_rows(rows);
+        }
         Ok(frame)
     }
 
