@@ -10,6 +10,14 @@
 //! - `cache_lookup/*`: building a flow of 10 chained tasks, unpersisted against all
 //!   persisted with every task a cache hit on a local store: the difference is the
 //!   cost of computing 10 cache keys and looking up and validating 10 checkpoints.
+//! - `orchestration/1000_independent_tasks`: a flow that maps a trivial task (it
+//!   returns a number) over 1,000 inputs: the per-task cost of the runtime (task run
+//!   state, record, permits, span), against Prefect's ~11 ms here. With and without
+//!   run history (two small JSON writes per flow run).
+//! - `orchestration/plan_chain/N`: building a chain of N with_column tasks and making
+//!   its physical plan (no execution): whether planning grows linearly with N.
+//!
+//! Flows here do not record runs (`with_run_history(false)`) unless the name says so.
 
 // criterion_group!/criterion_main! generate undocumented functions.
 #![allow(missing_docs)]
@@ -68,7 +76,10 @@ async fn sluice_chain(session: &Session, input: Vec<RecordBatch>, tasks: usize) 
         let out = df.collect().await?;
         Ok(out.iter().map(RecordBatch::num_rows).sum::<usize>())
     });
-    flow.with_session(session.clone()).await.expect("flow runs")
+    flow.with_session(session.clone())
+        .configure(|o| o.with_run_history(false))
+        .await
+        .expect("flow runs")
 }
 
 /// The same projections in plain DataFusion.
@@ -146,6 +157,7 @@ async fn keyed_chain(session: &Session, store: &str, tasks: usize, persist: bool
     });
     flow.with_session(session.clone())
         .with_result_store(store)
+        .configure(|o| o.with_run_history(false))
         .await
         .expect("flow runs")
 }
@@ -170,11 +182,9 @@ fn cache_lookup(c: &mut Criterion) {
                     df = Task::new(format!("step_{i}"))
                         .persist(Persist::Tee)
                         .run(|_cx| {
-let df = df.clone();
-async move {
-                            df.with_column(&format!("c{i}"), col("a") + lit(i as i64))
-                        }
-})
+                            let df = df.clone();
+                            async move { df.with_column(&format!("c{i}"), col("a") + lit(i as i64)) }
+                        })
                         .await?;
                     df.collect().await?;
                 }
@@ -195,5 +205,85 @@ async move {
     group.finish();
 }
 
-criterion_group!(benches, task_chain, boundary_stream, cache_lookup);
+/// A flow mapping a trivial task over `tasks` inputs; `runs` is where its record goes
+/// (none when `None`).
+async fn independent_tasks(tasks: u64, runs: Option<&str>) -> u64 {
+    let mut call = Flow::new("independent").call(serde_json::Value::Null, async move {
+        let all = map(0..tasks, |i| {
+            Task::new("trivial").run(move |_cx| async move { Ok(i) })
+        })
+        .await?;
+        Ok(all.iter().sum::<u64>())
+    });
+    call = match runs {
+        Some(store) => call.with_run_store(store),
+        None => call.configure(|o| o.with_run_history(false)),
+    };
+    call.await.expect("flow runs")
+}
+
+/// Builds a chain of `tasks` with_column tasks and plans it physically.
+async fn plan_chain(session: &Session, tasks: usize) -> usize {
+    let input = batches(1, 64);
+    let flow = Flow::new("planned").call(serde_json::Value::Null, async move {
+        let mut df = Task::new("source")
+            .run(|cx| {
+                let input = input.clone();
+                async move { cx.session().from_batches(input) }
+            })
+            .await?;
+        for i in 0..tasks {
+            df = Task::new(format!("step_{i}"))
+                .run(|_cx| {
+                    let df = df.clone();
+                    async move { df.with_column(&format!("c{i}"), col("a") + lit(i as i64)) }
+                })
+                .await?;
+        }
+        let plan = df
+            .to_dataframe()
+            .create_physical_plan()
+            .await
+            .map_err(|e| Error::custom(e.to_string()))?;
+        Ok(plan.schema().fields().len())
+    });
+    flow.with_session(session.clone())
+        .configure(|o| o.with_run_history(false))
+        .await
+        .expect("flow runs")
+}
+
+fn orchestration(c: &mut Criterion) {
+    let runtime = Runtime::new().expect("runtime");
+    let session = Session::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runs = dir.path().display().to_string();
+    let mut group = c.benchmark_group("orchestration");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function("1000_independent_tasks", |b| {
+        b.iter(|| runtime.block_on(independent_tasks(black_box(1000), None)))
+    });
+    group.bench_function("1000_independent_tasks_recorded", |b| {
+        b.iter(|| runtime.block_on(independent_tasks(black_box(1000), Some(&runs))))
+    });
+    group.finish();
+    let mut group = c.benchmark_group("orchestration/plan_chain");
+    group.sample_size(10);
+    for tasks in [10usize, 100, 500] {
+        group.throughput(Throughput::Elements(tasks as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(tasks), &tasks, |b, &n| {
+            b.iter(|| runtime.block_on(plan_chain(&session, black_box(n))))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    task_chain,
+    boundary_stream,
+    cache_lookup,
+    orchestration
+);
 criterion_main!(benches);

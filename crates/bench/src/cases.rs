@@ -92,11 +92,27 @@ pub enum Engine {
     #[value(name = "cache-hit")]
     #[serde(rename = "cache-hit")]
     CacheHit,
+    /// Sluice lazy over the same rows split into 4 files, `extract` mapped over them
+    /// and the frames concatenated: the cost of mapping against one file.
+    Mapped,
+}
+
+/// How many files the mapped engine reads.
+pub const MAPPED_FILES: usize = 4;
+
+/// The 4 files of the mapped engine for `input`: `<stem>-4files/part-0000N.parquet`,
+/// holding the same number of rows as `input`.
+pub fn mapped_dir(input: &Path) -> std::path::PathBuf {
+    let stem = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    input.with_file_name(format!("{stem}-{MAPPED_FILES}files"))
 }
 
 impl Engine {
     /// Every engine, in report order.
-    pub const ALL: [Engine; 7] = [
+    pub const ALL: [Engine; 8] = [
         Engine::Lazy,
         Engine::Eager,
         Engine::DataFusion,
@@ -104,6 +120,7 @@ impl Engine {
         Engine::DuckDb,
         Engine::Persisted,
         Engine::CacheHit,
+        Engine::Mapped,
     ];
 
     /// Whether the case reads or writes a result store.
@@ -121,6 +138,7 @@ impl Engine {
             Engine::DuckDb => "duckdb",
             Engine::Persisted => "persisted",
             Engine::CacheHit => "cache-hit",
+            Engine::Mapped => "mapped",
         }
     }
 
@@ -134,6 +152,7 @@ impl Engine {
             Engine::DuckDb => "DuckDB COPY",
             Engine::Persisted => "Sluice lazy, persisted (tee)",
             Engine::CacheHit => "Sluice lazy, cache hit",
+            Engine::Mapped => "Sluice lazy, 4 files mapped",
         }
     }
 
@@ -192,6 +211,23 @@ pub async fn run_case(
             pipeline(workload, input, output).with_mode(mode).await?;
         }
         Engine::DataFusion => plain_datafusion(workload, input, output).await?,
+        Engine::Mapped => {
+            let dir = mapped_dir(Path::new(input));
+            let mut parts: Vec<String> = std::fs::read_dir(&dir)
+                .map_err(|e| anyhow::anyhow!("no split input at {}: {e}", dir.display()))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().display().to_string())
+                .filter(|p| p.ends_with(".parquet"))
+                .collect();
+            parts.sort();
+            anyhow::ensure!(
+                parts.len() == MAPPED_FILES,
+                "{} holds {} Parquet files, not {MAPPED_FILES}",
+                dir.display(),
+                parts.len()
+            );
+            mapped_pipeline(workload, parts, output).await?;
+        }
         Engine::Persisted | Engine::CacheHit => {
             let cache =
                 cache.ok_or_else(|| anyhow::anyhow!("{} needs --cache DIR", engine.label()))?;
@@ -234,6 +270,24 @@ async fn load(df: Frame, dest: &str) -> Result<WriteSummary> {
 #[flow]
 async fn pipeline(workload: Workload, source: &str, dest: &str) -> Result<WriteSummary> {
     let mut df = extract(source).await?;
+    if workload != Workload::Rewrite {
+        df = add_tip_fraction(df).await?;
+    }
+    if workload == Workload::Aggregate {
+        df = tips_by_zone_and_hour(df).await?;
+    }
+    load(df, dest).await
+}
+
+/// The benchmark pipeline with `extract` mapped over several files, concatenated.
+#[flow]
+async fn mapped_pipeline(
+    workload: Workload,
+    sources: Vec<String>,
+    dest: &str,
+) -> Result<WriteSummary> {
+    let parts = map(&sources, |source| extract(source)).await?;
+    let mut df = Frame::concat(parts)?;
     if workload != Workload::Rewrite {
         df = add_tip_fraction(df).await?;
     }

@@ -26,6 +26,7 @@ fn color(engine: Engine) -> RGBColor {
         Engine::DuckDb => RGBColor(148, 103, 189),
         Engine::Persisted => RGBColor(140, 86, 75),
         Engine::CacheHit => RGBColor(23, 190, 207),
+        Engine::Mapped => RGBColor(188, 189, 34),
     }
 }
 

@@ -344,6 +344,9 @@ impl Bench<'_> {
             anyhow::ensure!(status.success(), "priming the cache failed");
             remove_if_exists(&output)?;
         }
+        if engine == Engine::Mapped {
+            ensure_split(input)?;
+        }
         let command: Vec<String> = match engine.peer_script() {
             Some(script) => vec![
                 self.python.to_string(),
@@ -412,6 +415,28 @@ pub fn ensure_taxi_data(dir: &Path, rows: u64) -> anyhow::Result<PathBuf> {
         write_taxi_parquet(&path, &TaxiGenOptions::new(rows))?;
     }
     Ok(path)
+}
+
+/// The mapped engine's input: the rows of `input`'s size, generated once as
+/// [`MAPPED_FILES`](crate::cases::MAPPED_FILES) files beside it.
+fn ensure_split(input: &Path) -> anyhow::Result<()> {
+    let dir = crate::cases::mapped_dir(input);
+    if dir.exists() {
+        return Ok(());
+    }
+    let rows = parquet_rows(input)?;
+    eprintln!(
+        "generating {rows} rows of taxi data as 4 files into {}",
+        dir.display()
+    );
+    let staging = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&staging);
+    let mut options = TaxiGenOptions::new(rows);
+    options.files = crate::cases::MAPPED_FILES;
+    write_taxi_parquet(&staging, &options)?;
+    std::fs::rename(&staging, &dir)
+        .with_context(|| format!("cannot move the split input to {}", dir.display()))?;
+    Ok(())
 }
 
 /// The row count in a Parquet file's footer.
