@@ -213,11 +213,11 @@ pub fn run(exe: &Path, args: &RunArgs) -> anyhow::Result<Results> {
                 series: Series::Curve,
             };
             // The memory curve is the streaming engines' (and the peers'): the
-            // checkpoint cases are measured at the main sizes.
+            // checkpoint and mapped cases are measured at the main sizes.
             let curve_engines: Vec<Engine> = engines
                 .iter()
                 .copied()
-                .filter(|e| !e.uses_cache())
+                .filter(|e| !e.uses_cache() && *e != Engine::Mapped)
                 .collect();
             let cases = bench.interleaved(&input, &spec, &curve_engines, &mut results.notes);
             results.cases.extend(cases);

@@ -538,9 +538,14 @@ fn serve(args: ServeArgs, s3: bool) -> anyhow::Result<()> {
             );
             Box::new(server)
         };
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
+        // Ctrl-C or SIGTERM stops the server cleanly.
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("listening for SIGTERM")?;
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => interrupted.context("waiting for Ctrl-C")?,
+            _ = terminate.recv() => {}
+        }
         anyhow::Ok(())
     })
 }

@@ -203,8 +203,42 @@ impl Frame {
 
     /// Adds a column, or replaces the column of that name, keeping every other column.
     pub fn with_column(&self, name: &str, expr: Expr) -> Result<Frame> {
+        use datafusion::common::Column;
+        use datafusion::logical_expr::LogicalPlanBuilder;
+        use datafusion::logical_expr::utils::find_window_exprs;
         let args = format!("{name:?}, {}", describe_exprs(std::slice::from_ref(&expr)));
-        self.derive("with_column", args, |df| df.with_column(name, expr))
+        self.derive("with_column", args, |df| {
+            if !find_window_exprs([&expr]).is_empty() {
+                return df.with_column(name, expr);
+            }
+            // DataFusion's `with_column` on a new `DataFrame` validates every column,
+            // and each validation walks the whole plan below (`using_columns`): over a
+            // chain of tasks, each a fresh `DataFrame`, planning grew with the cube of
+            // its length. The columns of a frame are resolved already: only the new
+            // expression is validated, as DataFusion does within one chain.
+            let (state, plan) = df.into_parts();
+            let new_column = expr.alias(name);
+            let mut replaced = false;
+            let mut fields: Vec<(Expr, bool)> = plan
+                .schema()
+                .iter()
+                .map(|(qualifier, field)| {
+                    if field.name() == name {
+                        replaced = true;
+                        (new_column.clone(), true)
+                    } else {
+                        (Expr::Column(Column::from((qualifier, field))), false)
+                    }
+                })
+                .collect();
+            if !replaced {
+                fields.push((new_column, true));
+            }
+            let plan = LogicalPlanBuilder::from(plan)
+                .project_with_validation(fields)?
+                .build()?;
+            Ok(DataFrame::new(state, plan))
+        })
     }
 
     /// Renames a column.
@@ -551,7 +585,7 @@ impl Frame {
                     tracing::warn!(error = %cleanup, "could not delete staged output");
                 }
                 return Err(Error::Write {
-                    url: url.to_string(),
+                    url: sluice_store::redact(&url),
                     source: Box::new(error),
                 });
             }
