@@ -412,29 +412,36 @@ async fn run_records_round_trip_and_filter() {
     assert!(matches!(missing, Error::RunNotFound { .. }), "{missing}");
 }
 
-#[test]
-fn ctrl_c_cancels_the_example_which_exits_130_and_records_the_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = taxi_file(dir.path(), "in.parquet", 1_500_000, 100_000);
-    let dest = dir.path().join("out.parquet");
-    let runs = dir.path().join("runs");
+/// The example started on 1.5M generated rows in `dir`, recording its run in
+/// `dir/runs`; returns once the run's first record is written (it is writing by then).
+fn example_started(dir: &Path, stderr: Stdio) -> std::process::Child {
+    let source = taxi_file(dir, "in.parquet", 1_500_000, 100_000);
+    let runs = dir.join("runs");
     let child = Command::new(example_binary())
         .arg("--source")
         .arg(&source)
         .arg("--dest")
-        .arg(&dest)
+        .arg(dir.join("out.parquet"))
         .arg("--run-store")
         .arg(&runs)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .unwrap();
-    // Interrupt once the run is recorded as started (it is writing by then).
     let waited = Instant::now();
     while walk(&runs).is_empty() {
         assert!(waited.elapsed() < Duration::from_secs(60), "no run record");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
+    child
+}
+
+#[test]
+fn ctrl_c_cancels_the_example_which_exits_130_and_records_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("out.parquet");
+    let runs = dir.path().join("runs");
+    let child = example_started(dir.path(), Stdio::piped());
     std::thread::sleep(Duration::from_millis(200));
     let interrupted = Instant::now();
     // SIGINT, as Ctrl-C sends it.
@@ -469,25 +476,8 @@ fn ctrl_c_cancels_the_example_which_exits_130_and_records_the_run() {
 #[test]
 fn a_killed_process_leaves_a_running_record() {
     let dir = tempfile::tempdir().unwrap();
-    let source = taxi_file(dir.path(), "in.parquet", 1_500_000, 100_000);
-    let dest = dir.path().join("out.parquet");
     let runs = dir.path().join("runs");
-    let mut child = Command::new(example_binary())
-        .arg("--source")
-        .arg(&source)
-        .arg("--dest")
-        .arg(&dest)
-        .arg("--run-store")
-        .arg(&runs)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let waited = Instant::now();
-    while walk(&runs).is_empty() {
-        assert!(waited.elapsed() < Duration::from_secs(60), "no run record");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut child = example_started(dir.path(), Stdio::null());
     child.kill().unwrap();
     child.wait().unwrap();
     let records = walk(&runs);

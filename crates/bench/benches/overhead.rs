@@ -56,23 +56,29 @@ fn batches(count: usize, rows: usize) -> Vec<RecordBatch> {
         .collect()
 }
 
+/// A source task over `input`, then `tasks` tasks each adding a column.
+async fn chained(input: Vec<RecordBatch>, tasks: usize) -> Result<Frame> {
+    let mut df = Task::new("source")
+        .run(|cx| {
+            let input = input.clone();
+            async move { cx.session().from_batches(input) }
+        })
+        .await?;
+    for i in 0..tasks {
+        df = Task::new(format!("step_{i}"))
+            .run(|_cx| {
+                let df = df.clone();
+                async move { df.with_column(&format!("c{i}"), col("a") + lit(i as i64)) }
+            })
+            .await?;
+    }
+    Ok(df)
+}
+
 /// A flow of `tasks` tasks, each adding a column, then a collect.
 async fn sluice_chain(session: &Session, input: Vec<RecordBatch>, tasks: usize) -> usize {
     let flow = Flow::new("chain").call(serde_json::Value::Null, async move {
-        let mut df = Task::new("source")
-            .run(|cx| {
-                let input = input.clone();
-                async move { cx.session().from_batches(input) }
-            })
-            .await?;
-        for i in 0..tasks {
-            df = Task::new(format!("step_{i}"))
-                .run(|_cx| {
-                    let df = df.clone();
-                    async move { df.with_column(&format!("c{i}"), col("a") + lit(i as i64)) }
-                })
-                .await?;
-        }
+        let df = chained(input, tasks).await?;
         let out = df.collect().await?;
         Ok(out.iter().map(RecordBatch::num_rows).sum::<usize>())
     });
@@ -226,21 +232,8 @@ async fn independent_tasks(tasks: u64, runs: Option<&str>) -> u64 {
 async fn plan_chain(session: &Session, tasks: usize) -> usize {
     let input = batches(1, 64);
     let flow = Flow::new("planned").call(serde_json::Value::Null, async move {
-        let mut df = Task::new("source")
-            .run(|cx| {
-                let input = input.clone();
-                async move { cx.session().from_batches(input) }
-            })
-            .await?;
-        for i in 0..tasks {
-            df = Task::new(format!("step_{i}"))
-                .run(|_cx| {
-                    let df = df.clone();
-                    async move { df.with_column(&format!("c{i}"), col("a") + lit(i as i64)) }
-                })
-                .await?;
-        }
-        let plan = df
+        let plan = chained(input, tasks)
+            .await?
             .to_dataframe()
             .create_physical_plan()
             .await
