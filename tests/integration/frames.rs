@@ -393,3 +393,48 @@ async fn listings_are_not_cached_across_buckets_or_over_time() {
         "a file written later is seen"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_overlapping_the_source_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("trips");
+    std::fs::create_dir(&data).unwrap();
+    crate::common::taxi_file(&data, "a.parquet", 1_000, 1_000);
+    let session = Session::new();
+    let whole = session
+        .read_parquet(&format!("{}/", data.display()))
+        .await
+        .unwrap();
+    let inside = data.join("out.parquet").display().to_string();
+    let error = whole
+        .write_parquet(&inside, ParquetWrite::snappy())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::DestinationOverlapsSource { .. }),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("write somewhere else"),
+        "{error}"
+    );
+    let file = data.join("a.parquet").display().to_string();
+    let one = session.read_parquet(&file).await.unwrap();
+    let error = one
+        .write_parquet(&file, ParquetWrite::snappy())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::DestinationOverlapsSource { .. }));
+    // Nothing was written, not even staged.
+    assert_eq!(dir_entries(&data), ["a.parquet"]);
+    // Beside the source is fine.
+    let beside = dir.path().join("out.parquet").display().to_string();
+    assert_eq!(
+        whole
+            .write_parquet(&beside, ParquetWrite::snappy())
+            .await
+            .unwrap()
+            .rows,
+        1_000
+    );
+}

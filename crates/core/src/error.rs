@@ -283,6 +283,18 @@ pub enum Error {
         /// The run's id.
         run_id: String,
     },
+    /// A sink's destination is one of the frame's sources, or inside (or around) one:
+    /// refused before anything is written.
+    #[error(
+        "refusing to write {dest}: it overlaps {source_location}, which the frame reads; \
+         write somewhere else (a rerun would read its own output, or the write would replace its input)"
+    )]
+    DestinationOverlapsSource {
+        /// The destination.
+        dest: String,
+        /// The source it overlaps.
+        source_location: String,
+    },
     /// No run in the run store has this id.
     #[error(
         "no flow run {run_id:?} in {store}{detail}; `sluice runs ls --store {store}` lists them"

@@ -556,6 +556,7 @@ impl Frame {
         Fut: std::future::Future<Output = datafusion::error::Result<Vec<RecordBatch>>>,
     {
         let url = resolve_url(dest)?;
+        self.refuse_overlap(&url)?;
         if let Some(published) = crate::task::already_published(url.as_str()) {
             tracing::info!(dest = %sluice_store::redact(&url), "an earlier attempt of this task run published it; not written again");
             return Ok(published);
@@ -600,6 +601,46 @@ impl Frame {
         };
         crate::task::note_published(&summary);
         Ok(summary)
+    }
+}
+
+impl Frame {
+    /// Refuses a destination that is a source of this frame, lies inside one (a
+    /// directory or glob it reads), or contains one.
+    fn refuse_overlap(&self, dest: &url::Url) -> Result<()> {
+        let dest_text = sluice_store::redact(dest);
+        let dest_text = dest_text.trim_end_matches('/');
+        for source in self.sources() {
+            if overlaps(source, dest_text) {
+                return Err(Error::DestinationOverlapsSource {
+                    dest: dest_text.to_string(),
+                    source_location: source.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether writing `dest` touches what `source` (a URL, maybe ending in a glob) reads.
+fn overlaps(source: &str, dest: &str) -> bool {
+    let source = source.trim_end_matches('/');
+    let inside = |outer: &str, inner: &str| inner.starts_with(&format!("{outer}/"));
+    match source.find(['*', '?', '[', '{']) {
+        Some(at) => {
+            let base = source[..at].rsplit_once('/').map_or("", |(base, _)| base);
+            let matches = glob::Pattern::new(source).is_ok_and(|pattern| {
+                pattern.matches_with(
+                    dest,
+                    glob::MatchOptions {
+                        require_literal_separator: true,
+                        ..Default::default()
+                    },
+                )
+            });
+            matches || dest == base || inside(dest, base)
+        }
+        None => source == dest || inside(source, dest) || inside(dest, source),
     }
 }
 
@@ -727,5 +768,43 @@ impl fmt::Display for FrameInfo {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::overlaps;
+
+    #[test]
+    fn destinations_overlapping_a_source_are_recognized() {
+        let file = "file:///data/in.parquet";
+        assert!(overlaps(file, "file:///data/in.parquet"), "the same file");
+        assert!(!overlaps(file, "file:///data/out.parquet"), "a sibling");
+        assert!(overlaps(file, "file:///data"), "a directory around it");
+        let dir = "file:///data/trips/";
+        assert!(overlaps(dir, "file:///data/trips/out.parquet"), "inside it");
+        assert!(overlaps(dir, "file:///data/trips"), "the directory itself");
+        assert!(
+            !overlaps(dir, "file:///data/trips-out/x.parquet"),
+            "a prefix, not a parent"
+        );
+        let glob = "s3://b/raw/*.parquet";
+        assert!(
+            overlaps(glob, "s3://b/raw/out.parquet"),
+            "a file the glob matches"
+        );
+        assert!(
+            !overlaps(glob, "s3://b/raw/out/x.parquet"),
+            "`*` stops at `/`"
+        );
+        assert!(!overlaps(glob, "s3://b/clean/x.parquet"));
+        assert!(
+            overlaps(glob, "s3://b/raw"),
+            "replacing the globbed directory"
+        );
+        assert!(overlaps(
+            "s3://b/raw/**/*.parquet",
+            "s3://b/raw/a/b.parquet"
+        ));
     }
 }
