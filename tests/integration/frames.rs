@@ -438,3 +438,69 @@ async fn a_destination_overlapping_the_source_is_refused_before_anything_is_writ
         1_000
     );
 }
+
+/// A union of many inputs runs a few partitions at a time (`ConcatPartitionsExec`),
+/// and keeps every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concatenated_frames_keep_every_row_and_run_a_few_partitions_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = Session::new();
+    let mut frames = Vec::new();
+    for i in 0..4 {
+        let file = crate::common::taxi_file(dir.path(), &format!("p{i}.parquet"), 20_000, 5_000);
+        frames.push(
+            session
+                .read_parquet(&file.display().to_string())
+                .await
+                .unwrap(),
+        );
+    }
+    let all = Frame::concat(frames.clone()).unwrap();
+    let plan = all.explain().await.unwrap();
+    assert!(plan.contains("ConcatPartitionsExec"), "{plan}");
+    assert_eq!(all.count().await.unwrap(), 80_000);
+    // The same rows as the files one by one, ids and all.
+    let ids = |frame: &Frame| {
+        let frame = frame.clone();
+        async move {
+            let mut out: Vec<i64> = Vec::new();
+            for batch in frame
+                .select([col("PULocationID")])
+                .unwrap()
+                .collect()
+                .await
+                .unwrap()
+            {
+                let column = batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .map(|a| a.values().to_vec())
+                    .unwrap_or_else(|| {
+                        let cast = sluice::datafusion::arrow::compute::cast(
+                            batch.column(0),
+                            &sluice::datafusion::arrow::datatypes::DataType::Int64,
+                        )
+                        .unwrap();
+                        cast.as_any()
+                            .downcast_ref::<Int64Array>()
+                            .unwrap()
+                            .values()
+                            .to_vec()
+                    });
+                out.extend(column);
+            }
+            out.sort_unstable();
+            out
+        }
+    };
+    let mut expected = Vec::new();
+    for frame in &frames {
+        expected.extend(ids(frame).await);
+    }
+    expected.sort_unstable();
+    assert_eq!(ids(&all).await, expected);
+    // Sorting above it still sorts.
+    let sorted = all.sort_by(&["PULocationID"]).unwrap().limit(5).unwrap();
+    assert_eq!(ids(&sorted).await, expected[..5].to_vec());
+}

@@ -51,6 +51,7 @@
 
 pub mod boundary;
 pub mod checkpoint;
+pub mod concat;
 mod concurrency;
 mod error;
 mod evolution;

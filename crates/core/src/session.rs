@@ -670,6 +670,18 @@ fn display(url: &ListingTableUrl) -> String {
     text
 }
 
+/// DataFusion's physical optimizer rules, with Sluice's [`ConcatUnions`] right after
+/// the first (which records the output's requirements), before the distribution and
+/// sorting rules plan around the partitions it removes.
+///
+/// [`ConcatUnions`]: crate::concat::ConcatUnions
+fn physical_optimizer_rules()
+-> Vec<Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync>> {
+    let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
+    rules.insert(1.min(rules.len()), Arc::new(crate::concat::ConcatUnions));
+    rules
+}
+
 /// Builds a [`Session`].
 ///
 /// ```
@@ -747,6 +759,7 @@ impl SessionBuilder {
             .with_config(config)
             .with_runtime_env(runtime.build_arc()?)
             .with_default_features()
+            .with_physical_optimizer_rules(physical_optimizer_rules())
             .with_query_planner(Arc::new(SluiceQueryPlanner))
             .build();
         Ok(Session {
