@@ -1,7 +1,7 @@
 //! Task boundaries: a thin pass-through node at the end of each task's fragment.
 //!
 //! After planning, the plan of a lazy flow is one DataFusion plan, and the tasks would
-//! vanish in it. A [`TaskBoundary`] (logical) / [`TaskBoundaryExec`] (physical) marks
+//! vanish in it. A `TaskBoundary` (logical) / [`TaskBoundaryExec`] (physical) marks
 //! where a task's output leaves it, so that a streaming run still records per-task rows,
 //! bytes and time, and an error is attributed to the first task it passes through.
 //!

@@ -6,7 +6,7 @@
 //! above it coalesces them all at once. [`ConcatPartitionsExec`] keeps the union's rows
 //! and runs its partitions a few at a time: output partition `i` streams input
 //! partitions `i`, `i + n`, `i + 2n`, ... one after the other, as a scan streams the files
-//! of one of its file groups. [`ConcatUnions`] puts it above every union with more
+//! of one of its file groups. A physical optimizer rule of every session puts it above every union with more
 //! partitions than the session's target and no ordering to keep, before DataFusion
 //! plans distribution and sorting around it.
 

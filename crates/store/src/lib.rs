@@ -4,7 +4,7 @@
 //! Everything in Sluice that takes a path takes a URL: a plain path (`data/x.parquet`),
 //! `file:///abs/path`, `memory://bucket/key`, `s3://bucket/key`, `http(s)://host/path`
 //! (read-only), and `gs://` / `az://` with the `gcp` / `azure` features. [`StoreRegistry`] is the DataFusion
-//! [`ObjectStoreRegistry`] behind every session: it builds the store for a URL the
+//! [`ObjectStoreRegistry`](datafusion::execution::object_store::ObjectStoreRegistry) behind every session: it builds the store for a URL the
 //! first time the URL is used, so users never register stores by hand, and tests can
 //! put an instrumented store in front of a scheme with [`StoreRegistry::register`].
 //!

@@ -199,7 +199,7 @@ fn full(bytes: Bytes) -> ResponseBody {
 
 /// An S3-compatible server (`s3s-fs`) on loopback, storing objects under a temporary
 /// directory (a bucket is a folder). Requests must be signed with
-/// [`access_key`](Self::access_key) / [`secret_key`](Self::secret_key).
+/// [`ACCESS_KEY`](Self::ACCESS_KEY) / [`SECRET_KEY`](Self::SECRET_KEY).
 #[derive(Debug)]
 pub struct S3Server {
     running: Running,
