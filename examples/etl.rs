@@ -130,8 +130,9 @@ async fn main() -> ExitCode {
     match run(Args::parse(), cancel).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let message = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {message}");
+            // Each cause once, outermost first.
+            let error: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}", sluice::one_line(error));
             match signal.load(Ordering::Acquire) {
                 0 => ExitCode::FAILURE,
                 signal => ExitCode::from(128 + signal),

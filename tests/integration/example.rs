@@ -103,6 +103,12 @@ fn the_example_fails_with_one_line_naming_the_task_and_the_file() {
         "{stderr}"
     );
     assert!(lines[0].contains("garbledfooter.parquet"), "{stderr}");
+    // Each cause once: the file is named once, not again by a repeated cause.
+    assert_eq!(
+        lines[0].matches("garbledfooter.parquet").count(),
+        1,
+        "{stderr}"
+    );
     assert!(!dest.exists());
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();

@@ -81,7 +81,8 @@ fn main() -> ExitCode {
     match dispatch(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            let error: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}", sluice::one_line(error));
             ExitCode::FAILURE
         }
     }

@@ -212,7 +212,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            let error: &(dyn std::error::Error + 'static) = err.as_ref();
+            eprintln!("error: {}", sluice_core::one_line(error));
             ExitCode::FAILURE
         }
     }

@@ -559,6 +559,36 @@ fn find_sluice_error(error: &DataFusionError) -> Option<&Error> {
     find_in_chain::<Error>(error)
 }
 
+/// An error and its causes as one line, outermost first, each cause printed once.
+///
+/// Sluice's messages already include their cause's text, and so do many of
+/// DataFusion's; printing the whole source chain after them (as `anyhow`'s `{:#}` does)
+/// repeats it. This skips a cause whose text the line already holds.
+///
+/// ```
+/// use sluice_core::{Error, one_line};
+/// let error = Error::Task {
+///     task: "extract".into(),
+///     source: Box::new(Error::custom("the file is empty")),
+/// };
+/// assert_eq!(one_line(&error), r#"task "extract" failed: the file is empty"#);
+/// ```
+pub fn one_line(error: &(dyn StdError + 'static)) -> String {
+    let mut line = String::new();
+    let mut current = Some(error);
+    while let Some(e) = current {
+        let text = e.to_string().replace('\n', " ");
+        if !line.contains(text.trim()) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(text.trim());
+        }
+        current = e.source();
+    }
+    line
+}
+
 /// A copy of a borrowed error (errors that hold DataFusion errors cannot be cloned):
 /// structure is kept where it matters for callers (task names, URLs, columns), and
 /// wrapped DataFusion errors become their message.

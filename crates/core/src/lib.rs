@@ -73,7 +73,7 @@ pub use checkpoint::{
     Manifest, Persist,
 };
 pub use concurrency::{TaskFuture, map, submit};
-pub use error::{Error, Result};
+pub use error::{Error, Result, one_line};
 pub use flow::{DEFAULT_RUN_STORE, Flow, FlowCall, FlowFuture, FlowOptions, FlowRun};
 pub use frame::{ColumnInfo, Frame, FrameInfo, WriteSummary, WrittenFile};
 pub use history::{RunFilter, RunStore};
