@@ -16,7 +16,7 @@ use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
 use crate::history::RunStore;
-use crate::run::{Closing, FlowRunRecord, FlowState, TaskRunState, call_hook};
+use crate::run::{Closing, Ending, FlowRunRecord, FlowState, Hooks, TaskRunState};
 use crate::{Clock, Error, ExecutionMode, Result, Session};
 
 /// Where flow runs record themselves unless told otherwise: `$SLUICE_RUN_STORE`, or
@@ -27,26 +27,8 @@ pub const DEFAULT_RUN_STORE: &str = ".sluice/";
 /// multipart aborts) before it reports.
 const CLEANUP_LIMIT: Duration = Duration::from_secs(10);
 
-/// A function called with a flow run's record when the run ends.
-type FlowHook = Arc<dyn Fn(&FlowRunRecord) + Send + Sync>;
-
-/// A flow's hooks, by the state its run ends in.
-#[derive(Clone, Default)]
-struct FlowHooks {
-    completion: Vec<FlowHook>,
-    failure: Vec<FlowHook>,
-    cancellation: Vec<FlowHook>,
-}
-
-impl std::fmt::Debug for FlowHooks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FlowHooks")
-            .field("completion", &self.completion.len())
-            .field("failure", &self.failure.len())
-            .field("cancellation", &self.cancellation.len())
-            .finish()
-    }
-}
+/// A flow's hooks.
+type FlowHooks = Hooks<FlowRunRecord>;
 
 tokio::task_local! {
     static CURRENT_FLOW: Arc<FlowRunShared>;
@@ -103,8 +85,13 @@ impl FlowRunShared {
 
     /// Every task run so far, as progress shows it.
     pub(crate) fn live_tasks(&self) -> Vec<crate::run::LiveTask> {
-        let runs: Vec<_> = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        runs.iter().map(|t| t.live()).collect()
+        self.task_runs().iter().map(|t| t.live()).collect()
+    }
+
+    /// The task runs so far: a copy of the list, so that it is not locked while each
+    /// run is read.
+    fn task_runs(&self) -> Vec<Arc<TaskRunState>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Time since the run started.
@@ -159,8 +146,7 @@ impl FlowRunShared {
         error: Option<String>,
         closing: Option<Closing<'_>>,
     ) -> FlowRunRecord {
-        let runs: Vec<_> = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let tasks = runs.iter().map(|t| t.close(closing)).collect();
+        let tasks = self.task_runs().iter().map(|t| t.close(closing)).collect();
         let ended = state != FlowState::Running;
         FlowRunRecord {
             flow: self.name.clone(),
@@ -701,14 +687,12 @@ where
                 duration_ms = record.duration_ms,
                 "flow run finished"
             );
-            let hooks = match state {
-                FlowState::Completed => &this.hooks.completion,
-                FlowState::Cancelled => &this.hooks.cancellation,
-                _ => &this.hooks.failure,
+            let ending = match state {
+                FlowState::Completed => Ending::Completed,
+                FlowState::Cancelled => Ending::Cancelled,
+                _ => Ending::Failed,
             };
-            for hook in hooks {
-                call_hook(&record.flow, hook.as_ref(), &record);
-            }
+            this.hooks.call(ending, &record.flow, &record);
             let history = this.history.clone();
             let saved = record.clone();
             this.finishing = Some(

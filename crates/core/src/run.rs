@@ -410,20 +410,60 @@ pub(crate) enum StreamEnd {
     Dropped,
 }
 
-/// A function called with a task run's record when the run ends.
-pub(crate) type TaskHook = Arc<dyn Fn(&TaskRunRecord) + Send + Sync>;
-
-/// A task's hooks: called once, with the run's record, when it reaches a final state.
-#[derive(Clone, Default)]
-pub(crate) struct TaskHooks {
-    pub(crate) completion: Vec<TaskHook>,
-    pub(crate) failure: Vec<TaskHook>,
-    pub(crate) cancellation: Vec<TaskHook>,
+/// How a run ended, as hooks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    Completed,
+    Failed,
+    Cancelled,
 }
 
-impl std::fmt::Debug for TaskHooks {
+impl TaskState {
+    /// The ending this final state is, for hooks (`Cached` completes; `Skipped` never ran).
+    fn ending(self) -> Option<Ending> {
+        match self {
+            TaskState::Completed | TaskState::Cached => Some(Ending::Completed),
+            TaskState::Failed => Some(Ending::Failed),
+            TaskState::Cancelled => Some(Ending::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// A function called with a run's record (`R`: a task run's or a flow run's) when the
+/// run ends.
+pub(crate) type Hook<R> = Arc<dyn Fn(&R) + Send + Sync>;
+
+/// The hooks of a task or a flow, by how its runs end.
+pub(crate) struct Hooks<R> {
+    pub(crate) completion: Vec<Hook<R>>,
+    pub(crate) failure: Vec<Hook<R>>,
+    pub(crate) cancellation: Vec<Hook<R>>,
+}
+
+impl<R> Default for Hooks<R> {
+    fn default() -> Self {
+        Self {
+            completion: Vec::new(),
+            failure: Vec::new(),
+            cancellation: Vec::new(),
+        }
+    }
+}
+
+impl<R> Clone for Hooks<R> {
+    fn clone(&self) -> Self {
+        Self {
+            completion: self.completion.clone(),
+            failure: self.failure.clone(),
+            cancellation: self.cancellation.clone(),
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for Hooks<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskHooks")
+        f.debug_struct("Hooks")
             .field("completion", &self.completion.len())
             .field("failure", &self.failure.len())
             .field("cancellation", &self.cancellation.len())
@@ -431,23 +471,28 @@ impl std::fmt::Debug for TaskHooks {
     }
 }
 
-impl TaskHooks {
-    fn for_state(&self, state: TaskState) -> &[TaskHook] {
-        match state {
-            TaskState::Completed | TaskState::Cached => &self.completion,
-            TaskState::Failed => &self.failure,
-            TaskState::Cancelled => &self.cancellation,
-            _ => &[],
+impl<R> Hooks<R> {
+    fn of(&self, ending: Ending) -> &[Hook<R>] {
+        match ending {
+            Ending::Completed => &self.completion,
+            Ending::Failed => &self.failure,
+            Ending::Cancelled => &self.cancellation,
+        }
+    }
+
+    /// Calls the hooks of `ending` with `record` (of the run named `name`). A hook that
+    /// panics is logged, not propagated.
+    pub(crate) fn call(&self, ending: Ending, name: &str, record: &R) {
+        for hook in self.of(ending) {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(record))).is_err() {
+                tracing::warn!(run = name, "a hook panicked; the run's state is unchanged");
+            }
         }
     }
 }
 
-/// Calls `hook` with `value`; a hook that panics is logged, not propagated.
-pub(crate) fn call_hook<T: ?Sized>(what: &str, hook: &(dyn Fn(&T) + Send + Sync), value: &T) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(value))).is_err() {
-        tracing::warn!(hook = what, "a hook panicked; the run's state is unchanged");
-    }
-}
+/// A task's hooks.
+pub(crate) type TaskHooks = Hooks<TaskRunRecord>;
 
 /// The live state of one task run, shared by the task wrapper and the boundary node
 /// that counts the task's output while it streams.
@@ -671,14 +716,13 @@ impl TaskRunState {
 
     /// Calls the hooks of `state`, once per run.
     fn fire_hooks(&self, state: TaskState) {
-        let hooks = self.hooks.for_state(state);
-        if hooks.is_empty() || self.hooked.swap(true, Ordering::AcqRel) {
+        let Some(ending) = state.ending() else {
+            return;
+        };
+        if self.hooks.of(ending).is_empty() || self.hooked.swap(true, Ordering::AcqRel) {
             return;
         }
-        let record = self.snapshot(false);
-        for hook in hooks {
-            call_hook(&self.name, hook.as_ref(), &record);
-        }
+        self.hooks.call(ending, &self.name, &self.snapshot(false));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TaskRunRecord> {
