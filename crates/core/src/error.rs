@@ -361,16 +361,8 @@ impl Error {
             Error::Task { source, .. }
             | Error::Write { source, .. }
             | Error::Checkpoint { source, .. } => source.is_retryable(),
-            Error::Store(store) => store_error_is_transient(store),
-            Error::Read { source, .. } | Error::Execution { source } => {
-                find_in_chain::<object_store::Error>(source).is_some_and(|e| {
-                    matches!(
-                        sluice_store::classify(e),
-                        sluice_store::StoreErrorKind::Unreachable
-                            | sluice_store::StoreErrorKind::Transient
-                    )
-                }) || find_in_chain::<std::io::Error>(source).is_some_and(io_is_transient)
-            }
+            Error::Store(store) => chain_is_transient(store),
+            Error::Read { source, .. } | Error::Execution { source } => chain_is_transient(source),
             _ => false,
         }
     }
@@ -507,37 +499,20 @@ fn root_cause(error: &DataFusionError) -> &DataFusionError {
     }
 }
 
-fn store_error_is_transient(error: &StoreError) -> bool {
-    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(e) = current {
-        if let Some(store) = e.downcast_ref::<object_store::Error>() {
-            return matches!(
-                sluice_store::classify(store),
-                sluice_store::StoreErrorKind::Unreachable | sluice_store::StoreErrorKind::Transient
-            );
-        }
-        current = e.source();
-    }
-    false
+/// Whether an error's source chain holds an object store error or an I/O error that
+/// `sluice_store` classifies as unreachable or transient.
+fn chain_is_transient(error: &(dyn StdError + 'static)) -> bool {
+    use sluice_store::StoreErrorKind as Kind;
+    let transient = |kind: Kind| matches!(kind, Kind::Unreachable | Kind::Transient);
+    find_in_chain::<object_store::Error>(error)
+        .is_some_and(|e| transient(sluice_store::classify(e)))
+        || find_in_chain::<std::io::Error>(error)
+            .and_then(sluice_store::classify_io)
+            .is_some_and(transient)
 }
 
-fn io_is_transient(error: &std::io::Error) -> bool {
-    use std::io::ErrorKind as K;
-    matches!(
-        error.kind(),
-        K::ConnectionRefused
-            | K::ConnectionReset
-            | K::ConnectionAborted
-            | K::NotConnected
-            | K::BrokenPipe
-            | K::TimedOut
-            | K::UnexpectedEof
-            | K::Interrupted
-    )
-}
-
-fn find_in_chain<T: StdError + 'static>(error: &DataFusionError) -> Option<&T> {
-    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+fn find_in_chain<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut current = Some(error);
     while let Some(e) = current {
         if let Some(found) = e.downcast_ref::<T>() {
             return Some(found);

@@ -68,8 +68,8 @@ pub fn classify(error: &object_store::Error) -> StoreErrorKind {
         _ => {
             if bucket() {
                 StoreErrorKind::BucketNotFound
-            } else if connection_failed(error) {
-                StoreErrorKind::Unreachable
+            } else if let Some(kind) = io_in_chain(error) {
+                kind
             } else if server_failed(error) {
                 StoreErrorKind::Transient
             } else {
@@ -92,28 +92,47 @@ fn server_failed(error: &object_store::Error) -> bool {
     matches!(status, Some(429 | 500..=599)) || text.contains("SlowDown")
 }
 
-/// Whether an `io::Error` of a connection kind is in the error's source chain.
-fn connection_failed(error: &object_store::Error) -> bool {
-    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+/// What an I/O error met on the way to a store means: `Unreachable` for a connection
+/// that could not be made or was lost, `Transient` for an exchange cut short (a broken
+/// pipe, a body that ended early, an interrupted call), `None` for the rest.
+///
+/// ```
+/// use sluice_store::{StoreErrorKind, classify_io};
+/// let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+/// assert_eq!(classify_io(&refused), Some(StoreErrorKind::Unreachable));
+/// let cut = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+/// assert_eq!(classify_io(&cut), Some(StoreErrorKind::Transient));
+/// ```
+pub fn classify_io(error: &std::io::Error) -> Option<StoreErrorKind> {
+    use std::io::ErrorKind as K;
+    match error.kind() {
+        K::ConnectionRefused
+        | K::ConnectionReset
+        | K::ConnectionAborted
+        | K::NotConnected
+        | K::AddrNotAvailable
+        | K::HostUnreachable
+        | K::NetworkUnreachable
+        | K::TimedOut => Some(StoreErrorKind::Unreachable),
+        K::BrokenPipe | K::UnexpectedEof | K::Interrupted => Some(StoreErrorKind::Transient),
+        _ => None,
+    }
+}
+
+/// The meaning of the `io::Error`s in an error's source chain: `Unreachable` if one
+/// says so, else `Transient` if one says so.
+fn io_in_chain(error: &(dyn StdError + 'static)) -> Option<StoreErrorKind> {
+    let mut found = None;
+    let mut current = Some(error);
     while let Some(e) = current {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::NotConnected
-                    | std::io::ErrorKind::AddrNotAvailable
-                    | std::io::ErrorKind::HostUnreachable
-                    | std::io::ErrorKind::NetworkUnreachable
-                    | std::io::ErrorKind::TimedOut
-            )
-        {
-            return true;
+        match e.downcast_ref::<std::io::Error>().and_then(classify_io) {
+            Some(StoreErrorKind::Unreachable) => return Some(StoreErrorKind::Unreachable),
+            Some(kind) => found = Some(kind),
+            None => {}
         }
         current = e.source();
     }
-    false
+    found
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ mod registry;
 mod staged;
 
 pub use builder::{RetryPolicy, StoreBuilder};
-pub use classify::{StoreErrorKind, classify};
+pub use classify::{StoreErrorKind, classify, classify_io};
 pub use error::{Result, StoreError};
 
 /// The URL schemes this build can open, for error messages.
