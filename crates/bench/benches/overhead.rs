@@ -56,8 +56,9 @@ fn batches(count: usize, rows: usize) -> Vec<RecordBatch> {
         .collect()
 }
 
-/// A source task over `input`, then `tasks` tasks each adding a column.
-async fn chained(input: Vec<RecordBatch>, tasks: usize) -> Result<Frame> {
+/// A source task over `input`, then `tasks` tasks each adding a column, each persisted
+/// (tee) when `persist`.
+async fn chained(input: Vec<RecordBatch>, tasks: usize, persist: bool) -> Result<Frame> {
     let mut df = Task::new("source")
         .run(|cx| {
             let input = input.clone();
@@ -65,7 +66,11 @@ async fn chained(input: Vec<RecordBatch>, tasks: usize) -> Result<Frame> {
         })
         .await?;
     for i in 0..tasks {
-        df = Task::new(format!("step_{i}"))
+        let mut task = Task::new(format!("step_{i}"));
+        if persist {
+            task = task.persist(Persist::Tee);
+        }
+        df = task
             .run(|_cx| {
                 let df = df.clone();
                 async move { df.with_column(&format!("c{i}"), col("a") + lit(i as i64)) }
@@ -78,7 +83,7 @@ async fn chained(input: Vec<RecordBatch>, tasks: usize) -> Result<Frame> {
 /// A flow of `tasks` tasks, each adding a column, then a collect.
 async fn sluice_chain(session: &Session, input: Vec<RecordBatch>, tasks: usize) -> usize {
     let flow = Flow::new("chain").call(serde_json::Value::Null, async move {
-        let df = chained(input, tasks).await?;
+        let df = chained(input, tasks, false).await?;
         let out = df.collect().await?;
         Ok(out.iter().map(RecordBatch::num_rows).sum::<usize>())
     });
@@ -141,25 +146,7 @@ fn boundary_stream(c: &mut Criterion) {
 async fn keyed_chain(session: &Session, store: &str, tasks: usize, persist: bool) -> usize {
     let input = batches(1, 64);
     let flow = Flow::new("keyed").call(serde_json::Value::Null, async move {
-        let mut df = Task::new("source")
-            .run(|cx| {
-                let input = input.clone();
-                async move { cx.session().from_batches(input) }
-            })
-            .await?;
-        for i in 0..tasks {
-            let mut task = Task::new(format!("step_{i}"));
-            if persist {
-                task = task.persist(Persist::Tee);
-            }
-            df = task
-                .run(|_cx| {
-                    let df = df.clone();
-                    async move { df.with_column(&format!("c{i}"), col("a") + lit(i as i64)) }
-                })
-                .await?;
-        }
-        Ok(df.columns().len())
+        Ok(chained(input, tasks, persist).await?.columns().len())
     });
     flow.with_session(session.clone())
         .with_result_store(store)
@@ -232,7 +219,7 @@ async fn independent_tasks(tasks: u64, runs: Option<&str>) -> u64 {
 async fn plan_chain(session: &Session, tasks: usize) -> usize {
     let input = batches(1, 64);
     let flow = Flow::new("planned").call(serde_json::Value::Null, async move {
-        let plan = chained(input, tasks)
+        let plan = chained(input, tasks, false)
             .await?
             .to_dataframe()
             .create_physical_plan()
