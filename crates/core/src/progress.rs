@@ -53,26 +53,18 @@ impl std::str::FromStr for Progress {
             "bars" => Ok(Progress::Bars),
             "lines" => Ok(Progress::Lines(DEFAULT_INTERVAL)),
             other => match other.strip_prefix("lines:") {
-                Some(every) => parse_duration(every).map(Progress::Lines).ok_or_else(|| {
-                    invalid(format!("{every:?} is not a duration such as 2s or 500ms"))
-                }),
+                Some(every) => humantime::parse_duration(every)
+                    .map(Progress::Lines)
+                    .map_err(|e| {
+                        invalid(format!(
+                            "{every:?} is not a duration such as 2s or 500ms: {e}"
+                        ))
+                    }),
                 None => Err(invalid(format!(
                     "{other:?} is not a progress mode; use off, auto, bars, lines or lines:2s"
                 ))),
             },
         }
-    }
-}
-
-/// `500ms`, `2s`, `1m`.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
-    let n: u64 = number.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        _ => None,
     }
 }
 
