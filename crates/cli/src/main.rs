@@ -26,6 +26,21 @@ use clap::{Args, Parser, Subcommand};
 use sluice_testkit::taxi::{Compression, TaxiGenOptions, write_taxi_parquet};
 use tracing_subscriber::EnvFilter;
 
+/// `println!` for results: a reader that stops early (`sluice runs ls | head`) ends the
+/// command quietly instead of making `println!` panic on the closed pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: cannot write to standard output: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 /// Sluice: lazy dataflows on Apache DataFusion.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about, propagate_version = true)]
@@ -269,7 +284,7 @@ fn runs(command: RunsCommand) -> anyhow::Result<()> {
                     .list(&filter)
                     .await?;
                 if store.json {
-                    println!("{}", serde_json::to_string_pretty(&records)?);
+                    outln!("{}", serde_json::to_string_pretty(&records)?);
                 } else {
                     print_runs(&records);
                 }
@@ -279,7 +294,7 @@ fn runs(command: RunsCommand) -> anyhow::Result<()> {
                     .get(&run_id)
                     .await?;
                 if store.json {
-                    println!("{}", serde_json::to_string_pretty(&record)?);
+                    outln!("{}", serde_json::to_string_pretty(&record)?);
                 } else {
                     print_run(&record);
                 }
@@ -299,7 +314,7 @@ fn millis(ms: Option<f64>) -> String {
 
 fn print_runs(records: &[sluice_core::FlowRunRecord]) {
     if records.is_empty() {
-        println!("no flow runs");
+        outln!("no flow runs");
         return;
     }
     let flow_width = records
@@ -308,13 +323,18 @@ fn print_runs(records: &[sluice_core::FlowRunRecord]) {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    outln!(
         "{:<8}  {:<flow_width$}  {:<9}  {:<19}  {:>9}  {:>5}  ERROR",
-        "RUN", "FLOW", "STATE", "START", "DURATION", "TASKS"
+        "RUN",
+        "FLOW",
+        "STATE",
+        "START",
+        "DURATION",
+        "TASKS"
     );
     for r in records {
         let error = r.error.as_deref().unwrap_or("");
-        println!(
+        outln!(
             "{:<8}  {:<flow_width$}  {:<9}  {:<19}  {:>9}  {:>5}  {}",
             &r.run_id[..r.run_id.len().min(8)],
             r.flow,
@@ -328,17 +348,17 @@ fn print_runs(records: &[sluice_core::FlowRunRecord]) {
 }
 
 fn print_run(r: &sluice_core::FlowRunRecord) {
-    println!("run         {}", r.run_id);
-    println!("flow        {}", r.flow);
-    println!("state       {}", r.state);
-    println!("mode        {}", r.mode);
-    println!("version     {}", r.version.as_deref().unwrap_or("-"));
-    println!("start       {}", time(Some(r.start)));
-    println!("end         {}", time(r.end));
-    println!("duration    {}", millis(r.duration_ms));
-    println!("parameters  {}", r.parameters);
+    outln!("run         {}", r.run_id);
+    outln!("flow        {}", r.flow);
+    outln!("state       {}", r.state);
+    outln!("mode        {}", r.mode);
+    outln!("version     {}", r.version.as_deref().unwrap_or("-"));
+    outln!("start       {}", time(Some(r.start)));
+    outln!("end         {}", time(r.end));
+    outln!("duration    {}", millis(r.duration_ms));
+    outln!("parameters  {}", r.parameters);
     if let Some(error) = &r.error {
-        println!("error       {error}");
+        outln!("error       {error}");
     }
     let name_width = r
         .tasks
@@ -347,9 +367,14 @@ fn print_run(r: &sluice_core::FlowRunRecord) {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    outln!(
         "\n{:<name_width$}  {:<9}  {:>12}  {:>10}  {:>9}  {:>8}  NOTE",
-        "TASK", "STATE", "ROWS", "BYTES", "DURATION", "ATTEMPTS"
+        "TASK",
+        "STATE",
+        "ROWS",
+        "BYTES",
+        "DURATION",
+        "ATTEMPTS"
     );
     for t in &r.tasks {
         let note = t
@@ -358,7 +383,7 @@ fn print_run(r: &sluice_core::FlowRunRecord) {
             .or(t.reason.as_deref())
             .or(t.cache.as_ref().map(|c| c.lookup.as_str()))
             .unwrap_or("");
-        println!(
+        outln!(
             "{:<name_width$}  {:<9}  {:>12}  {:>10}  {:>9}  {:>8}  {}",
             t.name,
             format!("{:?}", t.state),
@@ -369,7 +394,7 @@ fn print_run(r: &sluice_core::FlowRunRecord) {
             note,
         );
         for a in t.attempts.iter().filter(|a| a.error.is_some()) {
-            println!(
+            outln!(
                 "{:<name_width$}    attempt {} failed after {}: {}",
                 "",
                 a.attempt,
@@ -390,7 +415,7 @@ fn cache(command: CacheCommand) -> anyhow::Result<()> {
             CacheCommand::Ls(args) => {
                 let entries = open(&args)?.list().await?;
                 if args.json {
-                    println!("{}", serde_json::to_string_pretty(&entries)?);
+                    outln!("{}", serde_json::to_string_pretty(&entries)?);
                 } else {
                     print_entries(&entries);
                 }
@@ -398,7 +423,7 @@ fn cache(command: CacheCommand) -> anyhow::Result<()> {
             CacheCommand::Show { store, task, key } => {
                 let manifest = open(&store)?.show(&task, &key).await?;
                 if store.json {
-                    println!("{}", serde_json::to_string_pretty(&manifest)?);
+                    outln!("{}", serde_json::to_string_pretty(&manifest)?);
                 } else {
                     print_manifest(&manifest);
                 }
@@ -406,9 +431,9 @@ fn cache(command: CacheCommand) -> anyhow::Result<()> {
             CacheCommand::Gc { store, grace } => {
                 let report = open(&store)?.gc(chrono::Utc::now(), grace).await?;
                 if store.json {
-                    println!("{}", serde_json::to_string_pretty(&report)?);
+                    outln!("{}", serde_json::to_string_pretty(&report)?);
                 } else {
-                    println!(
+                    outln!(
                         "removed {} expired checkpoint(s), {} orphaned part(s), {} stale object(s): {}",
                         report.expired.len(),
                         report.orphans.len(),
@@ -416,16 +441,16 @@ fn cache(command: CacheCommand) -> anyhow::Result<()> {
                         human_bytes(report.bytes)
                     );
                     for line in report.expired.iter().chain(&report.orphans).chain(&report.stale) {
-                        println!("  {line}");
+                        outln!("  {line}");
                     }
                 }
             }
             CacheCommand::Clear { store, task } => {
                 let bytes = open(&store)?.clear(task.as_deref()).await?;
                 if store.json {
-                    println!("{}", serde_json::json!({ "bytes": bytes }));
+                    outln!("{}", serde_json::json!({ "bytes": bytes }));
                 } else {
-                    println!("removed {}", human_bytes(bytes));
+                    outln!("removed {}", human_bytes(bytes));
                 }
             }
         }
@@ -450,7 +475,7 @@ fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
 
 fn print_entries(entries: &[sluice_core::CacheEntry]) {
     if entries.is_empty() {
-        println!("no checkpoints");
+        outln!("no checkpoints");
         return;
     }
     let task_width = entries
@@ -459,12 +484,19 @@ fn print_entries(entries: &[sluice_core::CacheEntry]) {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    outln!(
         "{:<task_width$}  {:<16}  {:<10}  {:>12}  {:>10}  {:<19}  {:<19}  {:<19}",
-        "TASK", "KEY", "STATE", "ROWS", "SIZE", "CREATED", "EXPIRES", "LAST HIT"
+        "TASK",
+        "KEY",
+        "STATE",
+        "ROWS",
+        "SIZE",
+        "CREATED",
+        "EXPIRES",
+        "LAST HIT"
     );
     for e in entries {
-        println!(
+        outln!(
             "{:<task_width$}  {:<16}  {:<10}  {:>12}  {:>10}  {:<19}  {:<19}  {:<19}",
             e.task,
             &e.key[..e.key.len().min(16)],
@@ -479,24 +511,24 @@ fn print_entries(entries: &[sluice_core::CacheEntry]) {
 }
 
 fn print_manifest(m: &sluice_core::Manifest) {
-    println!("task        {}", m.task);
-    println!("key         {}", m.key);
-    println!("version     {}", m.code_version.as_deref().unwrap_or("-"));
-    println!("policy      {}", m.policy);
-    println!("flow run    {}", m.flow_run);
-    println!("created     {}", time(Some(m.created)));
-    println!("expires     {}", time(m.expires));
-    println!("rows        {}", m.rows);
-    println!(
+    outln!("task        {}", m.task);
+    outln!("key         {}", m.key);
+    outln!("version     {}", m.code_version.as_deref().unwrap_or("-"));
+    outln!("policy      {}", m.policy);
+    outln!("flow run    {}", m.flow_run);
+    outln!("created     {}", time(Some(m.created)));
+    outln!("expires     {}", time(m.expires));
+    outln!("rows        {}", m.rows);
+    outln!(
         "size        {} in {} part(s), {}",
         human_bytes(m.bytes()),
         m.files.len(),
         m.compression
     );
-    println!("columns     {}", m.columns.join(", "));
-    println!("parameters  {}", m.key_inputs.parameters);
+    outln!("columns     {}", m.columns.join(", "));
+    outln!("parameters  {}", m.key_inputs.parameters);
     for source in &m.key_inputs.sources {
-        println!(
+        outln!(
             "source      {} ({} bytes, etag {}, modified {})",
             source.url,
             source.size,
@@ -505,11 +537,11 @@ fn print_manifest(m: &sluice_core::Manifest) {
         );
     }
     for upstream in &m.key_inputs.upstream {
-        println!("upstream    {} key {}", upstream.task, upstream.key);
+        outln!("upstream    {} key {}", upstream.task, upstream.key);
     }
-    println!("lineage");
+    outln!("lineage");
     for line in m.key_inputs.plan.lines() {
-        println!("  {line}");
+        outln!("  {line}");
     }
 }
 
@@ -521,18 +553,18 @@ fn serve(args: ServeArgs, s3: bool) -> anyhow::Result<()> {
         // Keep the server alive until interrupted.
         let _server: Box<dyn std::fmt::Debug> = if s3 {
             let server = S3Server::start_at(&args.root, addr).await?;
-            println!(
+            outln!(
                 "S3 endpoint {} serving {}",
                 server.endpoint(),
                 args.root.display()
             );
             for (key, value) in server.env() {
-                println!("export {key}={value}");
+                outln!("export {key}={value}");
             }
             Box::new(server)
         } else {
             let server = HttpFileServer::start_on(&args.root, addr, true).await?;
-            println!(
+            outln!(
                 "HTTP server {} serving {}",
                 server.url(""),
                 args.root.display()
@@ -565,7 +597,7 @@ fn gen_taxi(args: GenTaxiArgs) -> anyhow::Result<()> {
     let summary = write_taxi_parquet(&args.out, &opts)
         .with_context(|| format!("could not generate taxi data into {}", args.out.display()))?;
     let seconds = started.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "wrote {} rows in {} file(s), {} bytes ({:.1} MiB) to {} in {:.2} s ({:.2} M rows/s)",
         summary.rows,
         summary.files.len(),

@@ -217,3 +217,28 @@ fn runs_commands_list_and_show_recorded_runs() {
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("no flow run \"nope\""), "{stderr}");
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().display().to_string();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        Flow::new("daily")
+            .with_run_store(&store)
+            .run(serde_json::json!({}), async { Ok(()) })
+            .await
+    });
+    // Standard output closed before the command writes: every write fails (EPIPE).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["runs", "ls", "--store", &store])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
