@@ -168,12 +168,7 @@ impl FlowRunShared {
 fn redact_parameters(value: &serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
     match value {
-        Value::String(text) => match url::Url::parse(text) {
-            Ok(url) if !url.username().is_empty() || url.password().is_some() => {
-                Value::String(sluice_store::redact(&url))
-            }
-            _ => value.clone(),
-        },
+        Value::String(text) => Value::String(sluice_store::redact_location(text)),
         Value::Array(items) => Value::Array(items.iter().map(redact_parameters).collect()),
         Value::Object(fields) => Value::Object(
             fields
@@ -538,7 +533,7 @@ where
             match RunStore::open(&shared.session, &location) {
                 Ok(store) => Some(store),
                 Err(e) => {
-                    tracing::warn!(store = %location, error = %e, "cannot open the run store; this run is not recorded");
+                    tracing::warn!(store = %sluice_store::redact_location(&location), error = %e, "cannot open the run store; this run is not recorded");
                     None
                 }
             }

@@ -206,7 +206,7 @@ impl Session {
                 last_modified: meta.last_modified,
             })
             .collect();
-        let shown = display(url);
+        let shown = shown_url(url);
         let lineage = Lineage::read(format, &shown, options, objects);
         Frame::from_dataframe(self.clone(), df, vec![shown], lineage)
     }
@@ -353,7 +353,10 @@ impl Session {
             .try_collect()
             .await?;
         if objects.is_empty() {
-            return Err(DataFusionError::Plan(format!("no files found at {url}")));
+            return Err(DataFusionError::Plan(format!(
+                "no files found at {}",
+                shown_url(url)
+            )));
         }
         let infer = || async {
             let files: Vec<ObjectMeta> = objects.iter().filter(|o| o.size > 0).cloned().collect();
@@ -371,7 +374,7 @@ impl Session {
                 let digest = schema_digest(listing.format.get_ext().as_str(), evolution, &objects);
                 match cache.cached_schema(&digest).await {
                     Some(schema) => {
-                        tracing::debug!(source = %url, "source schema from the schema cache");
+                        tracing::debug!(source = %shown_url(url), "source schema from the schema cache");
                         schema
                     }
                     None => {
@@ -450,7 +453,7 @@ impl Session {
         let state = self.state();
         let store = match state.runtime_env().object_store(url.object_store()) {
             Ok(store) => store,
-            Err(e) => return Error::from_datafusion(e, &[display(url)]),
+            Err(e) => return Error::from_datafusion(e, &[shown_url(url)]),
         };
         // One named object: ask for it directly (HTTP servers cannot list).
         if !url.is_collection() && url.get_glob().is_none() {
@@ -460,7 +463,7 @@ impl Session {
                 }
                 Err(e) => {
                     if let Some(classified) =
-                        crate::error::classify_store_error(&e, &[display(url)])
+                        crate::error::classify_store_error(&e, &[shown_url(url)])
                     {
                         return classified;
                     }
@@ -474,7 +477,7 @@ impl Session {
         };
         let files = match listed {
             Ok(files) => files,
-            Err(e) => return Error::from_datafusion(e, &[display(url)]),
+            Err(e) => return Error::from_datafusion(e, &[shown_url(url)]),
         };
         if files.is_empty() {
             return self.not_found(url, &store, format).await;
@@ -501,7 +504,7 @@ impl Session {
                 }
             }
         }
-        Error::from_datafusion(error, &[display(url)])
+        Error::from_datafusion(error, &[shown_url(url)])
     }
 }
 
@@ -522,10 +525,12 @@ impl Session {
                     | sluice_store::StoreErrorKind::BucketNotFound
             )
         {
-            return Error::BucketNotFound { url: display(url) };
+            return Error::BucketNotFound {
+                url: shown_url(url),
+            };
         }
         Error::SourceNotFound {
-            url: display(url),
+            url: shown_url(url),
             format,
         }
     }
@@ -658,9 +663,13 @@ fn describe_schema(schema: Option<&datafusion::arrow::datatypes::Schema>) -> Str
     }
 }
 
-/// How a source URL appears in records and errors.
-fn display(url: &ListingTableUrl) -> String {
-    let mut text = url.as_str().to_string();
+/// A source URL as errors, records, lineage and logs show it: with its glob, without
+/// credentials (`https://user:password@host/` shows as `https://host/`). (Not named
+/// `display`: inside `tracing`'s macros that name is `tracing::field::display`.)
+fn shown_url(url: &ListingTableUrl) -> String {
+    let mut text = Url::parse(url.as_str())
+        .map(|u| sluice_store::redact(&u))
+        .unwrap_or_else(|_| url.as_str().to_string());
     if let Some(glob) = url.get_glob() {
         if !text.ends_with('/') {
             text.push('/');
@@ -768,5 +777,27 @@ impl SessionBuilder {
                 stores,
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shown_source_urls_carry_no_credentials() {
+        for (location, shown) in [
+            (
+                "http://reader:pass-word@127.0.0.1:42273/in.parquet",
+                "http://127.0.0.1:42273/in.parquet",
+            ),
+            (
+                "s3://key:secret@bucket/a/*.parquet",
+                "s3://bucket/a/*.parquet",
+            ),
+        ] {
+            let url = parse_remote(location).unwrap();
+            assert_eq!(shown_url(&url), shown);
+        }
     }
 }

@@ -78,5 +78,5 @@ pub fn supported_schemes() -> String {
     }
     schemes
 }
-pub use registry::{StoreRegistry, object_path, redact, resolve_url, store_key};
+pub use registry::{StoreRegistry, object_path, redact, redact_location, resolve_url, store_key};
 pub use staged::{OutputKind, PublishedFile, PublishedOutput, STAGING_MARKER, StagedOutput};

@@ -114,6 +114,20 @@ pub fn redact(url: &Url) -> String {
     url.to_string()
 }
 
+/// A location a user gave (a path or a URL) as it may be shown: a URL loses its user
+/// name and password, anything else is kept.
+///
+/// ```
+/// assert_eq!(sluice_store::redact_location("s3://k:s@b/x"), "s3://b/x");
+/// assert_eq!(sluice_store::redact_location("data/in.parquet"), "data/in.parquet");
+/// ```
+pub fn redact_location(location: &str) -> String {
+    match Url::parse(location) {
+        Ok(url) if !url.username().is_empty() || url.password().is_some() => redact(&url),
+        _ => location.to_string(),
+    }
+}
+
 /// The object stores of a session, keyed by `scheme://authority`, created on first use.
 ///
 /// It implements DataFusion's [`ObjectStoreRegistry`], so every scan and sink of a
