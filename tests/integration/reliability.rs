@@ -272,3 +272,300 @@ mod secrets {
         ]);
     }
 }
+
+mod crash_loop {
+    use std::time::Instant;
+
+    use object_store::ObjectStore;
+    use object_store::path::Path as ObjectPath;
+    use sluice::Manifest;
+    use sluice::prelude::*;
+
+    use super::*;
+    use crate::cache::content;
+    use crate::remote::S3Target;
+
+    /// Kills in the default suite; `SLUICE_CRASH_KILLS` asks for more.
+    const DEFAULT_KILLS: u32 = 50;
+    const ROWS: u64 = 200_000;
+
+    /// A small deterministic generator (xorshift64*), seeded by `SLUICE_CRASH_SEED`.
+    struct Rng(u64);
+
+    impl Rng {
+        fn fraction(&mut self) -> f64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    struct Loop {
+        target: S3Target,
+        store: std::sync::Arc<dyn ObjectStore>,
+        session: Session,
+        source: String,
+        dest: String,
+        cache: String,
+        runs: String,
+        summary: PathBuf,
+    }
+
+    impl Loop {
+        fn command(&self) -> Command {
+            let mut command = Command::new(example_binary());
+            command
+                .args(["--source", &self.source, "--dest", &self.dest])
+                .args(["--cache", &self.cache, "--run-store", &self.runs])
+                .args(["--progress", "off", "--summary"])
+                .arg(&self.summary)
+                .envs(self.target.env())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            command
+        }
+
+        /// Every object under the test's prefix.
+        async fn objects(&self, under: &str) -> Vec<object_store::ObjectMeta> {
+            use futures::TryStreamExt;
+            let prefix = ObjectPath::from(format!("{}/{under}", self.target.prefix));
+            self.store
+                .list(Some(&prefix))
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap()
+        }
+
+        /// The committed checkpoints: each manifest parses, and describes a whole result.
+        async fn manifests(&self) -> Vec<(ObjectPath, Manifest)> {
+            use object_store::ObjectStoreExt;
+            let mut found = Vec::new();
+            for meta in self.objects("cache/checkpoints/").await {
+                if meta.location.filename() != Some("_manifest.json") {
+                    continue;
+                }
+                let bytes = self.store.get(&meta.location).await.unwrap().bytes().await;
+                let manifest = Manifest::parse(&bytes.unwrap())
+                    .unwrap_or_else(|e| panic!("torn manifest {}: {e}", meta.location));
+                assert_eq!(manifest.rows, ROWS, "a manifest of a partial checkpoint");
+                assert_eq!(
+                    manifest.files.iter().map(|f| f.rows).sum::<u64>(),
+                    ROWS,
+                    "{}",
+                    meta.location
+                );
+                found.push((meta.location, manifest));
+            }
+            found
+        }
+
+        /// What a reader of the destination sees: nothing, or the whole reference. Staging
+        /// objects of killed runs are hidden (`.name.sluice-staging-*`); returns how many.
+        async fn check_destination(&self, reference: &str) -> usize {
+            let mut hidden = 0;
+            for meta in self.objects("out/").await {
+                let name = meta.location.filename().unwrap().to_string();
+                if name.starts_with('.') && name.contains(sluice::store::STAGING_MARKER) {
+                    hidden += 1;
+                    continue;
+                }
+                assert_eq!(
+                    name, "result.parquet",
+                    "a visible object at the destination"
+                );
+                assert_eq!(content(&self.session, &self.dest).await, reference);
+            }
+            hidden
+        }
+
+        /// Runs the `sluice` CLI with the target's credentials; it must succeed.
+        fn cli(&self, args: &[&str]) {
+            let output = Command::new(cli_binary())
+                .args(args)
+                .envs(self.target.env())
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "sluice {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+
+        fn summary(&self) -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(&self.summary).unwrap()).unwrap()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpointing_flow_killed_at_random_points_never_shows_partial_or_wrong_data() {
+        let kills_wanted: u32 = std::env::var("SLUICE_CRASH_KILLS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_KILLS);
+        let seed: u64 = std::env::var("SLUICE_CRASH_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0x5eed_c0ff_ee00_0001);
+        let target = S3Target::new("crash-loop").await;
+        let dir = tempfile::tempdir().unwrap();
+        let local = taxi_file(dir.path(), "in.parquet", ROWS, 20_000);
+        let store = target.store();
+        {
+            use object_store::ObjectStoreExt;
+            let bytes = std::fs::read(&local).unwrap();
+            let path = ObjectPath::from(format!("{}/in/in.parquet", target.prefix));
+            store.put(&path, bytes.into()).await.unwrap();
+        }
+        let l = Loop {
+            source: target.url("in/in.parquet"),
+            dest: target.url("out/result.parquet"),
+            cache: target.url("cache/"),
+            runs: target.url("runs/"),
+            summary: dir.path().join("summary.json"),
+            session: target.session(),
+            store,
+            target,
+        };
+
+        // The reference: a whole run with a cache of its own.
+        let reference_dest = l.target.url("reference/result.parquet");
+        let started = Instant::now();
+        let output = Command::new(example_binary())
+            .args(["--source", &l.source, "--dest", &reference_dest])
+            .args(["--progress", "off", "--run-store", &l.runs])
+            .envs(l.target.env())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let whole = started.elapsed();
+        let reference = content(&l.session, &reference_dest).await;
+
+        let mut rng = Rng(seed);
+        let (mut kills, mut completed, mut hits, mut iteration) = (0u32, 0u32, 0u32, 0u32);
+        let (mut most_hidden, mut kills_without_checkpoint) = (0, 0);
+        while kills < kills_wanted {
+            iteration += 1;
+            let _ = std::fs::remove_file(&l.summary);
+            let mut child = l.command().spawn().unwrap();
+            // Every tenth run goes to its end; the others die somewhere in [0, 1.2 × a run).
+            let deadline = (iteration % 10 != 0).then(|| whole.mul_f64(1.2 * rng.fraction()));
+            let finished = match deadline {
+                Some(after) => {
+                    tokio::time::sleep(after).await;
+                    child.try_wait().unwrap()
+                }
+                None => None,
+            };
+            let status = match (deadline, finished) {
+                (Some(_), None) => {
+                    child.kill().unwrap(); // SIGKILL: no cleanup of any kind runs
+                    child.wait().unwrap();
+                    kills += 1;
+                    if l.manifests().await.is_empty() {
+                        kills_without_checkpoint += 1;
+                    }
+                    None
+                }
+                (_, Some(status)) => Some(status),
+                (None, None) => Some(child.wait().unwrap()),
+            };
+            if let Some(status) = status {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+                assert!(status.success(), "run {iteration} failed: {stderr}");
+                completed += 1;
+                let record = l.summary();
+                let transform = record["tasks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|t| t["name"] == "transform")
+                    .unwrap();
+                if transform["state"] == "Cached" {
+                    hits += 1;
+                }
+                assert_eq!(
+                    content(&l.session, &l.dest).await,
+                    reference,
+                    "run {iteration}"
+                );
+                // Every other time, start over without a checkpoint, so that kills keep
+                // landing in checkpoint writes as well as in cache hits.
+                if completed % 2 == 1 {
+                    l.cli(&["cache", "clear", "--store", &l.cache]);
+                }
+            }
+            // After every run, killed or not: whole manifests only, and the destination
+            // holds the whole output or nothing.
+            l.manifests().await;
+            most_hidden = most_hidden.max(l.check_destination(&reference).await);
+        }
+
+        // A last run ends well, reads a checkpoint if one was committed, and is right.
+        let output = l.command().output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(content(&l.session, &l.dest).await, reference);
+        let manifests = l.manifests().await;
+        assert_eq!(manifests.len(), 1, "one key, one checkpoint");
+
+        // `sluice cache gc` then leaves exactly the parts the manifest names.
+        l.cli(&["cache", "gc", "--store", &l.cache, "--grace", "0s"]);
+        let (location, manifest) = &manifests[0];
+        let dir = location.as_ref().trim_end_matches("_manifest.json");
+        let mut named: Vec<String> = manifest
+            .files
+            .iter()
+            .map(|f| format!("{dir}{}", f.path))
+            .collect();
+        let mut kept: Vec<String> = l
+            .objects("cache/")
+            .await
+            .into_iter()
+            .map(|m| m.location.to_string())
+            // Kept beside the parts: the manifest, the last-hit marker, cached schemas.
+            .filter(|p| {
+                !p.ends_with("/_manifest.json")
+                    && !p.ends_with("/_last_hit")
+                    && !p.contains("/schemas/")
+            })
+            .collect();
+        named.sort();
+        kept.sort();
+        assert_eq!(kept, named, "orphans after gc");
+        // Staging objects that killed sinks left at the destination are hidden from
+        // readers; gc over the destination's prefix removes them.
+        l.cli(&[
+            "cache",
+            "gc",
+            "--store",
+            &l.target.url("out/"),
+            "--grace",
+            "0s",
+        ]);
+        assert_eq!(
+            l.check_destination(&reference).await,
+            0,
+            "staging left after gc"
+        );
+        let pending = l.target.server.as_ref().map(|s| s.pending_uploads());
+        eprintln!(
+            "crash loop: {kills} kills ({kills_without_checkpoint} before any checkpoint was \
+             committed), {completed} completed runs ({hits} cache hits) in {iteration} \
+             iterations (a whole run takes {whole:?}); at most {most_hidden} hidden staging \
+             objects at the destination; {pending:?} multipart uploads of killed runs left \
+             pending on the server"
+        );
+        assert!(completed >= kills / 10, "too few runs completed");
+    }
+}
