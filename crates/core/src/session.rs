@@ -424,7 +424,7 @@ impl Session {
         .map_err(|e| {
             Error::Store(sluice_store::StoreError::InvalidUrl {
                 location: location.to_string(),
-                reason: e.to_string(),
+                reason: crate::error::message(&e),
             })
         })?;
         // A single named object is read whatever its extension; a collection or a glob
@@ -496,7 +496,7 @@ impl Session {
                     }
                     return Error::InvalidParquet {
                         url: file_url,
-                        reason: e.to_string(),
+                        reason: crate::error::message(&e),
                     };
                 }
             }
