@@ -165,8 +165,11 @@ fn example_error(args: &[&str], env: &[(&'static str, String)]) -> String {
     lines[0].to_string()
 }
 
+/// Environment variables of a child process.
+type Env = Vec<(&'static str, String)>;
+
 /// The example's arguments for one run in `dir`: its run record goes there too.
-fn example_args<'a>(dir: &'a Path, source: &'a str, dest: &'a str) -> Vec<String> {
+fn example_args(dir: &Path, source: &str, dest: &str) -> Vec<String> {
     vec![
         "--source".into(),
         source.into(),
@@ -271,6 +274,8 @@ fn the_example_prints_each_local_error_once() {
         .to_string();
     let out = tmp("out/result.parquet");
     std::fs::write(dir.path().join("a-file"), b"x").unwrap();
+    std::fs::create_dir(dir.path().join("no-parquet")).unwrap();
+    std::fs::write(dir.path().join("no-parquet/readme.txt"), b"not data").unwrap();
     std::fs::create_dir(dir.path().join("mixed")).unwrap();
     write_file(
         &dir.path().join("mixed/a.parquet"),
@@ -288,7 +293,7 @@ fn the_example_prints_each_local_error_once() {
         ),
         (
             "example_directory_without_parquet",
-            example_args(dir.path(), &tmp("runs/"), &out),
+            example_args(dir.path(), &tmp("no-parquet/"), &out),
         ),
         (
             "example_not_parquet",
@@ -412,7 +417,7 @@ async fn the_example_prints_each_remote_error_once() {
             *value = "not-the-secret".into();
         }
     }
-    let cases: Vec<(&str, Vec<String>, Vec<(&'static str, String)>)> = vec![
+    let cases: Vec<(&str, Vec<String>, Env)> = vec![
         (
             "example_s3_bucket_not_found",
             example_args(dir.path(), "s3://no-such-bucket/x.parquet", &out),
@@ -895,7 +900,7 @@ fn stale_local() -> PutOptions {
     }))
 }
 
-/// Errors of the store, and of a failing endpoint, through a read.
+/// An endpoint nothing listens on, through a read (the store retries quickly).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_endpoint_is_named_once() {
     let dead = format!("http://127.0.0.1:{}/yellow.parquet", dead_port());
