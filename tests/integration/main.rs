@@ -3,6 +3,7 @@
 mod bad_input;
 mod cache;
 mod common;
+mod errors;
 mod example;
 mod flows;
 mod frames;

@@ -302,7 +302,9 @@ fn attribute(
     error: DataFusionError,
 ) -> DataFusionError {
     if let Some(checkpoint) = checkpoint {
-        return checkpoint.corrupt(run, error.to_string()).into();
+        return checkpoint
+            .corrupt(run, crate::error::message(&error))
+            .into();
     }
     let ours = Error::from_datafusion(error, sources);
     if ours.task().is_none() && ours.is_retryable() && run.has_retry_left() {

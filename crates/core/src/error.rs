@@ -118,7 +118,7 @@ pub enum Error {
         available: Vec<String>,
     },
     /// The plan is invalid: a type error, an ambiguous name, bad SQL.
-    #[error("invalid query plan: {source}")]
+    #[error("invalid query plan: {}", message(source))]
     Plan {
         /// DataFusion's error.
         #[source]
@@ -133,7 +133,7 @@ pub enum Error {
         reason: String,
     },
     /// Reading a source failed while the data streamed.
-    #[error("reading {} failed: {source}", sources.join(", "))]
+    #[error("reading {} failed: {}", sources.join(", "), message(source))]
     Read {
         /// The sources being read.
         sources: Vec<String>,
@@ -189,7 +189,7 @@ pub enum Error {
         url: String,
     },
     /// Executing a plan failed.
-    #[error("query execution failed: {source}")]
+    #[error("query execution failed: {}", message(source))]
     Execution {
         /// DataFusion's error.
         #[source]
@@ -237,7 +237,7 @@ pub enum Error {
         reason: String,
     },
     /// A task failed; `source` says why.
-    #[error("task {task:?} failed: {source}")]
+    #[error("{}", task_failed(task, source))]
     Task {
         /// The task's name.
         task: String,
@@ -313,6 +313,18 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+}
+
+/// `task "x" failed: <why>`, unless the reason names the task already (its own timeout).
+fn task_failed(task: &str, source: &Error) -> String {
+    match source {
+        Error::Timeout {
+            scope: "task",
+            name,
+            ..
+        } if name == task => source.to_string(),
+        _ => format!("task {task:?} failed: {source}"),
+    }
 }
 
 fn from_sources(sources: &[String]) -> String {
@@ -435,7 +447,7 @@ impl Error {
             if let Some(parquet) = find_in_chain::<parquet::errors::ParquetError>(&error) {
                 return Error::InvalidParquet {
                     url: sources.join(", "),
-                    reason: parquet.to_string(),
+                    reason: plain(&parquet.to_string()).to_string(),
                 };
             }
             return Error::Read {
@@ -469,12 +481,53 @@ pub(crate) fn classify_store_error(error: &object_store::Error, urls: &[String])
     })
 }
 
-/// The first line of a message, without the response bodies some stores append.
+/// The first line of a message, without the response bodies some stores append (nor
+/// the `: ` that introduced an empty one).
 fn short(text: &str) -> String {
     let line = text.lines().next().unwrap_or(text);
-    match line.find("<?xml") {
-        Some(i) => line[..i].trim_end().to_string(),
-        None => line.to_string(),
+    let line = match line.find("<?xml") {
+        Some(i) => &line[..i],
+        None => line,
+    };
+    line.trim_end().trim_end_matches(':').to_string()
+}
+
+/// The `Display` prefixes that name an error's type rather than say anything: DataFusion
+/// puts one before each wrapped error (`Arrow error: `, `Parquet error: `, ...), and
+/// arrow and parquet repeat theirs when one wraps the other's text
+/// (`Arrow error: Parquet argument error: Parquet error: ...`). Matched on text because
+/// the inner ones are inside strings, not in the source chain.
+const TYPE_PREFIXES: &[&str] = &[
+    "Arrow error: ",
+    "Parquet error: ",
+    "Parquet argument error: ",
+    "External error: ",
+    "External: ",
+    "Execution error: ",
+    "IO error: ",
+    "Object Store error: ",
+];
+
+/// `text` without its leading type-name prefixes ([`TYPE_PREFIXES`]).
+pub(crate) fn plain(text: &str) -> &str {
+    let mut text = text.trim();
+    while let Some(rest) = TYPE_PREFIXES.iter().find_map(|p| text.strip_prefix(p)) {
+        text = rest.trim_start();
+    }
+    text
+}
+
+/// What a DataFusion error says, without the prefixes that only name wrapper types
+/// (`Execution error: Arrow error: Parquet argument error: External: snappy: corrupt
+/// input` says `snappy: corrupt input`), and with a SQL parser error in its own words
+/// rather than DataFusion's `Debug` print of it.
+pub(crate) fn message(error: &DataFusionError) -> String {
+    match error {
+        DataFusionError::SQL(parser, _) => parser.to_string(),
+        DataFusionError::Context(context, inner) => format!("{context}: {}", message(inner)),
+        DataFusionError::Diagnostic(_, inner) => message(inner),
+        DataFusionError::Shared(inner) => message(inner),
+        other => plain(&other.to_string()).to_string(),
     }
 }
 
@@ -538,7 +591,8 @@ fn find_sluice_error(error: &DataFusionError) -> Option<&Error> {
 ///
 /// Sluice's messages already include their cause's text, and so do many of
 /// DataFusion's; printing the whole source chain after them (as `anyhow`'s `{:#}` does)
-/// repeats it. This skips a cause whose text the line already holds.
+/// repeats it. This skips a cause whose text the line already holds, once the prefixes
+/// that only name an error type (`Arrow error: `, `External error: `, ...) are left off.
 ///
 /// ```
 /// use sluice_core::{Error, one_line};
@@ -552,12 +606,19 @@ pub fn one_line(error: &(dyn StdError + 'static)) -> String {
     let mut line = String::new();
     let mut current = Some(error);
     while let Some(e) = current {
-        let text = e.to_string().replace('\n', " ");
-        if !line.contains(text.trim()) {
+        // DataFusion's own `Display` of a SQL error is a `Debug` print: say it as
+        // `message` does.
+        let text = match e.downcast_ref::<DataFusionError>() {
+            Some(datafusion) => message(datafusion),
+            None => e.to_string(),
+        }
+        .replace('\n', " ");
+        let text = plain(&text);
+        if !text.is_empty() && !line.contains(text) {
             if !line.is_empty() {
                 line.push_str(": ");
             }
-            line.push_str(text.trim());
+            line.push_str(text);
         }
         current = e.source();
     }
@@ -614,8 +675,33 @@ fn duplicate(error: &Error) -> Error {
         },
         Error::Read { sources, source } => Error::Read {
             sources: sources.clone(),
-            source: DataFusionError::Execution(source.to_string()),
+            source: DataFusionError::Execution(message(source)),
         },
+        Error::Execution { source } => Error::Execution {
+            source: DataFusionError::Execution(message(source)),
+        },
+        Error::Plan { source } => Error::Plan {
+            source: DataFusionError::Execution(message(source)),
+        },
+        Error::Write { url, source } => Error::Write {
+            url: url.clone(),
+            source: Box::new(duplicate(source)),
+        },
+        Error::InvalidOption { option, reason } => Error::InvalidOption {
+            option,
+            reason: reason.clone(),
+        },
+        Error::DestinationOverlapsSource {
+            dest,
+            source_location,
+        } => Error::DestinationOverlapsSource {
+            dest: dest.clone(),
+            source_location: source_location.clone(),
+        },
+        Error::Internal { message } => Error::Internal {
+            message: message.clone(),
+        },
+        Error::Custom(source) => Error::Custom(source.to_string().into()),
         Error::AccessDenied { url, reason } => Error::AccessDenied {
             url: url.clone(),
             reason: reason.clone(),
@@ -727,6 +813,66 @@ mod tests {
         let back = Error::from(df);
         assert_eq!(back.task(), Some("extract"));
         assert!(back.to_string().contains("file:///x.parquet"), "{back}");
+    }
+
+    #[test]
+    fn one_line_says_a_wrapped_parquet_error_once_without_type_names() {
+        let parquet =
+            parquet::errors::ParquetError::General("Invalid Parquet file. Corrupt footer".into());
+        let error = Error::Execution {
+            source: DataFusionError::Context(
+                "reading the footer".into(),
+                Box::new(DataFusionError::ParquetError(Box::new(parquet))),
+            ),
+        };
+        let expected =
+            "query execution failed: reading the footer: Invalid Parquet file. Corrupt footer";
+        assert_eq!(error.to_string(), expected);
+        assert_eq!(one_line(&error), expected);
+    }
+
+    #[test]
+    fn text_nested_inside_arrow_errors_loses_its_type_names() {
+        let arrow = datafusion::arrow::error::ArrowError::ParquetError(
+            "External: snappy: corrupt input".into(),
+        );
+        let error = Error::Read {
+            sources: vec!["file:///a.parquet".into()],
+            source: DataFusionError::ArrowError(Box::new(arrow), None),
+        };
+        assert_eq!(
+            one_line(&error),
+            "reading file:///a.parquet failed: snappy: corrupt input"
+        );
+    }
+
+    #[test]
+    fn an_execution_error_that_crossed_datafusion_is_said_once() {
+        let arrow = datafusion::arrow::error::ArrowError::CastError("cannot cast 'x'".into());
+        let ours = Error::Execution {
+            source: DataFusionError::ArrowError(Box::new(arrow), None),
+        };
+        let crossed = DataFusionError::Context("while writing".into(), Box::new(ours.into()));
+        let back = Error::from(crossed);
+        assert!(matches!(back, Error::Execution { .. }), "{back:?}");
+        assert_eq!(
+            one_line(&back),
+            "query execution failed: Cast error: cannot cast 'x'"
+        );
+    }
+
+    #[test]
+    fn a_sql_syntax_error_is_said_once_in_its_own_words() {
+        let parser = datafusion::sql::sqlparser::parser::ParserError::ParserError(
+            "Expected: an SQL statement, found: SELEC".into(),
+        );
+        let error = Error::Plan {
+            source: DataFusionError::SQL(Box::new(parser), None),
+        };
+        assert_eq!(
+            one_line(&error),
+            "invalid query plan: sql parser error: Expected: an SQL statement, found: SELEC"
+        );
     }
 
     #[test]

@@ -427,7 +427,7 @@ impl Session {
         .map_err(|e| {
             Error::Store(sluice_store::StoreError::InvalidUrl {
                 location: location.to_string(),
-                reason: e.to_string(),
+                reason: crate::error::message(&e),
             })
         })?;
         // A single named object is read whatever its extension; a collection or a glob
@@ -499,7 +499,7 @@ impl Session {
                     }
                     return Error::InvalidParquet {
                         url: file_url,
-                        reason: e.to_string(),
+                        reason: crate::error::message(&e),
                     };
                 }
             }
