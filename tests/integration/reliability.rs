@@ -569,3 +569,187 @@ mod crash_loop {
         assert!(completed >= kills / 10, "too few runs completed");
     }
 }
+
+mod races {
+    use std::sync::{Arc, Barrier};
+
+    use object_store::ObjectStoreExt;
+    use object_store::path::Path as ObjectPath;
+    use sluice::CheckpointStore;
+    use sluice::prelude::*;
+
+    use super::*;
+    use crate::cache::content;
+    use crate::remote::S3Target;
+
+    const ROWS: u64 = 40_000;
+    /// Flows in each camp: threads in this process, and child processes.
+    const THREADS: usize = 10;
+    const PROCESSES: usize = 10;
+
+    #[task]
+    async fn extract(cx: &TaskContext, source: &str) -> Result<Frame> {
+        cx.read_parquet(source).await // lazy: reads footers only
+    }
+
+    // The example's `transform`, token for token: the same code version, hence the same
+    // cache key as the example's processes compute for the same source.
+    #[task(persist)]
+    async fn transform(df: Frame) -> Result<Frame> {
+        df.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+    }
+
+    #[task]
+    async fn load(df: Frame, dest: &str) -> Result<WriteSummary> {
+        df.write_parquet(dest, ParquetWrite::zstd(3)).await
+    }
+
+    #[flow]
+    async fn etl(source: &str, dest: &str) -> Result<WriteSummary> {
+        let raw = extract(source).await?;
+        let df = transform(raw).await?;
+        load(df, dest).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn twenty_flows_in_threads_and_processes_race_on_two_keys_and_one_checkpoint_stands_per_key()
+     {
+        let target = Arc::new(S3Target::new("races").await);
+        let dir = tempfile::tempdir().unwrap();
+        // Two sources, two keys; each flow takes one, alternately.
+        let mut sources = Vec::new();
+        for (i, seed) in [(0, 1), (1, 2)] {
+            let local = dir.path().join(format!("in-{i}.parquet"));
+            sluice_testkit::taxi::write_taxi_parquet(
+                &local,
+                &sluice_testkit::taxi::TaxiGenOptions::new(ROWS + i)
+                    .with_seed(seed)
+                    .with_row_group_rows(10_000),
+            )
+            .unwrap();
+            let key = format!("{}/in/in-{i}.parquet", target.prefix);
+            target
+                .store()
+                .put(
+                    &ObjectPath::from(key),
+                    std::fs::read(&local).unwrap().into(),
+                )
+                .await
+                .unwrap();
+            sources.push(target.url(&format!("in/in-{i}.parquet")));
+        }
+        let cache = target.url("cache/");
+        let runs = target.url("runs/");
+        let dest = |camp: &str, i: usize| target.url(&format!("out/{camp}-{i}.parquet"));
+
+        // Everyone starts together: the threads at a barrier, the processes as they spawn.
+        let barrier = Arc::new(Barrier::new(THREADS + 1));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let (barrier, target) = (Arc::clone(&barrier), Arc::clone(&target));
+                let (source, dest) = (sources[i % 2].clone(), dest("thread", i));
+                let (cache, runs) = (cache.clone(), runs.clone());
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(1)
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    barrier.wait();
+                    runtime.block_on(
+                        etl(&source, &dest)
+                            .with_session(target.session())
+                            .with_result_store(&cache)
+                            .with_run_store(&runs)
+                            .run(),
+                    )
+                })
+            })
+            .collect();
+        barrier.wait();
+        let children: Vec<_> = (0..PROCESSES)
+            .map(|i| {
+                Command::new(example_binary())
+                    .args(["--source", &sources[i % 2], "--dest", &dest("process", i)])
+                    .args(["--cache", &cache, "--run-store", &runs, "--progress", "off"])
+                    .envs(target.env())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut states = std::collections::BTreeMap::<String, usize>::new();
+        for thread in threads {
+            let run = thread.join().unwrap();
+            run.output.as_ref().unwrap();
+            let transform = run.record.task("transform").unwrap();
+            let committed = transform.cache.as_ref().is_some_and(|c| c.committed);
+            let state = format!("{:?}, committed: {committed}", transform.state);
+            *states.entry(state).or_default() += 1;
+        }
+        for child in children {
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+
+        // Exactly one whole checkpoint per key, whoever won.
+        let session = target.session();
+        let store = CheckpointStore::open(&session, &cache).unwrap();
+        let entries = store.list().await.unwrap();
+        assert_eq!(entries.len(), 2, "{entries:#?}");
+        for entry in &entries {
+            assert_eq!(entry.state, "valid", "{entry:?}");
+        }
+        let mut rows: Vec<u64> = entries.iter().map(|e| e.rows.unwrap()).collect();
+        rows.sort();
+        assert_eq!(rows, [ROWS, ROWS + 1]);
+        // Every output is right: equal to a fresh run's, with no cache at all.
+        let mut references = Vec::new();
+        for (i, source) in sources.iter().enumerate() {
+            let reference = target.url(&format!("reference/{i}.parquet"));
+            crate::common::etl(source, &reference)
+                .with_session(session.clone())
+                .with_checkpoints(false)
+                .await
+                .unwrap();
+            references.push(content(&session, &reference).await);
+        }
+        for i in 0..THREADS.max(PROCESSES) {
+            for camp in ["thread", "process"] {
+                assert_eq!(
+                    content(&session, &dest(camp, i)).await,
+                    references[i % 2],
+                    "{camp} {i}"
+                );
+            }
+        }
+        // The losers' parts are gone or collectable: after gc only the winners' remain.
+        store
+            .gc(chrono::Utc::now(), std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        let (mut parts, mut named) = (0, 0);
+        let prefix = ObjectPath::from(format!("{}/cache/checkpoints/", target.prefix));
+        let objects: Vec<_> = {
+            use futures::TryStreamExt;
+            let store = target.store();
+            store.list(Some(&prefix)).try_collect().await.unwrap()
+        };
+        for meta in objects {
+            if meta.location.as_ref().contains("/data-") {
+                parts += 1;
+            } else if meta.location.filename() == Some("_manifest.json") {
+                let bytes = target.store().get(&meta.location).await.unwrap();
+                let manifest = sluice::Manifest::parse(&bytes.bytes().await.unwrap()).unwrap();
+                named += manifest.files.len();
+            }
+        }
+        assert_eq!(parts, named, "parts of losing runs left after gc");
+        eprintln!("races: transform states in the threads {states:?}");
+    }
+}
