@@ -406,7 +406,13 @@ impl ObjectStore for AbortingStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
+        let head = options.head;
+        let result = self.inner.get_opts(location, options).await?;
+        Ok(if head {
+            result
+        } else {
+            checked_length(location, result)
+        })
     }
 
     async fn get_ranges(
@@ -414,7 +420,14 @@ impl ObjectStore for AbortingStore {
         location: &Path,
         ranges: &[std::ops::Range<u64>],
     ) -> object_store::Result<Vec<bytes::Bytes>> {
-        self.inner.get_ranges(location, ranges).await
+        let parts = self.inner.get_ranges(location, ranges).await?;
+        for (range, bytes) in ranges.iter().zip(&parts) {
+            let received = bytes.len() as u64;
+            if received != range.end - range.start {
+                return Err(short_read(location, range.clone(), received));
+            }
+        }
+        Ok(parts)
     }
 
     fn delete_stream(
@@ -456,6 +469,81 @@ impl ObjectStore for AbortingStore {
         options: RenameOptions,
     ) -> object_store::Result<()> {
         self.inner.rename_opts(from, to, options).await
+    }
+}
+
+/// Makes a streamed body that ends before the range it announced an error.
+///
+/// object_store trusts the transport to deliver every byte of a body: hyper reports a
+/// body shorter than its `Content-Length` (and object_store retries it), but a body
+/// delimited by the connection closing ends "normally" wherever the connection was
+/// cut, and `GetResult::bytes` hands on what arrived. Parquet would then decode a
+/// short buffer as if it were the column chunk it asked for.
+fn checked_length(location: &Path, result: GetResult) -> GetResult {
+    use futures::StreamExt;
+    let GetResult {
+        payload,
+        meta,
+        range,
+        attributes,
+    } = result;
+    let payload = match payload {
+        object_store::GetResultPayload::Stream(stream) => {
+            let location = location.clone();
+            let expected = range.end - range.start;
+            let wanted = range.clone();
+            let checked = futures::stream::unfold(
+                (stream, 0u64, false),
+                move |(mut stream, received, done)| {
+                    let location = location.clone();
+                    let range = wanted.clone();
+                    async move {
+                        if done {
+                            return None;
+                        }
+                        match stream.next().await {
+                            Some(Ok(bytes)) => {
+                                let received = received + bytes.len() as u64;
+                                Some((Ok(bytes), (stream, received, false)))
+                            }
+                            Some(Err(e)) => Some((Err(e), (stream, received, true))),
+                            None if received < expected => Some((
+                                Err(short_read(&location, range, received)),
+                                (stream, received, true),
+                            )),
+                            None => None,
+                        }
+                    }
+                },
+            );
+            object_store::GetResultPayload::Stream(checked.boxed())
+        }
+        file => file,
+    };
+    GetResult {
+        payload,
+        meta,
+        range,
+        attributes,
+    }
+}
+
+/// The error of a read that received fewer bytes than it asked for: transient to
+/// every caller (an `UnexpectedEof` in the chain), typed underneath.
+fn short_read(location: &Path, range: std::ops::Range<u64>, received: u64) -> object_store::Error {
+    tracing::warn!(%location, start = range.start, end = range.end, received, "a read was cut short");
+    object_store::Error::Generic {
+        store: "sluice",
+        source: Box::new(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            StoreError::ShortRead {
+                location: location.to_string(),
+                start: range.start,
+                end: range.end,
+                expected: range.end - range.start,
+                received,
+            },
+        )),
     }
 }
 

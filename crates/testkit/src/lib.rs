@@ -33,6 +33,7 @@
 //! ```
 
 pub mod counting_store;
+pub mod faults;
 pub mod servers;
 pub mod taxi;
 
