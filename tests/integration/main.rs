@@ -4,6 +4,7 @@ mod bad_input;
 mod cache;
 mod common;
 mod example;
+mod faults;
 mod flows;
 mod frames;
 mod remote;

@@ -342,7 +342,11 @@ impl StoreBuilder {
                 });
             }
         };
-        Ok(Arc::new(AbortingStore { inner: store }))
+        let remote = !matches!(url.scheme(), "file" | "memory");
+        Ok(Arc::new(AbortingStore {
+            inner: store,
+            remote,
+        }))
     }
 }
 
@@ -352,6 +356,9 @@ impl StoreBuilder {
 #[derive(Debug)]
 pub(crate) struct AbortingStore {
     inner: Arc<dyn ObjectStore>,
+    /// Whether the store is reached over the network, where a body can come back
+    /// short (see `get_ranges`).
+    remote: bool,
 }
 
 impl fmt::Display for AbortingStore {
@@ -420,7 +427,21 @@ impl ObjectStore for AbortingStore {
         location: &Path,
         ranges: &[std::ops::Range<u64>],
     ) -> object_store::Result<Vec<bytes::Bytes>> {
-        let parts = self.inner.get_ranges(location, ranges).await?;
+        // object_store's own coalescing slices each fetched buffer by the range it
+        // asked for, and panics (`range start must not be greater than end`) when a
+        // buffer came back short; over the network, coalesce here instead, fetching
+        // through `get_opts` above, which turns a short body into an error first.
+        let parts = if self.remote {
+            use object_store::ObjectStoreExt;
+            object_store::coalesce_ranges(
+                ranges,
+                |range| self.get_range(location, range),
+                object_store::OBJECT_STORE_COALESCE_DEFAULT,
+            )
+            .await?
+        } else {
+            self.inner.get_ranges(location, ranges).await?
+        };
         for (range, bytes) in ranges.iter().zip(&parts) {
             let received = bytes.len() as u64;
             if received != range.end - range.start {

@@ -8,8 +8,9 @@
 //! request. Then it injects a [`ProxyFault`] instead: a 500, a 503, an S3 `SlowDown`,
 //! added latency, a connection reset (TCP RST, before or after the upstream saw the
 //! request), or a body cut short (the headers announce the full `Content-Length`, then
-//! fewer bytes come, then the connection closes; or, the nastier variant, the length
-//! header is dropped so that only the closing connection marks the end).
+//! fewer bytes come, then the connection closes; or, the nastier variant, the
+//! `Content-Length` is rewritten to match the bytes sent, so that the message is valid
+//! HTTP while its `Content-Range` still announces the whole range).
 //!
 //! Rules match on the method and on substrings of the request target (path and
 //! query), and pick the matching requests by position (the n-th, the first k, the
@@ -88,10 +89,11 @@ pub enum ProxyFault {
     /// Relays the answer's headers with the full `Content-Length`, then half the body,
     /// then closes the connection.
     ShortBody,
-    /// Relays the answer's headers without `Content-Length` (the body then ends when
-    /// the connection closes, as HTTP/1.1 allows), then half the body, then closes:
-    /// a truncation that HTTP itself cannot reveal.
-    ShortBodyUndeclared,
+    /// Relays half the body with a `Content-Length` that says so, and every other
+    /// header (`Content-Range`, `ETag`) as the upstream sent it: a valid HTTP message
+    /// whose body is shorter than the range it claims, as a broken cache or server may
+    /// send. HTTP itself cannot reveal the truncation.
+    TruncatedRange,
 }
 
 impl ProxyFault {
@@ -105,7 +107,7 @@ impl ProxyFault {
             Self::Reset => FaultKind::Reset,
             Self::ResetAfterUpstream => FaultKind::ResetAfterUpstream,
             Self::ShortBody => FaultKind::ShortBody,
-            Self::ShortBodyUndeclared => FaultKind::ShortBodyUndeclared,
+            Self::TruncatedRange => FaultKind::TruncatedRange,
         }
     }
 }
@@ -127,8 +129,8 @@ pub enum FaultKind {
     ResetAfterUpstream,
     /// [`ProxyFault::ShortBody`].
     ShortBody,
-    /// [`ProxyFault::ShortBodyUndeclared`].
-    ShortBodyUndeclared,
+    /// [`ProxyFault::TruncatedRange`].
+    TruncatedRange,
 }
 
 /// Which of the matching requests a rule picks.
@@ -523,16 +525,20 @@ impl Head {
             .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
     }
 
-    /// The head as bytes, with `connection: close` and without the headers `drop`.
-    fn encode(&self, drop: &[&str]) -> Vec<u8> {
+    /// The head as bytes, with `connection: close` and, if given, a new
+    /// `content-length`.
+    fn encode(&self, content_length: Option<u64>) -> Vec<u8> {
         let mut out = format!("{}\r\n", self.start);
         for (name, value) in &self.headers {
             if name.eq_ignore_ascii_case("connection")
-                || drop.iter().any(|d| name.eq_ignore_ascii_case(d))
+                || (content_length.is_some() && name.eq_ignore_ascii_case("content-length"))
             {
                 continue;
             }
             out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some(length) = content_length {
+            out.push_str(&format!("content-length: {length}\r\n"));
         }
         out.push_str("connection: close\r\n\r\n");
         out.into_bytes()
@@ -654,9 +660,7 @@ async fn proxy_one(shared: &Shared, mut client: TcpStream) -> std::io::Result<()
         .unwrap_or_else(|e| e.into_inner())
         .pick(&method, &target);
     match fault {
-        Some(
-            f @ (ProxyFault::InternalError | ProxyFault::Unavailable | ProxyFault::SlowDown),
-        ) => {
+        Some(f @ (ProxyFault::InternalError | ProxyFault::Unavailable | ProxyFault::SlowDown)) => {
             shared.record(&method, &target, f.kind());
             drain_body(&mut client, &request).await?;
             client.write_all(&error_answer(f, &target)).await?;
@@ -677,7 +681,7 @@ async fn proxy_one(shared: &Shared, mut client: TcpStream) -> std::io::Result<()
 
     let mut upstream = TcpStream::connect(shared.upstream).await?;
     let (mut up_read, mut up_write) = upstream.split();
-    up_write.write_all(&request.encode(&[])).await?;
+    up_write.write_all(&request.encode(None)).await?;
     up_write.write_all(&request.rest).await?;
     // The rest of the request body, however long, flows while the answer is awaited.
     let answer = {
@@ -703,11 +707,14 @@ async fn proxy_one(shared: &Shared, mut client: TcpStream) -> std::io::Result<()
             reset(client);
             return Ok(());
         }
-        Some(f @ (ProxyFault::ShortBody | ProxyFault::ShortBodyUndeclared)) => {
-            match answer.content_length().filter(|&n| n > 1 && method != "HEAD") {
+        Some(f @ (ProxyFault::ShortBody | ProxyFault::TruncatedRange)) => {
+            match answer
+                .content_length()
+                .filter(|&n| n > 1 && method != "HEAD")
+            {
                 Some(length) => {
                     shared.record(&method, &target, f.kind());
-                    Some((length / 2, f == ProxyFault::ShortBodyUndeclared))
+                    Some((length / 2, f == ProxyFault::TruncatedRange))
                 }
                 // Nothing to cut short: relayed as it is, and not counted.
                 None => None,
@@ -718,18 +725,15 @@ async fn proxy_one(shared: &Shared, mut client: TcpStream) -> std::io::Result<()
     let (_, mut client_write) = client.split();
     let relayed = match truncate {
         None => {
-            client_write.write_all(&answer.encode(&[])).await?;
+            client_write.write_all(&answer.encode(None)).await?;
             client_write.write_all(&answer.rest).await?;
             let copied = tokio::io::copy(&mut up_read, &mut client_write).await;
             answer.rest.len() as u64 + copied.unwrap_or(0)
         }
-        Some((keep, undeclared)) => {
-            let drop: &[&str] = if undeclared {
-                &["content-length"]
-            } else {
-                &[]
-            };
-            client_write.write_all(&answer.encode(drop)).await?;
+        Some((keep, relabel)) => {
+            client_write
+                .write_all(&answer.encode(relabel.then_some(keep)))
+                .await?;
             let mut left = keep;
             let first = answer.rest.len().min(left as usize);
             client_write.write_all(&answer.rest[..first]).await?;
