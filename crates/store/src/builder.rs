@@ -398,6 +398,9 @@ impl ObjectStore for AbortingStore {
                     inner: Some(upload),
                     location: path,
                     open: Some(open),
+                    store: inner,
+                    bytes: 0,
+                    started: std::time::SystemTime::now(),
                 });
             let _ = sender.send(created);
         });
@@ -455,7 +458,20 @@ impl ObjectStore for AbortingStore {
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
+        if !self.remote {
+            return self.inner.delete_stream(locations);
+        }
+        // S3 deletes with a bulk `POST ?delete`, which object_store does not retry
+        // once the request was sent (a POST is not idempotent to it), though deleting
+        // is: a reset connection then failed a publish whose copy had succeeded, or
+        // left a staged object behind. Retry the paths whose delete failed transiently.
+        use futures::StreamExt;
+        let inner = Arc::clone(&self.inner);
+        locations
+            .chunks(DELETE_BATCH)
+            .then(move |chunk| delete_with_retries(Arc::clone(&inner), chunk))
+            .flat_map(futures::stream::iter)
+            .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
@@ -489,8 +505,80 @@ impl ObjectStore for AbortingStore {
         to: &Path,
         options: RenameOptions,
     ) -> object_store::Result<()> {
-        self.inner.rename_opts(from, to, options).await
+        if !self.remote {
+            return self.inner.rename_opts(from, to, options).await;
+        }
+        // object_store's rename over the network is a copy, then a delete; the delete
+        // goes through `delete_stream` above so that a lost answer is retried.
+        let RenameOptions {
+            target_mode,
+            extensions,
+        } = options;
+        let mode = match target_mode {
+            object_store::RenameTargetMode::Overwrite => object_store::CopyMode::Overwrite,
+            object_store::RenameTargetMode::Create => object_store::CopyMode::Create,
+        };
+        let copy = CopyOptions { mode, extensions };
+        self.inner.copy_opts(from, to, copy).await?;
+        object_store::ObjectStoreExt::delete(self, from).await
     }
+}
+
+/// Paths deleted per bulk request (S3 takes up to 1,000).
+const DELETE_BATCH: usize = 1000;
+/// Attempts of a delete that fails transiently.
+const DELETE_ATTEMPTS: u32 = 4;
+
+/// Deletes `chunk`'s paths, retrying those that failed transiently (a missing
+/// object counts as deleted, as S3 itself has it).
+async fn delete_with_retries(
+    inner: Arc<dyn ObjectStore>,
+    chunk: Vec<object_store::Result<Path>>,
+) -> Vec<object_store::Result<Path>> {
+    use futures::StreamExt;
+    let mut done = Vec::with_capacity(chunk.len());
+    let mut pending = Vec::new();
+    for item in chunk {
+        match item {
+            Ok(path) => pending.push(path),
+            Err(e) => done.push(Err(e)),
+        }
+    }
+    let mut attempt = 1;
+    while !pending.is_empty() {
+        let paths = pending.clone();
+        let results: Vec<_> = inner
+            .delete_stream(futures::stream::iter(paths.clone().into_iter().map(Ok)).boxed())
+            .collect()
+            .await;
+        let failed: Vec<object_store::Error> =
+            results.into_iter().filter_map(Result::err).collect();
+        if failed.is_empty() {
+            done.extend(paths.into_iter().map(Ok));
+            break;
+        }
+        let retryable = failed.iter().all(|e| {
+            matches!(
+                crate::classify(e),
+                crate::StoreErrorKind::Transient | crate::StoreErrorKind::Unreachable
+            )
+        });
+        if !retryable || attempt >= DELETE_ATTEMPTS {
+            // Which paths failed is not always known (a lost bulk answer fails them
+            // all): report the errors, once each.
+            done.extend(failed.into_iter().map(Err));
+            break;
+        }
+        tracing::debug!(
+            attempt,
+            paths = paths.len(),
+            "retrying a delete that failed transiently"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+        attempt += 1;
+        pending = paths;
+    }
+    done
 }
 
 /// Makes a streamed body that ends before the range it announced an error.
@@ -574,11 +662,18 @@ struct AbortOnDrop {
     location: Path,
     /// Counted by [`crate::cleanup::drain`] until the upload is completed or aborted.
     open: Option<crate::cleanup::Pending>,
+    /// The store the upload is on, to look for the object when `complete` failed.
+    store: Arc<dyn ObjectStore>,
+    /// Bytes handed to `put_part`.
+    bytes: u64,
+    /// When the upload was created.
+    started: std::time::SystemTime,
 }
 
 #[async_trait]
 impl MultipartUpload for AbortOnDrop {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        self.bytes += data.content_length() as u64;
         match self.inner.as_mut() {
             Some(upload) => upload.put_part(data),
             None => Box::pin(futures::future::ready(Err(finished(&self.location)))),
@@ -588,10 +683,33 @@ impl MultipartUpload for AbortOnDrop {
     async fn complete(&mut self) -> object_store::Result<PutResult> {
         let mut upload = self.inner.take().ok_or_else(|| finished(&self.location))?;
         let result = upload.complete().await;
-        if result.is_err() {
-            let _ = upload.abort().await;
+        let Err(error) = result else {
+            return result;
+        };
+        // A CompleteMultipartUpload whose answer was lost is retried by object_store,
+        // and the server then denies knowing the upload (NoSuchUpload; s3s answers
+        // AccessDenied): the upload did complete. Sluice writes multipart uploads only
+        // under unique names (staging and checkpoint parts), so an object there of
+        // exactly the bytes sent, written since the upload began, is this upload's.
+        if let Ok(meta) =
+            object_store::ObjectStoreExt::head(self.store.as_ref(), &self.location).await
+        {
+            let began = self
+                .started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            // Allow for the server's clock being a little behind ours.
+            if meta.size == self.bytes && meta.last_modified.timestamp() >= began - 60 {
+                tracing::info!(location = %self.location, error = %error, "the multipart upload completed though its completion failed to answer");
+                return Ok(PutResult {
+                    e_tag: meta.e_tag,
+                    version: meta.version,
+                });
+            }
         }
-        result
+        let _ = upload.abort().await;
+        Err(error)
     }
 
     async fn abort(&mut self) -> object_store::Result<()> {
