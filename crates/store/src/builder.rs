@@ -745,3 +745,42 @@ impl Drop for AbortOnDrop {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    fn streamed(range: std::ops::Range<u64>, chunks: Vec<&'static [u8]>) -> GetResult {
+        let location = Path::from("x.parquet");
+        GetResult {
+            payload: object_store::GetResultPayload::Stream(
+                futures::stream::iter(chunks.into_iter().map(|c| Ok(bytes::Bytes::from_static(c))))
+                    .boxed(),
+            ),
+            meta: ObjectMeta {
+                location,
+                last_modified: Default::default(),
+                size: 100,
+                e_tag: None,
+                version: None,
+            },
+            range,
+            attributes: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_shorter_than_its_range_is_an_error() {
+        let location = Path::from("x.parquet");
+        let whole = checked_length(&location, streamed(10..16, vec![b"abc", b"def"]));
+        assert_eq!(&whole.bytes().await.unwrap()[..], b"abcdef");
+        let short = checked_length(&location, streamed(10..16, vec![b"abc", b"d"]));
+        let error = short.bytes().await.unwrap_err();
+        assert!(
+            error.to_string().contains("ended after 4 of the 6 bytes"),
+            "{error}"
+        );
+        assert_eq!(crate::classify(&error), crate::StoreErrorKind::Transient);
+    }
+}
