@@ -346,6 +346,7 @@ impl StoreBuilder {
         Ok(Arc::new(AbortingStore {
             inner: store,
             remote,
+            short_read_retries: self.retry.max_retries,
         }))
     }
 }
@@ -359,6 +360,8 @@ pub(crate) struct AbortingStore {
     /// Whether the store is reached over the network, where a body can come back
     /// short (see `get_ranges`).
     remote: bool,
+    /// How often a body that came back short is resumed before it is an error.
+    short_read_retries: usize,
 }
 
 impl fmt::Display for AbortingStore {
@@ -421,7 +424,11 @@ impl ObjectStore for AbortingStore {
         Ok(if head {
             result
         } else {
-            checked_length(location, result)
+            let resume = Resume {
+                store: Arc::clone(&self.inner),
+                attempts: self.short_read_retries,
+            };
+            checked_length(location, result, Some(resume))
         })
     }
 
@@ -581,14 +588,31 @@ async fn delete_with_retries(
     done
 }
 
-/// Makes a streamed body that ends before the range it announced an error.
+/// Where a streamed body is read from, to resume it when it comes back short.
+struct Resume {
+    store: Arc<dyn ObjectStore>,
+    /// Resumptions allowed (the store's retry count).
+    attempts: usize,
+}
+
+/// What a checked body stream carries from one item to the next.
+struct Checked {
+    stream: BoxStream<'static, object_store::Result<bytes::Bytes>>,
+    received: u64,
+    resumed: usize,
+    done: bool,
+}
+
+/// Makes a streamed body that ends before the range it announced either resume
+/// (a ranged read of the rest, from the same version of the object) or, when that
+/// fails too, end in an error: never hand on fewer bytes as the whole.
 ///
 /// object_store trusts the transport to deliver every byte of a body: hyper reports a
 /// body shorter than its `Content-Length` (and object_store retries it), but a body
-/// delimited by the connection closing ends "normally" wherever the connection was
-/// cut, and `GetResult::bytes` hands on what arrived. Parquet would then decode a
-/// short buffer as if it were the column chunk it asked for.
-fn checked_length(location: &Path, result: GetResult) -> GetResult {
+/// whose `Content-Length` itself was cut (a broken cache or server) ends "normally",
+/// and `GetResult::bytes` hands on what arrived. Parquet would then decode a short
+/// buffer as the column chunk it asked for, or panic on it.
+fn checked_length(location: &Path, result: GetResult, resume: Option<Resume>) -> GetResult {
     use futures::StreamExt;
     let GetResult {
         payload,
@@ -599,32 +623,65 @@ fn checked_length(location: &Path, result: GetResult) -> GetResult {
     let payload = match payload {
         object_store::GetResultPayload::Stream(stream) => {
             let location = location.clone();
-            let expected = range.end - range.start;
             let wanted = range.clone();
-            let checked = futures::stream::unfold(
-                (stream, 0u64, false),
-                move |(mut stream, received, done)| {
-                    let location = location.clone();
-                    let range = wanted.clone();
-                    async move {
-                        if done {
-                            return None;
-                        }
-                        match stream.next().await {
+            let etag = meta.e_tag.clone();
+            let resume = resume.map(Arc::new);
+            let start = Checked {
+                stream,
+                received: 0,
+                resumed: 0,
+                done: false,
+            };
+            let checked = futures::stream::unfold(start, move |mut state| {
+                let location = location.clone();
+                let range = wanted.clone();
+                let etag = etag.clone();
+                let resume = resume.clone();
+                async move {
+                    if state.done {
+                        return None;
+                    }
+                    let expected = range.end - range.start;
+                    loop {
+                        match state.stream.next().await {
                             Some(Ok(bytes)) => {
-                                let received = received + bytes.len() as u64;
-                                Some((Ok(bytes), (stream, received, false)))
+                                state.received += bytes.len() as u64;
+                                return Some((Ok(bytes), state));
                             }
-                            Some(Err(e)) => Some((Err(e), (stream, received, true))),
-                            None if received < expected => Some((
-                                Err(short_read(&location, range, received)),
-                                (stream, received, true),
-                            )),
-                            None => None,
+                            Some(Err(e)) => {
+                                state.done = true;
+                                return Some((Err(e), state));
+                            }
+                            None if state.received >= expected => return None,
+                            None => {}
+                        }
+                        let rest = range.start + state.received..range.end;
+                        let resumed = match &resume {
+                            Some(resume) if state.resumed < resume.attempts => {
+                                state.resumed += 1;
+                                tracing::info!(%location, start = rest.start, end = rest.end, attempt = state.resumed, "a read was cut short; reading the rest");
+                                let options = GetOptions::new().with_range(Some(rest.clone()));
+                                match resume.store.get_opts(&location, options).await {
+                                    // The same version, and the range asked for.
+                                    Ok(more) if more.meta.e_tag == etag && more.range == rest => {
+                                        Some(more.into_stream())
+                                    }
+                                    _ => None,
+                                }
+                            }
+                            _ => None,
+                        };
+                        match resumed {
+                            Some(stream) => state.stream = stream,
+                            None => {
+                                state.done = true;
+                                let received = state.received;
+                                return Some((Err(short_read(&location, range, received)), state));
+                            }
                         }
                     }
-                },
-            );
+                }
+            });
             object_store::GetResultPayload::Stream(checked.boxed())
         }
         file => file,
@@ -773,14 +830,42 @@ mod tests {
     #[tokio::test]
     async fn a_body_shorter_than_its_range_is_an_error() {
         let location = Path::from("x.parquet");
-        let whole = checked_length(&location, streamed(10..16, vec![b"abc", b"def"]));
+        let whole = checked_length(&location, streamed(10..16, vec![b"abc", b"def"]), None);
         assert_eq!(&whole.bytes().await.unwrap()[..], b"abcdef");
-        let short = checked_length(&location, streamed(10..16, vec![b"abc", b"d"]));
+        let short = checked_length(&location, streamed(10..16, vec![b"abc", b"d"]), None);
         let error = short.bytes().await.unwrap_err();
         assert!(
             error.to_string().contains("ended after 4 of the 6 bytes"),
             "{error}"
         );
         assert_eq!(crate::classify(&error), crate::StoreErrorKind::Transient);
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_resumed_from_the_same_version() {
+        use object_store::ObjectStoreExt;
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let location = Path::from("x.parquet");
+        let put = store
+            .put(&location, PutPayload::from_static(b"0123456789abcdefghij"))
+            .await
+            .unwrap();
+        let resume = || Resume {
+            store: Arc::clone(&store),
+            attempts: 2,
+        };
+        // Bytes 10..16 ("abcdef") arrive as "abc": the rest is read from the store.
+        let mut cut = streamed(10..16, vec![b"abc"]);
+        cut.meta.e_tag = put.e_tag.clone();
+        let whole = checked_length(&location, cut, Some(resume()));
+        assert_eq!(&whole.bytes().await.unwrap()[..], b"abcdef");
+        // Another version of the object is not stitched on.
+        let mut other = streamed(10..16, vec![b"abc"]);
+        other.meta.e_tag = Some("another version".into());
+        let error = checked_length(&location, other, Some(resume()))
+            .bytes()
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("cut short"), "{error}");
     }
 }
