@@ -5,6 +5,7 @@ mod cache;
 mod common;
 mod errors;
 mod example;
+mod faults;
 mod flows;
 mod frames;
 mod reliability;

@@ -444,7 +444,13 @@ impl Error {
             return classified;
         }
         if !sources.is_empty() && is_read_error(&error) {
-            if let Some(parquet) = find_in_chain::<parquet::errors::ParquetError>(&error) {
+            // A store that failed after its retries is not a file that is invalid, even
+            // when the parquet reader carried the store's error.
+            let failed_store =
+                find_in_chain::<object_store::Error>(&error).is_some_and(store_failed);
+            if let Some(parquet) = find_in_chain::<parquet::errors::ParquetError>(&error)
+                && !failed_store
+            {
                 return Error::InvalidParquet {
                     url: sources.join(", "),
                     reason: plain(&parquet.to_string()).to_string(),
@@ -479,6 +485,16 @@ pub(crate) fn classify_store_error(error: &object_store::Error, urls: &[String])
         Kind::Conflict => Error::Store(sluice_store::StoreError::Conflict { url }),
         _ => return None,
     })
+}
+
+/// Whether a store error means the store failed (a 5xx, throttling, a connection or
+/// a body cut short, after the client's retries), as opposed to the object being bad.
+pub(crate) fn store_failed(error: &object_store::Error) -> bool {
+    use sluice_store::StoreErrorKind as Kind;
+    matches!(
+        sluice_store::classify(error),
+        Kind::Transient | Kind::Unreachable
+    )
 }
 
 /// The first line of a message, without the response bodies some stores append (nor

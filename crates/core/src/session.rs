@@ -492,10 +492,22 @@ impl Session {
                 ))
                 .await
                 {
-                    if let Some(classified) = crate::error::find_store_error(&e).and_then(|store| {
-                        crate::error::classify_store_error(store, std::slice::from_ref(&file_url))
-                    }) {
-                        return classified;
+                    if let Some(store) = crate::error::find_store_error(&e) {
+                        if let Some(classified) = crate::error::classify_store_error(
+                            store,
+                            std::slice::from_ref(&file_url),
+                        ) {
+                            return classified;
+                        }
+                        // The store failed (5xx, throttling, a body cut short) after
+                        // its retries: the file may well be fine, so do not call it
+                        // invalid Parquet.
+                        if crate::error::store_failed(store) {
+                            return Error::Read {
+                                sources: vec![file_url],
+                                source: e,
+                            };
+                        }
                     }
                     return Error::InvalidParquet {
                         url: file_url,

@@ -342,7 +342,12 @@ impl StoreBuilder {
                 });
             }
         };
-        Ok(Arc::new(AbortingStore { inner: store }))
+        let remote = !matches!(url.scheme(), "file" | "memory");
+        Ok(Arc::new(AbortingStore {
+            inner: store,
+            remote,
+            short_read_retries: self.retry.max_retries,
+        }))
     }
 }
 
@@ -352,6 +357,11 @@ impl StoreBuilder {
 #[derive(Debug)]
 pub(crate) struct AbortingStore {
     inner: Arc<dyn ObjectStore>,
+    /// Whether the store is reached over the network, where a body can come back
+    /// short (see `get_ranges`).
+    remote: bool,
+    /// How often a body that came back short is resumed before it is an error.
+    short_read_retries: usize,
 }
 
 impl fmt::Display for AbortingStore {
@@ -391,6 +401,9 @@ impl ObjectStore for AbortingStore {
                     inner: Some(upload),
                     location: path,
                     open: Some(open),
+                    store: inner,
+                    bytes: 0,
+                    started: std::time::SystemTime::now(),
                 });
             let _ = sender.send(created);
         });
@@ -406,7 +419,17 @@ impl ObjectStore for AbortingStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
+        let head = options.head;
+        let result = self.inner.get_opts(location, options).await?;
+        Ok(if head {
+            result
+        } else {
+            let resume = Resume {
+                store: Arc::clone(&self.inner),
+                attempts: self.short_read_retries,
+            };
+            checked_length(location, result, Some(resume))
+        })
     }
 
     async fn get_ranges(
@@ -414,14 +437,48 @@ impl ObjectStore for AbortingStore {
         location: &Path,
         ranges: &[std::ops::Range<u64>],
     ) -> object_store::Result<Vec<bytes::Bytes>> {
-        self.inner.get_ranges(location, ranges).await
+        // object_store's own coalescing slices each fetched buffer by the range it
+        // asked for, and panics (`range start must not be greater than end`) when a
+        // buffer came back short; over the network, coalesce here instead, fetching
+        // through `get_opts` above, which turns a short body into an error first.
+        let parts = if self.remote {
+            use object_store::ObjectStoreExt;
+            object_store::coalesce_ranges(
+                ranges,
+                |range| self.get_range(location, range),
+                object_store::OBJECT_STORE_COALESCE_DEFAULT,
+            )
+            .await?
+        } else {
+            self.inner.get_ranges(location, ranges).await?
+        };
+        for (range, bytes) in ranges.iter().zip(&parts) {
+            let received = bytes.len() as u64;
+            if received != range.end - range.start {
+                return Err(short_read(location, range.clone(), received));
+            }
+        }
+        Ok(parts)
     }
 
     fn delete_stream(
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
+        if !self.remote {
+            return self.inner.delete_stream(locations);
+        }
+        // S3 deletes with a bulk `POST ?delete`, which object_store does not retry
+        // once the request was sent (a POST is not idempotent to it), though deleting
+        // is: a reset connection then failed a publish whose copy had succeeded, or
+        // left a staged object behind. Retry the paths whose delete failed transiently.
+        use futures::StreamExt;
+        let inner = Arc::clone(&self.inner);
+        locations
+            .chunks(DELETE_BATCH)
+            .then(move |chunk| delete_with_retries(Arc::clone(&inner), chunk))
+            .flat_map(futures::stream::iter)
+            .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
@@ -455,7 +512,204 @@ impl ObjectStore for AbortingStore {
         to: &Path,
         options: RenameOptions,
     ) -> object_store::Result<()> {
-        self.inner.rename_opts(from, to, options).await
+        if !self.remote {
+            return self.inner.rename_opts(from, to, options).await;
+        }
+        // object_store's rename over the network is a copy, then a delete; the delete
+        // goes through `delete_stream` above so that a lost answer is retried.
+        let RenameOptions {
+            target_mode,
+            extensions,
+        } = options;
+        let mode = match target_mode {
+            object_store::RenameTargetMode::Overwrite => object_store::CopyMode::Overwrite,
+            object_store::RenameTargetMode::Create => object_store::CopyMode::Create,
+        };
+        let copy = CopyOptions { mode, extensions };
+        self.inner.copy_opts(from, to, copy).await?;
+        object_store::ObjectStoreExt::delete(self, from).await
+    }
+}
+
+/// Paths deleted per bulk request (S3 takes up to 1,000).
+const DELETE_BATCH: usize = 1000;
+/// Attempts of a delete that fails transiently.
+const DELETE_ATTEMPTS: u32 = 4;
+
+/// Deletes `chunk`'s paths, retrying those that failed transiently (a missing
+/// object counts as deleted, as S3 itself has it).
+async fn delete_with_retries(
+    inner: Arc<dyn ObjectStore>,
+    chunk: Vec<object_store::Result<Path>>,
+) -> Vec<object_store::Result<Path>> {
+    use futures::StreamExt;
+    let mut done = Vec::with_capacity(chunk.len());
+    let mut pending = Vec::new();
+    for item in chunk {
+        match item {
+            Ok(path) => pending.push(path),
+            Err(e) => done.push(Err(e)),
+        }
+    }
+    let mut attempt = 1;
+    while !pending.is_empty() {
+        let paths = pending.clone();
+        let results: Vec<_> = inner
+            .delete_stream(futures::stream::iter(paths.clone().into_iter().map(Ok)).boxed())
+            .collect()
+            .await;
+        let failed: Vec<object_store::Error> =
+            results.into_iter().filter_map(Result::err).collect();
+        if failed.is_empty() {
+            done.extend(paths.into_iter().map(Ok));
+            break;
+        }
+        let retryable = failed.iter().all(|e| {
+            matches!(
+                crate::classify(e),
+                crate::StoreErrorKind::Transient | crate::StoreErrorKind::Unreachable
+            )
+        });
+        if !retryable || attempt >= DELETE_ATTEMPTS {
+            // Which paths failed is not always known (a lost bulk answer fails them
+            // all): report the errors, once each.
+            done.extend(failed.into_iter().map(Err));
+            break;
+        }
+        tracing::debug!(
+            attempt,
+            paths = paths.len(),
+            "retrying a delete that failed transiently"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+        attempt += 1;
+        pending = paths;
+    }
+    done
+}
+
+/// Where a streamed body is read from, to resume it when it comes back short.
+struct Resume {
+    store: Arc<dyn ObjectStore>,
+    /// Resumptions allowed (the store's retry count).
+    attempts: usize,
+}
+
+/// What a checked body stream carries from one item to the next.
+struct Checked {
+    stream: BoxStream<'static, object_store::Result<bytes::Bytes>>,
+    received: u64,
+    resumed: usize,
+    done: bool,
+}
+
+/// Makes a streamed body that ends before the range it announced either resume
+/// (a ranged read of the rest, from the same version of the object) or, when that
+/// fails too, end in an error: never hand on fewer bytes as the whole.
+///
+/// object_store trusts the transport to deliver every byte of a body: hyper reports a
+/// body shorter than its `Content-Length` (and object_store retries it), but a body
+/// whose `Content-Length` itself was cut (a broken cache or server) ends "normally",
+/// and `GetResult::bytes` hands on what arrived. Parquet would then decode a short
+/// buffer as the column chunk it asked for, or panic on it.
+fn checked_length(location: &Path, result: GetResult, resume: Option<Resume>) -> GetResult {
+    use futures::StreamExt;
+    let GetResult {
+        payload,
+        meta,
+        range,
+        attributes,
+    } = result;
+    let payload = match payload {
+        object_store::GetResultPayload::Stream(stream) => {
+            let location = location.clone();
+            let wanted = range.clone();
+            let etag = meta.e_tag.clone();
+            let resume = resume.map(Arc::new);
+            let start = Checked {
+                stream,
+                received: 0,
+                resumed: 0,
+                done: false,
+            };
+            let checked = futures::stream::unfold(start, move |mut state| {
+                let location = location.clone();
+                let range = wanted.clone();
+                let etag = etag.clone();
+                let resume = resume.clone();
+                async move {
+                    if state.done {
+                        return None;
+                    }
+                    let expected = range.end - range.start;
+                    loop {
+                        match state.stream.next().await {
+                            Some(Ok(bytes)) => {
+                                state.received += bytes.len() as u64;
+                                return Some((Ok(bytes), state));
+                            }
+                            Some(Err(e)) => {
+                                state.done = true;
+                                return Some((Err(e), state));
+                            }
+                            None if state.received >= expected => return None,
+                            None => {}
+                        }
+                        let rest = range.start + state.received..range.end;
+                        let resumed = match &resume {
+                            Some(resume) if state.resumed < resume.attempts => {
+                                state.resumed += 1;
+                                tracing::info!(%location, start = rest.start, end = rest.end, attempt = state.resumed, "a read was cut short; reading the rest");
+                                let options = GetOptions::new().with_range(Some(rest.clone()));
+                                match resume.store.get_opts(&location, options).await {
+                                    // The same version, and the range asked for.
+                                    Ok(more) if more.meta.e_tag == etag && more.range == rest => {
+                                        Some(more.into_stream())
+                                    }
+                                    _ => None,
+                                }
+                            }
+                            _ => None,
+                        };
+                        match resumed {
+                            Some(stream) => state.stream = stream,
+                            None => {
+                                state.done = true;
+                                let received = state.received;
+                                return Some((Err(short_read(&location, range, received)), state));
+                            }
+                        }
+                    }
+                }
+            });
+            object_store::GetResultPayload::Stream(checked.boxed())
+        }
+        file => file,
+    };
+    GetResult {
+        payload,
+        meta,
+        range,
+        attributes,
+    }
+}
+
+/// The error of a read that received fewer bytes than it asked for: transient to
+/// every caller (an `UnexpectedEof` in the chain), typed underneath.
+fn short_read(location: &Path, range: std::ops::Range<u64>, received: u64) -> object_store::Error {
+    tracing::warn!(%location, start = range.start, end = range.end, received, "a read was cut short");
+    object_store::Error::Generic {
+        store: "sluice",
+        source: Box::new(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            StoreError::ShortRead {
+                location: location.to_string(),
+                start: range.start,
+                end: range.end,
+                expected: range.end - range.start,
+                received,
+            },
+        )),
     }
 }
 
@@ -465,11 +719,18 @@ struct AbortOnDrop {
     location: Path,
     /// Counted by [`crate::cleanup::drain`] until the upload is completed or aborted.
     open: Option<crate::cleanup::Pending>,
+    /// The store the upload is on, to look for the object when `complete` failed.
+    store: Arc<dyn ObjectStore>,
+    /// Bytes handed to `put_part`.
+    bytes: u64,
+    /// When the upload was created.
+    started: std::time::SystemTime,
 }
 
 #[async_trait]
 impl MultipartUpload for AbortOnDrop {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        self.bytes += data.content_length() as u64;
         match self.inner.as_mut() {
             Some(upload) => upload.put_part(data),
             None => Box::pin(futures::future::ready(Err(finished(&self.location)))),
@@ -479,10 +740,33 @@ impl MultipartUpload for AbortOnDrop {
     async fn complete(&mut self) -> object_store::Result<PutResult> {
         let mut upload = self.inner.take().ok_or_else(|| finished(&self.location))?;
         let result = upload.complete().await;
-        if result.is_err() {
-            let _ = upload.abort().await;
+        let Err(error) = result else {
+            return result;
+        };
+        // A CompleteMultipartUpload whose answer was lost is retried by object_store,
+        // and the server then denies knowing the upload (NoSuchUpload; s3s answers
+        // AccessDenied): the upload did complete. Sluice writes multipart uploads only
+        // under unique names (staging and checkpoint parts), so an object there of
+        // exactly the bytes sent, written since the upload began, is this upload's.
+        if let Ok(meta) =
+            object_store::ObjectStoreExt::head(self.store.as_ref(), &self.location).await
+        {
+            let began = self
+                .started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            // Allow for the server's clock being a little behind ours.
+            if meta.size == self.bytes && meta.last_modified.timestamp() >= began - 60 {
+                tracing::info!(location = %self.location, error = %error, "the multipart upload completed though its completion failed to answer");
+                return Ok(PutResult {
+                    e_tag: meta.e_tag,
+                    version: meta.version,
+                });
+            }
         }
-        result
+        let _ = upload.abort().await;
+        Err(error)
     }
 
     async fn abort(&mut self) -> object_store::Result<()> {
@@ -516,5 +800,72 @@ impl Drop for AbortOnDrop {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    fn streamed(range: std::ops::Range<u64>, chunks: Vec<&'static [u8]>) -> GetResult {
+        let location = Path::from("x.parquet");
+        GetResult {
+            payload: object_store::GetResultPayload::Stream(
+                futures::stream::iter(chunks.into_iter().map(|c| Ok(bytes::Bytes::from_static(c))))
+                    .boxed(),
+            ),
+            meta: ObjectMeta {
+                location,
+                last_modified: Default::default(),
+                size: 100,
+                e_tag: None,
+                version: None,
+            },
+            range,
+            attributes: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_shorter_than_its_range_is_an_error() {
+        let location = Path::from("x.parquet");
+        let whole = checked_length(&location, streamed(10..16, vec![b"abc", b"def"]), None);
+        assert_eq!(&whole.bytes().await.unwrap()[..], b"abcdef");
+        let short = checked_length(&location, streamed(10..16, vec![b"abc", b"d"]), None);
+        let error = short.bytes().await.unwrap_err();
+        assert!(
+            error.to_string().contains("ended after 4 of the 6 bytes"),
+            "{error}"
+        );
+        assert_eq!(crate::classify(&error), crate::StoreErrorKind::Transient);
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_resumed_from_the_same_version() {
+        use object_store::ObjectStoreExt;
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let location = Path::from("x.parquet");
+        let put = store
+            .put(&location, PutPayload::from_static(b"0123456789abcdefghij"))
+            .await
+            .unwrap();
+        let resume = || Resume {
+            store: Arc::clone(&store),
+            attempts: 2,
+        };
+        // Bytes 10..16 ("abcdef") arrive as "abc": the rest is read from the store.
+        let mut cut = streamed(10..16, vec![b"abc"]);
+        cut.meta.e_tag = put.e_tag.clone();
+        let whole = checked_length(&location, cut, Some(resume()));
+        assert_eq!(&whole.bytes().await.unwrap()[..], b"abcdef");
+        // Another version of the object is not stitched on.
+        let mut other = streamed(10..16, vec![b"abc"]);
+        other.meta.e_tag = Some("another version".into());
+        let error = checked_length(&location, other, Some(resume()))
+            .bytes()
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("cut short"), "{error}");
     }
 }

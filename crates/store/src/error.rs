@@ -59,6 +59,25 @@ pub enum StoreError {
         /// The object, without credentials.
         url: String,
     },
+    /// A read ended before the bytes it asked for arrived: the server or the network
+    /// cut the body short in a way HTTP did not reveal (a body delimited only by the
+    /// connection closing). The bytes received are never handed on as data.
+    #[error(
+        "reading {location} ended after {received} of the {expected} bytes requested \
+         (bytes {start}..{end}): the connection was cut short; retry the read"
+    )]
+    ShortRead {
+        /// The object, as the store names it.
+        location: String,
+        /// The first byte requested.
+        start: u64,
+        /// One past the last byte requested.
+        end: u64,
+        /// Bytes requested.
+        expected: u64,
+        /// Bytes received.
+        received: u64,
+    },
     /// A local file-system operation failed.
     #[error("{operation} {} failed: {source}", path.display())]
     Io {

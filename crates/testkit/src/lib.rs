@@ -13,6 +13,9 @@
 //! - [`servers`]: real servers on loopback for the storage tests: an S3-compatible
 //!   server (`s3s-fs`, in-process) and an HTTP file server with range requests, both
 //!   counting the bytes they send and able to inject faults.
+//! - [`faults`]: a fault-injecting HTTP proxy in front of either server: 500, 503,
+//!   S3 `SlowDown`, latency, resets and bodies cut short, on chosen requests or at a
+//!   seeded rate, counted by kind.
 //!
 //! The `sluice gen-taxi` command of the `sluice-cli` crate is a thin shell over
 //! [`taxi::write_taxi_parquet`].
@@ -33,6 +36,7 @@
 //! ```
 
 pub mod counting_store;
+pub mod faults;
 pub mod servers;
 pub mod taxi;
 
