@@ -1,0 +1,449 @@
+//! Limits that keep a hostile or corrupt file from exhausting memory.
+//!
+//! Two limits bound what one session may hold while it reads and writes:
+//!
+//! - **The memory pool** ([`SessionBuilder::with_memory_limit`], default
+//!   [`DEFAULT_MEMORY_LIMIT`]): DataFusion's pool, from which sorts, aggregations, joins
+//!   and the Parquet writer reserve memory. Past it they spill or fail with
+//!   [`Error::MemoryLimitExceeded`]. Scans do not reserve from it, so it cannot stop a
+//!   page that decompresses to gigabytes; the next limit does.
+//! - **The column-chunk cap** ([`SessionBuilder::with_max_column_chunk_bytes`], default
+//!   [`DEFAULT_MAX_COLUMN_CHUNK_BYTES`]): before a Parquet column chunk is fetched and
+//!   decoded, its uncompressed size, as the file's footer declares it, is checked against
+//!   the cap; a chunk over it fails the read with [`Error::ColumnChunkTooLarge`], which
+//!   names the file, the column and the row group. A decompression bomb (a few kilobytes
+//!   of zstd or brotli that inflate to gigabytes) is refused this way before a byte of it
+//!   is decompressed. Only the chunks a query reads are checked: a huge column that a
+//!   query projects away does not fail it.
+//!
+//! Both can also be set without code, by the environment variables
+//! `SLUICE_MEMORY_LIMIT` and `SLUICE_MAX_COLUMN_CHUNK_BYTES` (bytes, or a number with a
+//! `KiB`, `MiB`, `GiB` or `TiB` suffix), which a session builder reads when its own
+//! setting is not given.
+//!
+//! What these limits do not cover: a page whose *header* claims more bytes than its
+//! column chunk (a corrupt header under an honest footer) is still sized by the Parquet
+//! decoder, which allocates at most the header's claim (under 2 GiB, an `i32`) and fails
+//! when the data does not fill it.
+//!
+//! [`SessionBuilder::with_memory_limit`]: crate::SessionBuilder::with_memory_limit
+//! [`SessionBuilder::with_max_column_chunk_bytes`]: crate::SessionBuilder::with_max_column_chunk_bytes
+//! [`Error::MemoryLimitExceeded`]: crate::Error::MemoryLimitExceeded
+//! [`Error::ColumnChunkTooLarge`]: crate::Error::ColumnChunkTooLarge
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use datafusion::catalog::Session as DfSession;
+use datafusion::common::Statistics;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{
+    FileScanConfig, FileScanConfigBuilder, FileSinkConfig, FileSource, ParquetFileReaderFactory,
+    ParquetSource,
+};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::physical_expr::{LexOrdering, LexRequirement};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use object_store::{ObjectMeta, ObjectStore};
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::ParquetMetaData;
+
+use crate::Error;
+
+/// The default size of a session's memory pool: 4 GiB.
+pub const DEFAULT_MEMORY_LIMIT: usize = 4 << 30;
+
+/// The default cap on a Parquet column chunk's uncompressed size: 1 GiB. Row groups of
+/// a million rows of 100-byte strings make chunks of about 100 MiB; a chunk ten times
+/// that is rare in honest files.
+pub const DEFAULT_MAX_COLUMN_CHUNK_BYTES: u64 = 1 << 30;
+
+/// The environment variable that sets the memory pool's size when the builder does not.
+pub const MEMORY_LIMIT_ENV: &str = "SLUICE_MEMORY_LIMIT";
+
+/// The environment variable that sets the column-chunk cap when the builder does not.
+pub const MAX_COLUMN_CHUNK_BYTES_ENV: &str = "SLUICE_MAX_COLUMN_CHUNK_BYTES";
+
+/// A byte count as a person reads it (`1.5 GiB`, `512 B`).
+pub(crate) struct HumanBytes(pub u64);
+
+impl fmt::Display for HumanBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut value = self.0 as f64;
+        let mut unit = 0;
+        while value >= 1024.0 && unit + 1 < UNITS.len() {
+            value /= 1024.0;
+            unit += 1;
+        }
+        if unit == 0 {
+            write!(f, "{} B", self.0)
+        } else {
+            write!(f, "{value:.1} {}", UNITS[unit])
+        }
+    }
+}
+
+/// Parses a size: bytes (`1048576`), or a number with a binary suffix (`512MiB`,
+/// `1.5 GiB`; `K`, `M`, `G`, `T` and `KB`... are read as binary units too).
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return None,
+    };
+    let bytes = number * (1u64 << shift) as f64;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// A size from the environment variable `name`, if set and valid (an invalid value is
+/// logged and ignored).
+pub(crate) fn size_from_env(name: &str) -> Option<u64> {
+    let text = std::env::var(name).ok()?;
+    let size = parse_size(&text);
+    if size.is_none() {
+        tracing::warn!(
+            variable = name,
+            value = %text,
+            "ignoring an invalid size (use bytes, or a number with KiB, MiB, GiB or TiB)"
+        );
+    }
+    size
+}
+
+/// The smallest Parquet file: the leading magic, a footer length and the trailing magic.
+const SMALLEST_PARQUET_FILE: u64 = 12;
+
+/// Checks the last 8 bytes of a Parquet file (the footer's length and the trailing
+/// magic) before the Parquet reader parses the footer: a footer length that points
+/// before the start of the file makes parquet 59's footer decoder panic (an overflowing
+/// subtraction in `push_decoder.rs`: "attempt to subtract with overflow" in debug
+/// builds, a byte range "start must not be greater than end" in release ones). The
+/// panic is caught, but a corrupt file is not a crash: it gets the same typed error as
+/// any other unreadable file, without one.
+///
+/// An encrypted footer (`PARE`) is left to the reader, whose error says so.
+pub(crate) async fn check_footer_tail(
+    store: &dyn ObjectStore,
+    url: &str,
+    object: &ObjectMeta,
+) -> datafusion::error::Result<()> {
+    use object_store::ObjectStoreExt;
+    let invalid = |reason: String| {
+        datafusion::error::DataFusionError::External(Box::new(Error::InvalidParquet {
+            url: url.to_string(),
+            reason,
+        }))
+    };
+    let size = object.size;
+    if size < SMALLEST_PARQUET_FILE {
+        return Err(invalid(format!(
+            "the file has {size} bytes, fewer than the {SMALLEST_PARQUET_FILE} of the \
+             smallest Parquet file"
+        )));
+    }
+    let tail = store.get_range(&object.location, size - 8..size).await?;
+    if tail.len() != 8 {
+        return Err(invalid(format!(
+            "the store returned {} bytes for the file's last 8",
+            tail.len()
+        )));
+    }
+    let magic = &tail[4..8];
+    if magic != b"PAR1" && magic != b"PARE" {
+        return Err(invalid(
+            "the file does not end with the Parquet magic bytes PAR1".to_string(),
+        ));
+    }
+    let footer = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    if footer + SMALLEST_PARQUET_FILE > size {
+        return Err(invalid(format!(
+            "its footer claims {footer} bytes but the file has only {size}"
+        )));
+    }
+    Ok(())
+}
+
+/// The Parquet format, with a reader that refuses column chunks over the session's
+/// cap before fetching them. Everything else is the wrapped format's.
+#[derive(Debug)]
+pub(crate) struct LimitedParquetFormat {
+    inner: Arc<dyn FileFormat>,
+    max_column_chunk_bytes: u64,
+}
+
+impl LimitedParquetFormat {
+    pub(crate) fn new(inner: Arc<dyn FileFormat>, max_column_chunk_bytes: u64) -> Self {
+        Self {
+            inner,
+            max_column_chunk_bytes,
+        }
+    }
+}
+
+/// `plan` with its Parquet scan's reader factory wrapped in a [`LimitedReaderFactory`].
+/// A plan that is not a Parquet scan is returned as it is.
+fn limit_scan(plan: Arc<dyn ExecutionPlan>, max_column_chunk_bytes: u64) -> Arc<dyn ExecutionPlan> {
+    let Some(exec) = plan.downcast_ref::<DataSourceExec>() else {
+        return plan;
+    };
+    let Some((conf, source)) = exec.downcast_to_file_source::<ParquetSource>() else {
+        return plan;
+    };
+    let Some(inner) = source.parquet_file_reader_factory().cloned() else {
+        return plan;
+    };
+    let factory = LimitedReaderFactory {
+        inner,
+        base: conf.object_store_url.as_str().to_string(),
+        max_column_chunk_bytes,
+    };
+    let source = source
+        .clone()
+        .with_parquet_file_reader_factory(Arc::new(factory));
+    let conf = FileScanConfigBuilder::from(conf.clone())
+        .with_source(Arc::new(source))
+        .build();
+    DataSourceExec::from_data_source(conf)
+}
+
+#[async_trait]
+impl FileFormat for LimitedParquetFormat {
+    fn get_ext(&self) -> String {
+        self.inner.get_ext()
+    }
+
+    fn get_ext_with_compression(
+        &self,
+        file_compression_type: &FileCompressionType,
+    ) -> datafusion::error::Result<String> {
+        self.inner.get_ext_with_compression(file_compression_type)
+    }
+
+    fn compression_type(&self) -> Option<FileCompressionType> {
+        self.inner.compression_type()
+    }
+
+    async fn infer_schema(
+        &self,
+        state: &dyn DfSession,
+        store: &Arc<dyn ObjectStore>,
+        objects: &[ObjectMeta],
+    ) -> datafusion::error::Result<arrow::datatypes::SchemaRef> {
+        self.inner.infer_schema(state, store, objects).await
+    }
+
+    async fn infer_stats(
+        &self,
+        state: &dyn DfSession,
+        store: &Arc<dyn ObjectStore>,
+        table_schema: arrow::datatypes::SchemaRef,
+        object: &ObjectMeta,
+    ) -> datafusion::error::Result<Statistics> {
+        self.inner
+            .infer_stats(state, store, table_schema, object)
+            .await
+    }
+
+    async fn infer_ordering(
+        &self,
+        state: &dyn DfSession,
+        store: &Arc<dyn ObjectStore>,
+        table_schema: arrow::datatypes::SchemaRef,
+        object: &ObjectMeta,
+    ) -> datafusion::error::Result<Option<LexOrdering>> {
+        self.inner
+            .infer_ordering(state, store, table_schema, object)
+            .await
+    }
+
+    async fn infer_stats_and_ordering(
+        &self,
+        state: &dyn DfSession,
+        store: &Arc<dyn ObjectStore>,
+        table_schema: arrow::datatypes::SchemaRef,
+        object: &ObjectMeta,
+    ) -> datafusion::error::Result<datafusion::datasource::file_format::FileMeta> {
+        self.inner
+            .infer_stats_and_ordering(state, store, table_schema, object)
+            .await
+    }
+
+    async fn create_physical_plan(
+        &self,
+        state: &dyn DfSession,
+        conf: FileScanConfig,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let plan = self.inner.create_physical_plan(state, conf).await?;
+        Ok(limit_scan(plan, self.max_column_chunk_bytes))
+    }
+
+    async fn create_writer_physical_plan(
+        &self,
+        input: Arc<dyn ExecutionPlan>,
+        state: &dyn DfSession,
+        conf: FileSinkConfig,
+        order_requirements: Option<LexRequirement>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        self.inner
+            .create_writer_physical_plan(input, state, conf, order_requirements)
+            .await
+    }
+
+    fn file_source(&self, table_schema: TableSchema) -> Arc<dyn FileSource> {
+        self.inner.file_source(table_schema)
+    }
+}
+
+/// Makes [`LimitedReader`]s around another factory's readers.
+#[derive(Debug)]
+struct LimitedReaderFactory {
+    inner: Arc<dyn ParquetFileReaderFactory>,
+    /// The store's URL (`file:///`, `s3://bucket/`), to name files in errors.
+    base: String,
+    max_column_chunk_bytes: u64,
+}
+
+impl ParquetFileReaderFactory for LimitedReaderFactory {
+    fn create_reader(
+        &self,
+        partition_index: usize,
+        partitioned_file: PartitionedFile,
+        metadata_size_hint: Option<usize>,
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> datafusion::error::Result<Box<dyn AsyncFileReader + Send>> {
+        let url = format!(
+            "{}/{}",
+            self.base.trim_end_matches('/'),
+            partitioned_file.object_meta.location
+        );
+        let inner = self.inner.create_reader(
+            partition_index,
+            partitioned_file,
+            metadata_size_hint,
+            metrics,
+        )?;
+        Ok(Box::new(LimitedReader {
+            inner,
+            url,
+            max_column_chunk_bytes: self.max_column_chunk_bytes,
+            metadata: None,
+        }))
+    }
+}
+
+/// A Parquet reader that checks every byte range it is asked for against the column
+/// chunks it overlaps, as the footer declares them, before fetching it.
+struct LimitedReader {
+    inner: Box<dyn AsyncFileReader + Send>,
+    url: String,
+    max_column_chunk_bytes: u64,
+    /// The footer, once read (the decoder always asks for it before any data).
+    metadata: Option<Arc<ParquetMetaData>>,
+}
+
+impl LimitedReader {
+    /// Fails when a column chunk that `range` overlaps inflates past the cap.
+    fn check(&self, range: &Range<u64>) -> parquet::errors::Result<()> {
+        let Some(metadata) = &self.metadata else {
+            return Ok(());
+        };
+        for (row_group, group) in metadata.row_groups().iter().enumerate() {
+            for column in group.columns() {
+                let size = u64::try_from(column.uncompressed_size()).unwrap_or(u64::MAX);
+                if size <= self.max_column_chunk_bytes {
+                    continue;
+                }
+                let (start, length) = column.byte_range();
+                let overlaps = start < range.end && range.start < start.saturating_add(length);
+                if overlaps {
+                    return Err(ParquetError::External(Box::new(
+                        Error::ColumnChunkTooLarge {
+                            url: self.url.clone(),
+                            column: column.column_path().string(),
+                            row_group,
+                            size,
+                            limit: self.max_column_chunk_bytes,
+                        },
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AsyncFileReader for LimitedReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        if let Err(e) = self.check(&range) {
+            return futures::future::ready(Err(e)).boxed();
+        }
+        self.inner.get_bytes(range)
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        if let Err(e) = ranges.iter().try_for_each(|range| self.check(range)) {
+            return futures::future::ready(Err(e)).boxed();
+        }
+        self.inner.get_byte_ranges(ranges)
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let metadata = self.inner.get_metadata(options).await?;
+            self.metadata = Some(Arc::clone(&metadata));
+            Ok(metadata)
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("1.5 GiB"), Some(3 << 29));
+        assert_eq!(parse_size("2g"), Some(2 << 30));
+        assert_eq!(parse_size("64 KB"), Some(64 << 10));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("12 parsecs"), None);
+        assert_eq!(parse_size(""), None);
+    }
+
+    #[test]
+    fn sizes_print_for_people() {
+        assert_eq!(HumanBytes(512).to_string(), "512 B");
+        assert_eq!(HumanBytes(1 << 30).to_string(), "1.0 GiB");
+        assert_eq!(HumanBytes(3 << 29).to_string(), "1.5 GiB");
+    }
+}
