@@ -213,9 +213,13 @@ fn limit_scan(plan: Arc<dyn ExecutionPlan>, max_column_chunk_bytes: u64) -> Arc<
     let Some(inner) = source.parquet_file_reader_factory().cloned() else {
         return plan;
     };
+    let mut base = conf.object_store_url.as_str().to_string();
+    if !base.ends_with('/') {
+        base.push('/');
+    }
     let factory = LimitedReaderFactory {
         inner,
-        base: conf.object_store_url.as_str().to_string(),
+        base,
         max_column_chunk_bytes,
     };
     let source = source
@@ -332,11 +336,8 @@ impl ParquetFileReaderFactory for LimitedReaderFactory {
         metadata_size_hint: Option<usize>,
         metrics: &ExecutionPlanMetricsSet,
     ) -> datafusion::error::Result<Box<dyn AsyncFileReader + Send>> {
-        let url = format!(
-            "{}/{}",
-            self.base.trim_end_matches('/'),
-            partitioned_file.object_meta.location
-        );
+        // `file:///` + `tmp/x.parquet`, `s3://bucket/` + `key`.
+        let url = format!("{}{}", self.base, partitioned_file.object_meta.location);
         let inner = self.inner.create_reader(
             partition_index,
             partitioned_file,
