@@ -441,6 +441,58 @@ mod tests {
         assert_eq!(parse_size(""), None);
     }
 
+    /// The typed reason `check_footer_tail` gives for `bytes`, or `None` when it passes.
+    async fn tail_check(bytes: &[u8]) -> Option<String> {
+        use object_store::ObjectStoreExt;
+        let store = object_store::memory::InMemory::new();
+        let path = object_store::path::Path::from("x.parquet");
+        store
+            .put(&path, bytes::Bytes::copy_from_slice(bytes).into())
+            .await
+            .unwrap();
+        let meta = store.head(&path).await.unwrap();
+        match check_footer_tail(&store, "memory:///x.parquet", &meta).await {
+            Ok(()) => None,
+            Err(datafusion::error::DataFusionError::External(e)) => {
+                match e.downcast::<Error>().map(|e| *e) {
+                    Ok(Error::InvalidParquet { url, reason }) => {
+                        assert_eq!(url, "memory:///x.parquet");
+                        Some(reason)
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn footer_tails_that_would_make_the_decoder_panic_are_refused() {
+        let with_footer = |claimed: u32, body: usize| {
+            let mut bytes = b"PAR1".to_vec();
+            bytes.extend(std::iter::repeat_n(0u8, body));
+            bytes.extend_from_slice(&claimed.to_le_bytes());
+            bytes.extend_from_slice(b"PAR1");
+            bytes
+        };
+        assert!(tail_check(b"PAR1").await.unwrap().contains("4 bytes"));
+        assert!(tail_check(&[]).await.unwrap().contains("0 bytes"));
+        let no_magic = tail_check(b"PAR1 not parquet at all, no").await.unwrap();
+        assert!(no_magic.contains("magic"), "{no_magic}");
+        // DuckDB's hugefooter.parquet: a footer longer than the file.
+        let huge = tail_check(&with_footer(u32::MAX, 0)).await.unwrap();
+        assert!(huge.contains("4294967295 bytes"), "{huge}");
+        // One byte too long: it would start inside the leading magic.
+        assert!(tail_check(&with_footer(11, 10)).await.is_some());
+        assert_eq!(tail_check(&with_footer(10, 10)).await, None);
+        assert_eq!(tail_check(&with_footer(0, 0)).await, None);
+        // An encrypted footer is left to the reader, which says so.
+        let mut encrypted = with_footer(4, 4);
+        let n = encrypted.len();
+        encrypted[n - 4..].copy_from_slice(b"PARE");
+        assert_eq!(tail_check(&encrypted).await, None);
+    }
+
     #[test]
     fn sizes_print_for_people() {
         assert_eq!(HumanBytes(512).to_string(), "512 B");
