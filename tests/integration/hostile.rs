@@ -791,3 +791,69 @@ fn large_string_map_brotli_fails_within_the_session_limits() {
     assert!(!raised_stdout.contains("outcome: read"), "{raised_stdout}");
     assert_eq!(dir_entries(&out), Vec::<String>::new());
 }
+
+/// Writes a file with the seed ETL's columns whose one `note` value is `value_bytes`
+/// repeated bytes (one zstd page, under the column-chunk cap), then rewrites the
+/// `uncompressed_page_size` in that page's header, in place, to `claimed`: an honest
+/// footer with a lying page header.
+fn write_lying_page_header(path: &Path, value_bytes: usize, claimed: i32) {
+    write_bomb(path, 1, value_bytes);
+    let reader = SerializedFileReader::new(File::open(path).unwrap()).unwrap();
+    let note = reader.metadata().row_group(0).column(2);
+    let (start, _) = note.byte_range();
+    let mut bytes = std::fs::read(path).unwrap();
+    // Thrift compact: field 1 (i32 type) is `0x15 <varint>`, field 2 (i32
+    // uncompressed_page_size) is `0x15 <zigzag varint>`.
+    let at = start as usize;
+    assert_eq!(bytes[at], 0x15, "a page header at {at}");
+    let mut i = at + 2;
+    assert_eq!(bytes[i], 0x15, "field 2 at {i}");
+    i += 1;
+    let varint_len = bytes[i..].iter().position(|b| b & 0x80 == 0).unwrap() + 1;
+    assert_eq!(
+        varint_len, 5,
+        "a page of at least 128 MiB has a 5-byte size"
+    );
+    let mut zigzag = (u64::from(claimed as u32) << 1) ^ ((claimed >> 31) as u64);
+    for byte in &mut bytes[i..i + 5] {
+        *byte = (zigzag as u8 & 0x7F) | 0x80;
+        zigzag >>= 7;
+    }
+    bytes[i + 4] &= 0x7F;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_page_header_that_lies_about_its_size_fails_cleanly_within_the_limits() {
+    // 130 MiB of `note` in one zstd page (under the column-chunk cap, as the footer says),
+    // whose header then claims 2 GiB: the decoder would allocate that before
+    // decompressing, and abort when the allocation fails.
+    let dir = tempfile::tempdir().unwrap();
+    let lying = dir.path().join("lying.parquet");
+    write_lying_page_header(&lying, 130 << 20, i32::MAX);
+    let mut binaries = vec![example_binary()];
+    binaries.extend(release_binary());
+    for binary in binaries {
+        let out = dir.path().join("out");
+        let dest = out.join("tips.parquet");
+        let output = run_etl(&binary, &lying, &dest, &dir.path().join("runs"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{}: {stderr}",
+            binary.display()
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(
+            lines[0].contains("task \"extract\" failed: ")
+                && lines[0].contains(&format!("file://{}", lying.display()))
+                && lines[0].contains("a page of column \"note\" in row group 0 claims 2.0 GiB")
+                && lines[0].contains("corrupt or forged"),
+            "{stderr}"
+        );
+        assert_eq!(dir_entries(&out), Vec::<String>::new());
+    }
+}

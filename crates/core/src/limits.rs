@@ -21,15 +21,19 @@
 //! `KiB`, `MiB`, `GiB` or `TiB` suffix), which a session builder reads when its own
 //! setting is not given.
 //!
-//! What these limits do not cover: a page whose *header* claims more bytes than its
-//! column chunk (a corrupt header under an honest footer) is still sized by the Parquet
-//! decoder, which allocates at most the header's claim (under 2 GiB, an `i32`) and fails
-//! when the data does not fill it.
+//! A page header can lie where the footer does not: parquet's decoder allocates what a
+//! page header claims (`uncompressed_page_size`, up to 2 GiB) before decompressing, and
+//! an allocation that fails aborts the process. So when a whole column chunk has been
+//! fetched, its page headers are walked (a small Thrift reader, [`page_sizes`]) before
+//! the decoder sees them, and a page that claims more than its whole chunk, as the
+//! footer declares it, or more than the cap, fails the read with
+//! [`Error::InvalidParquet`].
 //!
 //! [`SessionBuilder::with_memory_limit`]: crate::SessionBuilder::with_memory_limit
 //! [`SessionBuilder::with_max_column_chunk_bytes`]: crate::SessionBuilder::with_max_column_chunk_bytes
 //! [`Error::MemoryLimitExceeded`]: crate::Error::MemoryLimitExceeded
 //! [`Error::ColumnChunkTooLarge`]: crate::Error::ColumnChunkTooLarge
+//! [`Error::InvalidParquet`]: crate::Error::InvalidParquet
 
 use std::fmt;
 use std::ops::Range;
@@ -394,22 +398,219 @@ impl LimitedReader {
     }
 }
 
+impl LimitedReader {
+    /// Walks the page headers of every column chunk that `bytes` (fetched for `range`)
+    /// holds whole, and fails on a page that claims more bytes uncompressed than its
+    /// chunk or the cap. A header it cannot parse is left to the decoder, which reports
+    /// it.
+    fn check_pages(&self, range: &Range<u64>, bytes: &Bytes) -> parquet::errors::Result<()> {
+        let Some(metadata) = &self.metadata else {
+            return Ok(());
+        };
+        for (row_group, group) in metadata.row_groups().iter().enumerate() {
+            for column in group.columns() {
+                let (start, length) = column.byte_range();
+                let end = start.saturating_add(length);
+                if start < range.start || end > range.end {
+                    continue;
+                }
+                let offset = (start - range.start) as usize;
+                let Some(chunk) = bytes.get(offset..offset + length as usize) else {
+                    continue;
+                };
+                let declared = column.uncompressed_size().max(0) as u64;
+                let allowed = declared.min(self.max_column_chunk_bytes);
+                let mut position = 0;
+                while position < chunk.len() {
+                    let Some(page) = page_sizes(&chunk[position..]) else {
+                        break;
+                    };
+                    if page.uncompressed < 0 || page.compressed < 0 {
+                        break;
+                    }
+                    if page.uncompressed as u64 > allowed {
+                        return Err(ParquetError::External(Box::new(Error::InvalidParquet {
+                            url: self.url.clone(),
+                            reason: format!(
+                                "a page of column {:?} in row group {row_group} claims {} \
+                                 uncompressed, more than its whole column chunk ({} as the \
+                                 footer declares it) or the session's limit ({}); its page \
+                                 header is corrupt or forged, and it was not decoded",
+                                column.column_path().string(),
+                                HumanBytes(page.uncompressed as u64),
+                                HumanBytes(declared),
+                                HumanBytes(self.max_column_chunk_bytes),
+                            ),
+                        })));
+                    }
+                    position += page.header_len + page.compressed as usize;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The sizes in a Parquet page header.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct PageSizes {
+    /// `uncompressed_page_size`.
+    pub uncompressed: i32,
+    /// `compressed_page_size`.
+    pub compressed: i32,
+    /// The header's own length in bytes.
+    pub header_len: usize,
+}
+
+/// Reads the Thrift (compact protocol) `PageHeader` at the start of `data`: its two
+/// sizes and its length. `None` when it does not parse (truncated, malformed, nested
+/// too deep, or without both sizes).
+pub(crate) fn page_sizes(data: &[u8]) -> Option<PageSizes> {
+    let mut reader = Compact { data, position: 0 };
+    let (mut uncompressed, mut compressed) = (None, None);
+    let mut field = 0i16;
+    loop {
+        let header = reader.byte()?;
+        if header == 0 {
+            break;
+        }
+        let kind = header & 0x0F;
+        let delta = i16::from(header >> 4);
+        field = if delta == 0 {
+            zigzag(reader.varint()?) as i16
+        } else {
+            field.checked_add(delta)?
+        };
+        match (field, kind) {
+            (2, 5) => uncompressed = Some(zigzag(reader.varint()?) as i32),
+            (3, 5) => compressed = Some(zigzag(reader.varint()?) as i32),
+            _ => reader.skip(kind, 0)?,
+        }
+    }
+    Some(PageSizes {
+        uncompressed: uncompressed?,
+        compressed: compressed?,
+        header_len: reader.position,
+    })
+}
+
+fn zigzag(n: u64) -> i64 {
+    (n >> 1) as i64 ^ -((n & 1) as i64)
+}
+
+/// Just enough of Thrift's compact protocol to skip what a page header holds.
+struct Compact<'a> {
+    data: &'a [u8],
+    position: usize,
+}
+
+impl Compact<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let byte = *self.data.get(self.position)?;
+        self.position += 1;
+        Some(byte)
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..70).step_by(7) {
+            let byte = self.byte()?;
+            value |= u64::from(byte & 0x7F).checked_shl(shift)?;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn advance(&mut self, n: usize) -> Option<()> {
+        let end = self.position.checked_add(n)?;
+        (end <= self.data.len()).then(|| self.position = end)
+    }
+
+    /// Skips a value of compact type `kind`.
+    fn skip(&mut self, kind: u8, depth: u32) -> Option<()> {
+        if depth > 16 {
+            return None;
+        }
+        match kind {
+            1 | 2 => Some(()),
+            3 => self.advance(1),
+            4..=6 => self.varint().map(drop),
+            7 => self.advance(8),
+            8 => {
+                let n = usize::try_from(self.varint()?).ok()?;
+                self.advance(n)
+            }
+            9 | 10 => {
+                let header = self.byte()?;
+                let elements = match header >> 4 {
+                    15 => usize::try_from(self.varint()?).ok()?,
+                    n => usize::from(n),
+                };
+                let element = header & 0x0F;
+                for _ in 0..elements {
+                    // Booleans in a list take a byte each.
+                    if matches!(element, 1 | 2) {
+                        self.advance(1)?;
+                    } else {
+                        self.skip(element, depth + 1)?;
+                    }
+                }
+                Some(())
+            }
+            11 => {
+                let entries = usize::try_from(self.varint()?).ok()?;
+                if entries > 0 {
+                    let types = self.byte()?;
+                    for _ in 0..entries {
+                        self.skip(types >> 4, depth + 1)?;
+                        self.skip(types & 0x0F, depth + 1)?;
+                    }
+                }
+                Some(())
+            }
+            12 => loop {
+                let header = self.byte()?;
+                if header == 0 {
+                    return Some(());
+                }
+                if header >> 4 == 0 {
+                    // A field id too far from the last one follows in full.
+                    self.varint()?;
+                }
+                self.skip(header & 0x0F, depth + 1)?;
+            },
+            13 => self.advance(16),
+            _ => None,
+        }
+    }
+}
+
 impl AsyncFileReader for LimitedReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        if let Err(e) = self.check(&range) {
-            return futures::future::ready(Err(e)).boxed();
+        async move {
+            self.check(&range)?;
+            let bytes = self.inner.get_bytes(range.clone()).await?;
+            self.check_pages(&range, &bytes)?;
+            Ok(bytes)
         }
-        self.inner.get_bytes(range)
+        .boxed()
     }
 
     fn get_byte_ranges(
         &mut self,
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
-        if let Err(e) = ranges.iter().try_for_each(|range| self.check(range)) {
-            return futures::future::ready(Err(e)).boxed();
+        async move {
+            ranges.iter().try_for_each(|range| self.check(range))?;
+            let fetched = self.inner.get_byte_ranges(ranges.clone()).await?;
+            for (range, bytes) in ranges.iter().zip(&fetched) {
+                self.check_pages(range, bytes)?;
+            }
+            Ok(fetched)
         }
-        self.inner.get_byte_ranges(ranges)
+        .boxed()
     }
 
     fn get_metadata<'a>(
@@ -491,6 +692,42 @@ mod tests {
         let n = encrypted.len();
         encrypted[n - 4..].copy_from_slice(b"PARE");
         assert_eq!(tail_check(&encrypted).await, None);
+    }
+
+    #[test]
+    fn page_headers_give_their_sizes_and_length() {
+        // type DATA_PAGE, uncompressed 100, compressed 50, a data_page_header struct
+        // (num_values 10, three encodings), a list field and a binary field.
+        let header: &[u8] = &[
+            0x15, 0x00, // 1: type = 0
+            0x15, 0xC8, 0x01, // 2: uncompressed_page_size = 100
+            0x15, 0x64, // 3: compressed_page_size = 50
+            0x2C, // 5: struct
+            0x15, 0x14, 0x15, 0x00, 0x15, 0x00, 0x15, 0x00, 0x00, // its fields, stop
+            0x19, 0x25, 0x02, 0x04, // 6 (made up): a list of two i32
+            0x18, 0x03, b'a', b'b', b'c', // 7 (made up): binary "abc"
+            0x00, // stop
+        ];
+        let mut data = header.to_vec();
+        data.extend_from_slice(&[0xAB; 50]);
+        assert_eq!(
+            page_sizes(&data),
+            Some(PageSizes {
+                uncompressed: 100,
+                compressed: 50,
+                header_len: header.len(),
+            })
+        );
+        // Cut short anywhere in the header, it does not parse.
+        for cut in 0..header.len() {
+            assert_eq!(page_sizes(&header[..cut]), None, "cut at {cut}");
+        }
+        // Without its sizes, neither.
+        assert_eq!(page_sizes(&[0x15, 0x00, 0x00]), None);
+        // Nesting past the depth limit.
+        let mut deep = vec![0x1C; 40];
+        deep.extend(vec![0x00; 41]);
+        assert_eq!(page_sizes(&deep), None);
     }
 
     #[test]
