@@ -857,3 +857,73 @@ fn a_page_header_that_lies_about_its_size_fails_cleanly_within_the_limits() {
         assert_eq!(dir_entries(&out), Vec::<String>::new());
     }
 }
+
+/// Every honest Parquet file of the shared data (all but the malformed, encrypted and
+/// bomb files), read in full in a default session: the limits' checks (footer tail,
+/// column-chunk cap, page headers) refuse none of them, and each file that reads gives
+/// its footer's row count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limits_refuse_no_honest_shared_file() {
+    let malformed: Vec<PathBuf> = shared_cases().into_iter().map(|c| c.path).collect();
+    let mut files = Vec::new();
+    for folder in [
+        "parquet-testing/data",
+        "duckdb-parquet-testing",
+        "duckdb-parquet-testing/compression",
+        "nyc_taxi/parquet",
+    ] {
+        for entry in std::fs::read_dir(shared_data(folder)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            if path.is_file()
+                && name.ends_with(".parquet")
+                && name != "large_string_map.brotli.parquet"
+                && !malformed.contains(&path)
+            {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    assert!(files.len() > 80, "{} files", files.len());
+    let session = sluice::Session::new();
+    let (mut read, mut unsupported) = (0, Vec::new());
+    for path in &files {
+        // (Some footers use types the parquet crate does not read.)
+        let footer_rows = SerializedFileReader::new(File::open(path).unwrap())
+            .ok()
+            .map(|reader| reader.metadata().file_metadata().num_rows());
+        let result = async {
+            let frame = session.read_parquet(path.to_str().unwrap()).await?;
+            frame.collect().await
+        }
+        .await;
+        match result {
+            Ok(batches) => {
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                if let Some(footer_rows) = footer_rows {
+                    assert_eq!(rows as i64, footer_rows, "{}", path.display());
+                }
+                read += 1;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                assert!(
+                    !text.contains("corrupt or forged")
+                        && !matches!(e, sluice::Error::ColumnChunkTooLarge { .. })
+                        && !text.contains("footer claims")
+                        && !text.contains("magic bytes PAR1"),
+                    "the limits refused {}: {text}",
+                    path.display()
+                );
+                unsupported.push(format!("{}: {text}", path.display()));
+            }
+        }
+    }
+    eprintln!(
+        "{read} of {} honest shared files read in full; the rest fail for other reasons:\n{}",
+        files.len(),
+        unsupported.join("\n")
+    );
+    assert!(read > 60, "{read}");
+}

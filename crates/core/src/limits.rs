@@ -419,7 +419,12 @@ impl LimitedReader {
                     continue;
                 };
                 let declared = column.uncompressed_size().max(0) as u64;
-                let allowed = declared.min(self.max_column_chunk_bytes);
+                // A chunk whose footer declares no size (some writers) is held to the cap.
+                let allowed = if declared > 0 {
+                    declared.min(self.max_column_chunk_bytes)
+                } else {
+                    self.max_column_chunk_bytes
+                };
                 let mut position = 0;
                 while position < chunk.len() {
                     let Some(page) = page_sizes(&chunk[position..]) else {
