@@ -24,7 +24,7 @@
 //! A page header can lie where the footer does not: parquet's decoder allocates what a
 //! page header claims (`uncompressed_page_size`, up to 2 GiB) before decompressing, and
 //! an allocation that fails aborts the process. So when a whole column chunk has been
-//! fetched, its page headers are walked (a small Thrift reader, [`page_sizes`]) before
+//! fetched, its page headers are walked (with a small Thrift reader) before
 //! the decoder sees them, and a page that claims more than its whole chunk, as the
 //! footer declares it, or more than the cap, fails the read with
 //! [`Error::InvalidParquet`].
