@@ -29,6 +29,16 @@
 //! footer declares it, or more than the cap, fails the read with
 //! [`Error::InvalidParquet`].
 //!
+//! Before a footer is parsed at all, its last 8 bytes are checked (the trailing magic,
+//! and a footer length that fits in the file): parquet's footer decoder panics on a
+//! length that points before the file's start (caught, but a corrupt file is not a
+//! crash). An empty file named as a source is `InvalidParquet` too.
+//!
+//! Not covered: pages of a chunk fetched only in part (reads that a page index narrows)
+//! are not walked, so there the decoder's own checks apply; and a dictionary page that
+//! many values repeat is not counted twice (DataFusion reads strings as views into the
+//! dictionary, so a batch holds it once).
+//!
 //! [`SessionBuilder::with_memory_limit`]: crate::SessionBuilder::with_memory_limit
 //! [`SessionBuilder::with_max_column_chunk_bytes`]: crate::SessionBuilder::with_max_column_chunk_bytes
 //! [`Error::MemoryLimitExceeded`]: crate::Error::MemoryLimitExceeded
