@@ -8,6 +8,7 @@ mod example;
 mod faults;
 mod flows;
 mod frames;
+mod hostile;
 mod reliability;
 mod remote;
 mod runtime;

@@ -7,6 +7,8 @@ use datafusion::common::SchemaError;
 use datafusion::error::DataFusionError;
 use sluice_store::StoreError;
 
+use crate::limits::HumanBytes;
+
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -17,11 +19,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///   [`InvalidParquet`](Self::InvalidParquet), [`SchemaMismatch`](Self::SchemaMismatch),
 ///   [`AmbiguousColumnNames`](Self::AmbiguousColumnNames),
 ///   [`MissingColumn`](Self::MissingColumn), [`Plan`](Self::Plan),
-///   [`InvalidOption`](Self::InvalidOption);
+///   [`InvalidOption`](Self::InvalidOption),
+///   [`ColumnChunkTooLarge`](Self::ColumnChunkTooLarge);
 /// - a task's own code: [`Task`](Self::Task) wraps whatever a task failed with,
 ///   [`Custom`](Self::Custom) is an error a task body raised itself;
 /// - storage and execution: [`Store`](Self::Store), [`Read`](Self::Read),
-///   [`Write`](Self::Write), [`Execution`](Self::Execution);
+///   [`Write`](Self::Write), [`Execution`](Self::Execution),
+///   [`MemoryLimitExceeded`](Self::MemoryLimitExceeded);
 /// - ours: [`Internal`](Self::Internal) (the message asks for an issue).
 ///
 /// Messages name the task and the object and say what to do next; they never carry
@@ -307,6 +311,48 @@ pub enum Error {
         /// More (several runs match the prefix).
         detail: String,
     },
+    /// A Parquet column chunk declares more bytes uncompressed than the session's cap
+    /// ([`SessionBuilder::with_max_column_chunk_bytes`](crate::SessionBuilder::with_max_column_chunk_bytes)):
+    /// a decompression bomb, a corrupt footer, or an unusually large chunk. It is refused
+    /// before a byte of it is fetched or decompressed.
+    #[error(
+        "{url}: column {column:?} of row group {row_group} inflates to {} uncompressed, over \
+         the session's limit of {} per column chunk, so it was not decoded (a file that \
+         inflates this much may be a decompression bomb); if the file is trusted, raise the \
+         limit with SessionBuilder::with_max_column_chunk_bytes or the \
+         SLUICE_MAX_COLUMN_CHUNK_BYTES environment variable",
+        HumanBytes(*size),
+        HumanBytes(*limit)
+    )]
+    ColumnChunkTooLarge {
+        /// The file.
+        url: String,
+        /// The column's path (`trip.fare`).
+        column: String,
+        /// The row group's index in the file.
+        row_group: usize,
+        /// The chunk's uncompressed size, as the footer declares it.
+        size: u64,
+        /// The session's cap.
+        limit: u64,
+    },
+    /// An operator (a sort, an aggregation, a join, the Parquet writer) needed more
+    /// memory than the session's memory pool
+    /// ([`SessionBuilder::with_memory_limit`](crate::SessionBuilder::with_memory_limit))
+    /// had left.
+    #[error(
+        "the query needed more memory than the session's memory pool allows{}: {reason}; \
+         raise the limit with SessionBuilder::with_memory_limit or the SLUICE_MEMORY_LIMIT \
+         environment variable (default 4 GiB), or make the work smaller (smaller row groups, \
+         fewer partitions)",
+        from_sources(sources)
+    )]
+    MemoryLimitExceeded {
+        /// The sources being read.
+        sources: Vec<String>,
+        /// DataFusion's account of the pool.
+        reason: String,
+    },
     /// A bug in Sluice.
     #[error("internal error in sluice: {message}; please report it as an issue")]
     Internal {
@@ -418,6 +464,12 @@ impl Error {
         };
         if let Some(found) = find_sluice_error(&error) {
             return duplicate(found);
+        }
+        if let Some(reason) = resources_exhausted(&error) {
+            return Error::MemoryLimitExceeded {
+                sources: sources.to_vec(),
+                reason: reason.to_string(),
+            };
         }
         let root = root_cause(&error);
         if let DataFusionError::SchemaError(schema_error, _) = root
@@ -599,6 +651,18 @@ pub(crate) fn find_store_error(error: &DataFusionError) -> Option<&object_store:
     find_in_chain::<object_store::Error>(error)
 }
 
+/// What DataFusion said when a memory reservation failed, anywhere in the chain.
+fn resources_exhausted(error: &DataFusionError) -> Option<&str> {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(DataFusionError::ResourcesExhausted(reason)) = e.downcast_ref() {
+            return Some(reason);
+        }
+        current = e.source();
+    }
+    None
+}
+
 fn find_sluice_error(error: &DataFusionError) -> Option<&Error> {
     find_in_chain::<Error>(error)
 }
@@ -754,6 +818,23 @@ fn duplicate(error: &Error) -> Error {
         Error::Cancelled { flow, run_id } => Error::Cancelled {
             flow: flow.clone(),
             run_id: run_id.clone(),
+        },
+        Error::ColumnChunkTooLarge {
+            url,
+            column,
+            row_group,
+            size,
+            limit,
+        } => Error::ColumnChunkTooLarge {
+            url: url.clone(),
+            column: column.clone(),
+            row_group: *row_group,
+            size: *size,
+            limit: *limit,
+        },
+        Error::MemoryLimitExceeded { sources, reason } => Error::MemoryLimitExceeded {
+            sources: sources.clone(),
+            reason: reason.clone(),
         },
         Error::Retryable(source) => Error::Retryable(source.to_string().into()),
         other => Error::Execution {

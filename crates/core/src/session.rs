@@ -30,6 +30,7 @@ use crate::boundary::SluiceQueryPlanner;
 use crate::checkpoint::CheckpointStore;
 use crate::error::guarded;
 use crate::evolution::{CaseInsensitiveAdapterFactory, CaseInsensitiveFormat, FileSchema};
+use crate::limits::LimitedParquetFormat;
 use crate::lineage::{Lineage, SourceObject};
 use crate::{Error, Frame, ParquetRead, Result};
 
@@ -54,6 +55,7 @@ pub struct Session {
 struct SessionInner {
     ctx: SessionContext,
     stores: Arc<StoreRegistry>,
+    max_column_chunk_bytes: u64,
 }
 
 impl std::fmt::Debug for SessionInner {
@@ -61,6 +63,7 @@ impl std::fmt::Debug for SessionInner {
         f.debug_struct("Session")
             .field("session_id", &self.ctx.session_id())
             .field("stores", &self.stores)
+            .field("max_column_chunk_bytes", &self.max_column_chunk_bytes)
             .finish()
     }
 }
@@ -72,7 +75,9 @@ impl Default for Session {
 }
 
 impl Session {
-    /// A session with default settings: as many partitions as cores, 8192-row batches.
+    /// A session with default settings: as many partitions as cores, 8192-row batches,
+    /// a 4 GiB memory pool and a 1 GiB cap on Parquet column chunks (see
+    /// [`limits`](crate::limits); both also read from the environment).
     pub fn new() -> Self {
         // Only a custom disk manager or cache configuration can make the runtime fail to
         // build, and the default has neither.
@@ -94,6 +99,20 @@ impl Session {
     /// The session's object stores.
     pub fn stores(&self) -> &Arc<StoreRegistry> {
         &self.inner.stores
+    }
+
+    /// The cap on a Parquet column chunk's uncompressed size that reads decode (see
+    /// [`SessionBuilder::with_max_column_chunk_bytes`]).
+    pub fn max_column_chunk_bytes(&self) -> u64 {
+        self.inner.max_column_chunk_bytes
+    }
+
+    /// The size of the session's memory pool, in bytes, if it is bounded.
+    pub fn memory_limit(&self) -> Option<usize> {
+        match self.inner.ctx.runtime_env().memory_pool.memory_limit() {
+            datafusion::execution::memory_pool::MemoryLimit::Finite(n) => Some(n),
+            _ => None,
+        }
     }
 
     pub(crate) fn state(&self) -> SessionState {
@@ -358,6 +377,18 @@ impl Session {
                 shown_url(url)
             )));
         }
+        // Empty files are skipped when a schema is inferred (writers leave them behind);
+        // but when there is nothing else, the source is not Parquet at all.
+        if evolution.is_some()
+            && let Some(empty) = objects
+                .first()
+                .filter(|_| objects.iter().all(|o| o.size == 0))
+        {
+            return Err(DataFusionError::External(Box::new(Error::InvalidParquet {
+                url: object_url(&object_base(url), empty),
+                reason: "the file is empty (0 bytes)".into(),
+            })));
+        }
         let infer = || async {
             let files: Vec<ObjectMeta> = objects.iter().filter(|o| o.size > 0).cloned().collect();
             match evolution {
@@ -385,6 +416,14 @@ impl Session {
                 }
             }
         };
+        if evolution.is_some() {
+            // Parquet: refuse column chunks that would inflate past the session's cap
+            // before they are fetched (see `limits`).
+            listing.format = Arc::new(LimitedParquetFormat::new(
+                listing.format,
+                self.inner.max_column_chunk_bytes,
+            ));
+        }
         let mut table_config = ListingTableConfig::new(url.clone());
         let mut statistics_cache = ctx.runtime_env().cache_manager.get_file_statistic_cache();
         if evolution.is_some_and(ParquetRead::case_insensitive_names) {
@@ -602,6 +641,8 @@ async fn unified_schema(
         .map(|object| {
             let base = &base;
             async move {
+                crate::limits::check_footer_tail(store.as_ref(), &object_url(base, object), object)
+                    .await?;
                 let schema = format
                     .infer_schema(state, store, std::slice::from_ref(object))
                     .await?;
@@ -716,6 +757,7 @@ pub struct SessionBuilder {
     target_partitions: Option<usize>,
     batch_size: Option<usize>,
     memory_limit: Option<usize>,
+    max_column_chunk_bytes: Option<u64>,
     stores: Vec<(Url, Arc<dyn ObjectStore>)>,
     config: Option<SessionConfig>,
 }
@@ -733,10 +775,34 @@ impl SessionBuilder {
         self
     }
 
-    /// Caps the memory that sorts, aggregations and joins may reserve; past it they
-    /// spill to disk or fail.
+    /// Caps the memory that sorts, aggregations, joins and the Parquet writer may
+    /// reserve from DataFusion's memory pool; past it they spill to disk or fail with
+    /// [`Error::MemoryLimitExceeded`]. Default: the environment variable
+    /// `SLUICE_MEMORY_LIMIT` (`8GiB`, or bytes) if set, else
+    /// [`DEFAULT_MEMORY_LIMIT`](crate::DEFAULT_MEMORY_LIMIT) (4 GiB). Scans do not
+    /// reserve from the pool; [`with_max_column_chunk_bytes`](Self::with_max_column_chunk_bytes)
+    /// bounds what they decode.
     pub fn with_memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Caps the uncompressed size of a Parquet column chunk that reads may decode, as
+    /// the file's footer declares it: a chunk over it is refused, before it is fetched,
+    /// with [`Error::ColumnChunkTooLarge`] naming the file, the column and the row group.
+    /// This is what stops a decompression bomb (kilobytes of brotli or zstd that inflate
+    /// to gigabytes). Default: the environment variable `SLUICE_MAX_COLUMN_CHUNK_BYTES`
+    /// if set, else [`DEFAULT_MAX_COLUMN_CHUNK_BYTES`](crate::DEFAULT_MAX_COLUMN_CHUNK_BYTES)
+    /// (1 GiB). See the [`limits`](crate::limits) module.
+    ///
+    /// ```
+    /// use sluice_core::Session;
+    /// let session = Session::builder().with_max_column_chunk_bytes(256 << 20).build()?;
+    /// assert_eq!(session.max_column_chunk_bytes(), 256 << 20);
+    /// # Ok::<(), sluice_core::Error>(())
+    /// ```
+    pub fn with_max_column_chunk_bytes(mut self, bytes: u64) -> Self {
+        self.max_column_chunk_bytes = Some(bytes);
         self
     }
 
@@ -773,9 +839,18 @@ impl SessionBuilder {
         let mut runtime = RuntimeEnvBuilder::new()
             .with_object_store_registry(Arc::clone(&stores) as _)
             .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0));
-        if let Some(limit) = self.memory_limit {
-            runtime = runtime.with_memory_limit(limit, 1.0);
-        }
+        let memory_limit = self
+            .memory_limit
+            .or_else(|| {
+                crate::limits::size_from_env(crate::limits::MEMORY_LIMIT_ENV)
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+            })
+            .unwrap_or(crate::limits::DEFAULT_MEMORY_LIMIT);
+        runtime = runtime.with_memory_limit(memory_limit, 1.0);
+        let max_column_chunk_bytes = self
+            .max_column_chunk_bytes
+            .or_else(|| crate::limits::size_from_env(crate::limits::MAX_COLUMN_CHUNK_BYTES_ENV))
+            .unwrap_or(crate::limits::DEFAULT_MAX_COLUMN_CHUNK_BYTES);
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime.build_arc()?)
@@ -787,6 +862,7 @@ impl SessionBuilder {
             inner: Arc::new(SessionInner {
                 ctx: SessionContext::new_with_state(state),
                 stores,
+                max_column_chunk_bytes,
             }),
         })
     }
