@@ -16,6 +16,7 @@ use url::Url;
 
 use crate::checkpoint::{store_error, store_root, url_in};
 use crate::run::{FlowRunRecord, FlowState};
+use crate::names::validate_name;
 use crate::{Error, Result, Session};
 
 const RUNS: &str = "runs";
@@ -115,7 +116,8 @@ impl RunStore {
 
     /// Writes (or overwrites) a run's record.
     pub async fn write(&self, record: &FlowRunRecord) -> Result<()> {
-        crate::checkpoint::validate_name("flow name", &record.flow)?;
+        validate_name("flow name", &record.flow)?;
+        validate_name("run id", &record.run_id)?;
         let path = self.path_of(&record.flow, &record.run_id);
         let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Internal {
             message: format!("a run record does not serialize: {e}"),
@@ -128,8 +130,12 @@ impl RunStore {
     }
 
     /// The runs that pass `filter`, newest first. Records that do not parse (a run
-    /// store shared with another version) are skipped with a warning.
+    /// store shared with another version, a truncated file) are skipped with a warning.
+    /// A filter's flow name must be a valid name ([`validate_name`]).
     pub async fn list(&self, filter: &RunFilter) -> Result<Vec<FlowRunRecord>> {
+        if let Some(flow) = &filter.flow {
+            validate_name("flow name", flow)?;
+        }
         let mut prefix = sluice_store::object_path(&self.root)
             .unwrap_or_default()
             .join(RUNS);

@@ -5,6 +5,7 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 use super::CacheKeyInputs;
+use crate::names::validate_name;
 use crate::{Error, Result};
 
 /// The manifest format this build writes and reads. A manifest of a newer format is
@@ -80,6 +81,19 @@ impl Manifest {
     }
 
     /// Parses a manifest; the error says what is wrong with it.
+    ///
+    /// Beyond the JSON, a manifest must be of a known format version, hold a schema
+    /// that decodes, name a valid task and key (see [`validate_name`]), list each
+    /// part once under a relative path inside the checkpoint's directory (no `..`,
+    /// no absolute path, no backslash), and have rows and sizes that add up (the
+    /// rows of the parts are the manifest's rows). Anything else is refused, so that
+    /// a manifest damaged in storage or written by hand is a miss, never a read
+    /// outside the checkpoint.
+    ///
+    /// ```
+    /// use sluice_core::Manifest;
+    /// assert!(Manifest::parse(b"{}").unwrap_err().contains("does not parse"));
+    /// ```
     pub fn parse(bytes: &[u8]) -> std::result::Result<Manifest, String> {
         #[derive(Deserialize)]
         struct Version {
@@ -96,7 +110,43 @@ impl Manifest {
         let manifest: Manifest = serde_json::from_slice(bytes)
             .map_err(|e| format!("the manifest does not parse: {e}"))?;
         decode_schema(&manifest.schema_ipc)?;
+        manifest.check_names()?;
         Ok(manifest)
+    }
+
+    /// The names and figures [`parse`](Self::parse) checks beyond the JSON.
+    fn check_names(&self) -> std::result::Result<(), String> {
+        let invalid = |e: Error| format!("the manifest is invalid: {e}");
+        validate_name("task name", &self.task).map_err(invalid)?;
+        validate_name("cache key", &self.key).map_err(invalid)?;
+        let mut seen = std::collections::BTreeSet::new();
+        let (mut rows, mut size) = (0u64, 0u64);
+        for file in &self.files {
+            if file.path.is_empty() {
+                return Err("the manifest lists a part with an empty path".into());
+            }
+            for component in file.path.split('/') {
+                validate_name("part path component", component).map_err(|e| {
+                    format!(
+                        "the manifest lists a part outside its directory or with an \
+                         invalid name, {:?}: {e}",
+                        file.path
+                    )
+                })?;
+            }
+            if !seen.insert(file.path.as_str()) {
+                return Err(format!("the manifest lists part {:?} twice", file.path));
+            }
+            rows = rows.checked_add(file.rows).ok_or("the parts' rows overflow")?;
+            size = size.checked_add(file.size).ok_or("the parts' sizes overflow")?;
+        }
+        if rows != self.rows {
+            return Err(format!(
+                "the manifest says {} rows but its parts hold {rows}",
+                self.rows
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -13,38 +13,13 @@ use sluice_store::{StoreErrorKind, resolve_url};
 use url::Url;
 
 use super::{CacheKeyInputs, Manifest};
+use crate::names::validate_name;
 use crate::{Error, Result, Session};
 
 pub(crate) const MANIFEST: &str = "_manifest.json";
 pub(crate) const LAST_HIT: &str = "_last_hit";
 const CHECKPOINTS: &str = "checkpoints";
 const SCHEMAS: &str = "schemas";
-
-/// Checks that a task name can name a directory of its own: not empty, no `/` or
-/// `\`, not `.` or `..`, no control characters.
-pub(crate) fn validate_name(what: &'static str, name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        Some("it is empty")
-    } else if name == "." || name == ".." {
-        Some("it is a relative path component")
-    } else if name.contains(['/', '\\']) {
-        Some("it contains a path separator")
-    } else if name.chars().any(char::is_control) {
-        Some("it contains control characters")
-    } else if name.starts_with('.') || name.starts_with('_') {
-        Some("it starts with `.` or `_`, which readers take for hidden files")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(Error::InvalidName {
-            what,
-            name: name.escape_debug().to_string(),
-            reason: reason.into(),
-        }),
-        None => Ok(()),
-    }
-}
 
 /// What a lookup found.
 #[derive(Debug)]
@@ -741,29 +716,5 @@ impl JoinPath for Path {
             .split('/')
             .filter(|p| !p.is_empty())
             .fold(self, |path, part| path.join(part))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_that_would_escape_their_prefix_are_refused() {
-        for bad in [
-            "",
-            ".",
-            "..",
-            "../x",
-            "a/b",
-            "a\\b",
-            "x\ny",
-            ".hidden",
-            "_manifest",
-        ] {
-            let err = validate_name("task name", bad).unwrap_err();
-            assert!(matches!(err, Error::InvalidName { .. }), "{bad:?}: {err}");
-        }
-        validate_name("task name", "transform_v2").unwrap();
     }
 }
