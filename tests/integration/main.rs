@@ -6,6 +6,7 @@ mod common;
 mod example;
 mod flows;
 mod frames;
+mod fuzz;
 mod names;
 mod remote;
 mod runtime;

@@ -15,8 +15,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use url::Url;
 
 use crate::checkpoint::{store_error, store_root, url_in};
-use crate::run::{FlowRunRecord, FlowState};
 use crate::names::validate_name;
+use crate::run::{FlowRunRecord, FlowState};
 use crate::{Error, Result, Session};
 
 const RUNS: &str = "runs";

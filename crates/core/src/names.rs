@@ -120,7 +120,14 @@ mod tests {
                 "{err}"
             );
         }
-        for good in ["transform_v2", "etl", "a", "nyc-taxi.2023", "données", "v1..2"] {
+        for good in [
+            "transform_v2",
+            "etl",
+            "a",
+            "nyc-taxi.2023",
+            "données",
+            "v1..2",
+        ] {
             validate_name("task name", good).unwrap();
         }
         validate_name("task name", &"a".repeat(MAX_NAME_LEN)).unwrap();

@@ -129,29 +129,59 @@ mod tests {
     #[test]
     fn destinations_overlapping_a_source_are_recognized() {
         let file = "memory://data/in.parquet";
-        assert!(overlaps(file, &url("memory://data/in.parquet")), "the same file");
-        assert!(!overlaps(file, &url("memory://data/out.parquet")), "a sibling");
-        assert!(overlaps(file, &url("memory://data/")), "a directory around it");
-        assert!(!overlaps(file, &url("memory://other/in.parquet")), "another store");
+        assert!(
+            overlaps(file, &url("memory://data/in.parquet")),
+            "the same file"
+        );
+        assert!(
+            !overlaps(file, &url("memory://data/out.parquet")),
+            "a sibling"
+        );
+        assert!(
+            overlaps(file, &url("memory://data/")),
+            "a directory around it"
+        );
+        assert!(
+            !overlaps(file, &url("memory://other/in.parquet")),
+            "another store"
+        );
         let dir = "memory://data/trips/";
-        assert!(overlaps(dir, &url("memory://data/trips/out.parquet")), "inside");
-        assert!(overlaps(dir, &url("memory://data/trips")), "the directory itself");
+        assert!(
+            overlaps(dir, &url("memory://data/trips/out.parquet")),
+            "inside"
+        );
+        assert!(
+            overlaps(dir, &url("memory://data/trips")),
+            "the directory itself"
+        );
         assert!(
             !overlaps(dir, &url("memory://data/trips-out/x.parquet")),
             "a prefix, not a parent"
         );
         let glob = "s3://b/raw/*.parquet";
         assert!(overlaps(glob, &url("s3://b/raw/out.parquet")), "a match");
-        assert!(!overlaps(glob, &url("s3://b/raw/out/x.parquet")), "`*` stops at `/`");
+        assert!(
+            !overlaps(glob, &url("s3://b/raw/out/x.parquet")),
+            "`*` stops at `/`"
+        );
         assert!(!overlaps(glob, &url("s3://b/clean/x.parquet")));
         assert!(overlaps(glob, &url("s3://b/raw")), "the globbed directory");
         assert!(overlaps(glob, &url("s3://b/")), "the bucket");
-        assert!(overlaps("s3://b/raw/**/*.parquet", &url("s3://b/raw/a/b.parquet")));
+        assert!(overlaps(
+            "s3://b/raw/**/*.parquet",
+            &url("s3://b/raw/a/b.parquet")
+        ));
         let nested = "s3://b/raw/2023-*/part.parquet";
-        assert!(overlaps(nested, &url("s3://b/raw/2023-01/")), "a directory of matches");
+        assert!(
+            overlaps(nested, &url("s3://b/raw/2023-01/")),
+            "a directory of matches"
+        );
         assert!(!overlaps(nested, &url("s3://b/raw/2024-01/")));
         assert!(
-            overlaps("s3://b/my dir/a b*.parquet", &url("s3://b/my%20dir/a%20b1.parquet")),
+            overlaps(
+                "s3://b/my dir/a b*.parquet",
+                &url("s3://b/my%20dir/a%20b1.parquet")
+            ),
             "encoded and decoded spellings are one object"
         );
     }

@@ -287,7 +287,9 @@ fn expand_task(settings: Settings, item: ItemFn) -> syn::Result<TokenStream2> {
         mut sig,
         block,
     } = item;
-    let name = settings.name.unwrap_or_else(|| sig.ident.unraw().to_string());
+    let name = settings
+        .name
+        .unwrap_or_else(|| sig.ident.unraw().to_string());
     let output = return_type(&sig);
     let mut options = TokenStream2::new();
     if let Some(persist) = &settings.persist {
@@ -409,7 +411,9 @@ fn expand_flow(settings: Settings, item: ItemFn) -> syn::Result<TokenStream2> {
         mut sig,
         block,
     } = item;
-    let name = settings.name.unwrap_or_else(|| sig.ident.unraw().to_string());
+    let name = settings
+        .name
+        .unwrap_or_else(|| sig.ident.unraw().to_string());
     let output = return_type(&sig);
     let mut params = Vec::new();
     for arg in &sig.inputs {

@@ -137,8 +137,12 @@ impl Manifest {
             if !seen.insert(file.path.as_str()) {
                 return Err(format!("the manifest lists part {:?} twice", file.path));
             }
-            rows = rows.checked_add(file.rows).ok_or("the parts' rows overflow")?;
-            size = size.checked_add(file.size).ok_or("the parts' sizes overflow")?;
+            rows = rows
+                .checked_add(file.rows)
+                .ok_or("the parts' rows overflow")?;
+            size = size
+                .checked_add(file.size)
+                .ok_or("the parts' sizes overflow")?;
         }
         if rows != self.rows {
             return Err(format!(
