@@ -47,13 +47,16 @@ pub(crate) fn overlaps(source: &str, dest: &Url) -> bool {
                 return false;
             }
             // Below the globbed directory: match the glob's components one by one, so
-            // that a directory holding matches counts as well as a match.
+            // that a directory holding matches counts as well as a match. Partition
+            // directories (`key=value`) are skipped, as DataFusion's listing skips them
+            // before it matches the glob: `raw/*.parquet` reads `raw/k=v/x.parquet`.
             let options = MatchOptions {
                 require_literal_separator: true,
                 ..Default::default()
             };
             let patterns: Vec<&str> = glob.split('/').filter(|p| !p.is_empty()).collect();
-            for (i, part) in dst[src.len()..].iter().enumerate() {
+            let below = dst[src.len()..].iter().filter(|part| !part.contains('='));
+            for (i, part) in below.enumerate() {
                 let Some(pattern) = patterns.get(i) else {
                     // Inside an object the glob matches.
                     return true;
@@ -171,6 +174,11 @@ mod tests {
             "s3://b/raw/**/*.parquet",
             &url("s3://b/raw/a/b.parquet")
         ));
+        assert!(
+            overlaps(glob, &url("s3://b/raw/year=2023/x.parquet")),
+            "the listing reads partition directories"
+        );
+        assert!(!overlaps(glob, &url("s3://b/raw/year=2023/x.csv")));
         let nested = "s3://b/raw/2023-*/part.parquet";
         assert!(
             overlaps(nested, &url("s3://b/raw/2023-01/")),
