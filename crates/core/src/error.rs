@@ -17,7 +17,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///   [`InvalidParquet`](Self::InvalidParquet), [`SchemaMismatch`](Self::SchemaMismatch),
 ///   [`AmbiguousColumnNames`](Self::AmbiguousColumnNames),
 ///   [`MissingColumn`](Self::MissingColumn), [`Plan`](Self::Plan),
-///   [`InvalidOption`](Self::InvalidOption);
+///   [`InvalidOption`](Self::InvalidOption), [`InvalidName`](Self::InvalidName),
+///   [`DestinationOverlapsSource`](Self::DestinationOverlapsSource);
 /// - a task's own code: [`Task`](Self::Task) wraps whatever a task failed with,
 ///   [`Custom`](Self::Custom) is an error a task body raised itself;
 /// - storage and execution: [`Store`](Self::Store), [`Read`](Self::Read),
