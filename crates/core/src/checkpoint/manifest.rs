@@ -109,7 +109,18 @@ impl Manifest {
         }
         let manifest: Manifest = serde_json::from_slice(bytes)
             .map_err(|e| format!("the manifest does not parse: {e}"))?;
-        decode_schema(&manifest.schema_ipc)?;
+        let schema = decode_schema(&manifest.schema_ipc)?;
+        // The readable columns are written from the same schema: a schema damaged in
+        // storage that still decodes (to no columns, or to another name or type) would
+        // otherwise be a hit that reads the parts as something they are not.
+        let columns: Vec<String> = schema.fields().iter().map(|f| column_line(f)).collect();
+        if columns != manifest.columns {
+            return Err(format!(
+                "the manifest's schema ({}) does not match its columns ({})",
+                columns.join(", "),
+                manifest.columns.join(", ")
+            ));
+        }
         manifest.check_names()?;
         Ok(manifest)
     }
@@ -152,6 +163,11 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// A column as the manifest's `columns` show it: `name: type`.
+pub(crate) fn column_line(field: &datafusion::arrow::datatypes::Field) -> String {
+    format!("{}: {}", field.name(), field.data_type())
 }
 
 /// A schema as a hex IPC message.

@@ -553,7 +553,7 @@ async fn commit(
         columns: schema
             .fields()
             .iter()
-            .map(|f| format!("{}: {}", f.name(), f.data_type()))
+            .map(|f| super::manifest::column_line(f))
             .collect(),
         files,
         plan: target.plan_text.clone(),
