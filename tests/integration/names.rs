@@ -11,7 +11,7 @@ use futures::TryStreamExt;
 use object_store::ObjectStore;
 use serde_json::json;
 use sluice::prelude::*;
-use sluice::{CheckpointStore, MAX_NAME_LEN, RunFilter, RunStore, Task};
+use sluice::{CheckpointStore, MAX_NAME_LEN, RunFilter, RunStore, Task, one_line};
 
 use crate::common::{dir_entries, taxi_file};
 use crate::remote::S3Target;
@@ -502,4 +502,65 @@ async fn destinations_overlapping_an_s3_source_are_refused_however_spelled() {
         .await
         .unwrap();
     assert_eq!(written.rows, 100);
+}
+
+/// Result and run store locations whose path cannot be an object key prefix (a NUL, a
+/// newline, once decoded) are refused when opened. They were taken as the store's root
+/// instead: checkpoints and run records landed at the top of the bucket, or of the
+/// local file system (`/checkpoints/...`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_locations_whose_prefix_is_not_a_key_are_refused_not_replaced_by_the_root() {
+    let session = Session::new();
+    let memory = session
+        .stores()
+        .store_for(&url::Url::parse("memory://names/").unwrap())
+        .unwrap();
+    for location in [
+        "memory://names/pre%00fix/",
+        "memory://names/new%0Aline/",
+        "memory://names/a/%0D/b/",
+    ] {
+        let error = CheckpointStore::open(&session, location).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                Error::Store(sluice::store::StoreError::InvalidUrl { .. })
+            ),
+            "{location}: {error}"
+        );
+        assert!(RunStore::open(&session, location).is_err(), "{location}");
+        let run = Flow::new("names")
+            .with_result_store(location)
+            .with_run_store(location)
+            .configure(|o| o.with_session(session.clone()))
+            .run(json!({}), async {
+                Task::new("kept")
+                    .persist(Persist::Barrier)
+                    .run(|cx| async move { cx.sql("SELECT 1 AS n", []).await })
+                    .await?
+                    .count()
+                    .await
+            })
+            .await;
+        let error = run.output.unwrap_err();
+        assert!(
+            one_line(&error).contains("invalid"),
+            "{location}: {}",
+            one_line(&error)
+        );
+        let objects: Vec<String> = memory
+            .list(None)
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(objects.is_empty(), "{location}: {objects:?}");
+    }
+    // On local disk, a path with a newline in a directory name: refused before
+    // anything is written (the file system's root would have taken the objects).
+    let root = tempfile::tempdir().unwrap();
+    let location = format!("{}/new\nline/", root.path().display());
+    assert!(CheckpointStore::open(&session, &location).is_err());
+    assert!(RunStore::open(&session, &location).is_err());
+    assert_eq!(files_under(root.path()), Vec::<String>::new());
 }

@@ -43,6 +43,8 @@ const RUNS: &str = "runs";
 #[derive(Debug, Clone)]
 pub struct RunStore {
     root: Url,
+    /// `root`'s object path: every key of the store starts with it.
+    prefix: Path,
     store: Arc<dyn ObjectStore>,
 }
 
@@ -89,8 +91,12 @@ impl RunFilter {
 impl RunStore {
     /// The run store at `location` (a path or a store URL).
     pub fn open(session: &Session, location: &str) -> Result<Self> {
-        let (root, store) = store_root(session, location)?;
-        Ok(Self { root, store })
+        let (root, prefix, store) = store_root(session, location)?;
+        Ok(Self {
+            root,
+            prefix,
+            store,
+        })
     }
 
     /// The store's root URL.
@@ -99,8 +105,8 @@ impl RunStore {
     }
 
     fn path_of(&self, flow: &str, run_id: &str) -> Path {
-        sluice_store::object_path(&self.root)
-            .unwrap_or_default()
+        self.prefix
+            .clone()
             .join(RUNS)
             .join(flow)
             .join(format!("{run_id}.json"))
@@ -136,9 +142,7 @@ impl RunStore {
         if let Some(flow) = &filter.flow {
             validate_name("flow name", flow)?;
         }
-        let mut prefix = sluice_store::object_path(&self.root)
-            .unwrap_or_default()
-            .join(RUNS);
+        let mut prefix = self.prefix.clone().join(RUNS);
         if let Some(flow) = &filter.flow {
             prefix = prefix.join(flow.as_str());
         }

@@ -46,6 +46,8 @@ pub(crate) enum Lookup {
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
     root: Url,
+    /// `root`'s object path: every key of the store starts with it.
+    prefix: Path,
     store: Arc<dyn ObjectStore>,
 }
 
@@ -96,8 +98,16 @@ struct KeyObjects {
 }
 
 /// The root URL (ending in `/`) of a store that Sluice writes its own objects to
-/// (checkpoints, run records), and the object store behind it.
-pub(crate) fn store_root(session: &Session, location: &str) -> Result<(Url, Arc<dyn ObjectStore>)> {
+/// (checkpoints, run records), its object path (the prefix of every key Sluice makes
+/// there), and the object store behind it.
+///
+/// A location whose path is not a valid object path once decoded (`%00`, a newline in
+/// a directory name) is refused here: its objects would otherwise go to the top of the
+/// store (of the local file system, for a path) instead of under the prefix.
+pub(crate) fn store_root(
+    session: &Session,
+    location: &str,
+) -> Result<(Url, Path, Arc<dyn ObjectStore>)> {
     let mut root = resolve_url(location)?;
     if !root.path().ends_with('/') {
         let path = format!("{}/", root.path());
@@ -109,8 +119,17 @@ pub(crate) fn store_root(session: &Session, location: &str) -> Result<(Url, Arc<
             scheme: root.scheme().to_string(),
         }));
     }
+    let prefix = sluice_store::object_path(&root).map_err(|e| match e {
+        sluice_store::StoreError::InvalidUrl { reason, .. } => {
+            Error::Store(sluice_store::StoreError::InvalidUrl {
+                location: location.to_string(),
+                reason: format!("its path cannot prefix object keys: {reason}"),
+            })
+        }
+        other => Error::Store(other),
+    })?;
     let store = session.stores().store_for(&root)?;
-    Ok((root, store))
+    Ok((root, prefix, store))
 }
 
 /// The URL (without credentials) of `path` in the store whose root is `root`.
@@ -142,8 +161,12 @@ impl CheckpointStore {
     /// The checkpoint store at `location` (a path or URL; a directory), its object
     /// store from the session.
     pub fn open(session: &Session, location: &str) -> Result<Self> {
-        let (root, store) = store_root(session, location)?;
-        Ok(Self { root, store })
+        let (root, prefix, store) = store_root(session, location)?;
+        Ok(Self {
+            root,
+            prefix,
+            store,
+        })
     }
 
     /// The store's root URL.
@@ -156,7 +179,7 @@ impl CheckpointStore {
     }
 
     fn root_path(&self) -> Path {
-        sluice_store::object_path(&self.root).unwrap_or_default()
+        self.prefix.clone()
     }
 
     fn under(&self, parts: &[&str]) -> Path {
