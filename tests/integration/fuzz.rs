@@ -494,6 +494,55 @@ proptest! {
     }
 }
 
+/// A run store opened at `memory://open/<suffix>/` writes a record under its prefix,
+/// or is refused when opened; never anywhere else in the store.
+fn write_under(suffix: &str) {
+    let session = Session::new();
+    let location = format!("memory://open/{suffix}/");
+    let opened = RunStore::open(&session, &location);
+    assert_eq!(
+        opened.is_ok(),
+        CheckpointStore::open(&session, &location).is_ok(),
+        "{location:?}"
+    );
+    let Ok(store) = opened else { return };
+    let prefix = object_path(store.url()).unwrap();
+    let record = seeds().record_value.clone();
+    runtime().block_on(async {
+        use futures::TryStreamExt;
+        store.write(&record).await.unwrap();
+        let memory = session.stores().store_for(store.url()).unwrap();
+        let objects: Vec<object_store::path::Path> = memory
+            .list(None)
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(objects.len(), 1, "{location:?}: {objects:?}");
+        assert!(
+            objects[0].prefix_matches(&prefix.clone().join("runs")),
+            "{location:?}: {} is not under {prefix}",
+            objects[0]
+        );
+        assert_eq!(store.list(&RunFilter::default()).await.unwrap().len(), 1);
+    });
+}
+
+proptest! {
+    #![proptest_config(Config { cases: config().cases / 2, ..config() })]
+
+    /// Found the prefix of `memory://x/pre%00fix/` dropped (records at the top).
+    #[test]
+    fn stores_opened_at_arbitrary_locations_write_under_their_prefix(
+        suffix in prop_oneof![
+            any::<String>(),
+            "(%[0-9a-fA-F]{2}|[a-z./ ]){0,12}",
+        ],
+    ) {
+        write_under(&suffix);
+    }
+}
+
 /// What any location's URL must satisfy once resolved.
 fn check_resolved(url: &url::Url) {
     // Resolving is idempotent: the URL names itself.
