@@ -19,7 +19,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///   [`InvalidParquet`](Self::InvalidParquet), [`SchemaMismatch`](Self::SchemaMismatch),
 ///   [`AmbiguousColumnNames`](Self::AmbiguousColumnNames),
 ///   [`MissingColumn`](Self::MissingColumn), [`Plan`](Self::Plan),
-///   [`InvalidOption`](Self::InvalidOption),
+///   [`InvalidOption`](Self::InvalidOption), [`InvalidName`](Self::InvalidName),
+///   [`DestinationOverlapsSource`](Self::DestinationOverlapsSource),
 ///   [`ColumnChunkTooLarge`](Self::ColumnChunkTooLarge);
 /// - a task's own code: [`Task`](Self::Task) wraps whatever a task failed with,
 ///   [`Custom`](Self::Custom) is an error a task body raised itself;
@@ -230,12 +231,18 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
-    /// A task, flow or cache name cannot be used as a path component.
-    #[error("invalid {what} {name:?}: {reason}; use letters, digits, `-` and `_`")]
+    /// A task name, flow name or run id cannot be one component of an object key (see
+    /// [`validate_name`](crate::validate_name)); refused before anything is written.
+    #[error(
+        "invalid {what} {}: {reason}; use 1 to {} letters, digits, `-`, `_` and `.`, \
+         starting with a letter or a digit",
+        crate::names::shown(name),
+        crate::names::MAX_NAME_LEN
+    )]
     InvalidName {
-        /// What is named (`task name`, ...).
+        /// What is named (`task name`, `flow name`, `run id`).
         what: &'static str,
-        /// The name, escaped.
+        /// The name as given.
         name: String,
         /// Why it is refused.
         reason: String,

@@ -524,7 +524,10 @@ where
             run = %shared.run_id,
             mode = %shared.mode,
         );
-        let history = if options.run_history {
+        // A flow name that cannot be a key component fails the run before its body
+        // starts and before any record is written.
+        let refused = crate::names::validate_name("flow name", &shared.name).err();
+        let history = if options.run_history && refused.is_none() {
             let location = options
                 .run_store
                 .clone()
@@ -559,6 +562,7 @@ where
                 .timeout
                 .map(|limit| (limit, Box::pin(tokio::time::sleep(limit)))),
             starting,
+            refused,
             progress: None,
             announced: false,
             finishing: None,
@@ -609,6 +613,8 @@ pub struct FlowFuture<F: Future> {
     deadline: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     /// Writing the `Running` record, before the body starts.
     starting: Option<BoxFuture<'static, ()>>,
+    /// Why the run is refused before its body starts (an invalid flow name).
+    refused: Option<Error>,
     /// The progress display, while the body runs.
     progress: Option<crate::progress::Reporter>,
     /// Whether the start was logged (and the progress display started).
@@ -644,7 +650,7 @@ where
             std::task::ready!(starting.as_mut().poll(cx));
             this.starting = None;
         }
-        if !this.announced {
+        if !this.announced && this.refused.is_none() {
             this.announced = true;
             tracing::info!(flow = %this.shared.name, run = %this.shared.run_id, mode = %this.shared.mode, "flow run started");
             this.progress = crate::progress::Reporter::start(&this.shared, this.shared.progress);
@@ -723,6 +729,12 @@ where
     /// the body is dropped (its plans stop, its staged outputs are discarded) and the
     /// reason is returned.
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<(Result<T>, Option<&'static str>)> {
+        if let Some(error) = self.refused.take() {
+            // Never polled, so it never read or wrote anything.
+            self.inner = None;
+            tracing::warn!(flow = %self.shared.name.escape_debug(), error = %error, "flow run refused");
+            return Poll::Ready((Err(error), None));
+        }
         let interruption = if self
             .cancelled
             .as_mut()

@@ -611,7 +611,7 @@ impl Frame {
         let dest_text = sluice_store::redact(dest);
         let dest_text = dest_text.trim_end_matches('/');
         for source in self.sources() {
-            if overlaps(source, dest_text) {
+            if crate::overlap::overlaps(source, dest) {
                 return Err(Error::DestinationOverlapsSource {
                     dest: dest_text.to_string(),
                     source_location: source.clone(),
@@ -619,28 +619,6 @@ impl Frame {
             }
         }
         Ok(())
-    }
-}
-
-/// Whether writing `dest` touches what `source` (a URL, maybe ending in a glob) reads.
-fn overlaps(source: &str, dest: &str) -> bool {
-    let source = source.trim_end_matches('/');
-    let inside = |outer: &str, inner: &str| inner.starts_with(&format!("{outer}/"));
-    match source.find(['*', '?', '[', '{']) {
-        Some(at) => {
-            let base = source[..at].rsplit_once('/').map_or("", |(base, _)| base);
-            let matches = glob::Pattern::new(source).is_ok_and(|pattern| {
-                pattern.matches_with(
-                    dest,
-                    glob::MatchOptions {
-                        require_literal_separator: true,
-                        ..Default::default()
-                    },
-                )
-            });
-            matches || dest == base || inside(dest, base)
-        }
-        None => source == dest || inside(source, dest) || inside(dest, source),
     }
 }
 
@@ -768,43 +746,5 @@ impl fmt::Display for FrameInfo {
             )?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::overlaps;
-
-    #[test]
-    fn destinations_overlapping_a_source_are_recognized() {
-        let file = "file:///data/in.parquet";
-        assert!(overlaps(file, "file:///data/in.parquet"), "the same file");
-        assert!(!overlaps(file, "file:///data/out.parquet"), "a sibling");
-        assert!(overlaps(file, "file:///data"), "a directory around it");
-        let dir = "file:///data/trips/";
-        assert!(overlaps(dir, "file:///data/trips/out.parquet"), "inside it");
-        assert!(overlaps(dir, "file:///data/trips"), "the directory itself");
-        assert!(
-            !overlaps(dir, "file:///data/trips-out/x.parquet"),
-            "a prefix, not a parent"
-        );
-        let glob = "s3://b/raw/*.parquet";
-        assert!(
-            overlaps(glob, "s3://b/raw/out.parquet"),
-            "a file the glob matches"
-        );
-        assert!(
-            !overlaps(glob, "s3://b/raw/out/x.parquet"),
-            "`*` stops at `/`"
-        );
-        assert!(!overlaps(glob, "s3://b/clean/x.parquet"));
-        assert!(
-            overlaps(glob, "s3://b/raw"),
-            "replacing the globbed directory"
-        );
-        assert!(overlaps(
-            "s3://b/raw/**/*.parquet",
-            "s3://b/raw/a/b.parquet"
-        ));
     }
 }

@@ -15,6 +15,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use url::Url;
 
 use crate::checkpoint::{store_error, store_root, url_in};
+use crate::names::validate_name;
 use crate::run::{FlowRunRecord, FlowState};
 use crate::{Error, Result, Session};
 
@@ -42,6 +43,8 @@ const RUNS: &str = "runs";
 #[derive(Debug, Clone)]
 pub struct RunStore {
     root: Url,
+    /// `root`'s object path: every key of the store starts with it.
+    prefix: Path,
     store: Arc<dyn ObjectStore>,
 }
 
@@ -88,8 +91,12 @@ impl RunFilter {
 impl RunStore {
     /// The run store at `location` (a path or a store URL).
     pub fn open(session: &Session, location: &str) -> Result<Self> {
-        let (root, store) = store_root(session, location)?;
-        Ok(Self { root, store })
+        let (root, prefix, store) = store_root(session, location)?;
+        Ok(Self {
+            root,
+            prefix,
+            store,
+        })
     }
 
     /// The store's root URL.
@@ -98,8 +105,8 @@ impl RunStore {
     }
 
     fn path_of(&self, flow: &str, run_id: &str) -> Path {
-        sluice_store::object_path(&self.root)
-            .unwrap_or_default()
+        self.prefix
+            .clone()
             .join(RUNS)
             .join(flow)
             .join(format!("{run_id}.json"))
@@ -115,7 +122,8 @@ impl RunStore {
 
     /// Writes (or overwrites) a run's record.
     pub async fn write(&self, record: &FlowRunRecord) -> Result<()> {
-        crate::checkpoint::validate_name("flow name", &record.flow)?;
+        validate_name("flow name", &record.flow)?;
+        validate_name("run id", &record.run_id)?;
         let path = self.path_of(&record.flow, &record.run_id);
         let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Internal {
             message: format!("a run record does not serialize: {e}"),
@@ -128,11 +136,13 @@ impl RunStore {
     }
 
     /// The runs that pass `filter`, newest first. Records that do not parse (a run
-    /// store shared with another version) are skipped with a warning.
+    /// store shared with another version, a truncated file) are skipped with a warning.
+    /// A filter's flow name must be a valid name ([`validate_name`]).
     pub async fn list(&self, filter: &RunFilter) -> Result<Vec<FlowRunRecord>> {
-        let mut prefix = sluice_store::object_path(&self.root)
-            .unwrap_or_default()
-            .join(RUNS);
+        if let Some(flow) = &filter.flow {
+            validate_name("flow name", flow)?;
+        }
+        let mut prefix = self.prefix.clone().join(RUNS);
         if let Some(flow) = &filter.flow {
             prefix = prefix.join(flow.as_str());
         }

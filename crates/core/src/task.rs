@@ -316,9 +316,10 @@ impl Task {
             };
             let work = async {
                 run.start();
-                if cx.persistence().is_some() {
-                    crate::checkpoint::validate_name("task name", &self.name)?;
-                }
+                // Before the body: a name that cannot be a key component is refused
+                // before anything is read or written, persisted or not (the task may
+                // be persisted by the next edit, and names show in records and logs).
+                crate::names::validate_name("task name", &self.name)?;
                 tracing::debug!(attempt, "task run started");
                 let output = body(cx.clone()).await?;
                 output.finish(&cx).await

@@ -29,6 +29,7 @@
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
 use quote::{ToTokens, quote};
+use syn::ext::IdentExt;
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::{Expr, ExprLit, FnArg, ItemFn, Lit, Meta, Pat, Token, Type, parse_macro_input};
@@ -286,7 +287,9 @@ fn expand_task(settings: Settings, item: ItemFn) -> syn::Result<TokenStream2> {
         mut sig,
         block,
     } = item;
-    let name = settings.name.unwrap_or_else(|| sig.ident.to_string());
+    let name = settings
+        .name
+        .unwrap_or_else(|| sig.ident.unraw().to_string());
     let output = return_type(&sig);
     let mut options = TokenStream2::new();
     if let Some(persist) = &settings.persist {
@@ -408,7 +411,9 @@ fn expand_flow(settings: Settings, item: ItemFn) -> syn::Result<TokenStream2> {
         mut sig,
         block,
     } = item;
-    let name = settings.name.unwrap_or_else(|| sig.ident.to_string());
+    let name = settings
+        .name
+        .unwrap_or_else(|| sig.ident.unraw().to_string());
     let output = return_type(&sig);
     let mut params = Vec::new();
     for arg in &sig.inputs {

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 pub use manifest::{MANIFEST_FORMAT_VERSION, Manifest, ManifestFile};
 pub(crate) use read::{CheckpointRead, Verification};
 pub use store::{CacheEntry, CheckpointStore, GcReport};
-pub(crate) use store::{Lookup, store_error, store_root, url_in, validate_name};
+pub(crate) use store::{Lookup, store_error, store_root, url_in};
 pub(crate) use tee::{CheckpointTarget, CheckpointTee, CheckpointTeePlanner};
 
 use crate::lineage::{SourceObject, UpstreamTask};

@@ -13,38 +13,13 @@ use sluice_store::{StoreErrorKind, resolve_url};
 use url::Url;
 
 use super::{CacheKeyInputs, Manifest};
+use crate::names::validate_name;
 use crate::{Error, Result, Session};
 
 pub(crate) const MANIFEST: &str = "_manifest.json";
 pub(crate) const LAST_HIT: &str = "_last_hit";
 const CHECKPOINTS: &str = "checkpoints";
 const SCHEMAS: &str = "schemas";
-
-/// Checks that a task name can name a directory of its own: not empty, no `/` or
-/// `\`, not `.` or `..`, no control characters.
-pub(crate) fn validate_name(what: &'static str, name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        Some("it is empty")
-    } else if name == "." || name == ".." {
-        Some("it is a relative path component")
-    } else if name.contains(['/', '\\']) {
-        Some("it contains a path separator")
-    } else if name.chars().any(char::is_control) {
-        Some("it contains control characters")
-    } else if name.starts_with('.') || name.starts_with('_') {
-        Some("it starts with `.` or `_`, which readers take for hidden files")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(Error::InvalidName {
-            what,
-            name: name.escape_debug().to_string(),
-            reason: reason.into(),
-        }),
-        None => Ok(()),
-    }
-}
 
 /// What a lookup found.
 #[derive(Debug)]
@@ -71,6 +46,8 @@ pub(crate) enum Lookup {
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
     root: Url,
+    /// `root`'s object path: every key of the store starts with it.
+    prefix: Path,
     store: Arc<dyn ObjectStore>,
 }
 
@@ -121,8 +98,16 @@ struct KeyObjects {
 }
 
 /// The root URL (ending in `/`) of a store that Sluice writes its own objects to
-/// (checkpoints, run records), and the object store behind it.
-pub(crate) fn store_root(session: &Session, location: &str) -> Result<(Url, Arc<dyn ObjectStore>)> {
+/// (checkpoints, run records), its object path (the prefix of every key Sluice makes
+/// there), and the object store behind it.
+///
+/// A location whose path is not a valid object path once decoded (`%00`, a newline in
+/// a directory name) is refused here: its objects would otherwise go to the top of the
+/// store (of the local file system, for a path) instead of under the prefix.
+pub(crate) fn store_root(
+    session: &Session,
+    location: &str,
+) -> Result<(Url, Path, Arc<dyn ObjectStore>)> {
     let mut root = resolve_url(location)?;
     if !root.path().ends_with('/') {
         let path = format!("{}/", root.path());
@@ -134,8 +119,17 @@ pub(crate) fn store_root(session: &Session, location: &str) -> Result<(Url, Arc<
             scheme: root.scheme().to_string(),
         }));
     }
+    let prefix = sluice_store::object_path(&root).map_err(|e| match e {
+        sluice_store::StoreError::InvalidUrl { reason, .. } => {
+            Error::Store(sluice_store::StoreError::InvalidUrl {
+                location: location.to_string(),
+                reason: format!("its path cannot prefix object keys: {reason}"),
+            })
+        }
+        other => Error::Store(other),
+    })?;
     let store = session.stores().store_for(&root)?;
-    Ok((root, store))
+    Ok((root, prefix, store))
 }
 
 /// The URL (without credentials) of `path` in the store whose root is `root`.
@@ -167,8 +161,12 @@ impl CheckpointStore {
     /// The checkpoint store at `location` (a path or URL; a directory), its object
     /// store from the session.
     pub fn open(session: &Session, location: &str) -> Result<Self> {
-        let (root, store) = store_root(session, location)?;
-        Ok(Self { root, store })
+        let (root, prefix, store) = store_root(session, location)?;
+        Ok(Self {
+            root,
+            prefix,
+            store,
+        })
     }
 
     /// The store's root URL.
@@ -181,7 +179,7 @@ impl CheckpointStore {
     }
 
     fn root_path(&self) -> Path {
-        sluice_store::object_path(&self.root).unwrap_or_default()
+        self.prefix.clone()
     }
 
     fn under(&self, parts: &[&str]) -> Path {
@@ -741,29 +739,5 @@ impl JoinPath for Path {
             .split('/')
             .filter(|p| !p.is_empty())
             .fold(self, |path, part| path.join(part))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_that_would_escape_their_prefix_are_refused() {
-        for bad in [
-            "",
-            ".",
-            "..",
-            "../x",
-            "a/b",
-            "a\\b",
-            "x\ny",
-            ".hidden",
-            "_manifest",
-        ] {
-            let err = validate_name("task name", bad).unwrap_err();
-            assert!(matches!(err, Error::InvalidName { .. }), "{bad:?}: {err}");
-        }
-        validate_name("task name", "transform_v2").unwrap();
     }
 }

@@ -546,13 +546,14 @@ async fn commit(
         expires: target
             .ttl
             .and_then(|ttl| chrono::Duration::from_std(ttl).ok())
-            .map(|ttl| created + ttl),
+            // A TTL past the calendar's end never expires (`+` would panic).
+            .and_then(|ttl| created.checked_add_signed(ttl)),
         rows: files.iter().map(|f| f.rows).sum(),
         schema_ipc: encode_schema(&schema)?,
         columns: schema
             .fields()
             .iter()
-            .map(|f| format!("{}: {}", f.name(), f.data_type()))
+            .map(|f| super::manifest::column_line(f))
             .collect(),
         files,
         plan: target.plan_text.clone(),
