@@ -35,9 +35,10 @@ async fn load(df: Frame, dest: &str) -> Result<WriteSummary> {
     df.write_parquet(dest, ParquetWrite::zstd(1)).await
 }
 
-/// The seed ETL with `transform` persisted (tee).
+/// The seed ETL with `transform` persisted (tee). Its `extract` and `transform` are the
+/// example's token for token: they compute the same cache keys.
 #[flow]
-async fn cached_etl(source: &str, dest: &str) -> Result<WriteSummary> {
+pub async fn cached_etl(source: &str, dest: &str) -> Result<WriteSummary> {
     let raw = extract(source).await?;
     let df = transform(raw).await?;
     load(df, dest).await

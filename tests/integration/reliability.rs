@@ -576,40 +576,15 @@ mod races {
     use object_store::ObjectStoreExt;
     use object_store::path::Path as ObjectPath;
     use sluice::CheckpointStore;
-    use sluice::prelude::*;
 
     use super::*;
-    use crate::cache::content;
+    use crate::cache::{cached_etl, content};
     use crate::remote::S3Target;
 
     const ROWS: u64 = 40_000;
     /// Flows in each camp: threads in this process, and child processes.
     const THREADS: usize = 10;
     const PROCESSES: usize = 10;
-
-    #[task]
-    async fn extract(cx: &TaskContext, source: &str) -> Result<Frame> {
-        cx.read_parquet(source).await // lazy: reads footers only
-    }
-
-    // The example's `transform`, token for token: the same code version, hence the same
-    // cache key as the example's processes compute for the same source.
-    #[task(persist)]
-    async fn transform(df: Frame) -> Result<Frame> {
-        df.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
-    }
-
-    #[task]
-    async fn load(df: Frame, dest: &str) -> Result<WriteSummary> {
-        df.write_parquet(dest, ParquetWrite::zstd(3)).await
-    }
-
-    #[flow]
-    async fn etl(source: &str, dest: &str) -> Result<WriteSummary> {
-        let raw = extract(source).await?;
-        let df = transform(raw).await?;
-        load(df, dest).await
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn twenty_flows_in_threads_and_processes_race_on_two_keys_and_one_checkpoint_stands_per_key()
@@ -656,8 +631,10 @@ mod races {
                         .build()
                         .unwrap();
                     barrier.wait();
+                    // The cache suite's seed ETL: its `transform` is the example's, token for
+                    // token, so threads and processes compute the same cache keys.
                     runtime.block_on(
-                        etl(&source, &dest)
+                        cached_etl(&source, &dest)
                             .with_session(target.session())
                             .with_result_store(&cache)
                             .with_run_store(&runs)
