@@ -264,6 +264,11 @@ mod secrets {
         );
 
         assert!(artifacts.bytes() > 100_000, "too little was searched");
+        eprintln!(
+            "secrets: searched {} artifacts, {} bytes",
+            artifacts.0.len(),
+            artifacts.bytes()
+        );
         artifacts.assert_free_of(&[
             S3Server::SECRET_KEY,
             SESSION_TOKEN,
