@@ -539,7 +539,7 @@ pub(crate) fn classify_store_error(error: &object_store::Error, urls: &[String])
         Kind::RangeNotSupported => Error::RangeNotSupported { url },
         Kind::Unreachable => Error::Unreachable {
             url,
-            reason: short(&error.to_string()),
+            reason: innermost_cause(error),
         },
         Kind::Conflict => Error::Store(sluice_store::StoreError::Conflict { url }),
         _ => return None,
@@ -554,6 +554,19 @@ pub(crate) fn store_failed(error: &object_store::Error) -> bool {
         sluice_store::classify(error),
         Kind::Transient | Kind::Unreachable
     )
+}
+
+/// The innermost cause of an error, in its own words (`Connection refused (os error
+/// 111)`): what a person can act on, without the wrappers' request and retry details.
+fn innermost_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = error;
+    while let Some(next) = innermost.source() {
+        innermost = next;
+    }
+    match short(&innermost.to_string()) {
+        text if text.is_empty() => short(&error.to_string()),
+        text => text,
+    }
 }
 
 /// The first line of a message, without the response bodies some stores append (nor
