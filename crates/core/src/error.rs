@@ -533,7 +533,7 @@ pub(crate) fn classify_store_error(error: &object_store::Error, urls: &[String])
     Some(match sluice_store::classify(error) {
         Kind::AccessDenied => Error::AccessDenied {
             url,
-            reason: short(&error.to_string()),
+            reason: sluice_store::brief(&error.to_string()),
         },
         Kind::BucketNotFound => Error::BucketNotFound { url },
         Kind::RangeNotSupported => Error::RangeNotSupported { url },
@@ -563,21 +563,10 @@ fn innermost_cause(error: &(dyn std::error::Error + 'static)) -> String {
     while let Some(next) = innermost.source() {
         innermost = next;
     }
-    match short(&innermost.to_string()) {
-        text if text.is_empty() => short(&error.to_string()),
+    match sluice_store::brief(&innermost.to_string()) {
+        text if text.is_empty() => sluice_store::brief(&error.to_string()),
         text => text,
     }
-}
-
-/// The first line of a message, without the response bodies some stores append (nor
-/// the `: ` that introduced an empty one).
-fn short(text: &str) -> String {
-    let line = text.lines().next().unwrap_or(text);
-    let line = match line.find("<?xml") {
-        Some(i) => &line[..i],
-        None => line,
-    };
-    line.trim_end().trim_end_matches(':').to_string()
 }
 
 /// The `Display` prefixes that name an error's type rather than say anything: DataFusion

@@ -43,7 +43,7 @@ pub enum StoreError {
         scheme: String,
     },
     /// An operation on an object store failed.
-    #[error("{operation} {url} failed: {source}")]
+    #[error("{operation} {url} failed: {}", brief(&source.to_string()))]
     ObjectStore {
         /// What was being done: `list`, `rename`, `delete`, ...
         operation: &'static str,
@@ -89,4 +89,23 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The first line of a store's error message, without the response body some stores
+/// append (S3's XML, with request ids) and without the `:` that introduced an empty one.
+///
+/// ```
+/// let text = "Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?><Error/>";
+/// assert_eq!(
+///     sluice_store::brief(text),
+///     "Server returned non-2xx status code: 403 Forbidden"
+/// );
+/// ```
+pub fn brief(text: &str) -> String {
+    let line = text.lines().next().unwrap_or(text);
+    let line = match line.find("<?xml") {
+        Some(i) => &line[..i],
+        None => line,
+    };
+    line.trim_end().trim_end_matches(':').trim_end().to_string()
 }

@@ -57,7 +57,7 @@ mod staged;
 
 pub use builder::{RetryPolicy, StoreBuilder};
 pub use classify::{StoreErrorKind, classify, classify_io};
-pub use error::{Result, StoreError};
+pub use error::{Result, StoreError, brief};
 
 /// The URL schemes this build can open, for error messages.
 ///
