@@ -215,16 +215,20 @@ async fn a_flow_timeout_stops_the_plans_and_cancels_the_running_tasks() {
         })
         .await;
     let stopped = started.elapsed();
-    assert!(matches!(
-        run.output,
-        Err(Error::Timeout { scope: "flow", .. })
-    ));
+    assert!(
+        matches!(run.output, Err(Error::Timeout { scope: "flow", .. })),
+        "{:?}",
+        run.output
+    );
     assert_eq!(run.record.state, FlowState::Failed);
     for task in &run.record.tasks {
         assert_eq!(task.state, TaskState::Cancelled, "{task:?}");
-        assert!(task.reason.as_deref().unwrap().contains("timed out"));
+        assert!(
+            task.reason.as_deref().unwrap().contains("timed out"),
+            "{task:?}"
+        );
     }
-    assert!(dir_entries(dir.path()).is_empty());
+    assert_eq!(dir_entries(dir.path()), Vec::<String>::new(), "leftovers");
     assert!(stopped < Duration::from_secs(20), "took {stopped:?}");
 }
 

@@ -583,6 +583,9 @@ const TYPE_PREFIXES: &[&str] = &[
     "Execution error: ",
     "IO error: ",
     "Object Store error: ",
+    "Parser error: ",
+    "Csv error: ",
+    "Json error: ",
 ];
 
 /// `text` without its leading type-name prefixes ([`TYPE_PREFIXES`]).
@@ -611,7 +614,15 @@ pub(crate) fn message(error: &DataFusionError) -> String {
 /// A DataFusion error whose cause is reading source data (as opposed to evaluating
 /// an expression or writing a sink).
 fn is_read_error(error: &DataFusionError) -> bool {
+    use datafusion::arrow::error::ArrowError;
     find_in_chain::<parquet::errors::ParquetError>(error).is_some()
+        // What the CSV and JSON readers say of a row they cannot parse.
+        || find_in_chain::<ArrowError>(error).is_some_and(|e| {
+            matches!(
+                e,
+                ArrowError::CsvError(_) | ArrowError::JsonError(_) | ArrowError::ParseError(_)
+            )
+        })
         || find_in_chain::<object_store::Error>(error).is_some()
         || find_in_chain::<std::io::Error>(error).is_some()
         || matches!(root_cause(error), DataFusionError::ParquetError(_))
