@@ -662,6 +662,10 @@ async fn a_corrupt_checkpoint_is_named_once() {
     };
     let first = run_once(&dir.path().join("a.parquet").display().to_string()).await;
     first.output.unwrap();
+    // Before the second run, which invalidates the checkpoint (and may delete its
+    // folder before the error is returned, or after).
+    let key = checkpoint_key(&cache);
+    assert!(!key.is_empty(), "no checkpoint under {}", cache.display());
     let mut flipped = 0;
     for entry in walkdir(&cache) {
         if entry.extension().is_some_and(|e| e == "parquet") {
@@ -677,7 +681,8 @@ async fn a_corrupt_checkpoint_is_named_once() {
     assert!(flipped > 0, "no checkpoint part under {}", cache.display());
     let second = run_once(&dir.path().join("b.parquet").display().to_string()).await;
     let error = second.output.unwrap_err();
-    let key = checkpoint_key(&cache);
+    // "It has been invalidated": done when the failed run returns, not some time after.
+    assert_eq!(checkpoint_key(&cache), "", "the manifest is still there");
     snapshot(
         "checkpoint_corrupt",
         &printed(&error),

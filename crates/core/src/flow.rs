@@ -700,6 +700,10 @@ where
                 async move {
                     if interrupted.is_some() {
                         sluice_store::cleanup::drain(CLEANUP_LIMIT).await;
+                    } else if state == FlowState::Failed {
+                        // Staging deletes and checkpoint invalidations of a failed run
+                        // end before it returns (a process may exit right after).
+                        sluice_store::cleanup::drain_cleanups(CLEANUP_LIMIT).await;
                     }
                     if let Some(store) = history {
                         write_record(store, saved).await;

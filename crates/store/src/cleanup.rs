@@ -25,6 +25,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 static PENDING: AtomicUsize = AtomicUsize::new(0);
+/// Of those, the spawned cleanups.
+static CLEANUPS: AtomicUsize = AtomicUsize::new(0);
 static DONE: Notify = Notify::const_new();
 
 /// Runs `cleanup` in the background on the current runtime, counted until it ends.
@@ -37,12 +39,34 @@ pub fn spawn(what: &'static str, cleanup: impl Future<Output = ()> + Send + 'sta
         );
         return false;
     };
-    let guard = Pending::new();
+    let guard = Cleanup::new();
     handle.spawn(async move {
         let _guard = guard;
         cleanup.await;
     });
     true
+}
+
+/// A spawned cleanup, counted by [`drain_cleanups`] and, as any [`Pending`] work, by
+/// [`drain`].
+struct Cleanup {
+    _pending: Pending,
+}
+
+impl Cleanup {
+    fn new() -> Self {
+        CLEANUPS.fetch_add(1, Ordering::AcqRel);
+        Cleanup {
+            _pending: Pending::new(),
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        // Before the `Pending` field drops and wakes the waiters.
+        CLEANUPS.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Counts one piece of work [`drain`] waits for (a cleanup, an open multipart upload)
@@ -73,10 +97,22 @@ pub fn pending() -> usize {
 /// this process: other writes in flight count too), at most `limit`. Returns whether
 /// they all ended.
 pub async fn drain(limit: Duration) -> bool {
+    wait_for(limit, pending).await
+}
+
+/// Waits until no background cleanup (a staging delete, an abort, an invalidation) is
+/// running, at most `limit`, without waiting for the multipart uploads still open in
+/// this process; returns whether they all ended. A failed run waits so: what it
+/// promised to remove is gone when it returns, even if the process exits right after.
+pub async fn drain_cleanups(limit: Duration) -> bool {
+    wait_for(limit, || CLEANUPS.load(Ordering::Acquire)).await
+}
+
+async fn wait_for(limit: Duration, count: impl Fn() -> usize) -> bool {
     let wait = async {
         loop {
             let notified = DONE.notified();
-            if pending() == 0 {
+            if count() == 0 {
                 return;
             }
             notified.await;
@@ -85,7 +121,7 @@ pub async fn drain(limit: Duration) -> bool {
     let done = tokio::time::timeout(limit, wait).await.is_ok();
     if !done {
         tracing::warn!(
-            pending = pending(),
+            pending = count(),
             "background cleanups (staging deletes, multipart aborts) did not end in time"
         );
     }

@@ -180,16 +180,17 @@ impl CheckpointRead {
     pub(crate) fn corrupt(&self, run: &TaskRunState, reason: String) -> Error {
         if !self.invalidated.swap(true, Ordering::AcqRel) {
             // Known bad in this process at once; removed from the store in the
-            // background (the stream that found it cannot wait).
+            // background (the stream that found it cannot wait), and counted: the
+            // failed flow run waits for it before it returns.
             known_corrupt()
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(Self::identity(&self.store, &self.manifest));
             let store = self.store.clone();
             let (task, key) = (self.task.clone(), self.manifest.key.clone());
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move { store.invalidate(&task, &key).await });
-            }
+            sluice_store::cleanup::spawn("invalidate a corrupt checkpoint", async move {
+                store.invalidate(&task, &key).await
+            });
         }
         let error = Error::CorruptCheckpoint {
             task: self.task.clone(),
