@@ -455,12 +455,16 @@ mod crash_loop {
         let mut rng = Rng(seed);
         let (mut kills, mut completed, mut hits, mut iteration) = (0u32, 0u32, 0u32, 0u32);
         let (mut most_hidden, mut kills_without_checkpoint) = (0, 0);
+        // How long the last run that ended took: a cache hit can be much quicker than a
+        // run that writes the checkpoint (on some servers), and kills must land in both.
+        let mut last_run = whole;
         while kills < kills_wanted {
             iteration += 1;
             let _ = std::fs::remove_file(&l.summary);
+            let spawned = Instant::now();
             let mut child = l.command().spawn().unwrap();
             // Every tenth run goes to its end; the others die somewhere in [0, 1.2 × a run).
-            let deadline = (iteration % 10 != 0).then(|| whole.mul_f64(1.2 * rng.fraction()));
+            let deadline = (iteration % 10 != 0).then(|| last_run.mul_f64(1.2 * rng.fraction()));
             let finished = match deadline {
                 Some(after) => {
                     tokio::time::sleep(after).await;
@@ -486,6 +490,7 @@ mod crash_loop {
                 std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
                 assert!(status.success(), "run {iteration} failed: {stderr}");
                 completed += 1;
+                last_run = spawned.elapsed();
                 let record = l.summary();
                 let transform = record["tasks"]
                     .as_array()
