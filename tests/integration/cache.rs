@@ -1104,6 +1104,7 @@ mod processes {
     use std::process::{Command, Stdio};
 
     use super::*;
+    use crate::common::files_under;
     use crate::example::{example_binary, run_example};
 
     fn summary(path: &Path) -> serde_json::Value {
@@ -1129,19 +1130,10 @@ mod processes {
     }
 
     fn manifests(cache: &Path) -> Vec<PathBuf> {
-        let mut found = Vec::new();
-        let mut stack = vec![cache.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if path.file_name().is_some_and(|n| n == "_manifest.json") {
-                    found.push(path);
-                }
-            }
-        }
-        found
+        files_under(cache)
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| n == "_manifest.json"))
+            .collect()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1337,8 +1329,9 @@ mod processes {
             .iter()
             .map(|f| dir.join(&f.path).display().to_string())
             .collect();
-        let mut parts: Vec<String> = walk(&cache)
+        let mut parts: Vec<String> = files_under(&cache)
             .into_iter()
+            .map(|p| p.display().to_string())
             .filter(|p| p.contains("/data-"))
             .collect();
         named.sort();
@@ -1355,22 +1348,6 @@ mod processes {
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stdout).contains("Cached"));
         assert_eq!(content(&h.session, &h.dest("hit.parquet")).await, reference);
-    }
-
-    fn walk(dir: &Path) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else {
-                    out.push(path.display().to_string());
-                }
-            }
-        }
-        out
     }
 }
 

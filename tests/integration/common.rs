@@ -40,6 +40,35 @@ pub fn counting_session() -> (Session, Arc<CountingStore>) {
     (session, store)
 }
 
+/// Every file under `dir`, recursively (a symbolic link is listed, not followed), sorted.
+/// A directory that does not exist holds none.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            } else {
+                found.push(entry.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// [`files_under`] as paths relative to `dir`, with `/`.
+pub fn relative_files_under(dir: &Path) -> Vec<String> {
+    files_under(dir)
+        .iter()
+        .map(|p| {
+            let relative = p.strip_prefix(dir).unwrap();
+            relative.to_string_lossy().replace('\\', "/")
+        })
+        .collect()
+}
+
 /// Everything left in `dir` (names), sorted.
 pub fn dir_entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)

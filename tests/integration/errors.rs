@@ -26,7 +26,7 @@ use sluice::store::{
 use sluice::{CheckpointStore, RunStore, one_line};
 use sluice_testkit::servers::{Fault, HttpFileServer, S3Server};
 
-use crate::common::{shared_data, taxi_file};
+use crate::common::{files_under, shared_data, taxi_file};
 use crate::example::example_binary;
 
 /// Replaces the parts of a message that change from run to run with placeholders.
@@ -667,7 +667,7 @@ async fn a_corrupt_checkpoint_is_named_once() {
     let key = checkpoint_key(&cache);
     assert!(!key.is_empty(), "no checkpoint under {}", cache.display());
     let mut flipped = 0;
-    for entry in walkdir(&cache) {
+    for entry in files_under(&cache) {
         if entry.extension().is_some_and(|e| e == "parquet") {
             let mut bytes = std::fs::read(&entry).unwrap();
             let middle = bytes.len() / 2;
@@ -692,7 +692,7 @@ async fn a_corrupt_checkpoint_is_named_once() {
 
 /// The cache key directory of the one checkpoint under `cache`.
 fn checkpoint_key(cache: &Path) -> String {
-    walkdir(cache)
+    files_under(cache)
         .into_iter()
         .find(|p| p.file_name().is_some_and(|n| n == "_manifest.json"))
         .and_then(|p| {
@@ -701,19 +701,6 @@ fn checkpoint_key(cache: &Path) -> String {
                 .map(|k| k.to_string_lossy().into_owned())
         })
         .unwrap_or_default()
-}
-
-fn walkdir(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(walkdir(&path));
-        } else {
-            found.push(path);
-        }
-    }
-    found
 }
 
 /// The storage layer's own errors, and the checkpoint store's, by the operations that

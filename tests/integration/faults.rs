@@ -29,7 +29,7 @@ use sluice::{CheckpointStore, FlowRun};
 use sluice_testkit::faults::{FaultKind, FaultProxy, FaultRule, ProxyFault};
 use sluice_testkit::servers::{HttpFileServer, S3Server};
 
-use crate::common::{extract, taxi_file, transform};
+use crate::common::{extract, relative_files_under, taxi_file, transform};
 
 const BUCKET: &str = "sluice";
 /// About 5.5 MB of uncompressed Parquet: two parts of a multipart upload.
@@ -168,11 +168,7 @@ impl Rig {
 
     /// Every file in the bucket on the server's disk, relative, sorted.
     fn files(&self) -> Vec<String> {
-        let root = self.server.bucket_dir(BUCKET);
-        let mut found = Vec::new();
-        walk(&root, &root, &mut found);
-        found.sort();
-        found
+        relative_files_under(&self.server.bucket_dir(BUCKET))
     }
 
     /// Files under `prefix/` in the bucket.
@@ -206,22 +202,6 @@ impl Rig {
     /// Reads a Parquet object back without faults, as one batch.
     async fn read_back(&self, url: &str) -> RecordBatch {
         batch(self.direct().read_parquet(url).await.unwrap()).await
-    }
-}
-
-fn walk(root: &Path, dir: &Path, found: &mut Vec<String>) {
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            walk(root, &path, found);
-        } else {
-            found.push(
-                path.strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned(),
-            );
-        }
     }
 }
 

@@ -13,7 +13,7 @@
 //! a fixed seed unless `PROPTEST_RNG_SEED` is set, so CI is deterministic and a longer
 //! run is `PROPTEST_CASES=20000 cargo test --workspace --test integration fuzz::`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
@@ -22,6 +22,8 @@ use serde_json::json;
 use sluice::prelude::*;
 use sluice::store::{object_path, redact, resolve_url, store_key};
 use sluice::{CheckpointStore, FlowRunRecord, Manifest, RunFilter, RunStore, Task};
+
+use crate::common::files_under;
 
 /// Proptest's configuration from the environment, with a fixed seed unless one is
 /// given, and no regression files written into the source tree (each bug found is
@@ -90,7 +92,7 @@ fn seeds() -> &'static Seeds {
         let expected = run.output.unwrap();
         assert!(expected.contains("| 2 | b |"), "{expected}");
         let find = |suffix: &str| -> PathBuf {
-            walk(dir.path())
+            files_under(dir.path())
                 .into_iter()
                 .find(|p| p.to_string_lossy().ends_with(suffix))
                 .unwrap_or_else(|| panic!("no {suffix} written"))
@@ -129,7 +131,7 @@ fn is_corrupt_checkpoint(error: &Error) -> bool {
 fn look_up_damaged(manifest: &[u8]) {
     let seeds = seeds();
     let dir = tempfile::tempdir().unwrap();
-    for file in walk(&seeds.dir.path().join("checkpoints")) {
+    for file in files_under(&seeds.dir.path().join("checkpoints")) {
         let target = dir
             .path()
             .join(file.strip_prefix(seeds.dir.path()).unwrap());
@@ -152,19 +154,6 @@ fn look_up_damaged(manifest: &[u8]) {
             }
         }
     });
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// One change to a valid input.

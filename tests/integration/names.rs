@@ -13,7 +13,7 @@ use serde_json::json;
 use sluice::prelude::*;
 use sluice::{CheckpointStore, MAX_NAME_LEN, RunFilter, RunStore, Task, one_line};
 
-use crate::common::{dir_entries, taxi_file};
+use crate::common::{dir_entries, relative_files_under, taxi_file};
 use crate::remote::S3Target;
 
 /// Names that would leave their prefix, or that no key should hold.
@@ -58,29 +58,6 @@ fn invalid_name(error: &Error) -> Option<(&'static str, &str)> {
         Error::Task { source, .. } => invalid_name(source),
         _ => None,
     }
-}
-
-/// Every file under `dir`, as paths relative to it with `/`, sorted.
-fn files_under(dir: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            // Not through symbolic links: each file once, where it is.
-            if entry.file_type().unwrap().is_dir() {
-                walk(root, &path, out);
-            } else {
-                let relative = path.strip_prefix(root).unwrap();
-                out.push(relative.to_string_lossy().replace('\\', "/"));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
 }
 
 /// A flow run (`flow`, recorded in `runs`) calling a task named `task`, persisted as
@@ -138,7 +115,7 @@ async fn hostile_task_names_are_refused_before_anything_is_written() {
             "{message}"
         );
         // Nothing but the flow's own run record, anywhere under the root.
-        let files = files_under(root.path());
+        let files = relative_files_under(root.path());
         assert!(
             files.iter().all(|f| f.starts_with("runs/runs/names/")),
             "{name:?}: {files:?}"
@@ -198,7 +175,11 @@ async fn hostile_flow_names_are_refused_before_the_body_runs() {
             run.record.error.as_deref(),
             Some(error.to_string().as_str())
         );
-        assert_eq!(files_under(root.path()), Vec::<String>::new(), "{name:?}");
+        assert_eq!(
+            relative_files_under(root.path()),
+            Vec::<String>::new(),
+            "{name:?}"
+        );
     }
     // Through the macros too: an explicit name is checked like any other.
     let run = escaping_flow(&dest)
@@ -215,7 +196,7 @@ async fn hostile_flow_names_are_refused_before_the_body_runs() {
         .await;
     let error = run.output.unwrap_err();
     assert_eq!(invalid_name(&error), Some(("task name", "a/../../escaped")));
-    let files = files_under(root.path());
+    let files = relative_files_under(root.path());
     assert!(
         files
             .iter()
@@ -246,7 +227,7 @@ async fn user_cache_keys_and_parameters_are_hashed_into_the_key() {
             .await;
         assert_eq!(run.output.unwrap(), 1);
     }
-    let files = files_under(root.path());
+    let files = relative_files_under(root.path());
     assert!(!files.is_empty());
     for file in &files {
         let parts: Vec<&str> = file.split('/').collect();
@@ -267,7 +248,7 @@ async fn run_and_checkpoint_stores_refuse_hostile_names_and_touch_nothing() {
     let dest = root.path().join("out.parquet").display().to_string();
     let (run, _) = run_named("names", "kept", &store, &runs, &dest).await;
     run.output.unwrap();
-    let before = files_under(root.path());
+    let before = relative_files_under(root.path());
     let session = Session::new();
     let run_store = RunStore::open(&session, &runs).unwrap();
     let checkpoints = CheckpointStore::open(&session, &store).unwrap();
@@ -290,7 +271,7 @@ async fn run_and_checkpoint_stores_refuse_hostile_names_and_touch_nothing() {
         let error = checkpoints.clear(Some(&name)).await.unwrap_err();
         assert_eq!(invalid_name(&error), Some(("task name", name.as_str())));
     }
-    assert_eq!(files_under(root.path()), before);
+    assert_eq!(relative_files_under(root.path()), before);
     assert_eq!(checkpoints.list().await.unwrap().len(), 1);
 }
 
@@ -417,7 +398,10 @@ async fn destinations_overlapping_a_local_source_are_refused_however_spelled() {
     refused(&one, &plain(&link.join("a.parquet"))).await;
 
     // Nothing was written, not even staged.
-    assert_eq!(files_under(root.path()), ["data/trips/a.parquet", "link"]);
+    assert_eq!(
+        relative_files_under(root.path()),
+        ["data/trips/a.parquet", "link"]
+    );
 
     // Beside the source is fine, and so is a sibling directory sharing a prefix.
     for dest in [
@@ -562,5 +546,5 @@ async fn store_locations_whose_prefix_is_not_a_key_are_refused_not_replaced_by_t
     let location = format!("{}/new\nline/", root.path().display());
     assert!(CheckpointStore::open(&session, &location).is_err());
     assert!(RunStore::open(&session, &location).is_err());
-    assert_eq!(files_under(root.path()), Vec::<String>::new());
+    assert_eq!(relative_files_under(root.path()), Vec::<String>::new());
 }

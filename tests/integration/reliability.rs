@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 use sluice_testkit::servers::{HttpFileServer, S3Server};
 
-use crate::common::taxi_file;
+use crate::common::{files_under, taxi_file};
 use crate::example::example_binary;
 
 /// `target/<profile>/sluice`, the CLI, which `cargo test --workspace` builds.
@@ -25,24 +25,6 @@ pub fn cli_binary() -> PathBuf {
         path.display()
     );
     path
-}
-
-/// Every regular file under `dir`, recursively.
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 mod secrets {

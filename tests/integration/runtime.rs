@@ -12,7 +12,7 @@ use sluice::{RunFilter, RunStore, TaskRunRecord};
 use sluice_store::{RetryPolicy, StoreBuilder};
 use sluice_testkit::servers::{Fault, HttpFileServer, S3Server};
 
-use crate::common::{dir_entries, extract, shared_data, taxi_file};
+use crate::common::{dir_entries, extract, files_under, shared_data, taxi_file};
 use crate::example::example_binary;
 
 #[task(retries = 3, retry_delay = RetryDelay::Fixed(Duration::from_millis(20)))]
@@ -298,24 +298,10 @@ async fn cancelling_an_s3_multipart_write_leaves_nothing_on_the_server() {
     assert_eq!(flow_hooks.load(Ordering::SeqCst), 1);
     // No pending upload, no staging object, no output.
     assert_eq!(server.pending_uploads(), 0);
-    let left: Vec<_> = walk(&server.bucket_dir("out"));
+    let left: Vec<_> = files_under(&server.bucket_dir("out"));
     assert!(left.is_empty(), "left on the server: {left:?}");
     eprintln!("cancelled an S3 multipart write: the run reported {stopped:?} after cancel()");
     assert!(stopped < Duration::from_secs(15), "took {stopped:?}");
-}
-
-/// Every file under `dir`, recursively.
-fn walk(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path.display().to_string());
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,7 +419,7 @@ fn example_started(dir: &Path, stderr: Stdio) -> std::process::Child {
         .spawn()
         .unwrap();
     let waited = Instant::now();
-    while walk(&runs).is_empty() {
+    while files_under(&runs).is_empty() {
         assert!(waited.elapsed() < Duration::from_secs(60), "no run record");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -467,7 +453,7 @@ fn ctrl_c_cancels_the_example_which_exits_130_and_records_the_run() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!dest.exists());
     assert_eq!(dir_entries(dir.path()), ["in.parquet", "runs"]);
-    let records = walk(&runs);
+    let records = files_under(&runs);
     assert_eq!(records.len(), 1);
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&records[0]).unwrap()).unwrap();
@@ -484,7 +470,7 @@ fn a_killed_process_leaves_a_running_record() {
     let mut child = example_started(dir.path(), Stdio::null());
     child.kill().unwrap();
     child.wait().unwrap();
-    let records = walk(&runs);
+    let records = files_under(&runs);
     assert_eq!(records.len(), 1);
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&records[0]).unwrap()).unwrap();
