@@ -69,6 +69,19 @@ pub fn relative_files_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The arguments that make this test binary run `test` alone: a child-process entry
+/// point, marked `#[ignore]` so that a normal run skips it, which reads what to do
+/// from the environment its parent test sets.
+pub fn child_test_args(test: &str) -> [&str; 5] {
+    [
+        test,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]
+}
+
 /// Everything left in `dir` (names), sorted.
 pub fn dir_entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)

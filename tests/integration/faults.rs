@@ -29,7 +29,7 @@ use sluice::{CheckpointStore, FlowRun};
 use sluice_testkit::faults::{FaultKind, FaultProxy, FaultRule, ProxyFault};
 use sluice_testkit::servers::{HttpFileServer, S3Server};
 
-use crate::common::{extract, relative_files_under, taxi_file, transform};
+use crate::common::{child_test_args, extract, relative_files_under, taxi_file, transform};
 
 const BUCKET: &str = "sluice";
 /// About 5.5 MB of uncompressed Parquet: two parts of a multipart upload.
@@ -936,13 +936,7 @@ async fn two_hundred_concurrent_range_reads_under_throttling_all_succeed_in_boun
     // The reads run in a child process (this test binary, running only the test
     // below), so that its peak RSS is theirs, not that of the tests beside it.
     let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "faults::range_reads_child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(child_test_args("faults::range_reads_child"))
         .env(
             CHILD_ENV,
             format!("{}|{}", rig.proxy.endpoint(), local.display()),

@@ -27,7 +27,7 @@ use sluice::datafusion::parquet::file::properties::{EnabledStatistics, WriterPro
 use sluice::datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
 use sluice::datafusion::parquet::schema::types::ColumnPath;
 
-use crate::common::{dir_entries, shared_data, taxi_file};
+use crate::common::{child_test_args, dir_entries, shared_data, taxi_file};
 use crate::example::example_binary;
 
 /// A child that runs longer than this has hung (debug builds of small files take a
@@ -726,13 +726,7 @@ fn copy_in_child(source: &Path, dest: &Path, envs: &[(&str, &str)]) -> Output {
     run_limited(
         ADDRESS_SPACE_KIB,
         &std::env::current_exe().unwrap(),
-        &[
-            "--ignored",
-            "--exact",
-            "hostile::hostile_copy_child",
-            "--nocapture",
-            "--test-threads=1",
-        ],
+        &child_test_args("hostile::hostile_copy_child"),
         &all,
     )
 }
