@@ -295,7 +295,7 @@ impl TaskBoundaryExec {
 /// means the checkpoint is corrupt. Otherwise, one that an upstream boundary already
 /// attributed passes through (this task failed because of it); any other is this
 /// task's own.
-fn attribute(
+pub(crate) fn attribute(
     run: &TaskRunState,
     sources: &[String],
     checkpoint: Option<&CheckpointRead>,

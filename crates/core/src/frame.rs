@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use sluice_store::{OutputKind, PublishedFile, StagedOutput, resolve_url};
 use tracing::Instrument;
 
+use crate::column_copy::{Route, Stop, WritePath};
 use crate::error::guarded;
 use crate::lineage::Lineage;
 use crate::write::{CsvWrite, ParquetWrite, WriteLayout};
@@ -397,7 +398,9 @@ impl Frame {
         self.derive("distinct", String::new(), |df| df.distinct())
     }
 
-    /// The optimized logical plan and the physical plan, as `EXPLAIN` prints them.
+    /// The optimized logical plan and the physical plan, as `EXPLAIN` prints them, and a
+    /// last line on how a Parquet sink would write the frame: by copying the columns it
+    /// leaves unchanged, or by encoding every column again (and why).
     pub async fn explain(&self) -> Result<String> {
         let batches = self
             .to_dataframe()
@@ -406,7 +409,14 @@ impl Frame {
             .collect()
             .await
             .map_err(|e| self.error(e))?;
-        Ok(datafusion::arrow::util::pretty::pretty_format_batches(&batches)?.to_string())
+        let mut text =
+            datafusion::arrow::util::pretty::pretty_format_batches(&batches)?.to_string();
+        let sink = match crate::column_copy::Shape::of(&self.inner.plan) {
+            Ok(shape) => shape.describe(),
+            Err(reason) => format!("rewrite: every column decoded and encoded again ({reason})"),
+        };
+        text.push_str(&format!("\nParquet sink: {sink}\n"));
+        Ok(text)
     }
 
     /// Runs the plan and returns its output as a stream of record batches.
@@ -517,15 +527,33 @@ impl Frame {
     /// failed write leaves nothing at the destination.
     pub async fn write_parquet(&self, dest: &str, options: ParquetWrite) -> Result<WriteSummary> {
         let table_options = options.table_options(&self.inner.session)?;
-        self.write(
-            dest,
-            options.layout,
-            "parquet",
-            |df, path, write_options| async move {
-                df.write_parquet(&path, write_options, Some(table_options))
+        let route = crate::column_copy::route(self, &options).await;
+        self.write(dest, options.layout, "parquet", |df, target| async move {
+            let rewrite = |reason: String| async move {
+                df.write_parquet(&target.path, target.options, Some(table_options))
                     .await
-            },
-        )
+                    .map(|batches| (count_from(&batches), WritePath::Rewrite { reason }))
+            };
+            let reason = match route {
+                Route::Rewrite(reason) => reason,
+                Route::Copy(plan) => {
+                    let directory = target.kind == OutputKind::Directory;
+                    match plan
+                        .write(Arc::clone(&target.store), &target.url, directory)
+                        .await
+                    {
+                        Ok(done) => return Ok(done),
+                        Err(Stop::Failed(e)) => return Err(e),
+                        Err(Stop::Unsupported(reason)) => {
+                            crate::column_copy::clear(&target.store, &target.url).await?;
+                            reason
+                        }
+                    }
+                }
+            };
+            tracing::debug!(%reason, "Parquet sink: every column is encoded again");
+            rewrite(reason).await
+        })
         .await
     }
 
@@ -533,14 +561,14 @@ impl Frame {
     /// [`write_parquet`](Self::write_parquet).
     pub async fn write_csv(&self, dest: &str, options: CsvWrite) -> Result<WriteSummary> {
         let csv_options = options.csv_options();
-        self.write(
-            dest,
-            options.layout,
-            "csv",
-            |df, path, write_options| async move {
-                df.write_csv(&path, write_options, Some(csv_options)).await
-            },
-        )
+        self.write(dest, options.layout, "csv", |df, target| async move {
+            df.write_csv(&target.path, target.options, Some(csv_options))
+                .await
+                .map(|batches| {
+                    let reason = "CSV output".to_string();
+                    (count_from(&batches), WritePath::Rewrite { reason })
+                })
+        })
         .await
     }
 
@@ -552,8 +580,8 @@ impl Frame {
         sink: F,
     ) -> Result<WriteSummary>
     where
-        F: FnOnce(DataFrame, String, DataFrameWriteOptions) -> Fut,
-        Fut: std::future::Future<Output = datafusion::error::Result<Vec<RecordBatch>>>,
+        F: FnOnce(DataFrame, SinkTarget) -> Fut,
+        Fut: std::future::Future<Output = datafusion::error::Result<(u64, WritePath)>>,
     {
         let url = resolve_url(dest)?;
         self.refuse_overlap(&url)?;
@@ -563,14 +591,21 @@ impl Frame {
         }
         let kind = layout.resolve(&url, extension);
         let staged = StagedOutput::new(self.inner.session.stores(), &url, kind)?;
-        let write_options =
-            DataFrameWriteOptions::new().with_single_file_output(kind == OutputKind::File);
-        let path = staged.staging_url().to_string();
+        let target = SinkTarget {
+            path: staged.staging_url().to_string(),
+            url: staged.staging_url().clone(),
+            options: DataFrameWriteOptions::new().with_single_file_output(kind == OutputKind::File),
+            store: self
+                .inner
+                .session
+                .stores()
+                .store_for(staged.staging_url())?,
+            kind,
+        };
         let span = tracing::info_span!("sink", dest = %staged.destination(), format = extension);
-        let written =
-            guarded(sink(self.to_dataframe(), path, write_options).instrument(span)).await;
-        let rows = match written {
-            Ok(batches) => count_from(&batches),
+        let written = guarded(sink(self.to_dataframe(), target).instrument(span)).await;
+        let (rows, path) = match written {
+            Ok(written) => written,
             Err(e) => {
                 let error = match crate::error::find_store_error(&e)
                     .and_then(|store| crate::error::classify_store_error(store, &[url.to_string()]))
@@ -592,16 +627,26 @@ impl Frame {
             }
         };
         let published = staged.publish().await?;
-        tracing::info!(dest = %published.url, rows, bytes = published.bytes(), files = published.files.len(), "published output");
+        tracing::info!(dest = %published.url, rows, bytes = published.bytes(), files = published.files.len(), column_copy = path.is_column_copy(), "published output");
         let summary = WriteSummary {
             url: published.url.to_string(),
             rows,
             bytes: published.bytes(),
             files: published.files.into_iter().map(WrittenFile::from).collect(),
+            path,
         };
         crate::task::note_published(&summary);
         Ok(summary)
     }
+}
+
+/// Where and how a sink writes: its staging location.
+struct SinkTarget {
+    path: String,
+    url: url::Url,
+    options: DataFrameWriteOptions,
+    store: Arc<dyn object_store::ObjectStore>,
+    kind: OutputKind,
 }
 
 impl Frame {
@@ -677,6 +722,9 @@ pub struct WriteSummary {
     pub bytes: u64,
     /// The files written.
     pub files: Vec<WrittenFile>,
+    /// How it was written: unchanged columns copied, or every column encoded again.
+    #[serde(default)]
+    pub path: WritePath,
 }
 
 /// One file a sink wrote.

@@ -51,6 +51,7 @@
 
 pub mod boundary;
 pub mod checkpoint;
+mod column_copy;
 pub mod concat;
 mod concurrency;
 mod error;
@@ -75,6 +76,7 @@ pub use checkpoint::{
     CacheEntry, CacheKeyInputs, CachePolicy, CheckpointFormat, CheckpointStore, Clock, GcReport,
     Manifest, Persist,
 };
+pub use column_copy::WritePath;
 pub use concurrency::{TaskFuture, map, submit};
 pub use error::{Error, Result, one_line};
 pub use flow::{DEFAULT_RUN_STORE, Flow, FlowCall, FlowFuture, FlowOptions, FlowRun};
@@ -89,9 +91,9 @@ pub use read::ParquetRead;
 pub use retry::{Retry, RetryDelay};
 pub use run::{
     CacheRecord, ExecutionMode, ExecutionOutcome, FlowRunRecord, FlowState, LogLine, MAX_LOG_LINES,
-    TaskAttempt, TaskExecution, TaskRunRecord, TaskState,
+    SinkRecord, TaskAttempt, TaskExecution, TaskRunRecord, TaskState,
 };
-pub use session::{Session, SessionBuilder};
+pub use session::{COLUMN_COPY_ENV, Session, SessionBuilder};
 pub use task::{DEFAULT_RESULT_STORE, Task, TaskContext, TaskOutput};
 pub use write::{Compression, CsvWrite, ParquetWrite, WriteLayout};
 

@@ -227,6 +227,20 @@ pub struct LogLine {
 /// How many log lines a task run's record keeps; later ones are counted, not kept.
 pub const MAX_LOG_LINES: usize = 200;
 
+/// An output a task's sink published: part of its [`TaskRunRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SinkRecord {
+    /// The destination.
+    pub url: String,
+    /// Rows written.
+    pub rows: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// How it was written: unchanged columns copied, or every column encoded again.
+    pub path: crate::WritePath,
+}
+
 /// What one task run did. Part of a [`FlowRunRecord`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -275,6 +289,9 @@ pub struct TaskRunRecord {
     /// Log lines emitted beyond those.
     #[serde(default)]
     pub logs_dropped: u64,
+    /// The outputs its sinks published, and how each was written.
+    #[serde(default)]
+    pub sinks: Vec<SinkRecord>,
     /// Why it is `Skipped` or `Cancelled`.
     pub reason: Option<String>,
     /// Why it failed.
@@ -555,6 +572,7 @@ impl TaskRunState {
                 expected_rows: None,
                 logs: Vec::new(),
                 logs_dropped: 0,
+                sinks: Vec::new(),
                 name: name.to_string(),
                 state: TaskState::Pending,
                 version,
@@ -707,6 +725,12 @@ impl TaskRunState {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(summary.clone());
+        self.lock().sinks.push(SinkRecord {
+            url: summary.url.clone(),
+            rows: summary.rows,
+            bytes: summary.bytes,
+            path: summary.path.clone(),
+        });
     }
 
     /// Whether attempts are recorded for this run (it has a retry policy).

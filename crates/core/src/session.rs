@@ -56,6 +56,7 @@ struct SessionInner {
     ctx: SessionContext,
     stores: Arc<StoreRegistry>,
     max_column_chunk_bytes: u64,
+    column_copy: bool,
 }
 
 impl std::fmt::Debug for SessionInner {
@@ -64,6 +65,7 @@ impl std::fmt::Debug for SessionInner {
             .field("session_id", &self.ctx.session_id())
             .field("stores", &self.stores)
             .field("max_column_chunk_bytes", &self.max_column_chunk_bytes)
+            .field("column_copy", &self.column_copy)
             .finish()
     }
 }
@@ -105,6 +107,12 @@ impl Session {
     /// [`SessionBuilder::with_max_column_chunk_bytes`]).
     pub fn max_column_chunk_bytes(&self) -> u64 {
         self.inner.max_column_chunk_bytes
+    }
+
+    /// Whether Parquet sinks may copy unchanged column chunks (see
+    /// [`SessionBuilder::with_column_copy`]).
+    pub fn column_copy(&self) -> bool {
+        self.inner.column_copy
     }
 
     /// The size of the session's memory pool, in bytes, if it is bounded.
@@ -662,8 +670,12 @@ async fn unified_schema(
     Ok(Arc::new(schema))
 }
 
+/// The environment variable that turns the column copy off for sessions that do not
+/// set it (`0`, `false`, `off` or `no`).
+pub const COLUMN_COPY_ENV: &str = "SLUICE_COLUMN_COPY";
+
 /// The URL of the store `url` is in, without credentials, ending in `/`.
-fn object_base(url: &ListingTableUrl) -> String {
+pub(crate) fn object_base(url: &ListingTableUrl) -> String {
     let mut base = Url::parse(url.object_store().as_str())
         .map(|u| sluice_store::redact(&u))
         .unwrap_or_default();
@@ -674,7 +686,7 @@ fn object_base(url: &ListingTableUrl) -> String {
 }
 
 /// An object's URL, under a base from [`object_base`], as errors name it.
-fn object_url(base: &str, meta: &ObjectMeta) -> String {
+pub(crate) fn object_url(base: &str, meta: &ObjectMeta) -> String {
     format!("{base}{}", meta.location)
 }
 
@@ -758,6 +770,7 @@ pub struct SessionBuilder {
     batch_size: Option<usize>,
     memory_limit: Option<usize>,
     max_column_chunk_bytes: Option<u64>,
+    column_copy: Option<bool>,
     stores: Vec<(Url, Arc<dyn ObjectStore>)>,
     config: Option<SessionConfig>,
 }
@@ -806,6 +819,21 @@ impl SessionBuilder {
         self
     }
 
+    /// Whether Parquet sinks may copy the column chunks a plan leaves unchanged instead
+    /// of decoding and encoding them again (on unless set, or unless the environment
+    /// variable `SLUICE_COLUMN_COPY` is `0`/`false`/`off`). Each write can also turn it
+    /// off with [`ParquetWrite::with_column_copy`](crate::ParquetWrite::with_column_copy).
+    ///
+    /// ```
+    /// let session = sluice_core::Session::builder().with_column_copy(false).build()?;
+    /// assert!(!session.column_copy());
+    /// # Ok::<(), sluice_core::Error>(())
+    /// ```
+    pub fn with_column_copy(mut self, on: bool) -> Self {
+        self.column_copy = Some(on);
+        self
+    }
+
     /// Serves every URL with the scheme and authority of `url` from `store`, instead of
     /// the store Sluice would create.
     pub fn with_object_store(mut self, url: &Url, store: Arc<dyn ObjectStore>) -> Self {
@@ -851,6 +879,14 @@ impl SessionBuilder {
             .max_column_chunk_bytes
             .or_else(|| crate::limits::size_from_env(crate::limits::MAX_COLUMN_CHUNK_BYTES_ENV))
             .unwrap_or(crate::limits::DEFAULT_MAX_COLUMN_CHUNK_BYTES);
+        let column_copy = self.column_copy.unwrap_or_else(|| {
+            std::env::var(COLUMN_COPY_ENV).map_or(true, |v| {
+                !matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "0" | "false" | "off" | "no"
+                )
+            })
+        });
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime.build_arc()?)
@@ -863,6 +899,7 @@ impl SessionBuilder {
                 ctx: SessionContext::new_with_state(state),
                 stores,
                 max_column_chunk_bytes,
+                column_copy,
             }),
         })
     }

@@ -101,6 +101,14 @@ pub struct ParquetWrite {
     pub(crate) compression: Compression,
     pub(crate) row_group_rows: usize,
     pub(crate) layout: WriteLayout,
+    #[serde(default = "on")]
+    pub(crate) column_copy: bool,
+    #[serde(default)]
+    pub(crate) recompress: bool,
+}
+
+fn on() -> bool {
+    true
 }
 
 impl Default for ParquetWrite {
@@ -138,10 +146,13 @@ impl ParquetWrite {
             compression,
             row_group_rows: Self::DEFAULT_ROW_GROUP_ROWS,
             layout: WriteLayout::Auto,
+            column_copy: true,
+            recompress: false,
         }
     }
 
-    /// Rows per row group.
+    /// Rows per row group. A write that copies unchanged columns (see
+    /// [`with_column_copy`](Self::with_column_copy)) keeps the input's row groups instead.
     pub fn with_row_group_rows(mut self, rows: usize) -> Self {
         self.row_group_rows = rows.max(1);
         self
@@ -150,6 +161,38 @@ impl ParquetWrite {
     /// One file or a directory of parts.
     pub fn with_layout(mut self, layout: WriteLayout) -> Self {
         self.layout = layout;
+        self
+    }
+
+    /// Whether columns the plan leaves unchanged may be moved as compressed pages
+    /// instead of decoded and encoded again (on by default; the session can turn it off
+    /// too, see [`SessionBuilder::with_column_copy`](crate::SessionBuilder::with_column_copy)).
+    ///
+    /// The copy serves plans that keep, drop or add columns of Parquet scans: one output
+    /// row group per input row group, the same rows in the same order. Anything else is
+    /// written by DataFusion's sink; [`WriteSummary::path`](crate::WriteSummary::path)
+    /// says which ran and why.
+    ///
+    /// ```
+    /// let options = sluice_core::ParquetWrite::default().with_column_copy(false);
+    /// # let _ = options;
+    /// ```
+    pub fn with_column_copy(mut self, on: bool) -> Self {
+        self.column_copy = on;
+        self
+    }
+
+    /// Whether copied column chunks whose codec is already the output's are compressed
+    /// again (off by default). Parquet records a chunk's codec but not its level: a
+    /// chunk written with zstd(1) is kept as it is under a zstd(3) write unless this
+    /// is on. A chunk in another codec is always compressed again, page by page.
+    ///
+    /// ```
+    /// let options = sluice_core::ParquetWrite::zstd(9).with_recompression(true);
+    /// # let _ = options;
+    /// ```
+    pub fn with_recompression(mut self, on: bool) -> Self {
+        self.recompress = on;
         self
     }
 
