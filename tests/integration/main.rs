@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod cache;
+mod column_copy;
 mod common;
 mod errors;
 mod example;

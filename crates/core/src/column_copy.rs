@@ -33,6 +33,7 @@ use datafusion::common::{Column, DFSchema};
 use datafusion::datasource::DefaultTableSource;
 use datafusion::datasource::listing::ListingTable;
 use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use futures::{StreamExt, TryStreamExt};
@@ -352,6 +353,8 @@ pub(crate) struct CopyPlan {
     /// The computed columns alone: their Arrow schema, Parquet schema and expressions.
     computed_arrow: SchemaRef,
     computed_parquet: SchemaDescPtr,
+    /// Bytes per row of the computed columns in memory (32 for variable widths).
+    computed_width: usize,
     /// Column writers for the computed columns, as DataFusion's sink configures them.
     writers: ArrowRowGroupWriterFactory,
     exprs: Vec<Arc<dyn PhysicalExpr>>,
@@ -361,6 +364,15 @@ pub(crate) struct CopyPlan {
     props: WriterPropertiesPtr,
     codec: Codec,
     recompress: bool,
+    /// The session's cap on a column chunk's uncompressed size.
+    max_chunk: u64,
+    /// The session's memory pool, which the copy's units reserve from.
+    pool: Arc<dyn MemoryPool>,
+    /// The size of the upload's parts: the session's
+    /// `datafusion.execution.objectstore_writer_buffer_size`, as DataFusion's sink.
+    part_bytes: usize,
+    /// Whether copied chunks are decoded (and their values dropped) to check them.
+    validate: bool,
     batch_size: usize,
     boundaries: Vec<Arc<TaskBoundary>>,
 }
@@ -553,7 +565,7 @@ impl CopyPlan {
             exprs.push(physical);
         }
         // Memory: new columns of one row group are held encoded until it is complete.
-        let width: u64 = computed_arrow
+        let computed_width: u64 = computed_arrow
             .fields()
             .iter()
             .map(|f| f.data_type().primitive_width().unwrap_or(32) as u64)
@@ -561,7 +573,7 @@ impl CopyPlan {
         for file in &files {
             for group in file.metadata.row_groups() {
                 let rows = group.num_rows().max(0) as u64;
-                if rows.saturating_mul(width) > MAX_COMPUTED_BYTES {
+                if rows.saturating_mul(computed_width) > MAX_COMPUTED_BYTES {
                     return Err(format!(
                         "a row group of {} has {rows} rows; its new columns would be held \
                          whole",
@@ -605,6 +617,7 @@ impl CopyPlan {
             output_root,
             computed_arrow,
             computed_parquet,
+            computed_width: computed_width as usize,
             writers,
             exprs,
             needed,
@@ -612,6 +625,13 @@ impl CopyPlan {
             props,
             codec,
             recompress: options.recompress,
+            validate: options.validate,
+            part_bytes: state
+                .config_options()
+                .execution
+                .objectstore_writer_buffer_size,
+            pool: Arc::clone(&state.runtime_env().memory_pool),
+            max_chunk: session.max_column_chunk_bytes(),
             batch_size: state.config().batch_size(),
             boundaries,
         })
@@ -672,6 +692,29 @@ impl CopyPlan {
                 chunks_recompressed: counts.1,
             },
         ))
+    }
+
+    /// What a unit holds at most: the compressed chunks it reads and, decoded or
+    /// recompressed, as much again; the computed columns of a row group in memory.
+    fn unit_bytes(&self, unit: Unit) -> usize {
+        let chunk = |f: usize, g: usize, leaf: usize| {
+            let column = self.files[f].metadata.row_group(g).column(leaf);
+            (column.compressed_size().max(0) + column.uncompressed_size().max(0)) as usize
+        };
+        match unit {
+            Unit::Copy { f, g, leaf } => chunk(f, g, leaf),
+            Unit::Compute { f, g } => {
+                let descr = self.files[f].metadata.file_metadata().schema_descr_ptr();
+                let read: usize = self
+                    .needed
+                    .iter()
+                    .flat_map(|&root| leaves(&descr, root).collect::<Vec<_>>())
+                    .map(|leaf| chunk(f, g, leaf))
+                    .sum();
+                let rows = self.files[f].metadata.row_group(g).num_rows().max(0) as usize;
+                read + rows * self.computed_width
+            }
+        }
     }
 
     /// Attributes an error in reading `file` to the tasks its rows pass, innermost
@@ -819,12 +862,16 @@ fn check_file(file: &InputFile, table: &Schema, max_chunk: u64) -> Result<(), St
 }
 
 /// Types whose values a reader of the file gets unchanged: the same type, or its
-/// view flavour (DataFusion reads strings and binaries as views).
+/// view flavour (DataFusion reads strings and binaries, large or not, as views).
 fn same_values(file: &DataType, table: &DataType) -> bool {
     file == table
         || matches!(
             (file, table),
-            (DataType::Utf8, DataType::Utf8View) | (DataType::Binary, DataType::BinaryView)
+            (DataType::Utf8 | DataType::LargeUtf8, DataType::Utf8View)
+                | (
+                    DataType::Binary | DataType::LargeBinary,
+                    DataType::BinaryView
+                )
         )
 }
 
@@ -936,10 +983,13 @@ async fn write_file(
         Arc::clone(&plan.props),
     )
     .map_err(parquet)?;
-    // Parts of 10 MiB, two in flight.
-    let mut upload =
-        object_store::buffered::BufWriter::with_capacity(Arc::clone(store), path.clone(), 10 << 20)
-            .with_max_concurrency(2);
+    // Parts of the session's writer buffer size (10 MiB unless set), two in flight.
+    let mut upload = object_store::buffered::BufWriter::with_capacity(
+        Arc::clone(store),
+        path.clone(),
+        plan.part_bytes,
+    )
+    .with_max_concurrency(2);
     let mut units = Vec::new();
     for &f in files {
         let descr = plan.files[f].metadata.file_metadata().schema_descr_ptr();
@@ -961,17 +1011,32 @@ async fn write_file(
         .map(|unit| {
             let plan = Arc::clone(plan);
             async move {
+                // What the unit holds, from the session's memory pool as DataFusion's
+                // operators do, until its chunk is appended.
+                let reservation = MemoryConsumer::new("ColumnCopy").register(&plan.pool);
+                reservation.try_grow(plan.unit_bytes(unit))?;
                 let fetched = fetch(&plan, unit).await?;
                 // On the runtime's workers, as DataFusion runs its operators: blocking
                 // threads would each get an allocator arena and keep it.
-                tokio::spawn(async move { run(&plan, unit, fetched) })
+                let done = tokio::spawn(async move { run(&plan, unit, fetched) })
                     .await
-                    .map_err(|e| Stop::Failed(DataFusionError::External(Box::new(e))))?
+                    .map_err(|e| match e.try_into_panic() {
+                        // A decoder's panic on a malformed file: the rewrite reports it.
+                        Ok(payload) => Stop::Unsupported(format!(
+                            "decoding panicked: {}",
+                            crate::error::panic_message(payload.as_ref())
+                        )),
+                        Err(e) => Stop::Failed(DataFusionError::External(Box::new(e))),
+                    })??;
+                Ok::<_, Stop>((done, reservation))
             }
         })
-        .buffered(parallel);
+        .buffered(parallel)
+        .map_ok(|(done, _reservation)| done);
     let mut rows = 0u64;
     let mut counts = (0u64, 0u64);
+    // Once shut down, the upload is complete or failed whole: nothing to abort.
+    let mut shut_down = false;
     let result: Result<(), Stop> = async {
         for &f in files {
             let file = &plan.files[f];
@@ -1042,6 +1107,7 @@ async fn write_file(
             .put(buffer.take().into())
             .await
             .map_err(store_failed)?;
+        shut_down = true;
         upload
             .shutdown()
             .await
@@ -1052,7 +1118,7 @@ async fn write_file(
     match result {
         Ok(()) => Ok((rows, counts.0, counts.1)),
         Err(stop) => {
-            if let Err(e) = upload.abort().await {
+            if !shut_down && let Err(e) = upload.abort().await {
                 tracing::debug!(error = %e, "could not abort the copy's upload");
             }
             Err(stop)
@@ -1130,15 +1196,15 @@ async fn fetch(plan: &CopyPlan, unit: Unit) -> Result<Located, Stop> {
         let (start, length) = group.column(leaf).byte_range();
         start..start + length
     };
-    let mut chunks: Vec<Range<u64>> = match unit {
-        Unit::Copy { leaf, .. } => vec![range(leaf)],
+    let leaves_read: Vec<usize> = match unit {
+        Unit::Copy { leaf, .. } => vec![leaf],
         Unit::Compute { .. } => plan
             .needed
             .iter()
             .flat_map(|&root| leaves(&descr, root).collect::<Vec<_>>())
-            .map(range)
             .collect(),
     };
+    let mut chunks: Vec<Range<u64>> = leaves_read.iter().map(|&leaf| range(leaf)).collect();
     chunks.sort_by_key(|r| r.start);
     let mut ranges: Vec<Range<u64>> = Vec::with_capacity(chunks.len());
     for chunk in chunks {
@@ -1169,9 +1235,51 @@ async fn fetch(plan: &CopyPlan, unit: Unit) -> Result<Located, Stop> {
             )));
         }
     }
-    Ok(Located {
+    let located = Located {
         ranges: ranges.into_iter().map(|r| r.start).zip(fetched).collect(),
-    })
+    };
+    // Page headers are walked before anything is decompressed or decoded: a header that
+    // claims more than its chunk (or the session's cap) is left to the rewrite, which
+    // refuses it with its typed error.
+    for leaf in leaves_read {
+        let chunk = group.column(leaf);
+        let (start, length) = chunk.byte_range();
+        let bytes = located
+            .find(start, length)
+            .map_err(|e| Stop::Unsupported(e.to_string()))?;
+        let declared = chunk.uncompressed_size().max(0) as u64;
+        let allowed = if declared > 0 {
+            declared.min(plan.max_chunk)
+        } else {
+            plan.max_chunk
+        };
+        page_ranges(chunk, &bytes, allowed).map_err(|reason| {
+            Stop::Unsupported(format!(
+                "column {} of row group {g} of {}: {reason}",
+                chunk.column_path(),
+                file.url
+            ))
+        })?;
+    }
+    Ok(located)
+}
+
+/// Decodes a copied chunk's values, as a rewrite would, and drops them: a chunk whose
+/// values do not decode (invalid UTF-8, dictionary indices out of range, ...) is not
+/// copied into an output that looks whole.
+fn validate(file: &InputFile, g: usize, leaf: usize, fetched: &Located) -> Result<(), String> {
+    let mask = ProjectionMask::leaves(file.reader.parquet_schema(), [leaf]);
+    let reader =
+        ParquetRecordBatchReaderBuilder::new_with_metadata(fetched.clone(), file.reader.clone())
+            .with_row_groups(vec![g])
+            .with_projection(mask)
+            .with_batch_size(64 * 1024)
+            .build()
+            .map_err(|e| e.to_string())?;
+    for batch in reader {
+        batch.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// The CPU work of a unit: the new columns computed and encoded, or a copied chunk
@@ -1186,6 +1294,15 @@ fn run(plan: &CopyPlan, unit: Unit, fetched: Located) -> Result<Done, Stop> {
     let file = &plan.files[f];
     let group = file.metadata.row_group(g);
     let chunk = group.column(leaf);
+    if plan.validate {
+        validate(file, g, leaf, &fetched).map_err(|reason| {
+            Stop::Unsupported(format!(
+                "column {} of row group {g} of {} does not decode: {reason}",
+                chunk.column_path(),
+                file.url
+            ))
+        })?;
+    }
     let offsets = file
         .metadata
         .offset_index()

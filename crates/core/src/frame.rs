@@ -251,8 +251,23 @@ impl Frame {
                 available: self.columns(),
             });
         }
+        // Not `DataFrame::with_column_renamed`: it parses `old` as an SQL identifier,
+        // lowercasing it, and silently renames nothing when that spelling is not a column
+        // (`VendorID`).
         self.derive("rename", format!("{old:?}, {new:?}"), |df| {
-            df.with_column_renamed(old, new)
+            let exprs: Vec<Expr> = df
+                .schema()
+                .columns()
+                .into_iter()
+                .map(|c| {
+                    if c.name == old {
+                        Expr::Column(c).alias(new)
+                    } else {
+                        Expr::Column(c)
+                    }
+                })
+                .collect();
+            df.select(exprs)
         })
     }
 
