@@ -115,6 +115,6 @@ pub mod prelude {
         CachePolicy, CancellationToken, CsvReadOptions, CsvWrite, Error, ExecutionMode, Expr, Flow,
         FlowOptions, FlowRunRecord, FlowState, Frame, ParquetRead, ParquetWrite, Persist, Progress,
         ProgressWriter, Result, Retry, RetryDelay, RunLogLayer, Session, Task, TaskContext,
-        TaskState, WriteLayout, WriteSummary, col, lit, map, submit,
+        TaskState, WriteLayout, WritePath, WriteSummary, col, lit, map, submit,
     };
 }

@@ -3,7 +3,9 @@
 with DuckDB's defaults (all cores, insertion order kept).
 
 Usage: duckdb_case.py {etl,aggregate,rewrite} INPUT OUTPUT
+(SLUICE_BENCH_CODEC=snappy for Snappy output; zstd(3) otherwise)
 """
+import os
 import sys
 
 import duckdb
@@ -20,10 +22,15 @@ queries = {
 }
 if workload not in queries:
     sys.exit(f"unknown workload {workload!r}")
+codec = (
+    "COMPRESSION snappy"
+    if os.environ.get("SLUICE_BENCH_CODEC") == "snappy"
+    else "COMPRESSION zstd, COMPRESSION_LEVEL 3"
+)
 con = duckdb.connect()  # in-memory database
 con.execute(
-    "COPY ({}) TO '{}' (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 3)".format(
-        queries[workload], out.replace("'", "''")
+    "COPY ({}) TO '{}' (FORMAT parquet, {})".format(
+        queries[workload], out.replace("'", "''"), codec
     ),
     [inp],
 )

@@ -2,7 +2,9 @@
 """A sluice-bench case in Polars' streaming engine: scan_parquet -> ... -> sink_parquet.
 
 Usage: polars_case.py {etl,aggregate,rewrite} INPUT OUTPUT
+(SLUICE_BENCH_CODEC=snappy for Snappy output; zstd(3) otherwise)
 """
+import os
 import sys
 
 import polars as pl
@@ -17,4 +19,7 @@ if workload == "aggregate":
     ).agg(pl.col("tip_fraction").mean().alias("mean_tip_fraction"))
 elif workload != "etl" and workload != "rewrite":
     sys.exit(f"unknown workload {workload!r}")
-lf.sink_parquet(out, compression="zstd", compression_level=3)
+if os.environ.get("SLUICE_BENCH_CODEC") == "snappy":
+    lf.sink_parquet(out, compression="snappy")
+else:
+    lf.sink_parquet(out, compression="zstd", compression_level=3)

@@ -95,6 +95,16 @@ pub enum Engine {
     /// Sluice lazy over the same rows split into 4 files, `extract` mapped over them
     /// and the frames concatenated: the cost of mapping against one file.
     Mapped,
+    /// Sluice lazy with the Parquet sink's column copy turned off
+    /// (`SLUICE_COLUMN_COPY=0`): every column decoded and encoded again.
+    #[value(name = "lazy-rewrite")]
+    #[serde(rename = "lazy-rewrite")]
+    LazyRewrite,
+    /// Sluice lazy with the column copy but without its validation of copied values
+    /// (`ParquetWrite::with_validation(false)`), for trusted inputs.
+    #[value(name = "lazy-trusted")]
+    #[serde(rename = "lazy-trusted")]
+    LazyTrusted,
 }
 
 /// How many files the mapped engine reads.
@@ -112,8 +122,10 @@ pub fn mapped_dir(input: &Path) -> std::path::PathBuf {
 
 impl Engine {
     /// Every engine, in report order.
-    pub const ALL: [Engine; 8] = [
+    pub const ALL: [Engine; 10] = [
         Engine::Lazy,
+        Engine::LazyRewrite,
+        Engine::LazyTrusted,
         Engine::Eager,
         Engine::DataFusion,
         Engine::Polars,
@@ -139,6 +151,8 @@ impl Engine {
             Engine::Persisted => "persisted",
             Engine::CacheHit => "cache-hit",
             Engine::Mapped => "mapped",
+            Engine::LazyRewrite => "lazy-rewrite",
+            Engine::LazyTrusted => "lazy-trusted",
         }
     }
 
@@ -153,6 +167,8 @@ impl Engine {
             Engine::Persisted => "Sluice lazy, persisted (tee)",
             Engine::CacheHit => "Sluice lazy, cache hit",
             Engine::Mapped => "Sluice lazy, 4 files mapped",
+            Engine::LazyRewrite => "Sluice lazy, column copy off",
+            Engine::LazyTrusted => "Sluice lazy, copy unvalidated",
         }
     }
 
@@ -202,11 +218,11 @@ pub async fn run_case(
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("output path is not UTF-8"))?;
     match engine {
-        Engine::Lazy | Engine::Eager => {
-            let mode = if engine == Engine::Lazy {
-                ExecutionMode::Lazy
-            } else {
+        Engine::Lazy | Engine::Eager | Engine::LazyRewrite | Engine::LazyTrusted => {
+            let mode = if engine == Engine::Eager {
                 ExecutionMode::Eager
+            } else {
+                ExecutionMode::Lazy
             };
             pipeline(workload, input, output).with_mode(mode).await?;
         }
@@ -263,7 +279,30 @@ async fn tips_by_zone_and_hour(df: Frame) -> Result<Frame> {
 
 #[task]
 async fn load(df: Frame, dest: &str) -> Result<WriteSummary> {
-    df.write_parquet(dest, ParquetWrite::zstd(ZSTD_LEVEL)).await
+    df.write_parquet(dest, write_options()).await
+}
+
+/// The environment variable naming the output codec of every engine: `zstd` (level
+/// [`ZSTD_LEVEL`], the default) or `snappy`. The runner sets it from `--output-codec`.
+pub const CODEC_ENV: &str = "SLUICE_BENCH_CODEC";
+
+/// The environment variable that turns the column copy's validation off (`0`): the
+/// runner sets it for [`Engine::LazyTrusted`].
+pub const VALIDATE_ENV: &str = "SLUICE_BENCH_VALIDATE";
+
+/// Whether the output is Snappy rather than zstd.
+fn snappy_output() -> bool {
+    std::env::var(CODEC_ENV).is_ok_and(|c| c == "snappy")
+}
+
+/// How every Sluice engine writes.
+fn write_options() -> ParquetWrite {
+    let options = if snappy_output() {
+        ParquetWrite::snappy()
+    } else {
+        ParquetWrite::zstd(ZSTD_LEVEL)
+    };
+    options.with_validation(std::env::var(VALIDATE_ENV).map_or(true, |v| v != "0"))
 }
 
 /// The benchmark pipeline as a Sluice flow: one task per step, as a user writes it.
@@ -471,7 +510,11 @@ async fn plain_datafusion(workload: Workload, input: &str, output: &str) -> anyh
     }
     // The writer settings of Sluice's `ParquetWrite::zstd(3)`, so that only Sluice differs.
     let mut options = TableParquetOptions::default();
-    options.global.compression = Some(format!("zstd({ZSTD_LEVEL})"));
+    options.global.compression = Some(if snappy_output() {
+        "snappy".to_string()
+    } else {
+        format!("zstd({ZSTD_LEVEL})")
+    });
     options.global.max_row_group_size = ParquetWrite::DEFAULT_ROW_GROUP_ROWS;
     df.write_parquet(
         output,

@@ -84,8 +84,13 @@ fn children_max_rss_kib() -> anyhow::Result<i64> {
 
 /// Measures `command` through a `measure` process of the binary at `exe`; fails when
 /// the command does.
-pub fn measure_child(exe: &Path, command: &[String]) -> anyhow::Result<Sample> {
+pub fn measure_child(
+    exe: &Path,
+    command: &[String],
+    env: &[(&str, String)],
+) -> anyhow::Result<Sample> {
     let output = Command::new(exe)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .arg("measure")
         .arg("--")
         .args(command)

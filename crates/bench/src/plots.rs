@@ -27,6 +27,8 @@ fn color(engine: Engine) -> RGBColor {
         Engine::Persisted => RGBColor(140, 86, 75),
         Engine::CacheHit => RGBColor(23, 190, 207),
         Engine::Mapped => RGBColor(188, 189, 34),
+        Engine::LazyRewrite => RGBColor(127, 127, 127),
+        Engine::LazyTrusted => RGBColor(0, 70, 140),
     }
 }
 

@@ -46,6 +46,13 @@ pub struct RunArgs {
     /// results.
     #[arg(long, default_value = "docs")]
     pub out: PathBuf,
+    /// The codec of the generated input: `snappy` (the TLC files') or `zstd` (level 3).
+    #[arg(long, default_value = "snappy", value_parser = ["snappy", "zstd"])]
+    pub input_codec: String,
+    /// The codec every engine writes: `zstd` (level 3), `snappy`, or `same` as the
+    /// input's.
+    #[arg(long, default_value = "zstd", value_parser = ["zstd", "snappy", "same"])]
+    pub output_codec: String,
     /// The Python that runs the peers (with `polars` and `duckdb` installed).
     #[arg(long, env = "SLUICE_BENCH_PYTHON", default_value = "python3")]
     pub python: String,
@@ -183,13 +190,27 @@ pub fn run(exe: &Path, args: &RunArgs) -> anyhow::Result<Results> {
         }
     }
 
+    let output_codec = match args.output_codec.as_str() {
+        "same" => args.input_codec.clone(),
+        other => other.to_string(),
+    };
+    results.notes.push(format!(
+        "Inputs generated with {} compression; every engine writes {}.",
+        args.input_codec,
+        if output_codec == "snappy" {
+            "Snappy"
+        } else {
+            "zstd(3)"
+        }
+    ));
     let bench = Bench {
         exe,
         python: &args.python,
         out_dir: &out_dir,
+        output_codec: &output_codec,
     };
     for &rows in &args.rows {
-        let input = ensure_taxi_data(&args.data_dir, rows)?;
+        let input = ensure_taxi_data(&args.data_dir, rows, &args.input_codec)?;
         for &workload in &args.workloads {
             let spec = Rounds {
                 rows,
@@ -204,7 +225,7 @@ pub fn run(exe: &Path, args: &RunArgs) -> anyhow::Result<Results> {
     }
     if args.workloads.contains(&Workload::Etl) {
         for &rows in args.curve_rows.iter().filter(|r| !args.rows.contains(r)) {
-            let input = ensure_taxi_data(&args.data_dir, rows)?;
+            let input = ensure_taxi_data(&args.data_dir, rows, &args.input_codec)?;
             let spec = Rounds {
                 rows,
                 workload: Workload::Etl,
@@ -238,6 +259,8 @@ struct Rounds {
 struct Bench<'a> {
     exe: &'a Path,
     python: &'a str,
+    /// `zstd` or `snappy`, for every engine.
+    output_codec: &'a str,
     out_dir: &'a Path,
 }
 
@@ -375,7 +398,13 @@ impl Bench<'_> {
             )
             .collect(),
         };
-        let sample = measure_child(self.exe, &command)?;
+        let mut env = vec![(crate::cases::CODEC_ENV, self.output_codec.to_string())];
+        match engine {
+            Engine::LazyRewrite => env.push((sluice::COLUMN_COPY_ENV, "0".into())),
+            Engine::LazyTrusted => env.push((crate::cases::VALIDATE_ENV, "0".into())),
+            _ => {}
+        }
+        let sample = measure_child(self.exe, &command, &env)?;
         let rows = parquet_rows(&output)?;
         let bytes = std::fs::metadata(&output)?.len();
         remove_if_exists(&output)?;
@@ -403,16 +432,30 @@ fn remove_if_exists(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// The taxi file of `rows` rows under `dir`, generated on first use (the generator
-/// writes through a temporary file, so an interrupted generation is never taken as whole).
-pub fn ensure_taxi_data(dir: &Path, rows: u64) -> anyhow::Result<PathBuf> {
-    let path = dir.join(format!("taxi_{rows}.parquet"));
+/// The taxi file of `rows` rows under `dir` in `codec` (`snappy`, or `zstd` at level 3
+/// as `taxi_N-zstd.parquet`), generated on first use (the generator writes through a
+/// temporary file, so an interrupted generation is never taken as whole).
+pub fn ensure_taxi_data(dir: &Path, rows: u64, codec: &str) -> anyhow::Result<PathBuf> {
+    let (name, compression) = match codec {
+        "zstd" => (
+            format!("taxi_{rows}-zstd.parquet"),
+            parquet::basic::Compression::ZSTD(parquet::basic::ZstdLevel::try_new(3)?),
+        ),
+        _ => (
+            format!("taxi_{rows}.parquet"),
+            parquet::basic::Compression::SNAPPY,
+        ),
+    };
+    let path = dir.join(name);
     if !path.exists() {
         eprintln!(
             "generating {rows} rows of taxi data into {}",
             path.display()
         );
-        write_taxi_parquet(&path, &TaxiGenOptions::new(rows))?;
+        write_taxi_parquet(
+            &path,
+            &TaxiGenOptions::new(rows).with_compression(compression),
+        )?;
     }
     Ok(path)
 }
