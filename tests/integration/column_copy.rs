@@ -684,7 +684,7 @@ async fn concatenated_files_and_directory_outputs_are_copied_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_to_s3_copies_columns_and_reads_only_what_it_copies() {
+async fn s3_to_s3_copies_the_columns_it_keeps_and_computes_the_new_one() {
     let target = crate::remote::S3Target::new("column-copy").await;
     let dir = tempfile::tempdir().unwrap();
     let local = taxi_file(dir.path(), "taxi.parquet", 40_000, 8_192);

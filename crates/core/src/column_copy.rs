@@ -1549,6 +1549,7 @@ fn recompress_chunk(
         return Ok(Err("a nested column without an offset index".into()));
     }
     let mut reader = page_reader(fetched, chunk, rows, true)?;
+    let mut compressor = PageCompressor::new(codec)?;
     let mut sink = TrackedWrite::new(Vec::with_capacity(length as usize));
     let mut dictionary_offset = None;
     let mut data_offset = None;
@@ -1563,7 +1564,7 @@ fn recompress_chunk(
                 other => i64::from(other.num_values()),
             };
             let is_dictionary = matches!(page, Page::DictionaryPage { .. });
-            let (page, uncompressed) = compress_page(page, codec)?;
+            let (page, uncompressed) = compress_page(page, &mut compressor)?;
             let spec = writer.write_page(CompressedPage::new(page, uncompressed))?;
             uncompressed_total += spec.uncompressed_size as i64;
             if is_dictionary {
@@ -1633,7 +1634,10 @@ fn recompress_chunk(
 
 /// Compresses a decompressed page with `codec`; returns it and its uncompressed size.
 /// A v2 page's levels stay uncompressed, as the format has them.
-fn compress_page(page: Page, codec: Codec) -> parquet::errors::Result<(Page, usize)> {
+fn compress_page(
+    page: Page,
+    compressor: &mut PageCompressor,
+) -> parquet::errors::Result<(Page, usize)> {
     Ok(match page {
         Page::DataPage {
             buf,
@@ -1644,7 +1648,7 @@ fn compress_page(page: Page, codec: Codec) -> parquet::errors::Result<(Page, usi
             statistics,
         } => {
             let uncompressed = buf.len();
-            let buf = compress(&buf, codec)?;
+            let buf = compressor.compress(&buf)?;
             (
                 Page::DataPage {
                     buf,
@@ -1675,9 +1679,9 @@ fn compress_page(page: Page, codec: Codec) -> parquet::errors::Result<(Page, usi
                     "a v2 page's levels run past it".into(),
                 ));
             }
-            let is_compressed = codec != Codec::UNCOMPRESSED;
+            let is_compressed = compressor.codec != Codec::UNCOMPRESSED;
             let buf = if is_compressed {
-                let values = compress(&buf[levels..], codec)?;
+                let values = compressor.compress(&buf[levels..])?;
                 let mut whole = Vec::with_capacity(levels + values.len());
                 whole.extend_from_slice(&buf[..levels]);
                 whole.extend_from_slice(&values);
@@ -1709,7 +1713,7 @@ fn compress_page(page: Page, codec: Codec) -> parquet::errors::Result<(Page, usi
             let uncompressed = buf.len();
             (
                 Page::DictionaryPage {
-                    buf: compress(&buf, codec)?,
+                    buf: compressor.compress(&buf)?,
                     num_values,
                     encoding,
                     is_sorted,
@@ -1720,30 +1724,53 @@ fn compress_page(page: Page, codec: Codec) -> parquet::errors::Result<(Page, usi
     })
 }
 
-/// `data` compressed as Parquet's `codec` frames it.
-fn compress(data: &[u8], codec: Codec) -> parquet::errors::Result<Bytes> {
-    let external = |e: std::io::Error| ParquetError::External(Box::new(e));
-    Ok(Bytes::from(match codec {
-        Codec::UNCOMPRESSED => data.to_vec(),
-        Codec::SNAPPY => snap::raw::Encoder::new()
-            .compress_vec(data)
-            .map_err(|e| ParquetError::External(Box::new(e)))?,
-        Codec::ZSTD(level) => {
-            zstd::bulk::compress(data, level.compression_level()).map_err(external)?
-        }
-        Codec::LZ4_RAW => lz4_flex::block::compress(data),
-        Codec::GZIP(level) => {
-            let mut encoder = flate2::write::GzEncoder::new(
-                Vec::with_capacity(data.len() / 2),
-                flate2::Compression::new(level.compression_level()),
-            );
-            encoder.write_all(data).map_err(external)?;
-            encoder.finish().map_err(external)?
-        }
-        other => {
-            return Err(ParquetError::NYI(format!(
-                "Sluice does not write {other} (choose Snappy, LZ4, zstd, gzip or none)"
-            )));
-        }
-    }))
+/// Compresses pages as Parquet's `codec` frames them, reusing the codec's state (a
+/// zstd context costs more to create than a small page to compress).
+struct PageCompressor {
+    codec: Codec,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    snappy: snap::raw::Encoder,
+}
+
+impl PageCompressor {
+    fn new(codec: Codec) -> parquet::errors::Result<Self> {
+        let zstd = match codec {
+            Codec::ZSTD(level) => Some(
+                zstd::bulk::Compressor::new(level.compression_level())
+                    .map_err(|e| ParquetError::External(Box::new(e)))?,
+            ),
+            _ => None,
+        };
+        Ok(PageCompressor {
+            codec,
+            zstd,
+            snappy: snap::raw::Encoder::new(),
+        })
+    }
+
+    fn compress(&mut self, data: &[u8]) -> parquet::errors::Result<Bytes> {
+        let external = |e: std::io::Error| ParquetError::External(Box::new(e));
+        Ok(Bytes::from(match (self.codec, self.zstd.as_mut()) {
+            (Codec::UNCOMPRESSED, _) => data.to_vec(),
+            (Codec::SNAPPY, _) => self
+                .snappy
+                .compress_vec(data)
+                .map_err(|e| ParquetError::External(Box::new(e)))?,
+            (Codec::ZSTD(_), Some(zstd)) => zstd.compress(data).map_err(external)?,
+            (Codec::LZ4_RAW, _) => lz4_flex::block::compress(data),
+            (Codec::GZIP(level), _) => {
+                let mut encoder = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(data.len() / 2),
+                    flate2::Compression::new(level.compression_level()),
+                );
+                encoder.write_all(data).map_err(external)?;
+                encoder.finish().map_err(external)?
+            }
+            (other, _) => {
+                return Err(ParquetError::NYI(format!(
+                    "Sluice does not write {other} (choose Snappy, LZ4, zstd, gzip or none)"
+                )));
+            }
+        }))
+    }
 }
