@@ -11,7 +11,12 @@
 //!   asks otherwise), or else decompressed and compressed again page by page, its
 //!   encodings (dictionary, RLE, ...) and page statistics kept;
 //! - a computed column is evaluated from the input columns it needs only, decoded row
-//!   group by row group in batches, and encoded as DataFusion's sink would encode it.
+//!   group by row group in batches, and encoded as DataFusion's sink would encode it;
+//! - a copied chunk's page headers are walked and (unless turned off) its values decoded
+//!   and dropped, so that a malformed input fails as a rewrite would.
+//!
+//! The work goes column chunk by column chunk, a few in flight, each chunk uploaded once
+//! appended: memory holds a few compressed chunks, never a row group.
 //!
 //! Everything else, and every input the copy cannot serve exactly (encrypted files,
 //! files whose schemas differ, row groups too large to hold compressed), goes through
@@ -67,13 +72,17 @@ use crate::limits::page_sizes;
 use crate::run::{ExecutionState, StreamEnd, TaskRunState};
 use crate::{Error, Frame, ParquetWrite};
 
-/// Row groups whose compressed columns together exceed this are not copied: the copy
-/// holds a row group's compressed chunks while it works on them.
+/// Row groups whose compressed columns together exceed this are left to the rewrite: a
+/// unit of the copy holds a whole compressed column chunk (a computed one, every chunk
+/// its expressions read), and several are in flight.
 const MAX_ROW_GROUP_BYTES: u64 = 256 << 20;
 
 /// New columns are buffered encoded until their row group is complete: the copy is not
 /// taken when a row group's new columns would exceed this, at their in-memory size.
 const MAX_COMPUTED_BYTES: u64 = 256 << 20;
+
+/// Footers read at once when a copy is planned.
+const FOOTERS_IN_FLIGHT: usize = 8;
 
 /// Column chunks fewer bytes apart than this are fetched in one request.
 const COALESCE_GAP: u64 = 1 << 20;
@@ -457,12 +466,17 @@ impl CopyPlan {
                     .await
                     .map_err(|e| e.to_string())?;
                 objects.sort_by(|a, b| a.location.cmp(&b.location));
-                for object in objects {
-                    let base = crate::session::object_base(table_url);
-                    let url = crate::session::object_url(&base, &object);
-                    let file = open(&store, object, url, indices.clone()).await?;
-                    files.push(file);
-                }
+                // Footers are read a few at a time, and kept in listing order.
+                let base = crate::session::object_base(table_url);
+                let opened: Vec<InputFile> = futures::stream::iter(objects)
+                    .map(|object| {
+                        let url = crate::session::object_url(&base, &object);
+                        open(&store, object, url, indices.clone())
+                    })
+                    .buffered(FOOTERS_IN_FLIGHT)
+                    .try_collect()
+                    .await?;
+                files.extend(opened);
             }
         }
         let first = files.first().ok_or("the source has no files")?;
