@@ -203,7 +203,7 @@ impl ParquetWrite {
     /// before they are written (on by default). A value that does not decode (invalid
     /// UTF-8, a dictionary index out of range) then fails the write as a rewrite would,
     /// instead of being copied into an output that looks whole. Turning it off saves
-    /// about a quarter of the copy's time on the seed ETL; do it only for inputs you
+    /// about a sixth of the copy's time on the seed ETL; do it only for inputs you
     /// trust, such as files Sluice wrote.
     ///
     /// ```
