@@ -130,14 +130,7 @@ async fn both_ways(
 ) -> ((PathBuf, WriteSummary), (PathBuf, WriteSummary)) {
     let mut out = Vec::new();
     for copy in [true, false] {
-        let session = session(copy);
-        let frame = transform(
-            session
-                .read_parquet(source.to_str().unwrap())
-                .await
-                .unwrap(),
-        )
-        .unwrap();
+        let frame = transform(frame_of(source, copy).await).unwrap();
         let dest = dir.join(format!("out-{copy}.parquet"));
         let summary = write(&frame, &dest, options.clone()).await;
         out.push((dest, summary));
@@ -269,14 +262,7 @@ async fn a_flow_records_the_rows_of_every_task_and_the_path_its_sink_took() {
     assert_eq!(path["kind"], "column_copy");
     assert_eq!(path["computed"][0], "tip_fraction");
     // And explain says what a sink would do.
-    let session = Session::new();
-    let frame = tip_fraction(
-        session
-            .read_parquet(source.to_str().unwrap())
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let frame = tip_fraction(frame_of(&source, true).await).unwrap();
     let text = frame.explain().await.unwrap();
     assert!(
         text.contains("Parquet sink: column copy: 19 column(s) moved as compressed pages, 1 computed: tip_fraction"),
@@ -297,11 +283,7 @@ async fn every_real_sample_and_bench_workload_gives_the_rewrites_answer() {
     for (i, source) in samples.iter().enumerate() {
         let dir = dir.path().join(i.to_string());
         std::fs::create_dir_all(&dir).unwrap();
-        let columns = session(true)
-            .read_parquet(source.to_str().unwrap())
-            .await
-            .unwrap()
-            .columns();
+        let columns = frame_of(source, true).await.columns();
         // The samples spell the amount columns in either case; one has other columns.
         let name = |n: &str| columns.iter().find(|c| c.eq_ignore_ascii_case(n)).cloned();
         let (first, last) = (columns[0].clone(), columns[columns.len() - 1].clone());
@@ -507,10 +489,7 @@ async fn what_the_copy_cannot_serve_exactly_falls_back_and_says_why() {
         WritePath::Rewrite { reason } => reason.clone(),
         other => panic!("the copy ran: {other:?}"),
     };
-    let frame = session(true)
-        .read_parquet(source.to_str().unwrap())
-        .await
-        .unwrap();
+    let frame = frame_of(&source, true).await;
     // Rows filtered, sorted, limited: not the input's rows in order.
     let cases: Vec<(Frame, &str)> = vec![
         (
@@ -545,10 +524,7 @@ async fn what_the_copy_cannot_serve_exactly_falls_back_and_says_why() {
     )
     .await;
     assert!(reason(&summary).contains("with_column_copy(false)"));
-    let off = session(false)
-        .read_parquet(source.to_str().unwrap())
-        .await
-        .unwrap();
+    let off = frame_of(&source, false).await;
     let summary = write(
         &off,
         &dir.path().join("off2.parquet"),
@@ -560,17 +536,12 @@ async fn what_the_copy_cannot_serve_exactly_falls_back_and_says_why() {
     let mixed = dir.path().join("mixed");
     std::fs::create_dir_all(&mixed).unwrap();
     std::fs::copy(&source, mixed.join("a.parquet")).unwrap();
-    let other = session(false)
-        .read_parquet(source.to_str().unwrap())
+    let other = frame_of(&source, false)
         .await
-        .unwrap()
         .select_columns(&["VendorID", "tip_amount"])
         .unwrap();
     write(&other, &mixed.join("b.parquet"), ParquetWrite::snappy()).await;
-    let frame = session(true)
-        .read_parquet(mixed.to_str().unwrap())
-        .await
-        .unwrap();
+    let frame = frame_of(&mixed, true).await;
     let summary = write(
         &frame,
         &dir.path().join("mixed.parquet"),
@@ -584,7 +555,7 @@ async fn what_the_copy_cannot_serve_exactly_falls_back_and_says_why() {
     );
     assert_eq!(summary.rows, 20_000);
     // A renamed column is computed (its chunks would carry the old name), the rest copied.
-    let renamed = frame_of(&source)
+    let renamed = frame_of(&source, true)
         .await
         .rename("VendorID", "vendor")
         .unwrap();
@@ -605,8 +576,9 @@ async fn what_the_copy_cannot_serve_exactly_falls_back_and_says_why() {
     }
 }
 
-async fn frame_of(source: &Path) -> Frame {
-    session(true)
+/// `source` read in a session with the copy on or off.
+async fn frame_of(source: &Path, copy: bool) -> Frame {
+    session(copy)
         .read_parquet(source.to_str().unwrap())
         .await
         .unwrap()
@@ -701,15 +673,16 @@ async fn s3_to_s3_copies_the_columns_it_keeps_and_computes_the_new_one() {
         .await
         .unwrap();
     // Only 4 of the 19 columns kept, one computed.
-    let frame = frame
-        .select([
+    let keep = || {
+        [
             col("VendorID"),
             col("tip_amount"),
             col("total_amount"),
             col("PULocationID"),
             (col("tip_amount") / col("total_amount")).alias("tip_fraction"),
-        ])
-        .unwrap();
+        ]
+    };
+    let frame = frame.select(keep()).unwrap();
     let summary = frame
         .write_parquet(&target.url("out/x.parquet"), ParquetWrite::zstd(3))
         .await
@@ -728,16 +701,7 @@ async fn s3_to_s3_copies_the_columns_it_keeps_and_computes_the_new_one() {
         .await
         .unwrap();
     std::fs::write(&back, &bytes).unwrap();
-    let slow_frame = frame_of(&local)
-        .await
-        .select([
-            col("VendorID"),
-            col("tip_amount"),
-            col("total_amount"),
-            col("PULocationID"),
-            (col("tip_amount") / col("total_amount")).alias("tip_fraction"),
-        ])
-        .unwrap();
+    let slow_frame = frame_of(&local, false).await.select(keep()).unwrap();
     let slow = dir.path().join("slow.parquet");
     write(
         &slow_frame,

@@ -191,17 +191,18 @@ impl Shape {
 
     /// One line for `explain`: what a Parquet sink would do with this plan.
     pub(crate) fn describe(&self) -> String {
-        let copied = self.copied().count();
+        let copied: Vec<usize> = self.copied().map(|(i, _)| i).collect();
         let computed: Vec<&str> = self
             .columns
             .iter()
             .enumerate()
-            .filter(|(i, _)| !self.copied().any(|(c, _)| c == *i))
+            .filter(|(i, _)| !copied.contains(i))
             .map(|(_, c)| c.field.name().as_str())
             .collect();
         format!(
-            "column copy: {copied} column(s) moved as compressed pages, {} computed{}{} \
+            "column copy: {} column(s) moved as compressed pages, {} computed{}{} \
              (if the files allow it: same schemas, not encrypted)",
+            copied.len(),
             computed.len(),
             if computed.is_empty() { "" } else { ": " },
             computed.join(", ")
@@ -369,6 +370,9 @@ pub(crate) struct CopyPlan {
     exprs: Vec<Arc<dyn PhysicalExpr>>,
     /// The table columns the expressions read, and their table types.
     needed: Vec<usize>,
+    /// Their leaves (column chunks): the same in every file, whose Parquet schemas are
+    /// checked equal.
+    needed_leaves: Vec<usize>,
     needed_schema: SchemaRef,
     props: WriterPropertiesPtr,
     codec: Codec,
@@ -634,6 +638,10 @@ impl CopyPlan {
             computed_width: computed_width as usize,
             writers,
             exprs,
+            needed_leaves: needed
+                .iter()
+                .flat_map(|&root| leaves(&first_parquet, root).collect::<Vec<_>>())
+                .collect(),
             needed,
             needed_schema,
             props,
@@ -718,12 +726,10 @@ impl CopyPlan {
         match unit {
             Unit::Copy { f, g, leaf } => chunk(f, g, leaf),
             Unit::Compute { f, g } => {
-                let descr = self.files[f].metadata.file_metadata().schema_descr_ptr();
                 let read: usize = self
-                    .needed
+                    .needed_leaves
                     .iter()
-                    .flat_map(|&root| leaves(&descr, root).collect::<Vec<_>>())
-                    .map(|leaf| chunk(f, g, leaf))
+                    .map(|&leaf| chunk(f, g, leaf))
                     .sum();
                 let rows = self.files[f].metadata.row_group(g).num_rows().max(0) as usize;
                 read + rows * self.computed_width
@@ -1205,18 +1211,13 @@ async fn fetch(plan: &CopyPlan, unit: Unit) -> Result<Located, Stop> {
     };
     let file = &plan.files[f];
     let group = file.metadata.row_group(g);
-    let descr = file.metadata.file_metadata().schema_descr_ptr();
     let range = |leaf: usize| {
         let (start, length) = group.column(leaf).byte_range();
         start..start + length
     };
-    let leaves_read: Vec<usize> = match unit {
-        Unit::Copy { leaf, .. } => vec![leaf],
-        Unit::Compute { .. } => plan
-            .needed
-            .iter()
-            .flat_map(|&root| leaves(&descr, root).collect::<Vec<_>>())
-            .collect(),
+    let leaves_read: &[usize] = match unit {
+        Unit::Copy { ref leaf, .. } => std::slice::from_ref(leaf),
+        Unit::Compute { .. } => &plan.needed_leaves,
     };
     let mut chunks: Vec<Range<u64>> = leaves_read.iter().map(|&leaf| range(leaf)).collect();
     chunks.sort_by_key(|r| r.start);
@@ -1255,7 +1256,7 @@ async fn fetch(plan: &CopyPlan, unit: Unit) -> Result<Located, Stop> {
     // Page headers are walked before anything is decompressed or decoded: a header that
     // claims more than its chunk (or the session's cap) is left to the rewrite, which
     // refuses it with its typed error.
-    for leaf in leaves_read {
+    for &leaf in leaves_read {
         let chunk = group.column(leaf);
         let (start, length) = chunk.byte_range();
         let bytes = located
@@ -1558,9 +1559,6 @@ fn recompress_chunk(
     let declared = chunk.uncompressed_size().max(0) as u64;
     if let Err(reason) = page_ranges(chunk, &bytes, declared.max(1)) {
         return Ok(Err(reason));
-    }
-    if chunk.column_descr().max_rep_level() > 0 && offsets.is_none() {
-        return Ok(Err("a nested column without an offset index".into()));
     }
     let mut reader = page_reader(fetched, chunk, rows, true)?;
     let mut compressor = PageCompressor::new(codec)?;
