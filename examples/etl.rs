@@ -12,6 +12,8 @@
 //!     --mode eager --summary run.json
 //! cargo run --release --example etl -- --cache .sluice/   # transform's output checkpointed;
 //!                                                        # the next run reads it instead
+//! cargo run --release --features ballista --example etl -- --runner df://127.0.0.1:50050 \
+//!     --source s3://taxi/in/ --dest s3://taxi/out/tip.parquet   # on a Ballista cluster
 //! ```
 //!
 //! With no `--source`, it generates `--rows` rows (3,000,000 by default) of taxi data
@@ -102,6 +104,11 @@ struct Args {
     /// Fail the run if it takes longer than this (`90s`, `10m`).
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
+    /// Where the plans run: `local`, or a Ballista cluster's scheduler `df://HOST:PORT`
+    /// (a build with the cargo feature `ballista`; see "Run on a cluster" in the README).
+    /// Default: `$SLUICE_RUNNER`, else local.
+    #[arg(long, value_parser = sluice::Runner::parse)]
+    runner: Option<sluice::Runner>,
 }
 
 #[tokio::main]
@@ -184,6 +191,9 @@ async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
     }
     if let Some(limit) = args.timeout {
         call = call.with_timeout(limit);
+    }
+    if let Some(runner) = args.runner.clone() {
+        call = call.with_runner(runner);
     }
     let run = call.run().await;
     let wall = started.elapsed();

@@ -114,7 +114,7 @@ pub mod prelude {
     pub use sluice_core::{
         CachePolicy, CancellationToken, CsvReadOptions, CsvWrite, Error, ExecutionMode, Expr, Flow,
         FlowOptions, FlowRunRecord, FlowState, Frame, ParquetRead, ParquetWrite, Persist, Progress,
-        ProgressWriter, Result, Retry, RetryDelay, RunLogLayer, Session, Task, TaskContext,
+        ProgressWriter, Result, Retry, RetryDelay, RunLogLayer, Runner, Session, Task, TaskContext,
         TaskState, WriteLayout, WritePath, WriteSummary, col, lit, map, submit,
     };
 }

@@ -226,6 +226,40 @@ async fn boundaries_let_projection_and_filters_reach_the_scan() {
 }
 
 #[tokio::test]
+async fn boundaries_count_rows_bytes_and_time_as_datafusion_metrics() {
+    // What a cluster's executors report back, and what `EXPLAIN ANALYZE` shows.
+    let dir = tempfile::tempdir().unwrap();
+    let source = taxi_file(dir.path(), "in.parquet", 10_000, 4_096);
+    let source = source.to_str().unwrap().to_string();
+    let plan = Flow::new("analyze")
+        .run(serde_json::json!({}), async move {
+            let raw = extract(&source).await?;
+            let batches = raw
+                .to_dataframe()
+                .explain(false, true)
+                .map_err(Error::custom)?
+                .collect()
+                .await
+                .map_err(Error::custom)?;
+            Ok(
+                datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                    .map_err(Error::custom)?
+                    .to_string(),
+            )
+        })
+        .await
+        .output
+        .unwrap();
+    let boundary = plan
+        .lines()
+        .find(|l| l.contains("TaskBoundaryExec: task=extract"))
+        .unwrap_or_else(|| panic!("{plan}"));
+    assert!(boundary.contains("output_rows=10000"), "{boundary}");
+    assert!(boundary.contains("output_bytes="), "{boundary}");
+    assert!(boundary.contains("elapsed_compute="), "{boundary}");
+}
+
+#[tokio::test]
 async fn a_lazy_task_whose_output_is_never_consumed_completes_without_rows() {
     let dir = tempfile::tempdir().unwrap();
     let source = taxi_file(dir.path(), "in.parquet", 1_000, 1_000);

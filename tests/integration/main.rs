@@ -2,6 +2,8 @@
 
 mod bad_input;
 mod cache;
+#[cfg(feature = "ballista")]
+mod cluster;
 mod column_copy;
 mod common;
 mod errors;

@@ -103,7 +103,7 @@ impl S3Target {
         ]
     }
 
-    async fn exists(&self, key: &str) -> bool {
+    pub async fn exists(&self, key: &str) -> bool {
         let path = object_store::path::Path::from(format!("{}/{key}", self.prefix));
         self.store().head(&path).await.is_ok()
     }

@@ -14,7 +14,12 @@
 //! sluice cache clear --store .sluice/ --task transform
 //! sluice runs ls --flow etl --state failed --since 1d   # recorded flow runs, newest first
 //! sluice runs show 3f2a9c1e                             # one run: tasks, attempts, errors
+//! sluice scheduler --bind 0.0.0.0:50050                 # a Ballista cluster (feature `ballista`)
+//! sluice executor --scheduler 10.0.0.5:50050 --bind 0.0.0.0:50051 --slots 8
 //! ```
+
+#[cfg(feature = "ballista")]
+mod cluster;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -68,6 +73,13 @@ enum Command {
     /// List and show recorded flow runs.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Run a Ballista scheduler that runs Sluice's plans; flows reach it with the
+    /// runner `df://HOST:PORT`. Runs until interrupted.
+    #[cfg(feature = "ballista")]
+    Scheduler(cluster::SchedulerArgs),
+    /// Run a Ballista executor for a `sluice scheduler`. Runs until interrupted.
+    #[cfg(feature = "ballista")]
+    Executor(cluster::ExecutorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -255,6 +267,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ServeHttp(args) => serve(args, false),
         Command::Cache(command) => cache(command),
         Command::Runs(command) => runs(command),
+        #[cfg(feature = "ballista")]
+        Command::Scheduler(args) => cluster::scheduler(args),
+        #[cfg(feature = "ballista")]
+        Command::Executor(args) => cluster::executor(args),
     }
 }
 

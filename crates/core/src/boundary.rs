@@ -34,6 +34,9 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::CardinalityEffect;
 use datafusion::physical_plan::filter_pushdown::{FilterDescription, FilterPushdownPhase};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::{
     ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, Statistics,
     StatisticsArgs,
@@ -132,8 +135,14 @@ impl UserDefinedLogicalNodeCore for TaskBoundary {
     }
 }
 
+/// The name of the boundary's metric that counts the Arrow bytes leaving the task
+/// (its rows are `output_rows`, its time `elapsed_compute`).
+pub const OUTPUT_BYTES_METRIC: &str = "output_bytes";
+
 /// The physical boundary: passes batches through unchanged, counting them into the
-/// task's run record, and attributes errors to the task.
+/// task's run record and into DataFusion metrics (`output_rows`, `output_bytes`,
+/// `elapsed_compute`: they show in `EXPLAIN ANALYZE`, and a cluster's executors report
+/// them back), and attributes errors to the task.
 #[derive(Debug)]
 pub struct TaskBoundaryExec {
     input: Arc<dyn ExecutionPlan>,
@@ -143,10 +152,11 @@ pub struct TaskBoundaryExec {
     properties: Arc<PlanProperties>,
     /// This plan instance's execution, created when its first partition starts.
     execution: std::sync::OnceLock<Arc<ExecutionState>>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl TaskBoundaryExec {
-    fn new(
+    pub(crate) fn new(
         input: Arc<dyn ExecutionPlan>,
         run: Arc<TaskRunState>,
         sources: Arc<[String]>,
@@ -160,12 +170,31 @@ impl TaskBoundaryExec {
             checkpoint,
             properties,
             execution: std::sync::OnceLock::new(),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
     /// The name of the task whose output this node counts.
     pub fn task_name(&self) -> &str {
         &self.run.name
+    }
+
+    /// The task run whose output this node counts.
+    #[cfg(feature = "ballista")]
+    pub(crate) fn run(&self) -> &Arc<TaskRunState> {
+        &self.run
+    }
+
+    /// The sources errors are attributed to.
+    #[cfg(feature = "ballista")]
+    pub(crate) fn sources(&self) -> &Arc<[String]> {
+        &self.sources
+    }
+
+    /// Whether the node reads the task's checkpoint (a cache hit).
+    #[cfg(feature = "ballista")]
+    pub(crate) fn reads_checkpoint(&self) -> bool {
+        self.checkpoint.is_some()
     }
 }
 
@@ -240,6 +269,8 @@ impl ExecutionPlan for TaskBoundaryExec {
             )))
         });
         Ok(Box::pin(BoundaryStream {
+            baseline: BaselineMetrics::new(&self.metrics, partition),
+            output_bytes: MetricBuilder::new(&self.metrics).counter(OUTPUT_BYTES_METRIC, partition),
             schema: self.input.schema(),
             input,
             run: Arc::clone(&self.run),
@@ -251,6 +282,10 @@ impl ExecutionPlan for TaskBoundaryExec {
             input_done: false,
             closed: false,
         }))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
     }
 
     fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
@@ -332,6 +367,9 @@ pub(crate) fn attribute(
 }
 
 struct BoundaryStream {
+    /// Rows out and time spent, as DataFusion metrics.
+    baseline: BaselineMetrics,
+    output_bytes: Count,
     schema: SchemaRef,
     input: SendableRecordBatchStream,
     run: Arc<TaskRunState>,
@@ -425,13 +463,16 @@ impl Stream for BoundaryStream {
             }
         };
         let nanos = started.elapsed().as_nanos() as u64;
+        self.baseline
+            .elapsed_compute()
+            .add_duration(std::time::Duration::from_nanos(nanos));
         match polled {
             Poll::Ready(Some(Ok(batch))) => {
-                self.execution.add_output(
-                    batch.num_rows() as u64,
-                    batch.get_array_memory_size() as u64,
-                    nanos,
-                );
+                let bytes = batch.get_array_memory_size();
+                self.baseline.record_output(batch.num_rows());
+                self.output_bytes.add(bytes);
+                self.execution
+                    .add_output(batch.num_rows() as u64, bytes as u64, nanos);
                 Poll::Ready(Some(Ok(batch)))
             }
             Poll::Ready(Some(Err(error))) => {

@@ -360,6 +360,23 @@ pub enum Error {
         /// DataFusion's account of the pool.
         reason: String,
     },
+    /// The cluster a flow runs on (see [`Runner`](crate::Runner)) could not be reached,
+    /// had no executor, cannot run this plan, or failed the job.
+    ///
+    /// ```
+    /// let err = sluice_core::Error::Cluster {
+    ///     address: "df://10.0.0.5:50050".into(),
+    ///     reason: "nothing listens there".into(),
+    /// };
+    /// assert!(err.to_string().starts_with("running on the cluster at df://10.0.0.5:50050 failed"));
+    /// ```
+    #[error("running on the cluster at {address} failed: {reason}")]
+    Cluster {
+        /// The scheduler's URL (`df://host:port`).
+        address: String,
+        /// What happened and what to do.
+        reason: String,
+    },
     /// A bug in Sluice.
     #[error("internal error in sluice: {message}; please report it as an issue")]
     Internal {

@@ -17,7 +17,7 @@ use tracing::instrument::Instrumented;
 
 use crate::history::RunStore;
 use crate::run::{Closing, Ending, FlowRunRecord, FlowState, Hooks, TaskRunState};
-use crate::{Clock, Error, ExecutionMode, Result, Session};
+use crate::{Clock, Error, ExecutionMode, Result, Runner, Session};
 
 /// Where flow runs record themselves unless told otherwise: `$SLUICE_RUN_STORE`, or
 /// `.sluice/` in the working directory.
@@ -60,14 +60,23 @@ pub(crate) struct FlowRunShared {
 }
 
 impl FlowRunShared {
-    fn new(flow: &Flow, parameters: serde_json::Value) -> Arc<Self> {
-        Arc::new(Self {
+    /// The run's shared state, and why the run is refused if its runner is unusable.
+    fn new(flow: &Flow, parameters: serde_json::Value) -> (Arc<Self>, Option<Error>) {
+        let session = flow.options.session.clone().unwrap_or_default();
+        let (session, refused) = match &flow.options.runner {
+            Some(runner) => match session.with_runner(runner.clone()) {
+                Ok(session) => (session, None),
+                Err(e) => (session, Some(e)),
+            },
+            None => (session, None),
+        };
+        let shared = Arc::new(Self {
             name: flow.name.clone(),
             run_id: uuid::Uuid::new_v4().to_string(),
             version: flow.version.clone(),
             parameters,
             mode: flow.options.mode,
-            session: flow.options.session.clone().unwrap_or_default(),
+            session,
             result_store: flow.options.result_store.clone(),
             checkpoints: flow.options.checkpoints,
             clock: flow.options.clock.clone(),
@@ -80,7 +89,18 @@ impl FlowRunShared {
             ),
             submitted: Default::default(),
             progress: flow.options.progress,
-        })
+        });
+        let refused = refused.or_else(|| {
+            (shared.mode == ExecutionMode::Eager && shared.session.on_cluster()).then(|| {
+                Error::Cluster {
+                    address: shared.session.runner().to_string(),
+                    reason: "eager mode keeps every task's output in this process, which a \
+                             cluster's tasks cannot read; run the flow in lazy mode (the default)"
+                        .into(),
+                }
+            })
+        });
+        (shared, refused)
     }
 
     /// Every task run so far, as progress shows it.
@@ -119,7 +139,7 @@ impl FlowRunShared {
     pub(crate) fn current_or_ad_hoc(task: &str) -> Arc<Self> {
         CURRENT_FLOW
             .try_with(Arc::clone)
-            .unwrap_or_else(|_| Self::new(&Flow::new(task), serde_json::Value::Null))
+            .unwrap_or_else(|_| Self::new(&Flow::new(task), serde_json::Value::Null).0)
     }
 
     pub(crate) fn add_task(&self, run: Arc<TaskRunState>) {
@@ -205,6 +225,7 @@ pub struct FlowOptions {
     timeout: Option<Duration>,
     cancellation: Option<CancellationToken>,
     hooks: FlowHooks,
+    runner: Option<Runner>,
 }
 
 impl Default for FlowOptions {
@@ -223,6 +244,7 @@ impl Default for FlowOptions {
             timeout: None,
             cancellation: None,
             hooks: FlowHooks::default(),
+            runner: None,
         }
     }
 }
@@ -330,6 +352,20 @@ impl FlowOptions {
         self
     }
 
+    /// Where the run's plans execute, overriding the session's runner: a Ballista
+    /// cluster with [`Runner::ballista`] (cargo feature `ballista`). Tasks do not change.
+    /// A runner this build cannot use fails the run before its body starts.
+    ///
+    /// ```
+    /// use sluice_core::{FlowOptions, Runner};
+    /// let options = FlowOptions::default().with_runner(Runner::ballista("df://127.0.0.1:50050"));
+    /// # let _ = options;
+    /// ```
+    pub fn with_runner(mut self, runner: Runner) -> Self {
+        self.runner = Some(runner);
+        self
+    }
+
     /// The session tasks read, plan and write in; by default a new one per run.
     pub fn with_session(mut self, session: Session) -> Self {
         self.session = Some(session);
@@ -398,6 +434,18 @@ impl Flow {
         self
     }
 
+    /// Where its plans execute; see [`FlowOptions::with_runner`].
+    ///
+    /// ```
+    /// use sluice_core::{Flow, Runner};
+    /// let flow = Flow::new("etl").with_runner(Runner::ballista("df://127.0.0.1:50050"));
+    /// # let _ = flow;
+    /// ```
+    pub fn with_runner(mut self, runner: Runner) -> Self {
+        self.options = self.options.with_runner(runner);
+        self
+    }
+
     /// Whether runs are recorded; see [`FlowOptions::with_run_history`].
     pub fn with_run_history(mut self, enabled: bool) -> Self {
         self.options = self.options.with_run_history(enabled);
@@ -451,6 +499,12 @@ where
     /// Runs in this execution mode.
     pub fn with_mode(mut self, mode: ExecutionMode) -> Self {
         self.flow.options.mode = mode;
+        self
+    }
+
+    /// Runs its plans on `runner` (see [`FlowOptions::with_runner`]).
+    pub fn with_runner(mut self, runner: Runner) -> Self {
+        self.flow.options.runner = Some(runner);
         self
     }
 
@@ -517,7 +571,7 @@ where
     /// Starts the run; the future resolves to the body's result and the run record.
     pub fn run(self) -> FlowFuture<F> {
         let options = &self.flow.options;
-        let shared = FlowRunShared::new(&self.flow, self.parameters);
+        let (shared, refused) = FlowRunShared::new(&self.flow, self.parameters);
         let span = tracing::info_span!(
             "flow.run",
             flow = %shared.name,
@@ -526,7 +580,9 @@ where
         );
         // A flow name that cannot be a key component fails the run before its body
         // starts and before any record is written.
-        let refused = crate::names::validate_name("flow name", &shared.name).err();
+        let refused = crate::names::validate_name("flow name", &shared.name)
+            .err()
+            .or(refused);
         let history = if options.run_history && refused.is_none() {
             let location = options
                 .run_store

@@ -434,10 +434,40 @@ impl Frame {
         Ok(text)
     }
 
-    /// Runs the plan and returns its output as a stream of record batches.
+    /// Runs the plan and returns its output as a stream of record batches. On a
+    /// cluster the executors' output is gathered first (so that the run record is
+    /// complete when the stream starts), then streamed from memory.
     pub async fn execute_stream(&self) -> Result<SendableRecordBatchStream> {
+        #[cfg(feature = "ballista")]
+        if self.inner.session.cluster().is_some() {
+            let batches = self.collect().await?;
+            let stream = futures::stream::iter(batches.into_iter().map(Ok));
+            return Ok(Box::pin(
+                datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                    self.schema(),
+                    stream,
+                ),
+            ));
+        }
         self.to_dataframe()
             .execute_stream()
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Runs `body` on the frame's data frame: here, or on the session's cluster.
+    async fn run<T, F, Fut>(&self, body: F) -> Result<T>
+    where
+        F: FnOnce(DataFrame) -> Fut,
+        Fut: std::future::Future<Output = datafusion::error::Result<T>>,
+    {
+        #[cfg(feature = "ballista")]
+        if let Some(cluster) = self.inner.session.cluster() {
+            return cluster
+                .run(self.inner.session.state(), &self.inner.plan, body)
+                .await;
+        }
+        guarded(body(self.to_dataframe()))
             .await
             .map_err(|e| self.error(e))
     }
@@ -455,15 +485,21 @@ impl Frame {
 
     /// Runs the plan and collects every batch in memory.
     pub async fn collect(&self) -> Result<Vec<RecordBatch>> {
-        guarded(self.to_dataframe().collect())
-            .await
-            .map_err(|e| self.error(e))
+        self.run(DataFrame::collect).await
     }
 
     /// Runs the plan, keeping it in memory as a new frame over those batches (what
     /// eager mode does between tasks). Returns the frame, its rows and in-memory bytes.
     pub(crate) async fn materialize(&self) -> Result<(Frame, u64, u64)> {
         let schema = self.schema();
+        if self.inner.session.on_cluster() {
+            return Err(Error::Cluster {
+                address: self.inner.session.runner().to_string(),
+                reason: "eager mode keeps every task's output in this process, which a \
+                         cluster's tasks cannot read; run the flow in lazy mode (the default)"
+                    .into(),
+            });
+        }
         let partitions = guarded(self.to_dataframe().collect_partitioned())
             .await
             .map_err(|e| self.error(e))?;
@@ -490,9 +526,7 @@ impl Frame {
 
     /// Counts the rows (reading no column data where the source knows its row counts).
     pub async fn count(&self) -> Result<u64> {
-        Ok(guarded(self.to_dataframe().count())
-            .await
-            .map_err(|e| self.error(e))? as u64)
+        Ok(self.run(DataFrame::count).await? as u64)
     }
 
     /// Rows, and per column its type and non-null count: pandas' `df.info()`. Runs one
@@ -542,7 +576,14 @@ impl Frame {
     /// failed write leaves nothing at the destination.
     pub async fn write_parquet(&self, dest: &str, options: ParquetWrite) -> Result<WriteSummary> {
         let table_options = options.table_options(&self.inner.session)?;
-        let route = crate::column_copy::route(self, &options).await;
+        let route = if self.inner.session.on_cluster() {
+            Route::Rewrite(format!(
+                "the cluster's executors write it ({})",
+                self.inner.session.runner()
+            ))
+        } else {
+            crate::column_copy::route(self, &options).await
+        };
         self.write(dest, options.layout, "parquet", |df, target| async move {
             let rewrite = |reason: String| async move {
                 df.write_parquet(&target.path, target.options, Some(table_options))
@@ -587,6 +628,29 @@ impl Frame {
         .await
     }
 
+    /// Runs a sink here, or on the session's cluster; a cluster's error comes back as
+    /// Sluice's, wrapped, for the sink's own classification.
+    async fn run_sink<F, Fut>(
+        &self,
+        sink: F,
+        target: SinkTarget,
+    ) -> datafusion::error::Result<(u64, WritePath)>
+    where
+        F: FnOnce(DataFrame, SinkTarget) -> Fut,
+        Fut: std::future::Future<Output = datafusion::error::Result<(u64, WritePath)>>,
+    {
+        #[cfg(feature = "ballista")]
+        if let Some(cluster) = self.inner.session.cluster() {
+            return cluster
+                .run(self.inner.session.state(), &self.inner.plan, |df| {
+                    sink(df, target)
+                })
+                .await
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)));
+        }
+        guarded(sink(self.to_dataframe(), target)).await
+    }
+
     async fn write<F, Fut>(
         &self,
         dest: &str,
@@ -618,7 +682,7 @@ impl Frame {
             kind,
         };
         let span = tracing::info_span!("sink", dest = %staged.destination(), format = extension);
-        let written = guarded(sink(self.to_dataframe(), target).instrument(span)).await;
+        let written = self.run_sink(sink, target).instrument(span).await;
         let (rows, path) = match written {
             Ok(written) => written,
             Err(e) => {

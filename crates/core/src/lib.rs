@@ -51,6 +51,8 @@
 
 pub mod boundary;
 pub mod checkpoint;
+#[cfg(feature = "ballista")]
+pub mod cluster;
 mod column_copy;
 pub mod concat;
 mod concurrency;
@@ -68,6 +70,7 @@ mod progress;
 mod read;
 mod retry;
 mod run;
+mod runner;
 mod session;
 mod task;
 mod write;
@@ -93,6 +96,7 @@ pub use run::{
     CacheRecord, ExecutionMode, ExecutionOutcome, FlowRunRecord, FlowState, LogLine, MAX_LOG_LINES,
     SinkRecord, TaskAttempt, TaskExecution, TaskRunRecord, TaskState,
 };
+pub use runner::{RUNNER_ENV, Runner};
 pub use session::{COLUMN_COPY_ENV, Session, SessionBuilder};
 pub use task::{DEFAULT_RESULT_STORE, Task, TaskContext, TaskOutput};
 pub use write::{Compression, CsvWrite, ParquetWrite, WriteLayout};

@@ -213,6 +213,12 @@ impl LimitedParquetFormat {
             max_column_chunk_bytes,
         }
     }
+
+    /// The wrapped format.
+    #[cfg(feature = "ballista")]
+    pub(crate) fn inner(&self) -> &Arc<dyn FileFormat> {
+        &self.inner
+    }
 }
 
 /// `plan` with its Parquet scan's reader factory wrapped in a [`LimitedReaderFactory`].

@@ -794,6 +794,33 @@ impl TaskRunState {
         }
     }
 
+    /// A run state that records nowhere: a task boundary decoded on a cluster's
+    /// scheduler or executor. Its figures travel back as the node's metrics, and the
+    /// client records them (see [`record_remote_execution`](Self::record_remote_execution)).
+    #[cfg(feature = "ballista")]
+    pub(crate) fn detached(name: &str, timeout: Option<std::time::Duration>) -> Arc<Self> {
+        Self::with_settings(name, None, None, timeout, TaskHooks::default())
+    }
+
+    /// Records an execution that ran elsewhere (on a cluster's executors) and has
+    /// ended: its partitions, the rows, bytes and time its boundary counted, and how
+    /// it ended.
+    #[cfg(feature = "ballista")]
+    pub(crate) fn record_remote_execution(
+        &self,
+        partitions: usize,
+        rows: u64,
+        bytes: u64,
+        nanos: u64,
+        end: StreamEnd,
+    ) {
+        let execution = self.new_execution(partitions, false);
+        execution.add_output(rows, bytes, nanos);
+        for _ in 0..execution.partitions {
+            self.stream_closed(&execution, end);
+        }
+    }
+
     /// A physical plan starts executing this task's output over `partitions` partitions.
     pub(crate) fn new_execution(
         &self,

@@ -32,7 +32,7 @@ use crate::error::guarded;
 use crate::evolution::{CaseInsensitiveAdapterFactory, CaseInsensitiveFormat, FileSchema};
 use crate::limits::LimitedParquetFormat;
 use crate::lineage::{Lineage, SourceObject};
-use crate::{Error, Frame, ParquetRead, Result};
+use crate::{Error, Frame, ParquetRead, Result, Runner};
 
 /// A DataFusion session with Sluice's object stores (created per URL on first use) and
 /// query planner. Cloning is O(1); clones share stores and configuration.
@@ -57,6 +57,9 @@ struct SessionInner {
     stores: Arc<StoreRegistry>,
     max_column_chunk_bytes: u64,
     column_copy: bool,
+    runner: Runner,
+    #[cfg(feature = "ballista")]
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 impl std::fmt::Debug for SessionInner {
@@ -66,6 +69,7 @@ impl std::fmt::Debug for SessionInner {
             .field("stores", &self.stores)
             .field("max_column_chunk_bytes", &self.max_column_chunk_bytes)
             .field("column_copy", &self.column_copy)
+            .field("runner", &self.runner)
             .finish()
     }
 }
@@ -125,6 +129,52 @@ impl Session {
 
     pub(crate) fn state(&self) -> SessionState {
         self.inner.ctx.state()
+    }
+
+    /// Where the session's plans execute (see [`SessionBuilder::with_runner`]).
+    pub fn runner(&self) -> &Runner {
+        &self.inner.runner
+    }
+
+    /// This session (its stores, configuration and tables), with plans executing on
+    /// `runner` instead.
+    ///
+    /// ```
+    /// use sluice_core::{Runner, Session};
+    /// let session = Session::new();
+    /// assert!(session.runner().is_local());
+    /// # #[cfg(feature = "ballista")] {
+    /// let cluster = session.with_runner(Runner::ballista("df://127.0.0.1:50050"))?;
+    /// assert_eq!(cluster.runner().to_string(), "df://127.0.0.1:50050");
+    /// # }
+    /// # Ok::<(), sluice_core::Error>(())
+    /// ```
+    pub fn with_runner(&self, runner: Runner) -> Result<Session> {
+        Ok(Session {
+            inner: Arc::new(SessionInner {
+                ctx: self.inner.ctx.clone(),
+                stores: Arc::clone(&self.inner.stores),
+                max_column_chunk_bytes: self.inner.max_column_chunk_bytes,
+                column_copy: self.inner.column_copy,
+                #[cfg(feature = "ballista")]
+                cluster: cluster_of(&runner)?,
+                #[cfg(not(feature = "ballista"))]
+                runner: checked_runner(runner)?,
+                #[cfg(feature = "ballista")]
+                runner,
+            }),
+        })
+    }
+
+    /// The cluster plans execute on, if the runner is one.
+    #[cfg(feature = "ballista")]
+    pub(crate) fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.inner.cluster.as_ref()
+    }
+
+    /// Whether plans execute on a cluster (nothing below runs in this process then).
+    pub(crate) fn on_cluster(&self) -> bool {
+        !self.inner.runner.is_local()
     }
 
     /// A lazy frame over Parquet data: one file, a directory (every `.parquet` file in
@@ -773,6 +823,7 @@ pub struct SessionBuilder {
     column_copy: Option<bool>,
     stores: Vec<(Url, Arc<dyn ObjectStore>)>,
     config: Option<SessionConfig>,
+    runner: Option<Runner>,
 }
 
 impl SessionBuilder {
@@ -841,6 +892,21 @@ impl SessionBuilder {
         self
     }
 
+    /// Where plans execute: [`Runner::Local`] (DataFusion in this process) or a Ballista
+    /// cluster ([`Runner::ballista`], with the cargo feature `ballista`). Default: the
+    /// environment variable [`SLUICE_RUNNER`](crate::RUNNER_ENV) if set, else local.
+    ///
+    /// ```
+    /// use sluice_core::{Runner, Session};
+    /// let session = Session::builder().with_runner(Runner::Local).build()?;
+    /// assert!(session.runner().is_local());
+    /// # Ok::<(), sluice_core::Error>(())
+    /// ```
+    pub fn with_runner(mut self, runner: Runner) -> Self {
+        self.runner = Some(runner);
+        self
+    }
+
     /// Starts from this DataFusion configuration.
     pub fn with_config(mut self, config: SessionConfig) -> Self {
         self.config = Some(config);
@@ -894,14 +960,44 @@ impl SessionBuilder {
             .with_physical_optimizer_rules(physical_optimizer_rules())
             .with_query_planner(Arc::new(SluiceQueryPlanner))
             .build();
-        Ok(Session {
+        let runner = match self.runner {
+            Some(runner) => runner,
+            None => Runner::from_env()?,
+        };
+        Session {
             inner: Arc::new(SessionInner {
                 ctx: SessionContext::new_with_state(state),
                 stores,
                 max_column_chunk_bytes,
                 column_copy,
+                runner: Runner::Local,
+                #[cfg(feature = "ballista")]
+                cluster: None,
             }),
-        })
+        }
+        .with_runner(runner)
+    }
+}
+
+/// A runner this build can use: without the cargo feature `ballista`, only local.
+#[cfg(not(feature = "ballista"))]
+fn checked_runner(runner: Runner) -> Result<Runner> {
+    match runner {
+        Runner::Local => Ok(runner),
+        Runner::Ballista { url } => Err(Error::Cluster {
+            address: url,
+            reason: "this build of Sluice has no Ballista support; build it with the cargo \
+                     feature `ballista` (`--features ballista`)"
+                .into(),
+        }),
+    }
+}
+
+#[cfg(feature = "ballista")]
+fn cluster_of(runner: &Runner) -> Result<Option<crate::cluster::Cluster>> {
+    match runner {
+        Runner::Local => Ok(None),
+        Runner::Ballista { url } => crate::cluster::Cluster::new(url).map(Some),
     }
 }
 

@@ -1,0 +1,543 @@
+//! Running plans on an Apache DataFusion Ballista cluster (cargo feature `ballista`).
+//!
+//! A session whose [`Runner`](crate::Runner) is a cluster plans as a local one does:
+//! sources are listed and their footers read here, tasks build the same logical plan.
+//! When a sink runs, the logical plan goes to the Ballista scheduler (Sluice's nodes
+//! through [`LogicalCodec`]), which plans it with Sluice's planner ([`scheduler_state`])
+//! and sends stages to the executors (through [`PhysicalCodec`]). The executors read
+//! the sources and write the sink's staged output straight to the object store; this
+//! process waits, publishes the staged output once the job succeeded, and fills the
+//! run record from the task boundaries' metrics that the executors reported.
+//!
+//! What does not run on a cluster fails before anything is sent, with
+//! [`Error::Cluster`] saying why: checkpoints (persisted tasks, cache hits), in-memory
+//! frames (eager mode, [`Session::from_batches`](crate::Session::from_batches)) and
+//! case-insensitive reads.
+
+mod codec;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use ballista_core::execution_plans::DistributedQueryExec;
+use ballista_core::extension::{SessionConfigExt, SessionStateExt};
+use ballista_core::planner::BallistaQueryPlanner;
+use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+use ballista_core::serde::protobuf::{
+    GetJobMetricsParams, GetJobMetricsResult, operator_metric::Metric,
+};
+use datafusion::catalog::Session as DfSession;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::listing::{ListingTable, ListingTableConfig};
+use datafusion::datasource::{provider_as_source, source_as_provider};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{DataFrame, SessionConfig};
+use datafusion_proto::protobuf::LogicalPlanNode;
+
+pub use codec::{LogicalCodec, PhysicalCodec};
+
+use crate::boundary::{SluiceQueryPlanner, TaskBoundary};
+use crate::run::{StreamEnd, TaskRunState};
+use crate::{Error, Result};
+
+/// The port of a scheduler URL that names none (Ballista's default).
+pub const DEFAULT_SCHEDULER_PORT: u16 = 50050;
+
+/// How long connecting to the scheduler may take before the run fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The options every cluster session needs, applied to `config`.
+///
+/// DataFusion 55's file-stream work stealing lets a scan partition take files from
+/// its siblings' queues. On a cluster each partition is planned in another process
+/// with every sibling's files still queued, so the files are read once per partition
+/// (apache/datafusion#23292): it is turned off.
+///
+/// ```
+/// let config = sluice_core::cluster::cluster_config(datafusion::prelude::SessionConfig::new());
+/// assert!(!config.options().execution.enable_file_stream_work_stealing);
+/// ```
+pub fn cluster_config(mut config: SessionConfig) -> SessionConfig {
+    config
+        .options_mut()
+        .execution
+        .enable_file_stream_work_stealing = false;
+    config
+}
+
+/// The runtime of a scheduler or an executor: object stores created per URL from the
+/// environment (the AWS variables, as in a local session), since stores registered on
+/// a client do not travel.
+pub fn runtime_env() -> DfResult<Arc<RuntimeEnv>> {
+    RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(sluice_store::StoreRegistry::new()))
+        .build_arc()
+}
+
+/// The session state a scheduler plans Sluice's plans in: Sluice's query planner (its
+/// task boundaries become [`TaskBoundaryExec`](crate::boundary::TaskBoundaryExec)s),
+/// stores from the environment, and [`cluster_config`].
+pub fn scheduler_state(config: SessionConfig) -> DfResult<SessionState> {
+    Ok(SessionStateBuilder::new()
+        .with_config(cluster_config(config))
+        .with_runtime_env(runtime_env()?)
+        .with_default_features()
+        .with_query_planner(Arc::new(SluiceQueryPlanner))
+        .build())
+}
+
+/// A task boundary of a plan sent to the cluster, and the boundaries under it.
+struct Boundary {
+    run: Arc<TaskRunState>,
+    upstream: Vec<String>,
+}
+
+/// A Ballista cluster, as a session's runner.
+#[derive(Debug, Clone)]
+pub(crate) struct Cluster {
+    /// `df://host:port`, as the user wrote it.
+    url: String,
+    /// `http://host:port`, as Ballista's gRPC clients take it.
+    scheduler: String,
+    /// `host:port`.
+    address: String,
+}
+
+impl Cluster {
+    pub(crate) fn new(url: &str) -> Result<Self> {
+        let parsed = url::Url::parse(url).map_err(|e| Error::InvalidOption {
+            option: "runner",
+            reason: format!("{url:?} is not a URL df://host:port ({e})"),
+        })?;
+        let host = parsed.host_str().unwrap_or_default();
+        let port = parsed.port().unwrap_or(DEFAULT_SCHEDULER_PORT);
+        Ok(Self {
+            url: url.to_string(),
+            scheduler: format!("http://{host}:{port}"),
+            address: format!("{host}:{port}"),
+        })
+    }
+
+    fn error(&self, reason: impl Into<String>) -> Error {
+        Error::Cluster {
+            address: self.url.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Fails within [`CONNECT_TIMEOUT`] when nothing answers at the scheduler's address.
+    async fn reachable(&self) -> Result<()> {
+        let hint = format!(
+            "start a scheduler there (`sluice scheduler --bind {}`) or fix the runner's URL",
+            self.address
+        );
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect(&self.address),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                Err(self.error(format!("nothing answers at {} ({e}); {hint}", self.address)))
+            }
+            Err(_) => Err(self.error(format!(
+                "no answer from {} within {CONNECT_TIMEOUT:?}; {hint}",
+                self.address
+            ))),
+        }
+    }
+
+    /// The plan as the cluster can run it, and its task boundaries. Refuses what does
+    /// not run on a cluster, naming it.
+    fn prepare(&self, plan: &LogicalPlan) -> Result<(LogicalPlan, Vec<Boundary>)> {
+        let mut refusal: Option<Error> = None;
+        let prepared = plan
+            .clone()
+            .transform_up(|node| {
+                let LogicalPlan::TableScan(scan) = &node else {
+                    return Ok(Transformed::no(node));
+                };
+                match portable_scan(scan.source.clone()) {
+                    Ok(Some(source)) => {
+                        let mut scan = scan.clone();
+                        scan.source = source;
+                        Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+                    }
+                    Ok(None) => Ok(Transformed::no(node)),
+                    Err(reason) => {
+                        refusal.get_or_insert_with(|| {
+                            self.error(format!("{reason} (table {})", scan.table_name))
+                        });
+                        Ok(Transformed::no(node))
+                    }
+                }
+            })
+            .map_err(|e| self.error(e.to_string()))?
+            .data;
+        if let Some(refusal) = refusal {
+            return Err(refusal);
+        }
+        let mut boundaries = Vec::new();
+        collect_boundaries(&prepared, &mut boundaries).map_err(|e| self.error(e.to_string()))?;
+        if let Some(refusal) = boundaries.iter().find_map(|b| b.1.clone()) {
+            return Err(self.error(refusal));
+        }
+        Ok((prepared, boundaries.into_iter().map(|b| b.0).collect()))
+    }
+
+    /// A session state that sends plans to the cluster, and where the physical plans
+    /// it made are kept (to find the job afterwards).
+    fn state(&self, local: SessionState) -> (SessionState, Jobs) {
+        let jobs = Jobs::default();
+        let config = cluster_config(local.config().clone())
+            .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()))
+            .upgrade_for_ballista();
+        let planner = JobRecorder {
+            inner: BallistaQueryPlanner::<LogicalPlanNode>::with_extension(
+                self.scheduler.clone(),
+                config.ballista_config(),
+                Arc::new(LogicalCodec::default()),
+            ),
+            jobs: jobs.clone(),
+        };
+        let config = config.with_ballista_query_planner(Arc::new(planner));
+        let state = SessionStateBuilder::new_from_existing(local)
+            .with_config(config)
+            .build();
+        // Ballista's rules and functions; the planner is the recorder set above.
+        let state = state
+            .upgrade_for_ballista(self.scheduler.clone())
+            .unwrap_or_else(|_| unreachable!("upgrading a state for Ballista does not fail"));
+        (state, jobs)
+    }
+
+    /// Runs `body` on a data frame over `plan` that executes on the cluster, then
+    /// records what each task boundary counted into its run.
+    pub(crate) async fn run<T, F, Fut>(
+        &self,
+        local: SessionState,
+        plan: &LogicalPlan,
+        body: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(DataFrame) -> Fut,
+        Fut: Future<Output = DfResult<T>>,
+    {
+        let (plan, boundaries) = self.prepare(plan)?;
+        self.reachable().await?;
+        let (state, jobs) = self.state(local);
+        let config = state.config().clone();
+        let started = Instant::now();
+        let outcome = body(DataFrame::new(state, plan))
+            .await
+            .map_err(|e| self.job_error(e, &boundaries));
+        let metrics = match jobs.job_id() {
+            Some(job) => match self.job_metrics(&job, &config).await {
+                Ok(metrics) => Some(metrics),
+                Err(e) => {
+                    tracing::warn!(job, error = %e, "could not read the job's metrics from the scheduler; per-task figures are missing");
+                    None
+                }
+            },
+            None => None,
+        };
+        self.record(&boundaries, metrics.as_ref(), outcome.as_ref().err());
+        tracing::info!(cluster = %self.url, job = jobs.job_id().unwrap_or_default(), elapsed = ?started.elapsed(), ok = outcome.is_ok(), "cluster job ended");
+        outcome
+    }
+
+    async fn job_metrics(&self, job: &str, config: &SessionConfig) -> Result<GetJobMetricsResult> {
+        let size = config.ballista_config().grpc_client_max_message_size();
+        let mut client = SchedulerGrpcClient::connect(self.scheduler.clone())
+            .await
+            .map_err(|e| self.error(e.to_string()))?
+            .max_decoding_message_size(size);
+        Ok(client
+            .get_job_metrics(GetJobMetricsParams {
+                job_id: job.to_string(),
+            })
+            .await
+            .map_err(|e| self.error(e.message().to_string()))?
+            .into_inner())
+    }
+
+    /// Fills each task run from its boundary's metrics, and marks the runs a failed
+    /// job stopped.
+    fn record(
+        &self,
+        boundaries: &[Boundary],
+        metrics: Option<&GetJobMetricsResult>,
+        failure: Option<&Error>,
+    ) {
+        let counted = metrics.map(boundary_metrics).unwrap_or_default();
+        let culprit = failure.and_then(Error::task);
+        for boundary in boundaries {
+            let figures = counted.get(&boundary.run.name).copied().unwrap_or_default();
+            let end = match failure {
+                None => StreamEnd::Ended,
+                Some(_) => StreamEnd::Failed,
+            };
+            boundary.run.record_remote_execution(
+                figures.partitions,
+                figures.rows,
+                figures.bytes,
+                figures.nanos,
+                end,
+            );
+            let Some(error) = failure else { continue };
+            if culprit == Some(boundary.run.name.as_str()) {
+                boundary.run.fail(error);
+            } else if let Some(upstream) =
+                culprit.filter(|c| boundary.upstream.iter().any(|u| u == c))
+            {
+                boundary.run.fail(&Error::UpstreamFailed {
+                    task: boundary.run.name.clone(),
+                    upstream: upstream.to_string(),
+                });
+            } else {
+                boundary.run.fail(&self.error(error.to_string()));
+            }
+        }
+    }
+
+    /// The job's error as Sluice's: the task the executors named (the innermost, when
+    /// an upstream failure passed through several boundaries), the cluster's address,
+    /// and the executors' message.
+    fn job_error(&self, error: DataFusionError, boundaries: &[Boundary]) -> Error {
+        if let DataFusionError::External(boxed) = error {
+            return match boxed.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(other) => self.error(other.to_string()),
+            };
+        }
+        let message = crate::error::message(&error).replace("\\\"", "\"");
+        let named: Vec<&Boundary> = boundaries
+            .iter()
+            .filter(|b| message.contains(&format!("task {:?}", b.run.name)))
+            .collect();
+        let innermost = named.iter().find(|b| {
+            !named
+                .iter()
+                .any(|other| b.upstream.contains(&other.run.name))
+        });
+        let message = message.trim();
+        let cause = if message.ends_with("Cancelled") {
+            // Nobody here cancelled it: the scheduler did. `sluice scheduler` cancels
+            // the jobs of a cluster that has had no executor for a while.
+            self.error(format!(
+                "the scheduler cancelled the job ({message}); a `sluice scheduler` does so \
+                 when no executor has been registered for its --no-executor-timeout: start \
+                 one with `sluice executor --scheduler {}`, or see the scheduler's log",
+                self.address
+            ))
+        } else {
+            self.error(message.to_string())
+        };
+        match innermost {
+            Some(boundary) => Error::Task {
+                task: boundary.run.name.clone(),
+                source: Box::new(cause),
+            },
+            None => cause,
+        }
+    }
+}
+
+/// Per task, what its boundaries counted over the job's stages.
+#[derive(Debug, Default, Clone, Copy)]
+struct Figures {
+    partitions: usize,
+    rows: u64,
+    bytes: u64,
+    nanos: u64,
+}
+
+fn boundary_metrics(metrics: &GetJobMetricsResult) -> HashMap<String, Figures> {
+    let mut figures: HashMap<String, Figures> = HashMap::new();
+    for stage in &metrics.stages {
+        for operator in &stage.operators {
+            let Some(task) = operator
+                .operator_desc
+                .strip_prefix("TaskBoundaryExec: task=")
+                .map(str::trim)
+            else {
+                continue;
+            };
+            let entry = figures.entry(task.to_string()).or_default();
+            entry.partitions += stage.partitions as usize;
+            for metric in &operator.metrics {
+                match &metric.metric {
+                    Some(Metric::OutputRows(n)) => entry.rows += n,
+                    Some(Metric::ElapseTime(n)) => entry.nanos += n,
+                    Some(Metric::Count(c)) if c.name == crate::boundary::OUTPUT_BYTES_METRIC => {
+                        entry.bytes += c.value
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    figures
+}
+
+/// A scan the cluster can decode: Sluice's Parquet format with the column-chunk cap
+/// becomes DataFusion's (which Ballista encodes), other listing tables go as they are.
+/// `Ok(None)`: unchanged; `Err`: what cannot run on a cluster.
+fn portable_scan(
+    source: Arc<dyn datafusion::logical_expr::TableSource>,
+) -> std::result::Result<Option<Arc<dyn datafusion::logical_expr::TableSource>>, String> {
+    let provider = source_as_provider(&source).map_err(|e| e.to_string())?;
+    let Some(listing) = provider.downcast_ref::<ListingTable>() else {
+        return Err(
+            "in-memory data (eager mode, `Session::from_batches`) cannot be sent to a \
+                    cluster; run the flow in lazy mode over files or object stores"
+                .into(),
+        );
+    };
+    let format = &listing.options().format;
+    if format.is::<crate::evolution::CaseInsensitiveFormat>() {
+        return Err(
+            "case-insensitive column names (`ParquetRead::with_case_insensitive_names`) \
+                    do not run on a cluster yet; rename the columns or run locally"
+                .into(),
+        );
+    }
+    let Some(limited) = format.downcast_ref::<crate::limits::LimitedParquetFormat>() else {
+        return Ok(None);
+    };
+    let mut options = listing.options().clone();
+    options.format = Arc::clone(limited.inner());
+    let partition_columns: Vec<&str> = options
+        .table_partition_cols
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let table_schema = datafusion::catalog::TableProvider::schema(listing);
+    let file_schema = datafusion::arrow::datatypes::Schema::new(
+        table_schema
+            .fields()
+            .iter()
+            .filter(|f| !partition_columns.contains(&f.name().as_str()))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let table = ListingTable::try_new(
+        ListingTableConfig::new_with_multi_paths(listing.table_paths().clone())
+            .with_listing_options(options)
+            .with_schema(Arc::new(file_schema)),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Some(provider_as_source(Arc::new(table))))
+}
+
+/// Each task boundary of `plan` with the boundaries under it, and for each why it
+/// cannot run on a cluster, if it cannot.
+fn collect_boundaries(
+    plan: &LogicalPlan,
+    out: &mut Vec<(Boundary, Option<String>)>,
+) -> DfResult<()> {
+    plan.apply(|node| {
+        let LogicalPlan::Extension(extension) = node else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        if let Some(tee) = extension
+            .node
+            .as_any()
+            .downcast_ref::<crate::checkpoint::CheckpointTee>()
+        {
+            let reason = format!(
+                "task {:?} is persisted, and checkpoints do not run on a cluster yet; \
+                 run the flow with checkpoints off (`with_checkpoints(false)`) or locally",
+                tee.target.task
+            );
+            out.push((
+                Boundary {
+                    run: Arc::clone(&tee.target.run),
+                    upstream: Vec::new(),
+                },
+                Some(reason),
+            ));
+            return Ok(TreeNodeRecursion::Continue);
+        }
+        let Some(boundary) = extension.node.as_any().downcast_ref::<TaskBoundary>() else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        let mut upstream = Vec::new();
+        boundary.input.apply(|inner| {
+            if let LogicalPlan::Extension(e) = inner
+                && let Some(b) = e.node.as_any().downcast_ref::<TaskBoundary>()
+            {
+                upstream.push(b.run.name.clone());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        let refusal = boundary.checkpoint.as_ref().map(|_| {
+            format!(
+                "task {:?} would read its checkpoint, and checkpoints do not run on a \
+                 cluster yet; run the flow with checkpoints off (`with_checkpoints(false)`) \
+                 or locally",
+                boundary.run.name
+            )
+        });
+        out.push((
+            Boundary {
+                run: Arc::clone(&boundary.run),
+                upstream,
+            },
+            refusal,
+        ));
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .map(|_| ())
+}
+
+/// The physical plans a cluster state made: the one that ran holds the job's id.
+#[derive(Debug, Clone, Default)]
+struct Jobs(Arc<Mutex<Vec<Arc<dyn ExecutionPlan>>>>);
+
+impl Jobs {
+    fn job_id(&self) -> Option<String> {
+        let plans = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        plans.iter().rev().find_map(|plan| {
+            plan.downcast_ref::<DistributedQueryExec<LogicalPlanNode>>()
+                .and_then(|exec| exec.job_id())
+                .map(|id| id.to_string())
+        })
+    }
+}
+
+/// Ballista's query planner, keeping the plans it makes.
+#[derive(Debug)]
+struct JobRecorder {
+    inner: BallistaQueryPlanner<LogicalPlanNode>,
+    jobs: Jobs,
+}
+
+#[async_trait]
+impl QueryPlanner for JobRecorder {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn DfSession,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let plan = self
+            .inner
+            .create_physical_plan(logical_plan, session)
+            .await?;
+        self.jobs
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::clone(&plan));
+        Ok(plan)
+    }
+}

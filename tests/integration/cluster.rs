@@ -1,0 +1,460 @@
+//! Flows on a Ballista cluster: a scheduler and two executors started as separate
+//! processes (`sluice scheduler`, `sluice executor`) on loopback ports, reading and
+//! writing S3 (the in-process s3s server, or `SLUICE_TEST_S3_ENDPOINT`).
+//!
+//! Needs the cargo feature `ballista` (the README's test command turns it on).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice::prelude::*;
+use sluice::{Runner, TaskExecution};
+
+use crate::common::{etl, taxi_file};
+use crate::remote::S3Target;
+
+/// `target/<profile>/sluice`, which `cargo test --workspace` builds.
+fn cli_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = profile_dir.join(format!("sluice{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace --features ballista,sluice-cli/ballista`",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Two free ports in a row (an executor's Flight port and its gRPC port).
+fn free_port_pair() -> u16 {
+    loop {
+        let port = free_port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the {what} exited before listening: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the {what} did not listen on port {port} within 60 s");
+}
+
+/// A scheduler and executors, each its own process, killed on drop.
+struct TestCluster {
+    scheduler: Child,
+    scheduler_port: u16,
+    executors: Vec<Child>,
+    work_dirs: Vec<tempfile::TempDir>,
+    logs: tempfile::TempDir,
+}
+
+impl TestCluster {
+    fn start(executors: usize, env: &[(&'static str, String)]) -> TestCluster {
+        let logs = tempfile::tempdir().unwrap();
+        let scheduler_port = free_port();
+        let log = |name: &str| std::fs::File::create(logs.path().join(name)).unwrap();
+        let mut scheduler = Command::new(cli_binary())
+            .args([
+                "scheduler",
+                "--bind",
+                &format!("127.0.0.1:{scheduler_port}"),
+            ])
+            .args(["--executor-timeout", "4", "--no-executor-timeout", "3"])
+            .envs(env.iter().cloned())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log("scheduler.log"))
+            .spawn()
+            .unwrap();
+        wait_for_port(scheduler_port, &mut scheduler, "scheduler");
+        let mut cluster = TestCluster {
+            scheduler,
+            scheduler_port,
+            executors: Vec::new(),
+            work_dirs: Vec::new(),
+            logs,
+        };
+        for i in 0..executors {
+            cluster.add_executor(i, env);
+        }
+        // Executors register on start; give the scheduler a moment to take them in.
+        std::thread::sleep(Duration::from_millis(500));
+        cluster
+    }
+
+    fn add_executor(&mut self, i: usize, env: &[(&'static str, String)]) {
+        let port = free_port_pair();
+        let work_dir = tempfile::tempdir().unwrap();
+        let log =
+            std::fs::File::create(self.logs.path().join(format!("executor-{i}.log"))).unwrap();
+        let mut child = Command::new(cli_binary())
+            .args(["executor", "--scheduler"])
+            .arg(format!("127.0.0.1:{}", self.scheduler_port))
+            .args(["--bind", &format!("127.0.0.1:{port}"), "--slots", "2"])
+            .args(["--heartbeat-interval", "1", "--work-dir"])
+            .arg(work_dir.path())
+            .envs(env.iter().cloned())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_for_port(port, &mut child, "executor");
+        self.executors.push(child);
+        self.work_dirs.push(work_dir);
+    }
+
+    fn runner(&self) -> Runner {
+        Runner::ballista(format!("df://127.0.0.1:{}", self.scheduler_port))
+    }
+
+    /// Whether the executor `i` ran tasks: Ballista keeps each job's stage output in
+    /// a folder per job under the executor's work directory.
+    fn ran_tasks(&self, i: usize) -> bool {
+        std::fs::read_dir(self.work_dirs[i].path())
+            .map(|entries| entries.count() > 0)
+            .unwrap_or(false)
+    }
+
+    fn logs(&self) -> String {
+        let mut text = String::new();
+        for entry in std::fs::read_dir(self.logs.path()).unwrap().flatten() {
+            let body = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: Vec<&str> = body.lines().rev().take(30).collect();
+            text.push_str(&format!("--- {}\n", entry.file_name().to_string_lossy()));
+            for line in tail.into_iter().rev() {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        text
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for child in self.executors.iter_mut().chain([&mut self.scheduler]) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Four taxi files (rows each) uploaded under `prefix/in/`; their local copies' folder.
+async fn upload_taxi(s3: &S3Target, dir: &Path, rows: u64) -> String {
+    use object_store::ObjectStoreExt;
+    let store = s3.store();
+    for i in 0..4 {
+        let file = taxi_file(dir, &format!("part-{i}.parquet"), rows, 50_000);
+        let bytes = std::fs::read(&file).unwrap();
+        let path = object_store::path::Path::from(format!("{}/in/part-{i}.parquet", s3.prefix));
+        store.put(&path, bytes.into()).await.unwrap();
+    }
+    s3.url("in/")
+}
+
+/// Whether two frames hold the same rows, as multisets (a cluster does not keep row
+/// order).
+async fn same_rows(a: &Frame, b: &Frame) -> bool {
+    let (a, b) = (a.to_dataframe(), b.to_dataframe());
+    for (x, y) in [(a.clone(), b.clone()), (b, a)] {
+        let rows: usize = x
+            .except(y)
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+            .iter()
+            .map(|batch| batch.num_rows())
+            .sum();
+        if rows != 0 {
+            return false;
+        }
+    }
+    true
+}
+
+fn completed_rows(record: &FlowRunRecord, task: &str) -> u64 {
+    let task = record
+        .task(task)
+        .unwrap_or_else(|| panic!("no task {task} in {record:#?}"));
+    assert_eq!(task.state, TaskState::Completed, "{task:#?}");
+    task.executions.iter().map(|e: &TaskExecution| e.rows).sum()
+}
+
+#[flow]
+async fn fares_by_vendor(
+    source: &str,
+) -> Result<Vec<datafusion::arrow::record_batch::RecordBatch>> {
+    let raw = crate::common::extract(source).await?;
+    raw.aggregate(
+        [col("VendorID")],
+        [
+            count(lit(1)).alias("trips"),
+            sum(col("fare_amount")).alias("fares"),
+        ],
+    )?
+    .sort_by(&["VendorID"])?
+    .collect()
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_etl_and_an_aggregation_run_on_two_executors_as_they_do_locally() {
+    let s3 = S3Target::new("cluster-etl").await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = upload_taxi(&s3, dir.path(), 60_000).await;
+    let cluster = TestCluster::start(2, &s3.env());
+    let session = Session::builder()
+        .with_target_partitions(4)
+        .with_object_store(
+            &url::Url::parse(&format!("s3://{}/", s3.bucket)).unwrap(),
+            s3.store(),
+        )
+        .build()
+        .unwrap();
+
+    // Local first, then the same flow on the cluster.
+    let local_dest = s3.url("out/local.parquet");
+    let local = etl(&source, &local_dest)
+        .with_session(session.clone())
+        .run()
+        .await;
+    let local_summary = local.output.as_ref().unwrap().clone();
+    let cluster_dest = s3.url("out/cluster.parquet");
+    let on_cluster = etl(&source, &cluster_dest)
+        .with_session(session.clone())
+        .with_runner(cluster.runner())
+        .run()
+        .await;
+    let summary = match &on_cluster.output {
+        Ok(summary) => summary.clone(),
+        Err(e) => panic!("the cluster run failed: {e}\n{}", cluster.logs()),
+    };
+    assert_eq!(summary.rows, 240_000);
+    assert_eq!(summary.rows, local_summary.rows);
+    assert!(
+        matches!(&summary.path, WritePath::Rewrite { reason } if reason.contains("cluster")),
+        "{:?}",
+        summary.path
+    );
+    // Row for row, as multisets.
+    let written = session.read_parquet(&cluster_dest).await.unwrap();
+    let expected = session.read_parquet(&local_dest).await.unwrap();
+    assert_eq!(written.count().await.unwrap(), 240_000);
+    assert!(
+        same_rows(&written, &expected).await,
+        "the cluster's output differs"
+    );
+    // The run record counts per task as a local run does, from the executors' metrics.
+    for task in ["extract", "transform"] {
+        assert_eq!(completed_rows(&on_cluster.record, task), 240_000, "{task}");
+        assert_eq!(completed_rows(&local.record, task), 240_000, "{task}");
+    }
+    assert!(
+        cluster.ran_tasks(0) && cluster.ran_tasks(1),
+        "both executors must have run tasks\n{}",
+        cluster.logs()
+    );
+
+    // An aggregation (a shuffle between the executors), against the local answer.
+    let local = fares_by_vendor(&source)
+        .with_session(session.clone())
+        .await
+        .unwrap();
+    let run = fares_by_vendor(&source)
+        .with_session(session.clone())
+        .with_runner(cluster.runner())
+        .run()
+        .await;
+    let remote = run.output.unwrap();
+    let show = |batches: &[datafusion::arrow::record_batch::RecordBatch]| {
+        datafusion::arrow::util::pretty::pretty_format_batches(batches)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(show(&remote), show(&local));
+    assert_eq!(completed_rows(&run.record, "extract"), 240_000);
+    // Nothing but the two outputs under out/: staging objects were published or removed.
+    use futures::TryStreamExt;
+    use object_store::ObjectStore;
+    let listed: Vec<String> = s3
+        .store()
+        .list(Some(&object_store::path::Path::from(format!(
+            "{}/out",
+            s3.prefix
+        ))))
+        .map_ok(|meta| meta.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_executor_either_is_replaced_or_fails_the_run_and_nothing_half_written_shows() {
+    let s3 = S3Target::new("cluster-kill").await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = upload_taxi(&s3, dir.path(), 300_000).await;
+    let mut cluster = TestCluster::start(2, &s3.env());
+    let session = Session::builder()
+        .with_target_partitions(4)
+        .with_object_store(
+            &url::Url::parse(&format!("s3://{}/", s3.bucket)).unwrap(),
+            s3.store(),
+        )
+        .build()
+        .unwrap();
+    let dest = s3.url("out/killed.parquet");
+    let runner = cluster.runner();
+    let flow = etl(&source, &dest)
+        .with_session(session.clone())
+        .with_runner(runner)
+        .run();
+    // Kill an executor once it has started on the job.
+    let killer = async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cluster.ran_tasks(1) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cluster.executors[1].kill().unwrap();
+        cluster.executors[1].wait().unwrap();
+    };
+    let (run, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(180), flow), killer);
+    let run = run.expect("the run neither completed nor failed within 180 s");
+    match &run.output {
+        Ok(summary) => {
+            // Ballista ran the lost tasks again on the other executor.
+            assert_eq!(summary.rows, 1_200_000);
+            let written = session.read_parquet(&dest).await.unwrap();
+            assert_eq!(written.count().await.unwrap(), 1_200_000);
+            let input = session.read_parquet(&source).await.unwrap();
+            let input = input
+                .with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+                .unwrap();
+            assert!(same_rows(&written, &input).await);
+        }
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains("cluster"), "{text}");
+            assert!(
+                !s3.exists("out/killed.parquet").await,
+                "a failed run published"
+            );
+        }
+    }
+    // Whatever happened, nothing but the whole output is under out/.
+    use futures::TryStreamExt;
+    use object_store::ObjectStore;
+    let listed: Vec<String> = s3
+        .store()
+        .list(Some(&object_store::path::Path::from(format!(
+            "{}/out",
+            s3.prefix
+        ))))
+        .map_ok(|meta| meta.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(listed.len() <= 1, "{listed:?}\n{}", cluster.logs());
+    eprintln!(
+        "after the kill the run {}",
+        match &run.output {
+            Ok(_) => "completed on the other executor".to_string(),
+            Err(e) => format!("failed: {e}"),
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_nobody_listens_on_fails_within_seconds_naming_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = taxi_file(dir.path(), "in.parquet", 1_000, 1_000);
+    let port = free_port();
+    let started = Instant::now();
+    let run = etl(
+        source.to_str().unwrap(),
+        dir.path().join("out.parquet").to_str().unwrap(),
+    )
+    .with_runner(Runner::ballista(format!("df://127.0.0.1:{port}")))
+    .run()
+    .await;
+    let error = run.output.unwrap_err().to_string();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(error.contains(&format!("df://127.0.0.1:{port}")), "{error}");
+    assert!(error.contains("sluice scheduler"), "{error}");
+    assert!(!dir.path().join("out.parquet").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_no_executor_fails_the_run_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = taxi_file(dir.path(), "in.parquet", 1_000, 1_000);
+    let cluster = TestCluster::start(0, &[]);
+    let started = Instant::now();
+    let run = etl(
+        source.to_str().unwrap(),
+        dir.path().join("out.parquet").to_str().unwrap(),
+    )
+    .with_runner(cluster.runner())
+    .run()
+    .await;
+    let error = run.output.unwrap_err().to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(error.contains("no executor"), "{error}\n{}", cluster.logs());
+    assert!(!dir.path().join("out.parquet").exists());
+}
+
+#[tokio::test]
+async fn what_a_cluster_cannot_run_is_refused_before_anything_is_sent() {
+    // Nothing listens: the refusal must come before any connection attempt.
+    let runner = Runner::ballista(format!("df://127.0.0.1:{}", free_port()));
+    let dir = tempfile::tempdir().unwrap();
+    let source = taxi_file(dir.path(), "in.parquet", 1_000, 1_000);
+    let run = etl(
+        source.to_str().unwrap(),
+        dir.path().join("out.parquet").to_str().unwrap(),
+    )
+    .with_mode(ExecutionMode::Eager)
+    .with_runner(runner.clone())
+    .run()
+    .await;
+    let error = run.output.unwrap_err().to_string();
+    assert!(error.contains("eager mode"), "{error}");
+
+    let session = Session::new().with_runner(runner).unwrap();
+    let frame = session
+        .sql("SELECT 1 AS one", std::iter::empty())
+        .await
+        .unwrap();
+    let frame = session
+        .from_batches(frame.to_dataframe().collect().await.unwrap())
+        .unwrap();
+    let error = frame.count().await.unwrap_err().to_string();
+    assert!(error.contains("in-memory data"), "{error}");
+}
