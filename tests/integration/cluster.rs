@@ -200,6 +200,12 @@ fn completed_rows(record: &FlowRunRecord, task: &str) -> u64 {
         .task(task)
         .unwrap_or_else(|| panic!("no task {task} in {record:#?}"));
     assert_eq!(task.state, TaskState::Completed, "{task:#?}");
+    assert!(
+        task.executions
+            .iter()
+            .all(|e: &TaskExecution| e.bytes > 0 || e.rows == 0),
+        "{task:#?}"
+    );
     task.executions.iter().map(|e: &TaskExecution| e.rows).sum()
 }
 

@@ -254,7 +254,8 @@ async fn boundaries_count_rows_bytes_and_time_as_datafusion_metrics() {
         .lines()
         .find(|l| l.contains("TaskBoundaryExec: task=extract"))
         .unwrap_or_else(|| panic!("{plan}"));
-    assert!(boundary.contains("output_rows=10000"), "{boundary}");
+    assert!(boundary.contains("output_rows=10.00 K"), "{boundary}");
+    assert!(boundary.contains("output_batches=3"), "{boundary}");
     assert!(boundary.contains("output_bytes="), "{boundary}");
     assert!(boundary.contains("elapsed_compute="), "{boundary}");
 }

@@ -35,7 +35,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::CardinalityEffect;
 use datafusion::physical_plan::filter_pushdown::{FilterDescription, FilterPushdownPhase};
 use datafusion::physical_plan::metrics::{
-    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+    BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet, RecordOutput,
 };
 use datafusion::physical_plan::{
     ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, Statistics,
@@ -134,10 +134,6 @@ impl UserDefinedLogicalNodeCore for TaskBoundary {
         true
     }
 }
-
-/// The name of the boundary's metric that counts the Arrow bytes leaving the task
-/// (its rows are `output_rows`, its time `elapsed_compute`).
-pub const OUTPUT_BYTES_METRIC: &str = "output_bytes";
 
 /// The physical boundary: passes batches through unchanged, counting them into the
 /// task's run record and into DataFusion metrics (`output_rows`, `output_bytes`,
@@ -270,7 +266,6 @@ impl ExecutionPlan for TaskBoundaryExec {
         });
         Ok(Box::pin(BoundaryStream {
             baseline: BaselineMetrics::new(&self.metrics, partition),
-            output_bytes: MetricBuilder::new(&self.metrics).counter(OUTPUT_BYTES_METRIC, partition),
             schema: self.input.schema(),
             input,
             run: Arc::clone(&self.run),
@@ -367,9 +362,8 @@ pub(crate) fn attribute(
 }
 
 struct BoundaryStream {
-    /// Rows out and time spent, as DataFusion metrics.
+    /// Rows, batches and bytes out and time spent, as DataFusion metrics.
     baseline: BaselineMetrics,
-    output_bytes: Count,
     schema: SchemaRef,
     input: SendableRecordBatchStream,
     run: Arc<TaskRunState>,
@@ -468,11 +462,12 @@ impl Stream for BoundaryStream {
             .add_duration(std::time::Duration::from_nanos(nanos));
         match polled {
             Poll::Ready(Some(Ok(batch))) => {
-                let bytes = batch.get_array_memory_size();
-                self.baseline.record_output(batch.num_rows());
-                self.output_bytes.add(bytes);
-                self.execution
-                    .add_output(batch.num_rows() as u64, bytes as u64, nanos);
+                let batch = batch.record_output(&self.baseline);
+                self.execution.add_output(
+                    batch.num_rows() as u64,
+                    batch.get_array_memory_size() as u64,
+                    nanos,
+                );
                 Poll::Ready(Some(Ok(batch)))
             }
             Poll::Ready(Some(Err(error))) => {

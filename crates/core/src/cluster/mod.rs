@@ -378,9 +378,7 @@ fn boundary_metrics(metrics: &GetJobMetricsResult) -> HashMap<String, Figures> {
                 match &metric.metric {
                     Some(Metric::OutputRows(n)) => entry.rows += n,
                     Some(Metric::ElapseTime(n)) => entry.nanos += n,
-                    Some(Metric::Count(c)) if c.name == crate::boundary::OUTPUT_BYTES_METRIC => {
-                        entry.bytes += c.value
-                    }
+                    Some(Metric::OutputBytes(n)) => entry.bytes += n,
                     _ => {}
                 }
             }
