@@ -394,6 +394,60 @@ async fn a_killed_executor_either_is_replaced_or_fails_the_run_and_nothing_half_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_page_read_by_an_executor_names_the_task_and_the_object_and_publishes_nothing() {
+    let s3 = S3Target::new("cluster-error").await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = upload_taxi(&s3, dir.path(), 10_000).await;
+    let cluster = TestCluster::start(1, &s3.env());
+    let session = s3.session();
+    let dest = s3.url("out/never.parquet");
+    let run = Flow::new("vanishing")
+        .with_options(
+            FlowOptions::default()
+                .with_session(session)
+                .with_runner(cluster.runner()),
+        )
+        .run(serde_json::json!({}), {
+            let (source, dest, store, prefix) =
+                (source.clone(), dest.clone(), s3.store(), s3.prefix.clone());
+            async move {
+                let raw = crate::common::extract(&source).await?;
+                // The footers were read while planning; the executors find the data
+                // pages in the middle of one file overwritten.
+                use object_store::ObjectStoreExt;
+                let path = object_store::path::Path::from(format!("{prefix}/in/part-2.parquet"));
+                let mut bytes = store
+                    .get(&path)
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap()
+                    .to_vec();
+                let middle = bytes.len() / 2;
+                bytes[middle - 2000..middle + 2000].fill(0xA5);
+                store.put(&path, bytes.into()).await.unwrap();
+                crate::common::load(raw, &dest).await
+            }
+        })
+        .await;
+    let error = run.output.unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("task \"extract\""), "{text}");
+    // The source, as a local run names it, and no debug formatting.
+    assert!(text.contains(&format!("reading {source} failed")), "{text}");
+    assert!(!text.contains("DataFusionError("), "{text}");
+    assert!(text.contains(&cluster.runner().to_string()), "{text}");
+    assert_eq!(
+        run.record.task("extract").unwrap().state,
+        TaskState::Failed,
+        "{:#?}",
+        run.record
+    );
+    assert!(!s3.exists("out/never.parquet").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_nobody_listens_on_fails_within_seconds_naming_the_address() {
     let dir = tempfile::tempdir().unwrap();
     let source = taxi_file(dir.path(), "in.parquet", 1_000, 1_000);

@@ -331,6 +331,26 @@ pub(crate) fn attribute(
     checkpoint: Option<&CheckpointRead>,
     error: DataFusionError,
 ) -> DataFusionError {
+    let attributed = attribute_here(run, sources, checkpoint, error);
+    if !run.detached {
+        return attributed;
+    }
+    // On a cluster's executor the error travels to the client as text (Ballista
+    // formats it with `Debug`): make that text Sluice's one-line message.
+    match attributed {
+        DataFusionError::External(ours) if ours.is::<Error>() => {
+            DataFusionError::Execution(crate::error::one_line(ours.as_ref()))
+        }
+        other => other,
+    }
+}
+
+fn attribute_here(
+    run: &TaskRunState,
+    sources: &[String],
+    checkpoint: Option<&CheckpointRead>,
+    error: DataFusionError,
+) -> DataFusionError {
     if let Some(checkpoint) = checkpoint {
         return checkpoint
             .corrupt(run, crate::error::message(&error))

@@ -540,6 +540,9 @@ pub(crate) struct TaskRunState {
     body_ended: AtomicBool,
     /// The downstream task whose checkpoint made this task's output unnecessary.
     superseded_by: Mutex<Option<String>>,
+    /// Set on a cluster's scheduler and executors: this process only runs the task's
+    /// boundary; the client records the run.
+    pub(crate) detached: bool,
 }
 
 static NEXT_TASK_RUN: AtomicU64 = AtomicU64::new(1);
@@ -595,6 +598,7 @@ impl TaskRunState {
             awaits_stream: AtomicBool::new(false),
             body_ended: AtomicBool::new(false),
             superseded_by: Mutex::new(None),
+            detached: false,
         })
     }
 
@@ -799,7 +803,11 @@ impl TaskRunState {
     /// client records them (see [`record_remote_execution`](Self::record_remote_execution)).
     #[cfg(feature = "ballista")]
     pub(crate) fn detached(name: &str, timeout: Option<std::time::Duration>) -> Arc<Self> {
-        Self::with_settings(name, None, None, timeout, TaskHooks::default())
+        let mut run = Self::with_settings(name, None, None, timeout, TaskHooks::default());
+        if let Some(state) = Arc::get_mut(&mut run) {
+            state.detached = true;
+        }
+        run
     }
 
     /// Records an execution that ran elsewhere (on a cluster's executors) and has

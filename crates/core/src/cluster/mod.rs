@@ -196,7 +196,7 @@ impl Cluster {
 
     /// A session state that sends plans to the cluster, and where the physical plans
     /// it made are kept (to find the job afterwards).
-    fn state(&self, local: SessionState) -> (SessionState, Jobs) {
+    fn state(&self, local: SessionState) -> Result<(SessionState, Jobs)> {
         let jobs = Jobs::default();
         let config = cluster_config(local.config().clone())
             .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()))
@@ -216,8 +216,8 @@ impl Cluster {
         // Ballista's rules and functions; the planner is the recorder set above.
         let state = state
             .upgrade_for_ballista(self.scheduler.clone())
-            .unwrap_or_else(|_| unreachable!("upgrading a state for Ballista does not fail"));
-        (state, jobs)
+            .map_err(|e| self.error(e.to_string()))?;
+        Ok((state, jobs))
     }
 
     /// Runs `body` on a data frame over `plan` that executes on the cluster, then
@@ -234,7 +234,7 @@ impl Cluster {
     {
         let (plan, boundaries) = self.prepare(plan)?;
         self.reachable().await?;
-        let (state, jobs) = self.state(local);
+        let (state, jobs) = self.state(local)?;
         let config = state.config().clone();
         let started = Instant::now();
         let outcome = body(DataFrame::new(state, plan))
@@ -319,10 +319,10 @@ impl Cluster {
                 Err(other) => self.error(other.to_string()),
             };
         }
-        let message = crate::error::message(&error).replace("\\\"", "\"");
+        let message = executor_message(&crate::error::message(&error));
         let named: Vec<&Boundary> = boundaries
             .iter()
-            .filter(|b| message.contains(&format!("task {:?}", b.run.name)))
+            .filter(|b| message.contains(&format!("task {:?} ", b.run.name)))
             .collect();
         let innermost = named.iter().find(|b| {
             !named
@@ -350,6 +350,25 @@ impl Cluster {
             None => cause,
         }
     }
+}
+
+/// The executor's own message out of Ballista's wrapping (`Job X failed: Job failed due
+/// to stage 0 failed: Task failed due to runtime execution error:
+/// DataFusionError(Shared(Execution("..."))))`), with the job named after it.
+fn executor_message(text: &str) -> String {
+    let text = text.trim();
+    let job = text
+        .strip_prefix("Job ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|id| format!(" (job {id})"))
+        .unwrap_or_default();
+    let Some(start) = text.rfind("Execution(\"") else {
+        return text.to_string();
+    };
+    let inner = &text[start + "Execution(\"".len()..];
+    let inner = inner.rfind("\")").map_or(inner, |end| &inner[..end]);
+    let inner = inner.replace("\\\"", "\"").replace("\\\\", "\\");
+    format!("{inner}{job}")
 }
 
 /// Per task, what its boundaries counted over the job's stages.
@@ -537,5 +556,20 @@ impl QueryPlanner for JobRecorder {
             .unwrap_or_else(|p| p.into_inner())
             .push(Arc::clone(&plan));
         Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_executors_message_is_taken_out_of_ballistas_wrapping() {
+        let text = r#"Job 038GYBZ846000 failed: Job failed due to stage 0 failed: Task failed due to runtime execution error: DataFusionError(Shared(Execution("task \"extract\" failed: reading s3://b/in/ failed: snappy: corrupt input")))"#;
+        assert_eq!(
+            executor_message(text),
+            r#"task "extract" failed: reading s3://b/in/ failed: snappy: corrupt input (job 038GYBZ846000)"#
+        );
+        assert_eq!(executor_message(" Cancelled "), "Cancelled");
     }
 }
