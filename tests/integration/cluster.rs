@@ -448,6 +448,30 @@ async fn a_corrupt_page_read_by_an_executor_names_the_task_and_the_object_and_pu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executors_refuse_column_chunks_over_their_cap_as_a_local_read_does() {
+    let s3 = S3Target::new("cluster-cap").await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = upload_taxi(&s3, dir.path(), 10_000).await;
+    let mut env = s3.env();
+    env.push(("SLUICE_MAX_COLUMN_CHUNK_BYTES", "4096".into()));
+    let cluster = TestCluster::start(1, &env);
+    let dest = s3.url("out/capped.parquet");
+    let run = etl(&source, &dest)
+        .with_session(s3.session())
+        .with_runner(cluster.runner())
+        .run()
+        .await;
+    let text = run.output.unwrap_err().to_string();
+    assert!(text.contains("task \"extract\""), "{text}");
+    assert!(
+        text.contains("per column chunk, so it was not decoded"),
+        "{text}"
+    );
+    assert!(text.contains(&s3.url("in/part-")), "{text}");
+    assert!(!s3.exists("out/capped.parquet").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_nobody_listens_on_fails_within_seconds_naming_the_address() {
     let dir = tempfile::tempdir().unwrap();
     let source = taxi_file(dir.path(), "in.parquet", 1_000, 1_000);

@@ -219,8 +219,10 @@ impl PhysicalExtensionCodec for PhysicalCodec {
                 "a task boundary has exactly one input".into(),
             ));
         };
+        // Every scan inside a task is under its boundary: cap its column chunks here,
+        // since the reader that does so locally does not travel.
         Ok(Arc::new(TaskBoundaryExec::new(
-            Arc::clone(input),
+            super::cap_scans(Arc::clone(input))?,
             wire.run(),
             wire.sources.into(),
             None,

@@ -73,13 +73,30 @@ pub fn cluster_config(mut config: SessionConfig) -> SessionConfig {
     config
 }
 
+/// The object stores of this process when it is a scheduler or an executor: one per
+/// URL, created from the environment on first use.
+fn stores() -> &'static Arc<sluice_store::StoreRegistry> {
+    static STORES: std::sync::OnceLock<Arc<sluice_store::StoreRegistry>> =
+        std::sync::OnceLock::new();
+    STORES.get_or_init(|| Arc::new(sluice_store::StoreRegistry::new()))
+}
+
 /// The runtime of a scheduler or an executor: object stores created per URL from the
 /// environment (the AWS variables, as in a local session), since stores registered on
 /// a client do not travel.
 pub fn runtime_env() -> DfResult<Arc<RuntimeEnv>> {
     RuntimeEnvBuilder::new()
-        .with_object_store_registry(Arc::new(sluice_store::StoreRegistry::new()))
+        .with_object_store_registry(Arc::clone(stores()) as _)
         .build_arc()
+}
+
+/// `plan`, decoded on an executor, with its Parquet scans capped at the column-chunk
+/// size this process allows (`SLUICE_MAX_COLUMN_CHUNK_BYTES`, else 1 GiB), reading
+/// through this process's stores.
+fn cap_scans(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let cap = crate::limits::size_from_env(crate::limits::MAX_COLUMN_CHUNK_BYTES_ENV)
+        .unwrap_or(crate::limits::DEFAULT_MAX_COLUMN_CHUNK_BYTES);
+    crate::limits::limit_decoded_scans(plan, cap, stores())
 }
 
 /// The session state a scheduler plans Sluice's plans in: Sluice's query planner (its
