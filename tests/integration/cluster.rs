@@ -306,14 +306,13 @@ async fn the_seed_etl_and_an_aggregation_run_on_two_executors_as_they_do_locally
                 &datafusion::arrow::datatypes::DataType::Utf8,
             )
             .unwrap();
-            let array = array
+            array
                 .as_any()
                 .downcast_ref::<datafusion::arrow::array::StringArray>()
                 .unwrap()
                 .iter()
                 .map(|v| v.unwrap_or_default().to_string())
-                .collect::<Vec<_>>();
-            array
+                .collect::<Vec<_>>()
         };
         let fares = datafusion::arrow::compute::cast(
             batch.column(2),
