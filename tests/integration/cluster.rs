@@ -174,6 +174,34 @@ async fn upload_taxi(s3: &S3Target, dir: &Path, rows: u64) -> String {
     s3.url("in/")
 }
 
+/// A session whose `s3://bucket` is the target, planning 4 partitions (one per file of
+/// [`upload_taxi`]), so that two executors with two slots each both get tasks.
+fn four_partitions(s3: &S3Target) -> Session {
+    Session::builder()
+        .with_target_partitions(4)
+        .with_object_store(
+            &url::Url::parse(&format!("s3://{}/", s3.bucket)).unwrap(),
+            s3.store(),
+        )
+        .build()
+        .unwrap()
+}
+
+/// The objects under `prefix/folder`.
+async fn objects_under(s3: &S3Target, folder: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStore;
+    s3.store()
+        .list(Some(&object_store::path::Path::from(format!(
+            "{}/{folder}",
+            s3.prefix
+        ))))
+        .map_ok(|meta| meta.location.to_string())
+        .try_collect()
+        .await
+        .unwrap()
+}
+
 /// Whether two frames hold the same rows, as multisets (a cluster does not keep row
 /// order).
 async fn same_rows(a: &Frame, b: &Frame) -> bool {
@@ -232,14 +260,7 @@ async fn the_seed_etl_and_an_aggregation_run_on_two_executors_as_they_do_locally
     let dir = tempfile::tempdir().unwrap();
     let source = upload_taxi(&s3, dir.path(), 60_000).await;
     let cluster = TestCluster::start(2, &s3.env());
-    let session = Session::builder()
-        .with_target_partitions(4)
-        .with_object_store(
-            &url::Url::parse(&format!("s3://{}/", s3.bucket)).unwrap(),
-            s3.store(),
-        )
-        .build()
-        .unwrap();
+    let session = four_partitions(&s3);
 
     // Local first, then the same flow on the cluster.
     let local_dest = s3.url("out/local.parquet");
@@ -336,18 +357,7 @@ async fn the_seed_etl_and_an_aggregation_run_on_two_executors_as_they_do_locally
     }
     assert_eq!(completed_rows(&run.record, "extract"), 240_000);
     // Nothing but the two outputs under out/: staging objects were published or removed.
-    use futures::TryStreamExt;
-    use object_store::ObjectStore;
-    let listed: Vec<String> = s3
-        .store()
-        .list(Some(&object_store::path::Path::from(format!(
-            "{}/out",
-            s3.prefix
-        ))))
-        .map_ok(|meta| meta.location.to_string())
-        .try_collect()
-        .await
-        .unwrap();
+    let listed = objects_under(&s3, "out").await;
     assert_eq!(listed.len(), 2, "{listed:?}");
 }
 
@@ -357,14 +367,7 @@ async fn a_killed_executor_either_is_replaced_or_fails_the_run_and_nothing_half_
     let dir = tempfile::tempdir().unwrap();
     let source = upload_taxi(&s3, dir.path(), 300_000).await;
     let mut cluster = TestCluster::start(2, &s3.env());
-    let session = Session::builder()
-        .with_target_partitions(4)
-        .with_object_store(
-            &url::Url::parse(&format!("s3://{}/", s3.bucket)).unwrap(),
-            s3.store(),
-        )
-        .build()
-        .unwrap();
+    let session = four_partitions(&s3);
     let dest = s3.url("out/killed.parquet");
     let runner = cluster.runner();
     let flow = etl(&source, &dest)
@@ -404,18 +407,7 @@ async fn a_killed_executor_either_is_replaced_or_fails_the_run_and_nothing_half_
         }
     }
     // Whatever happened, nothing but the whole output is under out/.
-    use futures::TryStreamExt;
-    use object_store::ObjectStore;
-    let listed: Vec<String> = s3
-        .store()
-        .list(Some(&object_store::path::Path::from(format!(
-            "{}/out",
-            s3.prefix
-        ))))
-        .map_ok(|meta| meta.location.to_string())
-        .try_collect()
-        .await
-        .unwrap();
+    let listed = objects_under(&s3, "out").await;
     assert!(listed.len() <= 1, "{listed:?}\n{}", cluster.logs());
     eprintln!(
         "after the kill the run {}",
