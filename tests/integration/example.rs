@@ -203,3 +203,29 @@ async fn the_example_runs_from_http_to_s3_and_from_s3_to_local_disk() {
     }
     assert!(local.is_file());
 }
+
+#[test]
+fn a_malformed_runner_in_the_environment_fails_the_run_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = taxi_file(dir.path(), "in.parquet", 1_000, 1_000);
+    let dest = dir.path().join("out.parquet");
+    let output = Command::new(example_binary())
+        .args([
+            "--source",
+            source.to_str().unwrap(),
+            "--dest",
+            dest.to_str().unwrap(),
+        ])
+        .args(["--progress", "off", "--run-store"])
+        .arg(dir.path().join("runs"))
+        .env("SLUICE_RUNNER", "http://scheduler:50050")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("SLUICE_RUNNER"), "{stderr}");
+    assert!(stderr.contains("df://"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!dest.exists());
+}

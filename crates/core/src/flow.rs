@@ -68,7 +68,10 @@ impl FlowRunShared {
                 Ok(session) => (session, None),
                 Err(e) => (session, Some(e)),
             },
-            None => (session, None),
+            None => {
+                let unusable = session.usable().err();
+                (session, unusable)
+            }
         };
         let shared = Arc::new(Self {
             name: flow.name.clone(),

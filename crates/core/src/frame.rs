@@ -438,6 +438,7 @@ impl Frame {
     /// cluster the executors' output is gathered first (so that the run record is
     /// complete when the stream starts), then streamed from memory.
     pub async fn execute_stream(&self) -> Result<SendableRecordBatchStream> {
+        self.inner.session.usable()?;
         #[cfg(feature = "ballista")]
         if self.inner.session.cluster().is_some() {
             let batches = self.collect().await?;
@@ -461,6 +462,7 @@ impl Frame {
         F: FnOnce(DataFrame) -> Fut,
         Fut: std::future::Future<Output = datafusion::error::Result<T>>,
     {
+        self.inner.session.usable()?;
         #[cfg(feature = "ballista")]
         if let Some(cluster) = self.inner.session.cluster() {
             return cluster
@@ -492,6 +494,7 @@ impl Frame {
     /// eager mode does between tasks). Returns the frame, its rows and in-memory bytes.
     pub(crate) async fn materialize(&self) -> Result<(Frame, u64, u64)> {
         let schema = self.schema();
+        self.inner.session.usable()?;
         if self.inner.session.on_cluster() {
             return Err(Error::Cluster {
                 address: self.inner.session.runner().to_string(),
@@ -639,6 +642,10 @@ impl Frame {
         F: FnOnce(DataFrame, SinkTarget) -> Fut,
         Fut: std::future::Future<Output = datafusion::error::Result<(u64, WritePath)>>,
     {
+        self.inner
+            .session
+            .usable()
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         #[cfg(feature = "ballista")]
         if let Some(cluster) = self.inner.session.cluster() {
             return cluster

@@ -60,6 +60,9 @@ struct SessionInner {
     runner: Runner,
     #[cfg(feature = "ballista")]
     cluster: Option<crate::cluster::Cluster>,
+    /// Why the runner `SLUICE_RUNNER` names cannot be used: reported when a plan runs,
+    /// since `Session::new` cannot fail.
+    unusable_runner: Option<String>,
 }
 
 impl std::fmt::Debug for SessionInner {
@@ -162,8 +165,21 @@ impl Session {
                 runner: checked_runner(runner)?,
                 #[cfg(feature = "ballista")]
                 runner,
+                unusable_runner: None,
             }),
         })
+    }
+
+    /// Fails when the session's runner came from `SLUICE_RUNNER` and cannot be used (a
+    /// malformed value, or a cluster in a build without the feature `ballista`).
+    pub(crate) fn usable(&self) -> Result<()> {
+        match &self.inner.unusable_runner {
+            None => Ok(()),
+            Some(reason) => Err(Error::InvalidOption {
+                option: crate::RUNNER_ENV,
+                reason: reason.clone(),
+            }),
+        }
     }
 
     /// The cluster plans execute on, if the runner is one.
@@ -960,11 +976,7 @@ impl SessionBuilder {
             .with_physical_optimizer_rules(physical_optimizer_rules())
             .with_query_planner(Arc::new(SluiceQueryPlanner))
             .build();
-        let runner = match self.runner {
-            Some(runner) => runner,
-            None => Runner::from_env()?,
-        };
-        Session {
+        let local = Session {
             inner: Arc::new(SessionInner {
                 ctx: SessionContext::new_with_state(state),
                 stores,
@@ -973,9 +985,26 @@ impl SessionBuilder {
                 runner: Runner::Local,
                 #[cfg(feature = "ballista")]
                 cluster: None,
+                unusable_runner: None,
             }),
+        };
+        if let Some(runner) = self.runner {
+            return local.with_runner(runner);
         }
-        .with_runner(runner)
+        // From the environment: a runner that cannot be used fails the first plan that
+        // runs (and any flow run), not the session's construction.
+        match Runner::from_env().and_then(|runner| local.with_runner(runner)) {
+            Ok(session) => Ok(session),
+            Err(e) => {
+                let mut inner = Arc::try_unwrap(local.inner).map_err(|_| Error::Internal {
+                    message: "a session being built is shared".into(),
+                })?;
+                inner.unusable_runner = Some(e.to_string());
+                Ok(Session {
+                    inner: Arc::new(inner),
+                })
+            }
+        }
     }
 }
 
