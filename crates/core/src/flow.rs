@@ -93,15 +93,9 @@ impl FlowRunShared {
             submitted: Default::default(),
             progress: flow.options.progress,
         });
-        let refused = refused.or_else(|| {
-            (shared.mode == ExecutionMode::Eager && shared.session.on_cluster()).then(|| {
-                Error::Cluster {
-                    address: shared.session.runner().to_string(),
-                    reason: "eager mode keeps every task's output in this process, which a \
-                             cluster's tasks cannot read; run the flow in lazy mode (the default)"
-                        .into(),
-                }
-            })
+        let refused = refused.or_else(|| match shared.mode {
+            ExecutionMode::Eager => shared.session.refuse_eager().err(),
+            _ => None,
         });
         (shared, refused)
     }

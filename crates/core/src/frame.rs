@@ -495,14 +495,7 @@ impl Frame {
     pub(crate) async fn materialize(&self) -> Result<(Frame, u64, u64)> {
         let schema = self.schema();
         self.inner.session.usable()?;
-        if self.inner.session.on_cluster() {
-            return Err(Error::Cluster {
-                address: self.inner.session.runner().to_string(),
-                reason: "eager mode keeps every task's output in this process, which a \
-                         cluster's tasks cannot read; run the flow in lazy mode (the default)"
-                    .into(),
-            });
-        }
+        self.inner.session.refuse_eager()?;
         let partitions = guarded(self.to_dataframe().collect_partitioned())
             .await
             .map_err(|e| self.error(e))?;

@@ -58,8 +58,7 @@ struct SessionInner {
     max_column_chunk_bytes: u64,
     column_copy: bool,
     runner: Runner,
-    #[cfg(feature = "ballista")]
-    cluster: Option<crate::cluster::Cluster>,
+    cluster: ClusterOf,
     /// Why the runner `SLUICE_RUNNER` names cannot be used: reported when a plan runs,
     /// since `Session::new` cannot fail.
     unusable_runner: Option<String>,
@@ -159,11 +158,7 @@ impl Session {
                 stores: Arc::clone(&self.inner.stores),
                 max_column_chunk_bytes: self.inner.max_column_chunk_bytes,
                 column_copy: self.inner.column_copy,
-                #[cfg(feature = "ballista")]
                 cluster: cluster_of(&runner)?,
-                #[cfg(not(feature = "ballista"))]
-                runner: checked_runner(runner)?,
-                #[cfg(feature = "ballista")]
                 runner,
                 unusable_runner: None,
             }),
@@ -191,6 +186,19 @@ impl Session {
     /// Whether plans execute on a cluster (nothing below runs in this process then).
     pub(crate) fn on_cluster(&self) -> bool {
         !self.inner.runner.is_local()
+    }
+
+    /// Fails on a cluster: eager mode keeps task outputs in this process.
+    pub(crate) fn refuse_eager(&self) -> Result<()> {
+        if !self.on_cluster() {
+            return Ok(());
+        }
+        Err(Error::Cluster {
+            address: self.runner().to_string(),
+            reason: "eager mode keeps every task's output in this process, which a cluster's \
+                     tasks cannot read; run the flow in lazy mode (the default)"
+                .into(),
+        })
     }
 
     /// A lazy frame over Parquet data: one file, a directory (every `.parquet` file in
@@ -976,57 +984,51 @@ impl SessionBuilder {
             .with_physical_optimizer_rules(physical_optimizer_rules())
             .with_query_planner(Arc::new(SluiceQueryPlanner))
             .build();
-        let local = Session {
+        // A runner given here must be usable; one from the environment that is not
+        // fails the first plan that runs (and any flow run), since `Session::new`
+        // cannot fail.
+        let (cluster, runner, unusable_runner) = match self.runner {
+            Some(runner) => (cluster_of(&runner)?, runner, None),
+            None => match Runner::from_env().and_then(|r| Ok((cluster_of(&r)?, r))) {
+                Ok((cluster, runner)) => (cluster, runner, None),
+                Err(e) => (ClusterOf::default(), Runner::Local, Some(e.to_string())),
+            },
+        };
+        Ok(Session {
             inner: Arc::new(SessionInner {
                 ctx: SessionContext::new_with_state(state),
                 stores,
                 max_column_chunk_bytes,
                 column_copy,
-                runner: Runner::Local,
-                #[cfg(feature = "ballista")]
-                cluster: None,
-                unusable_runner: None,
+                runner,
+                cluster,
+                unusable_runner,
             }),
-        };
-        if let Some(runner) = self.runner {
-            return local.with_runner(runner);
-        }
-        // From the environment: a runner that cannot be used fails the first plan that
-        // runs (and any flow run), not the session's construction.
-        match Runner::from_env().and_then(|runner| local.with_runner(runner)) {
-            Ok(session) => Ok(session),
-            Err(e) => {
-                let mut inner = Arc::try_unwrap(local.inner).map_err(|_| Error::Internal {
-                    message: "a session being built is shared".into(),
-                })?;
-                inner.unusable_runner = Some(e.to_string());
-                Ok(Session {
-                    inner: Arc::new(inner),
-                })
-            }
-        }
+        })
     }
 }
 
-/// A runner this build can use: without the cargo feature `ballista`, only local.
+/// The cluster a session's plans run on, if its runner is one; nothing in a build
+/// without the cargo feature `ballista`.
+#[cfg(feature = "ballista")]
+type ClusterOf = Option<crate::cluster::Cluster>;
 #[cfg(not(feature = "ballista"))]
-fn checked_runner(runner: Runner) -> Result<Runner> {
+type ClusterOf = ();
+
+/// The cluster `runner` names, checked: a malformed URL, or (without the feature
+/// `ballista`) any cluster, is an error.
+fn cluster_of(runner: &Runner) -> Result<ClusterOf> {
     match runner {
-        Runner::Local => Ok(runner),
+        Runner::Local => Ok(ClusterOf::default()),
+        #[cfg(feature = "ballista")]
+        Runner::Ballista { url } => crate::cluster::Cluster::new(url).map(Some),
+        #[cfg(not(feature = "ballista"))]
         Runner::Ballista { url } => Err(Error::Cluster {
-            address: url,
+            address: url.clone(),
             reason: "this build of Sluice has no Ballista support; build it with the cargo \
                      feature `ballista` (`--features ballista`)"
                 .into(),
         }),
-    }
-}
-
-#[cfg(feature = "ballista")]
-fn cluster_of(runner: &Runner) -> Result<Option<crate::cluster::Cluster>> {
-    match runner {
-        Runner::Local => Ok(None),
-        Runner::Ballista { url } => crate::cluster::Cluster::new(url).map(Some),
     }
 }
 

@@ -257,8 +257,9 @@ impl Cluster {
         let outcome = body(DataFrame::new(state, plan))
             .await
             .map_err(|e| self.job_error(e, &boundaries));
-        let metrics = match jobs.job_id() {
-            Some(job) => match self.job_metrics(&job, &config).await {
+        let job = jobs.job_id();
+        let metrics = match &job {
+            Some(job) => match self.job_metrics(job, &config).await {
                 Ok(metrics) => Some(metrics),
                 Err(e) => {
                     tracing::warn!(job, error = %e, "could not read the job's metrics from the scheduler; per-task figures are missing");
@@ -268,7 +269,7 @@ impl Cluster {
             None => None,
         };
         self.record(&boundaries, metrics.as_ref(), outcome.as_ref().err());
-        tracing::info!(cluster = %self.url, job = jobs.job_id().unwrap_or_default(), elapsed = ?started.elapsed(), ok = outcome.is_ok(), "cluster job ended");
+        tracing::info!(cluster = %self.url, job = job.unwrap_or_default(), elapsed = ?started.elapsed(), ok = outcome.is_ok(), "cluster job ended");
         outcome
     }
 
