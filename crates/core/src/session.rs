@@ -58,6 +58,8 @@ struct SessionInner {
     max_column_chunk_bytes: u64,
     column_copy: bool,
     runner: Runner,
+    // Without the feature `ballista` only its check is kept (it is `()`).
+    #[cfg_attr(not(feature = "ballista"), allow(dead_code))]
     cluster: ClusterOf,
     /// Why the runner `SLUICE_RUNNER` names cannot be used: reported when a plan runs,
     /// since `Session::new` cannot fail.
@@ -1019,7 +1021,10 @@ type ClusterOf = ();
 /// `ballista`) any cluster, is an error.
 fn cluster_of(runner: &Runner) -> Result<ClusterOf> {
     match runner {
-        Runner::Local => Ok(ClusterOf::default()),
+        #[cfg(feature = "ballista")]
+        Runner::Local => Ok(None),
+        #[cfg(not(feature = "ballista"))]
+        Runner::Local => Ok(()),
         #[cfg(feature = "ballista")]
         Runner::Ballista { url } => crate::cluster::Cluster::new(url).map(Some),
         #[cfg(not(feature = "ballista"))]
