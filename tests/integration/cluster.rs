@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice::prelude::*;
-use sluice::{Runner, TaskExecution};
+use sluice::{CheckpointStore, Runner, TaskExecution};
 
 use crate::common::{etl, taxi_file};
 use crate::remote::S3Target;
@@ -556,7 +556,7 @@ async fn what_a_cluster_cannot_run_is_refused_before_anything_is_sent() {
     let error = run.output.unwrap_err().to_string();
     assert!(error.contains("eager mode"), "{error}");
 
-    let session = Session::new().with_runner(runner).unwrap();
+    let session = Session::new().with_runner(runner.clone()).unwrap();
     let frame = session
         .sql("SELECT 1 AS one", std::iter::empty())
         .await
@@ -566,4 +566,436 @@ async fn what_a_cluster_cannot_run_is_refused_before_anything_is_sent() {
         .unwrap();
     let error = frame.count().await.unwrap_err().to_string();
     assert!(error.contains("in-memory data"), "{error}");
+
+    // A checkpoint store in this process's memory: the executors cannot write it.
+    let run = crate::cache::cached_etl(
+        source.to_str().unwrap(),
+        dir.path().join("out.parquet").to_str().unwrap(),
+    )
+    .with_result_store("memory://checkpoints/")
+    .with_runner(runner)
+    .run()
+    .await;
+    let error = run.output.unwrap_err().to_string();
+    assert!(error.contains("memory://checkpoints/"), "{error}");
+    assert!(error.contains("executors cannot write it"), "{error}");
+}
+
+/// The record of `task` in `run`, in `state`.
+fn task_in<'a, T>(
+    run: &'a sluice::FlowRun<T>,
+    task: &str,
+    state: TaskState,
+) -> &'a sluice::TaskRunRecord {
+    let record = run
+        .record
+        .task(task)
+        .unwrap_or_else(|| panic!("no task {task} in {:#?}", run.record));
+    assert_eq!(record.state, state, "{task}: {record:#?}");
+    record
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executors_write_a_persisted_tasks_checkpoint_and_a_rerun_reads_it_instead_of_the_source() {
+    let s3 = S3Target::new("cluster-persist").await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = upload_taxi(&s3, dir.path(), 60_000).await;
+    let cluster = TestCluster::start(2, &s3.env());
+    let session = four_partitions(&s3);
+    // Checkpoints on a disk every executor mounts (here: the same machine).
+    let checkpoints = dir.path().join("checkpoints-store");
+    let store_url = format!("{}/", checkpoints.display());
+    let run = |dest: String, runner: Option<Runner>| {
+        let (source, session, store_url) = (source.clone(), session.clone(), store_url.clone());
+        async move {
+            let call = crate::cache::cached_etl(&source, &dest)
+                .with_session(session)
+                .with_result_store(&store_url);
+            match runner {
+                Some(runner) => call.with_runner(runner).run().await,
+                None => call.run().await,
+            }
+        }
+    };
+    let served = |s3: &S3Target| s3.server.as_ref().map(|server| server.stats().bytes_sent());
+    let reset = |s3: &S3Target| {
+        if let Some(server) = &s3.server {
+            server.stats().reset()
+        }
+    };
+
+    reset(&s3);
+    let first_dest = s3.url("out/first.parquet");
+    let first = run(first_dest.clone(), Some(cluster.runner())).await;
+    if let Err(e) = &first.output {
+        panic!("the cluster run failed: {e}\n{}", cluster.logs());
+    }
+    assert_eq!(first.output.as_ref().unwrap().rows, 240_000);
+    let first_bytes = served(&s3);
+    let transform = task_in(&first, "transform", TaskState::Completed);
+    assert!(
+        transform.cache.as_ref().unwrap().committed,
+        "{transform:#?}"
+    );
+    let key = transform.cache_key.clone().unwrap();
+
+    // One valid checkpoint, its parts written by the executors (one per partition),
+    // nothing else beside them: the receipts are gone.
+    let store = CheckpointStore::open(&session, &store_url).unwrap();
+    let entries = store.list().await.unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].state, "valid");
+    let manifest = store.show("transform", &key).await.unwrap();
+    assert_eq!(
+        entries[0].rows,
+        Some(240_000),
+        "{:#?}\n{}",
+        manifest.files,
+        cluster.logs()
+    );
+    assert_eq!(manifest.files.len(), 4, "{:?}", manifest.files);
+    let key_dir = checkpoints.join("checkpoints/transform").join(&key);
+    let mut on_disk: Vec<String> = crate::common::files_under(&key_dir)
+        .iter()
+        .map(|p| p.strip_prefix(&key_dir).unwrap().display().to_string())
+        .collect();
+    on_disk.sort();
+    let mut expected: Vec<String> = manifest.files.iter().map(|f| f.path.clone()).collect();
+    expected.push("_manifest.json".into());
+    expected.sort();
+    assert_eq!(on_disk, expected);
+
+    // The rerun on the cluster: a hit read on the executors, no source byte.
+    reset(&s3);
+    let second_dest = s3.url("out/second.parquet");
+    let second = run(second_dest.clone(), Some(cluster.runner())).await;
+    if let Err(e) = &second.output {
+        panic!("the cached cluster run failed: {e}\n{}", cluster.logs());
+    }
+    assert_eq!(second.output.as_ref().unwrap().rows, 240_000);
+    let transform = task_in(&second, "transform", TaskState::Cached);
+    assert_eq!(transform.cache.as_ref().unwrap().lookup, "hit");
+    assert_eq!(transform.rows, Some(240_000), "{transform:#?}");
+    assert!(
+        !transform.executions.is_empty() && transform.executions.iter().all(|e| e.from_checkpoint),
+        "{transform:#?}"
+    );
+    let extract = task_in(&second, "extract", TaskState::Skipped);
+    assert!(extract.executions.is_empty(), "{extract:#?}");
+    if let (Some(first_bytes), Some(second_bytes)) = (first_bytes, served(&s3)) {
+        // The S3 server sent the first run the source; the second only listings
+        // (the source's, for its identity in the cache key) and the sink's replies.
+        eprintln!("S3 bytes sent: {first_bytes} computing, {second_bytes} on the hit");
+        assert!(first_bytes > 4_000_000, "{first_bytes}");
+        assert!(
+            second_bytes < 64 * 1024,
+            "the hit read the source: {second_bytes} bytes"
+        );
+    }
+    let first_frame = session.read_parquet(&first_dest).await.unwrap();
+    let second_frame = session.read_parquet(&second_dest).await.unwrap();
+    assert!(same_rows(&first_frame, &second_frame).await);
+
+    // The checkpoint the executors wrote is a valid one for a local run too (which
+    // verifies every part's checksum).
+    let third_dest = s3.url("out/third.parquet");
+    let third = run(third_dest.clone(), None).await;
+    assert_eq!(third.output.as_ref().unwrap().rows, 240_000);
+    task_in(&third, "transform", TaskState::Cached);
+    let third_frame = session.read_parquet(&third_dest).await.unwrap();
+    assert!(same_rows(&first_frame, &third_frame).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_checkpoint_on_s3_is_caught_by_the_executors_invalidated_and_recomputed() {
+    use object_store::ObjectStoreExt;
+    let s3 = S3Target::new("cluster-corrupt").await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = upload_taxi(&s3, dir.path(), 10_000).await;
+    let cluster = TestCluster::start(2, &s3.env());
+    let session = four_partitions(&s3);
+    let store_url = s3.url("cache/");
+    let run = |dest: String| {
+        let (source, session, store_url) = (source.clone(), session.clone(), store_url.clone());
+        let runner = cluster.runner();
+        async move {
+            crate::cache::cached_etl(&source, &dest)
+                .with_session(session)
+                .with_result_store(&store_url)
+                .with_runner(runner)
+                .run()
+                .await
+        }
+    };
+    let first = run(s3.url("out/first.parquet")).await;
+    if let Err(e) = &first.output {
+        panic!("the cluster run failed: {e}\n{}", cluster.logs());
+    }
+    assert!(
+        task_in(&first, "transform", TaskState::Completed)
+            .cache
+            .as_ref()
+            .unwrap()
+            .committed
+    );
+
+    // Same size, other bytes.
+    let parts: Vec<String> = objects_under(&s3, "cache/checkpoints/transform")
+        .await
+        .into_iter()
+        .filter(|p| p.ends_with(".parquet"))
+        .collect();
+    assert_eq!(parts.len(), 4, "{parts:?}");
+    let store = s3.store();
+    for part in &parts {
+        let path = object_store::path::Path::from(part.as_str());
+        let mut bytes = store
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
+        // The writer's name in the footer, one letter changed: every page and the
+        // footer still decode, so only the checksums can tell.
+        let at = bytes
+            .windows(b"parquet-rs".len())
+            .rposition(|w| w == b"parquet-rs")
+            .expect("the footer names its writer");
+        bytes[at + 8] = b'R';
+        store.put(&path, bytes.into()).await.unwrap();
+    }
+    let second = run(s3.url("out/second.parquet")).await;
+    let error = second
+        .output
+        .as_ref()
+        .expect_err("a corrupt checkpoint must fail the run");
+    assert_eq!(error.task(), Some("transform"), "{error:?}");
+    assert!(
+        format!("{error:?}").contains("CorruptCheckpoint"),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(text.contains("is corrupt"), "{text}");
+    assert!(text.contains("checkpoints/transform/"), "{text}");
+    assert!(text.contains("does not match its checksum"), "{text}");
+    assert!(text.contains(&cluster.runner().to_string()), "{text}");
+    assert!(!text.contains("DataFusionError("), "{text}");
+    task_in(&second, "transform", TaskState::Failed);
+    assert!(
+        !s3.exists("out/second.parquet").await,
+        "a run over a corrupt checkpoint published"
+    );
+    // Invalidated by the client: the manifest is gone, so the next run recomputes.
+    let manifests: Vec<String> = objects_under(&s3, "cache/checkpoints")
+        .await
+        .into_iter()
+        .filter(|p| p.ends_with("_manifest.json"))
+        .collect();
+    assert!(manifests.is_empty(), "{manifests:?}");
+    let third = run(s3.url("out/third.parquet")).await;
+    assert_eq!(third.output.as_ref().unwrap().rows, 40_000);
+    let transform = task_in(&third, "transform", TaskState::Completed);
+    assert!(
+        transform.cache.as_ref().unwrap().committed,
+        "{transform:#?}"
+    );
+}
+
+/// A barrier task feeding one load per destination, on `runner`.
+async fn barrier_flow(
+    session: &Session,
+    runner: Runner,
+    store_url: &str,
+    source: &str,
+    dests: Vec<String>,
+) -> sluice::FlowRun<u64> {
+    let source = source.to_string();
+    Flow::new("barrier")
+        .with_options(
+            FlowOptions::default()
+                .with_session(session.clone())
+                .with_runner(runner),
+        )
+        .with_result_store(store_url)
+        .run(serde_json::json!({}), async move {
+            let raw = crate::common::extract(&source).await?;
+            let df = Task::new("transform")
+                .with_version("v1")
+                .persist(Persist::Barrier)
+                .run(|_cx| {
+                    let raw = raw.clone();
+                    async move {
+                        raw.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+                    }
+                })
+                .await?;
+            let mut rows = 0;
+            for dest in dests {
+                rows += crate::common::load(df.clone(), &dest).await?.rows;
+            }
+            Ok(rows)
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_barrier_on_a_cluster_computes_once_for_two_sinks_and_a_failed_job_commits_nothing() {
+    let s3 = S3Target::new("cluster-barrier").await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = upload_taxi(&s3, dir.path(), 10_000).await;
+    let cluster = TestCluster::start(2, &s3.env());
+    let session = four_partitions(&s3);
+    let store_url = s3.url("cache/");
+    let run = barrier_flow(
+        &session,
+        cluster.runner(),
+        &store_url,
+        &source,
+        vec![s3.url("out/one.parquet"), s3.url("out/two.parquet")],
+    )
+    .await;
+    if let Err(e) = &run.output {
+        panic!("the barrier run failed: {e}\n{}", cluster.logs());
+    }
+    assert_eq!(*run.output.as_ref().unwrap(), 80_000);
+    let extract = task_in(&run, "extract", TaskState::Completed);
+    assert_eq!(extract.executions.len(), 1, "{extract:#?}");
+    let transform = task_in(&run, "transform", TaskState::Completed);
+    // One execution computed it (the barrier's job); each sink read the checkpoint.
+    let computed: Vec<bool> = transform
+        .executions
+        .iter()
+        .map(|e| e.from_checkpoint)
+        .collect();
+    assert_eq!(computed, [false, true, true], "{transform:#?}");
+    let one = session
+        .read_parquet(&s3.url("out/one.parquet"))
+        .await
+        .unwrap();
+    let two = session
+        .read_parquet(&s3.url("out/two.parquet"))
+        .await
+        .unwrap();
+    assert_eq!(one.count().await.unwrap(), 40_000);
+    assert!(same_rows(&one, &two).await);
+
+    // A job that fails half-way (a corrupt page in one source file) commits nothing;
+    // what its other tasks wrote is removed, or left for `gc` as an incomplete write.
+    let store_url = s3.url("cache-failed/");
+    use object_store::ObjectStoreExt;
+    let corrupt = {
+        let path = object_store::path::Path::from(format!("{}/in/part-2.parquet", s3.prefix));
+        let store = s3.store();
+        let mut bytes = store
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
+        let middle = bytes.len() / 2;
+        bytes[middle - 2000..middle + 2000].fill(0xA5);
+        (store, path, bytes)
+    };
+    // The footers stay readable: planning succeeds, the executors find the pages.
+    corrupt.0.put(&corrupt.1, corrupt.2.into()).await.unwrap();
+    let failed = barrier_flow(
+        &session,
+        cluster.runner(),
+        &store_url,
+        &source,
+        vec![s3.url("out/never.parquet")],
+    )
+    .await;
+    let error = failed
+        .output
+        .as_ref()
+        .expect_err("the corrupt page must fail the job");
+    assert_eq!(error.task(), Some("extract"), "{error}");
+    assert!(!s3.exists("out/never.parquet").await);
+    let store = CheckpointStore::open(&session, &store_url).unwrap();
+    let entries = store.list().await.unwrap();
+    assert!(entries.iter().all(|e| e.state != "valid"), "{entries:?}");
+    // Tasks of the failed job that Ballista had not yet cancelled may still be ending.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    store.gc(chrono::Utc::now(), Duration::ZERO).await.unwrap();
+    let left = objects_under(&s3, "cache-failed/checkpoints").await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_an_early_stop_commits_nothing_and_a_second_sink_reads_the_checkpoint() {
+    let s3 = S3Target::new("cluster-tee").await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = upload_taxi(&s3, dir.path(), 10_000).await;
+    let cluster = TestCluster::start(2, &s3.env());
+    let session = four_partitions(&s3);
+    let store_url = s3.url("cache/");
+    let run = Flow::new("tee-sinks")
+        .with_options(
+            FlowOptions::default()
+                .with_session(session.clone())
+                .with_runner(cluster.runner()),
+        )
+        .with_result_store(&store_url)
+        .run(serde_json::json!({}), {
+            let source = source.clone();
+            async move {
+                let raw = crate::common::extract(&source).await?;
+                let df = Task::new("transform")
+                    .with_version("v1")
+                    .persist(Persist::Tee)
+                    .run(|_cx| {
+                        let raw = raw.clone();
+                        async move {
+                            raw.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+                        }
+                    })
+                    .await?;
+                // A limit above the tee stops its partitions early on the executors:
+                // were that committed, the next sink would read 10 rows from it.
+                let limited = df.limit(10)?.count().await?;
+                let all = df.count().await?;
+                let again = df.count().await?;
+                Ok([limited, all, again])
+            }
+        })
+        .await;
+    let counts = match &run.output {
+        Ok(counts) => *counts,
+        Err(e) => panic!("the flow failed: {e}\n{}", cluster.logs()),
+    };
+    assert_eq!(counts, [10, 40_000, 40_000]);
+    let transform = task_in(&run, "transform", TaskState::Completed);
+    assert!(
+        transform.cache.as_ref().unwrap().committed,
+        "{transform:#?}"
+    );
+    // The limited job and the full one computed it; the third sink read the
+    // checkpoint the second committed (as locally, a read of the checkpoint this run
+    // committed is not an execution of the task; a recomputation would be).
+    let from_checkpoint: Vec<bool> = transform
+        .executions
+        .iter()
+        .map(|e| e.from_checkpoint)
+        .collect();
+    assert_eq!(from_checkpoint, [false, false], "{transform:#?}");
+    let store = CheckpointStore::open(&session, &store_url).unwrap();
+    let entries = store.list().await.unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].rows, Some(40_000));
+    // The early-stopped job's parts were deleted: only the committed write is left.
+    let writes: std::collections::BTreeSet<String> = objects_under(&s3, "cache/checkpoints")
+        .await
+        .iter()
+        .filter_map(|p| {
+            p.split('/')
+                .find(|part| part.starts_with("data-"))
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(writes.len(), 1, "{writes:?}");
 }

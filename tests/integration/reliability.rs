@@ -458,6 +458,12 @@ mod crash_loop {
                 (Some(_), None) => {
                     child.kill().unwrap(); // SIGKILL: no cleanup of any kind runs
                     child.wait().unwrap();
+                    // A publish the killed client had asked for may still be copying in
+                    // the test server: s3s-fs copies an object by `fs::copy` into the
+                    // destination (truncate, then write) where S3's CopyObject is
+                    // atomic, and it goes on after the client is gone. Let it land
+                    // before looking, or a reader sees the test server's half-copy.
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                     kills += 1;
                     if l.manifests().await.is_empty() {
                         kills_without_checkpoint += 1;

@@ -187,10 +187,10 @@ impl TaskBoundaryExec {
         &self.sources
     }
 
-    /// Whether the node reads the task's checkpoint (a cache hit).
+    /// The task's checkpoint this node reads (a cache hit).
     #[cfg(feature = "ballista")]
-    pub(crate) fn reads_checkpoint(&self) -> bool {
-        self.checkpoint.is_some()
+    pub(crate) fn checkpoint(&self) -> Option<&Arc<CheckpointRead>> {
+        self.checkpoint.as_ref()
     }
 }
 
@@ -258,7 +258,9 @@ impl ExecutionPlan for TaskBoundaryExec {
                 self.checkpoint.is_some(),
             )
         }));
-        let verification = self.checkpoint.as_ref().and_then(|c| c.verification());
+        let verification = self.checkpoint.as_ref().and_then(|c| {
+            c.verification(partition, self.properties.partitioning.partition_count())
+        });
         let deadline = self.run.timeout.map(|limit| {
             Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
                 execution.started + limit,
@@ -331,13 +333,17 @@ pub(crate) fn attribute(
     checkpoint: Option<&CheckpointRead>,
     error: DataFusionError,
 ) -> DataFusionError {
-    let attributed = attribute_here(run, sources, checkpoint, error);
+    carried(run, attribute_here(run, sources, checkpoint, error))
+}
+
+/// An error as it leaves the boundary. On a cluster's executor it travels to the
+/// client as text (Ballista formats it with `Debug`): there it becomes Sluice's
+/// one-line message.
+fn carried(run: &TaskRunState, error: DataFusionError) -> DataFusionError {
     if !run.detached {
-        return attributed;
+        return error;
     }
-    // On a cluster's executor the error travels to the client as text (Ballista
-    // formats it with `Debug`): make that text Sluice's one-line message.
-    match attributed {
+    match error {
         DataFusionError::External(ours) if ours.is::<Error>() => {
             DataFusionError::Execution(crate::error::one_line(ours.as_ref()))
         }
@@ -423,7 +429,7 @@ impl BoundaryStream {
                     None => Error::Internal { message: reason },
                 };
                 self.close(StreamEnd::Failed);
-                return Poll::Ready(Some(Err(error.into())));
+                return Poll::Ready(Some(Err(carried(&self.run, error.into()))));
             }
         }
         self.close(StreamEnd::Ended);

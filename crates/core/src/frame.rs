@@ -474,9 +474,16 @@ impl Frame {
             .map_err(|e| self.error(e))
     }
 
-    /// Runs the plan to its end, dropping the batches (a barrier checkpoint).
+    /// Runs the plan to its end, dropping the batches (a barrier checkpoint). On a
+    /// cluster the rows are counted there: nothing comes back to this process.
     pub(crate) async fn drain(&self) -> Result<u64> {
         use futures::StreamExt;
+        #[cfg(feature = "ballista")]
+        if self.inner.session.cluster().is_some() {
+            return self
+                .run(|df| async move { df.count().await.map(|n| n as u64) })
+                .await;
+        }
         let mut stream = self.execute_stream().await?;
         let mut rows = 0;
         while let Some(batch) = guarded(async { Ok(stream.next().await) }).await? {

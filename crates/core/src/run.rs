@@ -811,8 +811,8 @@ impl TaskRunState {
     }
 
     /// Records an execution that ran elsewhere (on a cluster's executors) and has
-    /// ended: its partitions, the rows, bytes and time its boundary counted, and how
-    /// it ended.
+    /// ended: its partitions, the rows, bytes and time its boundary counted, whether
+    /// it read the task's checkpoint, and how it ended.
     #[cfg(feature = "ballista")]
     pub(crate) fn record_remote_execution(
         &self,
@@ -820,9 +820,10 @@ impl TaskRunState {
         rows: u64,
         bytes: u64,
         nanos: u64,
+        from_checkpoint: bool,
         end: StreamEnd,
     ) {
-        let execution = self.new_execution(partitions, false);
+        let execution = self.new_execution(partitions, from_checkpoint);
         execution.add_output(rows, bytes, nanos);
         for _ in 0..execution.partitions {
             self.stream_closed(&execution, end);

@@ -35,6 +35,10 @@ pub use manifest::{MANIFEST_FORMAT_VERSION, Manifest, ManifestFile};
 pub(crate) use read::{CheckpointRead, Verification};
 pub use store::{CacheEntry, CheckpointStore, GcReport};
 pub(crate) use store::{Lookup, store_error, store_root, url_in};
+#[cfg(feature = "ballista")]
+pub(crate) use tee::{
+    ABANDONED_PARTITIONS, CheckpointExec, ClusterTee, PartsWrite, Streamed, Tee, commit_parts,
+};
 pub(crate) use tee::{CheckpointTarget, CheckpointTee, CheckpointTeePlanner};
 
 use crate::lineage::{SourceObject, UpstreamTask};

@@ -15,7 +15,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use object_store::ObjectStoreExt;
 
-use super::{CheckpointStore, Manifest};
+use super::{CheckpointStore, Manifest, ManifestFile};
 use crate::run::TaskRunState;
 use crate::{Error, Result, Session};
 
@@ -43,6 +43,9 @@ pub(crate) struct CheckpointRead {
     /// this run has just written and hashed).
     verify: bool,
     verification: std::sync::OnceLock<Verification>,
+    /// Read by a cluster's executor: each partition verifies a share of the parts, and
+    /// a corrupt checkpoint is reported to the client, which invalidates it.
+    on_executor: bool,
 }
 
 impl CheckpointRead {
@@ -54,7 +57,30 @@ impl CheckpointRead {
             invalidated: AtomicBool::new(false),
             verify,
             verification: std::sync::OnceLock::new(),
+            on_executor: false,
         })
+    }
+
+    /// The checkpoint as a cluster's executor reads it (see [`Self::verification`]
+    /// and [`Self::corrupt`]).
+    #[cfg(feature = "ballista")]
+    pub(crate) fn on_executor(
+        store: CheckpointStore,
+        manifest: Manifest,
+        verify: bool,
+    ) -> Arc<Self> {
+        let mut read = Self::new(store, manifest, verify);
+        if let Some(read) = Arc::get_mut(&mut read) {
+            read.on_executor = true;
+        }
+        read
+    }
+
+    /// The store and manifest, and whether to verify: what a cluster's executors need
+    /// to read the checkpoint.
+    #[cfg(feature = "ballista")]
+    pub(crate) fn parts(&self) -> (&CheckpointStore, &Manifest, bool) {
+        (&self.store, &self.manifest, self.verify)
     }
 
     /// A checkpoint as the known-corrupt set names it: its directory and commit time.
@@ -115,70 +141,50 @@ impl CheckpointRead {
         Ok(session.context().read_table(self.table()?)?.into_parts().1)
     }
 
-    /// The verification of every part's BLAKE3 against the manifest, started on first
-    /// use and run in the background while the scan streams; `None` when not verified.
-    pub(crate) fn verification(&self) -> Option<Verification> {
+    /// The verification of the parts' BLAKE3 against the manifest, run in the
+    /// background while partition `partition` of `partitions` streams; `None` when not
+    /// verified. Here every part is verified once, shared by the partitions; on a
+    /// cluster's executor each partition verifies every `partitions`-th part, so that
+    /// the job's tasks verify each part once between them.
+    pub(crate) fn verification(&self, partition: usize, partitions: usize) -> Option<Verification> {
         if !self.verify {
             return None;
         }
-        let verification = self
-            .verification
-            .get_or_init(|| {
-                let store = Arc::clone(self.store.object_store());
-                let dir = self.store.key_dir(&self.task, &self.manifest.key);
-                let files = self.manifest.files.clone();
-                let handle = tokio::spawn(async move {
-                    for file in files {
-                        let path = file
-                            .path
-                            .split('/')
-                            .fold(dir.clone(), |p, part| p.join(part));
-                        // Large ranges: the local store streams a whole-object get in
-                        // 8 KiB reads, each a blocking task; ranges are one read each.
-                        let mut hasher = blake3::Hasher::new();
-                        let mut size = 0u64;
-                        while size < file.size {
-                            let end = (size + VERIFY_CHUNK).min(file.size);
-                            let chunk = store
-                                .get_range(&path, size..end)
-                                .await
-                                .map_err(|e| format!("cannot read part {}: {e}", file.path))?;
-                            if chunk.is_empty() {
-                                break;
-                            }
-                            size += chunk.len() as u64;
-                            hasher.update(&chunk);
-                        }
-                        let digest = hasher.finalize().to_hex().to_string();
-                        if size != file.size || digest != file.blake3 {
-                            return Err(format!(
-                                "part {} does not match its checksum ({size} bytes, blake3 {}; \
-                                 the manifest says {} bytes, blake3 {})",
-                                file.path,
-                                &digest[..16],
-                                file.size,
-                                &file.blake3[..file.blake3.len().min(16)]
-                            ));
-                        }
-                    }
-                    Ok(())
-                });
-                async move {
-                    handle
-                        .await
-                        .unwrap_or_else(|e| Err(format!("checksum verification stopped: {e}")))
-                }
-                .boxed()
-                .shared()
-            })
-            .clone();
-        Some(verification)
+        let start = |files: Vec<ManifestFile>| {
+            let store = Arc::clone(self.store.object_store());
+            let dir = self.store.key_dir(&self.task, &self.manifest.key);
+            let handle = tokio::spawn(verify_parts(store, dir, files));
+            async move {
+                handle
+                    .await
+                    .unwrap_or_else(|e| Err(format!("checksum verification stopped: {e}")))
+            }
+            .boxed()
+            .shared()
+        };
+        if self.on_executor {
+            let share = self
+                .manifest
+                .files
+                .iter()
+                .skip(partition)
+                .step_by(partitions.max(1))
+                .cloned()
+                .collect();
+            return Some(start(share));
+        }
+        Some(
+            self.verification
+                .get_or_init(|| start(self.manifest.files.clone()))
+                .clone(),
+        )
     }
 
     /// The checkpoint turned out corrupt while streaming: invalidates it (once), fails
     /// the task run, and returns the error to raise.
     pub(crate) fn corrupt(&self, run: &TaskRunState, reason: String) -> Error {
-        if !self.invalidated.swap(true, Ordering::AcqRel) {
+        // On an executor the client invalidates it when the job's error comes back.
+        if !self.on_executor && !self.invalidated.swap(true, Ordering::AcqRel) {
             // Known bad in this process at once; removed from the store in the
             // background (the stream that found it cannot wait), and counted: the
             // failed flow run waits for it before it returns.
@@ -203,4 +209,47 @@ impl CheckpointRead {
             source: Box::new(error),
         }
     }
+}
+
+/// Reads every part in `files` (under `dir`) and compares its size and BLAKE3 with the
+/// manifest's: `Err(reason)` on the first mismatch.
+async fn verify_parts(
+    store: Arc<dyn object_store::ObjectStore>,
+    dir: object_store::path::Path,
+    files: Vec<ManifestFile>,
+) -> std::result::Result<(), String> {
+    for file in files {
+        let path = file
+            .path
+            .split('/')
+            .fold(dir.clone(), |p, part| p.join(part));
+        // Large ranges: the local store streams a whole-object get in 8 KiB reads, each
+        // a blocking task; ranges are one read each.
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        while size < file.size {
+            let end = (size + VERIFY_CHUNK).min(file.size);
+            let chunk = store
+                .get_range(&path, size..end)
+                .await
+                .map_err(|e| format!("cannot read part {}: {e}", file.path))?;
+            if chunk.is_empty() {
+                break;
+            }
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        let digest = hasher.finalize().to_hex().to_string();
+        if size != file.size || digest != file.blake3 {
+            return Err(format!(
+                "part {} does not match its checksum ({size} bytes, blake3 {}; the manifest \
+                 says {} bytes, blake3 {})",
+                file.path,
+                &digest[..16],
+                file.size,
+                &file.blake3[..file.blake3.len().min(16)]
+            ));
+        }
+    }
+    Ok(())
 }

@@ -108,6 +108,14 @@ pub(crate) fn store_root(
     session: &Session,
     location: &str,
 ) -> Result<(Url, Path, Arc<dyn ObjectStore>)> {
+    store_root_in(session.stores(), location)
+}
+
+/// [`store_root`] with the object store from `stores`.
+fn store_root_in(
+    stores: &sluice_store::StoreRegistry,
+    location: &str,
+) -> Result<(Url, Path, Arc<dyn ObjectStore>)> {
     let mut root = resolve_url(location)?;
     if !root.path().ends_with('/') {
         let path = format!("{}/", root.path());
@@ -128,7 +136,7 @@ pub(crate) fn store_root(
         }
         other => Error::Store(other),
     })?;
-    let store = session.stores().store_for(&root)?;
+    let store = stores.store_for(&root)?;
     Ok((root, prefix, store))
 }
 
@@ -162,6 +170,21 @@ impl CheckpointStore {
     /// store from the session.
     pub fn open(session: &Session, location: &str) -> Result<Self> {
         let (root, prefix, store) = store_root(session, location)?;
+        Ok(Self {
+            root,
+            prefix,
+            store,
+        })
+    }
+
+    /// The checkpoint store at `location`, its object store from `stores` (a cluster
+    /// process's own, built from the environment).
+    #[cfg(feature = "ballista")]
+    pub(crate) fn in_registry(
+        stores: &sluice_store::StoreRegistry,
+        location: &str,
+    ) -> Result<Self> {
+        let (root, prefix, store) = store_root_in(stores, location)?;
         Ok(Self {
             root,
             prefix,

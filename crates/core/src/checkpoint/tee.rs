@@ -37,6 +37,9 @@ use datafusion::logical_expr::{
     Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 use futures::future::BoxFuture;
@@ -81,12 +84,18 @@ impl CheckpointTarget {
         self.store.key_url(&self.task, &self.key)
     }
 
-    fn error(&self, source: Error) -> Error {
-        Error::Checkpoint {
-            task: self.task.clone(),
-            checkpoint: self.url(),
-            source: Box::new(source),
-        }
+    pub(crate) fn error(&self, source: Error) -> Error {
+        checkpoint_error(&self.store, &self.task, &self.key, source)
+    }
+}
+
+/// A checkpoint could not be written or committed: the error naming the task and the
+/// checkpoint.
+fn checkpoint_error(store: &CheckpointStore, task: &str, key: &str, source: Error) -> Error {
+    Error::Checkpoint {
+        task: task.to_string(),
+        checkpoint: store.key_url(task, key),
+        source: Box::new(source),
     }
 }
 
@@ -165,24 +174,92 @@ impl UserDefinedLogicalNodeCore for CheckpointTee {
     // (`prevent_predicate_push_down_columns` is every column), no limit may pass.
 }
 
+/// Where a tee writes, and who commits what it wrote.
+#[derive(Debug, Clone)]
+pub(crate) enum Tee {
+    /// This process writes the parts and commits the manifest when the last
+    /// partition has ended.
+    Commit(Arc<CheckpointTarget>),
+    /// A cluster's executor: each partition writes its part and a receipt beside it;
+    /// the client commits the manifest once the job has succeeded.
+    #[cfg(feature = "ballista")]
+    Parts(Arc<PartsWrite>),
+}
+
+impl Tee {
+    fn store(&self) -> &CheckpointStore {
+        match self {
+            Tee::Commit(target) => &target.store,
+            #[cfg(feature = "ballista")]
+            Tee::Parts(parts) => &parts.store,
+        }
+    }
+
+    pub(crate) fn task(&self) -> &str {
+        match self {
+            Tee::Commit(target) => &target.task,
+            #[cfg(feature = "ballista")]
+            Tee::Parts(parts) => &parts.task,
+        }
+    }
+
+    fn key(&self) -> &str {
+        match self {
+            Tee::Commit(target) => &target.key,
+            #[cfg(feature = "ballista")]
+            Tee::Parts(parts) => &parts.key,
+        }
+    }
+
+    fn format(&self) -> CheckpointFormat {
+        match self {
+            Tee::Commit(target) => target.format,
+            #[cfg(feature = "ballista")]
+            Tee::Parts(parts) => parts.format,
+        }
+    }
+
+    /// A write or commit error, naming the task and the checkpoint, as DataFusion
+    /// carries it: on an executor as Sluice's one-line text (Ballista sends errors to
+    /// the client as text).
+    fn error(&self, source: Error) -> DataFusionError {
+        let error = checkpoint_error(self.store(), self.task(), self.key(), source);
+        match self {
+            Tee::Commit(_) => error.into(),
+            #[cfg(feature = "ballista")]
+            Tee::Parts(_) => DataFusionError::Execution(crate::error::one_line(&error)),
+        }
+    }
+}
+
 /// The physical tee.
 #[derive(Debug)]
 pub struct CheckpointExec {
     input: Arc<dyn ExecutionPlan>,
-    target: Arc<CheckpointTarget>,
+    tee: Tee,
     properties: Arc<PlanProperties>,
     write: OnceLock<Arc<CheckpointWrite>>,
+    /// The rows that streamed through (`output_rows`): on a cluster, the client
+    /// commits only when the parts' receipts hold as many.
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl CheckpointExec {
-    fn new(input: Arc<dyn ExecutionPlan>, target: Arc<CheckpointTarget>) -> Self {
+    pub(crate) fn new(input: Arc<dyn ExecutionPlan>, tee: Tee) -> Self {
         let properties = Arc::clone(input.properties());
         Self {
             input,
-            target,
+            tee,
             properties,
             write: OnceLock::new(),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
+    }
+
+    /// Where it writes, and who commits.
+    #[cfg(feature = "ballista")]
+    pub(crate) fn tee(&self) -> &Tee {
+        &self.tee
     }
 }
 
@@ -191,8 +268,14 @@ impl DisplayAs for CheckpointExec {
         write!(
             f,
             "CheckpointExec: task={} key={}",
-            self.target.task, self.target.key
-        )
+            self.tee.task(),
+            self.tee.key()
+        )?;
+        #[cfg(feature = "ballista")]
+        if let Tee::Parts(parts) = &self.tee {
+            write!(f, " write={}", parts.write)?;
+        }
+        Ok(())
     }
 }
 
@@ -231,7 +314,11 @@ impl ExecutionPlan for CheckpointExec {
         let input = children.pop().ok_or_else(|| {
             DataFusionError::Internal("CheckpointExec needs exactly one child".into())
         })?;
-        Ok(Arc::new(Self::new(input, Arc::clone(&self.target))))
+        Ok(Arc::new(Self::new(input, self.tee.clone())))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
     }
 
     fn execute(
@@ -241,40 +328,64 @@ impl ExecutionPlan for CheckpointExec {
     ) -> DfResult<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let schema = self.input.schema();
-        let write = Arc::clone(self.write.get_or_init(|| {
-            let partitions = self.properties.partitioning.partition_count().max(1);
-            Arc::new(CheckpointWrite {
-                dir: self
-                    .target
-                    .store
-                    .key_dir(&self.target.task, &self.target.key)
-                    .join(format!("data-{}", uuid::Uuid::new_v4().simple())),
-                state: Mutex::new(WriteState {
-                    parts: vec![None; partitions],
-                    closed: 0,
-                }),
-                failed: AtomicBool::new(false),
-            })
-        }));
+        let partitions = self.properties.partitioning.partition_count().max(1);
+        let (path, close) = match &self.tee {
+            Tee::Commit(target) => {
+                let write = Arc::clone(self.write.get_or_init(|| {
+                    Arc::new(CheckpointWrite {
+                        dir: target
+                            .store
+                            .key_dir(&target.task, &target.key)
+                            .join(format!("data-{}", uuid::Uuid::new_v4().simple())),
+                        state: Mutex::new(WriteState {
+                            parts: vec![None; partitions],
+                            closed: 0,
+                        }),
+                        failed: AtomicBool::new(false),
+                    })
+                }));
+                let path = write.dir.clone().join(format!("part-{partition}.parquet"));
+                let close = Close::Commit {
+                    target: Arc::clone(target),
+                    write,
+                };
+                (path, close)
+            }
+            #[cfg(feature = "ballista")]
+            Tee::Parts(parts) => {
+                // An attempt of its own: a task Ballista runs again (its executor was
+                // lost) never overwrites a part another attempt may still be writing.
+                // A short id: object keys stay within what file-system-backed S3
+                // servers can name.
+                let attempt = &uuid::Uuid::new_v4().simple().to_string()[..8];
+                let name = format!("part-{partition}-{attempt}");
+                let close = Close::Receipt {
+                    path: parts.dir().join(format!("{name}{RECEIPT_SUFFIX}")),
+                    slice: slice_identity(&self.input, partition),
+                };
+                (parts.dir().join(format!("{name}.parquet")), close)
+            }
+        };
         let props = self
-            .target
-            .format
+            .tee
+            .format()
             .writer_properties()
             .map_err(DataFusionError::from)?;
-        let path = write.dir.clone().join(format!("part-{partition}.parquet"));
         let (sender, receiver) = mpsc::channel(2);
         let writer = tokio::spawn(write_part(
-            Arc::clone(self.target.store.object_store()),
+            Arc::clone(self.tee.store().object_store()),
             path,
             Arc::clone(&schema),
             props,
             receiver,
         ));
         Ok(Box::pin(TeeStream {
+            baseline: BaselineMetrics::new(&self.metrics, partition),
+            abandoned: MetricBuilder::new(&self.metrics).counter(ABANDONED_PARTITIONS, partition),
             schema,
             input,
-            target: Arc::clone(&self.target),
-            write,
+            tee: self.tee.clone(),
+            close,
             partition,
             sender: Some(sender),
             writer: Some(writer),
@@ -284,6 +395,11 @@ impl ExecutionPlan for CheckpointExec {
         }))
     }
 }
+
+/// The tee's metric counting partitions that ended without their part (failed, or
+/// dropped by a downstream limit): a cluster job's checkpoint is committed only when
+/// its successful tasks counted none.
+pub(crate) const ABANDONED_PARTITIONS: &str = "abandoned_partitions";
 
 /// What one partition sends its writer.
 enum Message {
@@ -435,11 +551,27 @@ impl AsyncFileWriter for HashingWriter {
 type ReserveFuture =
     BoxFuture<'static, std::result::Result<mpsc::OwnedPermit<Message>, mpsc::error::SendError<()>>>;
 
+/// What the end of a partition does with its part.
+enum Close {
+    /// Hands it to this process's write; the last partition commits the manifest.
+    Commit {
+        target: Arc<CheckpointTarget>,
+        write: Arc<CheckpointWrite>,
+    },
+    /// Writes a receipt beside it (its size, rows and checksum) for the client.
+    #[cfg(feature = "ballista")]
+    Receipt { path: Path, slice: Option<String> },
+}
+
 struct TeeStream {
+    /// The rows that passed, as the node's `output_rows`.
+    baseline: BaselineMetrics,
+    /// Counts this partition if it ends without its part (see [`ABANDONED_PARTITIONS`]).
+    abandoned: Count,
     schema: SchemaRef,
     input: SendableRecordBatchStream,
-    target: Arc<CheckpointTarget>,
-    write: Arc<CheckpointWrite>,
+    tee: Tee,
+    close: Close,
     partition: usize,
     sender: Option<mpsc::Sender<Message>>,
     writer: Option<tokio::task::JoinHandle<Result<Option<ManifestFile>>>>,
@@ -447,23 +579,28 @@ struct TeeStream {
     pending: Option<(RecordBatch, ReserveFuture)>,
     /// The end of the partition: the writer closing its part, then (for the last
     /// partition) the commit.
-    finishing: Option<BoxFuture<'static, Result<()>>>,
+    finishing: Option<BoxFuture<'static, DfResult<()>>>,
     done: bool,
 }
 
 impl TeeStream {
     /// The partition ends without a part: the write is failed; the last partition to
-    /// close deletes what the others wrote.
+    /// close deletes what the others wrote. (On a cluster the client deletes a failed
+    /// job's parts.)
     fn abort(&mut self) {
+        self.abandoned.add(1);
         self.sender = None;
         self.pending = None;
         if let Some(writer) = self.writer.take() {
             writer.abort();
         }
-        self.write.close(self.partition, None);
-        if self.write.all_closed() {
-            let store = self.target.store.clone();
-            let dir = self.write.dir.clone();
+        let Close::Commit { write, .. } = &self.close else {
+            return;
+        };
+        write.close(self.partition, None);
+        if write.all_closed() {
+            let store = self.tee.store().clone();
+            let dir = write.dir.clone();
             sluice_store::cleanup::spawn("delete uncommitted checkpoint parts", async move {
                 if let Err(e) = store.delete_prefix(&dir).await {
                     tracing::warn!(error = %e, "could not delete an uncommitted checkpoint's parts");
@@ -473,12 +610,22 @@ impl TeeStream {
     }
 
     /// The input ended: tell the writer, wait for its part, and commit if this was
-    /// the last partition.
-    fn finish(&mut self) -> BoxFuture<'static, Result<()>> {
+    /// the last partition (or leave the part's receipt, on a cluster).
+    fn finish(&mut self) -> BoxFuture<'static, DfResult<()>> {
         let sender = self.sender.take();
         let writer = self.writer.take();
-        let write = Arc::clone(&self.write);
-        let target = Arc::clone(&self.target);
+        let tee = self.tee.clone();
+        let close = match &self.close {
+            Close::Commit { target, write } => Close::Commit {
+                target: Arc::clone(target),
+                write: Arc::clone(write),
+            },
+            #[cfg(feature = "ballista")]
+            Close::Receipt { path, slice } => Close::Receipt {
+                path: path.clone(),
+                slice: slice.clone(),
+            },
+        };
         let partition = self.partition;
         async move {
             let part = async {
@@ -503,6 +650,20 @@ impl TeeStream {
                 }
             }
             .await;
+            let (target, write) = match close {
+                Close::Commit { target, write } => (target, write),
+                #[cfg(feature = "ballista")]
+                Close::Receipt { path, slice } => {
+                    let receipt = PartReceipt {
+                        slice,
+                        file: part.map_err(|e| tee.error(e))?,
+                    };
+                    return receipt
+                        .put(tee.store(), &path)
+                        .await
+                        .map_err(|e| tee.error(e));
+                }
+            };
             let part = match part {
                 Ok(part) => part,
                 Err(e) => {
@@ -510,7 +671,7 @@ impl TeeStream {
                     if write.all_closed() {
                         let _ = target.store.delete_prefix(&write.dir).await;
                     }
-                    return Err(target.error(e));
+                    return Err(tee.error(e));
                 }
             };
             let Some(parts) = write.close(partition, Some(part)) else {
@@ -519,7 +680,9 @@ impl TeeStream {
                 }
                 return Ok(());
             };
-            commit(&target, &write, parts).await
+            commit(&target, &write.dir, parts)
+                .await
+                .map_err(|e| tee.error(e))
         }
         .boxed()
     }
@@ -527,11 +690,7 @@ impl TeeStream {
 
 /// Commits the manifest of a complete write. A lost create-if-absent race is not an
 /// error: the winner's checkpoint holds the same data; ours is deleted.
-async fn commit(
-    target: &CheckpointTarget,
-    write: &CheckpointWrite,
-    files: Vec<ManifestFile>,
-) -> Result<()> {
+async fn commit(target: &CheckpointTarget, dir: &Path, files: Vec<ManifestFile>) -> Result<()> {
     let created = target.clock.now();
     let schema = Arc::clone(&target.schema);
     let manifest = Manifest {
@@ -559,11 +718,7 @@ async fn commit(
         plan: target.plan_text.clone(),
         compression: format!("{:?}", target.format.compression),
     };
-    let committed = target
-        .store
-        .commit(&manifest, target.replace)
-        .await
-        .map_err(|e| target.error(e))?;
+    let committed = target.store.commit(&manifest, target.replace).await?;
     if committed {
         tracing::info!(
             task = %target.task,
@@ -581,7 +736,7 @@ async fn commit(
             key = %target.key,
             "another run committed this checkpoint first; deleting this run's parts"
         );
-        if let Err(e) = target.store.delete_prefix(&write.dir).await {
+        if let Err(e) = target.store.delete_prefix(dir).await {
             tracing::warn!(error = %e, "could not delete the losing run's parts");
         }
     }
@@ -600,7 +755,7 @@ impl Stream for TeeStream {
                 let finished = std::task::ready!(finishing.as_mut().poll(cx));
                 self.finishing = None;
                 self.done = true;
-                return Poll::Ready(finished.err().map(|e| Err(e.into())));
+                return Poll::Ready(finished.err().map(Err));
             }
             if let Some((_, reserve)) = self.pending.as_mut() {
                 let reserved = std::task::ready!(reserve.as_mut().poll(cx));
@@ -608,6 +763,7 @@ impl Stream for TeeStream {
                 match reserved {
                     Ok(permit) => {
                         permit.send(Message::Batch(batch.clone()));
+                        self.baseline.record_output(batch.num_rows());
                         return Poll::Ready(Some(Ok(batch)));
                     }
                     Err(_) => {
@@ -666,6 +822,23 @@ impl ExtensionPlanner for CheckpointTeePlanner {
         session: &dyn DfSession,
         _planning_ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
     ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+        #[cfg(feature = "ballista")]
+        if let Some(tee) = node.as_any().downcast_ref::<ClusterTee>() {
+            if let Some(manifest) = &tee.parts.committed {
+                let read =
+                    super::CheckpointRead::new(tee.parts.store.clone(), manifest.clone(), false);
+                return Ok(Some(read.table()?.scan(session, None, &[], None).await?));
+            }
+            let [input] = physical_inputs else {
+                return Err(DataFusionError::Internal(
+                    "a checkpoint tee needs exactly one input".into(),
+                ));
+            };
+            return Ok(Some(Arc::new(CheckpointExec::new(
+                Arc::clone(input),
+                Tee::Parts(Arc::clone(&tee.parts)),
+            ))));
+        }
         let Some(tee) = node.as_any().downcast_ref::<CheckpointTee>() else {
             return Ok(None);
         };
@@ -683,7 +856,295 @@ impl ExtensionPlanner for CheckpointTeePlanner {
         };
         Ok(Some(Arc::new(CheckpointExec::new(
             Arc::clone(input),
-            Arc::clone(&tee.target),
+            Tee::Commit(Arc::clone(&tee.target)),
         ))))
     }
+}
+
+/// What names a part's receipt: `part-<n>-<attempt>.receipt.json` beside
+/// `part-<n>-<attempt>.parquet`.
+#[cfg(feature = "ballista")]
+const RECEIPT_SUFFIX: &str = ".receipt.json";
+
+/// One persisted task's checkpoint as a cluster writes it: the executors write the
+/// parts under `data-<write>/` of the checkpoint's directory, each with a receipt, and
+/// the client commits the manifest from the receipts once the job has succeeded.
+#[cfg(feature = "ballista")]
+#[derive(Debug)]
+pub(crate) struct PartsWrite {
+    pub(crate) store: CheckpointStore,
+    pub(crate) task: String,
+    pub(crate) key: String,
+    /// This write's directory under the checkpoint's: `data-<id>`.
+    pub(crate) write: String,
+    pub(crate) format: CheckpointFormat,
+    /// The checkpoint, when the client's run has already committed it (a second sink
+    /// of the same frame): it is read instead of computed again.
+    pub(crate) committed: Option<Manifest>,
+}
+
+#[cfg(feature = "ballista")]
+impl PartsWrite {
+    /// A new write of `target`'s checkpoint, under a directory of its own.
+    pub(crate) fn of(target: &CheckpointTarget) -> Self {
+        Self {
+            store: target.store.clone(),
+            task: target.task.clone(),
+            key: target.key.clone(),
+            write: format!("data-{}", uuid::Uuid::new_v4().simple()),
+            format: target.format,
+            committed: target.committed.get().cloned(),
+        }
+    }
+
+    /// `checkpoints/<task>/<key>/data-<id>`.
+    pub(crate) fn dir(&self) -> Path {
+        self.store
+            .key_dir(&self.task, &self.key)
+            .join(self.write.as_str())
+    }
+}
+
+/// What an executor leaves beside a part it has written completely.
+#[cfg(feature = "ballista")]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct PartReceipt {
+    /// What the partition read, when it can be told (see [`slice_identity`]): two
+    /// attempts of one slice (Ballista ran a task again) are one part.
+    slice: Option<String>,
+    file: ManifestFile,
+}
+
+#[cfg(feature = "ballista")]
+impl PartReceipt {
+    async fn put(&self, store: &CheckpointStore, path: &Path) -> Result<()> {
+        use object_store::ObjectStoreExt;
+        let bytes = serde_json::to_vec(self).map_err(|e| Error::Internal {
+            message: format!("cannot serialize a part's receipt: {e}"),
+        })?;
+        store
+            .object_store()
+            .put(path, bytes.into())
+            .await
+            .map_err(|e| super::store_error(store.url(), path, "put", e))?;
+        Ok(())
+    }
+}
+
+/// What partition `partition` of `plan` reads, when it can be told: the files (and
+/// byte ranges) of a scan reached through operators that keep partitions apart. A
+/// task that Ballista runs again reads the same slice, so its part replaces, rather
+/// than adds to, the first attempt's. (Ballista renumbers a task's partitions from 0,
+/// so the partition number alone does not say.)
+#[cfg(feature = "ballista")]
+fn slice_identity(plan: &Arc<dyn ExecutionPlan>, partition: usize) -> Option<String> {
+    use datafusion::datasource::physical_plan::FileScanConfig;
+    use datafusion::datasource::source::DataSourceExec;
+    let mut node = Arc::clone(plan);
+    loop {
+        if let Some(source) = node.downcast_ref::<DataSourceExec>() {
+            let config = source.data_source().downcast_ref::<FileScanConfig>()?;
+            let group = config.file_groups.get(partition)?;
+            let mut hasher = blake3::Hasher::new();
+            for file in group.iter() {
+                hasher.update(file.object_meta.location.as_ref().as_bytes());
+                let (start, end) = file.range.as_ref().map_or((0, -1), |r| (r.start, r.end));
+                hasher.update(format!("\0{start}..{end}\n").as_bytes());
+            }
+            return Some(hasher.finalize().to_hex().to_string());
+        }
+        let children = node.children();
+        let [child] = children.as_slice() else {
+            return None;
+        };
+        let keeps_partitions = node.is::<crate::boundary::TaskBoundaryExec>()
+            || ballista_core::execution_plans::plan_algebra::preserves_partitioning(node.as_ref());
+        if !keeps_partitions
+            || child.properties().partitioning.partition_count()
+                != node.properties().partitioning.partition_count()
+        {
+            return None;
+        }
+        node = Arc::clone(child);
+    }
+}
+
+/// What a cluster job's successful tasks reported of a tee: the rows that streamed
+/// through it and the partitions that ended without their part.
+#[cfg(feature = "ballista")]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Streamed {
+    pub(crate) rows: u64,
+    pub(crate) abandoned: u64,
+}
+
+/// Commits the checkpoint a cluster job wrote under `parts.dir()`, from the parts'
+/// receipts (one per slice, see [`slice_identity`]), when the executors reported no
+/// abandoned partition and the parts hold every row that `streamed` through the tee.
+/// Anything else (a downstream limit stopped partitions early, a task ran twice over
+/// a slice that cannot be told, the job's figures are missing) commits nothing and
+/// deletes the parts, as a local run that stops early does. Parts of other attempts
+/// and the receipts are deleted after the commit.
+#[cfg(feature = "ballista")]
+pub(crate) async fn commit_parts(
+    target: &CheckpointTarget,
+    parts: &PartsWrite,
+    streamed: Option<Streamed>,
+) -> Result<()> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let store = target.store.object_store();
+    let dir = parts.dir();
+    let listed: Vec<object_store::ObjectMeta> = store
+        .list(Some(&dir))
+        .try_collect()
+        .await
+        .map_err(|e| super::store_error(target.store.url(), &dir, "list", e))?;
+    let sizes: std::collections::HashMap<String, u64> = listed
+        .iter()
+        .filter_map(|m| Some((m.location.filename()?.to_string(), m.size)))
+        .collect();
+    let mut chosen: std::collections::BTreeMap<String, ManifestFile> = Default::default();
+    for meta in listed
+        .iter()
+        .filter(|m| m.location.as_ref().ends_with(RECEIPT_SUFFIX))
+    {
+        let read_error = |e| super::store_error(target.store.url(), &meta.location, "get", e);
+        let bytes = store
+            .get(&meta.location)
+            .await
+            .map_err(read_error)?
+            .bytes()
+            .await
+            .map_err(read_error)?;
+        let receipt: PartReceipt = serde_json::from_slice(&bytes).map_err(|e| Error::Internal {
+            message: format!("the part receipt {} does not parse: {e}", meta.location),
+        })?;
+        let name = receipt.file.path.rsplit('/').next().unwrap_or_default();
+        if sizes.get(name) != Some(&receipt.file.size) {
+            tracing::warn!(receipt = %meta.location, "a part's receipt does not match the part; not used");
+            continue;
+        }
+        let slice = receipt.slice.unwrap_or_else(|| receipt.file.path.clone());
+        chosen.entry(slice).or_insert(receipt.file);
+    }
+    let files: Vec<ManifestFile> = chosen.into_values().collect();
+    let written: u64 = files.iter().map(|f| f.rows).sum();
+    let complete = Some(Streamed {
+        rows: written,
+        abandoned: 0,
+    });
+    if streamed != complete {
+        tracing::warn!(
+            task = %target.task,
+            key = %target.key,
+            parts_rows = written,
+            streamed = ?streamed,
+            "the checkpoint's parts do not hold every row that streamed through the tee \
+             (a limit stopped it early, a task ran twice, or the job's figures are \
+             missing): nothing committed"
+        );
+        target.store.delete_prefix(&dir).await?;
+        return Ok(());
+    }
+    let keep: std::collections::HashSet<&str> = files
+        .iter()
+        .filter_map(|f| f.path.rsplit('/').next())
+        .collect();
+    let extra: Vec<Path> = listed
+        .iter()
+        .filter(|m| {
+            !m.location
+                .filename()
+                .is_some_and(|name| keep.contains(name))
+        })
+        .map(|m| m.location.clone())
+        .collect();
+    commit(target, &dir, files).await?;
+    for path in extra {
+        if let Err(e) = store.delete(&path).await {
+            tracing::warn!(path = %path, error = %e, "could not delete a part's receipt or another attempt's part");
+        }
+    }
+    Ok(())
+}
+
+/// A persisted task's tee as it goes to a cluster: the executors write the parts,
+/// the client commits them ([`commit_parts`]).
+#[cfg(feature = "ballista")]
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterTee {
+    pub(crate) parts: Arc<PartsWrite>,
+    pub(crate) input: LogicalPlan,
+}
+
+#[cfg(feature = "ballista")]
+impl PartialEq for ClusterTee {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts.write == other.parts.write && self.input == other.input
+    }
+}
+
+#[cfg(feature = "ballista")]
+impl Eq for ClusterTee {}
+
+#[cfg(feature = "ballista")]
+impl Hash for ClusterTee {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts.write.hash(state);
+        self.input.hash(state);
+    }
+}
+
+#[cfg(feature = "ballista")]
+impl PartialOrd for ClusterTee {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        match self.parts.write.cmp(&other.parts.write) {
+            CmpOrdering::Equal => self.input.partial_cmp(&other.input),
+            unequal => Some(unequal),
+        }
+    }
+}
+
+#[cfg(feature = "ballista")]
+impl UserDefinedLogicalNodeCore for ClusterTee {
+    fn name(&self) -> &str {
+        "CheckpointTee"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        self.input.schema()
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "CheckpointTee: task={} key={} write={}",
+            self.parts.task, self.parts.key, self.parts.write
+        )
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> DfResult<Self> {
+        let input = inputs.pop().ok_or_else(|| {
+            DataFusionError::Internal("CheckpointTee needs exactly one input".into())
+        })?;
+        Ok(Self {
+            parts: Arc::clone(&self.parts),
+            input,
+        })
+    }
+
+    // As `CheckpointTee`: a materialization point (the defaults).
 }

@@ -18,36 +18,116 @@ use datafusion::common::TableReference;
 use datafusion::datasource::file_format::FileFormatFactory;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::{Extension, LogicalPlan};
+use datafusion::logical_expr::{Extension, LogicalPlan, UserDefinedLogicalNode};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::boundary::{TaskBoundary, TaskBoundaryExec};
+use crate::checkpoint::{
+    CheckpointExec, CheckpointFormat, CheckpointRead, CheckpointStore, CheckpointTee, ClusterTee,
+    Manifest, PartsWrite, Tee,
+};
 use crate::run::TaskRunState;
 
 /// What prefixes every Sluice node's bytes.
 const MAGIC: &[u8] = b"SLUICE-NODE\0";
 
-/// A task boundary as it crosses processes.
+/// A Sluice node as it crosses processes.
 #[derive(Debug, Serialize, Deserialize)]
-struct WireBoundary {
+struct Wire {
     /// The Sluice version that encoded it.
     version: String,
-    task: String,
-    timeout_ms: Option<u64>,
-    sources: Vec<String>,
+    node: WireNode,
 }
 
-impl WireBoundary {
-    fn of(run: &TaskRunState, sources: &[String]) -> Self {
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum WireNode {
+    /// A task boundary: the task's name (errors name it), its timeout, its sources
+    /// (errors name them), and the checkpoint it reads on a cache hit.
+    Boundary {
+        task: String,
+        timeout_ms: Option<u64>,
+        sources: Vec<String>,
+        checkpoint: Option<WireRead>,
+    },
+    /// A persisted task's tee: where the executors write its parts.
+    Tee {
+        store: String,
+        task: String,
+        key: String,
+        write: String,
+        format: CheckpointFormat,
+        committed: Option<Manifest>,
+    },
+}
+
+/// A checkpoint a cache hit reads: its store, its manifest (the parts, their sizes and
+/// checksums), and whether to verify them.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireRead {
+    store: String,
+    manifest: Manifest,
+    verify: bool,
+}
+
+impl WireRead {
+    fn of(read: &CheckpointRead) -> Self {
+        let (store, manifest, verify) = read.parts();
+        Self {
+            store: store.url().to_string(),
+            manifest: manifest.clone(),
+            verify,
+        }
+    }
+
+    fn read(self) -> DfResult<Arc<CheckpointRead>> {
+        Ok(CheckpointRead::on_executor(
+            open_store(&self.store)?,
+            self.manifest,
+            self.verify,
+        ))
+    }
+}
+
+/// The checkpoint store at `url`, from this process's stores.
+fn open_store(url: &str) -> DfResult<CheckpointStore> {
+    CheckpointStore::in_registry(super::stores(), url)
+        .map_err(|e| DataFusionError::External(Box::new(e)))
+}
+
+impl Wire {
+    fn new(node: WireNode) -> Self {
         Self {
             version: env!("CARGO_PKG_VERSION").to_string(),
+            node,
+        }
+    }
+
+    fn boundary(
+        run: &TaskRunState,
+        sources: &[String],
+        checkpoint: Option<&Arc<CheckpointRead>>,
+    ) -> Self {
+        Self::new(WireNode::Boundary {
             task: run.name.clone(),
             timeout_ms: run.timeout.map(|t| t.as_millis() as u64),
             sources: sources.to_vec(),
-        }
+            checkpoint: checkpoint.map(|read| WireRead::of(read)),
+        })
+    }
+
+    fn tee(parts: &PartsWrite) -> Self {
+        Self::new(WireNode::Tee {
+            store: parts.store.url().to_string(),
+            task: parts.task.clone(),
+            key: parts.key.clone(),
+            write: parts.write.clone(),
+            format: parts.format,
+            committed: parts.committed.clone(),
+        })
     }
 
     fn encode(&self, buf: &mut Vec<u8>) -> DfResult<()> {
@@ -56,40 +136,73 @@ impl WireBoundary {
     }
 
     /// `Ok(None)` when the bytes are not a Sluice node (they are Ballista's).
-    fn decode(buf: &[u8]) -> DfResult<Option<Self>> {
+    fn decode(buf: &[u8]) -> DfResult<Option<WireNode>> {
         let Some(body) = buf.strip_prefix(MAGIC) else {
             return Ok(None);
         };
-        let node: Self = serde_json::from_slice(body).map_err(|e| {
+        // The version first: a node of another version may not parse as this one's.
+        #[derive(Deserialize)]
+        struct Version {
+            version: String,
+        }
+        let version = serde_json::from_slice::<Version>(body).map(|v| v.version);
+        if let Ok(version) = &version
+            && version != env!("CARGO_PKG_VERSION")
+        {
+            return Err(DataFusionError::Plan(format!(
+                "the plan was built by Sluice {version} but this cluster runs Sluice {}; run \
+                 the client and the cluster on the same version",
+                env!("CARGO_PKG_VERSION")
+            )));
+        }
+        let wire: Self = serde_json::from_slice(body).map_err(|e| {
             DataFusionError::Plan(format!(
                 "this cluster cannot decode a Sluice plan node ({e}); the client and the \
                  cluster must run the same Sluice version (this cluster runs {})",
                 env!("CARGO_PKG_VERSION")
             ))
         })?;
-        if node.version != env!("CARGO_PKG_VERSION") {
-            return Err(DataFusionError::Plan(format!(
-                "the plan was built by Sluice {} but this cluster runs Sluice {}; run the \
-                 client and the cluster on the same version",
-                node.version,
-                env!("CARGO_PKG_VERSION")
-            )));
-        }
-        Ok(Some(node))
-    }
-
-    fn run(&self) -> Arc<TaskRunState> {
-        TaskRunState::detached(
-            &self.task,
-            self.timeout_ms.map(std::time::Duration::from_millis),
-        )
+        Ok(Some(wire.node))
     }
 }
 
-fn refuse_checkpoint(task: &str) -> DataFusionError {
-    DataFusionError::NotImplemented(format!(
-        "task {task:?} reads or writes a checkpoint, which a cluster does not run yet"
+/// The run state a boundary has off the client: it records nowhere.
+fn detached(task: &str, timeout_ms: Option<u64>) -> Arc<TaskRunState> {
+    TaskRunState::detached(task, timeout_ms.map(std::time::Duration::from_millis))
+}
+
+fn parts_write(
+    store: &str,
+    task: String,
+    key: String,
+    write: String,
+    format: CheckpointFormat,
+    committed: Option<Manifest>,
+) -> DfResult<Arc<PartsWrite>> {
+    Ok(Arc::new(PartsWrite {
+        store: open_store(store)?,
+        task,
+        key,
+        write,
+        format,
+        committed,
+    }))
+}
+
+fn unprepared(task: &str) -> DataFusionError {
+    DataFusionError::Internal(format!(
+        "task {task:?}'s checkpoint tee reached the cluster codec without being prepared \
+         for the cluster"
     ))
+}
+
+fn one_input<T: Clone>(inputs: &[T]) -> DfResult<T> {
+    match inputs {
+        [input] => Ok(input.clone()),
+        _ => Err(DataFusionError::Internal(
+            "a Sluice plan node has exactly one input".into(),
+        )),
+    }
 }
 
 /// Ballista's logical codec plus Sluice's task boundaries. The client and the
@@ -115,37 +228,52 @@ impl LogicalExtensionCodec for LogicalCodec {
         inputs: &[LogicalPlan],
         ctx: &TaskContext,
     ) -> DfResult<Extension> {
-        let Some(wire) = WireBoundary::decode(buf)? else {
+        let Some(wire) = Wire::decode(buf)? else {
             return self.inner.try_decode(buf, inputs, ctx);
         };
-        let [input] = inputs else {
-            return Err(DataFusionError::Internal(
-                "a task boundary has exactly one input".into(),
-            ));
-        };
-        Ok(Extension {
-            node: Arc::new(TaskBoundary {
-                run: wire.run(),
-                sources: wire.sources.into(),
-                checkpoint: None,
-                input: input.clone(),
+        let input = one_input(inputs)?;
+        let node: Arc<dyn UserDefinedLogicalNode> = match wire {
+            WireNode::Boundary {
+                task,
+                timeout_ms,
+                sources,
+                checkpoint,
+            } => Arc::new(TaskBoundary {
+                run: detached(&task, timeout_ms),
+                sources: sources.into(),
+                checkpoint: checkpoint.map(WireRead::read).transpose()?,
+                input,
             }),
-        })
+            WireNode::Tee {
+                store,
+                task,
+                key,
+                write,
+                format,
+                committed,
+            } => Arc::new(ClusterTee {
+                parts: parts_write(&store, task, key, write, format, committed)?,
+                input,
+            }),
+        };
+        Ok(Extension { node })
     }
 
     fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> DfResult<()> {
-        if let Some(boundary) = node.node.as_any().downcast_ref::<TaskBoundary>() {
-            if boundary.checkpoint.is_some() {
-                return Err(refuse_checkpoint(&boundary.run.name));
-            }
-            return WireBoundary::of(&boundary.run, &boundary.sources).encode(buf);
+        let any = node.node.as_any();
+        if let Some(boundary) = any.downcast_ref::<TaskBoundary>() {
+            return Wire::boundary(
+                &boundary.run,
+                &boundary.sources,
+                boundary.checkpoint.as_ref(),
+            )
+            .encode(buf);
         }
-        if let Some(tee) = node
-            .node
-            .as_any()
-            .downcast_ref::<crate::checkpoint::CheckpointTee>()
-        {
-            return Err(refuse_checkpoint(&tee.target.task));
+        if let Some(tee) = any.downcast_ref::<ClusterTee>() {
+            return Wire::tee(&tee.parts).encode(buf);
+        }
+        if let Some(tee) = any.downcast_ref::<CheckpointTee>() {
+            return Err(unprepared(&tee.target.task));
         }
         self.inner.try_encode(node, buf)
     }
@@ -211,22 +339,36 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         ctx: &TaskContext,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let Some(wire) = WireBoundary::decode(buf)? else {
+        let Some(wire) = Wire::decode(buf)? else {
             return self.inner.try_decode(buf, inputs, ctx, proto_converter);
         };
-        let [input] = inputs else {
-            return Err(DataFusionError::Internal(
-                "a task boundary has exactly one input".into(),
-            ));
-        };
-        // Every scan inside a task is under its boundary: cap its column chunks here,
-        // since the reader that does so locally does not travel.
-        Ok(Arc::new(TaskBoundaryExec::new(
-            super::cap_scans(Arc::clone(input))?,
-            wire.run(),
-            wire.sources.into(),
-            None,
-        )))
+        let input = one_input(inputs)?;
+        Ok(match wire {
+            // Every scan inside a task is under its boundary: cap its column chunks
+            // here, since the reader that does so locally does not travel.
+            WireNode::Boundary {
+                task,
+                timeout_ms,
+                sources,
+                checkpoint,
+            } => Arc::new(TaskBoundaryExec::new(
+                super::cap_scans(input)?,
+                detached(&task, timeout_ms),
+                sources.into(),
+                checkpoint.map(WireRead::read).transpose()?,
+            )),
+            WireNode::Tee {
+                store,
+                task,
+                key,
+                write,
+                format,
+                committed,
+            } => Arc::new(CheckpointExec::new(
+                input,
+                Tee::Parts(parts_write(&store, task, key, write, format, committed)?),
+            )),
+        })
     }
 
     fn try_encode(
@@ -236,10 +378,14 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<()> {
         if let Some(boundary) = node.downcast_ref::<TaskBoundaryExec>() {
-            if boundary.reads_checkpoint() {
-                return Err(refuse_checkpoint(boundary.task_name()));
-            }
-            return WireBoundary::of(boundary.run(), boundary.sources()).encode(buf);
+            return Wire::boundary(boundary.run(), boundary.sources(), boundary.checkpoint())
+                .encode(buf);
+        }
+        if let Some(tee) = node.downcast_ref::<CheckpointExec>() {
+            return match tee.tee() {
+                Tee::Parts(parts) => Wire::tee(parts).encode(buf),
+                Tee::Commit(target) => Err(unprepared(&target.task)),
+            };
         }
         self.inner.try_encode(node, buf, proto_converter)
     }
@@ -252,13 +398,17 @@ mod tests {
     #[test]
     fn a_node_from_another_version_is_refused_by_name() {
         let mut buf = Vec::new();
-        let mut wire = WireBoundary::of(&TaskRunState::detached("clean", None), &[]);
+        let mut wire = Wire::boundary(&TaskRunState::detached("clean", None), &[], None);
         wire.version = "0.0.1".into();
         wire.encode(&mut buf).unwrap();
-        let err = WireBoundary::decode(&buf).unwrap_err().to_string();
+        let err = Wire::decode(&buf).unwrap_err().to_string();
         assert!(err.contains("built by Sluice 0.0.1"), "{err}");
-        assert!(WireBoundary::decode(b"\x0a\x02ballista").unwrap().is_none());
-        let err = WireBoundary::decode(b"SLUICE-NODE\0{not json").unwrap_err();
+        // A node of another version whose shape changed too: still the version error.
+        let newer = [MAGIC, br#"{"version":"0.0.1","node":{"kind":"new"}}"#].concat();
+        let err = Wire::decode(&newer).unwrap_err().to_string();
+        assert!(err.contains("built by Sluice 0.0.1"), "{err}");
+        assert!(Wire::decode(b"\x0a\x02ballista").unwrap().is_none());
+        let err = Wire::decode(b"SLUICE-NODE\0{not json").unwrap_err();
         assert!(err.to_string().contains("same Sluice version"), "{err}");
     }
 }

@@ -9,10 +9,17 @@
 //! process waits, publishes the staged output once the job succeeded, and fills the
 //! run record from the task boundaries' metrics that the executors reported.
 //!
+//! Checkpoints run there too. A persisted task's tee is written by the executors, each
+//! partition's part with a receipt (its size, rows and BLAKE3) beside it; this process
+//! commits the manifest from the receipts once the job has succeeded, and before a
+//! sink publishes, or deletes the parts when it failed. A cache hit's scan of the
+//! checkpoint runs on the executors, whose tasks verify the parts' checksums between
+//! them; a mismatch fails the job, and this process invalidates the checkpoint.
+//!
 //! What does not run on a cluster fails before anything is sent, with
-//! [`Error::Cluster`] saying why: checkpoints (persisted tasks, cache hits), in-memory
-//! frames (eager mode, [`Session::from_batches`](crate::Session::from_batches)) and
-//! case-insensitive reads.
+//! [`Error::Cluster`] saying why: in-memory frames (eager mode,
+//! [`Session::from_batches`](crate::Session::from_batches)), checkpoint stores in
+//! memory, and case-insensitive reads.
 
 mod codec;
 
@@ -45,6 +52,10 @@ use datafusion_proto::protobuf::LogicalPlanNode;
 pub use codec::{LogicalCodec, PhysicalCodec};
 
 use crate::boundary::{SluiceQueryPlanner, TaskBoundary};
+use crate::checkpoint::{
+    ABANDONED_PARTITIONS, CheckpointRead, CheckpointTarget, CheckpointTee, ClusterTee, PartsWrite,
+    Streamed, commit_parts,
+};
 use crate::run::{StreamEnd, TaskRunState};
 use crate::{Error, Result};
 
@@ -115,6 +126,21 @@ pub fn scheduler_state(config: SessionConfig) -> DfResult<SessionState> {
 struct Boundary {
     run: Arc<TaskRunState>,
     upstream: Vec<String>,
+    /// The checkpoint it reads, on a cache hit.
+    checkpoint: Option<Arc<CheckpointRead>>,
+}
+
+/// A persisted task's checkpoint that a job writes: the client commits it.
+struct TeeWrite {
+    target: Arc<CheckpointTarget>,
+    parts: Arc<PartsWrite>,
+}
+
+/// A plan as the cluster runs it: its task boundaries and the checkpoints it writes.
+struct Prepared {
+    plan: LogicalPlan,
+    boundaries: Vec<Boundary>,
+    tees: Vec<TeeWrite>,
 }
 
 /// A Ballista cluster, as a session's runner.
@@ -173,27 +199,40 @@ impl Cluster {
         }
     }
 
-    /// The plan as the cluster can run it, and its task boundaries. Refuses what does
-    /// not run on a cluster, naming it.
-    fn prepare(&self, plan: &LogicalPlan) -> Result<(LogicalPlan, Vec<Boundary>)> {
+    /// The plan as the cluster can run it, its task boundaries, and the checkpoints it
+    /// writes. Refuses what does not run on a cluster, naming it.
+    fn prepare(&self, plan: &LogicalPlan) -> Result<Prepared> {
         let mut refusal: Option<Error> = None;
+        let mut tees = Vec::new();
         let prepared = plan
             .clone()
             .transform_up(|node| {
-                let LogicalPlan::TableScan(scan) = &node else {
-                    return Ok(Transformed::no(node));
-                };
-                match portable_scan(scan.source.clone()) {
-                    Ok(Some(source)) => {
-                        let mut scan = scan.clone();
-                        scan.source = source;
-                        Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+                let portable = match &node {
+                    LogicalPlan::TableScan(scan) => portable_scan(scan.source.clone())
+                        .map_err(|reason| format!("{reason} (table {})", scan.table_name))
+                        .map(|source| {
+                            source.map(|source| {
+                                let mut scan = scan.clone();
+                                scan.source = source;
+                                LogicalPlan::TableScan(scan)
+                            })
+                        }),
+                    LogicalPlan::Extension(extension) => {
+                        match extension.node.as_any().downcast_ref::<CheckpointTee>() {
+                            Some(tee) => cluster_tee(tee).map(|(tee, write)| {
+                                tees.extend(write);
+                                Some(tee)
+                            }),
+                            None => Ok(None),
+                        }
                     }
+                    _ => Ok(None),
+                };
+                match portable {
+                    Ok(Some(replaced)) => Ok(Transformed::yes(replaced)),
                     Ok(None) => Ok(Transformed::no(node)),
                     Err(reason) => {
-                        refusal.get_or_insert_with(|| {
-                            self.error(format!("{reason} (table {})", scan.table_name))
-                        });
+                        refusal.get_or_insert_with(|| self.error(reason));
                         Ok(Transformed::no(node))
                     }
                 }
@@ -205,10 +244,11 @@ impl Cluster {
         }
         let mut boundaries = Vec::new();
         collect_boundaries(&prepared, &mut boundaries).map_err(|e| self.error(e.to_string()))?;
-        if let Some(refusal) = boundaries.iter().find_map(|b| b.1.clone()) {
-            return Err(self.error(refusal));
-        }
-        Ok((prepared, boundaries.into_iter().map(|b| b.0).collect()))
+        Ok(Prepared {
+            plan: prepared,
+            boundaries,
+            tees,
+        })
     }
 
     /// A session state that sends plans to the cluster, and where the physical plans
@@ -249,12 +289,16 @@ impl Cluster {
         F: FnOnce(DataFrame) -> Fut,
         Fut: Future<Output = DfResult<T>>,
     {
-        let (plan, boundaries) = self.prepare(plan)?;
+        let Prepared {
+            plan,
+            boundaries,
+            tees,
+        } = self.prepare(plan)?;
         self.reachable().await?;
         let (state, jobs) = self.state(local)?;
         let config = state.config().clone();
         let started = Instant::now();
-        let outcome = body(DataFrame::new(state, plan))
+        let mut outcome = body(DataFrame::new(state, plan))
             .await
             .map_err(|e| self.job_error(e, &boundaries));
         let job = jobs.job_id();
@@ -268,6 +312,21 @@ impl Cluster {
             },
             None => None,
         };
+        // The checkpoints the job wrote: committed once it has succeeded (before a
+        // sink publishes), deleted when it failed.
+        for tee in &tees {
+            if outcome.is_ok() {
+                let streamed = metrics.as_ref().map(|m| tee_figures(m, &tee.parts.write));
+                if let Err(e) = commit_parts(&tee.target, &tee.parts, streamed).await {
+                    outcome = Err(tee.target.error(e));
+                }
+            }
+            if outcome.is_err()
+                && let Err(e) = tee.target.store.delete_prefix(&tee.parts.dir()).await
+            {
+                tracing::warn!(error = %e, "could not delete a failed job's checkpoint parts");
+            }
+        }
         self.record(&boundaries, metrics.as_ref(), outcome.as_ref().err());
         tracing::info!(cluster = %self.url, job = job.unwrap_or_default(), elapsed = ?started.elapsed(), ok = outcome.is_ok(), "cluster job ended");
         outcome
@@ -309,6 +368,7 @@ impl Cluster {
                 figures.rows,
                 figures.bytes,
                 figures.nanos,
+                boundary.checkpoint.is_some(),
                 end,
             );
             let Some(error) = failure else { continue };
@@ -348,6 +408,20 @@ impl Cluster {
                 .any(|other| b.upstream.contains(&other.run.name))
         });
         let message = message.trim();
+        // Any error under a cache hit's boundary means its checkpoint is corrupt, as
+        // locally: invalidated here, where the next run looks it up.
+        if let Some(boundary) = innermost
+            && let Some(checkpoint) = &boundary.checkpoint
+        {
+            let reason = message
+                .split_once("is corrupt (")
+                .and_then(|(_, rest)| rest.rsplit_once("); it has been invalidated"))
+                .map_or(message, |(reason, _)| reason);
+            return checkpoint.corrupt(
+                &boundary.run,
+                format!("{reason}; found by the executors of {}", self.url),
+            );
+        }
         let cause = if message.ends_with("Cancelled") {
             // Nobody here cancelled it: the scheduler did. `sluice scheduler` cancels
             // the jobs of a cluster that has had no executor for a while.
@@ -424,6 +498,29 @@ fn boundary_metrics(metrics: &GetJobMetricsResult) -> HashMap<String, Figures> {
     figures
 }
 
+/// What the job's successful tasks reported of the tee writing under `data-<write>`.
+fn tee_figures(metrics: &GetJobMetricsResult, write: &str) -> Streamed {
+    let mut streamed = Streamed::default();
+    let operators = metrics.stages.iter().flat_map(|stage| &stage.operators);
+    for operator in operators.filter(|o| {
+        o.operator_desc.starts_with("CheckpointExec:")
+            && o.operator_desc
+                .trim_end()
+                .ends_with(&format!("write={write}"))
+    }) {
+        for metric in &operator.metrics {
+            match &metric.metric {
+                Some(Metric::OutputRows(n)) => streamed.rows += n,
+                Some(Metric::Count(count)) if count.name == ABANDONED_PARTITIONS => {
+                    streamed.abandoned += count.value
+                }
+                _ => {}
+            }
+        }
+    }
+    streamed
+}
+
 /// A scan the cluster can decode: Sluice's Parquet format with the column-chunk cap
 /// becomes DataFusion's (which Ballista encodes), other listing tables go as they are.
 /// `Ok(None)`: unchanged; `Err`: what cannot run on a cluster.
@@ -474,34 +571,47 @@ fn portable_scan(
     Ok(Some(provider_as_source(Arc::new(table))))
 }
 
-/// Each task boundary of `plan` with the boundaries under it, and for each why it
-/// cannot run on a cluster, if it cannot.
-fn collect_boundaries(
-    plan: &LogicalPlan,
-    out: &mut Vec<(Boundary, Option<String>)>,
-) -> DfResult<()> {
+/// A persisted task's tee as the cluster runs it: its executors write the parts, or
+/// read the checkpoint when this run has committed it already. Refuses a checkpoint
+/// store in this process's memory.
+fn cluster_tee(
+    tee: &CheckpointTee,
+) -> std::result::Result<(LogicalPlan, Option<TeeWrite>), String> {
+    let target = &tee.target;
+    if target.store.url().scheme() == "memory" {
+        return Err(format!(
+            "task {:?} is persisted to {}, which lives in this process's memory: the \
+             cluster's executors cannot write it; persist to a store they share (s3://..., \
+             or a path every executor mounts)",
+            target.task,
+            target.store.url()
+        ));
+    }
+    let parts = Arc::new(PartsWrite::of(target));
+    let write = parts.committed.is_none().then(|| TeeWrite {
+        target: Arc::clone(target),
+        parts: Arc::clone(&parts),
+    });
+    let node = LogicalPlan::Extension(datafusion::logical_expr::Extension {
+        node: Arc::new(ClusterTee {
+            parts,
+            input: tee.input.clone(),
+        }),
+    });
+    Ok((node, write))
+}
+
+/// Each task boundary of `plan` that the job runs, with the boundaries under it. (Under
+/// a checkpoint this run has committed, nothing runs: the checkpoint is read.)
+fn collect_boundaries(plan: &LogicalPlan, out: &mut Vec<Boundary>) -> DfResult<()> {
     plan.apply(|node| {
         let LogicalPlan::Extension(extension) = node else {
             return Ok(TreeNodeRecursion::Continue);
         };
-        if let Some(tee) = extension
-            .node
-            .as_any()
-            .downcast_ref::<crate::checkpoint::CheckpointTee>()
+        if let Some(tee) = extension.node.as_any().downcast_ref::<ClusterTee>()
+            && tee.parts.committed.is_some()
         {
-            let reason = format!(
-                "task {:?} is persisted, and checkpoints do not run on a cluster yet; \
-                 run the flow with checkpoints off (`with_checkpoints(false)`) or locally",
-                tee.target.task
-            );
-            out.push((
-                Boundary {
-                    run: Arc::clone(&tee.target.run),
-                    upstream: Vec::new(),
-                },
-                Some(reason),
-            ));
-            return Ok(TreeNodeRecursion::Continue);
+            return Ok(TreeNodeRecursion::Jump);
         }
         let Some(boundary) = extension.node.as_any().downcast_ref::<TaskBoundary>() else {
             return Ok(TreeNodeRecursion::Continue);
@@ -515,21 +625,11 @@ fn collect_boundaries(
             }
             Ok(TreeNodeRecursion::Continue)
         })?;
-        let refusal = boundary.checkpoint.as_ref().map(|_| {
-            format!(
-                "task {:?} would read its checkpoint, and checkpoints do not run on a \
-                 cluster yet; run the flow with checkpoints off (`with_checkpoints(false)`) \
-                 or locally",
-                boundary.run.name
-            )
+        out.push(Boundary {
+            run: Arc::clone(&boundary.run),
+            upstream,
+            checkpoint: boundary.checkpoint.clone(),
         });
-        out.push((
-            Boundary {
-                run: Arc::clone(&boundary.run),
-                upstream,
-            },
-            refusal,
-        ));
         Ok(TreeNodeRecursion::Continue)
     })
     .map(|_| ())
