@@ -258,9 +258,10 @@ impl ExecutionPlan for TaskBoundaryExec {
                 self.checkpoint.is_some(),
             )
         }));
-        let verification = self.checkpoint.as_ref().and_then(|c| {
-            c.verification(partition, self.properties.partitioning.partition_count())
-        });
+        let verification = self
+            .checkpoint
+            .as_ref()
+            .and_then(|c| c.verification(|| self.scanned(partition)));
         let deadline = self.run.timeout.map(|limit| {
             Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
                 execution.started + limit,
@@ -318,6 +319,23 @@ impl ExecutionPlan for TaskBoundaryExec {
 }
 
 impl TaskBoundaryExec {
+    /// The object paths partition `partition` scans, when they can be told (on a
+    /// cluster, to verify a checkpoint's parts where they are read).
+    fn scanned(&self, partition: usize) -> Option<Vec<String>> {
+        #[cfg(feature = "ballista")]
+        return crate::cluster::partition_files(&self.input, partition).map(|files| {
+            files
+                .iter()
+                .map(|f| f.object_meta.location.to_string())
+                .collect()
+        });
+        #[cfg(not(feature = "ballista"))]
+        {
+            let _ = partition;
+            None
+        }
+    }
+
     fn attribute(&self, error: DataFusionError) -> DataFusionError {
         attribute(&self.run, &self.sources, self.checkpoint.as_deref(), error)
     }

@@ -142,11 +142,15 @@ impl CheckpointRead {
     }
 
     /// The verification of the parts' BLAKE3 against the manifest, run in the
-    /// background while partition `partition` of `partitions` streams; `None` when not
-    /// verified. Here every part is verified once, shared by the partitions; on a
-    /// cluster's executor each partition verifies every `partitions`-th part, so that
-    /// the job's tasks verify each part once between them.
-    pub(crate) fn verification(&self, partition: usize, partitions: usize) -> Option<Verification> {
+    /// background while a partition streams; `None` when not verified. Here every part
+    /// is verified once, shared by the partitions. On a cluster's executor each
+    /// partition verifies the parts it reads (`reads`: their object paths), so that the
+    /// job's tasks verify each part once between them; every part when that cannot be
+    /// told.
+    pub(crate) fn verification(
+        &self,
+        reads: impl FnOnce() -> Option<Vec<String>>,
+    ) -> Option<Verification> {
         if !self.verify {
             return None;
         }
@@ -163,12 +167,21 @@ impl CheckpointRead {
             .shared()
         };
         if self.on_executor {
+            let dir = self.store.key_dir(&self.task, &self.manifest.key);
+            let reads = reads();
             let share = self
                 .manifest
                 .files
                 .iter()
-                .skip(partition)
-                .step_by(partitions.max(1))
+                .filter(|file| {
+                    let path = file
+                        .path
+                        .split('/')
+                        .fold(dir.clone(), |p, part| p.join(part));
+                    reads
+                        .as_ref()
+                        .is_none_or(|reads| reads.iter().any(|r| r == path.as_ref()))
+                })
                 .cloned()
                 .collect();
             return Some(start(share));

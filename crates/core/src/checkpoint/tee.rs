@@ -931,42 +931,20 @@ impl PartReceipt {
     }
 }
 
-/// What partition `partition` of `plan` reads, when it can be told: the files (and
-/// byte ranges) of a scan reached through operators that keep partitions apart. A
-/// task that Ballista runs again reads the same slice, so its part replaces, rather
-/// than adds to, the first attempt's. (Ballista renumbers a task's partitions from 0,
-/// so the partition number alone does not say.)
+/// What partition `partition` of `plan` reads, when it can be told (see
+/// [`partition_files`](crate::cluster::partition_files)): a task that Ballista runs
+/// again reads the same slice, so its part replaces, rather than adds to, the first
+/// attempt's. (Ballista renumbers a task's partitions from 0, so the partition number
+/// alone does not say.)
 #[cfg(feature = "ballista")]
 fn slice_identity(plan: &Arc<dyn ExecutionPlan>, partition: usize) -> Option<String> {
-    use datafusion::datasource::physical_plan::FileScanConfig;
-    use datafusion::datasource::source::DataSourceExec;
-    let mut node = Arc::clone(plan);
-    loop {
-        if let Some(source) = node.downcast_ref::<DataSourceExec>() {
-            let config = source.data_source().downcast_ref::<FileScanConfig>()?;
-            let group = config.file_groups.get(partition)?;
-            let mut hasher = blake3::Hasher::new();
-            for file in group.iter() {
-                hasher.update(file.object_meta.location.as_ref().as_bytes());
-                let (start, end) = file.range.as_ref().map_or((0, -1), |r| (r.start, r.end));
-                hasher.update(format!("\0{start}..{end}\n").as_bytes());
-            }
-            return Some(hasher.finalize().to_hex().to_string());
-        }
-        let children = node.children();
-        let [child] = children.as_slice() else {
-            return None;
-        };
-        let keeps_partitions = node.is::<crate::boundary::TaskBoundaryExec>()
-            || ballista_core::execution_plans::plan_algebra::preserves_partitioning(node.as_ref());
-        if !keeps_partitions
-            || child.properties().partitioning.partition_count()
-                != node.properties().partitioning.partition_count()
-        {
-            return None;
-        }
-        node = Arc::clone(child);
+    let mut hasher = blake3::Hasher::new();
+    for file in crate::cluster::partition_files(plan, partition)? {
+        hasher.update(file.object_meta.location.as_ref().as_bytes());
+        let (start, end) = file.range.as_ref().map_or((0, -1), |r| (r.start, r.end));
+        hasher.update(format!("\0{start}..{end}\n").as_bytes());
     }
+    Some(hasher.finalize().to_hex().to_string())
 }
 
 /// What a cluster job's successful tasks reported of a tee: the rows that streamed

@@ -140,7 +140,44 @@ struct TeeWrite {
 struct Prepared {
     plan: LogicalPlan,
     boundaries: Vec<Boundary>,
-    tees: Vec<TeeWrite>,
+    tees: TeeWrites,
+}
+
+/// The checkpoints a job writes. Dropped before [`settle`](Self::settle) (the run was
+/// cancelled while the job ran), their parts are deleted in the background.
+#[derive(Default)]
+struct TeeWrites(Vec<TeeWrite>);
+
+impl TeeWrites {
+    /// Commits each checkpoint once the job has succeeded (before a sink publishes),
+    /// or deletes its parts when the job, or a commit, failed.
+    async fn settle<T>(mut self, outcome: &mut Result<T>, metrics: Option<&GetJobMetricsResult>) {
+        for tee in std::mem::take(&mut self.0) {
+            if outcome.is_ok() {
+                let streamed = metrics.map(|m| tee_figures(m, &tee.parts.write));
+                if let Err(e) = commit_parts(&tee.target, &tee.parts, streamed).await {
+                    *outcome = Err(tee.target.error(e));
+                }
+            }
+            if outcome.is_err()
+                && let Err(e) = tee.target.store.delete_prefix(&tee.parts.dir()).await
+            {
+                tracing::warn!(error = %e, "could not delete a failed job's checkpoint parts");
+            }
+        }
+    }
+}
+
+impl Drop for TeeWrites {
+    fn drop(&mut self) {
+        for tee in self.0.drain(..) {
+            sluice_store::cleanup::spawn("delete a cancelled job's checkpoint parts", async move {
+                if let Err(e) = tee.target.store.delete_prefix(&tee.parts.dir()).await {
+                    tracing::warn!(error = %e, "could not delete a cancelled job's checkpoint parts");
+                }
+            });
+        }
+    }
 }
 
 /// A Ballista cluster, as a session's runner.
@@ -203,7 +240,7 @@ impl Cluster {
     /// writes. Refuses what does not run on a cluster, naming it.
     fn prepare(&self, plan: &LogicalPlan) -> Result<Prepared> {
         let mut refusal: Option<Error> = None;
-        let mut tees = Vec::new();
+        let mut tees = TeeWrites::default();
         let prepared = plan
             .clone()
             .transform_up(|node| {
@@ -220,7 +257,7 @@ impl Cluster {
                     LogicalPlan::Extension(extension) => {
                         match extension.node.as_any().downcast_ref::<CheckpointTee>() {
                             Some(tee) => cluster_tee(tee).map(|(tee, write)| {
-                                tees.extend(write);
+                                tees.0.extend(write);
                                 Some(tee)
                             }),
                             None => Ok(None),
@@ -312,21 +349,7 @@ impl Cluster {
             },
             None => None,
         };
-        // The checkpoints the job wrote: committed once it has succeeded (before a
-        // sink publishes), deleted when it failed.
-        for tee in &tees {
-            if outcome.is_ok() {
-                let streamed = metrics.as_ref().map(|m| tee_figures(m, &tee.parts.write));
-                if let Err(e) = commit_parts(&tee.target, &tee.parts, streamed).await {
-                    outcome = Err(tee.target.error(e));
-                }
-            }
-            if outcome.is_err()
-                && let Err(e) = tee.target.store.delete_prefix(&tee.parts.dir()).await
-            {
-                tracing::warn!(error = %e, "could not delete a failed job's checkpoint parts");
-            }
-        }
+        tees.settle(&mut outcome, metrics.as_ref()).await;
         self.record(&boundaries, metrics.as_ref(), outcome.as_ref().err());
         tracing::info!(cluster = %self.url, job = job.unwrap_or_default(), elapsed = ?started.elapsed(), ok = outcome.is_ok(), "cluster job ended");
         outcome
@@ -496,6 +519,37 @@ fn boundary_metrics(metrics: &GetJobMetricsResult) -> HashMap<String, Figures> {
         }
     }
     figures
+}
+
+/// The files partition `partition` of `plan` scans, when it can be told: a scan reached
+/// from `plan` through operators that keep partitions apart (projections, filters,
+/// task boundaries). `None` when something on the way mixes partitions.
+pub(crate) fn partition_files(
+    plan: &Arc<dyn ExecutionPlan>,
+    partition: usize,
+) -> Option<Vec<datafusion::datasource::listing::PartitionedFile>> {
+    use datafusion::datasource::physical_plan::FileScanConfig;
+    use datafusion::datasource::source::DataSourceExec;
+    let mut node = Arc::clone(plan);
+    loop {
+        if let Some(source) = node.downcast_ref::<DataSourceExec>() {
+            let config = source.data_source().downcast_ref::<FileScanConfig>()?;
+            return Some(config.file_groups.get(partition)?.files().to_vec());
+        }
+        let children = node.children();
+        let [child] = children.as_slice() else {
+            return None;
+        };
+        let keeps_partitions = node.is::<crate::boundary::TaskBoundaryExec>()
+            || ballista_core::execution_plans::plan_algebra::preserves_partitioning(node.as_ref());
+        if !keeps_partitions
+            || child.properties().partitioning.partition_count()
+                != node.properties().partitioning.partition_count()
+        {
+            return None;
+        }
+        node = Arc::clone(child);
+    }
 }
 
 /// What the job's successful tasks reported of the tee writing under `data-<write>`.
