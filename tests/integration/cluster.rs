@@ -803,6 +803,18 @@ async fn a_corrupt_checkpoint_on_s3_is_caught_by_the_executors_invalidated_and_r
     );
 }
 
+/// The seed ETL's `transform` as a task persisted in `mode`, inside a flow.
+async fn persisted_transform(raw: Frame, mode: Persist) -> Result<Frame> {
+    Task::new("transform")
+        .with_version("v1")
+        .persist(mode)
+        .run(|_cx| {
+            let raw = raw.clone();
+            async move { raw.with_column("tip_fraction", col("tip_amount") / col("total_amount")) }
+        })
+        .await
+}
+
 /// A barrier task feeding one load per destination, on `runner`.
 async fn barrier_flow(
     session: &Session,
@@ -821,16 +833,7 @@ async fn barrier_flow(
         .with_result_store(store_url)
         .run(serde_json::json!({}), async move {
             let raw = crate::common::extract(&source).await?;
-            let df = Task::new("transform")
-                .with_version("v1")
-                .persist(Persist::Barrier)
-                .run(|_cx| {
-                    let raw = raw.clone();
-                    async move {
-                        raw.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
-                    }
-                })
-                .await?;
+            let df = persisted_transform(raw, Persist::Barrier).await?;
             let mut rows = 0;
             for dest in dests {
                 rows += crate::common::load(df.clone(), &dest).await?.rows;
@@ -945,16 +948,7 @@ async fn on_a_cluster_an_early_stop_commits_nothing_and_a_second_sink_reads_the_
             let source = source.clone();
             async move {
                 let raw = crate::common::extract(&source).await?;
-                let df = Task::new("transform")
-                    .with_version("v1")
-                    .persist(Persist::Tee)
-                    .run(|_cx| {
-                        let raw = raw.clone();
-                        async move {
-                            raw.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
-                        }
-                    })
-                    .await?;
+                let df = persisted_transform(raw, Persist::Tee).await?;
                 // A limit above the tee stops its partitions early on the executors:
                 // were that committed, the next sink would read 10 rows from it.
                 let limited = df.limit(10)?.count().await?;

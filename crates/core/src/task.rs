@@ -11,7 +11,7 @@ use tracing::Instrument;
 use crate::boundary::TaskBoundary;
 use crate::checkpoint::{
     CachePolicy, CheckpointFormat, CheckpointRead, CheckpointStore, CheckpointTarget,
-    CheckpointTee, Lookup, Persist,
+    CheckpointTee, Lookup, Persist, Tee,
 };
 use crate::flow::FlowRunShared;
 use crate::lineage::Lineage;
@@ -651,7 +651,7 @@ impl TaskOutput for Frame {
                 });
                 let tee = LogicalPlan::Extension(Extension {
                     node: Arc::new(CheckpointTee {
-                        target: Arc::clone(&target),
+                        tee: Tee::Commit(Arc::clone(&target)),
                         input: boundary(
                             cx,
                             self.sources().to_vec(),

@@ -36,10 +36,8 @@ pub(crate) use read::{CheckpointRead, Verification};
 pub use store::{CacheEntry, CheckpointStore, GcReport};
 pub(crate) use store::{Lookup, store_error, store_root, url_in};
 #[cfg(feature = "ballista")]
-pub(crate) use tee::{
-    ABANDONED_PARTITIONS, CheckpointExec, ClusterTee, PartsWrite, Streamed, Tee, commit_parts,
-};
-pub(crate) use tee::{CheckpointTarget, CheckpointTee, CheckpointTeePlanner};
+pub(crate) use tee::{ABANDONED_PARTITIONS, CheckpointExec, PartsWrite, Streamed, commit_parts};
+pub(crate) use tee::{CheckpointTarget, CheckpointTee, CheckpointTeePlanner, Tee};
 
 use crate::lineage::{SourceObject, UpstreamTask};
 use crate::write::Compression;

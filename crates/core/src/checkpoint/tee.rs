@@ -99,16 +99,23 @@ fn checkpoint_error(store: &CheckpointStore, task: &str, key: &str, source: Erro
     }
 }
 
-/// The logical tee node.
+/// The logical tee node: where it writes, and who commits ([`Tee`]).
 #[derive(Debug, Clone)]
 pub(crate) struct CheckpointTee {
-    pub(crate) target: Arc<CheckpointTarget>,
+    pub(crate) tee: Tee,
     pub(crate) input: LogicalPlan,
 }
 
 impl PartialEq for CheckpointTee {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.target, &other.target) && self.input == other.input
+        let same = match (&self.tee, &other.tee) {
+            (Tee::Commit(a), Tee::Commit(b)) => Arc::ptr_eq(a, b),
+            #[cfg(feature = "ballista")]
+            (Tee::Parts(a), Tee::Parts(b)) => a.write == b.write,
+            #[cfg(feature = "ballista")]
+            _ => false,
+        };
+        same && self.input == other.input
     }
 }
 
@@ -116,14 +123,14 @@ impl Eq for CheckpointTee {}
 
 impl Hash for CheckpointTee {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.target.key.hash(state);
+        self.tee.key().hash(state);
         self.input.hash(state);
     }
 }
 
 impl PartialOrd for CheckpointTee {
     fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-        match self.target.key.cmp(&other.target.key) {
+        match self.tee.key().cmp(other.tee.key()) {
             CmpOrdering::Equal => self.input.partial_cmp(&other.input),
             unequal => Some(unequal),
         }
@@ -148,11 +155,7 @@ impl UserDefinedLogicalNodeCore for CheckpointTee {
     }
 
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "CheckpointTee: task={} key={}",
-            self.target.task, self.target.key
-        )
+        write!(f, "CheckpointTee: {}", self.tee)
     }
 
     fn with_exprs_and_inputs(
@@ -164,7 +167,7 @@ impl UserDefinedLogicalNodeCore for CheckpointTee {
             DataFusionError::Internal("CheckpointTee needs exactly one input".into())
         })?;
         Ok(Self {
-            target: Arc::clone(&self.target),
+            tee: self.tee.clone(),
             input,
         })
     }
@@ -208,6 +211,15 @@ impl Tee {
             Tee::Commit(target) => &target.key,
             #[cfg(feature = "ballista")]
             Tee::Parts(parts) => &parts.key,
+        }
+    }
+
+    /// The checkpoint when this run has committed it already: a later sink reads it.
+    pub(crate) fn committed(&self) -> Option<Manifest> {
+        match self {
+            Tee::Commit(target) => target.committed.get().cloned(),
+            #[cfg(feature = "ballista")]
+            Tee::Parts(parts) => parts.committed.clone(),
         }
     }
 
@@ -263,19 +275,21 @@ impl CheckpointExec {
     }
 }
 
-impl DisplayAs for CheckpointExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "CheckpointExec: task={} key={}",
-            self.tee.task(),
-            self.tee.key()
-        )?;
+/// `task=… key=…`, and on a cluster the write's directory (`write=data-…`).
+impl fmt::Display for Tee {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "task={} key={}", self.task(), self.key())?;
         #[cfg(feature = "ballista")]
-        if let Tee::Parts(parts) = &self.tee {
+        if let Tee::Parts(parts) = self {
             write!(f, " write={}", parts.write)?;
         }
         Ok(())
+    }
+}
+
+impl DisplayAs for CheckpointExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "CheckpointExec: {}", self.tee)
     }
 }
 
@@ -822,30 +836,12 @@ impl ExtensionPlanner for CheckpointTeePlanner {
         session: &dyn DfSession,
         _planning_ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
     ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
-        #[cfg(feature = "ballista")]
-        if let Some(tee) = node.as_any().downcast_ref::<ClusterTee>() {
-            if let Some(manifest) = &tee.parts.committed {
-                let read =
-                    super::CheckpointRead::new(tee.parts.store.clone(), manifest.clone(), false);
-                return Ok(Some(read.table()?.scan(session, None, &[], None).await?));
-            }
-            let [input] = physical_inputs else {
-                return Err(DataFusionError::Internal(
-                    "a checkpoint tee needs exactly one input".into(),
-                ));
-            };
-            return Ok(Some(Arc::new(CheckpointExec::new(
-                Arc::clone(input),
-                Tee::Parts(Arc::clone(&tee.parts)),
-            ))));
-        }
-        let Some(tee) = node.as_any().downcast_ref::<CheckpointTee>() else {
+        let Some(node) = node.as_any().downcast_ref::<CheckpointTee>() else {
             return Ok(None);
         };
-        if let Some(manifest) = tee.target.committed.get() {
-            tracing::debug!(task = %tee.target.task, "reading the checkpoint this run committed");
-            let read =
-                super::CheckpointRead::new(tee.target.store.clone(), manifest.clone(), false);
+        if let Some(manifest) = node.tee.committed() {
+            tracing::debug!(task = %node.tee.task(), "reading the checkpoint this run committed");
+            let read = super::CheckpointRead::new(node.tee.store().clone(), manifest, false);
             let table = read.table()?;
             return Ok(Some(table.scan(session, None, &[], None).await?));
         }
@@ -856,7 +852,7 @@ impl ExtensionPlanner for CheckpointTeePlanner {
         };
         Ok(Some(Arc::new(CheckpointExec::new(
             Arc::clone(input),
-            Tee::Commit(Arc::clone(&tee.target)),
+            node.tee.clone(),
         ))))
     }
 }
@@ -1045,84 +1041,4 @@ pub(crate) async fn commit_parts(
         }
     }
     Ok(())
-}
-
-/// A persisted task's tee as it goes to a cluster: the executors write the parts,
-/// the client commits them ([`commit_parts`]).
-#[cfg(feature = "ballista")]
-#[derive(Debug, Clone)]
-pub(crate) struct ClusterTee {
-    pub(crate) parts: Arc<PartsWrite>,
-    pub(crate) input: LogicalPlan,
-}
-
-#[cfg(feature = "ballista")]
-impl PartialEq for ClusterTee {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts.write == other.parts.write && self.input == other.input
-    }
-}
-
-#[cfg(feature = "ballista")]
-impl Eq for ClusterTee {}
-
-#[cfg(feature = "ballista")]
-impl Hash for ClusterTee {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.parts.write.hash(state);
-        self.input.hash(state);
-    }
-}
-
-#[cfg(feature = "ballista")]
-impl PartialOrd for ClusterTee {
-    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-        match self.parts.write.cmp(&other.parts.write) {
-            CmpOrdering::Equal => self.input.partial_cmp(&other.input),
-            unequal => Some(unequal),
-        }
-    }
-}
-
-#[cfg(feature = "ballista")]
-impl UserDefinedLogicalNodeCore for ClusterTee {
-    fn name(&self) -> &str {
-        "CheckpointTee"
-    }
-
-    fn inputs(&self) -> Vec<&LogicalPlan> {
-        vec![&self.input]
-    }
-
-    fn schema(&self) -> &DFSchemaRef {
-        self.input.schema()
-    }
-
-    fn expressions(&self) -> Vec<Expr> {
-        vec![]
-    }
-
-    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "CheckpointTee: task={} key={} write={}",
-            self.parts.task, self.parts.key, self.parts.write
-        )
-    }
-
-    fn with_exprs_and_inputs(
-        &self,
-        _exprs: Vec<Expr>,
-        mut inputs: Vec<LogicalPlan>,
-    ) -> DfResult<Self> {
-        let input = inputs.pop().ok_or_else(|| {
-            DataFusionError::Internal("CheckpointTee needs exactly one input".into())
-        })?;
-        Ok(Self {
-            parts: Arc::clone(&self.parts),
-            input,
-        })
-    }
-
-    // As `CheckpointTee`: a materialization point (the defaults).
 }

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::boundary::{TaskBoundary, TaskBoundaryExec};
 use crate::checkpoint::{
-    CheckpointExec, CheckpointFormat, CheckpointRead, CheckpointStore, CheckpointTee, ClusterTee,
-    Manifest, PartsWrite, Tee,
+    CheckpointExec, CheckpointFormat, CheckpointRead, CheckpointStore, CheckpointTee, Manifest,
+    PartsWrite, Tee,
 };
 use crate::run::TaskRunState;
 
@@ -45,23 +45,86 @@ struct Wire {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum WireNode {
-    /// A task boundary: the task's name (errors name it), its timeout, its sources
-    /// (errors name them), and the checkpoint it reads on a cache hit.
-    Boundary {
-        task: String,
-        timeout_ms: Option<u64>,
-        sources: Vec<String>,
-        checkpoint: Option<WireRead>,
-    },
-    /// A persisted task's tee: where the executors write its parts.
-    Tee {
-        store: String,
-        task: String,
-        key: String,
-        write: String,
-        format: CheckpointFormat,
-        committed: Option<Manifest>,
-    },
+    Boundary(WireBoundary),
+    Tee(WireTee),
+}
+
+/// A task boundary: the task's name (errors name it), its timeout, its sources (errors
+/// name them), and the checkpoint it reads on a cache hit.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireBoundary {
+    task: String,
+    timeout_ms: Option<u64>,
+    sources: Vec<String>,
+    checkpoint: Option<WireRead>,
+}
+
+impl WireBoundary {
+    fn of(
+        run: &TaskRunState,
+        sources: &[String],
+        checkpoint: Option<&Arc<CheckpointRead>>,
+    ) -> Self {
+        Self {
+            task: run.name.clone(),
+            timeout_ms: run.timeout.map(|t| t.as_millis() as u64),
+            sources: sources.to_vec(),
+            checkpoint: checkpoint.map(|read| WireRead::of(read)),
+        }
+    }
+
+    /// The boundary's run state off the client (it records nowhere), its sources, and
+    /// the checkpoint it reads.
+    #[allow(clippy::type_complexity)]
+    fn decode(
+        self,
+    ) -> DfResult<(
+        Arc<TaskRunState>,
+        Arc<[String]>,
+        Option<Arc<CheckpointRead>>,
+    )> {
+        let run = TaskRunState::detached(
+            &self.task,
+            self.timeout_ms.map(std::time::Duration::from_millis),
+        );
+        let checkpoint = self.checkpoint.map(WireRead::read).transpose()?;
+        Ok((run, self.sources.into(), checkpoint))
+    }
+}
+
+/// A persisted task's tee: where the executors write its parts (see [`PartsWrite`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct WireTee {
+    store: String,
+    task: String,
+    key: String,
+    write: String,
+    format: CheckpointFormat,
+    committed: Option<Manifest>,
+}
+
+impl WireTee {
+    fn of(parts: &PartsWrite) -> Self {
+        Self {
+            store: parts.store.url().to_string(),
+            task: parts.task.clone(),
+            key: parts.key.clone(),
+            write: parts.write.clone(),
+            format: parts.format,
+            committed: parts.committed.clone(),
+        }
+    }
+
+    fn decode(self) -> DfResult<Tee> {
+        Ok(Tee::Parts(Arc::new(PartsWrite {
+            store: open_store(&self.store)?,
+            task: self.task,
+            key: self.key,
+            write: self.write,
+            format: self.format,
+            committed: self.committed,
+        })))
+    }
 }
 
 /// A checkpoint a cache hit reads: its store, its manifest (the parts, their sizes and
@@ -111,23 +174,13 @@ impl Wire {
         sources: &[String],
         checkpoint: Option<&Arc<CheckpointRead>>,
     ) -> Self {
-        Self::new(WireNode::Boundary {
-            task: run.name.clone(),
-            timeout_ms: run.timeout.map(|t| t.as_millis() as u64),
-            sources: sources.to_vec(),
-            checkpoint: checkpoint.map(|read| WireRead::of(read)),
-        })
+        Self::new(WireNode::Boundary(WireBoundary::of(
+            run, sources, checkpoint,
+        )))
     }
 
     fn tee(parts: &PartsWrite) -> Self {
-        Self::new(WireNode::Tee {
-            store: parts.store.url().to_string(),
-            task: parts.task.clone(),
-            key: parts.key.clone(),
-            write: parts.write.clone(),
-            format: parts.format,
-            committed: parts.committed.clone(),
-        })
+        Self::new(WireNode::Tee(WireTee::of(parts)))
     }
 
     fn encode(&self, buf: &mut Vec<u8>) -> DfResult<()> {
@@ -164,29 +217,6 @@ impl Wire {
         })?;
         Ok(Some(wire.node))
     }
-}
-
-/// The run state a boundary has off the client: it records nowhere.
-fn detached(task: &str, timeout_ms: Option<u64>) -> Arc<TaskRunState> {
-    TaskRunState::detached(task, timeout_ms.map(std::time::Duration::from_millis))
-}
-
-fn parts_write(
-    store: &str,
-    task: String,
-    key: String,
-    write: String,
-    format: CheckpointFormat,
-    committed: Option<Manifest>,
-) -> DfResult<Arc<PartsWrite>> {
-    Ok(Arc::new(PartsWrite {
-        store: open_store(store)?,
-        task,
-        key,
-        write,
-        format,
-        committed,
-    }))
 }
 
 fn unprepared(task: &str) -> DataFusionError {
@@ -233,26 +263,17 @@ impl LogicalExtensionCodec for LogicalCodec {
         };
         let input = one_input(inputs)?;
         let node: Arc<dyn UserDefinedLogicalNode> = match wire {
-            WireNode::Boundary {
-                task,
-                timeout_ms,
-                sources,
-                checkpoint,
-            } => Arc::new(TaskBoundary {
-                run: detached(&task, timeout_ms),
-                sources: sources.into(),
-                checkpoint: checkpoint.map(WireRead::read).transpose()?,
-                input,
-            }),
-            WireNode::Tee {
-                store,
-                task,
-                key,
-                write,
-                format,
-                committed,
-            } => Arc::new(ClusterTee {
-                parts: parts_write(&store, task, key, write, format, committed)?,
+            WireNode::Boundary(boundary) => {
+                let (run, sources, checkpoint) = boundary.decode()?;
+                Arc::new(TaskBoundary {
+                    run,
+                    sources,
+                    checkpoint,
+                    input,
+                })
+            }
+            WireNode::Tee(tee) => Arc::new(CheckpointTee {
+                tee: tee.decode()?,
                 input,
             }),
         };
@@ -269,11 +290,11 @@ impl LogicalExtensionCodec for LogicalCodec {
             )
             .encode(buf);
         }
-        if let Some(tee) = any.downcast_ref::<ClusterTee>() {
-            return Wire::tee(&tee.parts).encode(buf);
-        }
-        if let Some(tee) = any.downcast_ref::<CheckpointTee>() {
-            return Err(unprepared(&tee.target.task));
+        if let Some(node) = any.downcast_ref::<CheckpointTee>() {
+            return match &node.tee {
+                Tee::Parts(parts) => Wire::tee(parts).encode(buf),
+                Tee::Commit(target) => Err(unprepared(&target.task)),
+            };
         }
         self.inner.try_encode(node, buf)
     }
@@ -346,28 +367,16 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         Ok(match wire {
             // Every scan inside a task is under its boundary: cap its column chunks
             // here, since the reader that does so locally does not travel.
-            WireNode::Boundary {
-                task,
-                timeout_ms,
-                sources,
-                checkpoint,
-            } => Arc::new(TaskBoundaryExec::new(
-                super::cap_scans(input)?,
-                detached(&task, timeout_ms),
-                sources.into(),
-                checkpoint.map(WireRead::read).transpose()?,
-            )),
-            WireNode::Tee {
-                store,
-                task,
-                key,
-                write,
-                format,
-                committed,
-            } => Arc::new(CheckpointExec::new(
-                input,
-                Tee::Parts(parts_write(&store, task, key, write, format, committed)?),
-            )),
+            WireNode::Boundary(boundary) => {
+                let (run, sources, checkpoint) = boundary.decode()?;
+                Arc::new(TaskBoundaryExec::new(
+                    super::cap_scans(input)?,
+                    run,
+                    sources,
+                    checkpoint,
+                ))
+            }
+            WireNode::Tee(tee) => Arc::new(CheckpointExec::new(input, tee.decode()?)),
         })
     }
 

@@ -53,8 +53,8 @@ pub use codec::{LogicalCodec, PhysicalCodec};
 
 use crate::boundary::{SluiceQueryPlanner, TaskBoundary};
 use crate::checkpoint::{
-    ABANDONED_PARTITIONS, CheckpointRead, CheckpointTarget, CheckpointTee, ClusterTee, PartsWrite,
-    Streamed, commit_parts,
+    ABANDONED_PARTITIONS, CheckpointRead, CheckpointTarget, CheckpointTee, PartsWrite, Streamed,
+    Tee, commit_parts,
 };
 use crate::run::{StreamEnd, TaskRunState};
 use crate::{Error, Result};
@@ -256,9 +256,11 @@ impl Cluster {
                         }),
                     LogicalPlan::Extension(extension) => {
                         match extension.node.as_any().downcast_ref::<CheckpointTee>() {
-                            Some(tee) => cluster_tee(tee).map(|(tee, write)| {
-                                tees.0.extend(write);
-                                Some(tee)
+                            Some(tee) => cluster_tee(tee).map(|prepared| {
+                                prepared.map(|(tee, write)| {
+                                    tees.0.extend(write);
+                                    tee
+                                })
                             }),
                             None => Ok(None),
                         }
@@ -626,12 +628,14 @@ fn portable_scan(
 }
 
 /// A persisted task's tee as the cluster runs it: its executors write the parts, or
-/// read the checkpoint when this run has committed it already. Refuses a checkpoint
-/// store in this process's memory.
+/// read the checkpoint when this run has committed it already. `None` for a tee
+/// already prepared. Refuses a checkpoint store in this process's memory.
 fn cluster_tee(
-    tee: &CheckpointTee,
-) -> std::result::Result<(LogicalPlan, Option<TeeWrite>), String> {
-    let target = &tee.target;
+    node: &CheckpointTee,
+) -> std::result::Result<Option<(LogicalPlan, Option<TeeWrite>)>, String> {
+    let Tee::Commit(target) = &node.tee else {
+        return Ok(None);
+    };
     if target.store.url().scheme() == "memory" {
         return Err(format!(
             "task {:?} is persisted to {}, which lives in this process's memory: the \
@@ -646,13 +650,13 @@ fn cluster_tee(
         target: Arc::clone(target),
         parts: Arc::clone(&parts),
     });
-    let node = LogicalPlan::Extension(datafusion::logical_expr::Extension {
-        node: Arc::new(ClusterTee {
-            parts,
-            input: tee.input.clone(),
+    let tee = LogicalPlan::Extension(datafusion::logical_expr::Extension {
+        node: Arc::new(CheckpointTee {
+            tee: Tee::Parts(parts),
+            input: node.input.clone(),
         }),
     });
-    Ok((node, write))
+    Ok(Some((tee, write)))
 }
 
 /// Each task boundary of `plan` that the job runs, with the boundaries under it. (Under
@@ -662,8 +666,8 @@ fn collect_boundaries(plan: &LogicalPlan, out: &mut Vec<Boundary>) -> DfResult<(
         let LogicalPlan::Extension(extension) = node else {
             return Ok(TreeNodeRecursion::Continue);
         };
-        if let Some(tee) = extension.node.as_any().downcast_ref::<ClusterTee>()
-            && tee.parts.committed.is_some()
+        if let Some(tee) = extension.node.as_any().downcast_ref::<CheckpointTee>()
+            && tee.tee.committed().is_some()
         {
             return Ok(TreeNodeRecursion::Jump);
         }
