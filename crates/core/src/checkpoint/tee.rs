@@ -235,11 +235,12 @@ impl Tee {
     /// carries it: on an executor as Sluice's one-line text (Ballista sends errors to
     /// the client as text).
     fn error(&self, source: Error) -> DataFusionError {
-        let error = checkpoint_error(self.store(), self.task(), self.key(), source);
         match self {
-            Tee::Commit(_) => error.into(),
+            Tee::Commit(target) => target.error(source).into(),
             #[cfg(feature = "ballista")]
-            Tee::Parts(_) => DataFusionError::Execution(crate::error::one_line(&error)),
+            Tee::Parts(parts) => DataFusionError::Execution(crate::error::one_line(
+                &checkpoint_error(&parts.store, &parts.task, &parts.key, source),
+            )),
         }
     }
 }
@@ -577,6 +578,17 @@ enum Close {
     Receipt { path: Path, slice: Option<String> },
 }
 
+impl Close {
+    /// This process's write, when it commits here.
+    fn write(&self) -> Option<&Arc<CheckpointWrite>> {
+        match self {
+            Close::Commit { write, .. } => Some(write),
+            #[cfg(feature = "ballista")]
+            Close::Receipt { .. } => None,
+        }
+    }
+}
+
 struct TeeStream {
     /// The rows that passed, as the node's `output_rows`.
     baseline: BaselineMetrics,
@@ -608,7 +620,7 @@ impl TeeStream {
         if let Some(writer) = self.writer.take() {
             writer.abort();
         }
-        let Close::Commit { write, .. } = &self.close else {
+        let Some(write) = self.close.write() else {
             return;
         };
         write.close(self.partition, None);
