@@ -20,6 +20,8 @@
 //! made, and [`CheckpointStore`] for listing, showing and collecting checkpoints.
 
 mod manifest;
+#[cfg(feature = "ballista")]
+mod parts;
 mod read;
 mod store;
 mod tee;
@@ -32,11 +34,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use manifest::{MANIFEST_FORMAT_VERSION, Manifest, ManifestFile};
+#[cfg(feature = "ballista")]
+pub(crate) use parts::{PartsWrite, Streamed, commit_parts};
 pub(crate) use read::{CheckpointRead, Verification};
 pub use store::{CacheEntry, CheckpointStore, GcReport};
 pub(crate) use store::{Lookup, store_error, store_root, url_in};
 #[cfg(feature = "ballista")]
-pub(crate) use tee::{ABANDONED_PARTITIONS, CheckpointExec, PartsWrite, Streamed, commit_parts};
+pub(crate) use tee::{ABANDONED_PARTITIONS, CheckpointExec};
 pub(crate) use tee::{CheckpointTarget, CheckpointTee, CheckpointTeePlanner, Tee};
 
 use crate::lineage::{SourceObject, UpstreamTask};
