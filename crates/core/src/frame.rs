@@ -480,9 +480,7 @@ impl Frame {
         use futures::StreamExt;
         #[cfg(feature = "ballista")]
         if self.inner.session.cluster().is_some() {
-            return self
-                .run(|df| async move { df.count().await.map(|n| n as u64) })
-                .await;
+            return self.count().await;
         }
         let mut stream = self.execute_stream().await?;
         let mut rows = 0;

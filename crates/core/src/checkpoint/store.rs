@@ -169,17 +169,11 @@ impl CheckpointStore {
     /// The checkpoint store at `location` (a path or URL; a directory), its object
     /// store from the session.
     pub fn open(session: &Session, location: &str) -> Result<Self> {
-        let (root, prefix, store) = store_root(session, location)?;
-        Ok(Self {
-            root,
-            prefix,
-            store,
-        })
+        Self::in_registry(session.stores(), location)
     }
 
-    /// The checkpoint store at `location`, its object store from `stores` (a cluster
-    /// process's own, built from the environment).
-    #[cfg(feature = "ballista")]
+    /// The checkpoint store at `location`, its object store from `stores` (a session's,
+    /// or a cluster process's own, built from the environment).
     pub(crate) fn in_registry(
         stores: &sluice_store::StoreRegistry,
         location: &str,

@@ -570,6 +570,7 @@ type ReserveFuture =
     BoxFuture<'static, std::result::Result<mpsc::OwnedPermit<Message>, mpsc::error::SendError<()>>>;
 
 /// What the end of a partition does with its part.
+#[derive(Clone)]
 enum Close {
     /// Hands it to this process's write; the last partition commits the manifest.
     Commit {
@@ -644,17 +645,7 @@ impl TeeStream {
         let sender = self.sender.take();
         let writer = self.writer.take();
         let tee = self.tee.clone();
-        let close = match &self.close {
-            Close::Commit { target, write } => Close::Commit {
-                target: Arc::clone(target),
-                write: Arc::clone(write),
-            },
-            #[cfg(feature = "ballista")]
-            Close::Receipt { path, slice } => Close::Receipt {
-                path: path.clone(),
-                slice: slice.clone(),
-            },
-        };
+        let close = self.close.clone();
         let partition = self.partition;
         async move {
             let part = async {
