@@ -10,7 +10,7 @@
 //! where the normal seed ETL still runs.
 //!
 //! The corpus runs in the debug build of the example, and in the release build too
-//! when one is there (`SLUICE_RELEASE_EXAMPLE`, or `<target>/release/examples/etl`).
+//! when `SLUICE_RELEASE_EXAMPLE` names one (`.ci/release-checks` builds it and sets it).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -414,25 +414,21 @@ fn run_corpus(binary: &Path, cases: &[Case]) -> (BTreeMap<(String, String), usiz
     (counts, failures)
 }
 
-/// The release build of the example, when there is one.
+/// The release build of the example, when `SLUICE_RELEASE_EXAMPLE` names one (as
+/// `.ci/release-checks` does; a binary found in the target directory could be a stale
+/// one, built from another tree). With `SLUICE_REQUIRE_RELEASE_EXAMPLE` set, a missing
+/// one fails the test instead of skipping its release half.
 fn release_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("SLUICE_RELEASE_EXAMPLE") {
-        return Some(PathBuf::from(path));
+    let found = std::env::var_os("SLUICE_RELEASE_EXAMPLE")
+        .map(PathBuf::from)
+        .filter(|path| path.exists());
+    if found.is_none() && std::env::var_os("SLUICE_REQUIRE_RELEASE_EXAMPLE").is_some() {
+        panic!(
+            "SLUICE_REQUIRE_RELEASE_EXAMPLE is set but SLUICE_RELEASE_EXAMPLE names no \
+             release build of the example"
+        );
     }
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        // <target>/debug/deps/integration-<hash>
-        None => std::env::current_exe()
-            .unwrap()
-            .ancestors()
-            .nth(3)
-            .unwrap()
-            .to_path_buf(),
-    };
-    let path = target
-        .join("release/examples")
-        .join(format!("etl{}", std::env::consts::EXE_SUFFIX));
-    path.exists().then_some(path)
+    found
 }
 
 fn run_and_report(build: &str, binary: &Path, cases: &[Case]) {
@@ -478,8 +474,8 @@ fn every_hostile_file_fails_cleanly_through_the_seed_etl_binary() {
     match release_binary() {
         Some(release) => run_and_report("release", &release, &cases),
         None => eprintln!(
-            "NOTE: no release build of the example (set SLUICE_RELEASE_EXAMPLE or build \
-             `cargo build --release --workspace --example etl`): the release run is skipped"
+            "NOTE: no release build of the example (SLUICE_RELEASE_EXAMPLE; \
+             `.ci/release-checks` runs this half): the release run is skipped"
         ),
     }
 }
