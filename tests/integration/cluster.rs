@@ -757,13 +757,14 @@ async fn a_corrupt_checkpoint_on_s3_is_caught_by_the_executors_invalidated_and_r
             .await
             .unwrap()
             .to_vec();
-        // The writer's name in the footer, one letter changed: every page and the
-        // footer still decode, so only the checksums can tell.
-        let at = bytes
-            .windows(b"parquet-rs".len())
-            .rposition(|w| w == b"parquet-rs")
-            .expect("the footer names its writer");
-        bytes[at + 8] = b'R';
+        // A byte of the first data page, in the part's first block: the footer (which
+        // the client's lookup checks) is intact, so the executors' reads are what
+        // must catch it, before a row of that block is decoded.
+        assert!(
+            bytes.len() as u64 > sluice::BLOCK_SIZE,
+            "a part of one block"
+        );
+        bytes[100] ^= 0x01;
         store.put(&path, bytes.into()).await.unwrap();
     }
     let second = run(s3.url("out/second.parquet")).await;

@@ -18,3 +18,4 @@ mod reliability;
 mod remote;
 mod runtime;
 mod schema;
+mod trust;

@@ -517,8 +517,24 @@ mod crash_loop {
         let manifests = l.manifests().await;
         assert_eq!(manifests.len(), 1, "one key, one checkpoint");
 
-        // `sluice cache gc` then leaves exactly the parts the manifest names.
+        // `sluice cache gc` then leaves the parts the manifest names, and what killed
+        // writers left only where their lease has not lapsed yet (a live writer's looks
+        // the same); once the leases have lapsed, exactly the parts the manifest names.
         l.cli(&["cache", "gc", "--store", &l.cache, "--grace", "0s"]);
+        let leased: Vec<String> = l
+            .objects("cache/")
+            .await
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .filter(|p| p.ends_with("/_lease"))
+            .map(|p| p.trim_end_matches("_lease").to_string())
+            .collect();
+        let unnamed_outside_leases = |kept: &[String], named: &[String]| -> Vec<String> {
+            kept.iter()
+                .filter(|p| !named.contains(p) && !leased.iter().any(|dir| p.starts_with(dir)))
+                .cloned()
+                .collect()
+        };
         let (location, manifest) = &manifests[0];
         let dir = location.as_ref().trim_end_matches("_manifest.json");
         let mut named: Vec<String> = manifest
@@ -526,21 +542,37 @@ mod crash_loop {
             .iter()
             .map(|f| format!("{dir}{}", f.path))
             .collect();
-        let mut kept: Vec<String> = l
-            .objects("cache/")
-            .await
-            .into_iter()
-            .map(|m| m.location.to_string())
-            // Kept beside the parts: the manifest, the last-hit marker, cached schemas.
-            .filter(|p| {
-                !p.ends_with("/_manifest.json")
-                    && !p.ends_with("/_last_hit")
-                    && !p.contains("/schemas/")
-            })
-            .collect();
+        // What is kept beside the manifest, the last-hit marker and cached schemas.
+        let kept_parts = || async {
+            let mut kept: Vec<String> = l
+                .objects("cache/")
+                .await
+                .into_iter()
+                .map(|m| m.location.to_string())
+                .filter(|p| {
+                    !p.ends_with("/_manifest.json")
+                        && !p.ends_with("/_last_hit")
+                        && !p.contains("/schemas/")
+                })
+                .collect();
+            kept.sort();
+            kept
+        };
+        let kept = kept_parts().await;
         named.sort();
-        kept.sort();
-        assert_eq!(kept, named, "orphans after gc");
+        assert_eq!(
+            unnamed_outside_leases(&kept, &named),
+            Vec::<String>::new(),
+            "orphans after gc"
+        );
+        let lapsed = chrono::Utc::now() + chrono::Duration::from_std(sluice::LEASE_TTL).unwrap();
+        sluice::CheckpointStore::open(&l.session, &l.cache)
+            .unwrap()
+            .gc(lapsed, std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        let kept = kept_parts().await;
+        assert_eq!(kept, named, "orphans after the leases lapsed");
         // Staging objects that killed sinks left at the destination are hidden from
         // readers; gc over the destination's prefix removes them.
         l.cli(&[

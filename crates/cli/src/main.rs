@@ -529,6 +529,7 @@ fn print_entries(entries: &[sluice_core::CacheEntry]) {
 fn print_manifest(m: &sluice_core::Manifest) {
     outln!("task        {}", m.task);
     outln!("key         {}", m.key);
+    outln!("id          {}", m.id);
     outln!("version     {}", m.code_version.as_deref().unwrap_or("-"));
     outln!("policy      {}", m.policy);
     outln!("flow run    {}", m.flow_run);
@@ -553,10 +554,27 @@ fn print_manifest(m: &sluice_core::Manifest) {
         );
     }
     for upstream in &m.key_inputs.upstream {
-        outln!("upstream    {} key {}", upstream.task, upstream.key);
+        outln!(
+            "upstream    {} key {} checkpoint {}",
+            upstream.task,
+            upstream.key,
+            upstream.checkpoint.as_deref().unwrap_or("-")
+        );
     }
-    outln!("lineage");
-    for line in m.key_inputs.plan.lines() {
+    outln!(
+        "key format  {} ({}, semantics {})",
+        m.key_inputs.key_format,
+        m.key_inputs.engine,
+        m.key_inputs.semantics
+    );
+    for (setting, value) in &m.key_inputs.settings {
+        outln!("setting     {setting} = {value}");
+    }
+    for (function, version) in &m.key_inputs.functions {
+        outln!("function    {function} version {version}");
+    }
+    outln!("plan");
+    for line in m.plan.lines() {
         outln!("  {line}");
     }
 }

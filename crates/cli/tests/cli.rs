@@ -85,8 +85,13 @@ fn cache_commands_list_show_collect_and_clear() {
     ]));
     assert_eq!(manifest["key"], key);
     assert_eq!(manifest["rows"], 3);
-    assert_eq!(manifest["format_version"], 1);
+    assert_eq!(manifest["format_version"], 2);
     assert!(manifest["files"][0]["blake3"].as_str().unwrap().len() == 64);
+    // One 128-bit checksum per block of the part.
+    let blocks = manifest["files"][0]["blocks"].as_array().unwrap();
+    let size = manifest["files"][0]["size"].as_u64().unwrap();
+    assert_eq!(blocks.len() as u64, size.div_ceil(sluice_core::BLOCK_SIZE));
+    assert!(blocks.iter().all(|b| b.as_str().unwrap().len() == 32));
 
     // An orphan as a killed run leaves it; gc with no grace removes it and only it.
     let orphan = store

@@ -258,10 +258,6 @@ impl ExecutionPlan for TaskBoundaryExec {
                 self.checkpoint.is_some(),
             )
         }));
-        let verification = self
-            .checkpoint
-            .as_ref()
-            .and_then(|c| c.verification(|| self.scanned(partition)));
         let deadline = self.run.timeout.map(|limit| {
             Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
                 execution.started + limit,
@@ -274,7 +270,6 @@ impl ExecutionPlan for TaskBoundaryExec {
             run: Arc::clone(&self.run),
             sources: Arc::clone(&self.sources),
             checkpoint: self.checkpoint.clone(),
-            verification,
             execution,
             deadline,
             input_done: false,
@@ -319,32 +314,17 @@ impl ExecutionPlan for TaskBoundaryExec {
 }
 
 impl TaskBoundaryExec {
-    /// The object paths partition `partition` scans, when they can be told (on a
-    /// cluster, to verify a checkpoint's parts where they are read).
-    fn scanned(&self, partition: usize) -> Option<Vec<String>> {
-        #[cfg(feature = "ballista")]
-        return crate::cluster::partition_files(&self.input, partition).map(|files| {
-            files
-                .iter()
-                .map(|f| f.object_meta.location.to_string())
-                .collect()
-        });
-        #[cfg(not(feature = "ballista"))]
-        {
-            let _ = partition;
-            None
-        }
-    }
-
     fn attribute(&self, error: DataFusionError) -> DataFusionError {
         attribute(&self.run, &self.sources, self.checkpoint.as_deref(), error)
     }
 }
 
-/// Attributes an error that reached a boundary. Over a checkpoint's scan, any error
-/// means the checkpoint is corrupt. Otherwise, one that an upstream boundary already
-/// attributed passes through (this task failed because of it); any other is this
-/// task's own.
+/// Attributes an error that reached a boundary. Over a checkpoint's scan, an error
+/// means the checkpoint is corrupt (a block that does not match its checksum, a
+/// missing part, a page that does not decode), unless it is the store failing (an
+/// unreachable endpoint, a throttled request), which is no judgement on the checkpoint.
+/// Otherwise, one that an upstream boundary already attributed passes through (this
+/// task failed because of it); any other is this task's own.
 pub(crate) fn attribute(
     run: &TaskRunState,
     sources: &[String],
@@ -376,9 +356,14 @@ fn attribute_here(
     error: DataFusionError,
 ) -> DataFusionError {
     if let Some(checkpoint) = checkpoint {
-        return checkpoint
-            .corrupt(run, crate::error::message(&error))
-            .into();
+        if let Some((_, reason)) = crate::checkpoint::find_corrupt(&error) {
+            return checkpoint.corrupt(run, reason).into();
+        }
+        if !store_failure(&error) {
+            return checkpoint
+                .corrupt(run, crate::error::message(&error))
+                .into();
+        }
     }
     let ours = Error::from_datafusion(error, sources);
     if ours.task().is_none() && ours.is_retryable() && run.has_retry_left() {
@@ -405,6 +390,11 @@ fn attribute_here(
     .into()
 }
 
+/// Whether `error` is an object store's failure (somewhere in its chain).
+fn store_failure(error: &DataFusionError) -> bool {
+    crate::error::find_in_chain::<object_store::Error>(error).is_some()
+}
+
 struct BoundaryStream {
     /// Rows, batches and bytes out and time spent, as DataFusion metrics.
     baseline: BaselineMetrics,
@@ -412,10 +402,9 @@ struct BoundaryStream {
     input: SendableRecordBatchStream,
     run: Arc<TaskRunState>,
     sources: Arc<[String]>,
-    /// The checkpoint this stream reads, on a cache hit.
+    /// The checkpoint this stream reads, on a cache hit (its bytes are checked as they
+    /// are read: see `checkpoint::read`).
     checkpoint: Option<Arc<CheckpointRead>>,
-    /// The checkpoint's checksum verification, awaited before the stream may end.
-    verification: Option<crate::checkpoint::Verification>,
     execution: Arc<ExecutionState>,
     /// When this execution times out (the task's timeout after it started).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -435,21 +424,8 @@ impl BoundaryStream {
         attribute(&self.run, &self.sources, self.checkpoint.as_deref(), error)
     }
 
-    /// The input has ended. A checkpoint's data is served only once its checksums have
-    /// matched: the stream ends (and a sink publishes) after the verification does.
-    fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Option<DfResult<RecordBatch>>> {
-        if let Some(verification) = self.verification.as_mut() {
-            let verified = std::task::ready!(Pin::new(verification).poll(cx));
-            self.verification = None;
-            if let Err(reason) = verified {
-                let error = match &self.checkpoint {
-                    Some(checkpoint) => checkpoint.corrupt(&self.run, reason),
-                    None => Error::Internal { message: reason },
-                };
-                self.close(StreamEnd::Failed);
-                return Poll::Ready(Some(Err(carried(&self.run, error.into()))));
-            }
-        }
+    /// The input has ended.
+    fn poll_end(&mut self) -> Poll<Option<DfResult<RecordBatch>>> {
         self.close(StreamEnd::Ended);
         Poll::Ready(None)
     }
@@ -475,7 +451,7 @@ impl Stream for BoundaryStream {
             return Poll::Ready(Some(Err(error)));
         }
         if self.input_done {
-            return self.poll_end(cx);
+            return self.poll_end();
         }
         let started = Instant::now();
         // A malformed file can make a decoder panic (an upstream bug): turn the panic into
@@ -523,7 +499,7 @@ impl Stream for BoundaryStream {
             Poll::Ready(None) => {
                 self.execution.add_output(0, 0, nanos);
                 self.input_done = true;
-                self.poll_end(cx)
+                self.poll_end()
             }
             Poll::Pending => {
                 self.execution.add_output(0, 0, nanos);

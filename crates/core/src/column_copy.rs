@@ -457,18 +457,31 @@ impl CopyPlan {
                 .downcast_ref::<ListingTable>()
                 .ok_or("the source is not a file listing")?;
             let extension = listing.options().file_extension.clone();
+            // The objects the frame was built from, read through their pins (see
+            // `pins`): exactly what the cache keys over it name.
+            let pins = listing
+                .options()
+                .format
+                .downcast_ref::<crate::pins::SourceFormat>()
+                .map(|format| Arc::clone(format.pins()));
             for table_url in listing.table_paths() {
-                let store = state
+                let mut store = state
                     .runtime_env()
                     .object_store(table_url)
                     .map_err(|e| e.to_string())?;
-                let mut objects: Vec<ObjectMeta> = table_url
-                    .list_all_files(&state, store.as_ref(), &extension)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .try_collect()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut objects: Vec<ObjectMeta> = match &pins {
+                    Some(pins) => {
+                        store = pins.guard(store);
+                        pins.objects()
+                    }
+                    None => table_url
+                        .list_all_files(&state, store.as_ref(), &extension)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .try_collect()
+                        .await
+                        .map_err(|e| e.to_string())?,
+                };
                 objects.sort_by(|a, b| a.location.cmp(&b.location));
                 // Footers are read a few at a time, and kept in listing order.
                 let base = crate::session::object_base(table_url);

@@ -215,6 +215,32 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+    /// A persisted task's plan calls a function that its cache key cannot cover: one
+    /// whose result depends on when or where it runs (`random()`, `uuid()`, `now()`,
+    /// `current_date()`, ...), or a user-defined function registered without a version.
+    /// Refused before anything is read or written.
+    #[error("task {task:?} is persisted, but its plan calls {function}, {reason}")]
+    UncacheableFunction {
+        /// The task.
+        task: String,
+        /// The function, as the plan names it (`random()`).
+        function: String,
+        /// Why the key cannot cover it, and what to do.
+        reason: String,
+    },
+    /// A source object changed (or went) between the listing that built its frame (and
+    /// made the cache keys of the tasks over it) and a read of it: the run stops rather
+    /// than mix versions or write a checkpoint under a key that names other objects.
+    #[error(
+        "the source object {url} changed after its frame was built ({reason}); nothing \
+         was written from it: run the flow again to read the new version"
+    )]
+    SourceChanged {
+        /// The object.
+        url: String,
+        /// What changed.
+        reason: String,
+    },
     /// A checkpoint could not be looked up, written or committed: the store is
     /// unreachable, denies access, or failed. A persisted task never runs silently
     /// unpersisted.
@@ -458,7 +484,7 @@ impl Error {
     /// ```
     pub fn task(&self) -> Option<&str> {
         match self {
-            Error::Task { task, .. } => Some(task),
+            Error::Task { task, .. } | Error::UncacheableFunction { task, .. } => Some(task),
             Error::Write { source, .. } => source.task(),
             _ => None,
         }
@@ -669,15 +695,17 @@ fn chain_is_transient(error: &(dyn StdError + 'static)) -> bool {
             .is_some_and(transient)
 }
 
-fn find_in_chain<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = e.source();
-    }
-    None
+pub(crate) fn find_in_chain<'a, T: StdError + 'static>(
+    error: &'a (dyn StdError + 'static),
+) -> Option<&'a T> {
+    chain(error).find_map(|e| e.downcast_ref::<T>())
+}
+
+/// An error and its causes, outermost first.
+pub(crate) fn chain<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(error), |&e| e.source())
 }
 
 pub(crate) fn find_store_error(error: &DataFusionError) -> Option<&object_store::Error> {
@@ -846,6 +874,19 @@ fn duplicate(error: &Error) -> Error {
             task: task.clone(),
             checkpoint: checkpoint.clone(),
             source: Box::new(duplicate(source)),
+        },
+        Error::UncacheableFunction {
+            task,
+            function,
+            reason,
+        } => Error::UncacheableFunction {
+            task: task.clone(),
+            function: function.clone(),
+            reason: reason.clone(),
+        },
+        Error::SourceChanged { url, reason } => Error::SourceChanged {
+            url: url.clone(),
+            reason: reason.clone(),
         },
         Error::Timeout { scope, name, limit } => Error::Timeout {
             scope,

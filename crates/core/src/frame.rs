@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::column_copy::{Route, Stop, WritePath};
 use crate::error::guarded;
+use crate::key;
 use crate::lineage::Lineage;
 use crate::write::{CsvWrite, ParquetWrite, WriteLayout};
 use crate::{Error, Result, Session};
@@ -164,7 +165,7 @@ impl Frame {
     fn derive(
         &self,
         op: &'static str,
-        args: String,
+        args: serde_json::Value,
         apply: impl FnOnce(DataFrame) -> datafusion::error::Result<DataFrame>,
     ) -> Result<Frame> {
         let df = apply(self.to_dataframe()).map_err(|e| self.error(e))?;
@@ -179,26 +180,25 @@ impl Frame {
     /// Keeps the given expressions as columns (`col("a")`, `(col("a") + lit(1)).alias("b")`).
     pub fn select(&self, exprs: impl IntoIterator<Item = Expr>) -> Result<Frame> {
         let exprs: Vec<Expr> = exprs.into_iter().collect();
-        self.derive("select", describe_exprs(&exprs), |df| df.select(exprs))
+        let args = key::exprs(&exprs);
+        self.derive("select", args, |df| df.select(exprs))
     }
 
     /// Keeps the named columns.
     pub fn select_columns(&self, columns: &[&str]) -> Result<Frame> {
-        self.derive("select_columns", columns.join(", "), |df| {
-            df.select_columns(columns)
-        })
+        let args = serde_json::json!(columns);
+        self.derive("select_columns", args, |df| df.select_columns(columns))
     }
 
     /// Drops the named columns.
     pub fn drop_columns(&self, columns: &[&str]) -> Result<Frame> {
-        self.derive("drop_columns", columns.join(", "), |df| {
-            df.drop_columns(columns)
-        })
+        let args = serde_json::json!(columns);
+        self.derive("drop_columns", args, |df| df.drop_columns(columns))
     }
 
     /// Keeps the rows where `predicate` is true.
     pub fn filter(&self, predicate: Expr) -> Result<Frame> {
-        let args = describe_exprs(std::slice::from_ref(&predicate));
+        let args = key::expr(&predicate);
         self.derive("filter", args, |df| df.filter(predicate))
     }
 
@@ -207,7 +207,7 @@ impl Frame {
         use datafusion::common::Column;
         use datafusion::logical_expr::LogicalPlanBuilder;
         use datafusion::logical_expr::utils::find_window_exprs;
-        let args = format!("{name:?}, {}", describe_exprs(std::slice::from_ref(&expr)));
+        let args = serde_json::json!([name, key::expr(&expr)]);
         self.derive("with_column", args, |df| {
             if !find_window_exprs([&expr]).is_empty() {
                 return df.with_column(name, expr);
@@ -254,7 +254,8 @@ impl Frame {
         // Not `DataFrame::with_column_renamed`: it parses `old` as an SQL identifier,
         // lowercasing it, and silently renames nothing when that spelling is not a column
         // (`VendorID`).
-        self.derive("rename", format!("{old:?}, {new:?}"), |df| {
+        let args = serde_json::json!([old, new]);
+        self.derive("rename", args, |df| {
             let exprs: Vec<Expr> = df
                 .schema()
                 .columns()
@@ -279,11 +280,7 @@ impl Frame {
     ) -> Result<Frame> {
         let group_by: Vec<Expr> = group_by.into_iter().collect();
         let aggregates: Vec<Expr> = aggregates.into_iter().collect();
-        let args = format!(
-            "[{}], [{}]",
-            describe_exprs(&group_by),
-            describe_exprs(&aggregates)
-        );
+        let args = serde_json::json!([key::exprs(&group_by), key::exprs(&aggregates)]);
         self.derive("aggregate", args, |df| df.aggregate(group_by, aggregates))
     }
 
@@ -295,7 +292,7 @@ impl Frame {
         left_on: &[&str],
         right_on: &[&str],
     ) -> Result<Frame> {
-        let args = format!("{how:?}, {left_on:?}, {right_on:?}");
+        let args = serde_json::json!([format!("{how:?}"), left_on, right_on]);
         self.combine(right, "join", args, |df, right_df| {
             df.join(right_df, how, left_on, right_on, None)
         })
@@ -303,7 +300,7 @@ impl Frame {
 
     /// Appends the rows of `other`, matching columns by position (SQL `UNION ALL`).
     pub fn union(&self, other: &Frame) -> Result<Frame> {
-        self.combine(other, "union", String::new(), DataFrame::union)
+        self.combine(other, "union", serde_json::json!([]), DataFrame::union)
     }
 
     /// The rows the frame will produce, when its statistics know them exactly (a scan
@@ -349,7 +346,7 @@ impl Frame {
         self.combine(
             other,
             "union_by_name",
-            String::new(),
+            serde_json::json!([]),
             DataFrame::union_by_name,
         )
     }
@@ -359,7 +356,7 @@ impl Frame {
         &self,
         other: &Frame,
         op: &'static str,
-        args: String,
+        args: serde_json::Value,
         apply: impl FnOnce(DataFrame, DataFrame) -> datafusion::error::Result<DataFrame>,
     ) -> Result<Frame> {
         let other_df = other.to_dataframe();
@@ -378,16 +375,7 @@ impl Frame {
     /// Sorts by the given keys (`col("a").sort(true, false)` is ascending, nulls last).
     pub fn sort(&self, keys: impl IntoIterator<Item = SortExpr>) -> Result<Frame> {
         let keys: Vec<SortExpr> = keys.into_iter().collect();
-        let args = keys
-            .iter()
-            .map(|k| k.to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let args = if keys.iter().any(|k| has_subquery(&k.expr)) {
-            unkeyable(args)
-        } else {
-            args
-        };
+        let args = key::sorts(&keys);
         self.derive("sort", args, |df| df.sort(keys))
     }
 
@@ -398,19 +386,19 @@ impl Frame {
 
     /// Keeps the first `n` rows.
     pub fn limit(&self, n: usize) -> Result<Frame> {
-        self.derive("limit", n.to_string(), |df| df.limit(0, Some(n)))
+        let args = serde_json::json!(n);
+        self.derive("limit", args, |df| df.limit(0, Some(n)))
     }
 
     /// Skips `offset` rows, then keeps up to `len` rows.
     pub fn slice(&self, offset: usize, len: usize) -> Result<Frame> {
-        self.derive("slice", format!("{offset}, {len}"), |df| {
-            df.limit(offset, Some(len))
-        })
+        let args = serde_json::json!([offset, len]);
+        self.derive("slice", args, |df| df.limit(offset, Some(len)))
     }
 
     /// Removes duplicate rows.
     pub fn distinct(&self) -> Result<Frame> {
-        self.derive("distinct", String::new(), |df| df.distinct())
+        self.derive("distinct", serde_json::json!([]), |df| df.distinct())
     }
 
     /// The optimized logical plan and the physical plan, as `EXPLAIN` prints them, and a
@@ -749,37 +737,6 @@ impl Frame {
         }
         Ok(())
     }
-}
-
-/// Expressions as DataFusion displays them, for lineages. An expression with a
-/// subquery displays as `<subquery>`, which does not say what it reads: such a frame
-/// gets a lineage that matches no other, so it is never taken from a cache.
-fn describe_exprs(exprs: &[Expr]) -> String {
-    let text = exprs
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    if exprs.iter().any(has_subquery) {
-        unkeyable(text)
-    } else {
-        text
-    }
-}
-
-fn has_subquery(expr: &Expr) -> bool {
-    use datafusion::common::tree_node::TreeNode;
-    expr.exists(|e| {
-        Ok(matches!(
-            e,
-            Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)
-        ))
-    })
-    .unwrap_or(true)
-}
-
-fn unkeyable(text: String) -> String {
-    format!("{text} <uncacheable {}>", uuid::Uuid::new_v4().simple())
 }
 
 fn count_from(batches: &[RecordBatch]) -> u64 {

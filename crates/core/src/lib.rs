@@ -61,11 +61,14 @@ mod evolution;
 mod flow;
 mod frame;
 mod history;
+mod identity;
+mod key;
 pub mod limits;
 mod lineage;
 mod logging;
 mod names;
 mod overlap;
+mod pins;
 mod progress;
 mod read;
 mod retry;
@@ -76,8 +79,8 @@ mod task;
 mod write;
 
 pub use checkpoint::{
-    CacheEntry, CacheKeyInputs, CachePolicy, CheckpointFormat, CheckpointStore, Clock, GcReport,
-    Manifest, Persist,
+    BLOCK_SIZE, CacheEntry, CacheKeyInputs, CachePolicy, CheckpointFormat, CheckpointStore, Clock,
+    GcReport, LEASE_TTL, Manifest, ManifestFile, Persist, SCHEMA_CACHE_TTL,
 };
 pub use column_copy::WritePath;
 pub use concurrency::{TaskFuture, map, submit};
@@ -85,6 +88,7 @@ pub use error::{Error, Result, one_line};
 pub use flow::{DEFAULT_RUN_STORE, Flow, FlowCall, FlowFuture, FlowOptions, FlowRun};
 pub use frame::{ColumnInfo, Frame, FrameInfo, WriteSummary, WrittenFile};
 pub use history::{RunFilter, RunStore};
+pub use key::{KEY_FORMAT, RESULT_SETTINGS, SEMANTICS_VERSION, engine};
 pub use limits::{DEFAULT_MAX_COLUMN_CHUNK_BYTES, DEFAULT_MEMORY_LIMIT};
 pub use lineage::{SourceObject, UpstreamTask};
 pub use logging::RunLogLayer;

@@ -49,20 +49,12 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use datafusion::catalog::Session as DfSession;
-use datafusion::common::Statistics;
-use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{
-    FileScanConfig, FileScanConfigBuilder, FileSinkConfig, FileSource, ParquetFileReaderFactory,
-    ParquetSource,
+    FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
 };
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::datasource::table_schema::TableSchema;
-use datafusion::physical_expr::{LexOrdering, LexRequirement};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use futures::FutureExt;
@@ -198,39 +190,20 @@ pub(crate) async fn check_footer_tail(
     Ok(())
 }
 
-/// The Parquet format, with a reader that refuses column chunks over the session's
-/// cap before fetching them. Everything else is the wrapped format's.
-#[derive(Debug)]
-pub(crate) struct LimitedParquetFormat {
-    inner: Arc<dyn FileFormat>,
+/// `plan` with its Parquet scan's reader factory (or `replace`) wrapped in a
+/// [`LimitedReaderFactory`]. A plan that is not a Parquet scan is returned as it is.
+pub(crate) fn limit_scan(
+    plan: Arc<dyn ExecutionPlan>,
     max_column_chunk_bytes: u64,
-}
-
-impl LimitedParquetFormat {
-    pub(crate) fn new(inner: Arc<dyn FileFormat>, max_column_chunk_bytes: u64) -> Self {
-        Self {
-            inner,
-            max_column_chunk_bytes,
-        }
-    }
-
-    /// The wrapped format.
-    #[cfg(feature = "ballista")]
-    pub(crate) fn inner(&self) -> &Arc<dyn FileFormat> {
-        &self.inner
-    }
-}
-
-/// `plan` with its Parquet scan's reader factory wrapped in a [`LimitedReaderFactory`].
-/// A plan that is not a Parquet scan is returned as it is.
-fn limit_scan(plan: Arc<dyn ExecutionPlan>, max_column_chunk_bytes: u64) -> Arc<dyn ExecutionPlan> {
+    replace: Option<Arc<dyn ParquetFileReaderFactory>>,
+) -> Arc<dyn ExecutionPlan> {
     let Some(exec) = plan.downcast_ref::<DataSourceExec>() else {
         return plan;
     };
     let Some((conf, source)) = exec.downcast_to_file_source::<ParquetSource>() else {
         return plan;
     };
-    let Some(inner) = source.parquet_file_reader_factory().cloned() else {
+    let Some(inner) = replace.or_else(|| source.parquet_file_reader_factory().cloned()) else {
         return plan;
     };
     let mut base = conf.object_store_url.as_str().to_string();
@@ -252,7 +225,7 @@ fn limit_scan(plan: Arc<dyn ExecutionPlan>, max_column_chunk_bytes: u64) -> Arc<
 }
 
 /// Every Parquet scan under `plan` (down to the next task boundary, which caps its own)
-/// capped as [`LimitedParquetFormat`] caps them: for a plan decoded on a cluster's
+/// capped as a local read caps them: for a plan decoded on a cluster's
 /// executor, whose scans come without Sluice's reader (DataFusion's protobuf does not
 /// encode one). A scan without a reader factory gets the default one over `stores`'
 /// store for its URL.
@@ -291,100 +264,12 @@ pub(crate) fn limit_decoded_scans(
             )
         };
         Ok(Transformed::new(
-            limit_scan(scan, max_column_chunk_bytes),
+            limit_scan(scan, max_column_chunk_bytes, None),
             true,
             TreeNodeRecursion::Jump,
         ))
     })
     .map(|t| t.data)
-}
-
-#[async_trait]
-impl FileFormat for LimitedParquetFormat {
-    fn get_ext(&self) -> String {
-        self.inner.get_ext()
-    }
-
-    fn get_ext_with_compression(
-        &self,
-        file_compression_type: &FileCompressionType,
-    ) -> datafusion::error::Result<String> {
-        self.inner.get_ext_with_compression(file_compression_type)
-    }
-
-    fn compression_type(&self) -> Option<FileCompressionType> {
-        self.inner.compression_type()
-    }
-
-    async fn infer_schema(
-        &self,
-        state: &dyn DfSession,
-        store: &Arc<dyn ObjectStore>,
-        objects: &[ObjectMeta],
-    ) -> datafusion::error::Result<arrow::datatypes::SchemaRef> {
-        self.inner.infer_schema(state, store, objects).await
-    }
-
-    async fn infer_stats(
-        &self,
-        state: &dyn DfSession,
-        store: &Arc<dyn ObjectStore>,
-        table_schema: arrow::datatypes::SchemaRef,
-        object: &ObjectMeta,
-    ) -> datafusion::error::Result<Statistics> {
-        self.inner
-            .infer_stats(state, store, table_schema, object)
-            .await
-    }
-
-    async fn infer_ordering(
-        &self,
-        state: &dyn DfSession,
-        store: &Arc<dyn ObjectStore>,
-        table_schema: arrow::datatypes::SchemaRef,
-        object: &ObjectMeta,
-    ) -> datafusion::error::Result<Option<LexOrdering>> {
-        self.inner
-            .infer_ordering(state, store, table_schema, object)
-            .await
-    }
-
-    async fn infer_stats_and_ordering(
-        &self,
-        state: &dyn DfSession,
-        store: &Arc<dyn ObjectStore>,
-        table_schema: arrow::datatypes::SchemaRef,
-        object: &ObjectMeta,
-    ) -> datafusion::error::Result<datafusion::datasource::file_format::FileMeta> {
-        self.inner
-            .infer_stats_and_ordering(state, store, table_schema, object)
-            .await
-    }
-
-    async fn create_physical_plan(
-        &self,
-        state: &dyn DfSession,
-        conf: FileScanConfig,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let plan = self.inner.create_physical_plan(state, conf).await?;
-        Ok(limit_scan(plan, self.max_column_chunk_bytes))
-    }
-
-    async fn create_writer_physical_plan(
-        &self,
-        input: Arc<dyn ExecutionPlan>,
-        state: &dyn DfSession,
-        conf: FileSinkConfig,
-        order_requirements: Option<LexRequirement>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        self.inner
-            .create_writer_physical_plan(input, state, conf, order_requirements)
-            .await
-    }
-
-    fn file_source(&self, table_schema: TableSchema) -> Arc<dyn FileSource> {
-        self.inner.file_source(table_schema)
-    }
 }
 
 /// Makes [`LimitedReader`]s around another factory's readers.

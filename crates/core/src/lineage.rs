@@ -9,20 +9,22 @@
 //!
 //! - a read: format, URL, read options, and the identity of every object listed
 //!   (URL, size, ETag, last-modified);
-//! - an operation: its name and arguments as DataFusion displays them
-//!   (`with_column(tip_fraction, tip_amount / total_amount)`);
+//! - an operation: its name and its arguments in the canonical encoding of
+//!   [`crate::key`] (never DataFusion's display text, which is ambiguous);
 //! - a SQL query: its text and the lineage of each frame it names;
 //! - batches from memory: a digest of their data;
 //! - a task's output: the task's name, code version and cache key (which covers the
 //!   lineage of the task's own input), so that a cached and a computed upstream task
-//!   give the same key downstream.
+//!   give the same key downstream, and the id of the checkpoint it is read from or
+//!   writes, so that a refreshed or recomputed upstream checkpoint changes the keys
+//!   downstream.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 /// The identity of one source object, taken from the listing done when the frame was
 /// built: if any of it changes, a key over it changes.
@@ -49,6 +51,9 @@ pub struct UpstreamTask {
     pub version: Option<String>,
     /// Its own cache key.
     pub key: String,
+    /// The id of the checkpoint it was read from or wrote in this run, when it is
+    /// persisted: a refresh or a recomputation changes it.
+    pub checkpoint: Option<String>,
 }
 
 /// How a frame was made. Cloning is O(1).
@@ -72,13 +77,13 @@ enum Node {
     Op {
         input: Lineage,
         op: &'static str,
-        args: String,
+        args: Value,
     },
     Combine {
         left: Lineage,
         right: Lineage,
         op: &'static str,
-        args: String,
+        args: Value,
     },
     Sql {
         query: String,
@@ -96,15 +101,20 @@ struct TaskOutput {
     parameters: serde_json::Value,
     input: Lineage,
     key: OnceLock<String>,
+    checkpoint: Option<String>,
 }
 
 impl TaskOutput {
     fn key(&self) -> &str {
         self.key.get_or_init(|| {
+            // The settings and functions of the session enter the key of the task
+            // downstream that needs this one: they are the same for both.
             crate::checkpoint::CachePolicy::inputs().key(&self.input.key_inputs(
                 &self.task,
                 self.version.clone(),
                 self.parameters.clone(),
+                Default::default(),
+                Default::default(),
             ))
         })
     }
@@ -114,6 +124,7 @@ impl TaskOutput {
             task: self.task.clone(),
             version: self.version.clone(),
             key: self.key().to_string(),
+            checkpoint: self.checkpoint.clone(),
         }
     }
 }
@@ -145,7 +156,7 @@ impl Lineage {
     }
 
     /// `op(args)` applied to this lineage.
-    pub(crate) fn op(&self, op: &'static str, args: String) -> Self {
+    pub(crate) fn op(&self, op: &'static str, args: Value) -> Self {
         Self(Arc::new(Node::Op {
             input: self.clone(),
             op,
@@ -154,7 +165,7 @@ impl Lineage {
     }
 
     /// `op(args)` combining this lineage with `right`'s.
-    pub(crate) fn combine(&self, right: &Lineage, op: &'static str, args: String) -> Self {
+    pub(crate) fn combine(&self, right: &Lineage, op: &'static str, args: Value) -> Self {
         Self(Arc::new(Node::Combine {
             left: self.clone(),
             right: right.clone(),
@@ -172,13 +183,15 @@ impl Lineage {
     }
 
     /// The output of a task run over `input`; its key is `key` when known (a
-    /// persisted task's checkpoint key), computed from the rest when first needed.
+    /// persisted task's checkpoint key), computed from the rest when first needed;
+    /// `checkpoint` is the id of the checkpoint it is read from or writes.
     pub(crate) fn task(
         task: &str,
         version: Option<String>,
         parameters: serde_json::Value,
         input: &Lineage,
         key: Option<String>,
+        checkpoint: Option<String>,
     ) -> Self {
         let cell = OnceLock::new();
         if let Some(key) = key {
@@ -190,83 +203,83 @@ impl Lineage {
             parameters,
             input: input.clone(),
             key: cell,
+            checkpoint,
         })))
     }
 
-    /// What a task's cache key over this lineage is computed from.
+    /// What a task's cache key over this lineage is computed from, with the session's
+    /// result settings and the user-defined functions it calls (name → version).
     pub(crate) fn key_inputs(
         &self,
         task: &str,
         version: Option<String>,
         parameters: serde_json::Value,
+        settings: std::collections::BTreeMap<String, String>,
+        functions: std::collections::BTreeMap<String, String>,
     ) -> crate::checkpoint::CacheKeyInputs {
         crate::checkpoint::CacheKeyInputs {
+            key_format: crate::key::KEY_FORMAT,
+            engine: crate::key::engine(),
+            semantics: crate::key::SEMANTICS_VERSION,
             task: task.to_string(),
             version,
             parameters,
-            plan: self.describe(),
+            lineage: self.canonical(),
             sources: self.sources(),
             upstream: self.upstream(),
+            settings,
+            functions,
         }
     }
 
-    /// The lineage as text: one line per node, children indented. Source objects are
-    /// not listed (see [`sources`](Self::sources)); the read's URL is.
-    pub(crate) fn describe(&self) -> String {
-        let mut out = String::new();
-        self.describe_into(&mut out, 0);
-        out
-    }
-
-    fn describe_into(&self, out: &mut String, depth: usize) {
-        let indent = "  ".repeat(depth);
+    /// The lineage in the canonical encoding of [`crate::key`]: what keys hash.
+    /// Source objects are not in it (see [`sources`](Self::sources)); each read's URL,
+    /// options and object count are.
+    pub(crate) fn canonical(&self) -> Value {
         match self.0.as_ref() {
             Node::Read {
                 format,
                 url,
                 options,
                 objects,
-            } => {
-                let _ = writeln!(
-                    out,
-                    "{indent}read {format} {url} [{options}] ({} objects)",
-                    objects.len()
-                );
-            }
+            } => json!({
+                "read": format,
+                "url": url,
+                "options": options,
+                "objects": objects.iter().map(|o| o.url.as_str()).collect::<Vec<_>>(),
+            }),
             Node::Batches { batches, digest } => {
-                let digest = digest.get_or_init(|| digest_batches(batches));
-                let _ = writeln!(out, "{indent}batches {digest}");
+                json!({ "batches": digest.get_or_init(|| digest_batches(batches)) })
             }
-            Node::Op { input, op, args } => {
-                let _ = writeln!(out, "{indent}{op}({args})");
-                input.describe_into(out, depth + 1);
-            }
+            Node::Op { input, op, args } => json!({
+                "op": op,
+                "args": args,
+                "input": input.canonical(),
+            }),
             Node::Combine {
                 left,
                 right,
                 op,
                 args,
-            } => {
-                let _ = writeln!(out, "{indent}{op}({args})");
-                left.describe_into(out, depth + 1);
-                right.describe_into(out, depth + 1);
-            }
-            Node::Sql { query, inputs } => {
-                let _ = writeln!(out, "{indent}sql({query:?})");
-                for (name, input) in inputs {
-                    let _ = writeln!(out, "{indent}  as {name}:");
-                    input.describe_into(out, depth + 2);
-                }
-            }
-            Node::Task(task) => {
-                let _ = writeln!(
-                    out,
-                    "{indent}task {}@{} key={}",
-                    task.task,
-                    task.version.as_deref().unwrap_or("-"),
-                    task.key()
-                );
-            }
+            } => json!({
+                "op": op,
+                "args": args,
+                "left": left.canonical(),
+                "right": right.canonical(),
+            }),
+            Node::Sql { query, inputs } => json!({
+                "sql": query,
+                "inputs": inputs
+                    .iter()
+                    .map(|(name, input)| json!([name, input.canonical()]))
+                    .collect::<Vec<_>>(),
+            }),
+            Node::Task(task) => json!({
+                "task": task.task,
+                "version": task.version,
+                "key": task.key(),
+                "checkpoint": task.checkpoint,
+            }),
         }
     }
 
@@ -354,18 +367,26 @@ mod tests {
     }
 
     #[test]
-    fn descriptions_name_operations_and_upstream_tasks() {
+    fn canonical_lineages_name_operations_and_upstream_tasks() {
         let read = Lineage::read(
             "parquet",
             "file:///d/",
             String::new(),
             vec![object("file:///d/b", 2), object("file:///d/a", 1)],
         );
-        let derived = read.op("with_column", "x, a + b".into());
-        let text = derived.describe();
+        let derived = read.op("with_column", json!(["x", {"column": "a"}]));
         assert_eq!(
-            text,
-            "with_column(x, a + b)\n  read parquet file:///d/ [] (2 objects)\n"
+            derived.canonical(),
+            json!({
+                "op": "with_column",
+                "args": ["x", {"column": "a"}],
+                "input": {
+                    "read": "parquet",
+                    "url": "file:///d/",
+                    "options": "",
+                    "objects": ["file:///d/a", "file:///d/b"],
+                },
+            })
         );
         // Sources come out sorted whatever the listing order.
         let urls: Vec<_> = derived.sources().into_iter().map(|o| o.url).collect();
@@ -376,10 +397,15 @@ mod tests {
             serde_json::Value::Null,
             &read,
             Some("k".into()),
+            Some("c1".into()),
         );
-        let joined = task.combine(&derived, "union", String::new());
+        let joined = task.combine(&derived, "union", json!([]));
         assert_eq!(joined.upstream().len(), 1);
-        assert!(joined.describe().contains("task extract@v1 key=k"));
+        assert_eq!(joined.upstream()[0].checkpoint.as_deref(), Some("c1"));
+        assert_eq!(
+            joined.canonical()["left"],
+            json!({"task": "extract", "version": "v1", "key": "k", "checkpoint": "c1"})
+        );
     }
 
     #[test]
@@ -393,12 +419,12 @@ mod tests {
             .unwrap()
         };
         assert_eq!(
-            Lineage::batches(&[batch(1)]).describe(),
-            Lineage::batches(&[batch(1)]).describe()
+            Lineage::batches(&[batch(1)]).canonical(),
+            Lineage::batches(&[batch(1)]).canonical()
         );
         assert_ne!(
-            Lineage::batches(&[batch(1)]).describe(),
-            Lineage::batches(&[batch(2)]).describe()
+            Lineage::batches(&[batch(1)]).canonical(),
+            Lineage::batches(&[batch(2)]).canonical()
         );
     }
 }

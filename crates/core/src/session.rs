@@ -30,8 +30,8 @@ use crate::boundary::SluiceQueryPlanner;
 use crate::checkpoint::CheckpointStore;
 use crate::error::guarded;
 use crate::evolution::{CaseInsensitiveAdapterFactory, CaseInsensitiveFormat, FileSchema};
-use crate::limits::LimitedParquetFormat;
 use crate::lineage::{Lineage, SourceObject};
+use crate::pins::{Pins, SourceFormat};
 use crate::{Error, Frame, ParquetRead, Result, Runner};
 
 /// A DataFusion session with Sluice's object stores (created per URL on first use) and
@@ -64,6 +64,30 @@ struct SessionInner {
     /// Why the runner `SLUICE_RUNNER` names cannot be used: reported when a plan runs,
     /// since `Session::new` cannot fail.
     unusable_runner: Option<String>,
+    /// DataFusion's own functions and the versions of user-defined ones, for keys
+    /// (shared by sessions over the same context).
+    functions: Arc<std::sync::RwLock<Functions>>,
+}
+
+/// What cache keys know of a session's functions.
+#[derive(Debug, Default)]
+struct Functions {
+    /// DataFusion's functions as the session was built with them, by kind and name: the
+    /// address of each function object.
+    builtin: std::collections::HashMap<(&'static str, String), usize>,
+    /// The versions user-defined functions were registered with, by kind and name.
+    versions: std::collections::HashMap<(&'static str, String), String>,
+}
+
+/// How a cache key covers a function a plan calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FunctionVersion {
+    /// One of DataFusion's: the engine's version in the key covers it.
+    BuiltIn,
+    /// A user-defined function registered with this version.
+    Versioned(String),
+    /// A user-defined function registered without a version.
+    Unversioned,
 }
 
 impl std::fmt::Debug for SessionInner {
@@ -131,6 +155,87 @@ impl Session {
         }
     }
 
+    /// Registers a user-defined scalar function, with the version cache keys know it
+    /// by: a persisted task calling it is keyed by that version (bump it when the
+    /// function's results change), and one calling a function registered without a
+    /// version (through the DataFusion context) is refused. See also
+    /// [`SessionBuilder::with_udf`].
+    ///
+    /// ```
+    /// use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+    /// use datafusion::arrow::datatypes::DataType;
+    /// let double = create_udf(
+    ///     "double",
+    ///     vec![DataType::Float64],
+    ///     DataType::Float64,
+    ///     Volatility::Immutable,
+    ///     std::sync::Arc::new(|args: &[ColumnarValue]| Ok(args[0].clone())),
+    /// );
+    /// let session = sluice_core::Session::new();
+    /// session.register_udf(double, "2");
+    /// ```
+    pub fn register_udf(&self, udf: datafusion::logical_expr::ScalarUDF, version: &str) {
+        self.record_version("scalar", udf.name(), udf.aliases(), version);
+        self.inner.ctx.register_udf(udf);
+    }
+
+    /// Registers a user-defined aggregate function with its version (see
+    /// [`register_udf`](Self::register_udf)).
+    pub fn register_udaf(&self, udaf: datafusion::logical_expr::AggregateUDF, version: &str) {
+        self.record_version("aggregate", udaf.name(), udaf.aliases(), version);
+        self.inner.ctx.register_udaf(udaf);
+    }
+
+    /// Registers a user-defined window function with its version (see
+    /// [`register_udf`](Self::register_udf)).
+    pub fn register_udwf(&self, udwf: datafusion::logical_expr::WindowUDF, version: &str) {
+        self.record_version("window", udwf.name(), udwf.aliases(), version);
+        self.inner.ctx.register_udwf(udwf);
+    }
+
+    fn record_version(&self, kind: &'static str, name: &str, aliases: &[String], version: &str) {
+        let mut functions = self
+            .inner
+            .functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        for name in std::iter::once(name).chain(aliases.iter().map(String::as_str)) {
+            functions
+                .versions
+                .insert((kind, name.to_string()), version.to_string());
+        }
+    }
+
+    /// How a cache key covers `used`: DataFusion's own function (not one a user
+    /// registered over it), a user-defined function with a version, or without.
+    pub(crate) fn function_version(&self, used: &crate::key::FunctionUse) -> FunctionVersion {
+        let functions = self
+            .inner
+            .functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let name = (used.kind, used.name.clone());
+        if let Some(version) = functions.versions.get(&name) {
+            return FunctionVersion::Versioned(version.clone());
+        }
+        let Some(&builtin) = functions.builtin.get(&name) else {
+            return FunctionVersion::Unversioned;
+        };
+        // The plan's function is DataFusion's own, or DataFusion made another instance
+        // of it (the session still has its own under that name): not a user's.
+        let state = self.inner.ctx.state();
+        let current = match used.kind {
+            "scalar" => state.scalar_functions().get(&used.name).map(address),
+            "aggregate" => state.aggregate_functions().get(&used.name).map(address),
+            _ => state.window_functions().get(&used.name).map(address),
+        };
+        if used.address == builtin || current == Some(builtin) {
+            FunctionVersion::BuiltIn
+        } else {
+            FunctionVersion::Unversioned
+        }
+    }
+
     pub(crate) fn state(&self) -> SessionState {
         self.inner.ctx.state()
     }
@@ -163,6 +268,7 @@ impl Session {
                 cluster: cluster_of(&runner)?,
                 runner,
                 unusable_runner: None,
+                functions: Arc::clone(&self.inner.functions),
             }),
         })
     }
@@ -500,14 +606,16 @@ impl Session {
                 }
             }
         };
-        if evolution.is_some() {
+        // The scan reads exactly the objects listed here, whose identities go into the
+        // keys of the tasks over it (see `pins`).
+        let pins = Pins::new(&object_base(url), &objects);
+        listing.format = Arc::new(if evolution.is_some() {
             // Parquet: refuse column chunks that would inflate past the session's cap
             // before they are fetched (see `limits`).
-            listing.format = Arc::new(LimitedParquetFormat::new(
-                listing.format,
-                self.inner.max_column_chunk_bytes,
-            ));
-        }
+            SourceFormat::parquet(listing.format, pins, self.inner.max_column_chunk_bytes)
+        } else {
+            SourceFormat::new(listing.format, pins)
+        });
         let mut table_config = ListingTableConfig::new(url.clone());
         let mut statistics_cache = ctx.runtime_env().cache_manager.get_file_statistic_cache();
         if evolution.is_some_and(ParquetRead::case_insensitive_names) {
@@ -850,9 +958,50 @@ pub struct SessionBuilder {
     stores: Vec<(Url, Arc<dyn ObjectStore>)>,
     config: Option<SessionConfig>,
     runner: Option<Runner>,
+    udfs: Vec<(datafusion::logical_expr::ScalarUDF, String)>,
+    udafs: Vec<(datafusion::logical_expr::AggregateUDF, String)>,
+    udwfs: Vec<(datafusion::logical_expr::WindowUDF, String)>,
 }
 
 impl SessionBuilder {
+    /// Registers a user-defined scalar function with the version cache keys know it
+    /// by (see [`Session::register_udf`]).
+    ///
+    /// ```
+    /// use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+    /// use datafusion::arrow::datatypes::DataType;
+    /// let double = create_udf(
+    ///     "double",
+    ///     vec![DataType::Float64],
+    ///     DataType::Float64,
+    ///     Volatility::Immutable,
+    ///     std::sync::Arc::new(|args: &[ColumnarValue]| Ok(args[0].clone())),
+    /// );
+    /// let session = sluice_core::Session::builder().with_udf(double, "1").build()?;
+    /// # let _ = session;
+    /// # Ok::<(), sluice_core::Error>(())
+    /// ```
+    pub fn with_udf(mut self, udf: datafusion::logical_expr::ScalarUDF, version: &str) -> Self {
+        self.udfs.push((udf, version.to_string()));
+        self
+    }
+
+    /// Registers a user-defined aggregate function with its version.
+    pub fn with_udaf(
+        mut self,
+        udaf: datafusion::logical_expr::AggregateUDF,
+        version: &str,
+    ) -> Self {
+        self.udafs.push((udaf, version.to_string()));
+        self
+    }
+
+    /// Registers a user-defined window function with its version.
+    pub fn with_udwf(mut self, udwf: datafusion::logical_expr::WindowUDF, version: &str) -> Self {
+        self.udwfs.push((udwf, version.to_string()));
+        self
+    }
+
     /// Partitions (and so threads) per plan; defaults to the number of cores.
     pub fn with_target_partitions(mut self, partitions: usize) -> Self {
         self.target_partitions = Some(partitions.max(1));
@@ -996,7 +1145,8 @@ impl SessionBuilder {
                 Err(e) => (ClusterOf::default(), Runner::Local, Some(e.to_string())),
             },
         };
-        Ok(Session {
+        let builtin = builtin_functions(&state);
+        let session = Session {
             inner: Arc::new(SessionInner {
                 ctx: SessionContext::new_with_state(state),
                 stores,
@@ -1005,9 +1155,48 @@ impl SessionBuilder {
                 runner,
                 cluster,
                 unusable_runner,
+                functions: Arc::new(std::sync::RwLock::new(Functions {
+                    builtin,
+                    versions: Default::default(),
+                })),
             }),
-        })
+        };
+        for (udf, version) in self.udfs {
+            session.register_udf(udf, &version);
+        }
+        for (udaf, version) in self.udafs {
+            session.register_udaf(udaf, &version);
+        }
+        for (udwf, version) in self.udwfs {
+            session.register_udwf(udwf, &version);
+        }
+        Ok(session)
     }
+}
+
+/// The address of a function object (what tells DataFusion's own function from one
+/// registered over it).
+fn address<T>(function: &Arc<T>) -> usize {
+    Arc::as_ptr(function) as *const () as usize
+}
+
+/// DataFusion's functions in a state built with its defaults, by kind and name.
+fn builtin_functions(
+    state: &SessionState,
+) -> std::collections::HashMap<(&'static str, String), usize> {
+    let scalar = state
+        .scalar_functions()
+        .iter()
+        .map(|(name, f)| (("scalar", name.clone()), address(f)));
+    let aggregate = state
+        .aggregate_functions()
+        .iter()
+        .map(|(name, f)| (("aggregate", name.clone()), address(f)));
+    let window = state
+        .window_functions()
+        .iter()
+        .map(|(name, f)| (("window", name.clone()), address(f)));
+    scalar.chain(aggregate).chain(window).collect()
 }
 
 /// The cluster a session's plans run on, if its runner is one; nothing in a build

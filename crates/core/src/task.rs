@@ -11,7 +11,7 @@ use tracing::Instrument;
 use crate::boundary::TaskBoundary;
 use crate::checkpoint::{
     CachePolicy, CheckpointFormat, CheckpointRead, CheckpointStore, CheckpointTarget,
-    CheckpointTee, Lookup, Persist, Tee,
+    CheckpointTee, Expected, Lookup, Persist, Tee,
 };
 use crate::flow::FlowRunShared;
 use crate::lineage::Lineage;
@@ -553,7 +553,7 @@ impl TaskOutput for Frame {
         let Some(persistence) = cx.persistence() else {
             // Not persisted: the key downstream tasks see is computed only if one of
             // them needs it.
-            let lineage = Lineage::task(&name, version, parameters, self.lineage(), None);
+            let lineage = Lineage::task(&name, version, parameters, self.lineage(), None, None);
             let frame = self.with_plan_and_lineage(
                 boundary(
                     cx,
@@ -565,26 +565,50 @@ impl TaskOutput for Frame {
             );
             return deliver(cx, frame).await;
         };
-        let inputs = self
-            .lineage()
-            .key_inputs(&name, version.clone(), parameters.clone());
+        let session = cx.session();
+        // What the key covers beyond the lineage: the user-defined functions the plan
+        // calls (a volatile one is refused unless the policy allows it), and the
+        // session's result settings.
+        let functions = if persistence.policy.keys_by_inputs() {
+            keyed_functions(
+                session,
+                &name,
+                self.logical_plan(),
+                persistence.policy.allows_volatile(),
+            )?
+        } else {
+            Default::default()
+        };
+        let settings = crate::key::settings(session.state().config_options());
+        let inputs = self.lineage().key_inputs(
+            &name,
+            version.clone(),
+            parameters.clone(),
+            settings,
+            functions,
+        );
         let key = persistence.policy.key(&inputs);
         // Downstream keys use the checkpoint's key, so that they are the same whether
-        // this task was computed or read; a policy without lookups gives them the key
-        // its inputs would give.
-        let lineage_key = if persistence.policy.looks_up() {
+        // this task was computed or read, and the checkpoint's id, so that a refreshed
+        // or recomputed checkpoint changes them; a policy without lookups gives them the
+        // key its inputs would give, and no checkpoint (its output is recomputed from
+        // the same inputs every time).
+        let looks_up = persistence.policy.looks_up();
+        let lineage_key = if looks_up {
             key.clone()
         } else {
             CachePolicy::inputs().key(&inputs)
         };
-        let lineage = Lineage::task(
-            &name,
-            version.clone(),
-            parameters,
-            self.lineage(),
-            Some(lineage_key),
-        );
-        let session = cx.session();
+        let lineage = |checkpoint: Option<String>| {
+            Lineage::task(
+                &name,
+                version.clone(),
+                parameters.clone(),
+                self.lineage(),
+                Some(lineage_key.clone()),
+                checkpoint.filter(|_| looks_up),
+            )
+        };
         let store = CheckpointStore::open(session, &persistence.store)?;
         let checkpoint_url = store.key_url(&name, &key);
         let checkpoint_error = |source: Error| Error::Checkpoint {
@@ -593,21 +617,28 @@ impl TaskOutput for Frame {
             source: Box::new(source),
         };
         let now = cx.flow.clock.now();
-        let (lookup, label) = if !persistence.policy.looks_up() {
+        let schema = self.schema();
+        let expected = |inputs| Expected {
+            inputs,
+            ttl: persistence.policy.expiry(),
+            schema: Some(schema.as_ref()),
+            verify: persistence.policy.verifies(),
+        };
+        let (lookup, label) = if !looks_up {
             (Lookup::Miss { reason: None }, "disabled")
         } else if persistence.policy.refreshes() {
             (Lookup::Miss { reason: None }, "refresh")
         } else {
             let by_inputs = persistence.policy.keys_by_inputs().then_some(&inputs);
             let found = store
-                .lookup(&name, &key, by_inputs, now)
+                .lookup(&name, &key, &expected(by_inputs), now)
                 .await
                 .map_err(checkpoint_error)?;
             (found, "miss")
         };
         match lookup {
-            Lookup::Hit(manifest) => {
-                tracing::info!(task = %name, key = %key, rows = manifest.rows, "cache hit");
+            Lookup::Hit(read) => {
+                tracing::info!(task = %name, key = %key, rows = read.manifest().rows, "cache hit");
                 supersede_upstream(self.logical_plan(), &name);
                 cx.run
                     .set_cache(&key, CacheRecord::new(&checkpoint_url, "hit", None));
@@ -618,7 +649,7 @@ impl TaskOutput for Frame {
                     let (store, name, key) = (store.clone(), name.clone(), key.clone());
                     tokio::spawn(async move { store.touch(&name, &key, now).await });
                 }
-                let read = CheckpointRead::new(store, *manifest, persistence.policy.verifies());
+                let lineage = lineage(Some(read.manifest().id.clone()));
                 let plan = read.scan_plan(session)?;
                 let frame = Frame::from_plan(
                     session.clone(),
@@ -632,13 +663,15 @@ impl TaskOutput for Frame {
                 tracing::info!(task = %name, key = %key, lookup = label, reason = reason.as_deref().unwrap_or(""), "cache miss: computing the task");
                 cx.run
                     .set_cache(&key, CacheRecord::new(&checkpoint_url, label, reason));
+                let id = uuid::Uuid::new_v4().simple().to_string();
                 let target = Arc::new(CheckpointTarget {
                     store: store.clone(),
                     run: Arc::clone(&cx.run),
                     task: name.clone(),
                     key: key.clone(),
-                    code_version: version,
-                    key_inputs: inputs,
+                    code_version: version.clone(),
+                    id: id.clone(),
+                    key_inputs: inputs.clone(),
                     policy: persistence.policy.describe(),
                     flow_run: cx.flow.run_id.clone(),
                     ttl: persistence.policy.expiry(),
@@ -646,7 +679,7 @@ impl TaskOutput for Frame {
                     replace: persistence.policy.refreshes(),
                     format: cx.config.format,
                     plan_text: self.logical_plan().display_indent().to_string(),
-                    schema: self.schema(),
+                    schema: Arc::clone(&schema),
                     committed: std::sync::OnceLock::new(),
                 });
                 let tee = LogicalPlan::Extension(Extension {
@@ -660,21 +693,25 @@ impl TaskOutput for Frame {
                         ),
                     }),
                 });
-                let teed = self.with_plan_and_lineage(tee, lineage.clone());
                 match persistence.mode {
-                    Persist::Tee => deliver(cx, teed).await,
+                    Persist::Tee => {
+                        let teed = self.with_plan_and_lineage(tee, lineage(Some(id)));
+                        deliver(cx, teed).await
+                    }
                     Persist::Barrier => {
                         cx.run.expect_stream();
+                        let teed = self.with_plan_and_lineage(tee, lineage(Some(id)));
                         teed.drain().await?;
-                        let manifest = match target.committed.get() {
-                            Some(manifest) => manifest.clone(),
+                        let read = match target.committed.get() {
+                            // Just written and hashed by this run: read without verifying.
+                            Some(manifest) => CheckpointRead::new(store, manifest.clone(), false),
                             // Another run committed the same key first: read theirs.
                             None => match store
-                                .lookup(&name, &key, None, now)
+                                .lookup(&name, &key, &expected(None), now)
                                 .await
                                 .map_err(checkpoint_error)?
                             {
-                                Lookup::Hit(manifest) => *manifest,
+                                Lookup::Hit(read) => read,
                                 Lookup::Miss { reason } => {
                                     return Err(checkpoint_error(Error::Internal {
                                         message: format!(
@@ -685,8 +722,7 @@ impl TaskOutput for Frame {
                                 }
                             },
                         };
-                        // Just written and hashed by this run: read without verifying.
-                        let read = CheckpointRead::new(store, manifest, false);
+                        let lineage = lineage(Some(read.manifest().id.clone()));
                         let plan = read.scan_plan(session)?;
                         let frame = Frame::from_plan(
                             session.clone(),
@@ -700,6 +736,74 @@ impl TaskOutput for Frame {
             }
         }
     }
+}
+
+/// The user-defined functions a persisted task's plan calls, with their versions,
+/// for its key. Refuses a function DataFusion marks volatile or stable (unless
+/// `allow_volatile`) and a user-defined function registered without a version. The
+/// walk stops at checkpoints (a cache hit's scan, a tee): what is below them does not
+/// run, and was keyed where it was persisted.
+fn keyed_functions(
+    session: &Session,
+    task: &str,
+    plan: &LogicalPlan,
+    allow_volatile: bool,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    use datafusion::logical_expr::Volatility;
+    let stop = |node: &LogicalPlan| match node {
+        LogicalPlan::Extension(extension) => {
+            let node = extension.node.as_any();
+            node.downcast_ref::<CheckpointTee>().is_some()
+                || node
+                    .downcast_ref::<TaskBoundary>()
+                    .is_some_and(|b| b.checkpoint.is_some())
+        }
+        _ => false,
+    };
+    let mut versions = std::collections::BTreeMap::new();
+    for used in crate::key::functions(plan, &stop) {
+        let refused = |reason: &str| Error::UncacheableFunction {
+            task: task.to_string(),
+            function: format!("{}()", used.name),
+            reason: reason.to_string(),
+        };
+        let opt_in = "opt in with `CachePolicy::inputs().allow_volatile()` (with an expiry), \
+                      or give the task a `key_fn`";
+        match used.volatility {
+            Volatility::Immutable => {}
+            _ if allow_volatile => {}
+            Volatility::Volatile => {
+                return Err(refused(&format!(
+                    "whose result changes on every call (DataFusion marks it volatile): a \
+                     cache hit would serve the values of the run that wrote the checkpoint; \
+                     {opt_in}"
+                )));
+            }
+            Volatility::Stable => {
+                return Err(refused(&format!(
+                    "whose result depends on when the query runs (DataFusion evaluates it \
+                     once per query): a cache hit would serve the values of the run that \
+                     wrote the checkpoint (a filter on the last 7 days would keep that run's \
+                     window); {opt_in}"
+                )));
+            }
+        }
+        match session.function_version(&used) {
+            crate::session::FunctionVersion::BuiltIn => {}
+            crate::session::FunctionVersion::Versioned(version) => {
+                versions.insert(format!("{}:{}", used.kind, used.name), version);
+            }
+            crate::session::FunctionVersion::Unversioned => {
+                return Err(refused(
+                    "a user-defined function registered without a version: a cache key cannot \
+                     tell when its results change; register it with \
+                     `Session::builder().with_udf(udf, \"1\")` (or `with_udaf`, `with_udwf`) \
+                     and bump the version when its results change",
+                ));
+            }
+        }
+    }
+    Ok(versions)
 }
 
 /// A task boundary for this run over `input`.

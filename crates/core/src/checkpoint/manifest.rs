@@ -8,9 +8,15 @@ use super::CacheKeyInputs;
 use crate::names::validate_name;
 use crate::{Error, Result};
 
-/// The manifest format this build writes and reads. A manifest of a newer format is
-/// a cache miss (with a warning), never an error.
-pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+/// The manifest format this build writes and reads. A manifest of another format is a
+/// cache miss (with a warning), never an error: a newer one is left in place for the
+/// build that wrote it, an older one (format 1 had no per-block checksums, so its parts
+/// cannot be verified on the read path) is left for `sluice cache gc`.
+pub const MANIFEST_FORMAT_VERSION: u32 = 2;
+
+/// Bytes per checksummed block of a checkpoint part (the last block of a part may be
+/// shorter): a read of any byte range fetches and checks the whole blocks around it.
+pub const BLOCK_SIZE: u64 = 256 << 10;
 
 /// A checkpoint's manifest (`_manifest.json`): written last, with a create-if-absent
 /// put, only when every part is durable. Its presence is what makes a checkpoint.
@@ -19,6 +25,10 @@ pub const MANIFEST_FORMAT_VERSION: u32 = 1;
 pub struct Manifest {
     /// [`MANIFEST_FORMAT_VERSION`] when written.
     pub format_version: u32,
+    /// The checkpoint's identity: new for every write, so that a refreshed or
+    /// recomputed checkpoint under the same key is another checkpoint. Downstream cache
+    /// keys name it.
+    pub id: String,
     /// The task.
     pub task: String,
     /// The cache key (the checkpoint's directory name).
@@ -42,6 +52,8 @@ pub struct Manifest {
     pub schema_ipc: String,
     /// The output schema in readable form: `name: type` per column.
     pub columns: Vec<String>,
+    /// Bytes per checksummed block of the parts ([`BLOCK_SIZE`] when written).
+    pub block_size: u64,
     /// The Parquet parts, with sizes and checksums.
     pub files: Vec<ManifestFile>,
     /// The logical plan that computed it, as `EXPLAIN` shows it (for people).
@@ -60,8 +72,92 @@ pub struct ManifestFile {
     pub size: u64,
     /// Rows in it.
     pub rows: u64,
-    /// BLAKE3 of its bytes, in hex.
+    /// The BLAKE3 of its block checksums, in order (one digest for the whole part), in
+    /// hex.
     pub blake3: String,
+    /// The BLAKE3 of each block of [`Manifest::block_size`] bytes, truncated to 128 bits,
+    /// in hex: a reader checks every block it fetches before decoding a byte of it.
+    pub blocks: Vec<String>,
+}
+
+impl ManifestFile {
+    /// The number of blocks a part of `size` bytes has.
+    pub(crate) fn block_count(size: u64, block_size: u64) -> u64 {
+        size.div_ceil(block_size.max(1))
+    }
+}
+
+/// Hashes bytes as they are written into [`BLOCK_SIZE`] blocks: what a checkpoint's
+/// writer records of each part.
+#[derive(Debug)]
+pub(crate) struct BlockHasher {
+    block_size: u64,
+    current: blake3::Hasher,
+    in_block: u64,
+    size: u64,
+    blocks: Vec<String>,
+}
+
+impl Default for BlockHasher {
+    fn default() -> Self {
+        Self::new(BLOCK_SIZE)
+    }
+}
+
+impl BlockHasher {
+    pub(crate) fn new(block_size: u64) -> Self {
+        Self {
+            block_size: block_size.max(1),
+            current: blake3::Hasher::new(),
+            in_block: 0,
+            size: 0,
+            blocks: Vec::new(),
+        }
+    }
+
+    pub(crate) fn update(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let room = (self.block_size - self.in_block) as usize;
+            let take = room.min(bytes.len());
+            self.current.update(&bytes[..take]);
+            self.in_block += take as u64;
+            self.size += take as u64;
+            bytes = &bytes[take..];
+            if self.in_block == self.block_size {
+                self.blocks.push(block_digest_of(&self.current));
+                self.current = blake3::Hasher::new();
+                self.in_block = 0;
+            }
+        }
+    }
+
+    /// The size, the whole part's digest and the blocks' digests.
+    pub(crate) fn finish(mut self) -> (u64, String, Vec<String>) {
+        if self.in_block > 0 {
+            self.blocks.push(block_digest_of(&self.current));
+        }
+        let root = root_digest(&self.blocks);
+        (self.size, root, self.blocks)
+    }
+}
+
+fn block_digest_of(hasher: &blake3::Hasher) -> String {
+    hasher.finalize().to_hex()[..32].to_string()
+}
+
+/// A block's checksum as the manifest records it.
+pub(crate) fn block_digest(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex()[..32].to_string()
+}
+
+/// The digest of a part: the BLAKE3 of its blocks' digests, in order.
+pub(crate) fn root_digest(blocks: &[String]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for block in blocks {
+        hasher.update(block.as_bytes());
+        hasher.update(b"\n");
+    }
+    hasher.finalize().to_hex().to_string()
 }
 
 impl Manifest {
@@ -107,6 +203,13 @@ impl Manifest {
                 version.format_version, MANIFEST_FORMAT_VERSION
             ));
         }
+        if version.format_version < MANIFEST_FORMAT_VERSION {
+            return Err(format!(
+                "the manifest has format version {}, older than this build's {} (its parts \
+                 carry no block checksums)",
+                version.format_version, MANIFEST_FORMAT_VERSION
+            ));
+        }
         let manifest: Manifest = serde_json::from_slice(bytes)
             .map_err(|e| format!("the manifest does not parse: {e}"))?;
         let schema = decode_schema(&manifest.schema_ipc)?;
@@ -130,6 +233,10 @@ impl Manifest {
         let invalid = |e: Error| format!("the manifest is invalid: {e}");
         validate_name("task name", &self.task).map_err(invalid)?;
         validate_name("cache key", &self.key).map_err(invalid)?;
+        validate_name("checkpoint id", &self.id).map_err(invalid)?;
+        if self.block_size == 0 {
+            return Err("the manifest's block size is 0".into());
+        }
         let mut seen = std::collections::BTreeSet::new();
         let (mut rows, mut size) = (0u64, 0u64);
         for file in &self.files {
@@ -147,6 +254,19 @@ impl Manifest {
             }
             if !seen.insert(file.path.as_str()) {
                 return Err(format!("the manifest lists part {:?} twice", file.path));
+            }
+            let blocks = ManifestFile::block_count(file.size, self.block_size);
+            if file.blocks.len() as u64 != blocks
+                || file.blocks.iter().any(|b| b.len() != 32)
+                || root_digest(&file.blocks) != file.blake3
+            {
+                return Err(format!(
+                    "the manifest's checksums of part {:?} do not add up ({} blocks listed for \
+                     {} bytes)",
+                    file.path,
+                    file.blocks.len(),
+                    file.size
+                ));
             }
             rows = rows
                 .checked_add(file.rows)

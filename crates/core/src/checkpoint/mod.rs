@@ -33,12 +33,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use manifest::{MANIFEST_FORMAT_VERSION, Manifest, ManifestFile};
+pub use manifest::{BLOCK_SIZE, MANIFEST_FORMAT_VERSION, Manifest, ManifestFile};
 #[cfg(feature = "ballista")]
 pub(crate) use parts::{PartsWrite, Streamed, commit_parts};
-pub(crate) use read::{CheckpointRead, Verification};
-pub use store::{CacheEntry, CheckpointStore, GcReport};
-pub(crate) use store::{Lookup, store_error, store_root, url_in};
+pub(crate) use read::{CheckpointRead, find_corrupt};
+#[cfg(feature = "ballista")]
+pub(crate) use store::Lease;
+pub use store::{CacheEntry, CheckpointStore, GcReport, LEASE_TTL, SCHEMA_CACHE_TTL};
+pub(crate) use store::{Expected, Lookup, store_error, store_root, url_in};
 #[cfg(feature = "ballista")]
 pub(crate) use tee::{ABANDONED_PARTITIONS, CheckpointExec};
 pub(crate) use tee::{CheckpointTarget, CheckpointTee, CheckpointTeePlanner, Tee};
@@ -102,6 +104,7 @@ pub struct CachePolicy {
     expire_after: Option<Duration>,
     refresh: bool,
     verify: bool,
+    allow_volatile: bool,
 }
 
 impl Default for CachePolicy {
@@ -118,21 +121,33 @@ impl fmt::Debug for CachePolicy {
             .field("expire_after", &self.expire_after)
             .field("refresh", &self.refresh)
             .field("verify", &self.verify)
+            .field("allow_volatile", &self.allow_volatile)
             .finish()
     }
 }
 
 impl CachePolicy {
     /// The key covers everything that can change the output: the task's name and
-    /// code version, the lineage of its output (every operation, and the identity of
-    /// every source object: URL, size, ETag, last-modified), its parameters, and the
-    /// keys of the upstream tasks it reads. The default.
+    /// code version, the lineage of its output (every operation in a canonical
+    /// encoding, and the identity of every source object: URL, size, ETag,
+    /// last-modified), its parameters, the session settings that can change results,
+    /// the version of every user-defined function it calls, and the upstream tasks it
+    /// reads (by key and by the checkpoint they were read from or wrote). The default.
+    ///
+    /// A task whose plan calls a function whose result depends on when or where it
+    /// runs (`random()`, `uuid()`, `now()`, `current_date()`, `current_time()`: any
+    /// function DataFusion marks volatile or stable) is refused with
+    /// [`Error::UncacheableFunction`](crate::Error::UncacheableFunction), unless the
+    /// policy opts in with [`allow_volatile`](Self::allow_volatile) or is a
+    /// [`key_fn`](Self::key_fn); so is one calling a user-defined function registered
+    /// without a version (see [`SessionBuilder::with_udf`](crate::SessionBuilder::with_udf)).
     pub fn inputs() -> Self {
         Self {
             kind: KeyKind::Inputs,
             expire_after: None,
             refresh: false,
             verify: true,
+            allow_volatile: false,
         }
     }
 
@@ -144,6 +159,7 @@ impl CachePolicy {
             expire_after: None,
             refresh: false,
             verify: true,
+            allow_volatile: false,
         }
     }
 
@@ -155,6 +171,7 @@ impl CachePolicy {
             expire_after: None,
             refresh: false,
             verify: true,
+            allow_volatile: false,
         }
     }
 
@@ -170,12 +187,36 @@ impl CachePolicy {
         self
     }
 
-    /// Whether a hit verifies every part's BLAKE3 while it streams (the default). Off,
-    /// a part corrupted in place (same size, other bytes) is caught only if it fails
-    /// to decode; missing and truncated parts are still misses.
+    /// Whether a hit checks every block it reads against the manifest's BLAKE3 (the
+    /// default). Off, a part corrupted in place (same size, other bytes) is caught
+    /// only if it fails to decode; missing parts, parts of another size and footers
+    /// that do not hold the manifest's rows and schema are still caught.
     pub fn verify_checksums(mut self, verify: bool) -> Self {
         self.verify = verify;
         self
+    }
+
+    /// Caches a task that calls volatile or time functions (`random()`, `now()`, ...):
+    /// a hit then serves the values of the run that wrote the checkpoint (a filter on
+    /// "the last 7 days" keeps the window of that run) until it expires. Pair it with
+    /// [`expire_after`](Self::expire_after).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sluice_core::CachePolicy;
+    /// let daily_snapshot = CachePolicy::inputs()
+    ///     .allow_volatile()
+    ///     .expire_after(Duration::from_secs(24 * 3600));
+    /// # let _ = daily_snapshot;
+    /// ```
+    pub fn allow_volatile(mut self) -> Self {
+        self.allow_volatile = true;
+        self
+    }
+
+    /// Whether the key may be made over volatile or time functions.
+    pub(crate) fn allows_volatile(&self) -> bool {
+        self.allow_volatile || matches!(self.kind, KeyKind::Function(_))
     }
 
     pub(crate) fn verifies(&self) -> bool {
@@ -219,7 +260,13 @@ impl CachePolicy {
             }
             KeyKind::Function(f) => {
                 let user = f(inputs);
-                crate::lineage::digest(format!("{}\u{0}{user}", inputs.task).as_bytes())
+                crate::lineage::digest(
+                    format!(
+                        "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{user}",
+                        inputs.key_format, inputs.engine, inputs.semantics, inputs.task
+                    )
+                    .as_bytes(),
+                )
             }
             KeyKind::None => uuid::Uuid::new_v4().simple().to_string(),
         }
@@ -313,23 +360,37 @@ impl CheckpointFormat {
     }
 }
 
-/// What a cache key is computed from, in readable form: it is stored in the
-/// checkpoint's manifest, and given to a [`CachePolicy::key_fn`].
+/// What a cache key is computed from: it is stored in the checkpoint's manifest, and
+/// given to a [`CachePolicy::key_fn`]. The key of [`CachePolicy::inputs`] is the
+/// BLAKE3 of its JSON (fields in declaration order, object keys sorted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct CacheKeyInputs {
+    /// The format of these inputs ([`KEY_FORMAT`](crate::KEY_FORMAT)).
+    pub key_format: u32,
+    /// The engine whose semantics the key covers: `datafusion <major>`.
+    pub engine: String,
+    /// Sluice's semantics version ([`SEMANTICS_VERSION`](crate::SEMANTICS_VERSION)).
+    pub semantics: u32,
     /// The task's name.
     pub task: String,
     /// Its code version.
     pub version: Option<String>,
-    /// Its parameters other than frames (frames enter through `plan`).
+    /// Its parameters other than frames (frames enter through `lineage`).
     pub parameters: serde_json::Value,
-    /// The lineage of its output: every read, operation and upstream task.
-    pub plan: String,
+    /// The lineage of its output, in the canonical encoding of expressions and values:
+    /// every read, operation and upstream task.
+    pub lineage: serde_json::Value,
     /// Every source object read (upstream tasks excluded: they enter by their key).
     pub sources: Vec<SourceObject>,
-    /// The upstream tasks read, by name, version and key.
+    /// The upstream tasks read, by name, version, key and checkpoint.
     pub upstream: Vec<UpstreamTask>,
+    /// The session settings that can change results
+    /// ([`RESULT_SETTINGS`](crate::RESULT_SETTINGS)), by name.
+    pub settings: std::collections::BTreeMap<String, String>,
+    /// The user-defined functions the plan calls, with the versions they were
+    /// registered with.
+    pub functions: std::collections::BTreeMap<String, String>,
 }
 
 /// The time source for expiry: the wall clock unless a test injects another.

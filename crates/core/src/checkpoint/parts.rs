@@ -12,6 +12,7 @@ use std::sync::Arc;
 use datafusion::physical_plan::ExecutionPlan;
 use object_store::path::Path;
 
+use super::store::{LEASE, Lease};
 use super::tee::commit;
 use super::{CheckpointFormat, CheckpointStore, CheckpointTarget, Manifest, ManifestFile};
 use crate::{Error, Result};
@@ -115,6 +116,7 @@ pub(crate) async fn commit_parts(
     target: &CheckpointTarget,
     parts: &PartsWrite,
     streamed: Option<Streamed>,
+    lease: Option<Lease>,
 ) -> Result<()> {
     use futures::TryStreamExt;
     use object_store::ObjectStoreExt;
@@ -169,6 +171,9 @@ pub(crate) async fn commit_parts(
              (a limit stopped it early, a task ran twice, or the job's figures are \
              missing): nothing committed"
         );
+        if let Some(lease) = lease {
+            lease.end().await;
+        }
         target.store.delete_prefix(&dir).await?;
         return Ok(());
     }
@@ -181,11 +186,11 @@ pub(crate) async fn commit_parts(
         .filter(|m| {
             !m.location
                 .filename()
-                .is_some_and(|name| keep.contains(name))
+                .is_some_and(|name| keep.contains(name) || name == LEASE)
         })
         .map(|m| m.location.clone())
         .collect();
-    commit(target, &dir, files).await?;
+    commit(target, &dir, files, lease).await?;
     for path in extra {
         if let Err(e) = store.delete(&path).await {
             tracing::warn!(path = %path, error = %e, "could not delete a part's receipt or another attempt's part");

@@ -1,100 +1,197 @@
-//! Reading a checkpoint on a cache hit: a scan of exactly the manifest's parts, with
-//! the manifest's schema, whose checksums are verified while it streams.
+//! Reading a checkpoint: a scan of exactly the manifest's parts, with the manifest's
+//! schema and sizes (no listing, no footer inference), whose bytes are checked against
+//! the manifest's block checksums as they are fetched, before a decoder sees them.
+//!
+//! - [`VerifiedParts`] reads the checkpoint's parts: a read of any
+//!   byte range fetches the whole blocks around it (each once: the blocks at the edges
+//!   of a read are kept for the next), checks each against its BLAKE3, and hands over
+//!   the range. A part that is missing, or that the store says is of another size, is
+//!   a [`CorruptCheckpoint`](Error::CorruptCheckpoint) error, as is a block that does
+//!   not match. A `limit` above a cache hit can therefore never publish an unchecked
+//!   byte, and a hit reads each byte once.
+//! - [`CheckpointRead::open`] checks, before anything streams, what can be checked
+//!   cheaply: every part's footer (its last block or two, verified), its rows against
+//!   the manifest's and its schema against the manifest's. Anything wrong there is a
+//!   miss; the footers it read are handed to the scan, which reads them no more.
+//! - The scan's readers check each part's rows again when they read its footer.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use datafusion::catalog::TableProvider;
-use datafusion::datasource::empty::EmptyTable;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
-use datafusion::logical_expr::LogicalPlan;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::catalog::{Session as DfSession, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::ParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
-use object_store::ObjectStoreExt;
+use futures::future::BoxFuture;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore};
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 
+use super::manifest::block_digest;
 use super::{CheckpointStore, Manifest, ManifestFile};
 use crate::run::TaskRunState;
 use crate::{Error, Result, Session};
 
-fn known_corrupt() -> &'static std::sync::Mutex<std::collections::HashSet<String>> {
-    static KNOWN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+fn known_corrupt() -> &'static Mutex<std::collections::HashSet<String>> {
+    static KNOWN: std::sync::OnceLock<Mutex<std::collections::HashSet<String>>> =
         std::sync::OnceLock::new();
     KNOWN.get_or_init(Default::default)
 }
 
-/// Bytes read per request when verifying a part.
-const VERIFY_CHUNK: u64 = 8 << 20;
+/// Blocks kept between reads of a scan (the edges of the last reads): about 4 MiB.
+const CACHED_BLOCKS: usize = 16;
 
-/// The checksum verification of a checkpoint's parts: `Err(reason)` on a mismatch.
-pub(crate) type Verification = Shared<BoxFuture<'static, std::result::Result<(), String>>>;
-
-/// A checkpoint being read: what a task boundary over its scan needs to verify it and
-/// to invalidate it if it turns out corrupt.
+/// A checkpoint being read: its manifest, the footers the lookup checked, and what a
+/// task boundary over its scan needs to invalidate it if it turns out corrupt.
 #[derive(Debug)]
 pub(crate) struct CheckpointRead {
     store: CheckpointStore,
     task: String,
     manifest: Manifest,
+    parts: Arc<VerifiedParts>,
+    /// Each part's footer, by object path, as the lookup read and checked it.
+    footers: HashMap<Path, Arc<ParquetMetaData>>,
     invalidated: AtomicBool,
-    /// Whether to verify the parts' checksums while they stream (not for a checkpoint
-    /// this run has just written and hashed).
-    verify: bool,
-    verification: std::sync::OnceLock<Verification>,
-    /// Read by a cluster's executor: each partition verifies a share of the parts, and
-    /// a corrupt checkpoint is reported to the client, which invalidates it.
+    /// Read by a cluster's executor: a corrupt checkpoint is reported to the client,
+    /// which invalidates it.
     on_executor: bool,
 }
 
 impl CheckpointRead {
+    /// A read of `manifest`'s checkpoint, with no footer read yet; `verify`: whether to
+    /// check the parts' block checksums (not for a checkpoint this run has just written
+    /// and hashed).
     pub(crate) fn new(store: CheckpointStore, manifest: Manifest, verify: bool) -> Arc<Self> {
-        Arc::new(Self {
-            store,
-            task: manifest.task.clone(),
-            manifest,
-            invalidated: AtomicBool::new(false),
-            verify,
-            verification: std::sync::OnceLock::new(),
-            on_executor: false,
-        })
+        Arc::new(Self::unshared(store, manifest, verify))
     }
 
-    /// The checkpoint as a cluster's executor reads it (see [`Self::verification`]
-    /// and [`Self::corrupt`]).
+    fn unshared(store: CheckpointStore, manifest: Manifest, verify: bool) -> Self {
+        let parts = Arc::new(VerifiedParts::new(&store, &manifest, verify));
+        Self {
+            task: manifest.task.clone(),
+            store,
+            manifest,
+            parts,
+            footers: HashMap::new(),
+            invalidated: AtomicBool::new(false),
+            on_executor: false,
+        }
+    }
+
+    /// Opens a checkpoint the lookup found: reads and checks every part's footer (its
+    /// size, checksums, rows and schema) and the manifest's schema against `planned`,
+    /// the schema this run's plan gives the task's output. `Ok(Err(reason))` is a miss;
+    /// `Err` an error of the store (access denied, unreachable), which is no miss.
+    pub(crate) async fn open(
+        store: CheckpointStore,
+        manifest: Manifest,
+        verify: bool,
+        planned: Option<&Schema>,
+    ) -> Result<std::result::Result<Arc<Self>, String>> {
+        let schema = match manifest.schema() {
+            Ok(schema) => schema,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if let Some(planned) = planned
+            && let Some(difference) = schema_difference(&schema, planned)
+        {
+            return Ok(Err(format!(
+                "its schema is not the one this run plans for the task: {difference}"
+            )));
+        }
+        let mut read = Self::unshared(store, manifest, verify);
+        let footers = futures::future::join_all(read.manifest.files.iter().map(|file| {
+            let parts = Arc::clone(&read.parts);
+            let path = read.part_path(file);
+            async move {
+                let footer = parts.footer(&path, file).await;
+                (path, footer)
+            }
+        }))
+        .await;
+        for (path, footer) in footers {
+            match footer {
+                Ok(footer) => {
+                    if let Some(difference) = footer_difference(&footer, &schema) {
+                        return Ok(Err(format!(
+                            "part {} does not hold the manifest's schema: {difference}",
+                            relative(&path)
+                        )));
+                    }
+                    read.footers.insert(path, footer);
+                }
+                Err(e) => match corrupt_reason(&e) {
+                    Some(reason) => return Ok(Err(reason)),
+                    None => {
+                        return Err(super::store_error(read.store.url(), &path, "get", e));
+                    }
+                },
+            }
+        }
+        Ok(Ok(Arc::new(read)))
+    }
+
+    /// The checkpoint as a cluster's executor reads it (see [`Self::corrupt`]).
     #[cfg(feature = "ballista")]
     pub(crate) fn on_executor(
         store: CheckpointStore,
         manifest: Manifest,
         verify: bool,
     ) -> Arc<Self> {
-        let mut read = Self::new(store, manifest, verify);
-        if let Some(read) = Arc::get_mut(&mut read) {
-            read.on_executor = true;
-        }
-        read
+        let mut read = Self::unshared(store, manifest, verify);
+        read.on_executor = true;
+        Arc::new(read)
     }
 
-    /// The store and manifest, and whether to verify: what a cluster's executors need
-    /// to read the checkpoint.
+    /// The store, manifest and whether to verify: what a cluster's executors need to
+    /// read the checkpoint.
     #[cfg(feature = "ballista")]
     pub(crate) fn parts(&self) -> (&CheckpointStore, &Manifest, bool) {
-        (&self.store, &self.manifest, self.verify)
+        (&self.store, &self.manifest, self.parts.verify)
     }
 
-    /// A checkpoint as the known-corrupt set names it: its directory and commit time.
-    fn identity(store: &CheckpointStore, manifest: &Manifest) -> String {
+    /// The manifest read.
+    pub(crate) fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The checkpoint a table provider scans, if it is a checkpoint's table.
+    #[cfg(feature = "ballista")]
+    pub(crate) fn of_table(table: &dyn TableProvider) -> Option<&Arc<Self>> {
+        table.downcast_ref::<CheckpointTable>().map(|t| &t.read)
+    }
+
+    /// The identity of a checkpoint as the known-corrupt set names it: its directory
+    /// and its id.
+    fn known_as(store: &CheckpointStore, manifest: &Manifest) -> String {
         format!(
             "{}@{}",
             store.key_url(&manifest.task, &manifest.key),
-            manifest.created.to_rfc3339()
+            manifest.id
         )
     }
 
     /// Whether a stream in this process found this checkpoint corrupt.
     pub(crate) fn is_known_corrupt(store: &CheckpointStore, manifest: &Manifest) -> bool {
-        let identity = Self::identity(store, manifest);
+        let identity = Self::known_as(store, manifest);
         known_corrupt()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -106,95 +203,35 @@ impl CheckpointRead {
         self.store.key_url(&self.task, &self.manifest.key)
     }
 
-    fn file_urls(&self) -> Vec<String> {
-        let dir = self.url();
-        self.manifest
-            .files
-            .iter()
-            .map(|f| format!("{dir}{}", f.path))
-            .collect()
+    fn part_path(&self, file: &ManifestFile) -> Path {
+        self.parts.path_of(file)
     }
 
-    /// A table over exactly the checkpoint's parts, with the manifest's schema: no
-    /// footer is read to plan it.
-    pub(crate) fn table(&self) -> Result<Arc<dyn TableProvider>> {
-        let schema = self.manifest.schema()?;
-        let paths = self
-            .file_urls()
-            .iter()
-            .map(ListingTableUrl::parse)
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
-        if paths.is_empty() {
-            return Ok(Arc::new(EmptyTable::new(schema)));
-        }
-        let options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension("");
-        Ok(Arc::new(ListingTable::try_new(
-            ListingTableConfig::new_with_multi_paths(paths)
-                .with_listing_options(options)
-                .with_schema(schema),
-        )?))
+    /// A table over exactly the checkpoint's parts, with the manifest's schema.
+    pub(crate) fn table(self: &Arc<Self>) -> Result<Arc<dyn TableProvider>> {
+        Ok(Arc::new(CheckpointTable {
+            read: Arc::clone(self),
+            schema: self.manifest.schema()?,
+        }))
     }
 
     /// A scan of the checkpoint, as a logical plan.
-    pub(crate) fn scan_plan(&self, session: &Session) -> Result<LogicalPlan> {
+    pub(crate) fn scan_plan(self: &Arc<Self>, session: &Session) -> Result<LogicalPlan> {
         Ok(session.context().read_table(self.table()?)?.into_parts().1)
     }
 
-    /// The verification of the parts' BLAKE3 against the manifest, run in the
-    /// background while a partition streams; `None` when not verified. Here every part
-    /// is verified once, shared by the partitions. On a cluster's executor each
-    /// partition verifies the parts it reads (`reads`: their object paths), so that the
-    /// job's tasks verify each part once between them; every part when that cannot be
-    /// told.
-    pub(crate) fn verification(
-        &self,
-        reads: impl FnOnce() -> Option<Vec<String>>,
-    ) -> Option<Verification> {
-        if !self.verify {
-            return None;
-        }
-        let start = |files: Vec<ManifestFile>| {
-            let store = Arc::clone(self.store.object_store());
-            let dir = self.store.key_dir(&self.task, &self.manifest.key);
-            let handle = tokio::spawn(verify_parts(store, dir, files));
-            async move {
-                handle
-                    .await
-                    .unwrap_or_else(|e| Err(format!("checksum verification stopped: {e}")))
-            }
-            .boxed()
-            .shared()
-        };
-        if self.on_executor {
-            let dir = self.store.key_dir(&self.task, &self.manifest.key);
-            let reads = reads();
-            let share = self
-                .manifest
-                .files
-                .iter()
-                .filter(|file| {
-                    let path = file
-                        .path
-                        .split('/')
-                        .fold(dir.clone(), |p, part| p.join(part));
-                    reads
-                        .as_ref()
-                        .is_none_or(|reads| reads.iter().any(|r| r == path.as_ref()))
-                })
-                .cloned()
-                .collect();
-            return Some(start(share));
-        }
-        Some(
-            self.verification
-                .get_or_init(|| start(self.manifest.files.clone()))
-                .clone(),
-        )
+    /// The reader of this checkpoint's parts (through its verifying store), for a scan
+    /// a cluster's executor decoded: DataFusion's protobuf does not encode a reader.
+    #[cfg(feature = "ballista")]
+    pub(crate) fn reader_factory(self: &Arc<Self>) -> Arc<dyn ParquetFileReaderFactory> {
+        Arc::new(CheckpointReaderFactory {
+            read: Arc::clone(self),
+        })
     }
 
-    /// The checkpoint turned out corrupt while streaming: invalidates it (once), fails
-    /// the task run, and returns the error to raise.
+    /// The checkpoint turned out corrupt while streaming: invalidates it (once, and
+    /// only the manifest that was judged), fails the task run, and returns the error to
+    /// raise.
     pub(crate) fn corrupt(&self, run: &TaskRunState, reason: String) -> Error {
         // On an executor the client invalidates it when the job's error comes back.
         if !self.on_executor && !self.invalidated.swap(true, Ordering::AcqRel) {
@@ -204,11 +241,12 @@ impl CheckpointRead {
             known_corrupt()
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(Self::identity(&self.store, &self.manifest));
+                .insert(Self::known_as(&self.store, &self.manifest));
             let store = self.store.clone();
             let (task, key) = (self.task.clone(), self.manifest.key.clone());
+            let judged = self.manifest.id.clone();
             sluice_store::cleanup::spawn("invalidate a corrupt checkpoint", async move {
-                store.invalidate(&task, &key).await
+                store.invalidate(&task, &key, Some(&judged)).await
             });
         }
         let error = Error::CorruptCheckpoint {
@@ -224,45 +262,547 @@ impl CheckpointRead {
     }
 }
 
-/// Reads every part in `files` (under `dir`) and compares its size and BLAKE3 with the
-/// manifest's: `Err(reason)` on the first mismatch.
-async fn verify_parts(
-    store: Arc<dyn object_store::ObjectStore>,
-    dir: object_store::path::Path,
-    files: Vec<ManifestFile>,
-) -> std::result::Result<(), String> {
-    for file in files {
-        let path = file
-            .path
-            .split('/')
-            .fold(dir.clone(), |p, part| p.join(part));
-        // Large ranges: the local store streams a whole-object get in 8 KiB reads, each
-        // a blocking task; ranges are one read each.
-        let mut hasher = blake3::Hasher::new();
-        let mut size = 0u64;
-        while size < file.size {
-            let end = (size + VERIFY_CHUNK).min(file.size);
-            let chunk = store
-                .get_range(&path, size..end)
-                .await
-                .map_err(|e| format!("cannot read part {}: {e}", file.path))?;
-            if chunk.is_empty() {
-                break;
-            }
-            size += chunk.len() as u64;
-            hasher.update(&chunk);
-        }
-        let digest = hasher.finalize().to_hex().to_string();
-        if size != file.size || digest != file.blake3 {
-            return Err(format!(
-                "part {} does not match its checksum ({size} bytes, blake3 {}; the manifest \
-                 says {} bytes, blake3 {})",
-                file.path,
-                &digest[..16],
+/// How two schemas differ in names, types or nullability (metadata aside), if they do.
+pub(crate) fn schema_difference(stored: &Schema, planned: &Schema) -> Option<String> {
+    let line = |f: &datafusion::arrow::datatypes::Field| {
+        format!(
+            "{}: {}{}",
+            f.name(),
+            f.data_type(),
+            if f.is_nullable() { "" } else { " not null" }
+        )
+    };
+    let stored: Vec<String> = stored.fields().iter().map(|f| line(f)).collect();
+    let planned: Vec<String> = planned.fields().iter().map(|f| line(f)).collect();
+    (stored != planned).then(|| {
+        format!(
+            "the checkpoint holds ({}), the plan gives ({})",
+            stored.join(", "),
+            planned.join(", ")
+        )
+    })
+}
+
+/// How a part's footer disagrees with the manifest's schema, if it does.
+fn footer_difference(footer: &ParquetMetaData, schema: &Schema) -> Option<String> {
+    let file = footer.file_metadata();
+    match parquet::arrow::parquet_to_arrow_schema(file.schema_descr(), file.key_value_metadata()) {
+        Ok(found) => schema_difference(&found, schema),
+        Err(e) => Some(format!("its schema does not convert to Arrow: {e}")),
+    }
+}
+
+/// A part's path relative to its checkpoint's directory (`data-<id>/part-<n>.parquet`).
+fn relative(path: &Path) -> String {
+    let parts: Vec<_> = path.parts().collect();
+    let n = parts.len();
+    parts[n.saturating_sub(2)..]
+        .iter()
+        .map(|p| p.as_ref())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The reason of a `CorruptCheckpoint` error inside a store error, if there is one.
+fn corrupt_reason(error: &object_store::Error) -> Option<String> {
+    find_corrupt(error).map(|(_, reason)| reason)
+}
+
+/// The task and reason of the first [`Error::CorruptCheckpoint`] in `error`'s chain.
+pub(crate) fn find_corrupt(error: &(dyn std::error::Error + 'static)) -> Option<(String, String)> {
+    crate::error::chain(error).find_map(|e| match e.downcast_ref::<Error>() {
+        Some(Error::CorruptCheckpoint { task, reason, .. }) => Some((task.clone(), reason.clone())),
+        _ => None,
+    })
+}
+
+/// A table over a checkpoint's parts.
+#[derive(Debug)]
+struct CheckpointTable {
+    read: Arc<CheckpointRead>,
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl TableProvider for CheckpointTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.read.scan(state, projection, limit)
+    }
+}
+
+impl CheckpointRead {
+    /// A Parquet scan of exactly the manifest's parts, through [`VerifiedParts`]. The
+    /// parts are spread over the session's target partitions (DataFusion may split them
+    /// further by byte range).
+    pub(crate) fn scan(
+        self: &Arc<Self>,
+        state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = self.manifest.schema().map_err(DataFusionError::from)?;
+        let groups = state.config().target_partitions().max(1);
+        let mut files: Vec<Vec<PartitionedFile>> = vec![Vec::new(); groups];
+        for (i, file) in self.manifest.files.iter().enumerate() {
+            files[i % groups].push(PartitionedFile::new(
+                self.part_path(file).to_string(),
                 file.size,
-                &file.blake3[..file.blake3.len().min(16)]
             ));
         }
+        let file_groups: Vec<FileGroup> = files
+            .into_iter()
+            .filter(|g| !g.is_empty())
+            .map(FileGroup::new)
+            .collect();
+        let source = ParquetSource::new(TableSchema::from(schema))
+            .with_parquet_file_reader_factory(Arc::new(CheckpointReaderFactory {
+                read: Arc::clone(self),
+            }));
+        let url = ObjectStoreUrl::parse(self.store.store_url())?;
+        let conf = FileScanConfigBuilder::new(url, Arc::new(source))
+            .with_file_groups(file_groups)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        Ok(DataSourceExec::from_data_source(conf))
     }
-    Ok(())
+}
+
+/// Makes readers of a checkpoint's parts over its [`VerifiedParts`].
+#[derive(Debug)]
+struct CheckpointReaderFactory {
+    read: Arc<CheckpointRead>,
+}
+
+impl ParquetFileReaderFactory for CheckpointReaderFactory {
+    fn create_reader(
+        &self,
+        _partition_index: usize,
+        partitioned_file: PartitionedFile,
+        _metadata_size_hint: Option<usize>,
+        _metrics: &ExecutionPlanMetricsSet,
+    ) -> DfResult<Box<dyn AsyncFileReader + Send>> {
+        let location = partitioned_file.object_meta.location;
+        let parts = &self.read.parts;
+        let file = parts.part(&location).cloned().ok_or_else(|| {
+            DataFusionError::External(Box::new(parts.corrupt(format!(
+                "the scan reads {location}, which the manifest does not list"
+            ))))
+        })?;
+        Ok(Box::new(CheckpointReader {
+            footer: self.read.footers.get(&location).cloned(),
+            parts: Arc::clone(parts),
+            location,
+            file,
+        }))
+    }
+}
+
+/// Reads one part through its checkpoint's [`VerifiedParts`], with the footer the
+/// lookup read.
+struct CheckpointReader {
+    footer: Option<Arc<ParquetMetaData>>,
+    parts: Arc<VerifiedParts>,
+    location: Path,
+    file: ManifestFile,
+}
+
+/// Ranges closer than this are read as one (the column chunks of a row group are
+/// next to each other).
+const COALESCE_GAP: u64 = 1 << 20;
+
+impl CheckpointReader {
+    async fn read(&self, range: Range<u64>) -> parquet::errors::Result<Bytes> {
+        self.parts
+            .read(&self.location, &self.file, range)
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)))
+    }
+}
+
+impl AsyncFileReader for CheckpointReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move { self.read(range).await }.boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            // Merge ranges that are close, read the merged ones together, and hand each
+            // range its slice.
+            let mut order: Vec<usize> = (0..ranges.len()).collect();
+            order.sort_by_key(|&i| ranges[i].start);
+            let mut merged: Vec<Range<u64>> = Vec::new();
+            for &i in &order {
+                let range = &ranges[i];
+                match merged.last_mut() {
+                    Some(last) if range.start <= last.end.saturating_add(COALESCE_GAP) => {
+                        last.end = last.end.max(range.end);
+                    }
+                    _ => merged.push(range.clone()),
+                }
+            }
+            let fetched =
+                futures::future::try_join_all(merged.iter().map(|r| self.read(r.clone()))).await?;
+            Ok(ranges
+                .iter()
+                .map(|range| {
+                    let (m, bytes) = merged
+                        .iter()
+                        .zip(&fetched)
+                        .find(|(m, _)| m.start <= range.start && range.end <= m.end)
+                        .expect("every range is inside a merged one");
+                    bytes.slice((range.start - m.start) as usize..(range.end - m.start) as usize)
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let wants_index = options.is_some_and(|o| {
+                o.column_index_policy() != PageIndexPolicy::Skip
+                    || o.offset_index_policy() != PageIndexPolicy::Skip
+            });
+            let metadata = match (&self.footer, wants_index) {
+                (Some(footer), false) => Arc::clone(footer),
+                _ => {
+                    let mut reader = ParquetMetaDataReader::new().with_prefetch_hint(Some(
+                        self.file.size.min(self.parts.block_size) as usize,
+                    ));
+                    if let Some(options) = options {
+                        reader = reader
+                            .with_metadata_options(Some(options.metadata_options().clone()))
+                            .with_column_index_policy(options.column_index_policy())
+                            .with_offset_index_policy(options.offset_index_policy());
+                    }
+                    let size = self.file.size;
+                    Arc::new(reader.load_and_finish(&mut *self, size).await?)
+                }
+            };
+            let rows = u64::try_from(metadata.file_metadata().num_rows()).unwrap_or(u64::MAX);
+            if rows != self.file.rows {
+                return Err(ParquetError::External(Box::new(self.parts.corrupt(
+                    format!(
+                        "part {} holds {rows} rows, the manifest says {}",
+                        self.file.path, self.file.rows
+                    ),
+                ))));
+            }
+            Ok(metadata)
+        }
+        .boxed()
+    }
+}
+
+/// Reads of a checkpoint's parts that fetch whole blocks and check each against the
+/// manifest before handing any byte over (see the module's documentation).
+pub(crate) struct VerifiedParts {
+    inner: Arc<dyn ObjectStore>,
+    /// `checkpoints/<task>/<key>`.
+    dir: Path,
+    task: String,
+    /// The checkpoint's URL, for errors.
+    url: String,
+    block_size: u64,
+    parts: HashMap<Path, ManifestFile>,
+    verify: bool,
+    /// Verified blocks at the edges of the last reads, by part and index.
+    cache: Mutex<VecDeque<(Path, u64, Bytes)>>,
+}
+
+impl fmt::Debug for VerifiedParts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifiedParts")
+            .field("checkpoint", &self.url)
+            .field("parts", &self.parts.len())
+            .field("verify", &self.verify)
+            .finish()
+    }
+}
+
+impl VerifiedParts {
+    fn new(store: &CheckpointStore, manifest: &Manifest, verify: bool) -> Self {
+        let dir = store.key_dir(&manifest.task, &manifest.key);
+        let mut this = Self {
+            inner: Arc::clone(store.object_store()),
+            dir,
+            task: manifest.task.clone(),
+            url: store.key_url(&manifest.task, &manifest.key),
+            block_size: manifest.block_size.max(1),
+            parts: HashMap::new(),
+            verify,
+            cache: Mutex::new(VecDeque::new()),
+        };
+        this.parts = manifest
+            .files
+            .iter()
+            .map(|f| (this.path_of(f), f.clone()))
+            .collect();
+        this
+    }
+
+    fn path_of(&self, file: &ManifestFile) -> Path {
+        file.path
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.dir.clone(), |p, part| p.join(part))
+    }
+
+    fn part(&self, location: &Path) -> Option<&ManifestFile> {
+        self.parts.get(location)
+    }
+
+    fn corrupt(&self, reason: String) -> Error {
+        Error::CorruptCheckpoint {
+            task: self.task.clone(),
+            checkpoint: self.url.clone(),
+            reason,
+        }
+    }
+
+    fn store_error(&self, reason: String) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "checkpoint",
+            source: Box::new(self.corrupt(reason)),
+        }
+    }
+
+    /// Reads and checks a part's footer: its last block (or two, for a footer longer
+    /// than a block), the Parquet magic and the footer's length, then decodes it.
+    async fn footer(
+        &self,
+        location: &Path,
+        file: &ManifestFile,
+    ) -> object_store::Result<Arc<ParquetMetaData>> {
+        const TAIL: u64 = 8;
+        if file.size < 12 {
+            return Err(self.store_error(format!(
+                "part {} has {} bytes, too few for a Parquet file",
+                file.path, file.size
+            )));
+        }
+        // The last block: a footer is usually shorter.
+        let mut start = (file.size - 1) / self.block_size * self.block_size;
+        let mut bytes = self.read(location, file, start..file.size).await?;
+        if (bytes.len() as u64) < TAIL {
+            // A last block shorter than the tail: read from the block before.
+            start = file.size - TAIL;
+            bytes = self.read(location, file, start..file.size).await?;
+        }
+        let tail = &bytes[bytes.len() - TAIL as usize..];
+        if &tail[4..] != b"PAR1" {
+            return Err(self.store_error(format!(
+                "part {} does not end with the Parquet magic bytes",
+                file.path
+            )));
+        }
+        let footer = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+        if footer + TAIL + 4 > file.size {
+            return Err(self.store_error(format!(
+                "part {}'s footer claims {footer} bytes of its {}",
+                file.path, file.size
+            )));
+        }
+        if footer + TAIL > bytes.len() as u64 {
+            start = file.size - footer - TAIL;
+            bytes = self.read(location, file, start..file.size).await?;
+        }
+        let end = bytes.len() - TAIL as usize;
+        let metadata = bytes.slice(end - footer as usize..end);
+        let decoded =
+            std::panic::catch_unwind(|| ParquetMetaDataReader::decode_metadata(&metadata));
+        let metadata = match decoded {
+            Ok(Ok(metadata)) => metadata,
+            Ok(Err(e)) => {
+                return Err(
+                    self.store_error(format!("part {}'s footer does not decode: {e}", file.path))
+                );
+            }
+            Err(panic) => {
+                return Err(self.store_error(format!(
+                    "part {}'s footer does not decode: {}",
+                    file.path,
+                    crate::error::panic_message(panic.as_ref())
+                )));
+            }
+        };
+        let rows = u64::try_from(metadata.file_metadata().num_rows()).unwrap_or(u64::MAX);
+        if rows != file.rows {
+            return Err(self.store_error(format!(
+                "part {} holds {rows} rows, the manifest says {}",
+                file.path, file.rows
+            )));
+        }
+        Ok(Arc::new(metadata))
+    }
+
+    /// `range` of a part, from whole blocks each checked against the manifest.
+    async fn read(
+        &self,
+        location: &Path,
+        file: &ManifestFile,
+        range: Range<u64>,
+    ) -> object_store::Result<Bytes> {
+        if range.end > file.size || range.start > range.end {
+            return Err(object_store::Error::Generic {
+                store: "checkpoint",
+                source: format!(
+                    "a read of bytes {range:?} of part {}, which has {} bytes",
+                    file.path, file.size
+                )
+                .into(),
+            });
+        }
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let size = self.block_size;
+        let first = range.start / size;
+        let last = (range.end - 1) / size;
+        let mut blocks: Vec<Option<Bytes>> =
+            (first..=last).map(|i| self.cached(location, i)).collect();
+        // One request for the blocks between the first and the last missing one.
+        let missing: Vec<u64> = (first..=last)
+            .filter(|i| blocks[(i - first) as usize].is_none())
+            .collect();
+        if let (Some(&from), Some(&to)) = (missing.first(), missing.last()) {
+            let fetch = from * size..((to + 1) * size).min(file.size);
+            let fetched = self.fetch(location, file, fetch.clone()).await?;
+            for i in from..=to {
+                let start = ((i - from) * size) as usize;
+                let end = (((i + 1) * size).min(file.size) - fetch.start) as usize;
+                let block = fetched.slice(start..end);
+                if self.verify {
+                    let expected = file.blocks.get(i as usize).map(String::as_str);
+                    if expected != Some(block_digest(&block).as_str()) {
+                        return Err(self.store_error(format!(
+                            "block {i} (bytes {}..{}) of part {} does not match its checksum",
+                            i * size,
+                            (i + 1) * size,
+                            file.path
+                        )));
+                    }
+                }
+                blocks[(i - first) as usize] = Some(block);
+            }
+            // Keep the edges: the next read of this part most likely starts in the
+            // block where this one ended (and a footer's read ends where data began).
+            self.keep(location, from, blocks[(from - first) as usize].clone());
+            self.keep(location, to, blocks[(to - first) as usize].clone());
+        }
+        let blocks: Vec<Bytes> = blocks.into_iter().flatten().collect();
+        let offset = (range.start - first * size) as usize;
+        let len = (range.end - range.start) as usize;
+        if blocks.len() == 1 {
+            return Ok(blocks[0].slice(offset..offset + len));
+        }
+        let mut out = BytesMut::with_capacity(len);
+        let mut skip = offset;
+        for block in &blocks {
+            if skip >= block.len() {
+                skip -= block.len();
+                continue;
+            }
+            let take = (block.len() - skip).min(len - out.len());
+            out.extend_from_slice(&block[skip..skip + take]);
+            skip = 0;
+            if out.len() == len {
+                break;
+            }
+        }
+        Ok(out.freeze())
+    }
+
+    /// One ranged read of a part from the store behind, checked for the part's size.
+    async fn fetch(
+        &self,
+        location: &Path,
+        file: &ManifestFile,
+        range: Range<u64>,
+    ) -> object_store::Result<Bytes> {
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(range.clone())),
+            ..Default::default()
+        };
+        let result = match self.inner.get_opts(location, options).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(self.store_error(format!("part {} is missing", file.path)));
+            }
+            Err(e) => {
+                // A range past the end of a part that is shorter than it should be is an
+                // error on some stores: say so, rather than how the store put it.
+                use object_store::ObjectStoreExt;
+                return match self.inner.head(location).await {
+                    Ok(meta) if meta.size != file.size => Err(self.store_error(format!(
+                        "part {} has {} bytes, the manifest says {}",
+                        file.path, meta.size, file.size
+                    ))),
+                    Err(object_store::Error::NotFound { .. }) => {
+                        Err(self.store_error(format!("part {} is missing", file.path)))
+                    }
+                    _ => Err(e),
+                };
+            }
+        };
+        if result.meta.size != file.size {
+            return Err(self.store_error(format!(
+                "part {} has {} bytes, the manifest says {}",
+                file.path, result.meta.size, file.size
+            )));
+        }
+        let bytes = result.bytes().await?;
+        if bytes.len() as u64 != range.end - range.start {
+            return Err(self.store_error(format!(
+                "a read of bytes {range:?} of part {} returned {} bytes",
+                file.path,
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    fn cached(&self, location: &Path, index: u64) -> Option<Bytes> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .iter()
+            .find(|(path, i, _)| *i == index && path == location)
+            .map(|(_, _, bytes)| bytes.clone())
+    }
+
+    fn keep(&self, location: &Path, index: u64, block: Option<Bytes>) {
+        let Some(block) = block else { return };
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache
+            .iter()
+            .any(|(path, i, _)| *i == index && path == location)
+        {
+            return;
+        }
+        if cache.len() >= CACHED_BLOCKS {
+            cache.pop_front();
+        }
+        cache.push_back((location.clone(), index, block));
+    }
 }

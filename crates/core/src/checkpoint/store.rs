@@ -13,21 +13,53 @@ use sluice_store::{StoreErrorKind, resolve_url};
 use url::Url;
 
 use super::{CacheKeyInputs, Manifest};
+use crate::identity::ObjectIdentity;
 use crate::names::validate_name;
 use crate::{Error, Result, Session};
 
 pub(crate) const MANIFEST: &str = "_manifest.json";
 pub(crate) const LAST_HIT: &str = "_last_hit";
+/// A writer's lease on its `data-<id>` directory: the time (by the writer's clock) it
+/// last renewed it. `gc` keeps a directory whose lease is younger than [`LEASE_TTL`].
+pub(crate) const LEASE: &str = "_lease";
+/// Left in a `data-<id>` directory when the manifest that named it stopped standing
+/// (refreshed, expired, invalidated): the time it did. `gc` deletes the directory a
+/// grace period later, so that a run still reading it is not broken.
+pub(crate) const RELEASED: &str = "_released";
 const CHECKPOINTS: &str = "checkpoints";
 const SCHEMAS: &str = "schemas";
+
+/// How long a checkpoint writer's lease holds without a renewal: `gc` keeps what a
+/// writer killed without cleaning up left behind until then.
+pub const LEASE_TTL: Duration = Duration::from_secs(600);
+/// How often a writer renews its lease (by the wall clock, and by the flow's clock as
+/// its parts make progress).
+pub(crate) const LEASE_RENEW: Duration = Duration::from_secs(60);
+/// Cached source schemas (`schemas/`) older than this are collected by `gc`: a source
+/// read again after that reads its footers again.
+pub const SCHEMA_CACHE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What a lookup found.
 #[derive(Debug)]
 pub(crate) enum Lookup {
-    /// A valid, unexpired checkpoint.
-    Hit(Box<Manifest>),
+    /// A valid, unexpired checkpoint whose parts' footers were checked, ready to read.
+    Hit(Arc<super::CheckpointRead>),
     /// None usable; `reason` says why when one existed.
     Miss { reason: Option<String> },
+}
+
+/// What a lookup expects of a checkpoint beyond its task and key.
+#[derive(Debug, Default)]
+pub(crate) struct Expected<'a> {
+    /// The key inputs, when the key is made from them: the manifest's must be these.
+    pub(crate) inputs: Option<&'a CacheKeyInputs>,
+    /// The task's current expiry policy: a checkpoint expires at the earlier of its
+    /// stored expiry and its creation plus this.
+    pub(crate) ttl: Option<Duration>,
+    /// The schema this run plans for the task's output: the checkpoint's must be it.
+    pub(crate) schema: Option<&'a datafusion::arrow::datatypes::Schema>,
+    /// Whether the read checks the parts' block checksums.
+    pub(crate) verify: bool,
 }
 
 /// A store of checkpoints: any object store URL (`file://`, a plain path, `s3://`,
@@ -88,6 +120,30 @@ pub struct GcReport {
     pub stale: Vec<String>,
     /// Bytes freed.
     pub bytes: u64,
+}
+
+/// How `gc` judges age: at `now`, objects older than `grace` are old.
+#[derive(Debug)]
+struct Judge {
+    now: DateTime<Utc>,
+    grace: chrono::Duration,
+}
+
+impl Judge {
+    fn old(&self, t: DateTime<Utc>) -> bool {
+        self.now.signed_duration_since(t) >= self.grace
+    }
+}
+
+/// What `gc` does with a data directory that no standing manifest names.
+#[derive(Debug)]
+enum Verdict {
+    /// A live writer's: untouched.
+    Live,
+    /// Kept for now; marked released at this time when this pass released it.
+    Keep { release_at: Option<DateTime<Utc>> },
+    /// Deleted whole.
+    Delete,
 }
 
 #[derive(Debug, Default)]
@@ -191,6 +247,12 @@ impl CheckpointStore {
         &self.root
     }
 
+    /// `scheme://authority` of the store: how DataFusion names its object store.
+    pub(crate) fn store_url(&self) -> String {
+        let authority = &self.root[url::Position::BeforeHost..url::Position::AfterPort];
+        format!("{}://{authority}", self.root.scheme())
+    }
+
     pub(crate) fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
@@ -226,93 +288,113 @@ impl CheckpointStore {
         store_error(&self.root, path, operation, source)
     }
 
-    /// Looks a checkpoint up and validates it before anything streams: the manifest
-    /// parses, is of a known format, is for this task and key (and these key inputs),
-    /// has not expired, and every part exists with its recorded size. Anything else
-    /// is a miss with a warning, and an invalid or expired manifest is removed so that
-    /// a new one can be committed. Errors other than "not found" (access denied, an
-    /// unreachable endpoint) are errors.
+    /// Looks a checkpoint up and checks, before anything streams, everything that can
+    /// be checked without reading its data: the manifest parses, is of this build's
+    /// format, is for this task and key (and these key inputs), has not expired (by the
+    /// earlier of its stored expiry and its creation plus the current policy's), and
+    /// holds the planned schema; every part is there with its size, and its footer
+    /// (checked against its block checksums) holds the manifest's rows and schema (see
+    /// [`CheckpointRead::open`](super::CheckpointRead::open)). Anything else is a miss
+    /// with a warning, and the manifest is removed (only that one: see
+    /// [`invalidate`](Self::invalidate)) so that the task recomputes and a new one can be
+    /// committed. Errors other than "not found" (access denied, an unreachable
+    /// endpoint) are errors.
     pub(crate) async fn lookup(
         &self,
         task: &str,
         key: &str,
-        inputs: Option<&CacheKeyInputs>,
+        expected: &Expected<'_>,
         now: DateTime<Utc>,
     ) -> Result<Lookup> {
+        let (manifest, identity) = match self.lookup_manifest(task, key, expected, now).await? {
+            Ok(found) => found,
+            Err(reason) => return Ok(Lookup::Miss { reason }),
+        };
+        match super::CheckpointRead::open(
+            self.clone(),
+            manifest.clone(),
+            expected.verify,
+            expected.schema,
+        )
+        .await?
+        {
+            Ok(read) => Ok(Lookup::Hit(read)),
+            Err(reason) => {
+                tracing::warn!(task, key, checkpoint = %self.key_url(task, key), %reason, "checkpoint not used");
+                self.invalidate_at(&manifest, Some(&identity), now).await;
+                Ok(Lookup::Miss {
+                    reason: Some(reason),
+                })
+            }
+        }
+    }
+
+    /// The manifest part of [`lookup`](Self::lookup): `Err(reason)` is a miss.
+    #[allow(clippy::type_complexity)]
+    async fn lookup_manifest(
+        &self,
+        task: &str,
+        key: &str,
+        expected: &Expected<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<std::result::Result<(Manifest, ObjectIdentity), Option<String>>> {
         let dir = self.key_dir(task, key);
         let manifest_path = dir.clone().join(MANIFEST);
-        let bytes = match self.store.get(&manifest_path).await {
-            Ok(found) => found
-                .bytes()
-                .await
-                .map_err(|e| self.error(&manifest_path, "get", e))?,
+        let (bytes, identity) = match self.store.get(&manifest_path).await {
+            Ok(found) => {
+                let identity = ObjectIdentity::of(&found.meta);
+                let bytes = found
+                    .bytes()
+                    .await
+                    .map_err(|e| self.error(&manifest_path, "get", e))?;
+                (bytes, identity)
+            }
             // No manifest is a miss; no bucket is an error (nothing could be written).
             Err(e) if sluice_store::classify(&e) == StoreErrorKind::NotFound => {
-                return Ok(Lookup::Miss { reason: None });
+                return Ok(Err(None));
             }
             Err(e) => return Err(self.error(&manifest_path, "get", e)),
         };
         let miss = |reason: String| {
             tracing::warn!(task, key, checkpoint = %self.url_of(&dir), %reason, "checkpoint not used");
-            Ok(Lookup::Miss {
-                reason: Some(reason),
-            })
+            Ok(Err(Some(reason)))
         };
         let manifest = match Manifest::parse(&bytes) {
             Ok(manifest) => manifest,
-            Err(reason) if reason.contains("newer") => return miss(reason),
+            // Another build's manifest stays for that build.
+            Err(reason) if reason.contains("newer") || reason.contains("older") => {
+                return miss(reason);
+            }
             Err(reason) => {
-                self.invalidate(task, key).await;
+                self.invalidate_unparsed(task, key, &identity).await;
                 return miss(reason);
             }
         };
+        let invalid = |reason: String| async {
+            self.invalidate_at(&manifest, Some(&identity), now).await;
+            miss(reason)
+        };
         if manifest.task != task || manifest.key != key {
-            self.invalidate(task, key).await;
-            return miss(format!(
+            return invalid(format!(
                 "the manifest is for {}/{}, not {task}/{key}",
                 manifest.task, manifest.key
-            ));
+            ))
+            .await;
         }
-        if let Some(inputs) = inputs
+        if let Some(inputs) = expected.inputs
             && &manifest.key_inputs != inputs
         {
-            self.invalidate(task, key).await;
-            return miss("the manifest's key inputs differ from this call's".into());
+            return invalid("the manifest's key inputs differ from this call's".into()).await;
         }
-        if let Some(expires) = manifest.expires
+        if let Some(expires) = expiry(&manifest, expected.ttl)
             && expires <= now
         {
-            self.invalidate(task, key).await;
-            return miss(format!("it expired at {expires}"));
-        }
-        // Every part at once: each is a round trip (a blocking task on local disk).
-        let heads = futures::future::join_all(manifest.files.iter().map(|file| {
-            let path = dir.clone().join_path(&file.path);
-            async move { (file, self.store.head(&path).await, path) }
-        }))
-        .await;
-        for (file, head, path) in heads {
-            match head {
-                Ok(meta) if meta.size == file.size => {}
-                Ok(meta) => {
-                    self.invalidate(task, key).await;
-                    return miss(format!(
-                        "part {} has {} bytes, the manifest says {}",
-                        file.path, meta.size, file.size
-                    ));
-                }
-                Err(object_store::Error::NotFound { .. }) => {
-                    self.invalidate(task, key).await;
-                    return miss(format!("part {} is missing", file.path));
-                }
-                Err(e) => return Err(self.error(&path, "head", e)),
-            }
+            return invalid(format!("it expired at {expires}")).await;
         }
         if super::CheckpointRead::is_known_corrupt(self, &manifest) {
-            self.invalidate(task, key).await;
-            return miss("a run in this process found it corrupt".into());
+            return invalid("a run in this process found it corrupt".into()).await;
         }
-        Ok(Lookup::Hit(Box::new(manifest)))
+        Ok(Ok((manifest, identity)))
     }
 
     /// Records that a run read the checkpoint (best effort: a failure is logged).
@@ -328,21 +410,140 @@ impl CheckpointStore {
     }
 
     /// Removes a checkpoint's manifest, so that it is a miss from now on and a new
-    /// one can be committed (best effort: a failure is logged).
-    pub(crate) async fn invalidate(&self, task: &str, key: &str) {
+    /// one can be committed, and releases its parts (see [`RELEASED`]). Only the
+    /// manifest that was judged goes: with `judged` (a manifest's id), the standing
+    /// manifest is read just before the delete and left in place if it is another (a
+    /// refresh or another run committed since). object_store 0.13 has no conditional
+    /// delete, so a manifest committed between that read and the delete can still go:
+    /// the window is two round trips, and what it costs is a recomputation, never wrong
+    /// data. Best effort: a failure is logged.
+    pub(crate) async fn invalidate(&self, task: &str, key: &str, judged: Option<&str>) {
         let path = self.key_dir(task, key).join(MANIFEST);
-        match self.store.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                tracing::info!(task, key, "invalidated checkpoint");
+        match self.read_manifest_with_identity(&path).await {
+            Ok(Some((Ok(manifest), identity))) => {
+                if judged.is_some_and(|judged| judged != manifest.id) {
+                    tracing::info!(task, key, "another manifest stands now; not invalidated");
+                    return;
+                }
+                self.invalidate_at(&manifest, Some(&identity), Utc::now())
+                    .await;
             }
-            Err(e) => tracing::warn!(task, key, error = %e, "could not invalidate checkpoint"),
+            Ok(Some((Err(_), identity))) => self.invalidate_unparsed(task, key, &identity).await,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(task, key, error = %e, "could not read the checkpoint to invalidate");
+            }
         }
     }
 
-    /// Commits a manifest: create-if-absent, or overwrite when `replace`. Returns
-    /// `false` when another writer committed first (create lost the race).
-    pub(crate) async fn commit(&self, manifest: &Manifest, replace: bool) -> Result<bool> {
-        let path = self.key_dir(&manifest.task, &manifest.key).join(MANIFEST);
+    /// Deletes `manifest` (when the manifest object is still `identity`) and releases
+    /// the parts it named.
+    async fn invalidate_at(
+        &self,
+        manifest: &Manifest,
+        identity: Option<&ObjectIdentity>,
+        now: DateTime<Utc>,
+    ) {
+        if self.remove_manifest(manifest, identity).await {
+            self.release(manifest, now).await;
+        }
+    }
+
+    /// Deletes `manifest` when the manifest object is still `identity`; whether it did.
+    async fn remove_manifest(
+        &self,
+        manifest: &Manifest,
+        identity: Option<&ObjectIdentity>,
+    ) -> bool {
+        let (task, key) = (manifest.task.as_str(), manifest.key.as_str());
+        let path = self.key_dir(task, key).join(MANIFEST);
+        if let Some(identity) = identity {
+            match self.store.head(&path).await {
+                Ok(meta) if identity.differs(&meta).is_none() => {}
+                Ok(_) => {
+                    tracing::info!(task, key, "another manifest stands now; not invalidated");
+                    return false;
+                }
+                Err(object_store::Error::NotFound { .. }) => return false,
+                Err(e) => {
+                    tracing::warn!(task, key, error = %e, "could not invalidate checkpoint");
+                    return false;
+                }
+            }
+        }
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                tracing::info!(task, key, "invalidated checkpoint");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(task, key, error = %e, "could not invalidate checkpoint");
+                false
+            }
+        }
+    }
+
+    /// Deletes a manifest that does not parse, when it is still `identity`.
+    async fn invalidate_unparsed(&self, task: &str, key: &str, identity: &ObjectIdentity) {
+        let path = self.key_dir(task, key).join(MANIFEST);
+        if let Ok(meta) = self.store.head(&path).await
+            && identity.differs(&meta).is_none()
+        {
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    tracing::info!(task, key, "removed an unreadable manifest");
+                }
+                Err(e) => {
+                    tracing::warn!(task, key, error = %e, "could not remove an unreadable manifest")
+                }
+            }
+        }
+    }
+
+    /// Marks the data directories a manifest named as released at `now` (see
+    /// [`RELEASED`]). Best effort: a directory without the marker is collected by `gc`
+    /// by the age of its parts.
+    pub(crate) async fn release(&self, manifest: &Manifest, now: DateTime<Utc>) {
+        let dir = self.key_dir(&manifest.task, &manifest.key);
+        for data_dir in data_dirs_of(manifest) {
+            self.put_marker(&dir.clone().join(data_dir).join(RELEASED), now)
+                .await;
+        }
+    }
+
+    /// Commits a manifest: create-if-absent, or overwrite when `replace`. Checks first
+    /// that every part it names is there with its size. Returns the committed manifest
+    /// object's identity, or `None` when another writer committed first (create lost the
+    /// race). A replaced manifest's parts are released (see [`RELEASED`]), not deleted:
+    /// a run may still be reading them.
+    pub(crate) async fn commit(
+        &self,
+        manifest: &Manifest,
+        replace: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ObjectIdentity>> {
+        let dir = self.key_dir(&manifest.task, &manifest.key);
+        let path = dir.clone().join(MANIFEST);
+        let mut listed: BTreeMap<Path, u64> = BTreeMap::new();
+        for data_dir in data_dirs_of(manifest) {
+            for meta in self.list_under(&dir.clone().join(data_dir)).await? {
+                listed.insert(meta.location, meta.size);
+            }
+        }
+        for file in &manifest.files {
+            let part = dir.clone().join_path(&file.path);
+            if listed.get(&part) != Some(&file.size) {
+                return Err(Error::Internal {
+                    message: format!(
+                        "part {} of the checkpoint at {} is not there with its {} bytes; \
+                         nothing committed",
+                        file.path,
+                        self.url_of(&dir),
+                        file.size
+                    ),
+                });
+            }
+        }
         let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Internal {
             message: format!("cannot serialize a manifest: {e}"),
         })?;
@@ -354,7 +555,7 @@ impl CheckpointStore {
             },
             ..Default::default()
         };
-        // What a refresh replaces: its parts go once the new manifest stands.
+        // What a refresh replaces: its parts are released once the new manifest stands.
         let replaced = if replace {
             self.read_manifest(&path).await?.ok()
         } else {
@@ -369,7 +570,7 @@ impl CheckpointStore {
             Err(e) => {
                 return match sluice_store::classify(&e) {
                     // Lost the create-if-absent race: the winner's checkpoint stands.
-                    StoreErrorKind::Conflict | StoreErrorKind::PreconditionFailed => Ok(false),
+                    StoreErrorKind::Conflict | StoreErrorKind::PreconditionFailed => Ok(None),
                     _ => Err(self.error(&path, "put", e)),
                 };
             }
@@ -377,37 +578,38 @@ impl CheckpointStore {
         // Read it back: a server whose conditional put is not atomic under concurrency
         // (some S3-compatible ones) can let two creates succeed; the manifest that
         // stands is the last one written, and only its writer keeps its parts.
-        match self.read_manifest(&path).await? {
-            Ok(standing) => {
-                let ours = standing.files == manifest.files;
-                if ours && let Some(old) = replaced {
-                    let dir = self.key_dir(&manifest.task, &manifest.key);
-                    let kept: BTreeSet<&str> = manifest
-                        .files
-                        .iter()
-                        .filter_map(|f| f.path.split('/').next())
-                        .collect();
-                    let gone: BTreeSet<&str> = old
-                        .files
-                        .iter()
-                        .filter_map(|f| f.path.split('/').next())
-                        .filter(|d| !kept.contains(d))
-                        .collect();
-                    for data_dir in gone {
-                        if let Err(e) = self.delete_prefix(&dir.clone().join(data_dir)).await {
-                            tracing::warn!(error = %e, "could not delete a replaced checkpoint's parts");
-                        }
-                    }
+        match self.read_manifest_with_identity(&path).await? {
+            Some((Ok(standing), identity)) => {
+                if standing.id != manifest.id {
+                    return Ok(None);
                 }
-                Ok(ours)
+                if let Some(old) = replaced
+                    && old.id != manifest.id
+                {
+                    self.release(&old, now).await;
+                }
+                Ok(Some(identity))
             }
-            Err(reason) => Err(Error::Internal {
+            Some((Err(reason), _)) => Err(Error::Internal {
                 message: format!(
                     "the manifest just committed at {} does not read back: {reason}",
                     self.url_of(&path)
                 ),
             }),
+            None => Err(Error::Internal {
+                message: format!(
+                    "the manifest just committed at {} is gone",
+                    self.url_of(&path)
+                ),
+            }),
         }
+    }
+
+    /// Starts a writer's lease on `dir` (a checkpoint's `data-<id>` directory), by
+    /// `clock`: renewed every [`LEASE_RENEW`] until the returned lease is dropped, and
+    /// when [`Lease::progress`] finds the clock has moved that far.
+    pub(crate) fn lease(&self, dir: &Path, clock: super::Clock) -> Lease {
+        Lease::start(self.clone(), dir.clone().join(LEASE), clock)
     }
 
     /// Every object under `prefix`.
@@ -471,6 +673,43 @@ impl CheckpointStore {
             Err(object_store::Error::NotFound { .. }) => Ok(Err("no manifest".into())),
             Err(e) => Err(self.error(path, "get", e)),
         }
+    }
+
+    /// The manifest at `path` with the identity of the object read; `None` when there
+    /// is none.
+    #[allow(clippy::type_complexity)]
+    async fn read_manifest_with_identity(
+        &self,
+        path: &Path,
+    ) -> Result<Option<(std::result::Result<Manifest, String>, ObjectIdentity)>> {
+        match self.store.get(path).await {
+            Ok(found) => {
+                let identity = ObjectIdentity::of(&found.meta);
+                let bytes = found
+                    .bytes()
+                    .await
+                    .map_err(|e| self.error(path, "get", e))?;
+                Ok(Some((Manifest::parse(&bytes), identity)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(path, "get", e)),
+        }
+    }
+
+    /// A marker's time (a lease's or a release's): what it says, or when it was
+    /// written if it says nothing readable.
+    async fn marker_time(&self, meta: &ObjectMeta) -> DateTime<Utc> {
+        let Ok(found) = self.store.get(&meta.location).await else {
+            return meta.last_modified;
+        };
+        let Ok(bytes) = found.bytes().await else {
+            return meta.last_modified;
+        };
+        std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|text| DateTime::parse_from_rfc3339(text.trim()).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or(meta.last_modified)
     }
 
     async fn read_last_hit(&self, path: &Path) -> Option<DateTime<Utc>> {
@@ -563,68 +802,216 @@ impl CheckpointStore {
     }
 
     /// Removes expired checkpoints, parts that no manifest names and stale staging
-    /// objects (of checkpoints and of sinks writing into the store), all only when
-    /// older than `grace`: a run in progress keeps its parts.
+    /// objects (of checkpoints and of sinks writing into the store), without breaking a
+    /// run in progress or a committed checkpoint:
+    ///
+    /// - every key's manifest is read *after* the store is listed, so a manifest
+    ///   committed meanwhile is seen and its parts kept;
+    /// - a `data-<id>` directory that no manifest names is kept while its writer's lease
+    ///   ([`LEASE`]) is younger than [`LEASE_TTL`]; one released by a manifest that
+    ///   stopped standing ([`RELEASED`]: refreshed, expired, invalidated) goes `grace`
+    ///   after the release; any other goes when its newest object is older than `grace`;
+    /// - an expired manifest (by `now`) goes, and its parts are released at `now`;
+    /// - a manifest that does not parse, a `_last_hit` marker without a manifest, and a
+    ///   sink's staging object go when older than `grace`; cached source schemas when
+    ///   older than [`SCHEMA_CACHE_TTL`] (and `grace`).
     pub async fn gc(&self, now: DateTime<Utc>, grace: Duration) -> Result<GcReport> {
-        let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-        let old = |meta: &ObjectMeta| now.signed_duration_since(meta.last_modified) >= grace;
+        let judge = Judge {
+            now,
+            grace: chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX),
+        };
         let mut report = GcReport::default();
+        // The directories of live writers: their unfinished uploads stay too.
+        let mut live_dirs: BTreeSet<Path> = BTreeSet::new();
         for ((task, key), objects) in self.scan().await? {
-            let label = format!("{task}/{key}");
-            let dir = self.key_dir(&task, &key);
-            let manifest = match &objects.manifest {
-                Some(meta) => Some((meta, self.read_manifest(&meta.location).await?)),
-                None => None,
-            };
-            let referenced: BTreeSet<Path> = match &manifest {
-                Some((_, Ok(m))) => m
-                    .files
-                    .iter()
-                    .map(|f| dir.clone().join_path(&f.path))
-                    .collect(),
-                _ => BTreeSet::new(),
-            };
-            if let Some((meta, Ok(m))) = &manifest
-                && m.expires.is_some_and(|e| e <= now)
-            {
-                // The manifest goes first: from then on nothing reads the parts.
-                report.bytes += self.delete_all(std::slice::from_ref(*meta)).await?;
-                report.bytes += self.delete_prefix(&dir).await?;
-                report.expired.push(label);
-                continue;
-            }
-            if let Some((meta, Err(reason))) = &manifest
-                && !reason.contains("newer")
-                && old(meta)
-            {
-                report.bytes += self.delete_all(std::slice::from_ref(*meta)).await?;
-                report.stale.push(self.url_of(&meta.location));
-            }
-            let orphans: Vec<ObjectMeta> = objects
-                .others
-                .into_iter()
-                .filter(|m| !referenced.contains(&m.location) && old(m))
-                .collect();
-            report.bytes += self.delete_all(&orphans).await?;
-            report
-                .orphans
-                .extend(orphans.iter().map(|m| self.url_of(&m.location)));
+            self.gc_key(&task, &key, objects, &judge, &mut report, &mut live_dirs)
+                .await?;
         }
+        // Cached source schemas, by age.
+        let schema_age = chrono::Duration::from_std(SCHEMA_CACHE_TTL.max(grace))
+            .unwrap_or(chrono::Duration::MAX);
+        let schemas: Vec<ObjectMeta> = self
+            .list_under(&self.under(&[SCHEMAS]))
+            .await?
+            .into_iter()
+            .filter(|m| now.signed_duration_since(m.last_modified) >= schema_age)
+            .collect();
+        report.bytes += self.delete_all(&schemas).await?;
+        report
+            .stale
+            .extend(schemas.iter().map(|m| self.url_of(&m.location)));
         // Staging objects of sinks that wrote into this store and never finished.
         let stale: Vec<ObjectMeta> = self
             .list_under(&self.root_path())
             .await?
             .into_iter()
-            .filter(|m| m.location.as_ref().contains(sluice_store::STAGING_MARKER) && old(m))
+            .filter(|m| {
+                m.location.as_ref().contains(sluice_store::STAGING_MARKER)
+                    && judge.old(m.last_modified)
+            })
             .collect();
         report.bytes += self.delete_all(&stale).await?;
         report
             .stale
             .extend(stale.iter().map(|m| self.url_of(&m.location)));
         if self.root.scheme() == "file" {
-            self.gc_local_uploads(now, grace, &mut report)?;
+            self.gc_local_uploads(now, judge.grace, &live_dirs, &mut report)?;
         }
         Ok(report)
+    }
+
+    /// [`gc`](Self::gc) of one checkpoint key's objects, as the listing found them.
+    async fn gc_key(
+        &self,
+        task: &str,
+        key: &str,
+        objects: KeyObjects,
+        judge: &Judge,
+        report: &mut GcReport,
+        live_dirs: &mut BTreeSet<Path>,
+    ) -> Result<()> {
+        let dir = self.key_dir(task, key);
+        // Read after the listing: a manifest committed since is seen.
+        let path = dir.clone().join(MANIFEST);
+        let mut standing = match self.read_manifest_with_identity(&path).await? {
+            Some((Ok(manifest), identity)) => Some((manifest, identity)),
+            Some((Err(reason), identity)) => {
+                let foreign = reason.contains("newer");
+                if !foreign
+                    && objects
+                        .manifest
+                        .as_ref()
+                        .is_some_and(|m| judge.old(m.last_modified))
+                {
+                    self.invalidate_unparsed(task, key, &identity).await;
+                    report.stale.push(self.url_of(&path));
+                }
+                None
+            }
+            None => None,
+        };
+        // An expired checkpoint's manifest goes now; its parts are released now.
+        let mut released_now: BTreeSet<String> = BTreeSet::new();
+        if let Some((manifest, identity)) = &standing
+            && manifest.expires.is_some_and(|e| e <= judge.now)
+        {
+            if self.remove_manifest(manifest, Some(identity)).await {
+                released_now.extend(data_dirs_of(manifest).map(str::to_string));
+                report.expired.push(format!("{task}/{key}"));
+            }
+            standing = None;
+        }
+        let manifest = standing.as_ref().map(|(m, _)| m);
+        let referenced: BTreeSet<Path> = manifest
+            .iter()
+            .flat_map(|m| m.files.iter())
+            .map(|f| dir.clone().join_path(&f.path))
+            .collect();
+        let named: BTreeSet<&str> = manifest.into_iter().flat_map(data_dirs_of).collect();
+        let mut by_dir: BTreeMap<String, Vec<ObjectMeta>> = BTreeMap::new();
+        for meta in objects.others {
+            if let Some(name) = meta
+                .location
+                .prefix_match(&dir)
+                .and_then(|mut parts| parts.next())
+                .map(|p| p.as_ref().to_string())
+            {
+                by_dir.entry(name).or_default().push(meta);
+            }
+        }
+        for (name, metas) in by_dir {
+            let data_dir = dir.clone().join(name.as_str());
+            let doomed = if named.contains(name.as_str()) {
+                // A committed checkpoint's directory: only what its manifest does not
+                // name (a receipt, an attempt that lost), once old and not leased.
+                if self.leased(&metas, judge).await {
+                    live_dirs.insert(data_dir);
+                    continue;
+                }
+                metas
+                    .into_iter()
+                    .filter(|m| !referenced.contains(&m.location) && judge.old(m.last_modified))
+                    .collect()
+            } else {
+                match self
+                    .orphan_verdict(&metas, released_now.contains(&name), judge)
+                    .await
+                {
+                    Verdict::Live => {
+                        live_dirs.insert(data_dir);
+                        continue;
+                    }
+                    Verdict::Keep { release_at } => {
+                        if let Some(at) = release_at {
+                            self.put_marker(&data_dir.join(RELEASED), at).await;
+                        }
+                        continue;
+                    }
+                    Verdict::Delete => metas,
+                }
+            };
+            report.bytes += self.delete_all(&doomed).await?;
+            report.orphans.extend(
+                doomed
+                    .iter()
+                    .filter(|m| !matches!(m.location.filename(), Some(LEASE) | Some(RELEASED)))
+                    .map(|m| self.url_of(&m.location)),
+            );
+        }
+        if standing.is_none()
+            && let Some(meta) = &objects.last_hit
+            && judge.old(meta.last_modified)
+        {
+            report.bytes += self.delete_all(std::slice::from_ref(meta)).await?;
+            report.stale.push(self.url_of(&meta.location));
+        }
+        Ok(())
+    }
+
+    /// Whether a data directory's objects hold a writer's lease renewed within
+    /// [`LEASE_TTL`] (by `judge`'s clock).
+    async fn leased(&self, metas: &[ObjectMeta], judge: &Judge) -> bool {
+        let Some(lease) = metas.iter().find(|m| m.location.filename() == Some(LEASE)) else {
+            return false;
+        };
+        let renewed = self.marker_time(lease).await;
+        judge.now.signed_duration_since(renewed)
+            < chrono::Duration::from_std(LEASE_TTL).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// What becomes of a data directory no standing manifest names: kept while its
+    /// writer's lease lives; gone `grace` after its release (`released_now`: this pass
+    /// released it), or, never released, once its newest object is older than `grace`.
+    async fn orphan_verdict(
+        &self,
+        metas: &[ObjectMeta],
+        released_now: bool,
+        judge: &Judge,
+    ) -> Verdict {
+        if self.leased(metas, judge).await {
+            return Verdict::Live;
+        }
+        let released = if released_now {
+            Some(judge.now)
+        } else {
+            match metas
+                .iter()
+                .find(|m| m.location.filename() == Some(RELEASED))
+            {
+                Some(marker) => Some(self.marker_time(marker).await),
+                None => None,
+            }
+        };
+        let gone = match released {
+            Some(at) => judge.old(at),
+            None => metas.iter().all(|m| judge.old(m.last_modified)),
+        };
+        match gone {
+            true => Verdict::Delete,
+            false => Verdict::Keep {
+                release_at: released.filter(|_| released_now),
+            },
+        }
     }
 
     /// On local disk, an upload that a killed process left unfinished is a file named
@@ -634,11 +1021,20 @@ impl CheckpointStore {
         &self,
         now: DateTime<Utc>,
         grace: chrono::Duration,
+        live: &BTreeSet<Path>,
         report: &mut GcReport,
     ) -> Result<()> {
         let Ok(root) = self.root.to_file_path() else {
             return Ok(());
         };
+        // The live writers' directories, on the file system.
+        let live: Vec<std::path::PathBuf> = live
+            .iter()
+            .filter_map(|dir| {
+                let relative = dir.prefix_match(&self.prefix)?;
+                Some(relative.fold(root.clone(), |path, part| path.join(part.as_ref())))
+            })
+            .collect();
         let checkpoints = root.join(CHECKPOINTS);
         let mut stack = vec![checkpoints.clone()];
         let mut dirs = Vec::new();
@@ -657,7 +1053,8 @@ impl CheckpointStore {
                 let unfinished = path
                     .file_name()
                     .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.contains('#'));
+                    .is_some_and(|n| n.contains('#'))
+                    && !live.iter().any(|dir| path.starts_with(dir));
                 let modified: DateTime<Utc> =
                     meta.modified().map(DateTime::<Utc>::from).unwrap_or(now);
                 if unfinished && now.signed_duration_since(modified) >= grace {
@@ -742,6 +1139,126 @@ impl CheckpointStore {
             .await
         {
             tracing::warn!(digest, error = %e, "could not cache a source schema");
+        }
+    }
+}
+
+/// When `manifest`'s checkpoint expires under a policy whose expiry is now `ttl`: the
+/// earlier of its stored expiry and its creation plus `ttl`.
+pub(crate) fn expiry(manifest: &Manifest, ttl: Option<Duration>) -> Option<DateTime<Utc>> {
+    let by_policy = ttl
+        .and_then(|ttl| chrono::Duration::from_std(ttl).ok())
+        .and_then(|ttl| manifest.created.checked_add_signed(ttl));
+    match (manifest.expires, by_policy) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The `data-<id>` directories a manifest's parts are in.
+fn data_dirs_of(manifest: &Manifest) -> impl Iterator<Item = &str> {
+    manifest
+        .files
+        .iter()
+        .filter_map(|f| f.path.split('/').next())
+        .collect::<BTreeSet<&str>>()
+        .into_iter()
+}
+
+/// A writer's lease on its `data-<id>` directory (see [`LEASE`]): written at once,
+/// renewed every [`LEASE_RENEW`] of wall-clock time, and on
+/// [`progress`](Self::progress) when the flow's clock has moved that far. One task
+/// writes it, so [`end`](Self::end) knows no renewal is in flight when it returns.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    progress: Arc<tokio::sync::Notify>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    store: CheckpointStore,
+    path: Path,
+}
+
+impl Lease {
+    fn start(store: CheckpointStore, path: Path, clock: super::Clock) -> Self {
+        let progress = Arc::new(tokio::sync::Notify::new());
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = {
+            let (store, path, progress) = (store.clone(), path.clone(), Arc::clone(&progress));
+            tokio::spawn(async move {
+                let due = chrono::Duration::from_std(LEASE_RENEW).unwrap_or(chrono::Duration::MAX);
+                let mut renewed = clock.now();
+                store.put_marker(&path, renewed).await;
+                let mut every = tokio::time::interval(LEASE_RENEW);
+                every.tick().await; // the first tick is now
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => break,
+                        _ = every.tick() => {}
+                        _ = progress.notified() => {
+                            if clock.now().signed_duration_since(renewed) < due {
+                                continue;
+                            }
+                        }
+                    }
+                    renewed = clock.now();
+                    store.put_marker(&path, renewed).await;
+                }
+            })
+        };
+        Self {
+            progress,
+            stop: Some(stop),
+            task: Some(task),
+            store,
+            path,
+        }
+    }
+
+    /// The write made progress: renew the lease if the flow's clock moved
+    /// [`LEASE_RENEW`] since the last renewal.
+    pub(crate) fn progress(&self) {
+        self.progress.notify_one();
+    }
+
+    /// Stops the renewals (waiting for one in flight) and removes the lease object.
+    pub(crate) async fn end(mut self) {
+        self.stop_renewing().await;
+        if let Err(e) = self.store.store.delete(&self.path).await
+            && !matches!(e, object_store::Error::NotFound { .. })
+        {
+            tracing::warn!(error = %e, lease = %self.path, "could not remove a checkpoint writer's lease");
+        }
+    }
+
+    async fn stop_renewing(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Not ended (the write was dropped): stop renewing; `gc` collects what is left
+        // once the lease is stale.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl CheckpointStore {
+    /// Writes a marker (a lease, a release) holding `at` (best effort: logged).
+    async fn put_marker(&self, path: &Path, at: DateTime<Utc>) {
+        if let Err(e) = self
+            .store
+            .put(path, PutPayload::from(at.to_rfc3339()))
+            .await
+        {
+            tracing::warn!(error = %e, marker = %path, "could not write a checkpoint marker");
         }
     }
 }

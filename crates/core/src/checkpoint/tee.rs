@@ -50,7 +50,8 @@ use parquet::arrow::AsyncArrowWriter;
 use parquet::arrow::async_writer::AsyncFileWriter;
 use tokio::sync::mpsc;
 
-use super::manifest::encode_schema;
+use super::manifest::{BLOCK_SIZE, BlockHasher, encode_schema};
+use super::store::Lease;
 use super::{CacheKeyInputs, CheckpointFormat, CheckpointStore, Clock, Manifest, ManifestFile};
 use crate::run::TaskRunState;
 use crate::{Error, Result};
@@ -66,6 +67,9 @@ pub(crate) struct CheckpointTarget {
     pub(crate) task: String,
     pub(crate) key: String,
     pub(crate) code_version: Option<String>,
+    /// The checkpoint's id (its manifest's `id`), chosen before it is written: the
+    /// keys of downstream tasks name it.
+    pub(crate) id: String,
     pub(crate) key_inputs: CacheKeyInputs,
     pub(crate) policy: &'static str,
     pub(crate) flow_run: String,
@@ -350,11 +354,15 @@ impl ExecutionPlan for CheckpointExec {
         let (path, close) = match &self.tee {
             Tee::Commit(target) => {
                 let write = Arc::clone(self.write.get_or_init(|| {
+                    let dir = target
+                        .store
+                        .key_dir(&target.task, &target.key)
+                        .join(format!("data-{}", uuid::Uuid::new_v4().simple()));
                     Arc::new(CheckpointWrite {
-                        dir: target
-                            .store
-                            .key_dir(&target.task, &target.key)
-                            .join(format!("data-{}", uuid::Uuid::new_v4().simple())),
+                        lease: tokio::sync::Mutex::new(Some(
+                            target.store.lease(&dir, target.clock.clone()),
+                        )),
+                        dir,
                         state: Mutex::new(WriteState {
                             parts: vec![None; partitions],
                             closed: 0,
@@ -396,6 +404,7 @@ impl ExecutionPlan for CheckpointExec {
             Arc::clone(&schema),
             props,
             receiver,
+            close.write().cloned(),
         ));
         Ok(Box::pin(TeeStream {
             baseline: BaselineMetrics::new(&self.metrics, partition),
@@ -430,6 +439,9 @@ enum Message {
 struct CheckpointWrite {
     /// `checkpoints/<task>/<key>/data-<id>`, this write's own directory.
     dir: Path,
+    /// The writer's lease on `dir` until the manifest is committed or the parts are
+    /// deleted (whoever ends the write takes it).
+    lease: tokio::sync::Mutex<Option<Lease>>,
     state: Mutex<WriteState>,
     failed: AtomicBool,
 }
@@ -461,6 +473,25 @@ impl CheckpointWrite {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.closed >= state.parts.len()
     }
+
+    /// The write made progress: its lease may be due for renewal.
+    fn progress(&self) {
+        if let Ok(lease) = self.lease.try_lock()
+            && let Some(lease) = lease.as_ref()
+        {
+            lease.progress();
+        }
+    }
+
+    /// Ends the lease (no renewal in flight after this), then deletes the parts.
+    async fn delete(&self, store: &CheckpointStore) {
+        if let Some(lease) = self.lease.lock().await.take() {
+            lease.end().await;
+        }
+        if let Err(e) = store.delete_prefix(&self.dir).await {
+            tracing::warn!(error = %e, "could not delete an uncommitted checkpoint's parts");
+        }
+    }
 }
 
 /// Writes one partition's part: batches until `End`, then closes the file. A channel
@@ -472,11 +503,11 @@ async fn write_part(
     schema: SchemaRef,
     props: parquet::file::properties::WriterProperties,
     mut receiver: mpsc::Receiver<Message>,
+    write: Option<Arc<CheckpointWrite>>,
 ) -> Result<Option<ManifestFile>> {
     let file = HashingWriter {
         inner: BufWriter::new(store, path.clone()),
-        hasher: blake3::Hasher::new(),
-        size: 0,
+        hasher: BlockHasher::default(),
     };
     let mut writer = AsyncArrowWriter::try_new(file, schema, Some(props))
         .map_err(|e| parquet_error(&path, e))?;
@@ -484,6 +515,9 @@ async fn write_part(
     loop {
         match receiver.recv().await {
             Some(Message::Batch(batch)) => {
+                if let Some(write) = &write {
+                    write.progress();
+                }
                 rows += batch.num_rows() as u64;
                 writer
                     .write(&batch)
@@ -505,11 +539,13 @@ async fn write_part(
         .nth(1)
         .map(|p| p.as_ref().to_string())
         .unwrap_or_default();
+    let (size, blake3, blocks) = file.hasher.finish();
     Ok(Some(ManifestFile {
         path: format!("{dir}/{name}"),
-        size: file.size,
+        size,
         rows,
-        blake3: file.hasher.finalize().to_hex().to_string(),
+        blake3,
+        blocks,
     }))
 }
 
@@ -536,17 +572,15 @@ fn parquet_error(path: &Path, error: parquet::errors::ParquetError) -> Error {
     }
 }
 
-/// A file writer that hashes and counts the bytes it writes.
+/// A file writer that hashes the bytes it writes, block by block.
 struct HashingWriter {
     inner: BufWriter,
-    hasher: blake3::Hasher,
-    size: u64,
+    hasher: BlockHasher,
 }
 
 impl AsyncFileWriter for HashingWriter {
     fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
         self.hasher.update(&bs);
-        self.size += bs.len() as u64;
         Box::pin(async move {
             self.inner
                 .put(bs)
@@ -630,11 +664,9 @@ impl TeeStream {
         write.close(self.partition, None);
         if write.all_closed() {
             let store = self.tee.store().clone();
-            let dir = write.dir.clone();
+            let write = Arc::clone(write);
             sluice_store::cleanup::spawn("delete uncommitted checkpoint parts", async move {
-                if let Err(e) = store.delete_prefix(&dir).await {
-                    tracing::warn!(error = %e, "could not delete an uncommitted checkpoint's parts");
-                }
+                write.delete(&store).await;
             });
         }
     }
@@ -689,36 +721,42 @@ impl TeeStream {
                 Err(e) => {
                     write.close(partition, None);
                     if write.all_closed() {
-                        let _ = target.store.delete_prefix(&write.dir).await;
+                        write.delete(&target.store).await;
                     }
                     return Err(tee.error(e));
                 }
             };
             let Some(parts) = write.close(partition, Some(part)) else {
                 if write.failed.load(Ordering::Acquire) && write.all_closed() {
-                    let _ = target.store.delete_prefix(&write.dir).await;
+                    write.delete(&target.store).await;
                 }
                 return Ok(());
             };
-            commit(&target, &write.dir, parts)
-                .await
-                .map_err(|e| tee.error(e))
+            let lease = write.lease.lock().await.take();
+            let committed = commit(&target, &write.dir, parts, lease).await;
+            if committed.is_err() {
+                write.delete(&target.store).await;
+            }
+            committed.map_err(|e| tee.error(e))
         }
         .boxed()
     }
 }
 
-/// Commits the manifest of a complete write. A lost create-if-absent race is not an
+/// Commits the manifest of a complete write, then ends the writer's lease (the
+/// manifest holds the parts from then on). A lost create-if-absent race is not an
 /// error: the winner's checkpoint holds the same data; ours is deleted.
 pub(super) async fn commit(
     target: &CheckpointTarget,
     dir: &Path,
     files: Vec<ManifestFile>,
+    lease: Option<Lease>,
 ) -> Result<()> {
     let created = target.clock.now();
     let schema = Arc::clone(&target.schema);
     let manifest = Manifest {
         format_version: super::MANIFEST_FORMAT_VERSION,
+        id: target.id.clone(),
         task: target.task.clone(),
         key: target.key.clone(),
         code_version: target.code_version.clone(),
@@ -738,12 +776,19 @@ pub(super) async fn commit(
             .iter()
             .map(|f| super::manifest::column_line(f))
             .collect(),
+        block_size: BLOCK_SIZE,
         files,
         plan: target.plan_text.clone(),
         compression: format!("{:?}", target.format.compression),
     };
-    let committed = target.store.commit(&manifest, target.replace).await?;
-    if committed {
+    let committed = target
+        .store
+        .commit(&manifest, target.replace, created)
+        .await?;
+    if let Some(lease) = lease {
+        lease.end().await;
+    }
+    if committed.is_some() {
         tracing::info!(
             task = %target.task,
             key = %target.key,
@@ -852,7 +897,7 @@ impl ExtensionPlanner for CheckpointTeePlanner {
         if let Some(manifest) = node.tee.committed() {
             tracing::debug!(task = %node.tee.task(), "reading the checkpoint this run committed");
             let read = super::CheckpointRead::new(node.tee.store().clone(), manifest, false);
-            let table = read.table()?;
+            let table = read.table().map_err(DataFusionError::from)?;
             return Ok(Some(table.scan(session, None, &[], None).await?));
         }
         let [input] = physical_inputs else {

@@ -47,6 +47,8 @@ struct Wire {
 enum WireNode {
     Boundary(WireBoundary),
     Tee(WireTee),
+    /// A scan of a checkpoint's parts (a table provider).
+    Scan(WireRead),
 }
 
 /// A task boundary: the task's name (errors name it), its timeout, its sources (errors
@@ -183,6 +185,10 @@ impl Wire {
         Self::new(WireNode::Tee(WireTee::of(parts)))
     }
 
+    fn scan(read: &CheckpointRead) -> Self {
+        Self::new(WireNode::Scan(WireRead::of(read)))
+    }
+
     fn encode(&self, buf: &mut Vec<u8>) -> DfResult<()> {
         buf.extend_from_slice(MAGIC);
         serde_json::to_writer(buf, self).map_err(|e| DataFusionError::External(Box::new(e)))
@@ -224,6 +230,10 @@ fn unprepared(task: &str) -> DataFusionError {
         "task {task:?}'s checkpoint tee reached the cluster codec without being prepared \
          for the cluster"
     ))
+}
+
+fn misplaced() -> DataFusionError {
+    DataFusionError::Internal("a Sluice plan node was decoded where it does not belong".into())
 }
 
 fn one_input<T: Clone>(inputs: &[T]) -> DfResult<T> {
@@ -276,6 +286,7 @@ impl LogicalExtensionCodec for LogicalCodec {
                 tee: tee.decode()?,
                 input,
             }),
+            WireNode::Scan(_) => return Err(misplaced()),
         };
         Ok(Extension { node })
     }
@@ -306,8 +317,13 @@ impl LogicalExtensionCodec for LogicalCodec {
         schema: SchemaRef,
         ctx: &TaskContext,
     ) -> DfResult<Arc<dyn TableProvider>> {
-        self.inner
-            .try_decode_table_provider(buf, table_ref, schema, ctx)
+        match Wire::decode(buf)? {
+            Some(WireNode::Scan(read)) => read.read()?.table().map_err(DataFusionError::from),
+            Some(_) => Err(misplaced()),
+            None => self
+                .inner
+                .try_decode_table_provider(buf, table_ref, schema, ctx),
+        }
     }
 
     fn try_encode_table_provider(
@@ -316,6 +332,9 @@ impl LogicalExtensionCodec for LogicalCodec {
         node: Arc<dyn TableProvider>,
         buf: &mut Vec<u8>,
     ) -> DfResult<()> {
+        if let Some(read) = CheckpointRead::of_table(node.as_ref()) {
+            return Wire::scan(read).encode(buf);
+        }
         self.inner.try_encode_table_provider(table_ref, node, buf)
     }
 
@@ -366,17 +385,18 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         let input = one_input(inputs)?;
         Ok(match wire {
             // Every scan inside a task is under its boundary: cap its column chunks
-            // here, since the reader that does so locally does not travel.
+            // here, since the reader that does so locally does not travel; a cache
+            // hit's scan of a checkpoint reads through the checkpoint's verifying store.
             WireNode::Boundary(boundary) => {
                 let (run, sources, checkpoint) = boundary.decode()?;
-                Arc::new(TaskBoundaryExec::new(
-                    super::cap_scans(input)?,
-                    run,
-                    sources,
-                    checkpoint,
-                ))
+                let input = match &checkpoint {
+                    Some(read) => super::read_checkpoint_scans(input, read)?,
+                    None => super::cap_scans(input)?,
+                };
+                Arc::new(TaskBoundaryExec::new(input, run, sources, checkpoint))
             }
             WireNode::Tee(tee) => Arc::new(CheckpointExec::new(input, tee.decode()?)),
+            WireNode::Scan(_) => return Err(misplaced()),
         })
     }
 

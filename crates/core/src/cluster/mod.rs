@@ -51,10 +51,10 @@ use datafusion_proto::protobuf::LogicalPlanNode;
 
 pub use codec::{LogicalCodec, PhysicalCodec};
 
-use crate::boundary::{SluiceQueryPlanner, TaskBoundary};
+use crate::boundary::{SluiceQueryPlanner, TaskBoundary, TaskBoundaryExec};
 use crate::checkpoint::{
-    ABANDONED_PARTITIONS, CheckpointRead, CheckpointTarget, CheckpointTee, PartsWrite, Streamed,
-    Tee, commit_parts,
+    ABANDONED_PARTITIONS, CheckpointRead, CheckpointTarget, CheckpointTee, Lease, PartsWrite,
+    Streamed, Tee, commit_parts,
 };
 use crate::run::{StreamEnd, TaskRunState};
 use crate::{Error, Result};
@@ -110,6 +110,38 @@ fn cap_scans(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
     crate::limits::limit_decoded_scans(plan, cap, stores())
 }
 
+/// `plan`, decoded on an executor under a cache hit's boundary, with its Parquet scans
+/// (of the checkpoint's parts) reading through the checkpoint's verifying store (down
+/// to the next task boundary).
+fn read_checkpoint_scans(
+    plan: Arc<dyn ExecutionPlan>,
+    read: &Arc<CheckpointRead>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
+    use datafusion::datasource::source::DataSourceExec;
+    plan.transform_down(|node| {
+        if node.is::<TaskBoundaryExec>() {
+            return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
+        }
+        let Some(exec) = node.downcast_ref::<DataSourceExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some((conf, source)) = exec.downcast_to_file_source::<ParquetSource>() else {
+            return Ok(Transformed::no(node));
+        };
+        let source = source
+            .clone()
+            .with_parquet_file_reader_factory(read.reader_factory());
+        let scan = DataSourceExec::from_data_source(
+            FileScanConfigBuilder::from(conf.clone())
+                .with_source(Arc::new(source))
+                .build(),
+        );
+        Ok(Transformed::new(scan, true, TreeNodeRecursion::Jump))
+    })
+    .map(|t| t.data)
+}
+
 /// The session state a scheduler plans Sluice's plans in: Sluice's query planner (its
 /// task boundaries become [`TaskBoundaryExec`](crate::boundary::TaskBoundaryExec)s),
 /// stores from the environment, and [`cluster_config`].
@@ -134,6 +166,9 @@ struct Boundary {
 struct TeeWrite {
     target: Arc<CheckpointTarget>,
     parts: Arc<PartsWrite>,
+    /// The client's lease on the write's directory while the executors write it (see
+    /// `gc`): ended after the commit, or before the parts are deleted.
+    lease: Option<Lease>,
 }
 
 /// A plan as the cluster runs it: its task boundaries and the checkpoints it writes.
@@ -152,12 +187,15 @@ impl TeeWrites {
     /// Commits each checkpoint once the job has succeeded (before a sink publishes),
     /// or deletes its parts when the job, or a commit, failed.
     async fn settle<T>(mut self, outcome: &mut Result<T>, metrics: Option<&GetJobMetricsResult>) {
-        for tee in std::mem::take(&mut self.0) {
+        for mut tee in std::mem::take(&mut self.0) {
+            let lease = tee.lease.take();
             if outcome.is_ok() {
                 let streamed = metrics.map(|m| tee_figures(m, &tee.parts.write));
-                if let Err(e) = commit_parts(&tee.target, &tee.parts, streamed).await {
+                if let Err(e) = commit_parts(&tee.target, &tee.parts, streamed, lease).await {
                     *outcome = Err(tee.target.error(e));
                 }
+            } else if let Some(lease) = lease {
+                lease.end().await;
             }
             if outcome.is_err()
                 && let Err(e) = tee.target.store.delete_prefix(&tee.parts.dir()).await
@@ -170,8 +208,11 @@ impl TeeWrites {
 
 impl Drop for TeeWrites {
     fn drop(&mut self) {
-        for tee in self.0.drain(..) {
+        for mut tee in self.0.drain(..) {
             sluice_store::cleanup::spawn("delete a cancelled job's checkpoint parts", async move {
+                if let Some(lease) = tee.lease.take() {
+                    lease.end().await;
+                }
                 if let Err(e) = tee.target.store.delete_prefix(&tee.parts.dir()).await {
                     tracing::warn!(error = %e, "could not delete a cancelled job's checkpoint parts");
                 }
@@ -433,15 +474,16 @@ impl Cluster {
                 .any(|other| b.upstream.contains(&other.run.name))
         });
         let message = message.trim();
-        // Any error under a cache hit's boundary means its checkpoint is corrupt, as
-        // locally: invalidated here, where the next run looks it up.
+        // A corrupt checkpoint under a cache hit's boundary (the executor's boundary
+        // said so, as locally): invalidated here, where the next run looks it up. A
+        // store failure under it is no judgement on the checkpoint.
         if let Some(boundary) = innermost
             && let Some(checkpoint) = &boundary.checkpoint
-        {
-            let reason = message
+            && let Some(reason) = message
                 .split_once("is corrupt (")
                 .and_then(|(_, rest)| rest.rsplit_once("); it has been invalidated"))
-                .map_or(message, |(reason, _)| reason);
+                .map(|(reason, _)| reason)
+        {
             return checkpoint.corrupt(
                 &boundary.run,
                 format!("{reason}; found by the executors of {}", self.url),
@@ -584,6 +626,10 @@ fn portable_scan(
     source: Arc<dyn datafusion::logical_expr::TableSource>,
 ) -> std::result::Result<Option<Arc<dyn datafusion::logical_expr::TableSource>>, String> {
     let provider = source_as_provider(&source).map_err(|e| e.to_string())?;
+    // A checkpoint's scan crosses as its manifest (see the codec).
+    if crate::checkpoint::CheckpointRead::of_table(provider.as_ref()).is_some() {
+        return Ok(None);
+    }
     let Some(listing) = provider.downcast_ref::<ListingTable>() else {
         return Err(
             "in-memory data (eager mode, `Session::from_batches`) cannot be sent to a \
@@ -599,11 +645,14 @@ fn portable_scan(
                 .into(),
         );
     }
-    let Some(limited) = format.downcast_ref::<crate::limits::LimitedParquetFormat>() else {
+    // Sluice's source format becomes DataFusion's, which Ballista encodes. (The pins
+    // do not cross: on a cluster the scheduler's listing is the one the executors read.)
+    let Some(source) = format.downcast_ref::<crate::pins::SourceFormat>() else {
         return Ok(None);
     };
+    let inner = source.inner();
     let mut options = listing.options().clone();
-    options.format = Arc::clone(limited.inner());
+    options.format = Arc::clone(inner);
     let partition_columns: Vec<&str> = options
         .table_partition_cols
         .iter()
@@ -649,6 +698,7 @@ fn cluster_tee(
     let write = parts.committed.is_none().then(|| TeeWrite {
         target: Arc::clone(target),
         parts: Arc::clone(&parts),
+        lease: Some(target.store.lease(&parts.dir(), target.clock.clone())),
     });
     let tee = LogicalPlan::Extension(datafusion::logical_expr::Extension {
         node: Arc::new(CheckpointTee {

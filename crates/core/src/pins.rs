@@ -1,0 +1,433 @@
+//! Pinned sources: the objects a source's listing found when its frame was built (their
+//! identities are in the cache keys of the tasks over it) are the objects its scan
+//! reads, and each read checks that it still reads them.
+//!
+//! - [`Pins::check_scan`]: a scan lists its source again when it is planned
+//!   (DataFusion's listing table does); an object that appeared, changed or went since
+//!   the frame was built fails the scan with [`Error::SourceChanged`] naming it, before
+//!   a byte of data is read. (A deleted file would otherwise be skipped silently.)
+//! - [`Pins::guard`]: an object store over the source's that checks every read of a
+//!   pinned object against its identity (size, and the ETag, or the modification time
+//!   when there is none), and asks the server to do so too (`If-Match`, where it
+//!   honours it): an object replaced while the scan reads it fails the run with
+//!   `SourceChanged` instead of mixing versions. Parquet sources read through it (the
+//!   scan's reader and the column copy); CSV and JSON get the planning-time check only.
+//!
+//! [`SourceFormat`] is the file format of every source Sluice reads: it does both, and
+//! caps Parquet column chunks (see [`limits`](crate::limits)).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session as DfSession;
+use datafusion::common::Statistics;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::{FileScanConfig, FileSinkConfig, FileSource};
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::physical_expr::{LexOrdering, LexRequirement};
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::Error;
+use crate::identity::ObjectIdentity;
+
+/// The objects a source's listing found, by object path, and the store's URL (to name
+/// them in errors).
+#[derive(Debug)]
+pub(crate) struct Pins {
+    base: String,
+    objects: BTreeMap<Path, (ObjectMeta, ObjectIdentity)>,
+}
+
+impl Pins {
+    /// Pins the non-empty objects of a listing (DataFusion's scans skip empty ones) of
+    /// the store whose URL is `base` (`file:///`, `s3://bucket/`).
+    pub(crate) fn new(base: &str, objects: &[ObjectMeta]) -> Arc<Self> {
+        Arc::new(Self {
+            base: base.to_string(),
+            objects: objects
+                .iter()
+                .filter(|o| o.size > 0)
+                .map(|o| (o.location.clone(), (o.clone(), ObjectIdentity::of(o))))
+                .collect(),
+        })
+    }
+
+    /// The pinned objects, in path order.
+    pub(crate) fn objects(&self) -> Vec<ObjectMeta> {
+        self.objects
+            .values()
+            .map(|(meta, _)| meta.clone())
+            .collect()
+    }
+
+    fn url(&self, location: &Path) -> String {
+        format!("{}{location}", self.base)
+    }
+
+    fn changed(&self, location: &Path, reason: String) -> Error {
+        Error::SourceChanged {
+            url: self.url(location),
+            reason,
+        }
+    }
+
+    /// Checks the files a scan was planned with against the pins (see the module's
+    /// documentation). Files a `limit` kept the scan from listing are looked up to tell
+    /// them from deleted ones.
+    pub(crate) async fn check_scan(
+        &self,
+        conf: &FileScanConfig,
+        store: &dyn ObjectStore,
+    ) -> datafusion::error::Result<()> {
+        let external = |e: Error| datafusion::error::DataFusionError::External(Box::new(e));
+        let mut seen = std::collections::BTreeSet::new();
+        for file in conf.file_groups.iter().flat_map(|g| g.files()) {
+            let meta = &file.object_meta;
+            let Some((_, pin)) = self.objects.get(&meta.location) else {
+                return Err(external(self.changed(
+                    &meta.location,
+                    "it appeared after the frame was built".into(),
+                )));
+            };
+            if let Some(reason) = pin.differs(meta) {
+                return Err(external(self.changed(&meta.location, reason)));
+            }
+            seen.insert(&meta.location);
+        }
+        for (location, (_, pin)) in &self.objects {
+            if seen.contains(location) {
+                continue;
+            }
+            if conf.limit.is_none() {
+                return Err(external(
+                    self.changed(location, "it is no longer there".into()),
+                ));
+            }
+            match store.head(location).await {
+                Ok(meta) => {
+                    if let Some(reason) = pin.differs(&meta) {
+                        return Err(external(self.changed(location, reason)));
+                    }
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(external(
+                        self.changed(location, "it is no longer there".into()),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// `store` with every read of a pinned object checked against its pin.
+    pub(crate) fn guard(self: &Arc<Self>, store: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+        Arc::new(PinnedStore {
+            inner: store,
+            pins: Arc::clone(self),
+        })
+    }
+}
+
+/// An object store whose reads of pinned objects are checked (see [`Pins::guard`]).
+struct PinnedStore {
+    inner: Arc<dyn ObjectStore>,
+    pins: Arc<Pins>,
+}
+
+impl fmt::Debug for PinnedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinnedStore")
+            .field("base", &self.pins.base)
+            .field("objects", &self.pins.objects.len())
+            .finish()
+    }
+}
+
+impl fmt::Display for PinnedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PinnedStore({})", self.inner)
+    }
+}
+
+impl PinnedStore {
+    fn changed(&self, location: &Path, reason: String) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "source",
+            source: Box::new(self.pins.changed(location, reason)),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for PinnedStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        mut options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let Some((_, pin)) = self.pins.objects.get(location) else {
+            return self.inner.get_opts(location, options).await;
+        };
+        // A weak ETag never matches `If-Match` (RFC 9110): only a strong one is sent.
+        if options.if_match.is_none()
+            && let Some(e_tag) = pin.e_tag.as_ref().filter(|e| !e.starts_with("W/"))
+        {
+            options.if_match = Some(e_tag.clone());
+        }
+        match self.inner.get_opts(location, options).await {
+            Ok(result) => match pin.differs(&result.meta) {
+                Some(reason) => Err(self.changed(location, reason)),
+                None => Ok(result),
+            },
+            Err(object_store::Error::Precondition { .. }) => {
+                Err(self.changed(location, "the store says its ETag no longer matches".into()))
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(self.changed(location, "it is no longer there".into()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// The file format of a source Sluice read: the wrapped format, whose scans check their
+/// files against the source's [`Pins`] before anything is read, and, for Parquet, read
+/// through them with the session's column-chunk cap (see [`limits`](crate::limits)).
+/// CSV and JSON scans read through DataFusion's readers: they get the planning-time
+/// check only. Everything else is the wrapped format's.
+#[derive(Debug)]
+pub(crate) struct SourceFormat {
+    inner: Arc<dyn FileFormat>,
+    pins: Arc<Pins>,
+    /// The column-chunk cap of a Parquet source.
+    max_column_chunk_bytes: Option<u64>,
+}
+
+impl SourceFormat {
+    /// A CSV or JSON source's format.
+    pub(crate) fn new(inner: Arc<dyn FileFormat>, pins: Arc<Pins>) -> Self {
+        Self {
+            inner,
+            pins,
+            max_column_chunk_bytes: None,
+        }
+    }
+
+    /// A Parquet source's format, capped at `max_column_chunk_bytes`.
+    pub(crate) fn parquet(
+        inner: Arc<dyn FileFormat>,
+        pins: Arc<Pins>,
+        max_column_chunk_bytes: u64,
+    ) -> Self {
+        Self {
+            inner,
+            pins,
+            max_column_chunk_bytes: Some(max_column_chunk_bytes),
+        }
+    }
+
+    /// The objects the source's frame was built from.
+    pub(crate) fn pins(&self) -> &Arc<Pins> {
+        &self.pins
+    }
+
+    /// The wrapped format.
+    #[cfg(feature = "ballista")]
+    pub(crate) fn inner(&self) -> &Arc<dyn FileFormat> {
+        &self.inner
+    }
+}
+
+#[async_trait]
+impl FileFormat for SourceFormat {
+    fn get_ext(&self) -> String {
+        self.inner.get_ext()
+    }
+
+    fn get_ext_with_compression(
+        &self,
+        file_compression_type: &FileCompressionType,
+    ) -> datafusion::error::Result<String> {
+        self.inner.get_ext_with_compression(file_compression_type)
+    }
+
+    fn compression_type(&self) -> Option<FileCompressionType> {
+        self.inner.compression_type()
+    }
+
+    async fn infer_schema(
+        &self,
+        state: &dyn DfSession,
+        store: &Arc<dyn ObjectStore>,
+        objects: &[ObjectMeta],
+    ) -> datafusion::error::Result<SchemaRef> {
+        self.inner.infer_schema(state, store, objects).await
+    }
+
+    async fn infer_stats(
+        &self,
+        state: &dyn DfSession,
+        store: &Arc<dyn ObjectStore>,
+        table_schema: SchemaRef,
+        object: &ObjectMeta,
+    ) -> datafusion::error::Result<Statistics> {
+        self.inner
+            .infer_stats(state, store, table_schema, object)
+            .await
+    }
+
+    async fn infer_ordering(
+        &self,
+        state: &dyn DfSession,
+        store: &Arc<dyn ObjectStore>,
+        table_schema: SchemaRef,
+        object: &ObjectMeta,
+    ) -> datafusion::error::Result<Option<LexOrdering>> {
+        self.inner
+            .infer_ordering(state, store, table_schema, object)
+            .await
+    }
+
+    async fn infer_stats_and_ordering(
+        &self,
+        state: &dyn DfSession,
+        store: &Arc<dyn ObjectStore>,
+        table_schema: SchemaRef,
+        object: &ObjectMeta,
+    ) -> datafusion::error::Result<datafusion::datasource::file_format::FileMeta> {
+        self.inner
+            .infer_stats_and_ordering(state, store, table_schema, object)
+            .await
+    }
+
+    async fn create_physical_plan(
+        &self,
+        state: &dyn DfSession,
+        conf: FileScanConfig,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let store = state
+            .runtime_env()
+            .object_store(conf.object_store_url.clone())?;
+        self.pins.check_scan(&conf, store.as_ref()).await?;
+        let plan = self.inner.create_physical_plan(state, conf).await?;
+        let Some(cap) = self.max_column_chunk_bytes else {
+            return Ok(plan);
+        };
+        let reader = CachedParquetFileReaderFactory::new(
+            self.pins.guard(store),
+            state.runtime_env().cache_manager.get_file_metadata_cache(),
+        );
+        Ok(crate::limits::limit_scan(plan, cap, Some(Arc::new(reader))))
+    }
+
+    async fn create_writer_physical_plan(
+        &self,
+        input: Arc<dyn ExecutionPlan>,
+        state: &dyn DfSession,
+        conf: FileSinkConfig,
+        order_requirements: Option<LexRequirement>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        self.inner
+            .create_writer_physical_plan(input, state, conf, order_requirements)
+            .await
+    }
+
+    fn file_source(&self, table_schema: TableSchema) -> Arc<dyn FileSource> {
+        self.inner.file_source(table_schema)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use object_store::memory::InMemory;
+
+    #[tokio::test]
+    async fn a_read_of_a_replaced_object_fails_naming_it() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let path = Path::from("src/a.parquet");
+        store
+            .put(&path, Bytes::from_static(b"version one").into())
+            .await
+            .unwrap();
+        let meta = store.head(&path).await.unwrap();
+        let pins = Pins::new("memory://bucket/", &[meta]);
+        let guarded = pins.guard(Arc::clone(&store));
+        assert_eq!(guarded.get_range(&path, 0..7).await.unwrap(), "version");
+        store
+            .put(&path, Bytes::from_static(b"version two").into())
+            .await
+            .unwrap();
+        let error = guarded
+            .get_range(&path, 0..7)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("memory://bucket/src/a.parquet changed"),
+            "{error}"
+        );
+        store.delete(&path).await.unwrap();
+        let error = guarded
+            .get_range(&path, 0..7)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no longer there"), "{error}");
+    }
+}
