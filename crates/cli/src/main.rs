@@ -67,6 +67,10 @@ enum Command {
     ServeS3(ServeArgs),
     /// Serve a directory over HTTP with range requests on loopback. Runs until interrupted.
     ServeHttp(ServeArgs),
+    /// Relay a loopback endpoint (`serve-s3`, `serve-http`) with latency added to each
+    /// request, counting requests and bytes: how remote reads are measured here. Prints
+    /// the counts as JSON when interrupted.
+    ServeProxy(ProxyArgs),
     /// List, show, collect and clear the checkpoints in a result store.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -192,6 +196,19 @@ struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
+struct ProxyArgs {
+    /// The endpoint relayed: `http://127.0.0.1:9000`.
+    #[arg(long)]
+    upstream: String,
+    /// The loopback port (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Latency added to every request (humantime: `25ms`, `0s`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    latency: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
 struct GenTaxiArgs {
     /// Number of rows in total; `_` separators allowed (3_000_000).
     #[arg(long, value_parser = parse_count)]
@@ -265,6 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::GenTaxi(args) => gen_taxi(args),
         Command::ServeS3(args) => serve(args, true),
         Command::ServeHttp(args) => serve(args, false),
+        Command::ServeProxy(args) => serve_proxy(args),
         Command::Cache(command) => cache(command),
         Command::Runs(command) => runs(command),
         #[cfg(feature = "ballista")]
@@ -613,6 +631,41 @@ fn serve(args: ServeArgs, s3: bool) -> anyhow::Result<()> {
             interrupted = tokio::signal::ctrl_c() => interrupted.context("waiting for Ctrl-C")?,
             _ = terminate.recv() => {}
         }
+        anyhow::Ok(())
+    })
+}
+
+fn serve_proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    use sluice_testkit::faults::{FaultProxy, FaultRule, ProxyFault};
+    let runtime = tokio::runtime::Runtime::new().context("could not start a runtime")?;
+    runtime.block_on(async {
+        let mut builder = FaultProxy::builder(&args.upstream).port(args.port);
+        if !args.latency.is_zero() {
+            builder = builder.rule(FaultRule::new(ProxyFault::Latency(args.latency)));
+        }
+        let proxy = builder.start().await?;
+        outln!(
+            "proxy {} relaying {} with {:?} added per request",
+            proxy.endpoint(),
+            args.upstream,
+            args.latency
+        );
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("listening for SIGTERM")?;
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => interrupted.context("waiting for Ctrl-C")?,
+            _ = terminate.recv() => {}
+        }
+        let stats = proxy.stats();
+        outln!(
+            "{}",
+            serde_json::json!({
+                "requests": stats.requests,
+                "body_bytes": stats.body_bytes,
+                "max_in_flight": stats.max_in_flight,
+            })
+        );
         anyhow::Ok(())
     })
 }

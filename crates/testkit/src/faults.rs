@@ -341,12 +341,19 @@ pub struct FaultProxyBuilder {
     upstream: String,
     seed: u64,
     rules: Vec<FaultRule>,
+    port: u16,
 }
 
 impl FaultProxyBuilder {
     /// Seeds the generator that [`FaultRule::rate`] draws from (default 0).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self
+    }
+
+    /// The loopback port to listen on (default 0: any free port).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
         self
     }
 
@@ -359,7 +366,7 @@ impl FaultProxyBuilder {
     /// Binds a loopback port and starts proxying.
     pub async fn start(self) -> Result<FaultProxy> {
         let upstream = parse_endpoint(&self.upstream)?;
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], self.port)))
             .await
             .map_err(|source| TestkitError::Server { source })?;
         let addr = listener
@@ -425,6 +432,7 @@ impl FaultProxy {
             upstream: upstream.to_string(),
             seed: 0,
             rules: Vec::new(),
+            port: 0,
         }
     }
 

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# What reading a checkpoint costs: the seed ETL's cache hit (transform read from its
+# checkpoint, extract skipped), each run as its own process through `sluice-bench measure`
+# (wall, peak RSS).
+#
+#   - local disk: a hit with the checkpoint's block checksums checked, and without
+#     (`SLUICE_BENCH_VERIFY=0`): what verification costs;
+#   - S3 (`sluice serve-s3` on loopback) through `sluice serve-proxy` adding LATENCY to
+#     every request: the hit's wall, and the requests and bytes the proxy relayed.
+#
+# Usage (after the release build: `cargo build --release --workspace --features
+# ballista,sluice-cli/ballista --bins --examples`):
+#   crates/bench/checkpoint-read.sh [ROWS] [RUNS] [LATENCY...]
+#   crates/bench/checkpoint-read.sh 12000000 3 0ms 25ms
+# Environment: BIN (the release directory whose `sluice-bench` and `examples/etl` are
+# measured; default $CARGO_TARGET_DIR/release), TOOLS (the release directory whose
+# `sluice` serves S3 and the proxy; default BIN).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+ROWS="${1:-3000000}"
+RUNS="${2:-3}"
+shift 2 2>/dev/null || true
+LATENCIES=("${@:-0ms}")
+BIN="${BIN:-${CARGO_TARGET_DIR:-target}/release}"
+TOOLS="${TOOLS:-$BIN}"
+ROOT="$(mktemp -d "${TMPDIR:-/tmp}/sluice-checkpoint-bench.XXXXXX")"
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$ROOT"' EXIT
+
+json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])['$2'])" "$1"; }
+# median_row LABEL VALUES...: "label | median wall | range | median RSS".
+row() {
+  python3 - "$@" <<'PY'
+import statistics, sys
+label, walls, rss = sys.argv[1], [float(x) for x in sys.argv[2].split()], [float(x) for x in sys.argv[3].split()]
+extra = " | ".join(sys.argv[4:])
+print(f"| {label} | {statistics.median(walls):.2f} s | {min(walls):.2f}-{max(walls):.2f} s | {statistics.median(rss):.0f} MiB | {extra} |")
+PY
+}
+
+mkdir -p "$ROOT/buckets/bench"
+"$TOOLS/sluice" gen-taxi --rows "$ROWS" --out "$ROOT/taxi.parquet" >/dev/null
+
+echo "| case | wall (median) | range | peak RSS | requests, bytes |"
+echo "|---|---:|---:|---:|---|"
+
+# Local disk: persist once, then hits with and without the checksums.
+CASE=("$BIN/sluice-bench" case etl)
+"${CASE[@]}" persisted --input "$ROOT/taxi.parquet" --output "$ROOT/out.parquet" --cache "$ROOT/cache"
+for verify in 1 0; do
+  walls=() rss=()
+  for _ in $(seq "$RUNS"); do
+    out=$(SLUICE_BENCH_VERIFY=$verify "$BIN/sluice-bench" measure -- "${CASE[@]}" cache-hit \
+      --input "$ROOT/taxi.parquet" --output "$ROOT/out.parquet" --cache "$ROOT/cache")
+    walls+=("$(json "$out" wall_s)"); rss+=("$(json "$out" peak_rss_mib)")
+  done
+  row "local hit, checksums $([ "$verify" = 1 ] && echo on || echo off)" "${walls[*]}" "${rss[*]}" "-"
+done
+
+# S3 through the proxy.
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$TOOLS/sluice" serve-s3 --root "$ROOT/buckets" --port "$PORT" >"$ROOT/server.out" &
+PIDS+=($!)
+for _ in $(seq 50); do grep -q '^export' "$ROOT/server.out" 2>/dev/null && break; sleep 0.1; done
+eval "$(grep '^export' "$ROOT/server.out")"
+S3_ENDPOINT="$AWS_ENDPOINT_URL"
+ETL=("$BIN/examples/etl" --source "$ROOT/taxi.parquet" --dest "$ROOT/out.parquet" --progress off)
+# The checkpoint, written straight to the server.
+"${ETL[@]}" --cache s3://bench/cache/ >/dev/null
+for latency in "${LATENCIES[@]}"; do
+  walls=() rss=() requests=() bytes=()
+  for _ in $(seq "$RUNS"); do
+    "$TOOLS/sluice" serve-proxy --upstream "$S3_ENDPOINT" --latency "$latency" >"$ROOT/proxy.out" &
+    proxy=$!
+    for _ in $(seq 50); do grep -q '^proxy' "$ROOT/proxy.out" 2>/dev/null && break; sleep 0.1; done
+    endpoint=$(sed -n 's/^proxy \([^ ]*\) .*/\1/p' "$ROOT/proxy.out")
+    out=$(AWS_ENDPOINT_URL="$endpoint" "$BIN/sluice-bench" measure -- "${ETL[@]}" --cache s3://bench/cache/)
+    kill -INT "$proxy"; wait "$proxy" || true
+    counts=$(tail -n 1 "$ROOT/proxy.out")
+    walls+=("$(json "$out" wall_s)"); rss+=("$(json "$out" peak_rss_mib)")
+    requests+=("$(json "$counts" requests)"); bytes+=("$(json "$counts" body_bytes)")
+  done
+  row "S3 hit, ${latency} per request" "${walls[*]}" "${rss[*]}" \
+    "${requests[0]} requests, $((bytes[0] / 1048576)) MiB"
+done
