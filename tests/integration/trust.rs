@@ -369,7 +369,7 @@ async fn a_changed_footer_byte_is_a_miss_that_recomputes_then_hits_again(backend
 /// names other objects), or skipped the deleted one (a short output). Now the run fails
 /// naming the object, whatever the write path, and commits and publishes nothing.
 async fn a_source_changed_after_its_frame_was_built_fails_naming_it(backend: Backend) {
-    let h = Harness::new(backend, "source").await;
+    let h = Harness::new(backend, "changed-source").await;
     h.source("a.parquet", 10_000, 1);
     let b = h.source("b.parquet", 10_000, 2);
     let glob = format!("{}/src/*.parquet", h.dir.path().display());

@@ -784,10 +784,12 @@ pub(super) async fn commit(
     let committed = target
         .store
         .commit(&manifest, target.replace, created)
-        .await?;
+        .await;
+    // Committed or not, the lease ends here, before anyone deletes the parts.
     if let Some(lease) = lease {
         lease.end().await;
     }
+    let committed = committed?;
     if committed.is_some() {
         tracing::info!(
             task = %target.task,
