@@ -899,6 +899,17 @@ where
         .await
 }
 
+/// The state of the task of [`keyed_run`] under the inputs policy.
+async fn keyed_state<F>(h: &Harness, session: &Session, body: F) -> TaskState
+where
+    F: Fn(Frame) -> Result<Frame> + Send + Sync + Clone + 'static,
+{
+    state(
+        &keyed_run(h, session, CachePolicy::inputs(), body).await,
+        "keyed",
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volatile_and_time_functions_are_refused_in_a_persisted_task_unless_allowed() {
     use datafusion::functions::expr_fn::{current_date, current_time, now, random, uuid};
@@ -1026,28 +1037,10 @@ async fn a_changed_setting_or_function_version_is_a_miss_and_an_unversioned_func
     };
     let as_text = |raw: Frame| raw.with_column("pickup", col("tpep_pickup_datetime"));
     let utc = session_with("+00:00");
-    assert_eq!(
-        state(
-            &keyed_run(&h, &utc, CachePolicy::inputs(), as_text).await,
-            "keyed"
-        ),
-        TaskState::Completed
-    );
-    assert_eq!(
-        state(
-            &keyed_run(&h, &utc, CachePolicy::inputs(), as_text).await,
-            "keyed"
-        ),
-        TaskState::Cached
-    );
+    assert_eq!(keyed_state(&h, &utc, as_text).await, TaskState::Completed);
+    assert_eq!(keyed_state(&h, &utc, as_text).await, TaskState::Cached);
     let other = session_with("+05:00");
-    assert_eq!(
-        state(
-            &keyed_run(&h, &other, CachePolicy::inputs(), as_text).await,
-            "keyed"
-        ),
-        TaskState::Completed
-    );
+    assert_eq!(keyed_state(&h, &other, as_text).await, TaskState::Completed);
 
     let double = || -> ScalarUDF {
         create_udf(
@@ -1065,20 +1058,8 @@ async fn a_changed_setting_or_function_version_is_a_miss_and_an_unversioned_func
     };
     let versioned = |version: &str| session(&|b| b.with_udf(double(), version));
     let v1 = versioned("1");
-    assert_eq!(
-        state(
-            &keyed_run(&h, &v1, CachePolicy::inputs(), doubled).await,
-            "keyed"
-        ),
-        TaskState::Completed
-    );
-    assert_eq!(
-        state(
-            &keyed_run(&h, &v1, CachePolicy::inputs(), doubled).await,
-            "keyed"
-        ),
-        TaskState::Cached
-    );
+    assert_eq!(keyed_state(&h, &v1, doubled).await, TaskState::Completed);
+    assert_eq!(keyed_state(&h, &v1, doubled).await, TaskState::Cached);
     let v2 = versioned("2");
     let bumped = keyed_run(&h, &v2, CachePolicy::inputs(), doubled).await;
     assert_eq!(state(&bumped, "keyed"), TaskState::Completed);
@@ -1099,10 +1080,7 @@ async fn a_changed_setting_or_function_version_is_a_miss_and_an_unversioned_func
     let builtin =
         |raw: Frame| raw.with_column("a", datafusion::functions::expr_fn::abs(col("fare_amount")));
     assert_eq!(
-        state(
-            &keyed_run(&h, &unversioned, CachePolicy::inputs(), builtin).await,
-            "keyed"
-        ),
+        keyed_state(&h, &unversioned, builtin).await,
         TaskState::Completed
     );
 }

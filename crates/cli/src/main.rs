@@ -624,15 +624,19 @@ fn serve(args: ServeArgs, s3: bool) -> anyhow::Result<()> {
             Box::new(server)
         };
         // Ctrl-C or SIGTERM stops the server cleanly.
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .context("listening for SIGTERM")?;
-        tokio::select! {
-            interrupted = tokio::signal::ctrl_c() => interrupted.context("waiting for Ctrl-C")?,
-            _ = terminate.recv() => {}
-        }
-        anyhow::Ok(())
+        interrupted().await
     })
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn interrupted() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted.context("waiting for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
 }
 
 fn serve_proxy(args: ProxyArgs) -> anyhow::Result<()> {
@@ -650,13 +654,7 @@ fn serve_proxy(args: ProxyArgs) -> anyhow::Result<()> {
             args.upstream,
             args.latency
         );
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .context("listening for SIGTERM")?;
-        tokio::select! {
-            interrupted = tokio::signal::ctrl_c() => interrupted.context("waiting for Ctrl-C")?,
-            _ = terminate.recv() => {}
-        }
+        interrupted().await?;
         let stats = proxy.stats();
         outln!(
             "{}",
