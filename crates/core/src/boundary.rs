@@ -47,12 +47,12 @@ use futures::{Future, Stream};
 use crate::Error;
 use crate::checkpoint::{CheckpointRead, CheckpointTeePlanner};
 use crate::error::panic_message;
-use crate::run::{ExecutionState, StreamEnd, TaskRunState};
+use crate::seam::{Execution, Partition, StreamEnd, TaskHandle};
 
 /// The logical boundary node at the end of a task's fragment.
 #[derive(Debug, Clone)]
 pub(crate) struct TaskBoundary {
-    pub(crate) run: Arc<TaskRunState>,
+    pub(crate) task: TaskHandle,
     pub(crate) sources: Arc<[String]>,
     /// Set when the input is a scan of the task's checkpoint (a cache hit).
     pub(crate) checkpoint: Option<Arc<CheckpointRead>>,
@@ -61,7 +61,7 @@ pub(crate) struct TaskBoundary {
 
 impl PartialEq for TaskBoundary {
     fn eq(&self, other: &Self) -> bool {
-        self.run.id == other.run.id && self.input == other.input
+        self.task.id() == other.task.id() && self.input == other.input
     }
 }
 
@@ -69,14 +69,14 @@ impl Eq for TaskBoundary {}
 
 impl Hash for TaskBoundary {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.run.id.hash(state);
+        self.task.id().hash(state);
         self.input.hash(state);
     }
 }
 
 impl PartialOrd for TaskBoundary {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        match self.run.id.cmp(&other.run.id) {
+        match self.task.id().cmp(&other.task.id()) {
             Ordering::Equal => self.input.partial_cmp(&other.input),
             unequal => Some(unequal),
         }
@@ -106,7 +106,7 @@ impl UserDefinedLogicalNodeCore for TaskBoundary {
     }
 
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "TaskBoundary: task={}", self.run.name)
+        write!(f, "TaskBoundary: task={}", self.task.name())
     }
 
     fn with_exprs_and_inputs(
@@ -118,7 +118,7 @@ impl UserDefinedLogicalNodeCore for TaskBoundary {
             DataFusionError::Internal("TaskBoundary needs exactly one input".into())
         })?;
         Ok(Self {
-            run: Arc::clone(&self.run),
+            task: self.task.clone(),
             sources: Arc::clone(&self.sources),
             checkpoint: self.checkpoint.clone(),
             input,
@@ -142,26 +142,26 @@ impl UserDefinedLogicalNodeCore for TaskBoundary {
 #[derive(Debug)]
 pub struct TaskBoundaryExec {
     input: Arc<dyn ExecutionPlan>,
-    run: Arc<TaskRunState>,
+    task: TaskHandle,
     sources: Arc<[String]>,
     checkpoint: Option<Arc<CheckpointRead>>,
     properties: Arc<PlanProperties>,
-    /// This plan instance's execution, created when its first partition starts.
-    execution: std::sync::OnceLock<Arc<ExecutionState>>,
+    /// This plan instance's execution, started when its first partition starts.
+    execution: std::sync::OnceLock<Arc<Execution>>,
     metrics: ExecutionPlanMetricsSet,
 }
 
 impl TaskBoundaryExec {
     pub(crate) fn new(
         input: Arc<dyn ExecutionPlan>,
-        run: Arc<TaskRunState>,
+        task: TaskHandle,
         sources: Arc<[String]>,
         checkpoint: Option<Arc<CheckpointRead>>,
     ) -> Self {
         let properties = Arc::clone(input.properties());
         Self {
             input,
-            run,
+            task,
             sources,
             checkpoint,
             properties,
@@ -172,13 +172,13 @@ impl TaskBoundaryExec {
 
     /// The name of the task whose output this node counts.
     pub fn task_name(&self) -> &str {
-        &self.run.name
+        self.task.name()
     }
 
     /// The task run whose output this node counts.
     #[cfg(feature = "ballista")]
-    pub(crate) fn run(&self) -> &Arc<TaskRunState> {
-        &self.run
+    pub(crate) fn task(&self) -> &TaskHandle {
+        &self.task
     }
 
     /// The sources errors are attributed to.
@@ -196,7 +196,7 @@ impl TaskBoundaryExec {
 
 impl DisplayAs for TaskBoundaryExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "TaskBoundaryExec: task={}", self.run.name)
+        write!(f, "TaskBoundaryExec: task={}", self.task.name())
     }
 }
 
@@ -237,7 +237,7 @@ impl ExecutionPlan for TaskBoundaryExec {
         })?;
         Ok(Arc::new(Self::new(
             input,
-            Arc::clone(&self.run),
+            self.task.clone(),
             Arc::clone(&self.sources),
             self.checkpoint.clone(),
         )))
@@ -245,35 +245,32 @@ impl ExecutionPlan for TaskBoundaryExec {
 
     fn execute(
         &self,
-        partition: usize,
+        partition_index: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let input = self
             .input
-            .execute(partition, context)
+            .execute(partition_index, context)
             .map_err(|e| self.attribute(e))?;
-        let execution = Arc::clone(self.execution.get_or_init(|| {
-            self.run.new_execution(
+        let execution = self.execution.get_or_init(|| {
+            self.task.execution(
                 self.properties.partitioning.partition_count(),
                 self.checkpoint.is_some(),
             )
-        }));
-        let deadline = self.run.timeout.map(|limit| {
-            Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
-                execution.started + limit,
-            )))
         });
+        let partition = Partition::new(execution);
+        let deadline = partition
+            .deadline()
+            .map(|at| Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(at))));
         Ok(Box::pin(BoundaryStream {
-            baseline: BaselineMetrics::new(&self.metrics, partition),
+            baseline: BaselineMetrics::new(&self.metrics, partition_index),
             schema: self.input.schema(),
             input,
-            run: Arc::clone(&self.run),
             sources: Arc::clone(&self.sources),
             checkpoint: self.checkpoint.clone(),
-            execution,
+            partition,
             deadline,
             input_done: false,
-            closed: false,
         }))
     }
 
@@ -315,7 +312,7 @@ impl ExecutionPlan for TaskBoundaryExec {
 
 impl TaskBoundaryExec {
     fn attribute(&self, error: DataFusionError) -> DataFusionError {
-        attribute(&self.run, &self.sources, self.checkpoint.as_deref(), error)
+        attribute(&self.task, &self.sources, self.checkpoint.as_deref(), error)
     }
 }
 
@@ -323,71 +320,24 @@ impl TaskBoundaryExec {
 /// means the checkpoint is corrupt (a block that does not match its checksum, a
 /// missing part, a page that does not decode), unless it is the store failing (an
 /// unreachable endpoint, a throttled request), which is no judgement on the checkpoint.
-/// Otherwise, one that an upstream boundary already attributed passes through (this
-/// task failed because of it); any other is this task's own.
-pub(crate) fn attribute(
-    run: &TaskRunState,
-    sources: &[String],
-    checkpoint: Option<&CheckpointRead>,
-    error: DataFusionError,
-) -> DataFusionError {
-    carried(run, attribute_here(run, sources, checkpoint, error))
-}
-
-/// An error as it leaves the boundary. On a cluster's executor it travels to the
-/// client as text (Ballista formats it with `Debug`): there it becomes Sluice's
-/// one-line message.
-fn carried(run: &TaskRunState, error: DataFusionError) -> DataFusionError {
-    if !run.detached {
-        return error;
-    }
-    match error {
-        DataFusionError::External(ours) if ours.is::<Error>() => {
-            DataFusionError::Execution(crate::error::one_line(ours.as_ref()))
-        }
-        other => other,
-    }
-}
-
-fn attribute_here(
-    run: &TaskRunState,
+/// Any other error is attributed by the seam ([`TaskHandle::attribute`]).
+fn attribute(
+    task: &TaskHandle,
     sources: &[String],
     checkpoint: Option<&CheckpointRead>,
     error: DataFusionError,
 ) -> DataFusionError {
     if let Some(checkpoint) = checkpoint {
-        if let Some((_, reason)) = crate::checkpoint::find_corrupt(&error) {
-            return checkpoint.corrupt(run, reason).into();
+        let reason = match crate::checkpoint::find_corrupt(&error) {
+            Some((_, reason)) => Some(reason),
+            None if !store_failure(&error) => Some(crate::error::message(&error)),
+            None => None,
+        };
+        if let Some(reason) = reason {
+            return task.leaving(checkpoint.corrupt(task, reason).into());
         }
-        if !store_failure(&error) {
-            return checkpoint
-                .corrupt(run, crate::error::message(&error))
-                .into();
-        }
     }
-    let ours = Error::from_datafusion(error, sources);
-    if ours.task().is_none() && ours.is_retryable() && run.has_retry_left() {
-        // A sink that reruns its plan may fix it: not failed yet.
-        run.execution_failed_retryably(&ours);
-        return Error::Task {
-            task: run.name.clone(),
-            source: Box::new(ours),
-        }
-        .into();
-    }
-    if let Some(upstream) = ours.task() {
-        run.fail(&Error::UpstreamFailed {
-            task: run.name.clone(),
-            upstream: upstream.to_string(),
-        });
-        return ours.into();
-    }
-    run.fail(&ours);
-    Error::Task {
-        task: run.name.clone(),
-        source: Box::new(ours),
-    }
-    .into()
+    task.attribute(sources, error)
 }
 
 /// Whether `error` is an object store's failure (somewhere in its chain).
@@ -400,33 +350,31 @@ struct BoundaryStream {
     baseline: BaselineMetrics,
     schema: SchemaRef,
     input: SendableRecordBatchStream,
-    run: Arc<TaskRunState>,
     sources: Arc<[String]>,
     /// The checkpoint this stream reads, on a cache hit (its bytes are checked as they
     /// are read: see `checkpoint::read`).
     checkpoint: Option<Arc<CheckpointRead>>,
-    execution: Arc<ExecutionState>,
+    /// This partition of the task's execution, reported through the seam (dropped
+    /// before its end, it reports so).
+    partition: Partition,
     /// When this execution times out (the task's timeout after it started).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     input_done: bool,
-    closed: bool,
 }
 
 impl BoundaryStream {
-    fn close(&mut self, end: StreamEnd) {
-        if !self.closed {
-            self.closed = true;
-            self.run.stream_closed(&self.execution, end);
-        }
-    }
-
     fn attribute(&self, error: DataFusionError) -> DataFusionError {
-        attribute(&self.run, &self.sources, self.checkpoint.as_deref(), error)
+        attribute(
+            self.partition.task(),
+            &self.sources,
+            self.checkpoint.as_deref(),
+            error,
+        )
     }
 
     /// The input has ended.
     fn poll_end(&mut self) -> Poll<Option<DfResult<RecordBatch>>> {
-        self.close(StreamEnd::Ended);
+        self.partition.end(StreamEnd::Ended);
         Poll::Ready(None)
     }
 }
@@ -435,19 +383,15 @@ impl Stream for BoundaryStream {
     type Item = DfResult<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.closed {
+        if self.partition.is_closed() {
             return Poll::Ready(None);
         }
         if let Some(deadline) = self.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {
-            let error = Error::Timeout {
-                scope: "task",
-                name: self.run.name.clone(),
-                limit: self.run.timeout.unwrap_or_default(),
-            };
+            let error = self.partition.task().timed_out();
             let error = self.attribute(DataFusionError::External(Box::new(error)));
-            self.close(StreamEnd::Failed);
+            self.partition.end(StreamEnd::Failed);
             return Poll::Ready(Some(Err(error)));
         }
         if self.input_done {
@@ -483,7 +427,7 @@ impl Stream for BoundaryStream {
         match polled {
             Poll::Ready(Some(Ok(batch))) => {
                 let batch = batch.record_output(&self.baseline);
-                self.execution.add_output(
+                self.partition.add_output(
                     batch.num_rows() as u64,
                     batch.get_array_memory_size() as u64,
                     nanos,
@@ -491,18 +435,18 @@ impl Stream for BoundaryStream {
                 Poll::Ready(Some(Ok(batch)))
             }
             Poll::Ready(Some(Err(error))) => {
-                self.execution.add_output(0, 0, nanos);
+                self.partition.add_output(0, 0, nanos);
                 let error = self.attribute(error);
-                self.close(StreamEnd::Failed);
+                self.partition.end(StreamEnd::Failed);
                 Poll::Ready(Some(Err(error)))
             }
             Poll::Ready(None) => {
-                self.execution.add_output(0, 0, nanos);
+                self.partition.add_output(0, 0, nanos);
                 self.input_done = true;
                 self.poll_end()
             }
             Poll::Pending => {
-                self.execution.add_output(0, 0, nanos);
+                self.partition.add_output(0, 0, nanos);
                 Poll::Pending
             }
         }
@@ -512,12 +456,6 @@ impl Stream for BoundaryStream {
 impl RecordBatchStream for BoundaryStream {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
-    }
-}
-
-impl Drop for BoundaryStream {
-    fn drop(&mut self) {
-        self.close(StreamEnd::Dropped);
     }
 }
 
@@ -546,7 +484,7 @@ impl ExtensionPlanner for BoundaryPlanner {
         };
         Ok(Some(Arc::new(TaskBoundaryExec::new(
             Arc::clone(input),
-            Arc::clone(&boundary.run),
+            boundary.task.clone(),
             Arc::clone(&boundary.sources),
             boundary.checkpoint.clone(),
         ))))

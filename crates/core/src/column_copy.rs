@@ -64,12 +64,12 @@ use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::serialized_reader::SerializedPageReader;
 use parquet::file::writer::{SerializedFileWriter, SerializedPageWriter, TrackedWrite};
 use parquet::schema::types::{SchemaDescPtr, Type};
-use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::boundary::TaskBoundary;
 use crate::limits::page_sizes;
-use crate::run::{ExecutionState, StreamEnd, TaskRunState};
+use crate::record::WritePath;
+use crate::seam::{Partition, StreamEnd};
 use crate::{Error, Frame, ParquetWrite};
 
 /// Row groups whose compressed columns together exceed this are left to the rewrite: a
@@ -86,50 +86,6 @@ const FOOTERS_IN_FLIGHT: usize = 8;
 
 /// Column chunks fewer bytes apart than this are fetched in one request.
 const COALESCE_GAP: u64 = 1 << 20;
-
-/// How a Parquet sink wrote its output: in [`WriteSummary`](crate::WriteSummary) and
-/// the task's run record.
-///
-/// ```
-/// use sluice_core::WritePath;
-/// let path = WritePath::Rewrite { reason: "a filter reorders nothing but drops rows".into() };
-/// assert!(!path.is_column_copy());
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum WritePath {
-    /// Unchanged columns were moved as compressed pages; only the new ones were encoded.
-    ColumnCopy {
-        /// Columns moved without decoding their values.
-        copied: Vec<String>,
-        /// Columns computed and encoded.
-        computed: Vec<String>,
-        /// Column chunks copied byte for byte.
-        chunks_verbatim: u64,
-        /// Column chunks whose pages were compressed again with the output codec.
-        chunks_recompressed: u64,
-    },
-    /// Every column was decoded and encoded again by DataFusion's sink.
-    Rewrite {
-        /// Why the column copy was not taken.
-        reason: String,
-    },
-}
-
-impl WritePath {
-    /// Whether unchanged columns were copied.
-    pub fn is_column_copy(&self) -> bool {
-        matches!(self, WritePath::ColumnCopy { .. })
-    }
-}
-
-impl Default for WritePath {
-    fn default() -> Self {
-        WritePath::Rewrite {
-            reason: String::new(),
-        }
-    }
-}
 
 /// One output column, in terms of the scanned table's columns.
 #[derive(Debug, Clone)]
@@ -439,7 +395,7 @@ impl CopyPlan {
                 .map(|b| {
                     match boundaries
                         .iter()
-                        .position(|known| Arc::ptr_eq(&known.run, &b.run))
+                        .position(|known| known.task.id() == b.task.id())
                     {
                         Some(i) => i,
                         None => {
@@ -682,12 +638,7 @@ impl CopyPlan {
     ) -> Result<(u64, WritePath), Stop> {
         let plan = Arc::new(self);
         let taps = Taps::new(&plan.boundaries);
-        let started = Instant::now();
-        let deadline = plan
-            .boundaries
-            .iter()
-            .filter_map(|b| b.run.timeout.map(|t| (started + t, b)))
-            .min_by_key(|(at, _)| *at);
+        let deadline = taps.deadline();
         let outputs: Vec<(Path, Vec<usize>)> = if directory {
             (0..plan.files.len())
                 .map(|i| {
@@ -756,7 +707,7 @@ impl CopyPlan {
         let mut error = error;
         for &i in &file.boundaries {
             let boundary = &self.boundaries[i];
-            error = crate::boundary::attribute(&boundary.run, &boundary.sources, None, error);
+            error = boundary.task.attribute(&boundary.sources, error);
         }
         error
     }
@@ -908,44 +859,39 @@ fn same_values(file: &DataType, table: &DataType) -> bool {
         )
 }
 
-/// Rows flowing through the task boundaries of a copied plan: each gets one execution,
-/// as a streamed plan's boundaries do.
-struct Taps {
-    taps: Vec<(Arc<TaskRunState>, Arc<ExecutionState>)>,
-    closed: Mutex<bool>,
-}
+/// Rows flowing through the task boundaries of a copied plan: each gets one execution
+/// of one partition, as a streamed plan's boundaries do (dropped before its end, it
+/// reports so).
+struct Taps(Vec<Partition>);
 
 impl Taps {
     fn new(boundaries: &[Arc<TaskBoundary>]) -> Self {
-        Taps {
-            taps: boundaries
+        Taps(
+            boundaries
                 .iter()
-                .map(|b| (Arc::clone(&b.run), b.run.new_execution(1, false)))
+                .map(|b| Partition::new(&b.task.execution(1, false)))
                 .collect(),
-            closed: Mutex::new(false),
-        }
+        )
     }
 
     fn add(&self, boundaries: &[usize], rows: u64, bytes: u64, nanos: u64) {
         for &i in boundaries {
-            self.taps[i].1.add_output(rows, bytes, nanos);
+            self.0[i].add_output(rows, bytes, nanos);
         }
+    }
+
+    /// The earliest deadline of the tasks, and the tap it is of.
+    fn deadline(&self) -> Option<(Instant, &Partition)> {
+        self.0
+            .iter()
+            .filter_map(|tap| Some((tap.deadline()?, tap)))
+            .min_by_key(|(at, _)| *at)
     }
 
     fn close(&self, end: StreamEnd) {
-        let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
-        if !*closed {
-            *closed = true;
-            for (run, execution) in &self.taps {
-                run.stream_closed(execution, end);
-            }
+        for tap in &self.0 {
+            tap.end(end);
         }
-    }
-}
-
-impl Drop for Taps {
-    fn drop(&mut self) {
-        self.close(StreamEnd::Dropped);
     }
 }
 
@@ -999,7 +945,7 @@ async fn write_file(
     store: &Arc<dyn ObjectStore>,
     path: &Path,
     files: &[usize],
-    deadline: Option<(Instant, &Arc<TaskBoundary>)>,
+    deadline: Option<(Instant, &Partition)>,
 ) -> Result<(u64, u64, u64), Stop> {
     let parquet = |e: ParquetError| Stop::Failed(DataFusionError::ParquetError(Box::new(e)));
     let store_failed =
@@ -1114,14 +1060,10 @@ async fn write_file(
                         .map_err(store_failed)?;
                 }
                 row_group.close().map_err(parquet)?;
-                if let Some((at, boundary)) = deadline
+                if let Some((at, tap)) = deadline
                     && Instant::now() > at
                 {
-                    let error = Error::Timeout {
-                        scope: "task",
-                        name: boundary.run.name.clone(),
-                        limit: boundary.run.timeout.unwrap_or_default(),
-                    };
+                    let error = tap.task().timed_out();
                     return Err(Stop::Failed(DataFusionError::External(Box::new(error))));
                 }
                 let group = file.metadata.row_group(g);

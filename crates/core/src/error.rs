@@ -1,13 +1,12 @@
 //! The error type of Sluice's core, and how DataFusion's errors map onto it.
 
 use std::error::Error as StdError;
+use std::fmt;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::SchemaError;
 use datafusion::error::DataFusionError;
 use sluice_store::StoreError;
-
-use crate::limits::HumanBytes;
 
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -259,12 +258,7 @@ pub enum Error {
     },
     /// A task name, flow name or run id cannot be one component of an object key (see
     /// [`validate_name`](crate::validate_name)); refused before anything is written.
-    #[error(
-        "invalid {what} {}: {reason}; use 1 to {} letters, digits, `-`, `_` and `.`, \
-         starting with a letter or a digit",
-        crate::names::shown(name),
-        crate::names::MAX_NAME_LEN
-    )]
+    #[error("invalid {what} {}: {reason}", shown(name))]
     InvalidName {
         /// What is named (`task name`, `flow name`, `run id`).
         what: &'static str,
@@ -971,9 +965,47 @@ impl From<std::io::Error> for Error {
     }
 }
 
+/// A byte count as a person reads it (`1.5 GiB`, `512 B`).
+pub(crate) struct HumanBytes(pub u64);
+
+impl fmt::Display for HumanBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut value = self.0 as f64;
+        let mut unit = 0;
+        while value >= 1024.0 && unit + 1 < UNITS.len() {
+            value /= 1024.0;
+            unit += 1;
+        }
+        if unit == 0 {
+            write!(f, "{} B", self.0)
+        } else {
+            write!(f, "{value:.1} {}", UNITS[unit])
+        }
+    }
+}
+
+/// A name as an error message shows it: quoted and escaped, and cut short when long.
+pub(crate) fn shown(name: &str) -> String {
+    const SHOWN: usize = 64;
+    match name.char_indices().nth(SHOWN) {
+        Some((at, _)) => format!("{:?}… ({} bytes)", &name[..at], name.len()),
+        None => format!("{name:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_names_are_shown_cut_short() {
+        let long = "x".repeat(1000);
+        let cut = shown(&long);
+        assert!(cut.len() < 100, "{cut}");
+        assert!(cut.ends_with("(1000 bytes)"), "{cut}");
+        assert_eq!(shown("a\nb"), "\"a\\nb\"");
+    }
 
     #[test]
     fn an_attributed_error_survives_a_round_trip_through_datafusion() {

@@ -16,7 +16,8 @@ use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
 use crate::history::RunStore;
-use crate::run::{Closing, Ending, FlowRunRecord, FlowState, Hooks, TaskRunState};
+use crate::record::{FlowRunRecord, FlowState};
+use crate::run::{Closing, Ending, Hooks, TaskRunState};
 use crate::{Clock, Error, ExecutionMode, Result, Runner, Session};
 
 /// Where flow runs record themselves unless told otherwise: `$SLUICE_RUN_STORE`, or

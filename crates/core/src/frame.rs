@@ -18,10 +18,11 @@ use serde::{Deserialize, Serialize};
 use sluice_store::{OutputKind, PublishedFile, StagedOutput, resolve_url};
 use tracing::Instrument;
 
-use crate::column_copy::{Route, Stop, WritePath};
+use crate::column_copy::{Route, Stop};
 use crate::error::guarded;
 use crate::key;
 use crate::lineage::Lineage;
+use crate::record::{WritePath, WriteSummary, WrittenFile};
 use crate::write::{CsvWrite, ParquetWrite, WriteLayout};
 use crate::{Error, Result, Session};
 
@@ -657,7 +658,9 @@ impl Frame {
     {
         let url = resolve_url(dest)?;
         self.refuse_overlap(&url)?;
-        if let Some(published) = crate::task::already_published(url.as_str()) {
+        if let Some(published) =
+            crate::seam::current().and_then(|task| task.published(url.as_str()))
+        {
             tracing::info!(dest = %sluice_store::redact(&url), "an earlier attempt of this task run published it; not written again");
             return Ok(published);
         }
@@ -707,7 +710,9 @@ impl Frame {
             files: published.files.into_iter().map(WrittenFile::from).collect(),
             path,
         };
-        crate::task::note_published(&summary);
+        if let Some(task) = crate::seam::current() {
+            task.record_published(&summary);
+        }
         Ok(summary)
     }
 }
@@ -750,31 +755,6 @@ fn count_from(batches: &[RecordBatch]) -> u64 {
                 .map(|a| a.value(0))
         })
         .sum()
-}
-
-/// What a sink wrote.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WriteSummary {
-    /// The destination.
-    pub url: String,
-    /// Rows written.
-    pub rows: u64,
-    /// Bytes written, summed over files.
-    pub bytes: u64,
-    /// The files written.
-    pub files: Vec<WrittenFile>,
-    /// How it was written: unchanged columns copied, or every column encoded again.
-    #[serde(default)]
-    pub path: WritePath,
-}
-
-/// One file a sink wrote.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WrittenFile {
-    /// Where it is.
-    pub url: String,
-    /// Its size in bytes.
-    pub size: u64,
 }
 
 impl From<PublishedFile> for WrittenFile {

@@ -16,7 +16,7 @@ use url::Url;
 
 use crate::checkpoint::{store_error, store_root, url_in};
 use crate::names::validate_name;
-use crate::run::{FlowRunRecord, FlowState};
+use crate::record::{FlowRunRecord, FlowState};
 use crate::{Error, Result, Session};
 
 const RUNS: &str = "runs";

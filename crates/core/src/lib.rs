@@ -71,9 +71,11 @@ mod overlap;
 mod pins;
 mod progress;
 mod read;
+mod record;
 mod retry;
 mod run;
 mod runner;
+mod seam;
 mod session;
 mod task;
 mod write;
@@ -82,11 +84,10 @@ pub use checkpoint::{
     BLOCK_SIZE, CacheEntry, CacheKeyInputs, CachePolicy, CheckpointFormat, CheckpointStore, Clock,
     GcReport, LEASE_TTL, Manifest, ManifestFile, Persist, SCHEMA_CACHE_TTL,
 };
-pub use column_copy::WritePath;
 pub use concurrency::{TaskFuture, map, submit};
 pub use error::{Error, Result, one_line};
 pub use flow::{DEFAULT_RUN_STORE, Flow, FlowCall, FlowFuture, FlowOptions, FlowRun};
-pub use frame::{ColumnInfo, Frame, FrameInfo, WriteSummary, WrittenFile};
+pub use frame::{ColumnInfo, Frame, FrameInfo};
 pub use history::{RunFilter, RunStore};
 pub use key::{KEY_FORMAT, RESULT_SETTINGS, SEMANTICS_VERSION, engine};
 pub use limits::{DEFAULT_MAX_COLUMN_CHUNK_BYTES, DEFAULT_MEMORY_LIMIT};
@@ -95,11 +96,12 @@ pub use logging::RunLogLayer;
 pub use names::{MAX_NAME_LEN, validate_name};
 pub use progress::{Progress, ProgressWriter};
 pub use read::ParquetRead;
-pub use retry::{Retry, RetryDelay};
-pub use run::{
+pub use record::{
     CacheRecord, ExecutionMode, ExecutionOutcome, FlowRunRecord, FlowState, LogLine, MAX_LOG_LINES,
-    SinkRecord, TaskAttempt, TaskExecution, TaskRunRecord, TaskState,
+    SinkRecord, TaskAttempt, TaskExecution, TaskRunRecord, TaskState, WritePath, WriteSummary,
+    WrittenFile,
 };
+pub use retry::{Retry, RetryDelay};
 pub use runner::{RUNNER_ENV, Runner};
 pub use session::{COLUMN_COPY_ENV, Session, SessionBuilder};
 pub use task::{DEFAULT_RESULT_STORE, Task, TaskContext, TaskOutput};

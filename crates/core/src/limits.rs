@@ -45,7 +45,6 @@
 //! [`Error::ColumnChunkTooLarge`]: crate::Error::ColumnChunkTooLarge
 //! [`Error::InvalidParquet`]: crate::Error::InvalidParquet
 
-use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -66,6 +65,7 @@ use parquet::errors::ParquetError;
 use parquet::file::metadata::ParquetMetaData;
 
 use crate::Error;
+use crate::error::HumanBytes;
 
 /// The default size of a session's memory pool: 4 GiB.
 pub const DEFAULT_MEMORY_LIMIT: usize = 4 << 30;
@@ -80,26 +80,6 @@ pub const MEMORY_LIMIT_ENV: &str = "SLUICE_MEMORY_LIMIT";
 
 /// The environment variable that sets the column-chunk cap when the builder does not.
 pub const MAX_COLUMN_CHUNK_BYTES_ENV: &str = "SLUICE_MAX_COLUMN_CHUNK_BYTES";
-
-/// A byte count as a person reads it (`1.5 GiB`, `512 B`).
-pub(crate) struct HumanBytes(pub u64);
-
-impl fmt::Display for HumanBytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-        let mut value = self.0 as f64;
-        let mut unit = 0;
-        while value >= 1024.0 && unit + 1 < UNITS.len() {
-            value /= 1024.0;
-            unit += 1;
-        }
-        if unit == 0 {
-            write!(f, "{} B", self.0)
-        } else {
-            write!(f, "{value:.1} {}", UNITS[unit])
-        }
-    }
-}
 
 /// Parses a size: bytes (`1048576`), or a number with a binary suffix (`512MiB`,
 /// `1.5 GiB`; `K`, `M`, `G`, `T` and `KB`... are read as binary units too).

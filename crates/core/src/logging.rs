@@ -7,11 +7,11 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
-use crate::run::LogLine;
+use crate::record::LogLine;
 
 /// A `tracing` layer that keeps the events emitted inside a task's body (by the task's
 /// own code, or by Sluice while it runs the task) in the task run's record, as
-/// `logs` (the first [`MAX_LOG_LINES`](crate::run::MAX_LOG_LINES) lines). The same
+/// `logs` (the first [`MAX_LOG_LINES`](crate::MAX_LOG_LINES) lines). The same
 /// events printed by a formatting layer carry the flow-run and task-run ids, from the
 /// `task.run` span.
 ///
@@ -65,16 +65,16 @@ impl<S: Subscriber> Layer<S> for RunLogLayer {
         if *metadata.level() > self.level {
             return;
         }
-        crate::task::with_current_task(|run| {
+        if let Some(task) = crate::seam::current() {
             let mut message = Message::default();
             event.record(&mut message);
-            run.log(LogLine {
+            task.log(LogLine {
                 time: chrono::Utc::now(),
                 level: metadata.level().to_string(),
                 target: metadata.target().to_string(),
                 message: message.0,
             });
-        });
+        }
     }
 }
 

@@ -15,34 +15,11 @@ use crate::checkpoint::{
 };
 use crate::flow::FlowRunShared;
 use crate::lineage::Lineage;
-use crate::run::{CacheRecord, TaskHooks, TaskRunRecord, TaskRunState, TaskState};
+use crate::record::{CacheRecord, TaskRunRecord, TaskState};
+use crate::run::{TaskHooks, TaskRunState};
 use crate::{
     Error, ExecutionMode, Frame, FrameInfo, ParquetRead, Result, Retry, Session, WriteSummary,
 };
-
-tokio::task_local! {
-    /// The task run whose body is running: sinks inside it consult it so that a retry
-    /// never writes a destination it already published.
-    static CURRENT_TASK: Arc<TaskRunState>;
-}
-
-/// What the running task's sinks published at `url` before (an earlier attempt).
-pub(crate) fn already_published(url: &str) -> Option<WriteSummary> {
-    CURRENT_TASK
-        .try_with(|run| run.published(url))
-        .ok()
-        .flatten()
-}
-
-/// Calls `f` with the task run whose body is running on this task, if any.
-pub(crate) fn with_current_task(f: impl FnOnce(&TaskRunState)) {
-    let _ = CURRENT_TASK.try_with(|run| f(run));
-}
-
-/// A sink of the running task published `summary`.
-pub(crate) fn note_published(summary: &WriteSummary) {
-    let _ = CURRENT_TASK.try_with(|run| run.record_published(summary));
-}
 
 /// A named task. `#[task]` expands to this; without macros, call [`Task::run`] with the
 /// task's body.
@@ -292,7 +269,7 @@ impl Task {
         let timeout = self.config.timeout;
         let tags = self.config.tags.clone();
         // A call nested in another task's body takes no permit: the outer one holds one.
-        let nested = CURRENT_TASK.try_with(|_| ()).is_ok();
+        let nested = crate::seam::current().is_some();
         let cx = TaskContext {
             flow: Arc::clone(&flow),
             run: Arc::clone(&run),
@@ -324,7 +301,7 @@ impl Task {
                 let output = body(cx.clone()).await?;
                 output.finish(&cx).await
             };
-            let work = CURRENT_TASK.scope(Arc::clone(&run), work.instrument(span.clone()));
+            let work = crate::seam::scope(run.handle(), work.instrument(span.clone()));
             let result = match timeout {
                 Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
                     Err(Error::Timeout {
@@ -666,7 +643,7 @@ impl TaskOutput for Frame {
                 let id = uuid::Uuid::new_v4().simple().to_string();
                 let target = Arc::new(CheckpointTarget {
                     store: store.clone(),
-                    run: Arc::clone(&cx.run),
+                    task_run: cx.run.handle(),
                     task: name.clone(),
                     key: key.clone(),
                     code_version: version.clone(),
@@ -815,7 +792,7 @@ fn boundary(
 ) -> LogicalPlan {
     LogicalPlan::Extension(Extension {
         node: Arc::new(TaskBoundary {
-            run: Arc::clone(&cx.run),
+            task: cx.run.handle(),
             sources: sources.into(),
             checkpoint,
             input,
@@ -847,7 +824,7 @@ fn supersede_upstream(plan: &LogicalPlan, by: &str) {
         match node {
             LogicalPlan::Extension(ext) => {
                 if let Some(boundary) = ext.node.as_any().downcast_ref::<TaskBoundary>() {
-                    boundary.run.supersede(by);
+                    boundary.task.superseded(by);
                 }
             }
             LogicalPlan::TableScan(scan) => {

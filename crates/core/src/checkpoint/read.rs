@@ -47,7 +47,7 @@ use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataR
 
 use super::manifest::block_digest;
 use super::{CheckpointStore, Manifest, ManifestFile};
-use crate::run::TaskRunState;
+use crate::seam::TaskHandle;
 use crate::{Error, Result, Session};
 
 fn known_corrupt() -> &'static Mutex<std::collections::HashSet<String>> {
@@ -232,7 +232,7 @@ impl CheckpointRead {
     /// The checkpoint turned out corrupt while streaming: invalidates it (once, and
     /// only the manifest that was judged), fails the task run, and returns the error to
     /// raise.
-    pub(crate) fn corrupt(&self, run: &TaskRunState, reason: String) -> Error {
+    pub(crate) fn corrupt(&self, task: &TaskHandle, reason: String) -> Error {
         // On an executor the client invalidates it when the job's error comes back.
         if !self.on_executor && !self.invalidated.swap(true, Ordering::AcqRel) {
             // Known bad in this process at once; removed from the store in the
@@ -254,7 +254,7 @@ impl CheckpointRead {
             checkpoint: self.url(),
             reason,
         };
-        run.fail(&error);
+        task.fail(&error);
         Error::Task {
             task: self.task.clone(),
             source: Box::new(error),

@@ -53,7 +53,7 @@ use tokio::sync::mpsc;
 use super::manifest::{BLOCK_SIZE, BlockHasher, encode_schema};
 use super::store::Lease;
 use super::{CacheKeyInputs, CheckpointFormat, CheckpointStore, Clock, Manifest, ManifestFile};
-use crate::run::TaskRunState;
+use crate::seam::TaskHandle;
 use crate::{Error, Result};
 
 #[cfg(feature = "ballista")]
@@ -63,7 +63,7 @@ use super::parts::{PartReceipt, PartsWrite, RECEIPT_SUFFIX, slice_identity};
 #[derive(Debug)]
 pub(crate) struct CheckpointTarget {
     pub(crate) store: CheckpointStore,
-    pub(crate) run: Arc<TaskRunState>,
+    pub(crate) task_run: TaskHandle,
     pub(crate) task: String,
     pub(crate) key: String,
     pub(crate) code_version: Option<String>,
@@ -799,7 +799,7 @@ pub(super) async fn commit(
             checkpoint = %target.url(),
             "committed checkpoint"
         );
-        target.run.checkpoint_committed();
+        target.task_run.checkpoint_committed();
         let _ = target.committed.set(manifest);
     } else {
         tracing::info!(

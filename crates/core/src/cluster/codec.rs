@@ -29,7 +29,8 @@ use crate::checkpoint::{
     CheckpointExec, CheckpointFormat, CheckpointRead, CheckpointStore, CheckpointTee, Manifest,
     PartsWrite, Tee,
 };
-use crate::run::TaskRunState;
+use crate::record::{LogLine, WriteSummary};
+use crate::seam::{Execution, TaskHandle, TaskRecorder};
 
 /// What prefixes every Sluice node's bytes.
 const MAGIC: &[u8] = b"SLUICE-NODE\0";
@@ -62,14 +63,10 @@ struct WireBoundary {
 }
 
 impl WireBoundary {
-    fn of(
-        run: &TaskRunState,
-        sources: &[String],
-        checkpoint: Option<&Arc<CheckpointRead>>,
-    ) -> Self {
+    fn of(run: &TaskHandle, sources: &[String], checkpoint: Option<&Arc<CheckpointRead>>) -> Self {
         Self {
-            task: run.name.clone(),
-            timeout_ms: run.timeout.map(|t| t.as_millis() as u64),
+            task: run.name().to_string(),
+            timeout_ms: run.timeout().map(|t| t.as_millis() as u64),
             sources: sources.to_vec(),
             checkpoint: checkpoint.map(|read| WireRead::of(read)),
         }
@@ -78,19 +75,49 @@ impl WireBoundary {
     /// The boundary's run state off the client (it records nowhere), its sources, and
     /// the checkpoint it reads.
     #[allow(clippy::type_complexity)]
-    fn decode(
-        self,
-    ) -> DfResult<(
-        Arc<TaskRunState>,
-        Arc<[String]>,
-        Option<Arc<CheckpointRead>>,
-    )> {
-        let run = TaskRunState::detached(
+    fn decode(self) -> DfResult<(TaskHandle, Arc<[String]>, Option<Arc<CheckpointRead>>)> {
+        let run = detached(
             &self.task,
             self.timeout_ms.map(std::time::Duration::from_millis),
         );
         let checkpoint = self.checkpoint.map(WireRead::read).transpose()?;
         Ok((run, self.sources.into(), checkpoint))
+    }
+}
+
+/// A task boundary's handle on a cluster's scheduler or executor, where the task run
+/// does not live: it records nowhere. The boundary's figures travel back as its
+/// metrics, and the client records them (`Cluster::record`); its errors leave as
+/// Sluice's one-line text, which the client reads back (`Cluster::job_error`).
+fn detached(name: &str, timeout: Option<std::time::Duration>) -> TaskHandle {
+    TaskHandle::new(0, name, timeout, Arc::new(Detached))
+}
+
+#[derive(Debug)]
+struct Detached;
+
+impl TaskRecorder for Detached {
+    fn execution_started(&self, _execution: &Arc<Execution>) {}
+    fn partition_ended(&self, _execution: &Execution) {}
+    fn failed(&self, _error: &crate::Error) {}
+    fn failed_retryably(&self, _error: &crate::Error) -> bool {
+        false
+    }
+    fn checkpoint_committed(&self) {}
+    fn superseded(&self, _by: &str) {}
+    fn published(&self, _url: &str) -> Option<WriteSummary> {
+        None
+    }
+    fn record_published(&self, _summary: &WriteSummary) {}
+    fn log(&self, _line: LogLine) {}
+    fn outgoing(&self, error: DataFusionError) -> DataFusionError {
+        match error {
+            // Ballista carries a failed task's error as text (formatted with `Debug`).
+            DataFusionError::External(ours) if ours.is::<crate::Error>() => {
+                DataFusionError::Execution(crate::error::one_line(ours.as_ref()))
+            }
+            other => other,
+        }
     }
 }
 
@@ -172,7 +199,7 @@ impl Wire {
     }
 
     fn boundary(
-        run: &TaskRunState,
+        run: &TaskHandle,
         sources: &[String],
         checkpoint: Option<&Arc<CheckpointRead>>,
     ) -> Self {
@@ -276,7 +303,7 @@ impl LogicalExtensionCodec for LogicalCodec {
             WireNode::Boundary(boundary) => {
                 let (run, sources, checkpoint) = boundary.decode()?;
                 Arc::new(TaskBoundary {
-                    run,
+                    task: run,
                     sources,
                     checkpoint,
                     input,
@@ -295,7 +322,7 @@ impl LogicalExtensionCodec for LogicalCodec {
         let any = node.node.as_any();
         if let Some(boundary) = any.downcast_ref::<TaskBoundary>() {
             return Wire::boundary(
-                &boundary.run,
+                &boundary.task,
                 &boundary.sources,
                 boundary.checkpoint.as_ref(),
             )
@@ -407,7 +434,7 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<()> {
         if let Some(boundary) = node.downcast_ref::<TaskBoundaryExec>() {
-            return Wire::boundary(boundary.run(), boundary.sources(), boundary.checkpoint())
+            return Wire::boundary(boundary.task(), boundary.sources(), boundary.checkpoint())
                 .encode(buf);
         }
         if let Some(tee) = node.downcast_ref::<CheckpointExec>() {
@@ -425,9 +452,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_detached_boundary_sends_errors_as_one_line_text() {
+        let task = detached("t", None);
+        let error = task.attribute(&[], DataFusionError::Execution("boom".into()));
+        match error {
+            DataFusionError::Execution(text) => assert!(text.contains("task \"t\""), "{text}"),
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn a_node_from_another_version_is_refused_by_name() {
         let mut buf = Vec::new();
-        let mut wire = Wire::boundary(&TaskRunState::detached("clean", None), &[], None);
+        let mut wire = Wire::boundary(&detached("clean", None), &[], None);
         wire.version = "0.0.1".into();
         wire.encode(&mut buf).unwrap();
         let err = Wire::decode(&buf).unwrap_err().to_string();

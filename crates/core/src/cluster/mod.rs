@@ -56,7 +56,7 @@ use crate::checkpoint::{
     ABANDONED_PARTITIONS, CheckpointRead, CheckpointTarget, CheckpointTee, Lease, PartsWrite,
     Streamed, Tee, commit_parts,
 };
-use crate::run::{StreamEnd, TaskRunState};
+use crate::seam::{Partition, StreamEnd, TaskHandle};
 use crate::{Error, Result};
 
 /// The port of a scheduler URL that names none (Ballista's default).
@@ -156,7 +156,7 @@ pub fn scheduler_state(config: SessionConfig) -> DfResult<SessionState> {
 
 /// A task boundary of a plan sent to the cluster, and the boundaries under it.
 struct Boundary {
-    run: Arc<TaskRunState>,
+    task: TaskHandle,
     upstream: Vec<String>,
     /// The checkpoint it reads, on a cache hit.
     checkpoint: Option<Arc<CheckpointRead>>,
@@ -424,31 +424,27 @@ impl Cluster {
         let counted = metrics.map(boundary_metrics).unwrap_or_default();
         let culprit = failure.and_then(Error::task);
         for boundary in boundaries {
-            let figures = counted.get(&boundary.run.name).copied().unwrap_or_default();
+            let figures = counted
+                .get(boundary.task.name())
+                .copied()
+                .unwrap_or_default();
             let end = match failure {
                 None => StreamEnd::Ended,
                 Some(_) => StreamEnd::Failed,
             };
-            boundary.run.record_remote_execution(
-                figures.partitions,
-                figures.rows,
-                figures.bytes,
-                figures.nanos,
-                boundary.checkpoint.is_some(),
-                end,
-            );
+            figures.record(&boundary.task, boundary.checkpoint.is_some(), end);
             let Some(error) = failure else { continue };
-            if culprit == Some(boundary.run.name.as_str()) {
-                boundary.run.fail(error);
+            if culprit == Some(boundary.task.name()) {
+                boundary.task.fail(error);
             } else if let Some(upstream) =
                 culprit.filter(|c| boundary.upstream.iter().any(|u| u == c))
             {
-                boundary.run.fail(&Error::UpstreamFailed {
-                    task: boundary.run.name.clone(),
+                boundary.task.fail(&Error::UpstreamFailed {
+                    task: boundary.task.name().to_string(),
                     upstream: upstream.to_string(),
                 });
             } else {
-                boundary.run.fail(&self.error(error.to_string()));
+                boundary.task.fail(&self.error(error.to_string()));
             }
         }
     }
@@ -466,12 +462,12 @@ impl Cluster {
         let message = executor_message(&crate::error::message(&error));
         let named: Vec<&Boundary> = boundaries
             .iter()
-            .filter(|b| message.contains(&format!("task {:?} ", b.run.name)))
+            .filter(|b| message.contains(&format!("task {:?} ", b.task.name())))
             .collect();
         let innermost = named.iter().find(|b| {
             !named
                 .iter()
-                .any(|other| b.upstream.contains(&other.run.name))
+                .any(|other| b.upstream.iter().any(|u| u == other.task.name()))
         });
         let message = message.trim();
         // A corrupt checkpoint under a cache hit's boundary (the executor's boundary
@@ -485,7 +481,7 @@ impl Cluster {
                 .map(|(reason, _)| reason)
         {
             return checkpoint.corrupt(
-                &boundary.run,
+                &boundary.task,
                 format!("{reason}; found by the executors of {}", self.url),
             );
         }
@@ -503,7 +499,7 @@ impl Cluster {
         };
         match innermost {
             Some(boundary) => Error::Task {
-                task: boundary.run.name.clone(),
+                task: boundary.task.name().to_string(),
                 source: Box::new(cause),
             },
             None => cause,
@@ -537,6 +533,19 @@ struct Figures {
     rows: u64,
     bytes: u64,
     nanos: u64,
+}
+
+impl Figures {
+    /// Records, through the seam, the execution that ran on the executors and has
+    /// ended: its partitions, what its boundary counted, whether it read the task's
+    /// checkpoint, and how every partition ended.
+    fn record(&self, task: &TaskHandle, from_checkpoint: bool, end: StreamEnd) {
+        let execution = task.execution(self.partitions, from_checkpoint);
+        execution.add_output(self.rows, self.bytes, self.nanos);
+        for _ in 0..self.partitions.max(1) {
+            Partition::new(&execution).end(end);
+        }
+    }
 }
 
 fn boundary_metrics(metrics: &GetJobMetricsResult) -> HashMap<String, Figures> {
@@ -729,12 +738,12 @@ fn collect_boundaries(plan: &LogicalPlan, out: &mut Vec<Boundary>) -> DfResult<(
             if let LogicalPlan::Extension(e) = inner
                 && let Some(b) = e.node.as_any().downcast_ref::<TaskBoundary>()
             {
-                upstream.push(b.run.name.clone());
+                upstream.push(b.task.name().to_string());
             }
             Ok(TreeNodeRecursion::Continue)
         })?;
         out.push(Boundary {
-            run: Arc::clone(&boundary.run),
+            task: boundary.task.clone(),
             upstream,
             checkpoint: boundary.checkpoint.clone(),
         });
