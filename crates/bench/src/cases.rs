@@ -525,6 +525,22 @@ async fn plain_datafusion(workload: Workload, input: &str, output: &str) -> anyh
     Ok(())
 }
 
+/// Rows as people say them: `3M`, `12M`, `500k`.
+pub fn rows_label(rows: u64) -> String {
+    if rows >= 1_000_000 && rows.is_multiple_of(100_000) {
+        let m = rows as f64 / 1e6;
+        if rows.is_multiple_of(1_000_000) {
+            format!("{m:.0}M")
+        } else {
+            format!("{m:.1}M")
+        }
+    } else if rows >= 1_000 && rows.is_multiple_of(1_000) {
+        format!("{}k", rows / 1_000)
+    } else {
+        rows.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

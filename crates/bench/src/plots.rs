@@ -5,8 +5,8 @@ use std::path::Path;
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
+use crate::cases::rows_label;
 use crate::cases::{Engine, Workload};
-use crate::report::rows_label;
 use crate::runner::Results;
 
 /// File name of the peak-RSS plot.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::cases::{Engine, Workload};
+use crate::cases::{Engine, Workload, rows_label};
 use crate::runner::{CaseResult, Results, Series};
 
 /// The line under which `BENCHMARKS.md` is written by hand; a new report keeps what
@@ -88,22 +88,6 @@ impl Results {
             .filter(|e| e.is_peer())
             .filter_map(|e| Some((e, self.find(workload, e, rows)?.wall().median)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
-    }
-}
-
-/// Rows as people say them: `3M`, `12M`, `500k`.
-pub fn rows_label(rows: u64) -> String {
-    if rows >= 1_000_000 && rows.is_multiple_of(100_000) {
-        let m = rows as f64 / 1e6;
-        if rows.is_multiple_of(1_000_000) {
-            format!("{m:.0}M")
-        } else {
-            format!("{m:.1}M")
-        }
-    } else if rows >= 1_000 && rows.is_multiple_of(1_000) {
-        format!("{}k", rows / 1_000)
-    } else {
-        rows.to_string()
     }
 }
 

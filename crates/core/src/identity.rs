@@ -2,6 +2,7 @@
 //! same object must find again (a pinned source object, a checkpoint's manifest).
 
 use chrono::{DateTime, Utc};
+use datafusion::datasource::listing::ListingTableUrl;
 use object_store::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +48,22 @@ impl ObjectIdentity {
             _ => None,
         }
     }
+}
+
+/// The URL of the store `url` is in, without credentials, ending in `/`.
+pub(crate) fn object_base(url: &ListingTableUrl) -> String {
+    let mut base = url::Url::parse(url.object_store().as_str())
+        .map(|u| sluice_store::redact(&u))
+        .unwrap_or_default();
+    if !base.ends_with('/') {
+        base.push('/');
+    }
+    base
+}
+
+/// An object's URL, under a base from [`object_base`], as errors name it.
+pub(crate) fn object_url(base: &str, meta: &ObjectMeta) -> String {
+    format!("{base}{}", meta.location)
 }
 
 #[cfg(test)]

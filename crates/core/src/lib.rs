@@ -49,62 +49,51 @@
 //! # }
 //! ```
 
-pub mod boundary;
 pub mod checkpoint;
 #[cfg(feature = "ballista")]
 pub mod cluster;
-mod column_copy;
-pub mod concat;
-mod concurrency;
 mod error;
-mod evolution;
-mod flow;
 mod frame;
-mod history;
 mod identity;
-mod key;
-pub mod limits;
-mod lineage;
-mod logging;
 mod names;
 mod overlap;
-mod pins;
-mod progress;
+mod parquet_io;
+mod plan;
 mod read;
 mod record;
-mod retry;
-mod run;
 mod runner;
+mod runtime;
 mod seam;
-mod session;
-mod task;
 mod write;
 
+pub use parquet_io::limits;
+pub use plan::{boundary, concat};
+
+pub use checkpoint::key::{KEY_FORMAT, RESULT_SETTINGS, SEMANTICS_VERSION, engine};
+pub use checkpoint::lineage::{SourceObject, UpstreamTask};
 pub use checkpoint::{
     BLOCK_SIZE, CacheEntry, CacheKeyInputs, CachePolicy, CheckpointFormat, CheckpointStore, Clock,
     GcReport, LEASE_TTL, Manifest, ManifestFile, Persist, SCHEMA_CACHE_TTL,
 };
-pub use concurrency::{TaskFuture, map, submit};
 pub use error::{Error, Result, one_line};
-pub use flow::{DEFAULT_RUN_STORE, Flow, FlowCall, FlowFuture, FlowOptions, FlowRun};
+pub use frame::session::{COLUMN_COPY_ENV, Session, SessionBuilder};
 pub use frame::{ColumnInfo, Frame, FrameInfo};
-pub use history::{RunFilter, RunStore};
-pub use key::{KEY_FORMAT, RESULT_SETTINGS, SEMANTICS_VERSION, engine};
-pub use limits::{DEFAULT_MAX_COLUMN_CHUNK_BYTES, DEFAULT_MEMORY_LIMIT};
-pub use lineage::{SourceObject, UpstreamTask};
-pub use logging::RunLogLayer;
 pub use names::{MAX_NAME_LEN, validate_name};
-pub use progress::{Progress, ProgressWriter};
+pub use parquet_io::limits::{DEFAULT_MAX_COLUMN_CHUNK_BYTES, DEFAULT_MEMORY_LIMIT};
 pub use read::ParquetRead;
 pub use record::{
     CacheRecord, ExecutionMode, ExecutionOutcome, FlowRunRecord, FlowState, LogLine, MAX_LOG_LINES,
     SinkRecord, TaskAttempt, TaskExecution, TaskRunRecord, TaskState, WritePath, WriteSummary,
     WrittenFile,
 };
-pub use retry::{Retry, RetryDelay};
 pub use runner::{RUNNER_ENV, Runner};
-pub use session::{COLUMN_COPY_ENV, Session, SessionBuilder};
-pub use task::{DEFAULT_RESULT_STORE, Task, TaskContext, TaskOutput};
+pub use runtime::concurrency::{TaskFuture, map, submit};
+pub use runtime::flow::{DEFAULT_RUN_STORE, Flow, FlowCall, FlowFuture, FlowOptions, FlowRun};
+pub use runtime::history::{RunFilter, RunStore};
+pub use runtime::logging::RunLogLayer;
+pub use runtime::progress::{Progress, ProgressWriter};
+pub use runtime::retry::{Retry, RetryDelay};
+pub use runtime::task::{DEFAULT_RESULT_STORE, Task, TaskContext, TaskOutput};
 pub use write::{Compression, CsvWrite, ParquetWrite, WriteLayout};
 
 pub use datafusion::common::JoinType;

@@ -1,11 +1,12 @@
 //! Options for sinks: [`ParquetWrite`] and [`CsvWrite`].
 
 use datafusion::common::config::{CsvOptions, TableParquetOptions};
+use datafusion::execution::SessionState;
 use serde::{Deserialize, Serialize};
 use sluice_store::OutputKind;
 use url::Url;
 
-use crate::{Error, Result, Session};
+use crate::{Error, Result};
 
 /// Whether a sink writes one file or a directory of part files.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,8 +216,8 @@ impl ParquetWrite {
         self
     }
 
-    pub(crate) fn table_options(&self, session: &Session) -> Result<TableParquetOptions> {
-        let mut options = session.state().default_table_options().parquet.clone();
+    pub(crate) fn table_options(&self, state: &SessionState) -> Result<TableParquetOptions> {
+        let mut options = state.default_table_options().parquet.clone();
         options.global.compression = Some(self.compression.as_option()?);
         options.global.max_row_group_size = self.row_group_rows;
         Ok(options)

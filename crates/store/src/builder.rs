@@ -17,7 +17,7 @@ use object_store::{
 };
 use url::Url;
 
-use crate::registry::redact;
+use crate::redact::redact;
 use crate::{Result, StoreError};
 
 /// How requests to a remote store are retried: transient failures (5xx, connection

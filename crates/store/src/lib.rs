@@ -52,6 +52,7 @@ mod builder;
 mod classify;
 pub mod cleanup;
 mod error;
+mod redact;
 mod registry;
 mod staged;
 
@@ -78,5 +79,6 @@ pub fn supported_schemes() -> String {
     }
     schemes
 }
-pub use registry::{StoreRegistry, object_path, redact, redact_location, resolve_url, store_key};
+pub use redact::{redact, redact_location};
+pub use registry::{StoreRegistry, object_path, resolve_url, store_key};
 pub use staged::{OutputKind, PublishedFile, PublishedOutput, STAGING_MARKER, StagedOutput};

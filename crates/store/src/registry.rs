@@ -10,6 +10,7 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 use url::Url;
 
+use crate::redact::redact;
 use crate::{Result, StoreBuilder, StoreError};
 
 /// Turns what a user wrote (a plain path, relative or absolute, or a URL) into an
@@ -98,34 +99,6 @@ pub fn object_path(url: &Url) -> Result<Path> {
         location: redact(url),
         reason: e.to_string(),
     })
-}
-
-/// A URL as it may appear in logs, errors, run records and manifests: without user
-/// name or password.
-///
-/// ```
-/// let url = url::Url::parse("https://user:secret@host/a.parquet").unwrap();
-/// assert_eq!(sluice_store::redact(&url), "https://host/a.parquet");
-/// ```
-pub fn redact(url: &Url) -> String {
-    let mut url = url.clone();
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    url.to_string()
-}
-
-/// A location a user gave (a path or a URL) as it may be shown: a URL loses its user
-/// name and password, anything else is kept.
-///
-/// ```
-/// assert_eq!(sluice_store::redact_location("s3://k:s@b/x"), "s3://b/x");
-/// assert_eq!(sluice_store::redact_location("data/in.parquet"), "data/in.parquet");
-/// ```
-pub fn redact_location(location: &str) -> String {
-    match Url::parse(location) {
-        Ok(url) if !url.username().is_empty() || url.password().is_some() => redact(&url),
-        _ => location.to_string(),
-    }
 }
 
 /// The object stores of a session, keyed by `scheme://authority`, created on first use.

@@ -25,7 +25,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use url::Url;
 
-use crate::registry::redact;
+use crate::redact::redact;
 use crate::{Result, StoreError, StoreRegistry, object_path};
 
 /// The shape of an output: one object, or a directory of parts.

@@ -19,6 +19,8 @@
 //! See [`Persist`] for when a checkpoint is written, [`CachePolicy`] for how its key is
 //! made, and [`CheckpointStore`] for listing, showing and collecting checkpoints.
 
+pub(crate) mod key;
+pub(crate) mod lineage;
 mod manifest;
 #[cfg(feature = "ballista")]
 mod parts;
@@ -45,7 +47,7 @@ pub(crate) use store::{Expected, Lookup, store_error, store_root, url_in};
 pub(crate) use tee::{ABANDONED_PARTITIONS, CheckpointExec};
 pub(crate) use tee::{CheckpointTarget, CheckpointTee, CheckpointTeePlanner, Tee};
 
-use crate::lineage::{SourceObject, UpstreamTask};
+use crate::checkpoint::lineage::{SourceObject, UpstreamTask};
 use crate::write::Compression;
 
 /// When a persisted task's checkpoint is written.
@@ -256,11 +258,11 @@ impl CachePolicy {
                 // serde_json writes struct fields in declaration order and map keys in
                 // a fixed order: the bytes are the same in every process.
                 let bytes = serde_json::to_vec(inputs).unwrap_or_default();
-                crate::lineage::digest(&bytes)
+                crate::checkpoint::lineage::digest(&bytes)
             }
             KeyKind::Function(f) => {
                 let user = f(inputs);
-                crate::lineage::digest(
+                crate::checkpoint::lineage::digest(
                     format!(
                         "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{user}",
                         inputs.key_format, inputs.engine, inputs.semantics, inputs.task

@@ -35,11 +35,19 @@ pub(crate) struct PartsWrite {
     /// The checkpoint, when the client's run has already committed it (a second sink
     /// of the same frame): it is read instead of computed again.
     pub(crate) committed: Option<Manifest>,
+    /// What partition `partition` of the tee's input reads, when it can be told: a
+    /// task that Ballista runs again reads the same slice, so its part replaces,
+    /// rather than adds to, the first attempt's (the cluster's `slice_identity`).
+    pub(crate) slice_of: fn(&Arc<dyn ExecutionPlan>, usize) -> Option<String>,
 }
 
 impl PartsWrite {
-    /// A new write of `target`'s checkpoint, under a directory of its own.
-    pub(crate) fn of(target: &CheckpointTarget) -> Self {
+    /// A new write of `target`'s checkpoint, under a directory of its own, its parts
+    /// identified by `slice_of`.
+    pub(crate) fn of(
+        target: &CheckpointTarget,
+        slice_of: fn(&Arc<dyn ExecutionPlan>, usize) -> Option<String>,
+    ) -> Self {
         Self {
             store: target.store.clone(),
             task: target.task.clone(),
@@ -47,6 +55,7 @@ impl PartsWrite {
             write: format!("data-{}", uuid::Uuid::new_v4().simple()),
             format: target.format,
             committed: target.committed.get().cloned(),
+            slice_of,
         }
     }
 
@@ -61,7 +70,7 @@ impl PartsWrite {
 /// What an executor leaves beside a part it has written completely.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct PartReceipt {
-    /// What the partition read, when it can be told (see [`slice_identity`]): two
+    /// What the partition read, when it can be told (see [`PartsWrite::slice_of`]): two
     /// attempts of one slice (Ballista ran a task again) are one part.
     pub(super) slice: Option<String>,
     pub(super) file: ManifestFile,
@@ -82,21 +91,6 @@ impl PartReceipt {
     }
 }
 
-/// What partition `partition` of `plan` reads, when it can be told (see
-/// [`partition_files`](crate::cluster::partition_files)): a task that Ballista runs
-/// again reads the same slice, so its part replaces, rather than adds to, the first
-/// attempt's. (Ballista renumbers a task's partitions from 0, so the partition number
-/// alone does not say.)
-pub(super) fn slice_identity(plan: &Arc<dyn ExecutionPlan>, partition: usize) -> Option<String> {
-    let mut hasher = blake3::Hasher::new();
-    for file in crate::cluster::partition_files(plan, partition)? {
-        hasher.update(file.object_meta.location.as_ref().as_bytes());
-        let (start, end) = file.range.as_ref().map_or((0, -1), |r| (r.start, r.end));
-        hasher.update(format!("\0{start}..{end}\n").as_bytes());
-    }
-    Some(hasher.finalize().to_hex().to_string())
-}
-
 /// What a cluster job's successful tasks reported of a tee: the rows that streamed
 /// through it and the partitions that ended without their part.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +100,7 @@ pub(crate) struct Streamed {
 }
 
 /// Commits the checkpoint a cluster job wrote under `parts.dir()`, from the parts'
-/// receipts (one per slice, see [`slice_identity`]), when the executors reported no
+/// receipts (one per slice, see [`PartsWrite::slice_of`]), when the executors reported no
 /// abandoned partition and the parts hold every row that `streamed` through the tee.
 /// Anything else (a downstream limit stopped partitions early, a task ran twice over
 /// a slice that cannot be told, the job's figures are missing) commits nothing and

@@ -36,6 +36,7 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::prelude::SessionContext;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use object_store::path::Path;
@@ -48,7 +49,7 @@ use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataR
 use super::manifest::block_digest;
 use super::{CheckpointStore, Manifest, ManifestFile};
 use crate::seam::TaskHandle;
-use crate::{Error, Result, Session};
+use crate::{Error, Result};
 
 fn known_corrupt() -> &'static Mutex<std::collections::HashSet<String>> {
     static KNOWN: std::sync::OnceLock<Mutex<std::collections::HashSet<String>>> =
@@ -216,8 +217,8 @@ impl CheckpointRead {
     }
 
     /// A scan of the checkpoint, as a logical plan.
-    pub(crate) fn scan_plan(self: &Arc<Self>, session: &Session) -> Result<LogicalPlan> {
-        Ok(session.context().read_table(self.table()?)?.into_parts().1)
+    pub(crate) fn scan_plan(self: &Arc<Self>, context: &SessionContext) -> Result<LogicalPlan> {
+        Ok(context.read_table(self.table()?)?.into_parts().1)
     }
 
     /// The reader of this checkpoint's parts (through its verifying store), for a scan

@@ -15,7 +15,7 @@ use url::Url;
 use super::{CacheKeyInputs, Manifest};
 use crate::identity::ObjectIdentity;
 use crate::names::validate_name;
-use crate::{Error, Result, Session};
+use crate::{Error, Result};
 
 pub(crate) const MANIFEST: &str = "_manifest.json";
 pub(crate) const LAST_HIT: &str = "_last_hit";
@@ -161,14 +161,6 @@ struct KeyObjects {
 /// a directory name) is refused here: its objects would otherwise go to the top of the
 /// store (of the local file system, for a path) instead of under the prefix.
 pub(crate) fn store_root(
-    session: &Session,
-    location: &str,
-) -> Result<(Url, Path, Arc<dyn ObjectStore>)> {
-    store_root_in(session.stores(), location)
-}
-
-/// [`store_root`] with the object store from `stores`.
-fn store_root_in(
     stores: &sluice_store::StoreRegistry,
     location: &str,
 ) -> Result<(Url, Path, Arc<dyn ObjectStore>)> {
@@ -223,9 +215,10 @@ pub(crate) fn store_error(
 
 impl CheckpointStore {
     /// The checkpoint store at `location` (a path or URL; a directory), its object
-    /// store from the session.
-    pub fn open(session: &Session, location: &str) -> Result<Self> {
-        Self::in_registry(session.stores(), location)
+    /// store from the session's registry (a [`Session`](crate::Session), or a
+    /// [`StoreRegistry`](sluice_store::StoreRegistry) of one's own).
+    pub fn open(stores: &impl AsRef<sluice_store::StoreRegistry>, location: &str) -> Result<Self> {
+        Self::in_registry(stores.as_ref(), location)
     }
 
     /// The checkpoint store at `location`, its object store from `stores` (a session's,
@@ -234,7 +227,7 @@ impl CheckpointStore {
         stores: &sluice_store::StoreRegistry,
         location: &str,
     ) -> Result<Self> {
-        let (root, prefix, store) = store_root_in(stores, location)?;
+        let (root, prefix, store) = store_root(stores, location)?;
         Ok(Self {
             root,
             prefix,

@@ -57,7 +57,7 @@ use crate::seam::TaskHandle;
 use crate::{Error, Result};
 
 #[cfg(feature = "ballista")]
-use super::parts::{PartReceipt, PartsWrite, RECEIPT_SUFFIX, slice_identity};
+use super::parts::{PartReceipt, PartsWrite, RECEIPT_SUFFIX};
 
 /// Everything a tee needs to write and commit one task run's checkpoint.
 #[derive(Debug)]
@@ -387,7 +387,7 @@ impl ExecutionPlan for CheckpointExec {
                 let name = format!("part-{partition}-{attempt}");
                 let close = Close::Receipt {
                     path: parts.dir().join(format!("{name}{RECEIPT_SUFFIX}")),
-                    slice: slice_identity(&self.input, partition),
+                    slice: (parts.slice_of)(&self.input, partition),
                 };
                 (parts.dir().join(format!("{name}.parquet")), close)
             }

@@ -24,11 +24,11 @@ use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::boundary::{TaskBoundary, TaskBoundaryExec};
 use crate::checkpoint::{
     CheckpointExec, CheckpointFormat, CheckpointRead, CheckpointStore, CheckpointTee, Manifest,
     PartsWrite, Tee,
 };
+use crate::plan::boundary::{TaskBoundary, TaskBoundaryExec};
 use crate::record::{LogLine, WriteSummary};
 use crate::seam::{Execution, TaskHandle, TaskRecorder};
 
@@ -152,6 +152,7 @@ impl WireTee {
             write: self.write,
             format: self.format,
             committed: self.committed,
+            slice_of: super::slice_identity,
         })))
     }
 }

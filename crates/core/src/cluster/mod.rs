@@ -51,11 +51,11 @@ use datafusion_proto::protobuf::LogicalPlanNode;
 
 pub use codec::{LogicalCodec, PhysicalCodec};
 
-use crate::boundary::{SluiceQueryPlanner, TaskBoundary, TaskBoundaryExec};
 use crate::checkpoint::{
     ABANDONED_PARTITIONS, CheckpointRead, CheckpointTarget, CheckpointTee, Lease, PartsWrite,
     Streamed, Tee, commit_parts,
 };
+use crate::plan::boundary::{SluiceQueryPlanner, TaskBoundary, TaskBoundaryExec};
 use crate::seam::{Partition, StreamEnd, TaskHandle};
 use crate::{Error, Result};
 
@@ -105,9 +105,11 @@ pub fn runtime_env() -> DfResult<Arc<RuntimeEnv>> {
 /// size this process allows (`SLUICE_MAX_COLUMN_CHUNK_BYTES`, else 1 GiB), reading
 /// through this process's stores.
 fn cap_scans(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let cap = crate::limits::size_from_env(crate::limits::MAX_COLUMN_CHUNK_BYTES_ENV)
-        .unwrap_or(crate::limits::DEFAULT_MAX_COLUMN_CHUNK_BYTES);
-    crate::limits::limit_decoded_scans(plan, cap, stores())
+    let cap = crate::parquet_io::limits::size_from_env(
+        crate::parquet_io::limits::MAX_COLUMN_CHUNK_BYTES_ENV,
+    )
+    .unwrap_or(crate::parquet_io::limits::DEFAULT_MAX_COLUMN_CHUNK_BYTES);
+    crate::parquet_io::limits::limit_decoded_scans(plan, cap, stores())
 }
 
 /// `plan`, decoded on an executor under a cache hit's boundary, with its Parquet scans
@@ -143,7 +145,7 @@ fn read_checkpoint_scans(
 }
 
 /// The session state a scheduler plans Sluice's plans in: Sluice's query planner (its
-/// task boundaries become [`TaskBoundaryExec`](crate::boundary::TaskBoundaryExec)s),
+/// task boundaries become [`TaskBoundaryExec`](crate::plan::boundary::TaskBoundaryExec)s),
 /// stores from the environment, and [`cluster_config`].
 pub fn scheduler_state(config: SessionConfig) -> DfResult<SessionState> {
     Ok(SessionStateBuilder::new()
@@ -574,6 +576,21 @@ fn boundary_metrics(metrics: &GetJobMetricsResult) -> HashMap<String, Figures> {
     figures
 }
 
+/// What partition `partition` of `plan` reads, when it can be told (see
+/// [`partition_files`]): a task that Ballista runs
+/// again reads the same slice, so its part replaces, rather than adds to, the first
+/// attempt's. (Ballista renumbers a task's partitions from 0, so the partition number
+/// alone does not say.)
+pub(crate) fn slice_identity(plan: &Arc<dyn ExecutionPlan>, partition: usize) -> Option<String> {
+    let mut hasher = blake3::Hasher::new();
+    for file in partition_files(plan, partition)? {
+        hasher.update(file.object_meta.location.as_ref().as_bytes());
+        let (start, end) = file.range.as_ref().map_or((0, -1), |r| (r.start, r.end));
+        hasher.update(format!("\0{start}..{end}\n").as_bytes());
+    }
+    Some(hasher.finalize().to_hex().to_string())
+}
+
 /// The files partition `partition` of `plan` scans, when it can be told: a scan reached
 /// from `plan` through operators that keep partitions apart (projections, filters,
 /// task boundaries). `None` when something on the way mixes partitions.
@@ -593,7 +610,7 @@ pub(crate) fn partition_files(
         let [child] = children.as_slice() else {
             return None;
         };
-        let keeps_partitions = node.is::<crate::boundary::TaskBoundaryExec>()
+        let keeps_partitions = node.is::<crate::plan::boundary::TaskBoundaryExec>()
             || ballista_core::execution_plans::plan_algebra::preserves_partitioning(node.as_ref());
         if !keeps_partitions
             || child.properties().partitioning.partition_count()
@@ -647,7 +664,7 @@ fn portable_scan(
         );
     };
     let format = &listing.options().format;
-    if format.is::<crate::evolution::CaseInsensitiveFormat>() {
+    if format.is::<crate::parquet_io::evolution::CaseInsensitiveFormat>() {
         return Err(
             "case-insensitive column names (`ParquetRead::with_case_insensitive_names`) \
                     do not run on a cluster yet; rename the columns or run locally"
@@ -656,7 +673,7 @@ fn portable_scan(
     }
     // Sluice's source format becomes DataFusion's, which Ballista encodes. (The pins
     // do not cross: on a cluster the scheduler's listing is the one the executors read.)
-    let Some(source) = format.downcast_ref::<crate::pins::SourceFormat>() else {
+    let Some(source) = format.downcast_ref::<crate::parquet_io::pins::SourceFormat>() else {
         return Ok(None);
     };
     let inner = source.inner();
@@ -703,7 +720,7 @@ fn cluster_tee(
             target.store.url()
         ));
     }
-    let parts = Arc::new(PartsWrite::of(target));
+    let parts = Arc::new(PartsWrite::of(target, slice_identity));
     let write = parts.committed.is_none().then(|| TeeWrite {
         target: Arc::clone(target),
         parts: Arc::clone(&parts),

@@ -10,7 +10,7 @@
 //! - a read: format, URL, read options, and the identity of every object listed
 //!   (URL, size, ETag, last-modified);
 //! - an operation: its name and its arguments in the canonical encoding of
-//!   [`crate::key`] (never DataFusion's display text, which is ambiguous);
+//!   [`crate::checkpoint::key`] (never DataFusion's display text, which is ambiguous);
 //! - a SQL query: its text and the lineage of each frame it names;
 //! - batches from memory: a digest of their data;
 //! - a task's output: the task's name, code version and cache key (which covers the
@@ -218,9 +218,9 @@ impl Lineage {
         functions: std::collections::BTreeMap<String, String>,
     ) -> crate::checkpoint::CacheKeyInputs {
         crate::checkpoint::CacheKeyInputs {
-            key_format: crate::key::KEY_FORMAT,
-            engine: crate::key::engine(),
-            semantics: crate::key::SEMANTICS_VERSION,
+            key_format: crate::checkpoint::key::KEY_FORMAT,
+            engine: crate::checkpoint::key::engine(),
+            semantics: crate::checkpoint::key::SEMANTICS_VERSION,
             task: task.to_string(),
             version,
             parameters,
@@ -232,7 +232,7 @@ impl Lineage {
         }
     }
 
-    /// The lineage in the canonical encoding of [`crate::key`]: what keys hash.
+    /// The lineage in the canonical encoding of [`crate::checkpoint::key`]: what keys hash.
     /// Source objects are not in it (see [`sources`](Self::sources)); each read's URL,
     /// options and object count are.
     pub(crate) fn canonical(&self) -> Value {

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::flow::FlowRunShared;
+use crate::runtime::flow::FlowRunShared;
 use crate::{Error, Result};
 
 /// The concurrency limits of one flow run.

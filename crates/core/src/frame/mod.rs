@@ -1,5 +1,7 @@
 //! [`Frame`]: a cheap handle on a lazy logical plan.
 
+pub(crate) mod session;
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -18,10 +20,10 @@ use serde::{Deserialize, Serialize};
 use sluice_store::{OutputKind, PublishedFile, StagedOutput, resolve_url};
 use tracing::Instrument;
 
-use crate::column_copy::{Route, Stop};
+use crate::checkpoint::key;
+use crate::checkpoint::lineage::Lineage;
 use crate::error::guarded;
-use crate::key;
-use crate::lineage::Lineage;
+use crate::parquet_io::copy::{Route, Stop};
 use crate::record::{WritePath, WriteSummary, WrittenFile};
 use crate::write::{CsvWrite, ParquetWrite, WriteLayout};
 use crate::{Error, Result, Session};
@@ -415,7 +417,7 @@ impl Frame {
             .map_err(|e| self.error(e))?;
         let mut text =
             datafusion::arrow::util::pretty::pretty_format_batches(&batches)?.to_string();
-        let sink = match crate::column_copy::Shape::of(&self.inner.plan) {
+        let sink = match crate::parquet_io::copy::Shape::of(&self.inner.plan) {
             Ok(shape) => shape.describe(),
             Err(reason) => format!("rewrite: every column decoded and encoded again ({reason})"),
         };
@@ -565,14 +567,22 @@ impl Frame {
     /// only once complete (written under a hidden staging name, then published), and a
     /// failed write leaves nothing at the destination.
     pub async fn write_parquet(&self, dest: &str, options: ParquetWrite) -> Result<WriteSummary> {
-        let table_options = options.table_options(&self.inner.session)?;
+        let table_options = options.table_options(&self.inner.session.state())?;
         let route = if self.inner.session.on_cluster() {
             Route::Rewrite(format!(
                 "the cluster's executors write it ({})",
                 self.inner.session.runner()
             ))
+        } else if !self.inner.session.column_copy() {
+            Route::Rewrite("turned off for the session".into())
         } else {
-            crate::column_copy::route(self, &options).await
+            crate::parquet_io::copy::route(
+                &self.inner.plan,
+                &self.inner.session.state(),
+                self.inner.session.max_column_chunk_bytes(),
+                &options,
+            )
+            .await
         };
         self.write(dest, options.layout, "parquet", |df, target| async move {
             let rewrite = |reason: String| async move {
@@ -591,7 +601,7 @@ impl Frame {
                         Ok(done) => return Ok(done),
                         Err(Stop::Failed(e)) => return Err(e),
                         Err(Stop::Unsupported(reason)) => {
-                            crate::column_copy::clear(&target.store, &target.url).await?;
+                            crate::parquet_io::copy::clear(&target.store, &target.url).await?;
                             reason
                         }
                     }

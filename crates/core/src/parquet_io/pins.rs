@@ -14,7 +14,7 @@
 //!   scan's reader and the column copy); CSV and JSON get the planning-time check only.
 //!
 //! [`SourceFormat`] is the file format of every source Sluice reads: it does both, and
-//! caps Parquet column chunks (see [`limits`](crate::limits)).
+//! caps Parquet column chunks (see [`limits`](crate::parquet_io::limits)).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -246,7 +246,7 @@ impl ObjectStore for PinnedStore {
 
 /// The file format of a source Sluice read: the wrapped format, whose scans check their
 /// files against the source's [`Pins`] before anything is read, and, for Parquet, read
-/// through them with the session's column-chunk cap (see [`limits`](crate::limits)).
+/// through them with the session's column-chunk cap (see [`limits`](crate::parquet_io::limits)).
 /// CSV and JSON scans read through DataFusion's readers: they get the planning-time
 /// check only. Everything else is the wrapped format's.
 #[derive(Debug)]
@@ -371,7 +371,11 @@ impl FileFormat for SourceFormat {
             self.pins.guard(store),
             state.runtime_env().cache_manager.get_file_metadata_cache(),
         );
-        Ok(crate::limits::limit_scan(plan, cap, Some(Arc::new(reader))))
+        Ok(crate::parquet_io::limits::limit_scan(
+            plan,
+            cap,
+            Some(Arc::new(reader)),
+        ))
     }
 
     async fn create_writer_physical_plan(

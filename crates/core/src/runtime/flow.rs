@@ -15,9 +15,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
-use crate::history::RunStore;
 use crate::record::{FlowRunRecord, FlowState};
-use crate::run::{Closing, Ending, Hooks, TaskRunState};
+use crate::runtime::history::RunStore;
+use crate::runtime::run::{Closing, Ending, Hooks, TaskRunState};
 use crate::{Clock, Error, ExecutionMode, Result, Runner, Session};
 
 /// Where flow runs record themselves unless told otherwise: `$SLUICE_RUN_STORE`, or
@@ -53,9 +53,9 @@ pub(crate) struct FlowRunShared {
     started: Instant,
     tasks: Mutex<Vec<Arc<TaskRunState>>>,
     /// How many task bodies may run at once, in all and per tag.
-    pub(crate) limits: crate::concurrency::Limits,
+    pub(crate) limits: crate::runtime::concurrency::Limits,
     /// Calls started with `submit`, stopped when the run ends.
-    submitted: crate::concurrency::Submitted,
+    submitted: crate::runtime::concurrency::Submitted,
     /// How the run shows its progress.
     pub(crate) progress: crate::Progress,
 }
@@ -87,7 +87,7 @@ impl FlowRunShared {
             start: Utc::now(),
             started: Instant::now(),
             tasks: Mutex::new(Vec::new()),
-            limits: crate::concurrency::Limits::new(
+            limits: crate::runtime::concurrency::Limits::new(
                 flow.options.task_concurrency,
                 &flow.options.tag_concurrency,
             ),
@@ -102,7 +102,7 @@ impl FlowRunShared {
     }
 
     /// Every task run so far, as progress shows it.
-    pub(crate) fn live_tasks(&self) -> Vec<crate::run::LiveTask> {
+    pub(crate) fn live_tasks(&self) -> Vec<crate::runtime::run::LiveTask> {
         self.task_runs().iter().map(|t| t.live()).collect()
     }
 
@@ -670,7 +670,7 @@ pub struct FlowFuture<F: Future> {
     /// Why the run is refused before its body starts (an invalid flow name).
     refused: Option<Error>,
     /// The progress display, while the body runs.
-    progress: Option<crate::progress::Reporter>,
+    progress: Option<crate::runtime::progress::Reporter>,
     /// Whether the start was logged (and the progress display started).
     announced: bool,
     /// Cleanups and the final record, after the body ended.
@@ -707,7 +707,8 @@ where
         if !this.announced && this.refused.is_none() {
             this.announced = true;
             tracing::info!(flow = %this.shared.name, run = %this.shared.run_id, mode = %this.shared.mode, "flow run started");
-            this.progress = crate::progress::Reporter::start(&this.shared, this.shared.progress);
+            this.progress =
+                crate::runtime::progress::Reporter::start(&this.shared, this.shared.progress);
         }
         if this.ended.is_none() {
             let (output, interrupted) = match this.poll_body(cx) {

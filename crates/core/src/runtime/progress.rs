@@ -9,9 +9,9 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::Error;
-use crate::flow::FlowRunShared;
 use crate::record::TaskState;
-use crate::run::LiveTask;
+use crate::runtime::flow::FlowRunShared;
+use crate::runtime::run::LiveTask;
 
 /// How a flow run shows its progress: for each task, rows and bytes out so far,
 /// rows per second, and a percentage where the rows of its Parquet sources are known

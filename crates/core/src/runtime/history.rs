@@ -91,7 +91,7 @@ impl RunFilter {
 impl RunStore {
     /// The run store at `location` (a path or a store URL).
     pub fn open(session: &Session, location: &str) -> Result<Self> {
-        let (root, prefix, store) = store_root(session, location)?;
+        let (root, prefix, store) = store_root(session.stores(), location)?;
         Ok(Self {
             root,
             prefix,

@@ -8,15 +8,15 @@ use datafusion::logical_expr::{Extension, LogicalPlan};
 use datafusion::prelude::CsvReadOptions;
 use tracing::Instrument;
 
-use crate::boundary::TaskBoundary;
+use crate::checkpoint::lineage::Lineage;
 use crate::checkpoint::{
     CachePolicy, CheckpointFormat, CheckpointRead, CheckpointStore, CheckpointTarget,
     CheckpointTee, Expected, Lookup, Persist, Tee,
 };
-use crate::flow::FlowRunShared;
-use crate::lineage::Lineage;
+use crate::plan::boundary::TaskBoundary;
 use crate::record::{CacheRecord, TaskRunRecord, TaskState};
-use crate::run::{TaskHooks, TaskRunState};
+use crate::runtime::flow::FlowRunShared;
+use crate::runtime::run::{TaskHooks, TaskRunState};
 use crate::{
     Error, ExecutionMode, Frame, FrameInfo, ParquetRead, Result, Retry, Session, WriteSummary,
 };
@@ -556,7 +556,7 @@ impl TaskOutput for Frame {
         } else {
             Default::default()
         };
-        let settings = crate::key::settings(session.state().config_options());
+        let settings = crate::checkpoint::key::settings(session.state().config_options());
         let inputs = self.lineage().key_inputs(
             &name,
             version.clone(),
@@ -627,7 +627,7 @@ impl TaskOutput for Frame {
                     tokio::spawn(async move { store.touch(&name, &key, now).await });
                 }
                 let lineage = lineage(Some(read.manifest().id.clone()));
-                let plan = read.scan_plan(session)?;
+                let plan = read.scan_plan(session.context())?;
                 let frame = Frame::from_plan(
                     session.clone(),
                     boundary(cx, vec![checkpoint_url.clone()], Some(read), plan),
@@ -700,7 +700,7 @@ impl TaskOutput for Frame {
                             },
                         };
                         let lineage = lineage(Some(read.manifest().id.clone()));
-                        let plan = read.scan_plan(session)?;
+                        let plan = read.scan_plan(session.context())?;
                         let frame = Frame::from_plan(
                             session.clone(),
                             boundary(cx, vec![checkpoint_url], Some(read), plan),
@@ -738,7 +738,7 @@ fn keyed_functions(
         _ => false,
     };
     let mut versions = std::collections::BTreeMap::new();
-    for used in crate::key::functions(plan, &stop) {
+    for used in crate::checkpoint::key::functions(plan, &stop) {
         let refused = |reason: &str| Error::UncacheableFunction {
             task: task.to_string(),
             function: format!("{}()", used.name),
@@ -766,11 +766,11 @@ fn keyed_functions(
             }
         }
         match session.function_version(&used) {
-            crate::session::FunctionVersion::BuiltIn => {}
-            crate::session::FunctionVersion::Versioned(version) => {
+            crate::frame::session::FunctionVersion::BuiltIn => {}
+            crate::frame::session::FunctionVersion::Versioned(version) => {
                 versions.insert(format!("{}:{}", used.kind, used.name), version);
             }
-            crate::session::FunctionVersion::Unversioned => {
+            crate::frame::session::FunctionVersion::Unversioned => {
                 return Err(refused(
                     "a user-defined function registered without a version: a cache key cannot \
                      tell when its results change; register it with \

@@ -26,12 +26,16 @@ use object_store::{ObjectMeta, ObjectStore};
 use sluice_store::StoreRegistry;
 use url::Url;
 
-use crate::boundary::SluiceQueryPlanner;
+use crate::identity::{object_base, object_url};
+
 use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::lineage::{Lineage, SourceObject};
 use crate::error::guarded;
-use crate::evolution::{CaseInsensitiveAdapterFactory, CaseInsensitiveFormat, FileSchema};
-use crate::lineage::{Lineage, SourceObject};
-use crate::pins::{Pins, SourceFormat};
+use crate::parquet_io::evolution::{
+    CaseInsensitiveAdapterFactory, CaseInsensitiveFormat, FileSchema,
+};
+use crate::parquet_io::pins::{Pins, SourceFormat};
+use crate::plan::boundary::SluiceQueryPlanner;
 use crate::{Error, Frame, ParquetRead, Result, Runner};
 
 /// A DataFusion session with Sluice's object stores (created per URL on first use) and
@@ -111,7 +115,7 @@ impl Default for Session {
 impl Session {
     /// A session with default settings: as many partitions as cores, 8192-row batches,
     /// a 4 GiB memory pool and a 1 GiB cap on Parquet column chunks (see
-    /// [`limits`](crate::limits); both also read from the environment).
+    /// [`limits`](crate::parquet_io::limits); both also read from the environment).
     pub fn new() -> Self {
         // Only a custom disk manager or cache configuration can make the runtime fail to
         // build, and the default has neither.
@@ -208,7 +212,10 @@ impl Session {
 
     /// How a cache key covers `used`: DataFusion's own function (not one a user
     /// registered over it), a user-defined function with a version, or without.
-    pub(crate) fn function_version(&self, used: &crate::key::FunctionUse) -> FunctionVersion {
+    pub(crate) fn function_version(
+        &self,
+        used: &crate::checkpoint::key::FunctionUse,
+    ) -> FunctionVersion {
         let functions = self
             .inner
             .functions
@@ -833,8 +840,12 @@ async fn unified_schema(
         .map(|object| {
             let base = &base;
             async move {
-                crate::limits::check_footer_tail(store.as_ref(), &object_url(base, object), object)
-                    .await?;
+                crate::parquet_io::limits::check_footer_tail(
+                    store.as_ref(),
+                    &object_url(base, object),
+                    object,
+                )
+                .await?;
                 let schema = format
                     .infer_schema(state, store, std::slice::from_ref(object))
                     .await?;
@@ -849,7 +860,7 @@ async fn unified_schema(
         .await?;
     // Listing order is not deterministic on every store; "first" means first by URL.
     schemas.sort_by(|a, b| a.url.cmp(&b.url));
-    let schema = crate::evolution::unify(&schemas, read.case_insensitive_names())
+    let schema = crate::parquet_io::evolution::unify(&schemas, read.case_insensitive_names())
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
     Ok(Arc::new(schema))
 }
@@ -857,22 +868,6 @@ async fn unified_schema(
 /// The environment variable that turns the column copy off for sessions that do not
 /// set it (`0`, `false`, `off` or `no`).
 pub const COLUMN_COPY_ENV: &str = "SLUICE_COLUMN_COPY";
-
-/// The URL of the store `url` is in, without credentials, ending in `/`.
-pub(crate) fn object_base(url: &ListingTableUrl) -> String {
-    let mut base = Url::parse(url.object_store().as_str())
-        .map(|u| sluice_store::redact(&u))
-        .unwrap_or_default();
-    if !base.ends_with('/') {
-        base.push('/');
-    }
-    base
-}
-
-/// An object's URL, under a base from [`object_base`], as errors name it.
-pub(crate) fn object_url(base: &str, meta: &ObjectMeta) -> String {
-    format!("{base}{}", meta.location)
-}
 
 /// The digest a source's schema is cached under: the format, how schemas are unified
 /// (the rule's version and the read's options) and every object's identity.
@@ -896,7 +891,7 @@ fn schema_digest(format: &str, evolution: Option<&ParquetRead>, objects: &[Objec
         .collect();
     listed.sort();
     text.push_str(&listed.join("\n"));
-    crate::lineage::digest(text.as_bytes())
+    crate::checkpoint::lineage::digest(text.as_bytes())
 }
 
 /// A schema as text, for lineages: fields in order with their types.
@@ -932,11 +927,14 @@ fn shown_url(url: &ListingTableUrl) -> String {
 /// the first (which records the output's requirements), before the distribution and
 /// sorting rules plan around the partitions it removes.
 ///
-/// [`ConcatUnions`]: crate::concat::ConcatUnions
+/// [`ConcatUnions`]: crate::plan::concat::ConcatUnions
 fn physical_optimizer_rules()
 -> Vec<Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync>> {
     let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
-    rules.insert(1.min(rules.len()), Arc::new(crate::concat::ConcatUnions));
+    rules.insert(
+        1.min(rules.len()),
+        Arc::new(crate::plan::concat::ConcatUnions),
+    );
     rules
 }
 
@@ -1032,7 +1030,7 @@ impl SessionBuilder {
     /// This is what stops a decompression bomb (kilobytes of brotli or zstd that inflate
     /// to gigabytes). Default: the environment variable `SLUICE_MAX_COLUMN_CHUNK_BYTES`
     /// if set, else [`DEFAULT_MAX_COLUMN_CHUNK_BYTES`](crate::DEFAULT_MAX_COLUMN_CHUNK_BYTES)
-    /// (1 GiB). See the [`limits`](crate::limits) module.
+    /// (1 GiB). See the [`limits`](crate::parquet_io::limits) module.
     ///
     /// ```
     /// use sluice_core::Session;
@@ -1111,15 +1109,21 @@ impl SessionBuilder {
         let memory_limit = self
             .memory_limit
             .or_else(|| {
-                crate::limits::size_from_env(crate::limits::MEMORY_LIMIT_ENV)
-                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                crate::parquet_io::limits::size_from_env(
+                    crate::parquet_io::limits::MEMORY_LIMIT_ENV,
+                )
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
             })
-            .unwrap_or(crate::limits::DEFAULT_MEMORY_LIMIT);
+            .unwrap_or(crate::parquet_io::limits::DEFAULT_MEMORY_LIMIT);
         runtime = runtime.with_memory_limit(memory_limit, 1.0);
         let max_column_chunk_bytes = self
             .max_column_chunk_bytes
-            .or_else(|| crate::limits::size_from_env(crate::limits::MAX_COLUMN_CHUNK_BYTES_ENV))
-            .unwrap_or(crate::limits::DEFAULT_MAX_COLUMN_CHUNK_BYTES);
+            .or_else(|| {
+                crate::parquet_io::limits::size_from_env(
+                    crate::parquet_io::limits::MAX_COLUMN_CHUNK_BYTES_ENV,
+                )
+            })
+            .unwrap_or(crate::parquet_io::limits::DEFAULT_MAX_COLUMN_CHUNK_BYTES);
         let column_copy = self.column_copy.unwrap_or_else(|| {
             std::env::var(COLUMN_COPY_ENV).map_or(true, |v| {
                 !matches!(
@@ -1223,6 +1227,14 @@ fn cluster_of(runner: &Runner) -> Result<ClusterOf> {
                      feature `ballista` (`--features ballista`)"
                 .into(),
         }),
+    }
+}
+
+/// A session's object stores, where a store is opened by location
+/// ([`CheckpointStore::open`](crate::CheckpointStore::open), ...).
+impl AsRef<StoreRegistry> for Session {
+    fn as_ref(&self) -> &StoreRegistry {
+        &self.inner.stores
     }
 }
 

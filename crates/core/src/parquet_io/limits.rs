@@ -218,7 +218,7 @@ pub(crate) fn limit_decoded_scans(
     use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
     use datafusion::datasource::physical_plan::parquet::DefaultParquetFileReaderFactory;
     plan.transform_down(|node| {
-        if node.is::<crate::boundary::TaskBoundaryExec>() {
+        if node.is::<crate::plan::boundary::TaskBoundaryExec>() {
             return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
         }
         let Some(exec) = node.downcast_ref::<DataSourceExec>() else {

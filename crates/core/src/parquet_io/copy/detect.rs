@@ -1,0 +1,199 @@
+//! Detection: whether a plan only keeps, drops or adds columns of Parquet scans, and
+//! its output columns as expressions over the scanned table's.
+
+use super::*;
+
+/// One output column, in terms of the scanned table's columns.
+#[derive(Debug, Clone)]
+pub(super) struct ShapeColumn {
+    pub(super) field: Field,
+    /// The expression over unqualified table columns.
+    pub(super) expr: Expr,
+}
+
+/// A Parquet listing a copy reads, with the task boundaries its rows pass.
+#[derive(Debug, Clone)]
+pub(super) struct Branch {
+    /// A [`ListingTable`].
+    pub(super) table: Arc<dyn TableProvider>,
+    pub(super) boundaries: Vec<Arc<TaskBoundary>>,
+}
+
+/// The shape of a plan the copy can serve: its scans and its output columns.
+#[derive(Debug, Clone)]
+pub(crate) struct Shape {
+    pub(super) branches: Vec<Branch>,
+    pub(super) table_schema: SchemaRef,
+    pub(super) columns: Vec<ShapeColumn>,
+}
+
+impl Shape {
+    /// The plan's shape, or why the copy cannot serve it.
+    pub(crate) fn of(plan: &LogicalPlan) -> Result<Shape, String> {
+        let (branches, table_schema, exprs) = walk(plan)?;
+        let schema = plan.schema();
+        let mut columns = Vec::with_capacity(exprs.len());
+        for (i, expr) in exprs.into_iter().enumerate() {
+            let field = schema.field(i).as_ref().clone();
+            columns.push(ShapeColumn { field, expr });
+        }
+        let shape = Shape {
+            branches,
+            table_schema,
+            columns,
+        };
+        if shape.copied().next().is_none() {
+            return Err("no column is kept unchanged".into());
+        }
+        Ok(shape)
+    }
+
+    /// The table index of each output column that is a table column unchanged.
+    pub(super) fn copied(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.columns.iter().enumerate().filter_map(|(i, c)| {
+            let Expr::Column(column) = &c.expr else {
+                return None;
+            };
+            let index = self.table_schema.index_of(&column.name).ok()?;
+            let table_field = self.table_schema.field(index);
+            (column.name == *c.field.name() && table_field.data_type() == c.field.data_type())
+                .then_some((i, index))
+        })
+    }
+
+    /// One line for `explain`: what a Parquet sink would do with this plan.
+    pub(crate) fn describe(&self) -> String {
+        let copied: Vec<usize> = self.copied().map(|(i, _)| i).collect();
+        let computed: Vec<&str> = self
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !copied.contains(i))
+            .map(|(_, c)| c.field.name().as_str())
+            .collect();
+        format!(
+            "column copy: {} column(s) moved as compressed pages, {} computed{}{} \
+             (if the files allow it: same schemas, not encrypted)",
+            copied.len(),
+            computed.len(),
+            if computed.is_empty() { "" } else { ": " },
+            computed.join(", ")
+        )
+    }
+}
+
+pub(super) type Walked = (Vec<Branch>, SchemaRef, Vec<Expr>);
+
+/// Walks a plan down to its scans; returns the output columns as expressions over the
+/// scanned table's unqualified columns.
+pub(super) fn walk(plan: &LogicalPlan) -> Result<Walked, String> {
+    match plan {
+        LogicalPlan::TableScan(scan) => {
+            if !scan.filters.is_empty() || scan.fetch.is_some() {
+                return Err("the scan filters or limits rows".into());
+            }
+            let source = scan
+                .source
+                .downcast_ref::<DefaultTableSource>()
+                .ok_or("the scan is not of a table Sluice reads")?;
+            let table = Arc::clone(&source.table_provider);
+            let listing = table
+                .downcast_ref::<ListingTable>()
+                .ok_or("the source is not a file listing")?;
+            if listing.options().format.get_ext() != "parquet" {
+                return Err("the source is not Parquet".into());
+            }
+            if !listing.options().table_partition_cols.is_empty() {
+                return Err("the source has partition columns".into());
+            }
+            let schema = table.schema();
+            let indices: Vec<usize> = match &scan.projection {
+                Some(p) => p.clone(),
+                None => (0..schema.fields().len()).collect(),
+            };
+            let exprs = indices
+                .iter()
+                .map(|&i| Expr::Column(Column::new_unqualified(schema.field(i).name())))
+                .collect();
+            Ok((
+                vec![Branch {
+                    table,
+                    boundaries: Vec::new(),
+                }],
+                schema,
+                exprs,
+            ))
+        }
+        LogicalPlan::Extension(extension) => {
+            let boundary = extension
+                .node
+                .as_any()
+                .downcast_ref::<TaskBoundary>()
+                .ok_or_else(|| format!("the plan has a {} node", extension.node.name()))?;
+            if boundary.checkpoint.is_some() {
+                return Err("a task's result comes from its checkpoint".into());
+            }
+            let (mut branches, schema, exprs) = walk(&boundary.input)?;
+            let boundary = Arc::new(boundary.clone());
+            for branch in &mut branches {
+                branch.boundaries.push(Arc::clone(&boundary));
+            }
+            Ok((branches, schema, exprs))
+        }
+        LogicalPlan::SubqueryAlias(alias) => walk(&alias.input),
+        LogicalPlan::Projection(projection) => {
+            let (branches, schema, base) = walk(&projection.input)?;
+            let input_schema = projection.input.schema();
+            let mut exprs = Vec::with_capacity(projection.expr.len());
+            for expr in &projection.expr {
+                let inlined = expr
+                    .clone()
+                    .transform_up(|e| match e {
+                        Expr::Column(column) => {
+                            let index = input_schema.index_of_column(&column)?;
+                            Ok(Transformed::yes(base[index].clone()))
+                        }
+                        Expr::ScalarSubquery(_)
+                        | Expr::InSubquery(_)
+                        | Expr::Exists(_)
+                        | Expr::OuterReferenceColumn(..)
+                        | Expr::Placeholder(_)
+                        | Expr::AggregateFunction(_)
+                        | Expr::WindowFunction(_) => Err(DataFusionError::Plan(
+                            "an expression the copy cannot evaluate row by row".into(),
+                        )),
+                        other => Ok(Transformed::no(other)),
+                    })
+                    .map_err(|e| format!("a projection cannot be inlined: {e}"))?
+                    .data;
+                exprs.push(inlined.unalias_nested().data);
+            }
+            Ok((branches, schema, exprs))
+        }
+        LogicalPlan::Union(union) => {
+            let mut all = Vec::new();
+            let mut first: Option<(SchemaRef, Vec<Expr>)> = None;
+            for input in &union.inputs {
+                let (branches, schema, exprs) = walk(input)?;
+                match &first {
+                    None => first = Some((schema, exprs)),
+                    Some((first_schema, first_exprs)) => {
+                        if first_schema.fields() != schema.fields() || *first_exprs != exprs {
+                            return Err("the concatenated inputs differ in their columns".into());
+                        }
+                    }
+                }
+                all.extend(branches);
+            }
+            let (schema, exprs) = first.ok_or("an empty union")?;
+            if exprs.iter().any(|e| !matches!(e, Expr::Column(_))) {
+                return Err("a concatenated input computes columns".into());
+            }
+            Ok((all, schema, exprs))
+        }
+        other => Err(format!(
+            "the plan has a {} (rows are not the input's, in its order)",
+            other.display()
+        )),
+    }
+}

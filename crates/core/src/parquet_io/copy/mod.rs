@@ -1,0 +1,199 @@
+//! Writing only what changed: a Parquet sink that moves unchanged column chunks.
+//!
+//! When a frame only keeps, drops or adds columns of Parquet scans (no filter, limit,
+//! sort, join, aggregation or reordering of rows), its output has exactly the input's
+//! rows in the input's order. Then [`Frame::write_parquet`](crate::Frame::write_parquet)
+//! writes one output row group per input row group:
+//!
+//! - a column kept unchanged moves as compressed pages: copied byte for byte when the
+//!   output codec is the input's (Parquet records no compression level, so a zstd(1)
+//!   chunk is kept under a zstd(3) write unless [`ParquetWrite::with_recompression`]
+//!   asks otherwise), or else decompressed and compressed again page by page, its
+//!   encodings (dictionary, RLE, ...) and page statistics kept;
+//! - a computed column is evaluated from the input columns it needs only, decoded row
+//!   group by row group in batches, and encoded as DataFusion's sink would encode it;
+//! - a copied chunk's page headers are walked and (unless turned off) its values decoded
+//!   and dropped, so that a malformed input fails as a rewrite would.
+//!
+//! The work goes column chunk by column chunk, a few in flight, each chunk uploaded once
+//! appended: memory holds a few compressed chunks, never a row group.
+//!
+//! Everything else, and every input the copy cannot serve exactly (encrypted files,
+//! files whose schemas differ, row groups too large to hold compressed), goes through
+//! DataFusion's sink as before: [`Route::Rewrite`] says why.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, DFSchema};
+use datafusion::datasource::DefaultTableSource;
+use datafusion::datasource::listing::ListingTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionState;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_expr::PhysicalExpr;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
+use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowRowGroupWriterFactory, compute_leaves};
+use parquet::arrow::async_reader::MetadataFetch;
+use parquet::arrow::{ArrowSchemaConverter, ProjectionMask};
+use parquet::basic::{Compression as Codec, CompressionCodec};
+use parquet::column::page::{CompressedPage, Page, PageReader, PageWriter};
+use parquet::column::writer::ColumnCloseResult;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{
+    ColumnChunkMetaData, PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
+};
+use parquet::file::page_index::column_index::ColumnIndexMetaData;
+use parquet::file::page_index::offset_index::{OffsetIndexMetaData, PageLocation};
+use parquet::file::properties::{ReaderProperties, WriterPropertiesPtr};
+use parquet::file::reader::{ChunkReader, Length};
+use parquet::file::serialized_reader::SerializedPageReader;
+use parquet::file::writer::{SerializedFileWriter, SerializedPageWriter, TrackedWrite};
+use parquet::schema::types::{SchemaDescPtr, Type};
+use tokio::io::AsyncWriteExt;
+
+use crate::parquet_io::limits::page_sizes;
+use crate::plan::boundary::TaskBoundary;
+use crate::record::WritePath;
+use crate::seam::{Partition, StreamEnd};
+use crate::{Error, ParquetWrite};
+
+mod detect;
+mod fetch;
+mod pages;
+mod plan;
+mod write;
+
+pub(crate) use detect::Shape;
+use fetch::*;
+use pages::*;
+pub(crate) use write::clear;
+use write::*;
+
+/// Row groups whose compressed columns together exceed this are left to the rewrite: a
+/// unit of the copy holds a whole compressed column chunk (a computed one, every chunk
+/// its expressions read), and several are in flight.
+const MAX_ROW_GROUP_BYTES: u64 = 256 << 20;
+
+/// New columns are buffered encoded until their row group is complete: the copy is not
+/// taken when a row group's new columns would exceed this, at their in-memory size.
+const MAX_COMPUTED_BYTES: u64 = 256 << 20;
+
+/// Footers read at once when a copy is planned.
+const FOOTERS_IN_FLIGHT: usize = 8;
+
+/// Column chunks fewer bytes apart than this are fetched in one request.
+const COALESCE_GAP: u64 = 1 << 20;
+
+/// What a Parquet sink does with a frame.
+pub(crate) enum Route {
+    /// Copy unchanged columns.
+    Copy(Box<CopyPlan>),
+    /// DataFusion's sink, for the reason given.
+    Rewrite(String),
+}
+
+/// An input file of a copy.
+struct InputFile {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    location: Path,
+    metadata: Arc<ParquetMetaData>,
+    reader: ArrowReaderMetadata,
+    /// Indices into [`CopyPlan::boundaries`], innermost first.
+    boundaries: Vec<usize>,
+}
+
+/// One column of the output, in order.
+enum OutputColumn {
+    /// A table column moved as compressed pages: the file's top-level field.
+    Copy { root: usize },
+    /// The `n`-th computed column.
+    Compute { n: usize },
+}
+
+/// Everything a copy needs, checked against every input file's footer.
+pub(crate) struct CopyPlan {
+    files: Vec<InputFile>,
+    columns: Vec<OutputColumn>,
+    names: (Vec<String>, Vec<String>),
+    /// The output's Parquet schema (copied fields are the input's own types).
+    output_root: Arc<Type>,
+    /// The computed columns alone: their Arrow schema, Parquet schema and expressions.
+    computed_arrow: SchemaRef,
+    computed_parquet: SchemaDescPtr,
+    /// Bytes per row of the computed columns in memory (32 for variable widths).
+    computed_width: usize,
+    /// Column writers for the computed columns, as DataFusion's sink configures them.
+    writers: ArrowRowGroupWriterFactory,
+    exprs: Vec<Arc<dyn PhysicalExpr>>,
+    /// The table columns the expressions read, and their table types.
+    needed: Vec<usize>,
+    /// Their leaves (column chunks): the same in every file, whose Parquet schemas are
+    /// checked equal.
+    needed_leaves: Vec<usize>,
+    needed_schema: SchemaRef,
+    props: WriterPropertiesPtr,
+    codec: Codec,
+    recompress: bool,
+    /// The session's cap on a column chunk's uncompressed size.
+    max_chunk: u64,
+    /// The session's memory pool, which the copy's units reserve from.
+    pool: Arc<dyn MemoryPool>,
+    /// The size of the upload's parts: the session's
+    /// `datafusion.execution.objectstore_writer_buffer_size`, as DataFusion's sink.
+    part_bytes: usize,
+    /// Whether copied chunks are decoded (and their values dropped) to check them.
+    validate: bool,
+    batch_size: usize,
+    boundaries: Vec<Arc<TaskBoundary>>,
+}
+
+/// Why a copy stopped: it cannot serve the input exactly (the normal path takes over),
+/// or the write failed.
+pub(crate) enum Stop {
+    Unsupported(String),
+    Failed(DataFusionError),
+}
+
+impl From<DataFusionError> for Stop {
+    fn from(e: DataFusionError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+/// Decides how `plan` is written with `options` in a session whose state is `state`
+/// and whose cap on a column chunk is `max_chunk`: reads the footers of its files.
+pub(crate) async fn route(
+    plan: &LogicalPlan,
+    state: &SessionState,
+    max_chunk: u64,
+    options: &ParquetWrite,
+) -> Route {
+    if !options.column_copy {
+        return Route::Rewrite("turned off by ParquetWrite::with_column_copy(false)".into());
+    }
+    let shape = match Shape::of(plan) {
+        Ok(shape) => shape,
+        Err(reason) => return Route::Rewrite(reason),
+    };
+    match CopyPlan::new(state, max_chunk, options, shape).await {
+        Ok(plan) => Route::Copy(Box::new(plan)),
+        Err(reason) => Route::Rewrite(reason),
+    }
+}

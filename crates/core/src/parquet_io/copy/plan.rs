@@ -1,0 +1,386 @@
+//! Planning: every input file's footer read and checked against the table, the
+//! output's schema and the computed columns' writers.
+
+use super::*;
+
+impl CopyPlan {
+    pub(super) async fn new(
+        state: &SessionState,
+        max_chunk: u64,
+        options: &ParquetWrite,
+        shape: Shape,
+    ) -> Result<Self, String> {
+        let codec = options
+            .compression
+            .to_parquet()
+            .map_err(|e| e.to_string())?;
+        // Unique boundaries, by identity.
+        let mut boundaries: Vec<Arc<TaskBoundary>> = Vec::new();
+        let mut files = Vec::new();
+        for branch in &shape.branches {
+            let indices: Vec<usize> = branch
+                .boundaries
+                .iter()
+                .map(|b| {
+                    match boundaries
+                        .iter()
+                        .position(|known| known.task.id() == b.task.id())
+                    {
+                        Some(i) => i,
+                        None => {
+                            boundaries.push(Arc::clone(b));
+                            boundaries.len() - 1
+                        }
+                    }
+                })
+                .collect();
+            if branch.table.schema().fields() != shape.table_schema.fields() {
+                return Err("the concatenated sources differ in their schemas".into());
+            }
+            let listing = branch
+                .table
+                .downcast_ref::<ListingTable>()
+                .ok_or("the source is not a file listing")?;
+            let extension = listing.options().file_extension.clone();
+            // The objects the frame was built from, read through their pins (see
+            // `pins`): exactly what the cache keys over it name.
+            let pins = listing
+                .options()
+                .format
+                .downcast_ref::<crate::parquet_io::pins::SourceFormat>()
+                .map(|format| Arc::clone(format.pins()));
+            for table_url in listing.table_paths() {
+                let mut store = state
+                    .runtime_env()
+                    .object_store(table_url)
+                    .map_err(|e| e.to_string())?;
+                let mut objects: Vec<ObjectMeta> = match &pins {
+                    Some(pins) => {
+                        store = pins.guard(store);
+                        pins.objects()
+                    }
+                    None => table_url
+                        .list_all_files(state, store.as_ref(), &extension)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .try_collect()
+                        .await
+                        .map_err(|e| e.to_string())?,
+                };
+                objects.sort_by(|a, b| a.location.cmp(&b.location));
+                // Footers are read a few at a time, and kept in listing order.
+                let base = crate::identity::object_base(table_url);
+                let opened: Vec<InputFile> = futures::stream::iter(objects)
+                    .map(|object| {
+                        let url = crate::identity::object_url(&base, &object);
+                        open(&store, object, url, indices.clone())
+                    })
+                    .buffered(FOOTERS_IN_FLIGHT)
+                    .try_collect()
+                    .await?;
+                files.extend(opened);
+            }
+        }
+        let first = files.first().ok_or("the source has no files")?;
+        let first_parquet = first.metadata.file_metadata().schema_descr_ptr();
+        for file in &files {
+            if file.metadata.file_metadata().schema_descr().root_schema()
+                != first_parquet.root_schema()
+            {
+                return Err(format!(
+                    "{} has another Parquet schema than {}",
+                    file.url, first.url
+                ));
+            }
+            check_file(file, &shape.table_schema, max_chunk)?;
+        }
+        let file_schema = Arc::clone(first.reader.schema());
+
+        // The output's fields and Parquet types, column by column.
+        let copied: Vec<(usize, usize)> = shape.copied().collect();
+        let mut columns = Vec::with_capacity(shape.columns.len());
+        let mut output_fields = Vec::with_capacity(shape.columns.len());
+        let mut computed_fields = Vec::new();
+        let mut computed_exprs = Vec::new();
+        let mut names = (Vec::new(), Vec::new());
+        for (i, column) in shape.columns.iter().enumerate() {
+            match copied.iter().find(|(c, _)| *c == i) {
+                Some(&(_, table_index)) => {
+                    columns.push(OutputColumn::Copy { root: table_index });
+                    output_fields.push(file_schema.field(table_index).clone());
+                    names.0.push(column.field.name().clone());
+                }
+                None => {
+                    columns.push(OutputColumn::Compute {
+                        n: computed_fields.len(),
+                    });
+                    computed_fields.push(column.field.clone());
+                    computed_exprs.push(column.expr.clone());
+                    output_fields.push(column.field.clone());
+                    names.1.push(column.field.name().clone());
+                }
+            }
+        }
+        let computed_arrow = Arc::new(Schema::new(computed_fields));
+        let computed_parquet = Arc::new(
+            ArrowSchemaConverter::new()
+                .convert(&computed_arrow)
+                .map_err(|e| format!("a new column has no Parquet type: {e}"))?,
+        );
+        let mut root_fields = Vec::with_capacity(columns.len());
+        let input_roots = first_parquet.root_schema().get_fields();
+        for column in &columns {
+            root_fields.push(match column {
+                OutputColumn::Copy { root } => Arc::clone(&input_roots[*root]),
+                OutputColumn::Compute { n } => {
+                    Arc::clone(&computed_parquet.root_schema().get_fields()[*n])
+                }
+            });
+        }
+        let output_root = Arc::new(
+            Type::group_type_builder(first_parquet.root_schema().name())
+                .with_fields(root_fields)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+
+        // The columns the new ones read, and their physical expressions over them.
+        let mut needed = BTreeSet::new();
+        for expr in &computed_exprs {
+            for column in expr.column_refs() {
+                let index = shape
+                    .table_schema
+                    .index_of(&column.name)
+                    .map_err(|e| e.to_string())?;
+                needed.insert(index);
+            }
+        }
+        let needed: Vec<usize> = needed.into_iter().collect();
+        let needed_schema = Arc::new(
+            shape
+                .table_schema
+                .project(&needed)
+                .map_err(|e| e.to_string())?,
+        );
+        let df_schema =
+            DFSchema::try_from(needed_schema.as_ref().clone()).map_err(|e| e.to_string())?;
+        let mut exprs = Vec::with_capacity(computed_exprs.len());
+        for (expr, field) in computed_exprs.iter().zip(computed_arrow.fields()) {
+            let physical = state
+                .create_physical_expr(expr.clone(), &df_schema)
+                .map_err(|e| format!("cannot plan {expr}: {e}"))?;
+            let data_type = physical
+                .data_type(&needed_schema)
+                .map_err(|e| e.to_string())?;
+            if &data_type != field.data_type() {
+                return Err(format!(
+                    "{expr} evaluates to {data_type}, the plan says {}",
+                    field.data_type()
+                ));
+            }
+            exprs.push(physical);
+        }
+        // Memory: new columns of one row group are held encoded until it is complete.
+        let computed_width: u64 = computed_arrow
+            .fields()
+            .iter()
+            .map(|f| f.data_type().primitive_width().unwrap_or(32) as u64)
+            .sum();
+        for file in &files {
+            for group in file.metadata.row_groups() {
+                let rows = group.num_rows().max(0) as u64;
+                if rows.saturating_mul(computed_width) > MAX_COMPUTED_BYTES {
+                    return Err(format!(
+                        "a row group of {} has {rows} rows; its new columns would be held \
+                         whole",
+                        file.url
+                    ));
+                }
+            }
+        }
+
+        // Writer properties: DataFusion's sink's, with the first file's key-value
+        // metadata (pandas', ...) and the output's Arrow schema.
+        let mut table_options = options.table_options(state).map_err(|e| e.to_string())?;
+        if let Some(kv) = first.metadata.file_metadata().key_value_metadata() {
+            for pair in kv {
+                table_options
+                    .key_value_metadata
+                    .entry(pair.key.clone())
+                    .or_insert_with(|| pair.value.clone());
+            }
+        }
+        let output_arrow = Arc::new(Schema::new_with_metadata(
+            output_fields,
+            file_schema.metadata().clone(),
+        ));
+        table_options.arrow_schema(&output_arrow);
+        let props = parquet::file::properties::WriterPropertiesBuilder::try_from(&table_options)
+            .map_err(|e| e.to_string())?
+            .set_compression(codec)
+            .build();
+        let props = Arc::new(props);
+        // The factory of column writers takes its schemas from a file writer.
+        let computed_root = computed_parquet.root_schema_ptr();
+        let template =
+            SerializedFileWriter::new(std::io::sink(), computed_root, Arc::clone(&props))
+                .map_err(|e| e.to_string())?;
+        let writers = ArrowRowGroupWriterFactory::new(&template, Arc::clone(&computed_arrow));
+        Ok(CopyPlan {
+            files,
+            columns,
+            names,
+            output_root,
+            computed_arrow,
+            computed_parquet,
+            computed_width: computed_width as usize,
+            writers,
+            exprs,
+            needed_leaves: needed
+                .iter()
+                .flat_map(|&root| leaves(&first_parquet, root).collect::<Vec<_>>())
+                .collect(),
+            needed,
+            needed_schema,
+            props,
+            codec,
+            recompress: options.recompress,
+            validate: options.validate,
+            part_bytes: state
+                .config_options()
+                .execution
+                .objectstore_writer_buffer_size,
+            pool: Arc::clone(&state.runtime_env().memory_pool),
+            max_chunk,
+            batch_size: state.config().batch_size(),
+            boundaries,
+        })
+    }
+}
+
+/// Reads a file's footer (with its page index, when it has one).
+pub(super) async fn open(
+    store: &Arc<dyn ObjectStore>,
+    object: ObjectMeta,
+    url: String,
+    boundaries: Vec<usize>,
+) -> Result<InputFile, String> {
+    if object.size == 0 {
+        return Err(format!("{url} is empty"));
+    }
+    crate::parquet_io::limits::check_footer_tail(store.as_ref(), &url, &object)
+        .await
+        .map_err(|e| crate::error::message(&e))?;
+    let reader = Fetch {
+        store: store.as_ref(),
+        location: &object.location,
+    };
+    let metadata = ParquetMetaDataReader::new()
+        .with_page_index_policy(PageIndexPolicy::Optional)
+        .load_and_finish(reader, object.size)
+        .await
+        .map_err(|e| format!("cannot read the footer of {url}: {e}"))?;
+    let metadata = Arc::new(metadata);
+    let reader = ArrowReaderMetadata::try_new(Arc::clone(&metadata), ArrowReaderOptions::new())
+        .map_err(|e| format!("cannot read the schema of {url}: {e}"))?;
+    Ok(InputFile {
+        url,
+        store: Arc::clone(store),
+        location: object.location,
+        metadata,
+        reader,
+        boundaries,
+    })
+}
+
+/// Ranged reads of one object, for the footer reader.
+pub(super) struct Fetch<'a> {
+    pub(super) store: &'a dyn ObjectStore,
+    pub(super) location: &'a Path,
+}
+
+impl MetadataFetch for Fetch<'_> {
+    fn fetch(
+        &mut self,
+        range: Range<u64>,
+    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        use futures::FutureExt;
+        async move {
+            let expected = range.end - range.start;
+            let bytes = self
+                .store
+                .get_range(self.location, range)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))?;
+            if bytes.len() as u64 != expected {
+                return Err(ParquetError::General(format!(
+                    "the store returned {} bytes of {expected}",
+                    bytes.len()
+                )));
+            }
+            Ok(bytes)
+        }
+        .boxed()
+    }
+}
+
+/// Whether the copy can serve `file` exactly.
+pub(super) fn check_file(file: &InputFile, table: &Schema, max_chunk: u64) -> Result<(), String> {
+    let schema = file.reader.schema();
+    if schema.fields().len() != table.fields().len() {
+        return Err(format!("{} has other columns than the table", file.url));
+    }
+    for (ours, theirs) in schema.fields().iter().zip(table.fields()) {
+        if ours.name() != theirs.name() || !same_values(ours.data_type(), theirs.data_type()) {
+            return Err(format!(
+                "{}'s column {} is {} where the table has {} {}",
+                file.url,
+                ours.name(),
+                ours.data_type(),
+                theirs.name(),
+                theirs.data_type()
+            ));
+        }
+    }
+    let descr = file.metadata.file_metadata().schema_descr();
+    for (index, group) in file.metadata.row_groups().iter().enumerate() {
+        if group.compressed_size().max(0) as u64 > MAX_ROW_GROUP_BYTES {
+            return Err(format!(
+                "row group {index} of {} is larger than {} MiB compressed",
+                file.url,
+                MAX_ROW_GROUP_BYTES >> 20
+            ));
+        }
+        for (leaf, column) in group.columns().iter().enumerate() {
+            if column.uncompressed_size().max(0) as u64 > max_chunk {
+                return Err(format!("a column chunk of {} is over the cap", file.url));
+            }
+            let repeated = descr.column(leaf).max_rep_level() > 0;
+            let indexed = file
+                .metadata
+                .offset_index()
+                .is_some_and(|o| o.get(index).is_some_and(|g| g.get(leaf).is_some()));
+            if repeated && !indexed {
+                return Err(format!(
+                    "{} has nested columns without an offset index",
+                    file.url
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Types whose values a reader of the file gets unchanged: the same type, or its
+/// view flavour (DataFusion reads strings and binaries, large or not, as views).
+pub(super) fn same_values(file: &DataType, table: &DataType) -> bool {
+    file == table
+        || matches!(
+            (file, table),
+            (DataType::Utf8 | DataType::LargeUtf8, DataType::Utf8View)
+                | (
+                    DataType::Binary | DataType::LargeBinary,
+                    DataType::BinaryView
+                )
+        )
+}
