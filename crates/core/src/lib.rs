@@ -76,7 +76,8 @@ pub use checkpoint::{
     GcReport, LEASE_TTL, Manifest, ManifestFile, Persist, SCHEMA_CACHE_TTL,
 };
 pub use error::{Error, Result, one_line};
-pub use frame::session::{COLUMN_COPY_ENV, Session, SessionBuilder};
+pub use frame::SessionBuilder;
+pub use frame::session::{COLUMN_COPY_ENV, Session};
 pub use frame::{ColumnInfo, Frame, FrameInfo};
 pub use names::{MAX_NAME_LEN, validate_name};
 pub use parquet_io::limits::{DEFAULT_MAX_COLUMN_CHUNK_BYTES, DEFAULT_MEMORY_LIMIT};

@@ -19,6 +19,7 @@
 //! See [`Persist`] for when a checkpoint is written, [`CachePolicy`] for how its key is
 //! made, and [`CheckpointStore`] for listing, showing and collecting checkpoints.
 
+mod gc;
 pub(crate) mod key;
 pub(crate) mod lineage;
 mod manifest;
@@ -35,13 +36,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use gc::GcReport;
+#[cfg(feature = "ballista")]
+pub(crate) use gc::Lease;
 pub use manifest::{BLOCK_SIZE, MANIFEST_FORMAT_VERSION, Manifest, ManifestFile};
 #[cfg(feature = "ballista")]
 pub(crate) use parts::{PartsWrite, Streamed, commit_parts};
 pub(crate) use read::{CheckpointRead, find_corrupt};
-#[cfg(feature = "ballista")]
-pub(crate) use store::Lease;
-pub use store::{CacheEntry, CheckpointStore, GcReport, LEASE_TTL, SCHEMA_CACHE_TTL};
+pub use store::{CacheEntry, CheckpointStore, LEASE_TTL, SCHEMA_CACHE_TTL};
 pub(crate) use store::{Expected, Lookup, store_error, store_root, url_in};
 #[cfg(feature = "ballista")]
 pub(crate) use tee::{ABANDONED_PARTITIONS, CheckpointExec};

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use datafusion::physical_plan::ExecutionPlan;
 use object_store::path::Path;
 
-use super::store::{LEASE, Lease};
+use super::gc::Lease;
+use super::store::LEASE;
 use super::tee::commit;
 use super::{CheckpointFormat, CheckpointStore, CheckpointTarget, Manifest, ManifestFile};
 use crate::{Error, Result};

@@ -50,8 +50,8 @@ use parquet::arrow::AsyncArrowWriter;
 use parquet::arrow::async_writer::AsyncFileWriter;
 use tokio::sync::mpsc;
 
+use super::gc::Lease;
 use super::manifest::{BLOCK_SIZE, BlockHasher, encode_schema};
-use super::store::Lease;
 use super::{CacheKeyInputs, CheckpointFormat, CheckpointStore, Clock, Manifest, ManifestFile};
 use crate::seam::TaskHandle;
 use crate::{Error, Result};

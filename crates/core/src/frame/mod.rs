@@ -1,6 +1,9 @@
 //! [`Frame`]: a cheap handle on a lazy logical plan.
 
+mod builder;
 pub(crate) mod session;
+
+pub use builder::SessionBuilder;
 
 use std::fmt;
 use std::sync::Arc;

@@ -15,11 +15,9 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::{SQLOptions, SessionContext, SessionState};
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::DataFrame;
-use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig};
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use object_store::{ObjectMeta, ObjectStore};
@@ -35,8 +33,10 @@ use crate::parquet_io::evolution::{
     CaseInsensitiveAdapterFactory, CaseInsensitiveFormat, FileSchema,
 };
 use crate::parquet_io::pins::{Pins, SourceFormat};
-use crate::plan::boundary::SluiceQueryPlanner;
 use crate::{Error, Frame, ParquetRead, Result, Runner};
+
+use super::SessionBuilder;
+use super::builder::{ClusterOf, address, cluster_of};
 
 /// A DataFusion session with Sluice's object stores (created per URL on first use) and
 /// query planner. Cloning is O(1); clones share stores and configuration.
@@ -53,34 +53,34 @@ use crate::{Error, Frame, ParquetRead, Result, Runner};
 /// ```
 #[derive(Clone, Debug)]
 pub struct Session {
-    inner: Arc<SessionInner>,
+    pub(super) inner: Arc<SessionInner>,
 }
 
-struct SessionInner {
-    ctx: SessionContext,
-    stores: Arc<StoreRegistry>,
-    max_column_chunk_bytes: u64,
-    column_copy: bool,
-    runner: Runner,
+pub(super) struct SessionInner {
+    pub(super) ctx: SessionContext,
+    pub(super) stores: Arc<StoreRegistry>,
+    pub(super) max_column_chunk_bytes: u64,
+    pub(super) column_copy: bool,
+    pub(super) runner: Runner,
     // Without the feature `ballista` only its check is kept (it is `()`).
     #[cfg_attr(not(feature = "ballista"), allow(dead_code))]
-    cluster: ClusterOf,
+    pub(super) cluster: ClusterOf,
     /// Why the runner `SLUICE_RUNNER` names cannot be used: reported when a plan runs,
     /// since `Session::new` cannot fail.
-    unusable_runner: Option<String>,
+    pub(super) unusable_runner: Option<String>,
     /// DataFusion's own functions and the versions of user-defined ones, for keys
     /// (shared by sessions over the same context).
-    functions: Arc<std::sync::RwLock<Functions>>,
+    pub(super) functions: Arc<std::sync::RwLock<Functions>>,
 }
 
 /// What cache keys know of a session's functions.
 #[derive(Debug, Default)]
-struct Functions {
+pub(super) struct Functions {
     /// DataFusion's functions as the session was built with them, by kind and name: the
     /// address of each function object.
-    builtin: std::collections::HashMap<(&'static str, String), usize>,
+    pub(super) builtin: std::collections::HashMap<(&'static str, String), usize>,
     /// The versions user-defined functions were registered with, by kind and name.
-    versions: std::collections::HashMap<(&'static str, String), String>,
+    pub(super) versions: std::collections::HashMap<(&'static str, String), String>,
 }
 
 /// How a cache key covers a function a plan calls.
@@ -197,7 +197,13 @@ impl Session {
         self.inner.ctx.register_udwf(udwf);
     }
 
-    fn record_version(&self, kind: &'static str, name: &str, aliases: &[String], version: &str) {
+    pub(super) fn record_version(
+        &self,
+        kind: &'static str,
+        name: &str,
+        aliases: &[String],
+        version: &str,
+    ) {
         let mut functions = self
             .inner
             .functions
@@ -399,7 +405,7 @@ impl Session {
     }
 
     /// A frame over a listing table, with its lineage.
-    fn listed_frame(
+    pub(super) fn listed_frame(
         &self,
         url: &ListingTableUrl,
         format: &'static str,
@@ -551,7 +557,7 @@ impl Session {
     /// schema is inferred from those objects (skipping empty files) unless it is
     /// given: with `evolution`, by unifying each file's schema (see [`ParquetRead`]);
     /// without, as DataFusion's `infer_schema` does.
-    async fn read_listing<'a>(
+    pub(super) async fn read_listing<'a>(
         &self,
         url: &ListingTableUrl,
         options: impl ReadOptions<'a>,
@@ -644,7 +650,11 @@ impl Session {
     }
 
     /// Resolves a source location; returns its URL and the file extension to list by.
-    fn source_url(&self, location: &str, format: &str) -> Result<(ListingTableUrl, String)> {
+    pub(super) fn source_url(
+        &self,
+        location: &str,
+        format: &str,
+    ) -> Result<(ListingTableUrl, String)> {
         let url = if location.contains("://") {
             parse_remote(location)
         } else {
@@ -681,7 +691,7 @@ impl Session {
     }
 
     /// Finds out why DataFusion could not open a source, to name the object at fault.
-    async fn diagnose(
+    pub(super) async fn diagnose(
         &self,
         url: &ListingTableUrl,
         extension: &str,
@@ -761,7 +771,7 @@ impl Session {
 impl Session {
     /// Nothing at `url`: says whether the bucket itself is missing (a HEAD answer has
     /// no body to tell NoSuchKey from NoSuchBucket, so ask the bucket).
-    async fn not_found(
+    pub(super) async fn not_found(
         &self,
         url: &ListingTableUrl,
         store: &Arc<dyn ObjectStore>,
@@ -788,7 +798,7 @@ impl Session {
 
 /// Parses a URL with a scheme, splitting off a glob in its path (`s3://b/2023/*.parquet`):
 /// DataFusion's own parser takes globs in local paths only.
-fn parse_remote(location: &str) -> datafusion::error::Result<ListingTableUrl> {
+pub(super) fn parse_remote(location: &str) -> datafusion::error::Result<ListingTableUrl> {
     let url = Url::parse(location).map_err(|e| DataFusionError::External(Box::new(e)))?;
     let path = url.path();
     let Some(first_glob) = path.find(['*', '?', '[']) else {
@@ -802,7 +812,7 @@ fn parse_remote(location: &str) -> datafusion::error::Result<ListingTableUrl> {
     ListingTableUrl::try_new(base, Some(glob))
 }
 
-fn percent_decode(text: &str) -> String {
+pub(super) fn percent_decode(text: &str) -> String {
     url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
         .next()
         .map(|(_, v)| v.into_owned())
@@ -810,7 +820,7 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// Where a read's schema comes from.
-enum SchemaSource<'a> {
+pub(super) enum SchemaSource<'a> {
     /// Inferred from the files (footers, or the first rows of CSV and JSON).
     Infer,
     /// Given by the caller.
@@ -822,7 +832,7 @@ enum SchemaSource<'a> {
 
 /// The schema of a Parquet source from each file's footer (read concurrently, as
 /// DataFusion's `infer_schema` does), unified by the rule on [`ParquetRead`].
-async fn unified_schema(
+pub(super) async fn unified_schema(
     url: &ListingTableUrl,
     state: &SessionState,
     store: &Arc<dyn ObjectStore>,
@@ -871,7 +881,11 @@ pub const COLUMN_COPY_ENV: &str = "SLUICE_COLUMN_COPY";
 
 /// The digest a source's schema is cached under: the format, how schemas are unified
 /// (the rule's version and the read's options) and every object's identity.
-fn schema_digest(format: &str, evolution: Option<&ParquetRead>, objects: &[ObjectMeta]) -> String {
+pub(super) fn schema_digest(
+    format: &str,
+    evolution: Option<&ParquetRead>,
+    objects: &[ObjectMeta],
+) -> String {
     let mut text = format!("{format}\n");
     if let Some(read) = evolution {
         // Schemas cached before files were unified by Sluice's rule are not reused.
@@ -895,7 +909,7 @@ fn schema_digest(format: &str, evolution: Option<&ParquetRead>, objects: &[Objec
 }
 
 /// A schema as text, for lineages: fields in order with their types.
-fn describe_schema(schema: Option<&datafusion::arrow::datatypes::Schema>) -> String {
+pub(super) fn describe_schema(schema: Option<&datafusion::arrow::datatypes::Schema>) -> String {
     match schema {
         None => "inferred".into(),
         Some(schema) => schema
@@ -910,7 +924,7 @@ fn describe_schema(schema: Option<&datafusion::arrow::datatypes::Schema>) -> Str
 /// A source URL as errors, records, lineage and logs show it: with its glob, without
 /// credentials (`https://user:password@host/` shows as `https://host/`). (Not named
 /// `display`: inside `tracing`'s macros that name is `tracing::field::display`.)
-fn shown_url(url: &ListingTableUrl) -> String {
+pub(super) fn shown_url(url: &ListingTableUrl) -> String {
     let mut text = Url::parse(url.as_str())
         .map(|u| sluice_store::redact(&u))
         .unwrap_or_else(|_| url.as_str().to_string());
@@ -921,313 +935,6 @@ fn shown_url(url: &ListingTableUrl) -> String {
         text.push_str(glob.as_str());
     }
     text
-}
-
-/// DataFusion's physical optimizer rules, with Sluice's [`ConcatUnions`] right after
-/// the first (which records the output's requirements), before the distribution and
-/// sorting rules plan around the partitions it removes.
-///
-/// [`ConcatUnions`]: crate::plan::concat::ConcatUnions
-fn physical_optimizer_rules()
--> Vec<Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync>> {
-    let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
-    rules.insert(
-        1.min(rules.len()),
-        Arc::new(crate::plan::concat::ConcatUnions),
-    );
-    rules
-}
-
-/// Builds a [`Session`].
-///
-/// ```
-/// use sluice_core::Session;
-/// let session = Session::builder().with_target_partitions(2).with_batch_size(4096).build()?;
-/// assert_eq!(session.context().state().config().target_partitions(), 2);
-/// # Ok::<(), sluice_core::Error>(())
-/// ```
-#[derive(Debug, Default)]
-pub struct SessionBuilder {
-    target_partitions: Option<usize>,
-    batch_size: Option<usize>,
-    memory_limit: Option<usize>,
-    max_column_chunk_bytes: Option<u64>,
-    column_copy: Option<bool>,
-    stores: Vec<(Url, Arc<dyn ObjectStore>)>,
-    config: Option<SessionConfig>,
-    runner: Option<Runner>,
-    udfs: Vec<(datafusion::logical_expr::ScalarUDF, String)>,
-    udafs: Vec<(datafusion::logical_expr::AggregateUDF, String)>,
-    udwfs: Vec<(datafusion::logical_expr::WindowUDF, String)>,
-}
-
-impl SessionBuilder {
-    /// Registers a user-defined scalar function with the version cache keys know it
-    /// by (see [`Session::register_udf`]).
-    ///
-    /// ```
-    /// use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
-    /// use datafusion::arrow::datatypes::DataType;
-    /// let double = create_udf(
-    ///     "double",
-    ///     vec![DataType::Float64],
-    ///     DataType::Float64,
-    ///     Volatility::Immutable,
-    ///     std::sync::Arc::new(|args: &[ColumnarValue]| Ok(args[0].clone())),
-    /// );
-    /// let session = sluice_core::Session::builder().with_udf(double, "1").build()?;
-    /// # let _ = session;
-    /// # Ok::<(), sluice_core::Error>(())
-    /// ```
-    pub fn with_udf(mut self, udf: datafusion::logical_expr::ScalarUDF, version: &str) -> Self {
-        self.udfs.push((udf, version.to_string()));
-        self
-    }
-
-    /// Registers a user-defined aggregate function with its version.
-    pub fn with_udaf(
-        mut self,
-        udaf: datafusion::logical_expr::AggregateUDF,
-        version: &str,
-    ) -> Self {
-        self.udafs.push((udaf, version.to_string()));
-        self
-    }
-
-    /// Registers a user-defined window function with its version.
-    pub fn with_udwf(mut self, udwf: datafusion::logical_expr::WindowUDF, version: &str) -> Self {
-        self.udwfs.push((udwf, version.to_string()));
-        self
-    }
-
-    /// Partitions (and so threads) per plan; defaults to the number of cores.
-    pub fn with_target_partitions(mut self, partitions: usize) -> Self {
-        self.target_partitions = Some(partitions.max(1));
-        self
-    }
-
-    /// Rows per record batch; defaults to 8192.
-    pub fn with_batch_size(mut self, rows: usize) -> Self {
-        self.batch_size = Some(rows.max(1));
-        self
-    }
-
-    /// Caps the memory that sorts, aggregations, joins and the Parquet writer may
-    /// reserve from DataFusion's memory pool; past it they spill to disk or fail with
-    /// [`Error::MemoryLimitExceeded`]. Default: the environment variable
-    /// `SLUICE_MEMORY_LIMIT` (`8GiB`, or bytes) if set, else
-    /// [`DEFAULT_MEMORY_LIMIT`](crate::DEFAULT_MEMORY_LIMIT) (4 GiB). Scans do not
-    /// reserve from the pool; [`with_max_column_chunk_bytes`](Self::with_max_column_chunk_bytes)
-    /// bounds what they decode.
-    pub fn with_memory_limit(mut self, bytes: usize) -> Self {
-        self.memory_limit = Some(bytes);
-        self
-    }
-
-    /// Caps the uncompressed size of a Parquet column chunk that reads may decode, as
-    /// the file's footer declares it: a chunk over it is refused, before it is fetched,
-    /// with [`Error::ColumnChunkTooLarge`] naming the file, the column and the row group.
-    /// This is what stops a decompression bomb (kilobytes of brotli or zstd that inflate
-    /// to gigabytes). Default: the environment variable `SLUICE_MAX_COLUMN_CHUNK_BYTES`
-    /// if set, else [`DEFAULT_MAX_COLUMN_CHUNK_BYTES`](crate::DEFAULT_MAX_COLUMN_CHUNK_BYTES)
-    /// (1 GiB). See the [`limits`](crate::parquet_io::limits) module.
-    ///
-    /// ```
-    /// use sluice_core::Session;
-    /// let session = Session::builder().with_max_column_chunk_bytes(256 << 20).build()?;
-    /// assert_eq!(session.max_column_chunk_bytes(), 256 << 20);
-    /// # Ok::<(), sluice_core::Error>(())
-    /// ```
-    pub fn with_max_column_chunk_bytes(mut self, bytes: u64) -> Self {
-        self.max_column_chunk_bytes = Some(bytes);
-        self
-    }
-
-    /// Whether Parquet sinks may copy the column chunks a plan leaves unchanged instead
-    /// of decoding and encoding them again (on unless set, or unless the environment
-    /// variable `SLUICE_COLUMN_COPY` is `0`/`false`/`off`). Each write can also turn it
-    /// off with [`ParquetWrite::with_column_copy`](crate::ParquetWrite::with_column_copy).
-    ///
-    /// ```
-    /// let session = sluice_core::Session::builder().with_column_copy(false).build()?;
-    /// assert!(!session.column_copy());
-    /// # Ok::<(), sluice_core::Error>(())
-    /// ```
-    pub fn with_column_copy(mut self, on: bool) -> Self {
-        self.column_copy = Some(on);
-        self
-    }
-
-    /// Serves every URL with the scheme and authority of `url` from `store`, instead of
-    /// the store Sluice would create.
-    pub fn with_object_store(mut self, url: &Url, store: Arc<dyn ObjectStore>) -> Self {
-        self.stores.push((url.clone(), store));
-        self
-    }
-
-    /// Where plans execute: [`Runner::Local`] (DataFusion in this process) or a Ballista
-    /// cluster ([`Runner::ballista`], with the cargo feature `ballista`). Default: the
-    /// environment variable [`SLUICE_RUNNER`](crate::RUNNER_ENV) if set, else local.
-    ///
-    /// ```
-    /// use sluice_core::{Runner, Session};
-    /// let session = Session::builder().with_runner(Runner::Local).build()?;
-    /// assert!(session.runner().is_local());
-    /// # Ok::<(), sluice_core::Error>(())
-    /// ```
-    pub fn with_runner(mut self, runner: Runner) -> Self {
-        self.runner = Some(runner);
-        self
-    }
-
-    /// Starts from this DataFusion configuration.
-    pub fn with_config(mut self, config: SessionConfig) -> Self {
-        self.config = Some(config);
-        self
-    }
-
-    /// Builds the session.
-    pub fn build(self) -> Result<Session> {
-        let stores = Arc::new(StoreRegistry::new());
-        for (url, store) in self.stores {
-            stores.register(&url, store);
-        }
-        let mut config = self.config.unwrap_or_default();
-        if let Some(n) = self.target_partitions {
-            config = config.with_target_partitions(n);
-        }
-        if let Some(n) = self.batch_size {
-            config = config.with_batch_size(n);
-        }
-        // DataFusion 55 caches directory listings per session with no expiry, keyed by
-        // the path without the store: a file written later is not seen, and
-        // `memory://two/data/` read after `memory://one/data/` lists bucket one's files.
-        // Listings are cheap next to reading the data; correctness first.
-        let mut runtime = RuntimeEnvBuilder::new()
-            .with_object_store_registry(Arc::clone(&stores) as _)
-            .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0));
-        let memory_limit = self
-            .memory_limit
-            .or_else(|| {
-                crate::parquet_io::limits::size_from_env(
-                    crate::parquet_io::limits::MEMORY_LIMIT_ENV,
-                )
-                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-            })
-            .unwrap_or(crate::parquet_io::limits::DEFAULT_MEMORY_LIMIT);
-        runtime = runtime.with_memory_limit(memory_limit, 1.0);
-        let max_column_chunk_bytes = self
-            .max_column_chunk_bytes
-            .or_else(|| {
-                crate::parquet_io::limits::size_from_env(
-                    crate::parquet_io::limits::MAX_COLUMN_CHUNK_BYTES_ENV,
-                )
-            })
-            .unwrap_or(crate::parquet_io::limits::DEFAULT_MAX_COLUMN_CHUNK_BYTES);
-        let column_copy = self.column_copy.unwrap_or_else(|| {
-            std::env::var(COLUMN_COPY_ENV).map_or(true, |v| {
-                !matches!(
-                    v.trim().to_ascii_lowercase().as_str(),
-                    "0" | "false" | "off" | "no"
-                )
-            })
-        });
-        let state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_runtime_env(runtime.build_arc()?)
-            .with_default_features()
-            .with_physical_optimizer_rules(physical_optimizer_rules())
-            .with_query_planner(Arc::new(SluiceQueryPlanner))
-            .build();
-        // A runner given here must be usable; one from the environment that is not
-        // fails the first plan that runs (and any flow run), since `Session::new`
-        // cannot fail.
-        let (cluster, runner, unusable_runner) = match self.runner {
-            Some(runner) => (cluster_of(&runner)?, runner, None),
-            None => match Runner::from_env().and_then(|r| Ok((cluster_of(&r)?, r))) {
-                Ok((cluster, runner)) => (cluster, runner, None),
-                Err(e) => (ClusterOf::default(), Runner::Local, Some(e.to_string())),
-            },
-        };
-        let builtin = builtin_functions(&state);
-        let session = Session {
-            inner: Arc::new(SessionInner {
-                ctx: SessionContext::new_with_state(state),
-                stores,
-                max_column_chunk_bytes,
-                column_copy,
-                runner,
-                cluster,
-                unusable_runner,
-                functions: Arc::new(std::sync::RwLock::new(Functions {
-                    builtin,
-                    versions: Default::default(),
-                })),
-            }),
-        };
-        for (udf, version) in self.udfs {
-            session.register_udf(udf, &version);
-        }
-        for (udaf, version) in self.udafs {
-            session.register_udaf(udaf, &version);
-        }
-        for (udwf, version) in self.udwfs {
-            session.register_udwf(udwf, &version);
-        }
-        Ok(session)
-    }
-}
-
-/// The address of a function object (what tells DataFusion's own function from one
-/// registered over it).
-fn address<T>(function: &Arc<T>) -> usize {
-    Arc::as_ptr(function) as *const () as usize
-}
-
-/// DataFusion's functions in a state built with its defaults, by kind and name.
-fn builtin_functions(
-    state: &SessionState,
-) -> std::collections::HashMap<(&'static str, String), usize> {
-    let scalar = state
-        .scalar_functions()
-        .iter()
-        .map(|(name, f)| (("scalar", name.clone()), address(f)));
-    let aggregate = state
-        .aggregate_functions()
-        .iter()
-        .map(|(name, f)| (("aggregate", name.clone()), address(f)));
-    let window = state
-        .window_functions()
-        .iter()
-        .map(|(name, f)| (("window", name.clone()), address(f)));
-    scalar.chain(aggregate).chain(window).collect()
-}
-
-/// The cluster a session's plans run on, if its runner is one; nothing in a build
-/// without the cargo feature `ballista`.
-#[cfg(feature = "ballista")]
-type ClusterOf = Option<crate::cluster::Cluster>;
-#[cfg(not(feature = "ballista"))]
-type ClusterOf = ();
-
-/// The cluster `runner` names, checked: a malformed URL, or (without the feature
-/// `ballista`) any cluster, is an error.
-fn cluster_of(runner: &Runner) -> Result<ClusterOf> {
-    match runner {
-        #[cfg(feature = "ballista")]
-        Runner::Local => Ok(None),
-        #[cfg(not(feature = "ballista"))]
-        Runner::Local => Ok(()),
-        #[cfg(feature = "ballista")]
-        Runner::Ballista { url } => crate::cluster::Cluster::new(url).map(Some),
-        #[cfg(not(feature = "ballista"))]
-        Runner::Ballista { url } => Err(Error::Cluster {
-            address: url.clone(),
-            reason: "this build of Sluice has no Ballista support; build it with the cargo \
-                     feature `ballista` (`--features ballista`)"
-                .into(),
-        }),
-    }
 }
 
 /// A session's object stores, where a store is opened by location
