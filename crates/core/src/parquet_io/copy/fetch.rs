@@ -58,6 +58,23 @@ impl ChunkReader for Located {
     }
 }
 
+/// The requests that fetch `chunks`: in file order, chunks fewer than `gap` bytes
+/// apart (or overlapping) in one request.
+pub(super) fn coalesce(chunks: impl IntoIterator<Item = Range<u64>>, gap: u64) -> Vec<Range<u64>> {
+    let mut chunks: Vec<Range<u64>> = chunks.into_iter().collect();
+    chunks.sort_by_key(|r| r.start);
+    let mut ranges: Vec<Range<u64>> = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        match ranges.last_mut() {
+            Some(last) if chunk.start <= last.end.saturating_add(gap) => {
+                last.end = last.end.max(chunk.end);
+            }
+            _ => ranges.push(chunk),
+        }
+    }
+    ranges
+}
+
 /// Fetches the column chunks a unit reads: the chunk it copies, or those the computed
 /// columns read (chunks close together in one request, which the decoder may also read
 /// across).
@@ -75,17 +92,7 @@ pub(super) async fn fetch(plan: &CopyPlan, unit: Unit) -> Result<Located, Stop> 
         Unit::Copy { ref leaf, .. } => std::slice::from_ref(leaf),
         Unit::Compute { .. } => &plan.needed_leaves,
     };
-    let mut chunks: Vec<Range<u64>> = leaves_read.iter().map(|&leaf| range(leaf)).collect();
-    chunks.sort_by_key(|r| r.start);
-    let mut ranges: Vec<Range<u64>> = Vec::with_capacity(chunks.len());
-    for chunk in chunks {
-        match ranges.last_mut() {
-            Some(last) if chunk.start <= last.end.saturating_add(COALESCE_GAP) => {
-                last.end = last.end.max(chunk.end);
-            }
-            _ => ranges.push(chunk),
-        }
-    }
+    let ranges = coalesce(leaves_read.iter().map(|&leaf| range(leaf)), COALESCE_GAP);
     let fetched = file
         .store
         .get_ranges(&file.location, &ranges)

@@ -79,6 +79,9 @@ mod pages;
 mod plan;
 mod write;
 
+#[cfg(test)]
+mod tests;
+
 pub(crate) use detect::Shape;
 use fetch::*;
 use pages::*;
