@@ -59,6 +59,7 @@ mod names;
 mod overlap;
 mod parquet_io;
 mod plan;
+mod planner;
 mod read;
 mod record;
 mod runner;

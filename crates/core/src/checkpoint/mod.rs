@@ -42,7 +42,7 @@ pub(crate) use gc::Lease;
 pub use manifest::{BLOCK_SIZE, MANIFEST_FORMAT_VERSION, Manifest, ManifestFile};
 #[cfg(feature = "ballista")]
 pub(crate) use parts::{PartsWrite, Streamed, commit_parts};
-pub(crate) use read::{CheckpointRead, find_corrupt};
+pub(crate) use read::CheckpointRead;
 pub use store::{CacheEntry, CheckpointStore, LEASE_TTL, SCHEMA_CACHE_TTL};
 pub(crate) use store::{Expected, Lookup, store_error, store_root, url_in};
 #[cfg(feature = "ballista")]

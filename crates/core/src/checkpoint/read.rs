@@ -48,6 +48,7 @@ use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataR
 
 use super::manifest::block_digest;
 use super::{CheckpointStore, Manifest, ManifestFile};
+use crate::plan::boundary::CheckpointSource;
 use crate::seam::TaskHandle;
 use crate::{Error, Result};
 
@@ -229,38 +230,6 @@ impl CheckpointRead {
             read: Arc::clone(self),
         })
     }
-
-    /// The checkpoint turned out corrupt while streaming: invalidates it (once, and
-    /// only the manifest that was judged), fails the task run, and returns the error to
-    /// raise.
-    pub(crate) fn corrupt(&self, task: &TaskHandle, reason: String) -> Error {
-        // On an executor the client invalidates it when the job's error comes back.
-        if !self.on_executor && !self.invalidated.swap(true, Ordering::AcqRel) {
-            // Known bad in this process at once; removed from the store in the
-            // background (the stream that found it cannot wait), and counted: the
-            // failed flow run waits for it before it returns.
-            known_corrupt()
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(Self::known_as(&self.store, &self.manifest));
-            let store = self.store.clone();
-            let (task, key) = (self.task.clone(), self.manifest.key.clone());
-            let judged = self.manifest.id.clone();
-            sluice_store::cleanup::spawn("invalidate a corrupt checkpoint", async move {
-                store.invalidate(&task, &key, Some(&judged)).await
-            });
-        }
-        let error = Error::CorruptCheckpoint {
-            task: self.task.clone(),
-            checkpoint: self.url(),
-            reason,
-        };
-        task.fail(&error);
-        Error::Task {
-            task: self.task.clone(),
-            source: Box::new(error),
-        }
-    }
 }
 
 /// How two schemas differ in names, types or nullability (metadata aside), if they do.
@@ -307,6 +276,54 @@ fn relative(path: &Path) -> String {
 /// The reason of a `CorruptCheckpoint` error inside a store error, if there is one.
 fn corrupt_reason(error: &object_store::Error) -> Option<String> {
     find_corrupt(error).map(|(_, reason)| reason)
+}
+
+/// What a cache hit's boundary asks of the checkpoint it reads.
+impl CheckpointSource for CheckpointRead {
+    /// A [`CorruptCheckpoint`](Error::CorruptCheckpoint) under the scan (a block that
+    /// does not match its checksum, a missing or resized part), or any other error but
+    /// the store's own (a page that does not decode): the checkpoint is corrupt.
+    fn corruption(&self, error: &DataFusionError) -> Option<String> {
+        if let Some((_, reason)) = find_corrupt(error) {
+            return Some(reason);
+        }
+        if crate::error::find_in_chain::<object_store::Error>(error).is_some() {
+            return None;
+        }
+        Some(crate::error::message(error))
+    }
+
+    /// The checkpoint turned out corrupt while streaming: invalidates it (once, and
+    /// only the manifest that was judged), fails the task run, and returns the error to
+    /// raise.
+    fn corrupt(&self, task: &TaskHandle, reason: String) -> Error {
+        // On an executor the client invalidates it when the job's error comes back.
+        if !self.on_executor && !self.invalidated.swap(true, Ordering::AcqRel) {
+            // Known bad in this process at once; removed from the store in the
+            // background (the stream that found it cannot wait), and counted: the
+            // failed flow run waits for it before it returns.
+            known_corrupt()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(Self::known_as(&self.store, &self.manifest));
+            let store = self.store.clone();
+            let (task, key) = (self.task.clone(), self.manifest.key.clone());
+            let judged = self.manifest.id.clone();
+            sluice_store::cleanup::spawn("invalidate a corrupt checkpoint", async move {
+                store.invalidate(&task, &key, Some(&judged)).await
+            });
+        }
+        let error = Error::CorruptCheckpoint {
+            task: self.task.clone(),
+            checkpoint: self.url(),
+            reason,
+        };
+        task.fail(&error);
+        Error::Task {
+            task: self.task.clone(),
+            source: Box::new(error),
+        }
+    }
 }
 
 /// The task and reason of the first [`Error::CorruptCheckpoint`] in `error`'s chain.

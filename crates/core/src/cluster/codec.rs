@@ -28,7 +28,7 @@ use crate::checkpoint::{
     CheckpointExec, CheckpointFormat, CheckpointRead, CheckpointStore, CheckpointTee, Manifest,
     PartsWrite, Tee,
 };
-use crate::plan::boundary::{TaskBoundary, TaskBoundaryExec};
+use crate::plan::boundary::{CheckpointSource, TaskBoundary, TaskBoundaryExec};
 use crate::record::{LogLine, WriteSummary};
 use crate::seam::{Execution, TaskHandle, TaskRecorder};
 
@@ -63,12 +63,20 @@ struct WireBoundary {
 }
 
 impl WireBoundary {
-    fn of(run: &TaskHandle, sources: &[String], checkpoint: Option<&Arc<CheckpointRead>>) -> Self {
+    fn of(
+        run: &TaskHandle,
+        sources: &[String],
+        checkpoint: Option<&Arc<dyn CheckpointSource>>,
+    ) -> Self {
         Self {
             task: run.name().to_string(),
             timeout_ms: run.timeout().map(|t| t.as_millis() as u64),
             sources: sources.to_vec(),
-            checkpoint: checkpoint.map(|read| WireRead::of(read)),
+            checkpoint: checkpoint
+                .and_then(|read| {
+                    (read.as_ref() as &dyn std::any::Any).downcast_ref::<CheckpointRead>()
+                })
+                .map(WireRead::of),
         }
     }
 
@@ -202,7 +210,7 @@ impl Wire {
     fn boundary(
         run: &TaskHandle,
         sources: &[String],
-        checkpoint: Option<&Arc<CheckpointRead>>,
+        checkpoint: Option<&Arc<dyn CheckpointSource>>,
     ) -> Self {
         Self::new(WireNode::Boundary(WireBoundary::of(
             run, sources, checkpoint,
@@ -306,7 +314,7 @@ impl LogicalExtensionCodec for LogicalCodec {
                 Arc::new(TaskBoundary {
                     task: run,
                     sources,
-                    checkpoint,
+                    checkpoint: checkpoint.map(|read| read as Arc<dyn CheckpointSource>),
                     input,
                 })
             }
@@ -421,6 +429,7 @@ impl PhysicalExtensionCodec for PhysicalCodec {
                     Some(read) => super::read_checkpoint_scans(input, read)?,
                     None => super::cap_scans(input)?,
                 };
+                let checkpoint = checkpoint.map(|read| read as Arc<dyn CheckpointSource>);
                 Arc::new(TaskBoundaryExec::new(input, run, sources, checkpoint))
             }
             WireNode::Tee(tee) => Arc::new(CheckpointExec::new(input, tee.decode()?)),

@@ -55,7 +55,8 @@ use crate::checkpoint::{
     ABANDONED_PARTITIONS, CheckpointRead, CheckpointTarget, CheckpointTee, Lease, PartsWrite,
     Streamed, Tee, commit_parts,
 };
-use crate::plan::boundary::{SluiceQueryPlanner, TaskBoundary, TaskBoundaryExec};
+use crate::plan::boundary::{CheckpointSource, TaskBoundary, TaskBoundaryExec};
+use crate::planner::SluiceQueryPlanner;
 use crate::seam::{Partition, StreamEnd, TaskHandle};
 use crate::{Error, Result};
 
@@ -161,7 +162,7 @@ struct Boundary {
     task: TaskHandle,
     upstream: Vec<String>,
     /// The checkpoint it reads, on a cache hit.
-    checkpoint: Option<Arc<CheckpointRead>>,
+    checkpoint: Option<Arc<dyn CheckpointSource>>,
 }
 
 /// A persisted task's checkpoint that a job writes: the client commits it.

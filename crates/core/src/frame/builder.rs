@@ -12,7 +12,7 @@ use sluice_store::StoreRegistry;
 use url::Url;
 
 use super::session::*;
-use crate::plan::boundary::SluiceQueryPlanner;
+use crate::planner::SluiceQueryPlanner;
 use crate::{Result, Runner};
 
 /// DataFusion's physical optimizer rules, with Sluice's [`ConcatUnions`] right after

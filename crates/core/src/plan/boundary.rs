@@ -26,7 +26,6 @@ use datafusion::common::DFSchemaRef;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{
     Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
@@ -41,11 +40,10 @@ use datafusion::physical_plan::{
     ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, Statistics,
     StatisticsArgs,
 };
-use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 use futures::{Future, Stream};
 
 use crate::Error;
-use crate::checkpoint::{CheckpointRead, CheckpointTeePlanner};
 use crate::error::panic_message;
 use crate::seam::{Execution, Partition, StreamEnd, TaskHandle};
 
@@ -55,7 +53,7 @@ pub(crate) struct TaskBoundary {
     pub(crate) task: TaskHandle,
     pub(crate) sources: Arc<[String]>,
     /// Set when the input is a scan of the task's checkpoint (a cache hit).
-    pub(crate) checkpoint: Option<Arc<CheckpointRead>>,
+    pub(crate) checkpoint: Option<Arc<dyn CheckpointSource>>,
     pub(crate) input: LogicalPlan,
 }
 
@@ -144,7 +142,7 @@ pub struct TaskBoundaryExec {
     input: Arc<dyn ExecutionPlan>,
     task: TaskHandle,
     sources: Arc<[String]>,
-    checkpoint: Option<Arc<CheckpointRead>>,
+    checkpoint: Option<Arc<dyn CheckpointSource>>,
     properties: Arc<PlanProperties>,
     /// This plan instance's execution, started when its first partition starts.
     execution: std::sync::OnceLock<Arc<Execution>>,
@@ -156,7 +154,7 @@ impl TaskBoundaryExec {
         input: Arc<dyn ExecutionPlan>,
         task: TaskHandle,
         sources: Arc<[String]>,
-        checkpoint: Option<Arc<CheckpointRead>>,
+        checkpoint: Option<Arc<dyn CheckpointSource>>,
     ) -> Self {
         let properties = Arc::clone(input.properties());
         Self {
@@ -189,7 +187,7 @@ impl TaskBoundaryExec {
 
     /// The task's checkpoint this node reads (a cache hit).
     #[cfg(feature = "ballista")]
-    pub(crate) fn checkpoint(&self) -> Option<&Arc<CheckpointRead>> {
+    pub(crate) fn checkpoint(&self) -> Option<&Arc<dyn CheckpointSource>> {
         self.checkpoint.as_ref()
     }
 }
@@ -316,33 +314,33 @@ impl TaskBoundaryExec {
     }
 }
 
-/// Attributes an error that reached a boundary. Over a checkpoint's scan, an error
-/// means the checkpoint is corrupt (a block that does not match its checksum, a
-/// missing part, a page that does not decode), unless it is the store failing (an
-/// unreachable endpoint, a throttled request), which is no judgement on the checkpoint.
-/// Any other error is attributed by the seam ([`TaskHandle::attribute`]).
+/// Attributes an error that reached a boundary. Over a checkpoint's scan, the
+/// checkpoint judges it first (a block that does not match its checksum, a missing
+/// part, a page that does not decode make it corrupt; a store failing is no judgement
+/// on it); any other error is attributed by the seam ([`TaskHandle::attribute`]).
 fn attribute(
     task: &TaskHandle,
     sources: &[String],
-    checkpoint: Option<&CheckpointRead>,
+    checkpoint: Option<&dyn CheckpointSource>,
     error: DataFusionError,
 ) -> DataFusionError {
-    if let Some(checkpoint) = checkpoint {
-        let reason = match crate::checkpoint::find_corrupt(&error) {
-            Some((_, reason)) => Some(reason),
-            None if !store_failure(&error) => Some(crate::error::message(&error)),
-            None => None,
-        };
-        if let Some(reason) = reason {
-            return task.leaving(checkpoint.corrupt(task, reason).into());
-        }
+    if let Some(checkpoint) = checkpoint
+        && let Some(reason) = checkpoint.corruption(&error)
+    {
+        return task.leaving(checkpoint.corrupt(task, reason).into());
     }
     task.attribute(sources, error)
 }
 
-/// Whether `error` is an object store's failure (somewhere in its chain).
-fn store_failure(error: &DataFusionError) -> bool {
-    crate::error::find_in_chain::<object_store::Error>(error).is_some()
+/// The checkpoint a cache hit's boundary reads (see [`crate::checkpoint`]): what the
+/// boundary asks of it when an error comes up from under it.
+pub(crate) trait CheckpointSource: std::any::Any + fmt::Debug + Send + Sync {
+    /// Why `error`, raised while the checkpoint was read, shows it corrupt; `None`
+    /// when it does not (the store failing: unreachable, throttled).
+    fn corruption(&self, error: &DataFusionError) -> Option<String>;
+    /// The checkpoint turned out corrupt: invalidates it, fails `task`, and returns
+    /// the error to raise.
+    fn corrupt(&self, task: &TaskHandle, reason: String) -> crate::Error;
 }
 
 struct BoundaryStream {
@@ -353,7 +351,7 @@ struct BoundaryStream {
     sources: Arc<[String]>,
     /// The checkpoint this stream reads, on a cache hit (its bytes are checked as they
     /// are read: see `checkpoint::read`).
-    checkpoint: Option<Arc<CheckpointRead>>,
+    checkpoint: Option<Arc<dyn CheckpointSource>>,
     /// This partition of the task's execution, reported through the seam (dropped
     /// before its end, it reports so).
     partition: Partition,
@@ -461,7 +459,7 @@ impl RecordBatchStream for BoundaryStream {
 
 /// Plans [`TaskBoundary`] nodes as [`TaskBoundaryExec`].
 #[derive(Debug)]
-struct BoundaryPlanner;
+pub(crate) struct BoundaryPlanner;
 
 #[async_trait]
 impl ExtensionPlanner for BoundaryPlanner {
@@ -488,25 +486,5 @@ impl ExtensionPlanner for BoundaryPlanner {
             Arc::clone(&boundary.sources),
             boundary.checkpoint.clone(),
         ))))
-    }
-}
-
-/// DataFusion's query planner plus Sluice's extension nodes.
-#[derive(Debug, Default)]
-pub(crate) struct SluiceQueryPlanner;
-
-#[async_trait]
-impl QueryPlanner for SluiceQueryPlanner {
-    async fn create_physical_plan(
-        &self,
-        logical_plan: &LogicalPlan,
-        session: &dyn DfSession,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![
-            Arc::new(BoundaryPlanner),
-            Arc::new(CheckpointTeePlanner),
-        ])
-        .create_physical_plan(logical_plan, session)
-        .await
     }
 }

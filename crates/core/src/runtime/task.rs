@@ -13,7 +13,7 @@ use crate::checkpoint::{
     CachePolicy, CheckpointFormat, CheckpointRead, CheckpointStore, CheckpointTarget,
     CheckpointTee, Expected, Lookup, Persist, Tee,
 };
-use crate::plan::boundary::TaskBoundary;
+use crate::plan::boundary::{CheckpointSource, TaskBoundary};
 use crate::record::{CacheRecord, TaskRunRecord, TaskState};
 use crate::runtime::flow::FlowRunShared;
 use crate::runtime::run::{TaskHooks, TaskRunState};
@@ -794,7 +794,7 @@ fn boundary(
         node: Arc::new(TaskBoundary {
             task: cx.run.handle(),
             sources: sources.into(),
-            checkpoint,
+            checkpoint: checkpoint.map(|read| read as Arc<dyn CheckpointSource>),
             input,
         }),
     })
