@@ -13,8 +13,8 @@ pub const RUNNER_ENV: &str = "SLUICE_RUNNER";
 /// Plans are built the same way on every runner, and tasks do not change; what differs
 /// is who runs the physical plan. [`Runner::Local`] streams it in this process.
 /// [`Runner::Ballista`] sends it to a Ballista scheduler, whose executors read the
-/// sources and write sinks straight to their object stores (see "Run on a cluster" in
-/// the README); this process only plans, waits and publishes.
+/// sources and write sinks straight to their object stores (see `docs/cluster.md`);
+/// this process only plans, waits and publishes.
 ///
 /// ```
 /// use sluice_core::Runner;

@@ -365,6 +365,29 @@ impl TaskHandle {
     }
 }
 
+/// A handle whose reports go nowhere, for unit tests of the layers that report.
+#[cfg(test)]
+pub(crate) fn silent(name: &str) -> TaskHandle {
+    #[derive(Debug)]
+    struct Silent;
+    impl TaskRecorder for Silent {
+        fn execution_started(&self, _execution: &Arc<Execution>) {}
+        fn partition_ended(&self, _execution: &Execution) {}
+        fn failed(&self, _error: &Error) {}
+        fn failed_retryably(&self, _error: &Error) -> bool {
+            false
+        }
+        fn checkpoint_committed(&self) {}
+        fn superseded(&self, _by: &str) {}
+        fn published(&self, _url: &str) -> Option<WriteSummary> {
+            None
+        }
+        fn record_published(&self, _summary: &WriteSummary) {}
+        fn log(&self, _line: LogLine) {}
+    }
+    TaskHandle::new(1, name, None, Arc::new(Silent))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;

@@ -258,6 +258,17 @@ pub(crate) fn scalar(value: &ScalarValue) -> Value {
     json!({ "type": data_type(&value.data_type()), "value": v })
 }
 
+/// How a cache key covers a function a plan calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FunctionVersion {
+    /// One of DataFusion's: the engine's version in the key covers it.
+    BuiltIn,
+    /// A user-defined function registered with this version.
+    Versioned(String),
+    /// A user-defined function registered without a version.
+    Unversioned,
+}
+
 /// A function a plan calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FunctionUse {

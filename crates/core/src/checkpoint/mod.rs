@@ -19,6 +19,7 @@
 //! See [`Persist`] for when a checkpoint is written, [`CachePolicy`] for how its key is
 //! made, and [`CheckpointStore`] for listing, showing and collecting checkpoints.
 
+mod decide;
 mod gc;
 pub(crate) mod key;
 pub(crate) mod lineage;
@@ -36,6 +37,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub(crate) use decide::{Outcome, Persisted, decide};
 pub use gc::GcReport;
 #[cfg(feature = "ballista")]
 pub(crate) use gc::Lease;

@@ -83,17 +83,6 @@ pub(super) struct Functions {
     pub(super) versions: std::collections::HashMap<(&'static str, String), String>,
 }
 
-/// How a cache key covers a function a plan calls.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum FunctionVersion {
-    /// One of DataFusion's: the engine's version in the key covers it.
-    BuiltIn,
-    /// A user-defined function registered with this version.
-    Versioned(String),
-    /// A user-defined function registered without a version.
-    Unversioned,
-}
-
 impl std::fmt::Debug for SessionInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
@@ -221,7 +210,8 @@ impl Session {
     pub(crate) fn function_version(
         &self,
         used: &crate::checkpoint::key::FunctionUse,
-    ) -> FunctionVersion {
+    ) -> crate::checkpoint::key::FunctionVersion {
+        use crate::checkpoint::key::FunctionVersion;
         let functions = self
             .inner
             .functions

@@ -10,13 +10,13 @@ use tracing::Instrument;
 
 use crate::checkpoint::lineage::Lineage;
 use crate::checkpoint::{
-    CachePolicy, CheckpointFormat, CheckpointRead, CheckpointStore, CheckpointTarget,
-    CheckpointTee, Expected, Lookup, Persist, Tee,
+    self, CachePolicy, CheckpointFormat, CheckpointStore, Outcome, Persist, Persisted,
 };
-use crate::plan::boundary::{CheckpointSource, TaskBoundary};
-use crate::record::{CacheRecord, TaskRunRecord, TaskState};
+use crate::plan::boundary::TaskBoundary;
+use crate::record::{TaskRunRecord, TaskState};
 use crate::runtime::flow::FlowRunShared;
 use crate::runtime::run::{TaskHooks, TaskRunState};
+use crate::seam::TaskHandle;
 use crate::{
     Error, ExecutionMode, Frame, FrameInfo, ParquetRead, Result, Retry, Session, WriteSummary,
 };
@@ -527,274 +527,68 @@ impl TaskOutput for Frame {
         let name = cx.run.name.clone();
         let version = cx.config.version.clone();
         let parameters = serde_json::Value::Object(cx.config.parameters.clone());
+        let task = cx.run.handle();
         let Some(persistence) = cx.persistence() else {
             // Not persisted: the key downstream tasks see is computed only if one of
             // them needs it.
             let lineage = Lineage::task(&name, version, parameters, self.lineage(), None, None);
-            let frame = self.with_plan_and_lineage(
-                boundary(
-                    cx,
-                    self.sources().to_vec(),
-                    None,
-                    self.logical_plan().clone(),
-                ),
-                lineage,
-            );
-            return deliver(cx, frame).await;
+            let plan = boundary(&task, self.sources().to_vec(), self.logical_plan().clone());
+            return deliver(cx, self.with_plan_and_lineage(plan, lineage)).await;
         };
         let session = cx.session();
-        // What the key covers beyond the lineage: the user-defined functions the plan
-        // calls (a volatile one is refused unless the policy allows it), and the
-        // session's result settings.
-        let functions = if persistence.policy.keys_by_inputs() {
-            keyed_functions(
-                session,
-                &name,
-                self.logical_plan(),
-                persistence.policy.allows_volatile(),
-            )?
-        } else {
-            Default::default()
-        };
-        let settings = crate::checkpoint::key::settings(session.state().config_options());
-        let inputs = self.lineage().key_inputs(
-            &name,
-            version.clone(),
-            parameters.clone(),
-            settings,
-            functions,
-        );
-        let key = persistence.policy.key(&inputs);
-        // Downstream keys use the checkpoint's key, so that they are the same whether
-        // this task was computed or read, and the checkpoint's id, so that a refreshed
-        // or recomputed checkpoint changes them; a policy without lookups gives them the
-        // key its inputs would give, and no checkpoint (its output is recomputed from
-        // the same inputs every time).
-        let looks_up = persistence.policy.looks_up();
-        let lineage_key = if looks_up {
-            key.clone()
-        } else {
-            CachePolicy::inputs().key(&inputs)
-        };
-        let lineage = |checkpoint: Option<String>| {
-            Lineage::task(
-                &name,
-                version.clone(),
-                parameters.clone(),
-                self.lineage(),
-                Some(lineage_key.clone()),
-                checkpoint.filter(|_| looks_up),
-            )
-        };
-        let store = CheckpointStore::open(session, &persistence.store)?;
-        let checkpoint_url = store.key_url(&name, &key);
-        let checkpoint_error = |source: Error| Error::Checkpoint {
-            task: name.clone(),
-            checkpoint: checkpoint_url.clone(),
-            source: Box::new(source),
-        };
-        let now = cx.flow.clock.now();
-        let schema = self.schema();
-        let expected = |inputs| Expected {
-            inputs,
-            ttl: persistence.policy.expiry(),
-            schema: Some(schema.as_ref()),
-            verify: persistence.policy.verifies(),
-        };
-        let (lookup, label) = if !looks_up {
-            (Lookup::Miss { reason: None }, "disabled")
-        } else if persistence.policy.refreshes() {
-            (Lookup::Miss { reason: None }, "refresh")
-        } else {
-            let by_inputs = persistence.policy.keys_by_inputs().then_some(&inputs);
-            let found = store
-                .lookup(&name, &key, &expected(by_inputs), now)
-                .await
-                .map_err(checkpoint_error)?;
-            (found, "miss")
-        };
-        match lookup {
-            Lookup::Hit(read) => {
-                tracing::info!(task = %name, key = %key, rows = read.manifest().rows, "cache hit");
-                supersede_upstream(self.logical_plan(), &name);
-                cx.run
-                    .set_cache(&key, CacheRecord::new(&checkpoint_url, "hit", None));
+        let decision = checkpoint::decide(Persisted {
+            task: &task,
+            version,
+            parameters,
+            lineage: self.lineage(),
+            plan: self.logical_plan(),
+            sources: self.sources(),
+            schema: self.schema(),
+            mode: persistence.mode,
+            policy: &persistence.policy,
+            store: CheckpointStore::open(session, &persistence.store)?,
+            format: cx.config.format,
+            context: session.context(),
+            settings: crate::checkpoint::key::settings(session.state().config_options()),
+            functions: &|used| session.function_version(used),
+            flow_run: &cx.flow.run_id,
+            clock: &cx.flow.clock,
+        })
+        .await?;
+        cx.run.set_cache(&decision.key, decision.record);
+        match decision.outcome {
+            Outcome::Hit {
+                plan,
+                sources,
+                lineage,
+            } => {
                 cx.run.cached();
-                // The last-hit time, for `sluice cache ls`, off the critical path: a local
-                // put alone costs about what the rest of a hit does.
-                {
-                    let (store, name, key) = (store.clone(), name.clone(), key.clone());
-                    tokio::spawn(async move { store.touch(&name, &key, now).await });
-                }
-                let lineage = lineage(Some(read.manifest().id.clone()));
-                let plan = read.scan_plan(session.context())?;
-                let frame = Frame::from_plan(
-                    session.clone(),
-                    boundary(cx, vec![checkpoint_url.clone()], Some(read), plan),
-                    vec![checkpoint_url],
-                    lineage,
-                );
+                let frame = Frame::from_plan(session.clone(), plan, sources, lineage);
                 deliver(cx, frame).await
             }
-            Lookup::Miss { reason } => {
-                tracing::info!(task = %name, key = %key, lookup = label, reason = reason.as_deref().unwrap_or(""), "cache miss: computing the task");
-                cx.run
-                    .set_cache(&key, CacheRecord::new(&checkpoint_url, label, reason));
-                let id = uuid::Uuid::new_v4().simple().to_string();
-                let target = Arc::new(CheckpointTarget {
-                    store: store.clone(),
-                    task_run: cx.run.handle(),
-                    task: name.clone(),
-                    key: key.clone(),
-                    code_version: version.clone(),
-                    id: id.clone(),
-                    key_inputs: inputs.clone(),
-                    policy: persistence.policy.describe(),
-                    flow_run: cx.flow.run_id.clone(),
-                    ttl: persistence.policy.expiry(),
-                    clock: cx.flow.clock.clone(),
-                    replace: persistence.policy.refreshes(),
-                    format: cx.config.format,
-                    plan_text: self.logical_plan().display_indent().to_string(),
-                    schema: Arc::clone(&schema),
-                    committed: std::sync::OnceLock::new(),
-                });
-                let tee = LogicalPlan::Extension(Extension {
-                    node: Arc::new(CheckpointTee {
-                        tee: Tee::Commit(Arc::clone(&target)),
-                        input: boundary(
-                            cx,
-                            self.sources().to_vec(),
-                            None,
-                            self.logical_plan().clone(),
-                        ),
-                    }),
-                });
-                match persistence.mode {
-                    Persist::Tee => {
-                        let teed = self.with_plan_and_lineage(tee, lineage(Some(id)));
-                        deliver(cx, teed).await
-                    }
-                    Persist::Barrier => {
-                        cx.run.expect_stream();
-                        let teed = self.with_plan_and_lineage(tee, lineage(Some(id)));
-                        teed.drain().await?;
-                        let read = match target.committed.get() {
-                            // Just written and hashed by this run: read without verifying.
-                            Some(manifest) => CheckpointRead::new(store, manifest.clone(), false),
-                            // Another run committed the same key first: read theirs.
-                            None => match store
-                                .lookup(&name, &key, &expected(None), now)
-                                .await
-                                .map_err(checkpoint_error)?
-                            {
-                                Lookup::Hit(read) => read,
-                                Lookup::Miss { reason } => {
-                                    return Err(checkpoint_error(Error::Internal {
-                                        message: format!(
-                                            "the barrier checkpoint is not readable after its commit: {}",
-                                            reason.unwrap_or_default()
-                                        ),
-                                    }));
-                                }
-                            },
-                        };
-                        let lineage = lineage(Some(read.manifest().id.clone()));
-                        let plan = read.scan_plan(session.context())?;
-                        let frame = Frame::from_plan(
-                            session.clone(),
-                            boundary(cx, vec![checkpoint_url], Some(read), plan),
-                            self.sources().to_vec(),
-                            lineage,
-                        );
-                        deliver(cx, frame).await
-                    }
-                }
+            Outcome::Tee { plan, lineage } => {
+                deliver(cx, self.with_plan_and_lineage(plan, lineage)).await
+            }
+            Outcome::Barrier(barrier) => {
+                cx.run.expect_stream();
+                let teed = self.with_plan_and_lineage(barrier.plan.clone(), self.lineage().clone());
+                teed.drain().await?;
+                let (plan, lineage) = barrier.read_back(session.context()).await?;
+                let frame =
+                    Frame::from_plan(session.clone(), plan, self.sources().to_vec(), lineage);
+                deliver(cx, frame).await
             }
         }
     }
 }
 
-/// The user-defined functions a persisted task's plan calls, with their versions,
-/// for its key. Refuses a function DataFusion marks volatile or stable (unless
-/// `allow_volatile`) and a user-defined function registered without a version. The
-/// walk stops at checkpoints (a cache hit's scan, a tee): what is below them does not
-/// run, and was keyed where it was persisted.
-fn keyed_functions(
-    session: &Session,
-    task: &str,
-    plan: &LogicalPlan,
-    allow_volatile: bool,
-) -> Result<std::collections::BTreeMap<String, String>> {
-    use datafusion::logical_expr::Volatility;
-    let stop = |node: &LogicalPlan| match node {
-        LogicalPlan::Extension(extension) => {
-            let node = extension.node.as_any();
-            node.downcast_ref::<CheckpointTee>().is_some()
-                || node
-                    .downcast_ref::<TaskBoundary>()
-                    .is_some_and(|b| b.checkpoint.is_some())
-        }
-        _ => false,
-    };
-    let mut versions = std::collections::BTreeMap::new();
-    for used in crate::checkpoint::key::functions(plan, &stop) {
-        let refused = |reason: &str| Error::UncacheableFunction {
-            task: task.to_string(),
-            function: format!("{}()", used.name),
-            reason: reason.to_string(),
-        };
-        let opt_in = "opt in with `CachePolicy::inputs().allow_volatile()` (with an expiry), \
-                      or give the task a `key_fn`";
-        match used.volatility {
-            Volatility::Immutable => {}
-            _ if allow_volatile => {}
-            Volatility::Volatile => {
-                return Err(refused(&format!(
-                    "whose result changes on every call (DataFusion marks it volatile): a \
-                     cache hit would serve the values of the run that wrote the checkpoint; \
-                     {opt_in}"
-                )));
-            }
-            Volatility::Stable => {
-                return Err(refused(&format!(
-                    "whose result depends on when the query runs (DataFusion evaluates it \
-                     once per query): a cache hit would serve the values of the run that \
-                     wrote the checkpoint (a filter on the last 7 days would keep that run's \
-                     window); {opt_in}"
-                )));
-            }
-        }
-        match session.function_version(&used) {
-            crate::frame::session::FunctionVersion::BuiltIn => {}
-            crate::frame::session::FunctionVersion::Versioned(version) => {
-                versions.insert(format!("{}:{}", used.kind, used.name), version);
-            }
-            crate::frame::session::FunctionVersion::Unversioned => {
-                return Err(refused(
-                    "a user-defined function registered without a version: a cache key cannot \
-                     tell when its results change; register it with \
-                     `Session::builder().with_udf(udf, \"1\")` (or `with_udaf`, `with_udwf`) \
-                     and bump the version when its results change",
-                ));
-            }
-        }
-    }
-    Ok(versions)
-}
-
-/// A task boundary for this run over `input`.
-fn boundary(
-    cx: &TaskContext,
-    sources: Vec<String>,
-    checkpoint: Option<Arc<CheckpointRead>>,
-    input: LogicalPlan,
-) -> LogicalPlan {
+/// A task boundary for `task` over `input` (a task that is not persisted).
+fn boundary(task: &TaskHandle, sources: Vec<String>, input: LogicalPlan) -> LogicalPlan {
     LogicalPlan::Extension(Extension {
         node: Arc::new(TaskBoundary {
-            task: cx.run.handle(),
+            task: task.clone(),
             sources: sources.into(),
-            checkpoint: checkpoint.map(|read| read as Arc<dyn CheckpointSource>),
+            checkpoint: None,
             input,
         }),
     })
@@ -813,30 +607,6 @@ async fn deliver(cx: &TaskContext, frame: Frame) -> Result<Frame> {
             Ok(collected)
         }
     }
-}
-
-/// Marks the task runs whose boundaries appear in `plan` (the fragment a cache hit
-/// replaced) as superseded by `by`: unless something else executes them, they are
-/// `Skipped`.
-fn supersede_upstream(plan: &LogicalPlan, by: &str) {
-    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-    let _ = plan.apply(|node| {
-        match node {
-            LogicalPlan::Extension(ext) => {
-                if let Some(boundary) = ext.node.as_any().downcast_ref::<TaskBoundary>() {
-                    boundary.task.superseded(by);
-                }
-            }
-            LogicalPlan::TableScan(scan) => {
-                // A SQL task's inputs are views whose plans hold the upstream tasks.
-                if let Some(view) = scan.source.get_logical_plan() {
-                    supersede_upstream(&view, by);
-                }
-            }
-            _ => {}
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
 }
 
 impl TaskOutput for WriteSummary {
