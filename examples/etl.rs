@@ -105,7 +105,7 @@ struct Args {
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
     /// Where the plans run: `local`, or a Ballista cluster's scheduler `df://HOST:PORT`
-    /// (a build with the cargo feature `ballista`; see "Run on a cluster" in the README).
+    /// (a build with the cargo feature `ballista`; see docs/cluster.md).
     /// Default: `$SLUICE_RUNNER`, else local.
     #[arg(long, value_parser = sluice::Runner::parse)]
     runner: Option<sluice::Runner>,
