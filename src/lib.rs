@@ -111,10 +111,14 @@ pub use datafusion;
 pub mod prelude {
     pub use crate::{flow, task};
     pub use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
+    /// The name [`WriteMethod`] had before.
+    #[allow(deprecated)]
+    pub use sluice_core::WritePath;
     pub use sluice_core::{
-        CachePolicy, CancellationToken, CsvReadOptions, CsvWrite, Error, ExecutionMode, Expr, Flow,
-        FlowOptions, FlowRunRecord, FlowState, Frame, ParquetRead, ParquetWrite, Persist, Progress,
-        ProgressWriter, Result, Retry, RetryDelay, RunLogLayer, Runner, Session, Task, TaskContext,
-        TaskState, WriteLayout, WritePath, WriteSummary, col, lit, map, submit,
+        CachePolicy, CancellationToken, CheckpointFormat, Compression, CsvReadOptions, CsvWrite,
+        Error, ExecutionMode, Expr, Flow, FlowOptions, FlowRun, FlowRunRecord, FlowState, Frame,
+        JoinType, ParquetRead, ParquetWrite, Persist, Progress, ProgressWriter, Result, Retry,
+        RetryDelay, RunLogLayer, Runner, Session, Task, TaskContext, TaskOutput, TaskState,
+        WriteLayout, WriteMethod, WriteSummary, col, lit, map, one_line, submit,
     };
 }

@@ -282,9 +282,9 @@ async fn the_seed_etl_and_an_aggregation_run_on_two_executors_as_they_do_locally
     assert_eq!(summary.rows, 240_000);
     assert_eq!(summary.rows, local_summary.rows);
     assert!(
-        matches!(&summary.path, WritePath::Rewrite { reason } if reason.contains("cluster")),
+        matches!(&summary.method, WriteMethod::Rewrite { reason } if reason.contains("cluster")),
         "{:?}",
-        summary.path
+        summary.method
     );
     // Row for row, as multisets.
     let written = session.read_parquet(&cluster_dest).await.unwrap();

@@ -15,7 +15,7 @@ use parquet::basic::Compression as Codec;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use sluice::datafusion;
 use sluice::prelude::*;
-use sluice::{Compression, WritePath};
+use sluice::{Compression, WriteMethod};
 use sluice_testkit::taxi::{TaxiGenOptions, write_taxi_parquet};
 
 use crate::common::{shared_data, taxi_file};
@@ -148,9 +148,9 @@ fn tip_fraction(df: Frame) -> Result<Frame> {
 /// input's order, the same schema as DataFusion's sink wrote it, the input's metadata.
 async fn assert_same_answer(source: &Path, fast: &(PathBuf, WriteSummary), slow: &Path) {
     assert!(
-        fast.1.path.is_column_copy(),
+        fast.1.method.is_column_copy(),
         "the copy did not run: {:?}",
-        fast.1.path
+        fast.1.method
     );
     let (only_fast, only_slow, rows_fast, rows_slow) = difference(&fast.0, slow).await;
     assert_eq!((only_fast, only_slow), (0, 0), "{}", source.display());
@@ -215,8 +215,8 @@ async fn the_seed_etl_copies_nineteen_columns_and_computes_one() {
     let source = taxi_file(dir.path(), "taxi.parquet", 60_000, 16_384);
     let (fast, slow) = both_ways(&source, dir.path(), ParquetWrite::zstd(3), tip_fraction).await;
     assert_same_answer(&source, &fast, &slow.0).await;
-    match &fast.1.path {
-        WritePath::ColumnCopy {
+    match &fast.1.method {
+        WriteMethod::ColumnCopy {
             copied,
             computed,
             chunks_verbatim,
@@ -229,7 +229,7 @@ async fn the_seed_etl_copies_nineteen_columns_and_computes_one() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(slow.1.path, WritePath::Rewrite { .. }));
+    assert!(matches!(slow.1.method, WriteMethod::Rewrite { .. }));
     // One output row group per input row group, every chunk zstd.
     let (codecs, rows) = layout(&fast.0);
     assert_eq!(rows, [16_384, 16_384, 16_384, 10_848]);
@@ -245,13 +245,13 @@ async fn a_flow_records_the_rows_of_every_task_and_the_path_its_sink_took() {
         .run()
         .await;
     let summary = run.output.unwrap();
-    assert!(summary.path.is_column_copy(), "{:?}", summary.path);
+    assert!(summary.method.is_column_copy(), "{:?}", summary.method);
     for task in ["extract", "transform", "load"] {
         assert_eq!(run.record.task(task).unwrap().rows, Some(30_000), "{task}");
     }
     let sinks = &run.record.task("load").unwrap().sinks;
     assert_eq!(sinks.len(), 1);
-    assert!(sinks[0].path.is_column_copy());
+    assert!(sinks[0].method.is_column_copy());
     let json = serde_json::to_value(&run.record).unwrap();
     let path = &json["tasks"]
         .as_array()
@@ -324,8 +324,10 @@ async fn every_real_sample_and_bench_workload_gives_the_rewrites_answer() {
                 aggregate,
             )
             .await;
-            match &fast.1.path {
-                WritePath::Rewrite { reason } => assert!(reason.contains("Aggregate"), "{reason}"),
+            match &fast.1.method {
+                WriteMethod::Rewrite { reason } => {
+                    assert!(reason.contains("Aggregate"), "{reason}")
+                }
                 other => panic!("{other:?}"),
             }
         }
@@ -354,15 +356,15 @@ async fn codecs_are_kept_byte_for_byte_or_recompressed_page_by_page() {
     assert_same_answer(&zstd_source, &fast, &slow.0).await;
     assert!(
         matches!(
-            fast.1.path,
-            WritePath::ColumnCopy {
+            fast.1.method,
+            WriteMethod::ColumnCopy {
                 chunks_verbatim: 57,
                 chunks_recompressed: 0,
                 ..
             }
         ),
         "{:?}",
-        fast.1.path
+        fast.1.method
     );
     // Unless recompression is asked for.
     let (fast, slow) = both_ways(
@@ -375,15 +377,15 @@ async fn codecs_are_kept_byte_for_byte_or_recompressed_page_by_page() {
     assert_same_answer(&zstd_source, &fast, &slow.0).await;
     assert!(
         matches!(
-            fast.1.path,
-            WritePath::ColumnCopy {
+            fast.1.method,
+            WriteMethod::ColumnCopy {
                 chunks_verbatim: 0,
                 chunks_recompressed: 57,
                 ..
             }
         ),
         "{:?}",
-        fast.1.path
+        fast.1.method
     );
     // Every codec Sluice writes, from Snappy input.
     let source = taxi_file(dir.path(), "snappy.parquet", 20_000, 8_192);
@@ -485,8 +487,8 @@ async fn version_two_pages_nested_columns_and_files_without_a_page_index_are_cop
 async fn what_the_copy_cannot_serve_exactly_falls_back_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let source = taxi_file(dir.path(), "taxi.parquet", 10_000, 4_096);
-    let reason = |summary: &WriteSummary| match &summary.path {
-        WritePath::Rewrite { reason } => reason.clone(),
+    let reason = |summary: &WriteSummary| match &summary.method {
+        WriteMethod::Rewrite { reason } => reason.clone(),
         other => panic!("the copy ran: {other:?}"),
     };
     let frame = frame_of(&source, true).await;
@@ -565,8 +567,8 @@ async fn what_the_copy_cannot_serve_exactly_falls_back_and_says_why() {
         ParquetWrite::zstd(3),
     )
     .await;
-    match &summary.path {
-        WritePath::ColumnCopy {
+    match &summary.method {
+        WriteMethod::ColumnCopy {
             computed, copied, ..
         } => {
             assert_eq!(computed, &["vendor"]);
@@ -633,7 +635,7 @@ async fn concatenated_files_and_directory_outputs_are_copied_in_order() {
     let frame = tip_fraction(Frame::concat(frames).unwrap()).unwrap();
     let one = dir.path().join("one.parquet");
     let summary = write(&frame, &one, ParquetWrite::zstd(3)).await;
-    assert!(summary.path.is_column_copy(), "{:?}", summary.path);
+    assert!(summary.method.is_column_copy(), "{:?}", summary.method);
     assert_eq!(summary.rows, 30_000);
     let output = read_in_order(&one).await;
     let mut offset = 0;
@@ -647,7 +649,7 @@ async fn concatenated_files_and_directory_outputs_are_copied_in_order() {
     let frame = tip_fraction(session.read_parquet(parts.to_str().unwrap()).await.unwrap()).unwrap();
     let out = dir.path().join("out/");
     let summary = write(&frame, &out, ParquetWrite::zstd(3)).await;
-    assert!(summary.path.is_column_copy(), "{:?}", summary.path);
+    assert!(summary.method.is_column_copy(), "{:?}", summary.method);
     assert_eq!(summary.files.len(), 3);
     let slow = dir.path().join("slow/");
     write(&frame, &slow, ParquetWrite::zstd(3).with_column_copy(false)).await;
@@ -687,7 +689,7 @@ async fn s3_to_s3_copies_the_columns_it_keeps_and_computes_the_new_one() {
         .write_parquet(&target.url("out/x.parquet"), ParquetWrite::zstd(3))
         .await
         .unwrap();
-    assert!(summary.path.is_column_copy(), "{:?}", summary.path);
+    assert!(summary.method.is_column_copy(), "{:?}", summary.method);
     assert_eq!(summary.rows, 40_000);
     let back = dir.path().join("back.parquet");
     let bytes = store
@@ -729,7 +731,7 @@ async fn pyarrow_duckdb_and_polars_read_the_copied_files() {
     let dir = tempfile::tempdir().unwrap();
     let source = taxi_file(dir.path(), "taxi.parquet", 50_000, 16_384);
     let (fast, slow) = both_ways(&source, dir.path(), ParquetWrite::zstd(3), tip_fraction).await;
-    assert!(fast.1.path.is_column_copy());
+    assert!(fast.1.method.is_column_copy());
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/column_copy_readers.py");
     let output = std::process::Command::new(python)

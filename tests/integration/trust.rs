@@ -452,14 +452,14 @@ async fn a_source_changed_after_its_frame_was_built_fails_naming_it(backend: Bac
     // objects the frame was built from (DataFusion's scan lists again, and fails above).
     let added = run(h.dest("added.parquet"), false, "add").await;
     let summary = added.output.as_ref().unwrap();
-    assert!(summary.path.is_column_copy(), "{:?}", summary.path);
+    assert!(summary.method.is_column_copy(), "{:?}", summary.method);
     assert_eq!(summary.rows, 20_000, "the added file was read");
     let _ = std::fs::remove_file(h.dir.path().join("src/c.parquet"));
     // Unchanged, the same flows run; the non-persisted one takes the column copy.
     let copied = run(h.dest("copied.parquet"), false, "none").await;
     let summary = copied.output.as_ref().unwrap();
     assert_eq!(summary.rows, 20_000);
-    assert!(summary.path.is_column_copy(), "{:?}", summary.path);
+    assert!(summary.method.is_column_copy(), "{:?}", summary.method);
 }
 
 // ---------------------------------------------------------------------------

@@ -83,9 +83,11 @@ pub use frame::{ColumnInfo, Frame, FrameInfo};
 pub use names::{MAX_NAME_LEN, validate_name};
 pub use parquet_io::limits::{DEFAULT_MAX_COLUMN_CHUNK_BYTES, DEFAULT_MEMORY_LIMIT};
 pub use read::ParquetRead;
+#[allow(deprecated)]
+pub use record::WritePath;
 pub use record::{
     CacheRecord, ExecutionMode, ExecutionOutcome, FlowRunRecord, FlowState, LogLine, MAX_LOG_LINES,
-    SinkRecord, TaskAttempt, TaskExecution, TaskRunRecord, TaskState, WritePath, WriteSummary,
+    SinkRecord, TaskAttempt, TaskExecution, TaskRunRecord, TaskState, WriteMethod, WriteSummary,
     WrittenFile,
 };
 pub use runner::{RUNNER_ENV, Runner};

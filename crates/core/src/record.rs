@@ -237,8 +237,10 @@ pub struct SinkRecord {
     pub rows: u64,
     /// Bytes written.
     pub bytes: u64,
-    /// How it was written: unchanged columns copied, or every column encoded again.
-    pub path: crate::WritePath,
+    /// How it was written: unchanged columns copied, or every column encoded again
+    /// (`path` in records written before Sluice named it `method`).
+    #[serde(default, alias = "path")]
+    pub method: WriteMethod,
 }
 
 /// What one task run did. Part of a [`FlowRunRecord`].
@@ -356,9 +358,10 @@ pub struct WriteSummary {
     pub bytes: u64,
     /// The files written.
     pub files: Vec<WrittenFile>,
-    /// How it was written: unchanged columns copied, or every column encoded again.
-    #[serde(default)]
-    pub path: WritePath,
+    /// How it was written: unchanged columns copied, or every column encoded again
+    /// (`path` in records written before Sluice named it `method`).
+    #[serde(default, alias = "path")]
+    pub method: WriteMethod,
 }
 
 /// One file a sink wrote.
@@ -374,13 +377,13 @@ pub struct WrittenFile {
 /// the task's run record.
 ///
 /// ```
-/// use sluice_core::WritePath;
-/// let path = WritePath::Rewrite { reason: "a filter reorders nothing but drops rows".into() };
-/// assert!(!path.is_column_copy());
+/// use sluice_core::WriteMethod;
+/// let method = WriteMethod::Rewrite { reason: "a filter reorders nothing but drops rows".into() };
+/// assert!(!method.is_column_copy());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum WritePath {
+pub enum WriteMethod {
     /// Unchanged columns were moved as compressed pages; only the new ones were encoded.
     ColumnCopy {
         /// Columns moved without decoding their values.
@@ -399,17 +402,47 @@ pub enum WritePath {
     },
 }
 
-impl WritePath {
+/// The name [`WriteMethod`] had before it said what it names: how a sink wrote, not
+/// where.
+#[deprecated(since = "0.2.0", note = "renamed `WriteMethod`")]
+pub type WritePath = WriteMethod;
+
+impl WriteMethod {
     /// Whether unchanged columns were copied.
     pub fn is_column_copy(&self) -> bool {
-        matches!(self, WritePath::ColumnCopy { .. })
+        matches!(self, WriteMethod::ColumnCopy { .. })
     }
 }
 
-impl Default for WritePath {
+impl Default for WriteMethod {
     fn default() -> Self {
-        WritePath::Rewrite {
+        WriteMethod::Rewrite {
             reason: String::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_written_before_write_method_was_named_still_read() {
+        let old = r#"{"url":"file:///out.parquet","rows":3,"bytes":10,
+                      "path":{"kind":"rewrite","reason":"a filter"}}"#;
+        let sink: SinkRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            sink.method,
+            WriteMethod::Rewrite {
+                reason: "a filter".into()
+            }
+        );
+        let written = serde_json::to_value(&sink).unwrap();
+        assert_eq!(written["method"]["kind"], "rewrite");
+        let summary: WriteSummary = serde_json::from_str(
+            r#"{"url":"u","rows":1,"bytes":1,"files":[],"path":{"kind":"column_copy","copied":["a"],"computed":[],"chunks_verbatim":1,"chunks_recompressed":0}}"#,
+        )
+        .unwrap();
+        assert!(summary.method.is_column_copy());
     }
 }

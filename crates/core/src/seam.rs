@@ -562,7 +562,7 @@ mod tests {
                 rows: 1,
                 bytes: 1,
                 files: Vec::new(),
-                path: Default::default(),
+                method: Default::default(),
             });
         })
         .await;

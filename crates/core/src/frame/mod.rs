@@ -27,7 +27,7 @@ use crate::checkpoint::key;
 use crate::checkpoint::lineage::Lineage;
 use crate::error::guarded;
 use crate::parquet_io::copy::{Route, Stop};
-use crate::record::{WritePath, WriteSummary, WrittenFile};
+use crate::record::{WriteMethod, WriteSummary, WrittenFile};
 use crate::write::{CsvWrite, ParquetWrite, WriteLayout};
 use crate::{Error, Result, Session};
 
@@ -591,7 +591,7 @@ impl Frame {
             let rewrite = |reason: String| async move {
                 df.write_parquet(&target.path, target.options, Some(table_options))
                     .await
-                    .map(|batches| (count_from(&batches), WritePath::Rewrite { reason }))
+                    .map(|batches| (count_from(&batches), WriteMethod::Rewrite { reason }))
             };
             let reason = match route {
                 Route::Rewrite(reason) => reason,
@@ -625,7 +625,7 @@ impl Frame {
                 .await
                 .map(|batches| {
                     let reason = "CSV output".to_string();
-                    (count_from(&batches), WritePath::Rewrite { reason })
+                    (count_from(&batches), WriteMethod::Rewrite { reason })
                 })
         })
         .await
@@ -637,10 +637,10 @@ impl Frame {
         &self,
         sink: F,
         target: SinkTarget,
-    ) -> datafusion::error::Result<(u64, WritePath)>
+    ) -> datafusion::error::Result<(u64, WriteMethod)>
     where
         F: FnOnce(DataFrame, SinkTarget) -> Fut,
-        Fut: std::future::Future<Output = datafusion::error::Result<(u64, WritePath)>>,
+        Fut: std::future::Future<Output = datafusion::error::Result<(u64, WriteMethod)>>,
     {
         self.inner
             .session
@@ -667,7 +667,7 @@ impl Frame {
     ) -> Result<WriteSummary>
     where
         F: FnOnce(DataFrame, SinkTarget) -> Fut,
-        Fut: std::future::Future<Output = datafusion::error::Result<(u64, WritePath)>>,
+        Fut: std::future::Future<Output = datafusion::error::Result<(u64, WriteMethod)>>,
     {
         let url = resolve_url(dest)?;
         self.refuse_overlap(&url)?;
@@ -692,7 +692,7 @@ impl Frame {
         };
         let span = tracing::info_span!("sink", dest = %staged.destination(), format = extension);
         let written = self.run_sink(sink, target).instrument(span).await;
-        let (rows, path) = match written {
+        let (rows, method) = match written {
             Ok(written) => written,
             Err(e) => {
                 let error = match crate::error::find_store_error(&e)
@@ -715,13 +715,13 @@ impl Frame {
             }
         };
         let published = staged.publish().await?;
-        tracing::info!(dest = %published.url, rows, bytes = published.bytes(), files = published.files.len(), column_copy = path.is_column_copy(), "published output");
+        tracing::info!(dest = %published.url, rows, bytes = published.bytes(), files = published.files.len(), column_copy = method.is_column_copy(), "published output");
         let summary = WriteSummary {
             url: published.url.to_string(),
             rows,
             bytes: published.bytes(),
             files: published.files.into_iter().map(WrittenFile::from).collect(),
-            path,
+            method,
         };
         if let Some(task) = crate::seam::current() {
             task.record_published(&summary);

@@ -599,7 +599,7 @@ impl TaskRecorder for TaskRunState {
             url: summary.url.clone(),
             rows: summary.rows,
             bytes: summary.bytes,
-            path: summary.path.clone(),
+            method: summary.method.clone(),
         });
     }
 

@@ -69,7 +69,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::parquet_io::limits::page_sizes;
 use crate::plan::boundary::TaskBoundary;
-use crate::record::WritePath;
+use crate::record::WriteMethod;
 use crate::seam::{Partition, StreamEnd};
 use crate::{Error, ParquetWrite};
 

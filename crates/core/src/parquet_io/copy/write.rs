@@ -11,7 +11,7 @@ impl CopyPlan {
         store: Arc<dyn ObjectStore>,
         staging: &url::Url,
         directory: bool,
-    ) -> Result<(u64, WritePath), Stop> {
+    ) -> Result<(u64, WriteMethod), Stop> {
         let plan = Arc::new(self);
         let taps = Taps::new(&plan.boundaries);
         let deadline = taps.deadline();
@@ -47,7 +47,7 @@ impl CopyPlan {
         let (copied, computed) = plan.names.clone();
         Ok((
             rows,
-            WritePath::ColumnCopy {
+            WriteMethod::ColumnCopy {
                 copied,
                 computed,
                 chunks_verbatim: counts.0,
