@@ -26,28 +26,33 @@ use crate::record::{ExecutionOutcome, LogLine, TaskExecution, WriteSummary};
 
 /// What the runtime does with the reports of a task run: implemented by the runtime's
 /// task run state. Every method is called by the seam's own types, never by the plan
-/// layer directly.
+/// layer directly. The defaults record nothing: what a boundary does on a cluster's
+/// executor, where the task run does not live.
 pub(crate) trait TaskRecorder: Send + Sync + fmt::Debug {
     /// An execution of the task's output started.
-    fn execution_started(&self, execution: &Arc<Execution>);
+    fn execution_started(&self, _execution: &Arc<Execution>) {}
     /// One partition of `execution` ended (its counters already say how).
-    fn partition_ended(&self, execution: &Execution);
+    fn partition_ended(&self, _execution: &Execution) {}
     /// The task failed with `error`.
-    fn failed(&self, error: &Error);
+    fn failed(&self, _error: &Error) {}
     /// An execution failed with `error`, which a rerun of the sink may fix: returns
     /// whether the task has a retry left (the run then waits for the sink's decision).
-    fn failed_retryably(&self, error: &Error) -> bool;
+    fn failed_retryably(&self, _error: &Error) -> bool {
+        false
+    }
     /// This run committed a checkpoint of the task's output.
-    fn checkpoint_committed(&self);
+    fn checkpoint_committed(&self) {}
     /// A downstream task was read from its checkpoint: unless something else executes
     /// this task's output, it is not executed.
-    fn superseded(&self, by: &str);
+    fn superseded(&self, _by: &str) {}
     /// What a sink of this run published at `url` before (an earlier attempt).
-    fn published(&self, url: &str) -> Option<WriteSummary>;
+    fn published(&self, _url: &str) -> Option<WriteSummary> {
+        None
+    }
     /// A sink of this run published `summary`.
-    fn record_published(&self, summary: &WriteSummary);
+    fn record_published(&self, _summary: &WriteSummary) {}
     /// A log line emitted inside the run.
-    fn log(&self, line: LogLine);
+    fn log(&self, _line: LogLine) {}
     /// What an error attributed to the task becomes as it leaves the boundary: itself,
     /// unless this process only runs the boundary for a client elsewhere (a cluster's
     /// executor), where it leaves as the text the client reads back.
@@ -370,21 +375,7 @@ impl TaskHandle {
 pub(crate) fn silent(name: &str) -> TaskHandle {
     #[derive(Debug)]
     struct Silent;
-    impl TaskRecorder for Silent {
-        fn execution_started(&self, _execution: &Arc<Execution>) {}
-        fn partition_ended(&self, _execution: &Execution) {}
-        fn failed(&self, _error: &Error) {}
-        fn failed_retryably(&self, _error: &Error) -> bool {
-            false
-        }
-        fn checkpoint_committed(&self) {}
-        fn superseded(&self, _by: &str) {}
-        fn published(&self, _url: &str) -> Option<WriteSummary> {
-            None
-        }
-        fn record_published(&self, _summary: &WriteSummary) {}
-        fn log(&self, _line: LogLine) {}
-    }
+    impl TaskRecorder for Silent {}
     TaskHandle::new(1, name, None, Arc::new(Silent))
 }
 

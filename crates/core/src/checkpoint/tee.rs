@@ -15,9 +15,7 @@
 //! finished before the checkpoint is committed. A partition that fails or is dropped
 //! marks the write failed: nothing is committed, and its parts are deleted.
 
-use std::cmp::Ordering as CmpOrdering;
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -30,13 +28,11 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session as DfSession;
 use datafusion::common::DFSchemaRef;
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{
     Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
-use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
 };
@@ -113,34 +109,13 @@ pub(crate) struct CheckpointTee {
     pub(crate) input: LogicalPlan,
 }
 
-impl PartialEq for CheckpointTee {
-    fn eq(&self, other: &Self) -> bool {
-        let same = match (&self.tee, &other.tee) {
-            (Tee::Commit(a), Tee::Commit(b)) => Arc::ptr_eq(a, b),
-            #[cfg(feature = "ballista")]
-            (Tee::Parts(a), Tee::Parts(b)) => a.write == b.write,
-            #[cfg(feature = "ballista")]
-            _ => false,
-        };
-        same && self.input == other.input
-    }
-}
+crate::plan::single_input_node!(CheckpointTee, identity);
 
-impl Eq for CheckpointTee {}
-
-impl Hash for CheckpointTee {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.tee.key().hash(state);
-        self.input.hash(state);
-    }
-}
-
-impl PartialOrd for CheckpointTee {
-    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-        match self.tee.key().cmp(other.tee.key()) {
-            CmpOrdering::Equal => self.input.partial_cmp(&other.input),
-            unequal => Some(unequal),
-        }
+impl CheckpointTee {
+    /// What tells two tees over one input apart: the checkpoint's key, then the write
+    /// (this process's checkpoint id, or a cluster's `data-<id>` directory).
+    fn identity(&self) -> (&str, &str) {
+        (self.tee.key(), self.tee.write_id())
     }
 }
 
@@ -165,14 +140,8 @@ impl UserDefinedLogicalNodeCore for CheckpointTee {
         write!(f, "CheckpointTee: {}", self.tee)
     }
 
-    fn with_exprs_and_inputs(
-        &self,
-        _exprs: Vec<Expr>,
-        mut inputs: Vec<LogicalPlan>,
-    ) -> DfResult<Self> {
-        let input = inputs.pop().ok_or_else(|| {
-            DataFusionError::Internal("CheckpointTee needs exactly one input".into())
-        })?;
+    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, inputs: Vec<LogicalPlan>) -> DfResult<Self> {
+        let input = crate::plan::only_one("CheckpointTee", inputs)?;
         Ok(Self {
             tee: self.tee.clone(),
             input,
@@ -218,6 +187,16 @@ impl Tee {
             Tee::Commit(target) => &target.key,
             #[cfg(feature = "ballista")]
             Tee::Parts(parts) => &parts.key,
+        }
+    }
+
+    /// This write's identity: the checkpoint id this process commits, or the
+    /// directory a cluster's executors write.
+    fn write_id(&self) -> &str {
+        match self {
+            Tee::Commit(target) => &target.id,
+            #[cfg(feature = "ballista")]
+            Tee::Parts(parts) => &parts.write,
         }
     }
 
@@ -302,40 +281,17 @@ impl DisplayAs for CheckpointExec {
 }
 
 impl ExecutionPlan for CheckpointExec {
-    fn name(&self) -> &str {
-        "CheckpointExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
+    crate::plan::single_child_exec!("CheckpointExec");
 
     fn maintains_input_order(&self) -> Vec<bool> {
         vec![true]
     }
 
-    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
-    ) -> DfResult<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let input = children.pop().ok_or_else(|| {
-            DataFusionError::Internal("CheckpointExec needs exactly one child".into())
-        })?;
+        let input = crate::plan::only_one("CheckpointExec", children)?;
         Ok(Arc::new(Self::new(input, self.tee.clone())))
     }
 
@@ -902,14 +858,7 @@ impl ExtensionPlanner for CheckpointTeePlanner {
             let table = read.table().map_err(DataFusionError::from)?;
             return Ok(Some(table.scan(session, None, &[], None).await?));
         }
-        let [input] = physical_inputs else {
-            return Err(DataFusionError::Internal(
-                "CheckpointTee needs exactly one input".into(),
-            ));
-        };
-        Ok(Some(Arc::new(CheckpointExec::new(
-            Arc::clone(input),
-            node.tee.clone(),
-        ))))
+        let input = crate::plan::only_one("CheckpointTee", physical_inputs.to_vec())?;
+        Ok(Some(Arc::new(CheckpointExec::new(input, node.tee.clone()))))
     }
 }

@@ -29,8 +29,7 @@ use crate::checkpoint::{
     PartsWrite, Tee,
 };
 use crate::plan::boundary::{CheckpointSource, TaskBoundary, TaskBoundaryExec};
-use crate::record::{LogLine, WriteSummary};
-use crate::seam::{Execution, TaskHandle, TaskRecorder};
+use crate::seam::{TaskHandle, TaskRecorder};
 
 /// What prefixes every Sluice node's bytes.
 const MAGIC: &[u8] = b"SLUICE-NODE\0";
@@ -105,19 +104,6 @@ fn detached(name: &str, timeout: Option<std::time::Duration>) -> TaskHandle {
 struct Detached;
 
 impl TaskRecorder for Detached {
-    fn execution_started(&self, _execution: &Arc<Execution>) {}
-    fn partition_ended(&self, _execution: &Execution) {}
-    fn failed(&self, _error: &crate::Error) {}
-    fn failed_retryably(&self, _error: &crate::Error) -> bool {
-        false
-    }
-    fn checkpoint_committed(&self) {}
-    fn superseded(&self, _by: &str) {}
-    fn published(&self, _url: &str) -> Option<WriteSummary> {
-        None
-    }
-    fn record_published(&self, _summary: &WriteSummary) {}
-    fn log(&self, _line: LogLine) {}
     fn outgoing(&self, error: DataFusionError) -> DataFusionError {
         match error {
             // Ballista carries a failed task's error as text (formatted with `Debug`).
@@ -273,12 +259,7 @@ fn misplaced() -> DataFusionError {
 }
 
 fn one_input<T: Clone>(inputs: &[T]) -> DfResult<T> {
-    match inputs {
-        [input] => Ok(input.clone()),
-        _ => Err(DataFusionError::Internal(
-            "a Sluice plan node has exactly one input".into(),
-        )),
-    }
+    crate::plan::only_one("a Sluice plan node", inputs.to_vec())
 }
 
 /// Ballista's logical codec plus Sluice's task boundaries. The client and the

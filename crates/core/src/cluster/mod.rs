@@ -55,6 +55,9 @@ use crate::checkpoint::{
     ABANDONED_PARTITIONS, CheckpointRead, CheckpointTarget, CheckpointTee, Lease, PartsWrite,
     Streamed, Tee, commit_parts,
 };
+use crate::parquet_io::evolution::CaseInsensitiveFormat;
+use crate::parquet_io::format::WrappedFormat;
+use crate::parquet_io::pins::SourceFormat;
 use crate::plan::boundary::{CheckpointSource, TaskBoundary, TaskBoundaryExec};
 use crate::planner::SluiceQueryPlanner;
 use crate::seam::{Partition, StreamEnd, TaskHandle};
@@ -665,7 +668,7 @@ fn portable_scan(
         );
     };
     let format = &listing.options().format;
-    if format.is::<crate::parquet_io::evolution::CaseInsensitiveFormat>() {
+    if format.is::<WrappedFormat<CaseInsensitiveFormat>>() {
         return Err(
             "case-insensitive column names (`ParquetRead::with_case_insensitive_names`) \
                     do not run on a cluster yet; rename the columns or run locally"
@@ -674,10 +677,10 @@ fn portable_scan(
     }
     // Sluice's source format becomes DataFusion's, which Ballista encodes. (The pins
     // do not cross: on a cluster the scheduler's listing is the one the executors read.)
-    let Some(source) = format.downcast_ref::<crate::parquet_io::pins::SourceFormat>() else {
+    let Some(source) = format.downcast_ref::<WrappedFormat<SourceFormat>>() else {
         return Ok(None);
     };
-    let inner = source.inner();
+    let inner = &source.inner;
     let mut options = listing.options().clone();
     options.format = Arc::clone(inner);
     let partition_columns: Vec<&str> = options

@@ -624,7 +624,7 @@ impl Session {
         if evolution.is_some_and(ParquetRead::case_insensitive_names) {
             // DataFusion matches a file's columns by exact name: map each file's
             // spelling onto the table's, in the scan and in the statistics.
-            listing.format = Arc::new(CaseInsensitiveFormat::new(listing.format));
+            listing.format = Arc::new(CaseInsensitiveFormat::wrap(listing.format));
             table_config =
                 table_config.with_expr_adapter_factory(Arc::new(CaseInsensitiveAdapterFactory));
             // Its entries are keyed by file and table schema, not by how names match.

@@ -29,18 +29,15 @@ use datafusion::catalog::Session as DfSession;
 use datafusion::common::Statistics;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
-use datafusion::datasource::physical_plan::{FileScanConfig, FileSinkConfig, FileSource};
-use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::DataFusionError;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::{LexOrdering, LexRequirement, PhysicalExpr};
 use datafusion::physical_expr_adapter::{
     DefaultPhysicalExprAdapterFactory, PhysicalExprAdapter, PhysicalExprAdapterFactory,
 };
-use datafusion::physical_plan::ExecutionPlan;
 use object_store::{ObjectMeta, ObjectStore};
 
+use crate::parquet_io::format::{FormatHooks, WrappedFormat};
 use crate::{Error, Result};
 
 /// One file's schema, as read from its footer.
@@ -399,26 +396,25 @@ impl PhysicalExprAdapter for CaseInsensitiveAdapter {
 /// The Parquet format, computing each file's statistics under the file's own
 /// spelling of the table's columns. Everything else is the wrapped format's.
 #[derive(Debug)]
-pub(crate) struct CaseInsensitiveFormat {
-    inner: Arc<dyn FileFormat>,
-}
+pub(crate) struct CaseInsensitiveFormat;
 
 impl CaseInsensitiveFormat {
-    pub(crate) fn new(inner: Arc<dyn FileFormat>) -> Self {
-        Self { inner }
+    /// `inner`, computing statistics under each file's spelling.
+    pub(crate) fn wrap(inner: Arc<dyn FileFormat>) -> WrappedFormat<Self> {
+        WrappedFormat::new(inner, Self)
     }
 
     /// `table_schema` spelled as `object` spells its columns. The footer comes from
     /// DataFusion's metadata cache when the scan or the schema inference read it.
     async fn respelled(
         &self,
+        inner: &dyn FileFormat,
         state: &dyn DfSession,
         store: &Arc<dyn ObjectStore>,
         table_schema: SchemaRef,
         object: &ObjectMeta,
     ) -> datafusion::error::Result<SchemaRef> {
-        let file_schema = self
-            .inner
+        let file_schema = inner
             .infer_schema(state, store, std::slice::from_ref(object))
             .await?;
         let renames = file_spellings(&table_schema, &file_schema)?;
@@ -431,33 +427,10 @@ impl CaseInsensitiveFormat {
 }
 
 #[async_trait]
-impl FileFormat for CaseInsensitiveFormat {
-    fn get_ext(&self) -> String {
-        self.inner.get_ext()
-    }
-
-    fn get_ext_with_compression(
-        &self,
-        file_compression_type: &FileCompressionType,
-    ) -> datafusion::error::Result<String> {
-        self.inner.get_ext_with_compression(file_compression_type)
-    }
-
-    fn compression_type(&self) -> Option<FileCompressionType> {
-        self.inner.compression_type()
-    }
-
-    async fn infer_schema(
-        &self,
-        state: &dyn DfSession,
-        store: &Arc<dyn ObjectStore>,
-        objects: &[ObjectMeta],
-    ) -> datafusion::error::Result<SchemaRef> {
-        self.inner.infer_schema(state, store, objects).await
-    }
-
+impl FormatHooks for CaseInsensitiveFormat {
     async fn infer_stats(
         &self,
+        inner: &dyn FileFormat,
         state: &dyn DfSession,
         store: &Arc<dyn ObjectStore>,
         table_schema: SchemaRef,
@@ -465,62 +438,29 @@ impl FileFormat for CaseInsensitiveFormat {
     ) -> datafusion::error::Result<Statistics> {
         // Statistics are positional (one per table column): computed under the
         // file's spelling they line up with the table's columns.
-        let schema = self.respelled(state, store, table_schema, object).await?;
-        self.inner.infer_stats(state, store, schema, object).await
-    }
-
-    async fn infer_ordering(
-        &self,
-        state: &dyn DfSession,
-        store: &Arc<dyn ObjectStore>,
-        table_schema: SchemaRef,
-        object: &ObjectMeta,
-    ) -> datafusion::error::Result<Option<LexOrdering>> {
-        // Under the table's spelling: an ordering on a column the file spells
-        // differently is not found, which only forgoes an optimization.
-        self.inner
-            .infer_ordering(state, store, table_schema, object)
-            .await
+        let schema = self
+            .respelled(inner, state, store, table_schema, object)
+            .await?;
+        inner.infer_stats(state, store, schema, object).await
     }
 
     async fn infer_stats_and_ordering(
         &self,
+        inner: &dyn FileFormat,
         state: &dyn DfSession,
         store: &Arc<dyn ObjectStore>,
         table_schema: SchemaRef,
         object: &ObjectMeta,
     ) -> datafusion::error::Result<datafusion::datasource::file_format::FileMeta> {
         let statistics = self
-            .infer_stats(state, store, Arc::clone(&table_schema), object)
+            .infer_stats(inner, state, store, Arc::clone(&table_schema), object)
             .await?;
-        let ordering = self
+        // Under the table's spelling: an ordering on a column the file spells
+        // differently is not found, which only forgoes an optimization.
+        let ordering = inner
             .infer_ordering(state, store, table_schema, object)
             .await?;
         Ok(datafusion::datasource::file_format::FileMeta::new(statistics).with_ordering(ordering))
-    }
-
-    async fn create_physical_plan(
-        &self,
-        state: &dyn DfSession,
-        conf: FileScanConfig,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        self.inner.create_physical_plan(state, conf).await
-    }
-
-    async fn create_writer_physical_plan(
-        &self,
-        input: Arc<dyn ExecutionPlan>,
-        state: &dyn DfSession,
-        conf: FileSinkConfig,
-        order_requirements: Option<LexRequirement>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        self.inner
-            .create_writer_physical_plan(input, state, conf, order_requirements)
-            .await
-    }
-
-    fn file_source(&self, table_schema: TableSchema) -> Arc<dyn FileSource> {
-        self.inner.file_source(table_schema)
     }
 }
 

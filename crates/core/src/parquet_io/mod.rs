@@ -7,5 +7,6 @@
 
 pub(crate) mod copy;
 pub(crate) mod evolution;
+pub(crate) mod format;
 pub mod limits;
 pub(crate) mod pins;

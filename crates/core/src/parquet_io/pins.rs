@@ -28,19 +28,15 @@ use object_store::{
     ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session as DfSession;
-use datafusion::common::Statistics;
 use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
+use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
-use datafusion::datasource::physical_plan::{FileScanConfig, FileSinkConfig, FileSource};
-use datafusion::datasource::table_schema::TableSchema;
-use datafusion::physical_expr::{LexOrdering, LexRequirement};
 use datafusion::physical_plan::ExecutionPlan;
 
 use crate::Error;
 use crate::identity::ObjectIdentity;
+use crate::parquet_io::format::{FormatHooks, WrappedFormat};
 
 /// The objects a source's listing found, by object path, and the store's URL (to name
 /// them in errors).
@@ -251,7 +247,6 @@ impl ObjectStore for PinnedStore {
 /// check only. Everything else is the wrapped format's.
 #[derive(Debug)]
 pub(crate) struct SourceFormat {
-    inner: Arc<dyn FileFormat>,
     pins: Arc<Pins>,
     /// The column-chunk cap of a Parquet source.
     max_column_chunk_bytes: Option<u64>,
@@ -259,12 +254,14 @@ pub(crate) struct SourceFormat {
 
 impl SourceFormat {
     /// A CSV or JSON source's format.
-    pub(crate) fn new(inner: Arc<dyn FileFormat>, pins: Arc<Pins>) -> Self {
-        Self {
+    pub(crate) fn new(inner: Arc<dyn FileFormat>, pins: Arc<Pins>) -> WrappedFormat<Self> {
+        WrappedFormat::new(
             inner,
-            pins,
-            max_column_chunk_bytes: None,
-        }
+            Self {
+                pins,
+                max_column_chunk_bytes: None,
+            },
+        )
     }
 
     /// A Parquet source's format, capped at `max_column_chunk_bytes`.
@@ -272,90 +269,27 @@ impl SourceFormat {
         inner: Arc<dyn FileFormat>,
         pins: Arc<Pins>,
         max_column_chunk_bytes: u64,
-    ) -> Self {
-        Self {
+    ) -> WrappedFormat<Self> {
+        WrappedFormat::new(
             inner,
-            pins,
-            max_column_chunk_bytes: Some(max_column_chunk_bytes),
-        }
+            Self {
+                pins,
+                max_column_chunk_bytes: Some(max_column_chunk_bytes),
+            },
+        )
     }
 
     /// The objects the source's frame was built from.
     pub(crate) fn pins(&self) -> &Arc<Pins> {
         &self.pins
     }
-
-    /// The wrapped format.
-    #[cfg(feature = "ballista")]
-    pub(crate) fn inner(&self) -> &Arc<dyn FileFormat> {
-        &self.inner
-    }
 }
 
 #[async_trait]
-impl FileFormat for SourceFormat {
-    fn get_ext(&self) -> String {
-        self.inner.get_ext()
-    }
-
-    fn get_ext_with_compression(
-        &self,
-        file_compression_type: &FileCompressionType,
-    ) -> datafusion::error::Result<String> {
-        self.inner.get_ext_with_compression(file_compression_type)
-    }
-
-    fn compression_type(&self) -> Option<FileCompressionType> {
-        self.inner.compression_type()
-    }
-
-    async fn infer_schema(
-        &self,
-        state: &dyn DfSession,
-        store: &Arc<dyn ObjectStore>,
-        objects: &[ObjectMeta],
-    ) -> datafusion::error::Result<SchemaRef> {
-        self.inner.infer_schema(state, store, objects).await
-    }
-
-    async fn infer_stats(
-        &self,
-        state: &dyn DfSession,
-        store: &Arc<dyn ObjectStore>,
-        table_schema: SchemaRef,
-        object: &ObjectMeta,
-    ) -> datafusion::error::Result<Statistics> {
-        self.inner
-            .infer_stats(state, store, table_schema, object)
-            .await
-    }
-
-    async fn infer_ordering(
-        &self,
-        state: &dyn DfSession,
-        store: &Arc<dyn ObjectStore>,
-        table_schema: SchemaRef,
-        object: &ObjectMeta,
-    ) -> datafusion::error::Result<Option<LexOrdering>> {
-        self.inner
-            .infer_ordering(state, store, table_schema, object)
-            .await
-    }
-
-    async fn infer_stats_and_ordering(
-        &self,
-        state: &dyn DfSession,
-        store: &Arc<dyn ObjectStore>,
-        table_schema: SchemaRef,
-        object: &ObjectMeta,
-    ) -> datafusion::error::Result<datafusion::datasource::file_format::FileMeta> {
-        self.inner
-            .infer_stats_and_ordering(state, store, table_schema, object)
-            .await
-    }
-
+impl FormatHooks for SourceFormat {
     async fn create_physical_plan(
         &self,
+        inner: &dyn FileFormat,
         state: &dyn DfSession,
         conf: FileScanConfig,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
@@ -363,7 +297,7 @@ impl FileFormat for SourceFormat {
             .runtime_env()
             .object_store(conf.object_store_url.clone())?;
         self.pins.check_scan(&conf, store.as_ref()).await?;
-        let plan = self.inner.create_physical_plan(state, conf).await?;
+        let plan = inner.create_physical_plan(state, conf).await?;
         let Some(cap) = self.max_column_chunk_bytes else {
             return Ok(plan);
         };
@@ -376,22 +310,6 @@ impl FileFormat for SourceFormat {
             cap,
             Some(Arc::new(reader)),
         ))
-    }
-
-    async fn create_writer_physical_plan(
-        &self,
-        input: Arc<dyn ExecutionPlan>,
-        state: &dyn DfSession,
-        conf: FileSinkConfig,
-        order_requirements: Option<LexRequirement>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        self.inner
-            .create_writer_physical_plan(input, state, conf, order_requirements)
-            .await
-    }
-
-    fn file_source(&self, table_schema: TableSchema) -> Arc<dyn FileSource> {
-        self.inner.file_source(table_schema)
     }
 }
 

@@ -9,9 +9,7 @@
 //! that it needs exactly the columns its parent needs), lets every filter through and
 //! lets limits through, so projection and predicate push-down still reach the scan.
 
-use std::cmp::Ordering;
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,7 +22,6 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session as DfSession;
 use datafusion::common::DFSchemaRef;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{
@@ -57,27 +54,13 @@ pub(crate) struct TaskBoundary {
     pub(crate) input: LogicalPlan,
 }
 
-impl PartialEq for TaskBoundary {
-    fn eq(&self, other: &Self) -> bool {
-        self.task.id() == other.task.id() && self.input == other.input
-    }
-}
+crate::plan::single_input_node!(TaskBoundary, task_id);
 
-impl Eq for TaskBoundary {}
-
-impl Hash for TaskBoundary {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.task.id().hash(state);
-        self.input.hash(state);
-    }
-}
-
-impl PartialOrd for TaskBoundary {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        match self.task.id().cmp(&other.task.id()) {
-            Ordering::Equal => self.input.partial_cmp(&other.input),
-            unequal => Some(unequal),
-        }
+impl TaskBoundary {
+    /// The task run whose output this node marks: two boundaries over one input differ
+    /// by it.
+    fn task_id(&self) -> u64 {
+        self.task.id()
     }
 }
 
@@ -107,14 +90,8 @@ impl UserDefinedLogicalNodeCore for TaskBoundary {
         write!(f, "TaskBoundary: task={}", self.task.name())
     }
 
-    fn with_exprs_and_inputs(
-        &self,
-        _exprs: Vec<Expr>,
-        mut inputs: Vec<LogicalPlan>,
-    ) -> DfResult<Self> {
-        let input = inputs.pop().ok_or_else(|| {
-            DataFusionError::Internal("TaskBoundary needs exactly one input".into())
-        })?;
+    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, inputs: Vec<LogicalPlan>) -> DfResult<Self> {
+        let input = crate::plan::only_one("TaskBoundary", inputs)?;
         Ok(Self {
             task: self.task.clone(),
             sources: Arc::clone(&self.sources),
@@ -199,40 +176,17 @@ impl DisplayAs for TaskBoundaryExec {
 }
 
 impl ExecutionPlan for TaskBoundaryExec {
-    fn name(&self) -> &str {
-        "TaskBoundaryExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
+    crate::plan::single_child_exec!("TaskBoundaryExec");
 
     fn maintains_input_order(&self) -> Vec<bool> {
         vec![true]
     }
 
-    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
-    ) -> DfResult<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let input = children.pop().ok_or_else(|| {
-            DataFusionError::Internal("TaskBoundaryExec needs exactly one child".into())
-        })?;
+        let input = crate::plan::only_one("TaskBoundaryExec", children)?;
         Ok(Arc::new(Self::new(
             input,
             self.task.clone(),
@@ -285,9 +239,7 @@ impl ExecutionPlan for TaskBoundaryExec {
         input_stats: &[Arc<Statistics>],
         _args: &StatisticsArgs,
     ) -> DfResult<Arc<Statistics>> {
-        input_stats.first().cloned().ok_or_else(|| {
-            DataFusionError::Internal("TaskBoundaryExec has exactly one child".into())
-        })
+        crate::plan::only_one("TaskBoundaryExec", input_stats.to_vec())
     }
 
     fn supports_limit_pushdown(&self) -> bool {
@@ -475,13 +427,9 @@ impl ExtensionPlanner for BoundaryPlanner {
         let Some(boundary) = node.as_any().downcast_ref::<TaskBoundary>() else {
             return Ok(None);
         };
-        let [input] = physical_inputs else {
-            return Err(DataFusionError::Internal(
-                "TaskBoundary needs exactly one input".into(),
-            ));
-        };
+        let input = crate::plan::only_one("TaskBoundary", physical_inputs.to_vec())?;
         Ok(Some(Arc::new(TaskBoundaryExec::new(
-            Arc::clone(input),
+            input,
             boundary.task.clone(),
             Arc::clone(&boundary.sources),
             boundary.checkpoint.clone(),

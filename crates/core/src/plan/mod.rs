@@ -7,3 +7,96 @@
 
 pub mod boundary;
 pub mod concat;
+
+/// The one input (or child) a single-input node of Sluice's is rebuilt with, or
+/// DataFusion's internal error naming the node.
+pub(crate) fn only_one<T>(node: &str, items: Vec<T>) -> datafusion::error::Result<T> {
+    let count = items.len();
+    let mut items = items.into_iter();
+    match (items.next(), count) {
+        (Some(item), 1) => Ok(item),
+        _ => Err(datafusion::error::DataFusionError::Internal(format!(
+            "{node} takes exactly one input, not {count}"
+        ))),
+    }
+}
+
+/// The parts of `ExecutionPlan` that Sluice's single-child nodes (the task boundary,
+/// the checkpoint tee, the concatenation) write alike: the name, the `properties`
+/// field, the one child in the `input` field, no expressions, and no wish for
+/// repartitioned input. Invoked inside their `impl ExecutionPlan` blocks.
+macro_rules! single_child_exec {
+    ($name:literal) => {
+        fn name(&self) -> &str {
+            $name
+        }
+
+        fn properties(&self) -> &std::sync::Arc<datafusion::physical_plan::PlanProperties> {
+            &self.properties
+        }
+
+        fn children(&self) -> Vec<&std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+            vec![&self.input]
+        }
+
+        fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+            vec![false]
+        }
+
+        fn apply_expressions(
+            &self,
+            _f: &mut dyn FnMut(
+                &std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+            ) -> datafusion::error::Result<
+                datafusion::common::tree_node::TreeNodeRecursion,
+            >,
+        ) -> datafusion::error::Result<datafusion::common::tree_node::TreeNodeRecursion> {
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        }
+    };
+}
+pub(crate) use single_child_exec;
+
+/// Equality, hashing and order for a single-input logical node of Sluice's, which
+/// DataFusion needs of every `UserDefinedLogicalNodeCore`: by what tells two nodes over
+/// the same input apart (`$identity`, a method returning something `Ord + Hash`), then
+/// by the `input` field.
+macro_rules! single_input_node {
+    ($node:ty, $identity:ident) => {
+        impl PartialEq for $node {
+            fn eq(&self, other: &Self) -> bool {
+                self.$identity() == other.$identity() && self.input == other.input
+            }
+        }
+
+        impl Eq for $node {}
+
+        impl std::hash::Hash for $node {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.$identity().hash(state);
+                self.input.hash(state);
+            }
+        }
+
+        impl PartialOrd for $node {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                match self.$identity().cmp(&other.$identity()) {
+                    std::cmp::Ordering::Equal => self.input.partial_cmp(&other.input),
+                    unequal => Some(unequal),
+                }
+            }
+        }
+    };
+}
+pub(crate) use single_input_node;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_single_input_node_takes_exactly_one() {
+        assert_eq!(super::only_one("N", vec![7]).unwrap(), 7);
+        let none = super::only_one::<u8>("N", vec![]).unwrap_err().to_string();
+        assert!(none.contains("N takes exactly one input, not 0"), "{none}");
+        assert!(super::only_one("N", vec![1, 2]).is_err());
+    }
+}

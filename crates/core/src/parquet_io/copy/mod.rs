@@ -67,7 +67,9 @@ use parquet::file::writer::{SerializedFileWriter, SerializedPageWriter, TrackedW
 use parquet::schema::types::{SchemaDescPtr, Type};
 use tokio::io::AsyncWriteExt;
 
+use crate::parquet_io::format::WrappedFormat;
 use crate::parquet_io::limits::page_sizes;
+use crate::parquet_io::pins::SourceFormat;
 use crate::plan::boundary::TaskBoundary;
 use crate::record::WriteMethod;
 use crate::seam::{Partition, StreamEnd};

@@ -47,8 +47,8 @@ impl CopyPlan {
             let pins = listing
                 .options()
                 .format
-                .downcast_ref::<crate::parquet_io::pins::SourceFormat>()
-                .map(|format| Arc::clone(format.pins()));
+                .downcast_ref::<WrappedFormat<SourceFormat>>()
+                .map(|format| Arc::clone(format.hooks.pins()));
             for table_url in listing.table_paths() {
                 let mut store = state
                     .runtime_env()
