@@ -404,6 +404,16 @@ async fn run_records_round_trip_and_filter() {
 
 /// The example started on 1.5M generated rows in `dir`, recording its run in
 /// `dir/runs`; returns once the run's first record is written (it is writing by then).
+/// The run records under `runs`: complete ones only, not the staging file a local
+/// store writes a record into before renaming it into place (`NAME.json#N`), which a
+/// process killed at that moment leaves behind, empty.
+fn run_records(runs: &Path) -> Vec<std::path::PathBuf> {
+    files_under(runs)
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .collect()
+}
+
 fn example_started(dir: &Path, stderr: Stdio) -> std::process::Child {
     let source = taxi_file(dir, "in.parquet", 1_500_000, 100_000);
     let runs = dir.join("runs");
@@ -419,7 +429,7 @@ fn example_started(dir: &Path, stderr: Stdio) -> std::process::Child {
         .spawn()
         .unwrap();
     let waited = Instant::now();
-    while files_under(&runs).is_empty() {
+    while run_records(&runs).is_empty() {
         assert!(waited.elapsed() < Duration::from_secs(60), "no run record");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -453,7 +463,7 @@ fn ctrl_c_cancels_the_example_which_exits_130_and_records_the_run() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!dest.exists());
     assert_eq!(dir_entries(dir.path()), ["in.parquet", "runs"]);
-    let records = files_under(&runs);
+    let records = run_records(&runs);
     assert_eq!(records.len(), 1);
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&records[0]).unwrap()).unwrap();
@@ -470,7 +480,7 @@ fn a_killed_process_leaves_a_running_record() {
     let mut child = example_started(dir.path(), Stdio::null());
     child.kill().unwrap();
     child.wait().unwrap();
-    let records = files_under(&runs);
+    let records = run_records(&runs);
     assert_eq!(records.len(), 1);
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&records[0]).unwrap()).unwrap();

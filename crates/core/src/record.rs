@@ -238,8 +238,8 @@ pub struct SinkRecord {
     /// Bytes written.
     pub bytes: u64,
     /// How it was written: unchanged columns copied, or every column encoded again
-    /// (`path` in records written before Sluice named it `method`).
-    #[serde(default, alias = "path")]
+    /// (`path` in the record's JSON, as before the field was named `method`).
+    #[serde(default, rename = "path")]
     pub method: WriteMethod,
 }
 
@@ -359,8 +359,8 @@ pub struct WriteSummary {
     /// The files written.
     pub files: Vec<WrittenFile>,
     /// How it was written: unchanged columns copied, or every column encoded again
-    /// (`path` in records written before Sluice named it `method`).
-    #[serde(default, alias = "path")]
+    /// (`path` in the record's JSON, as before the field was named `method`).
+    #[serde(default, rename = "path")]
     pub method: WriteMethod,
 }
 
@@ -427,7 +427,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_written_before_write_method_was_named_still_read() {
+    fn a_records_json_keeps_the_name_path_for_how_a_sink_wrote() {
         let old = r#"{"url":"file:///out.parquet","rows":3,"bytes":10,
                       "path":{"kind":"rewrite","reason":"a filter"}}"#;
         let sink: SinkRecord = serde_json::from_str(old).unwrap();
@@ -438,7 +438,7 @@ mod tests {
             }
         );
         let written = serde_json::to_value(&sink).unwrap();
-        assert_eq!(written["method"]["kind"], "rewrite");
+        assert_eq!(written["path"]["kind"], "rewrite");
         let summary: WriteSummary = serde_json::from_str(
             r#"{"url":"u","rows":1,"bytes":1,"files":[],"path":{"kind":"column_copy","copied":["a"],"computed":[],"chunks_verbatim":1,"chunks_recompressed":0}}"#,
         )

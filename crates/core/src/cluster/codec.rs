@@ -24,6 +24,7 @@ use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use serde::{Deserialize, Serialize};
 
+use super::wire::WireError;
 use crate::checkpoint::{
     CheckpointExec, CheckpointFormat, CheckpointRead, CheckpointStore, CheckpointTee, Manifest,
     PartsWrite, Tee,
@@ -104,14 +105,22 @@ fn detached(name: &str, timeout: Option<std::time::Duration>) -> TaskHandle {
 struct Detached;
 
 impl TaskRecorder for Detached {
+    /// Ballista carries a failed task's error as text (formatted with `Debug`): Sluice's
+    /// one-line message, with the structured payload the client decodes (see
+    /// [`WireError`]). An error that an upstream task's boundary already sent this way
+    /// keeps the payload of where it arose.
     fn outgoing(&self, error: DataFusionError) -> DataFusionError {
-        match error {
-            // Ballista carries a failed task's error as text (formatted with `Debug`).
-            DataFusionError::External(ours) if ours.is::<crate::Error>() => {
-                DataFusionError::Execution(crate::error::one_line(ours.as_ref()))
-            }
-            other => other,
+        let DataFusionError::External(boxed) = error else {
+            return error;
+        };
+        let Some(ours) = boxed.downcast_ref::<crate::Error>() else {
+            return DataFusionError::External(boxed);
+        };
+        let text = crate::one_line(ours);
+        if WireError::find(&text).is_some() {
+            return DataFusionError::Execution(text);
         }
+        DataFusionError::Execution(WireError::of(ours).attach(&text))
     }
 }
 
@@ -443,13 +452,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_detached_boundary_sends_errors_as_one_line_text() {
-        let task = detached("t", None);
-        let error = task.attribute(&[], DataFusionError::Execution("boom".into()));
-        match error {
-            DataFusionError::Execution(text) => assert!(text.contains("task \"t\""), "{text}"),
-            other => panic!("expected text, got {other:?}"),
-        }
+    fn a_detached_boundary_sends_errors_as_text_with_the_payload_of_their_origin() {
+        let inner = detached("extract", None);
+        let error = inner.attribute(
+            &["s3://b/in.parquet".into()],
+            DataFusionError::Execution("boom".into()),
+        );
+        let DataFusionError::Execution(text) = &error else {
+            panic!("expected text, got {error:?}");
+        };
+        assert!(text.starts_with("task \"extract\" failed"), "{text}");
+        let wire = WireError::find(text).unwrap();
+        assert_eq!(wire.task.as_deref(), Some("extract"));
+        // The next task's boundary passes it on with the payload of where it arose.
+        let outer = detached("transform", None);
+        let DataFusionError::Execution(passed) = outer.attribute(&[], error) else {
+            panic!("expected text");
+        };
+        assert_eq!(WireError::find(&passed), Some(wire));
     }
 
     #[test]

@@ -22,6 +22,9 @@
 //! memory, and case-insensitive reads.
 
 mod codec;
+mod wire;
+
+use wire::WireError;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -465,52 +468,68 @@ impl Cluster {
                 Err(other) => self.error(other.to_string()),
             };
         }
-        let message = executor_message(&crate::error::message(&error));
-        let named: Vec<&Boundary> = boundaries
-            .iter()
-            .filter(|b| message.contains(&format!("task {:?} ", b.task.name())))
-            .collect();
-        let innermost = named.iter().find(|b| {
-            !named
-                .iter()
-                .any(|other| b.upstream.iter().any(|u| u == other.task.name()))
-        });
+        let text = crate::error::message(&error);
+        // Sluice's error as the executors sent it (see `wire`).
+        if let Some(wire) = WireError::find(&text) {
+            return self.executor_error(wire, boundaries, &job_of(&text));
+        }
+        let message = executor_message(&text);
         let message = message.trim();
-        // A corrupt checkpoint under a cache hit's boundary (the executor's boundary
-        // said so, as locally): invalidated here, where the next run looks it up. A
-        // store failure under it is no judgement on the checkpoint.
-        if let Some(boundary) = innermost
+        if message.ends_with("Cancelled") {
+            // Nobody here cancelled it: the scheduler did. `sluice scheduler` cancels
+            // the jobs of a cluster that has had no executor for a while.
+            return self.error(format!(
+                "the scheduler cancelled the job ({message}); a `sluice scheduler` does so \
+                 when no executor has been registered for its --no-executor-timeout: start \
+                 one with `sluice executor --scheduler {}`, or see the scheduler's log",
+                self.address
+            ));
+        }
+        self.error(message.to_string())
+    }
+
+    /// An error an executor raised, from its payload: attributed to the task it names.
+    /// A corrupt checkpoint under a cache hit's boundary (the executor's boundary said
+    /// so, as locally) is invalidated here, where the next run looks it up.
+    fn executor_error(&self, wire: WireError, boundaries: &[Boundary], job: &str) -> Error {
+        let boundary = wire
+            .task
+            .as_deref()
+            .and_then(|task| boundaries.iter().find(|b| b.task.name() == task));
+        if wire.kind == "CorruptCheckpoint"
+            && let Some(boundary) = boundary
             && let Some(checkpoint) = &boundary.checkpoint
-            && let Some(reason) = message
-                .split_once("is corrupt (")
-                .and_then(|(_, rest)| rest.rsplit_once("); it has been invalidated"))
-                .map(|(reason, _)| reason)
         {
+            let reason = wire.reason.unwrap_or(wire.message);
             return checkpoint.corrupt(
                 &boundary.task,
                 format!("{reason}; found by the executors of {}", self.url),
             );
         }
-        let cause = if message.ends_with("Cancelled") {
-            // Nobody here cancelled it: the scheduler did. `sluice scheduler` cancels
-            // the jobs of a cluster that has had no executor for a while.
-            self.error(format!(
-                "the scheduler cancelled the job ({message}); a `sluice scheduler` does so \
-                 when no executor has been registered for its --no-executor-timeout: start \
-                 one with `sluice executor --scheduler {}`, or see the scheduler's log",
-                self.address
-            ))
-        } else {
-            self.error(message.to_string())
+        let source = Error::OnExecutor {
+            cluster: self.url.clone(),
+            kind: wire.kind,
+            object: wire.object,
+            message: format!("{}{job}", wire.message),
+            retryable: wire.retryable,
         };
-        match innermost {
-            Some(boundary) => Error::Task {
-                task: boundary.task.name().to_string(),
-                source: Box::new(cause),
+        match wire.task {
+            Some(task) => Error::Task {
+                task,
+                source: Box::new(source),
             },
-            None => cause,
+            None => source,
         }
     }
+}
+
+/// ` (job ID)` when `text` is a failed job's status (`Job ID failed: ...`).
+fn job_of(text: &str) -> String {
+    text.trim()
+        .strip_prefix("Job ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|id| format!(" (job {id})"))
+        .unwrap_or_default()
 }
 
 /// The executor's own message out of Ballista's wrapping (`Job X failed: Job failed due
@@ -518,11 +537,7 @@ impl Cluster {
 /// DataFusionError(Shared(Execution("..."))))`), with the job named after it.
 fn executor_message(text: &str) -> String {
     let text = text.trim();
-    let job = text
-        .strip_prefix("Job ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .map(|id| format!(" (job {id})"))
-        .unwrap_or_default();
+    let job = job_of(text);
     let Some(start) = text.rfind("Execution(\"") else {
         return text.to_string();
     };

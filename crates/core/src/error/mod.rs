@@ -400,6 +400,33 @@ pub enum Error {
         /// What happened and what to do.
         reason: String,
     },
+    /// A cluster's executor failed a task's work: its message, the kind of error it
+    /// raised (the name of the variant a local run raises), the object that names, and
+    /// whether a retry may fix it.
+    ///
+    /// ```
+    /// let err = sluice_core::Error::OnExecutor {
+    ///     cluster: "df://10.0.0.5:50050".into(),
+    ///     kind: "Read".into(),
+    ///     object: Some("s3://bucket/in/part-2.parquet".into()),
+    ///     message: "reading s3://bucket/in/part-2.parquet failed: invalid page".into(),
+    ///     retryable: false,
+    /// };
+    /// assert!(err.to_string().ends_with("(on the cluster at df://10.0.0.5:50050)"));
+    /// ```
+    #[error("{message} (on the cluster at {cluster})")]
+    OnExecutor {
+        /// The scheduler's URL (`df://host:port`).
+        cluster: String,
+        /// The name of the error's variant, as a local run would raise it.
+        kind: String,
+        /// The object, source or checkpoint it names.
+        object: Option<String>,
+        /// What the executor reported.
+        message: String,
+        /// Whether a retry may fix it.
+        retryable: bool,
+    },
     /// A bug in Sluice.
     #[error("internal error in sluice: {message}; please report it as an issue")]
     Internal {
@@ -463,6 +490,7 @@ impl Error {
             | Error::Retryable(_)
             | Error::Timeout { .. }
             | Error::CorruptCheckpoint { .. } => true,
+            Error::OnExecutor { retryable, .. } => *retryable,
             Error::Task { source, .. }
             | Error::Write { source, .. }
             | Error::Checkpoint { source, .. } => source.is_retryable(),

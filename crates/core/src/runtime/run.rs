@@ -1,4 +1,5 @@
-//! Flow-run and task-run records: what ran, in what state, with which figures.
+//! The live state of task runs: what the seam reports becomes a run's state, figures and
+//! record ([`TaskRunState`], the seam's [`TaskRecorder`]); hooks fire when a run ends.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
