@@ -214,7 +214,7 @@ pub(crate) async fn decide(persisted: Persisted<'_>) -> Result<Decision> {
             });
             let plan = LogicalPlan::Extension(Extension {
                 node: Arc::new(CheckpointTee {
-                    tee: Tee::Commit(Arc::clone(&target)),
+                    tee: Arc::clone(&target) as Tee,
                     input: boundary(
                         persisted.task,
                         persisted.sources.to_vec(),

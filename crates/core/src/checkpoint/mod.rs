@@ -20,15 +20,13 @@
 //! made, and [`CheckpointStore`] for listing, showing and collecting checkpoints.
 
 mod decide;
-mod gc;
+pub(crate) mod gc;
 pub(crate) mod key;
 pub(crate) mod lineage;
 mod manifest;
-#[cfg(feature = "ballista")]
-mod parts;
 mod read;
-mod store;
-mod tee;
+pub(crate) mod store;
+pub(crate) mod tee;
 
 use std::fmt;
 use std::sync::Arc;
@@ -39,16 +37,10 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use decide::{Outcome, Persisted, decide};
 pub use gc::GcReport;
-#[cfg(feature = "ballista")]
-pub(crate) use gc::Lease;
 pub use manifest::{BLOCK_SIZE, MANIFEST_FORMAT_VERSION, Manifest, ManifestFile};
-#[cfg(feature = "ballista")]
-pub(crate) use parts::{PartsWrite, Streamed, commit_parts};
 pub(crate) use read::CheckpointRead;
 pub use store::{CacheEntry, CheckpointStore, LEASE_TTL, SCHEMA_CACHE_TTL};
 pub(crate) use store::{Expected, Lookup, store_error, store_root, url_in};
-#[cfg(feature = "ballista")]
-pub(crate) use tee::{ABANDONED_PARTITIONS, CheckpointExec};
 pub(crate) use tee::{CheckpointTarget, CheckpointTee, CheckpointTeePlanner, Tee};
 
 use crate::checkpoint::lineage::{SourceObject, UpstreamTask};

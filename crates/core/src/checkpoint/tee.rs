@@ -52,9 +52,6 @@ use super::{CacheKeyInputs, CheckpointFormat, CheckpointStore, Clock, Manifest, 
 use crate::seam::TaskHandle;
 use crate::{Error, Result};
 
-#[cfg(feature = "ballista")]
-use super::parts::{PartReceipt, PartsWrite, RECEIPT_SUFFIX};
-
 /// Everything a tee needs to write and commit one task run's checkpoint.
 #[derive(Debug)]
 pub(crate) struct CheckpointTarget {
@@ -154,80 +151,161 @@ impl UserDefinedLogicalNodeCore for CheckpointTee {
 }
 
 /// Where a tee writes, and who commits what it wrote.
-#[derive(Debug, Clone)]
-pub(crate) enum Tee {
-    /// This process writes the parts and commits the manifest when the last
-    /// partition has ended.
-    Commit(Arc<CheckpointTarget>),
-    /// A cluster's executor: each partition writes its part and a receipt beside it;
-    /// the client commits the manifest once the job has succeeded.
-    #[cfg(feature = "ballista")]
-    Parts(Arc<PartsWrite>),
+pub(crate) type Tee = Arc<dyn TeeSink>;
+
+/// Where a tee's parts go and who commits them: this process, when the last partition
+/// has ended ([`CheckpointTarget`]); or, on a cluster's executors, the client, once the
+/// job has succeeded (the cluster's parts write).
+pub(crate) trait TeeSink: std::any::Any + fmt::Debug + Send + Sync {
+    fn store(&self) -> &CheckpointStore;
+    fn task(&self) -> &str;
+    fn key(&self) -> &str;
+    /// This write's identity: two tees over one input with the same key differ by it.
+    fn write_id(&self) -> &str;
+    /// The checkpoint when this run has committed it already: a later sink reads it.
+    fn committed(&self) -> Option<Manifest>;
+    fn format(&self) -> CheckpointFormat;
+    /// A write or commit error, naming the task and the checkpoint, as DataFusion
+    /// carries it.
+    fn error(&self, source: Error) -> DataFusionError;
+    /// What `Display` shows after `task=… key=…`.
+    fn describe(&self, _f: &mut fmt::Formatter) -> fmt::Result {
+        Ok(())
+    }
+    /// Partition `partition` (of `partitions`) of `input` starts: the path of its part,
+    /// and what its end does. `execution` holds what the partitions of one plan
+    /// instance share.
+    fn open(
+        self: Arc<Self>,
+        execution: &OnceLock<Arc<CheckpointWrite>>,
+        input: &Arc<dyn ExecutionPlan>,
+        partition: usize,
+        partitions: usize,
+    ) -> (Path, Arc<dyn PartEnd>);
 }
 
-impl Tee {
+/// What the end of a tee's partition does with its part.
+pub(crate) trait PartEnd: Send + Sync {
+    /// This process's write, whose lease the part's progress renews and which a
+    /// partition that ends without its part fails.
+    fn write(&self) -> Option<&Arc<CheckpointWrite>> {
+        None
+    }
+    /// The part is complete (`Ok`), or its writer failed.
+    fn finish(
+        self: Arc<Self>,
+        partition: usize,
+        part: Result<ManifestFile>,
+    ) -> BoxFuture<'static, DfResult<()>>;
+}
+
+/// This process commits: the last partition to end commits the manifest.
+impl TeeSink for CheckpointTarget {
     fn store(&self) -> &CheckpointStore {
-        match self {
-            Tee::Commit(target) => &target.store,
-            #[cfg(feature = "ballista")]
-            Tee::Parts(parts) => &parts.store,
-        }
+        &self.store
     }
 
-    pub(crate) fn task(&self) -> &str {
-        match self {
-            Tee::Commit(target) => &target.task,
-            #[cfg(feature = "ballista")]
-            Tee::Parts(parts) => &parts.task,
-        }
+    fn task(&self) -> &str {
+        &self.task
     }
 
     fn key(&self) -> &str {
-        match self {
-            Tee::Commit(target) => &target.key,
-            #[cfg(feature = "ballista")]
-            Tee::Parts(parts) => &parts.key,
-        }
+        &self.key
     }
 
-    /// This write's identity: the checkpoint id this process commits, or the
-    /// directory a cluster's executors write.
     fn write_id(&self) -> &str {
-        match self {
-            Tee::Commit(target) => &target.id,
-            #[cfg(feature = "ballista")]
-            Tee::Parts(parts) => &parts.write,
-        }
+        &self.id
     }
 
-    /// The checkpoint when this run has committed it already: a later sink reads it.
-    pub(crate) fn committed(&self) -> Option<Manifest> {
-        match self {
-            Tee::Commit(target) => target.committed.get().cloned(),
-            #[cfg(feature = "ballista")]
-            Tee::Parts(parts) => parts.committed.clone(),
-        }
+    fn committed(&self) -> Option<Manifest> {
+        self.committed.get().cloned()
     }
 
     fn format(&self) -> CheckpointFormat {
-        match self {
-            Tee::Commit(target) => target.format,
-            #[cfg(feature = "ballista")]
-            Tee::Parts(parts) => parts.format,
-        }
+        self.format
     }
 
-    /// A write or commit error, naming the task and the checkpoint, as DataFusion
-    /// carries it: on an executor as Sluice's one-line text (Ballista sends errors to
-    /// the client as text).
     fn error(&self, source: Error) -> DataFusionError {
-        match self {
-            Tee::Commit(target) => target.error(source).into(),
-            #[cfg(feature = "ballista")]
-            Tee::Parts(parts) => DataFusionError::Execution(crate::error::one_line(
-                &checkpoint_error(&parts.store, &parts.task, &parts.key, source),
-            )),
+        CheckpointTarget::error(self, source).into()
+    }
+
+    fn open(
+        self: Arc<Self>,
+        execution: &OnceLock<Arc<CheckpointWrite>>,
+        _input: &Arc<dyn ExecutionPlan>,
+        partition: usize,
+        partitions: usize,
+    ) -> (Path, Arc<dyn PartEnd>) {
+        let write = Arc::clone(execution.get_or_init(|| {
+            let dir = self
+                .store
+                .key_dir(&self.task, &self.key)
+                .join(format!("data-{}", uuid::Uuid::new_v4().simple()));
+            Arc::new(CheckpointWrite {
+                lease: tokio::sync::Mutex::new(Some(self.store.lease(&dir, self.clock.clone()))),
+                dir,
+                state: Mutex::new(WriteState {
+                    parts: vec![None; partitions],
+                    closed: 0,
+                }),
+                failed: AtomicBool::new(false),
+            })
+        }));
+        let path = write.dir.clone().join(format!("part-{partition}.parquet"));
+        (
+            path,
+            Arc::new(CommitEnd {
+                target: self,
+                write,
+            }),
+        )
+    }
+}
+
+/// The end of a partition whose part this process commits.
+struct CommitEnd {
+    target: Arc<CheckpointTarget>,
+    write: Arc<CheckpointWrite>,
+}
+
+impl PartEnd for CommitEnd {
+    fn write(&self) -> Option<&Arc<CheckpointWrite>> {
+        Some(&self.write)
+    }
+
+    /// Hands the part to the write; the last partition commits the manifest (or, when
+    /// a partition failed, deletes the parts).
+    fn finish(
+        self: Arc<Self>,
+        partition: usize,
+        part: Result<ManifestFile>,
+    ) -> BoxFuture<'static, DfResult<()>> {
+        async move {
+            let (target, write) = (&self.target, &self.write);
+            let part = match part {
+                Ok(part) => part,
+                Err(e) => {
+                    write.close(partition, None);
+                    if write.all_closed() {
+                        write.delete(&target.store).await;
+                    }
+                    return Err(TeeSink::error(target.as_ref(), e));
+                }
+            };
+            let Some(parts) = write.close(partition, Some(part)) else {
+                if write.failed.load(Ordering::Acquire) && write.all_closed() {
+                    write.delete(&target.store).await;
+                }
+                return Ok(());
+            };
+            let lease = write.lease.lock().await.take();
+            let committed = commit(target, &write.dir, parts, lease).await;
+            if committed.is_err() {
+                write.delete(&target.store).await;
+            }
+            committed.map_err(|e| TeeSink::error(target.as_ref(), e))
         }
+        .boxed()
     }
 }
 
@@ -235,7 +313,7 @@ impl Tee {
 #[derive(Debug)]
 pub struct CheckpointExec {
     input: Arc<dyn ExecutionPlan>,
-    tee: Tee,
+    pub(crate) tee: Tee,
     properties: Arc<PlanProperties>,
     write: OnceLock<Arc<CheckpointWrite>>,
     /// The rows that streamed through (`output_rows`): on a cluster, the client
@@ -254,23 +332,13 @@ impl CheckpointExec {
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
-
-    /// Where it writes, and who commits.
-    #[cfg(feature = "ballista")]
-    pub(crate) fn tee(&self) -> &Tee {
-        &self.tee
-    }
 }
 
 /// `task=… key=…`, and on a cluster the write's directory (`write=data-…`).
-impl fmt::Display for Tee {
+impl fmt::Display for dyn TeeSink {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "task={} key={}", self.task(), self.key())?;
-        #[cfg(feature = "ballista")]
-        if let Tee::Parts(parts) = self {
-            write!(f, " write={}", parts.write)?;
-        }
-        Ok(())
+        self.describe(f)
     }
 }
 
@@ -307,47 +375,8 @@ impl ExecutionPlan for CheckpointExec {
         let input = self.input.execute(partition, context)?;
         let schema = self.input.schema();
         let partitions = self.properties.partitioning.partition_count().max(1);
-        let (path, close) = match &self.tee {
-            Tee::Commit(target) => {
-                let write = Arc::clone(self.write.get_or_init(|| {
-                    let dir = target
-                        .store
-                        .key_dir(&target.task, &target.key)
-                        .join(format!("data-{}", uuid::Uuid::new_v4().simple()));
-                    Arc::new(CheckpointWrite {
-                        lease: tokio::sync::Mutex::new(Some(
-                            target.store.lease(&dir, target.clock.clone()),
-                        )),
-                        dir,
-                        state: Mutex::new(WriteState {
-                            parts: vec![None; partitions],
-                            closed: 0,
-                        }),
-                        failed: AtomicBool::new(false),
-                    })
-                }));
-                let path = write.dir.clone().join(format!("part-{partition}.parquet"));
-                let close = Close::Commit {
-                    target: Arc::clone(target),
-                    write,
-                };
-                (path, close)
-            }
-            #[cfg(feature = "ballista")]
-            Tee::Parts(parts) => {
-                // An attempt of its own: a task Ballista runs again (its executor was
-                // lost) never overwrites a part another attempt may still be writing.
-                // A short id: object keys stay within what file-system-backed S3
-                // servers can name.
-                let attempt = &uuid::Uuid::new_v4().simple().to_string()[..8];
-                let name = format!("part-{partition}-{attempt}");
-                let close = Close::Receipt {
-                    path: parts.dir().join(format!("{name}{RECEIPT_SUFFIX}")),
-                    slice: (parts.slice_of)(&self.input, partition),
-                };
-                (parts.dir().join(format!("{name}.parquet")), close)
-            }
-        };
+        let (path, close) =
+            Arc::clone(&self.tee).open(&self.write, &self.input, partition, partitions);
         let props = self
             .tee
             .format()
@@ -392,7 +421,7 @@ enum Message {
 
 /// The write of one execution of the tee: its parts and whether it failed.
 #[derive(Debug)]
-struct CheckpointWrite {
+pub(crate) struct CheckpointWrite {
     /// `checkpoints/<task>/<key>/data-<id>`, this write's own directory.
     dir: Path,
     /// The writer's lease on `dir` until the manifest is committed or the parts are
@@ -559,30 +588,6 @@ impl AsyncFileWriter for HashingWriter {
 type ReserveFuture =
     BoxFuture<'static, std::result::Result<mpsc::OwnedPermit<Message>, mpsc::error::SendError<()>>>;
 
-/// What the end of a partition does with its part.
-#[derive(Clone)]
-enum Close {
-    /// Hands it to this process's write; the last partition commits the manifest.
-    Commit {
-        target: Arc<CheckpointTarget>,
-        write: Arc<CheckpointWrite>,
-    },
-    /// Writes a receipt beside it (its size, rows and checksum) for the client.
-    #[cfg(feature = "ballista")]
-    Receipt { path: Path, slice: Option<String> },
-}
-
-impl Close {
-    /// This process's write, when it commits here.
-    fn write(&self) -> Option<&Arc<CheckpointWrite>> {
-        match self {
-            Close::Commit { write, .. } => Some(write),
-            #[cfg(feature = "ballista")]
-            Close::Receipt { .. } => None,
-        }
-    }
-}
-
 struct TeeStream {
     /// The rows that passed, as the node's `output_rows`.
     baseline: BaselineMetrics,
@@ -591,7 +596,7 @@ struct TeeStream {
     schema: SchemaRef,
     input: SendableRecordBatchStream,
     tee: Tee,
-    close: Close,
+    close: Arc<dyn PartEnd>,
     partition: usize,
     sender: Option<mpsc::Sender<Message>>,
     writer: Option<tokio::task::JoinHandle<Result<Option<ManifestFile>>>>,
@@ -632,8 +637,7 @@ impl TeeStream {
     fn finish(&mut self) -> BoxFuture<'static, DfResult<()>> {
         let sender = self.sender.take();
         let writer = self.writer.take();
-        let tee = self.tee.clone();
-        let close = self.close.clone();
+        let close = Arc::clone(&self.close);
         let partition = self.partition;
         async move {
             let part = async {
@@ -658,42 +662,7 @@ impl TeeStream {
                 }
             }
             .await;
-            let (target, write) = match close {
-                Close::Commit { target, write } => (target, write),
-                #[cfg(feature = "ballista")]
-                Close::Receipt { path, slice } => {
-                    let receipt = PartReceipt {
-                        slice,
-                        file: part.map_err(|e| tee.error(e))?,
-                    };
-                    return receipt
-                        .put(tee.store(), &path)
-                        .await
-                        .map_err(|e| tee.error(e));
-                }
-            };
-            let part = match part {
-                Ok(part) => part,
-                Err(e) => {
-                    write.close(partition, None);
-                    if write.all_closed() {
-                        write.delete(&target.store).await;
-                    }
-                    return Err(tee.error(e));
-                }
-            };
-            let Some(parts) = write.close(partition, Some(part)) else {
-                if write.failed.load(Ordering::Acquire) && write.all_closed() {
-                    write.delete(&target.store).await;
-                }
-                return Ok(());
-            };
-            let lease = write.lease.lock().await.take();
-            let committed = commit(&target, &write.dir, parts, lease).await;
-            if committed.is_err() {
-                write.delete(&target.store).await;
-            }
-            committed.map_err(|e| tee.error(e))
+            close.finish(partition, part).await
         }
         .boxed()
     }
@@ -702,7 +671,7 @@ impl TeeStream {
 /// Commits the manifest of a complete write, then ends the writer's lease (the
 /// manifest holds the parts from then on). A lost create-if-absent race is not an
 /// error: the winner's checkpoint holds the same data; ours is deleted.
-pub(super) async fn commit(
+pub(crate) async fn commit(
     target: &CheckpointTarget,
     dir: &Path,
     files: Vec<ManifestFile>,

@@ -24,10 +24,11 @@ use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use serde::{Deserialize, Serialize};
 
+use super::parts::PartsWrite;
 use super::wire::WireError;
+use crate::checkpoint::tee::CheckpointExec;
 use crate::checkpoint::{
-    CheckpointExec, CheckpointFormat, CheckpointRead, CheckpointStore, CheckpointTee, Manifest,
-    PartsWrite, Tee,
+    CheckpointFormat, CheckpointRead, CheckpointStore, CheckpointTee, Manifest, Tee,
 };
 use crate::plan::boundary::{CheckpointSource, TaskBoundary, TaskBoundaryExec};
 use crate::seam::{TaskHandle, TaskRecorder};
@@ -148,15 +149,14 @@ impl WireTee {
     }
 
     fn decode(self) -> DfResult<Tee> {
-        Ok(Tee::Parts(Arc::new(PartsWrite {
+        Ok(Arc::new(PartsWrite {
             store: open_store(&self.store)?,
             task: self.task,
             key: self.key,
             write: self.write,
             format: self.format,
             committed: self.committed,
-            slice_of: super::slice_identity,
-        })))
+        }))
     }
 }
 
@@ -263,6 +263,14 @@ fn unprepared(task: &str) -> DataFusionError {
     ))
 }
 
+/// A tee as it crosses: only one the cluster prepared (its executors write parts) can.
+fn encode_tee(tee: &Tee, buf: &mut Vec<u8>) -> DfResult<()> {
+    match (tee.as_ref() as &dyn std::any::Any).downcast_ref::<PartsWrite>() {
+        Some(parts) => Wire::tee(parts).encode(buf),
+        None => Err(unprepared(tee.task())),
+    }
+}
+
 fn misplaced() -> DataFusionError {
     DataFusionError::Internal("a Sluice plan node was decoded where it does not belong".into())
 }
@@ -328,10 +336,7 @@ impl LogicalExtensionCodec for LogicalCodec {
             .encode(buf);
         }
         if let Some(node) = any.downcast_ref::<CheckpointTee>() {
-            return match &node.tee {
-                Tee::Parts(parts) => Wire::tee(parts).encode(buf),
-                Tee::Commit(target) => Err(unprepared(&target.task)),
-            };
+            return encode_tee(&node.tee, buf);
         }
         self.inner.try_encode(node, buf)
     }
@@ -434,14 +439,15 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<()> {
         if let Some(boundary) = node.downcast_ref::<TaskBoundaryExec>() {
-            return Wire::boundary(boundary.task(), boundary.sources(), boundary.checkpoint())
-                .encode(buf);
+            return Wire::boundary(
+                &boundary.task,
+                &boundary.sources,
+                boundary.checkpoint.as_ref(),
+            )
+            .encode(buf);
         }
-        if let Some(tee) = node.downcast_ref::<CheckpointExec>() {
-            return match tee.tee() {
-                Tee::Parts(parts) => Wire::tee(parts).encode(buf),
-                Tee::Commit(target) => Err(unprepared(&target.task)),
-            };
+        if let Some(exec) = node.downcast_ref::<CheckpointExec>() {
+            return encode_tee(&exec.tee, buf);
         }
         self.inner.try_encode(node, buf, proto_converter)
     }

@@ -22,6 +22,7 @@
 //! memory, and case-insensitive reads.
 
 mod codec;
+mod parts;
 mod wire;
 
 use wire::WireError;
@@ -42,6 +43,8 @@ use ballista_core::serde::protobuf::{
 use datafusion::catalog::Session as DfSession;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::listing::{ListingTable, ListingTableConfig};
+use datafusion::datasource::physical_plan::{FileScanConfig, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::context::QueryPlanner;
@@ -54,10 +57,9 @@ use datafusion_proto::protobuf::LogicalPlanNode;
 
 pub use codec::{LogicalCodec, PhysicalCodec};
 
-use crate::checkpoint::{
-    ABANDONED_PARTITIONS, CheckpointRead, CheckpointTarget, CheckpointTee, Lease, PartsWrite,
-    Streamed, Tee, commit_parts,
-};
+use crate::checkpoint::gc::Lease;
+use crate::checkpoint::tee::ABANDONED_PARTITIONS;
+use crate::checkpoint::{CheckpointRead, CheckpointTarget, CheckpointTee, Tee};
 use crate::parquet_io::evolution::CaseInsensitiveFormat;
 use crate::parquet_io::format::WrappedFormat;
 use crate::parquet_io::pins::SourceFormat;
@@ -65,6 +67,7 @@ use crate::plan::boundary::{CheckpointSource, TaskBoundary, TaskBoundaryExec};
 use crate::planner::SluiceQueryPlanner;
 use crate::seam::{Partition, StreamEnd, TaskHandle};
 use crate::{Error, Result};
+use parts::{PartsWrite, Streamed, commit_parts};
 
 /// The port of a scheduler URL that names none (Ballista's default).
 pub const DEFAULT_SCHEDULER_PORT: u16 = 50050;
@@ -109,25 +112,52 @@ pub fn runtime_env() -> DfResult<Arc<RuntimeEnv>> {
 }
 
 /// `plan`, decoded on an executor, with its Parquet scans capped at the column-chunk
-/// size this process allows (`SLUICE_MAX_COLUMN_CHUNK_BYTES`, else 1 GiB), reading
-/// through this process's stores.
+/// size this process allows (`SLUICE_MAX_COLUMN_CHUNK_BYTES`, else 1 GiB), as a local
+/// read caps them: DataFusion's protobuf does not encode Sluice's reader. A scan
+/// without a reader factory gets the default one over this process's store for its URL.
 fn cap_scans(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let cap = crate::parquet_io::limits::size_from_env(
-        crate::parquet_io::limits::MAX_COLUMN_CHUNK_BYTES_ENV,
-    )
-    .unwrap_or(crate::parquet_io::limits::DEFAULT_MAX_COLUMN_CHUNK_BYTES);
-    crate::parquet_io::limits::limit_decoded_scans(plan, cap, stores())
+    use crate::parquet_io::limits;
+    use datafusion::datasource::physical_plan::parquet::DefaultParquetFileReaderFactory;
+    let cap = limits::size_from_env(limits::MAX_COLUMN_CHUNK_BYTES_ENV)
+        .unwrap_or(limits::DEFAULT_MAX_COLUMN_CHUNK_BYTES);
+    rewrite_scans(plan, |conf, source| {
+        let scan = match source.parquet_file_reader_factory() {
+            Some(_) => DataSourceExec::from_data_source(conf.clone()),
+            None => {
+                let url: &url::Url = conf.object_store_url.as_ref();
+                let store = stores()
+                    .store_for(url)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let source = source.clone().with_parquet_file_reader_factory(Arc::new(
+                    DefaultParquetFileReaderFactory::new(store),
+                ));
+                scan_of(conf, source)
+            }
+        };
+        Ok(limits::limit_scan(scan, cap, None))
+    })
 }
 
 /// `plan`, decoded on an executor under a cache hit's boundary, with its Parquet scans
-/// (of the checkpoint's parts) reading through the checkpoint's verifying store (down
-/// to the next task boundary).
+/// (of the checkpoint's parts) reading through the checkpoint's verifying store.
 fn read_checkpoint_scans(
     plan: Arc<dyn ExecutionPlan>,
     read: &Arc<CheckpointRead>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
-    use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
-    use datafusion::datasource::source::DataSourceExec;
+    rewrite_scans(plan, |conf, source| {
+        let source = source
+            .clone()
+            .with_parquet_file_reader_factory(read.reader_factory());
+        Ok(scan_of(conf, source))
+    })
+}
+
+/// Every Parquet scan of `plan` down to the next task boundary (which rewrites its
+/// own), replaced by what `rewrite` makes of its configuration and source.
+fn rewrite_scans(
+    plan: Arc<dyn ExecutionPlan>,
+    rewrite: impl Fn(&FileScanConfig, &ParquetSource) -> DfResult<Arc<dyn ExecutionPlan>>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
     plan.transform_down(|node| {
         if node.is::<TaskBoundaryExec>() {
             return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
@@ -138,17 +168,19 @@ fn read_checkpoint_scans(
         let Some((conf, source)) = exec.downcast_to_file_source::<ParquetSource>() else {
             return Ok(Transformed::no(node));
         };
-        let source = source
-            .clone()
-            .with_parquet_file_reader_factory(read.reader_factory());
-        let scan = DataSourceExec::from_data_source(
-            FileScanConfigBuilder::from(conf.clone())
-                .with_source(Arc::new(source))
-                .build(),
-        );
+        let scan = rewrite(conf, source)?;
         Ok(Transformed::new(scan, true, TreeNodeRecursion::Jump))
     })
     .map(|t| t.data)
+}
+
+/// A scan of `conf` through `source`.
+fn scan_of(conf: &FileScanConfig, source: ParquetSource) -> Arc<dyn ExecutionPlan> {
+    DataSourceExec::from_data_source(
+        FileScanConfigBuilder::from(conf.clone())
+            .with_source(Arc::new(source))
+            .build(),
+    )
 }
 
 /// The session state a scheduler plans Sluice's plans in: Sluice's query planner (its
@@ -727,9 +759,11 @@ fn portable_scan(
 fn cluster_tee(
     node: &CheckpointTee,
 ) -> std::result::Result<Option<(LogicalPlan, Option<TeeWrite>)>, String> {
-    let Tee::Commit(target) = &node.tee else {
+    let tee: Arc<dyn std::any::Any + Send + Sync> = node.tee.clone();
+    let Ok(target) = tee.downcast::<CheckpointTarget>() else {
         return Ok(None);
     };
+    let target = &target;
     if target.store.url().scheme() == "memory" {
         return Err(format!(
             "task {:?} is persisted to {}, which lives in this process's memory: the \
@@ -739,7 +773,7 @@ fn cluster_tee(
             target.store.url()
         ));
     }
-    let parts = Arc::new(PartsWrite::of(target, slice_identity));
+    let parts = Arc::new(PartsWrite::of(target));
     let write = parts.committed.is_none().then(|| TeeWrite {
         target: Arc::clone(target),
         parts: Arc::clone(&parts),
@@ -747,7 +781,7 @@ fn cluster_tee(
     });
     let tee = LogicalPlan::Extension(datafusion::logical_expr::Extension {
         node: Arc::new(CheckpointTee {
-            tee: Tee::Parts(parts),
+            tee: parts as Tee,
             input: node.input.clone(),
         }),
     });

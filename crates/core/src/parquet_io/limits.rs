@@ -204,54 +204,6 @@ pub(crate) fn limit_scan(
     DataSourceExec::from_data_source(conf)
 }
 
-/// Every Parquet scan under `plan` (down to the next task boundary, which caps its own)
-/// capped as a local read caps them: for a plan decoded on a cluster's
-/// executor, whose scans come without Sluice's reader (DataFusion's protobuf does not
-/// encode one). A scan without a reader factory gets the default one over `stores`'
-/// store for its URL.
-#[cfg(feature = "ballista")]
-pub(crate) fn limit_decoded_scans(
-    plan: Arc<dyn ExecutionPlan>,
-    max_column_chunk_bytes: u64,
-    stores: &sluice_store::StoreRegistry,
-) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-    use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-    use datafusion::datasource::physical_plan::parquet::DefaultParquetFileReaderFactory;
-    plan.transform_down(|node| {
-        if node.is::<crate::plan::boundary::TaskBoundaryExec>() {
-            return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
-        }
-        let Some(exec) = node.downcast_ref::<DataSourceExec>() else {
-            return Ok(Transformed::no(node));
-        };
-        let Some((conf, source)) = exec.downcast_to_file_source::<ParquetSource>() else {
-            return Ok(Transformed::no(node));
-        };
-        let scan = if source.parquet_file_reader_factory().is_some() {
-            Arc::clone(&node)
-        } else {
-            let url: &url::Url = conf.object_store_url.as_ref();
-            let store = stores
-                .store_for(url)
-                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-            let source = source.clone().with_parquet_file_reader_factory(Arc::new(
-                DefaultParquetFileReaderFactory::new(store),
-            ));
-            DataSourceExec::from_data_source(
-                FileScanConfigBuilder::from(conf.clone())
-                    .with_source(Arc::new(source))
-                    .build(),
-            )
-        };
-        Ok(Transformed::new(
-            limit_scan(scan, max_column_chunk_bytes, None),
-            true,
-            TreeNodeRecursion::Jump,
-        ))
-    })
-    .map(|t| t.data)
-}
-
 /// Makes [`LimitedReader`]s around another factory's readers.
 #[derive(Debug)]
 struct LimitedReaderFactory {

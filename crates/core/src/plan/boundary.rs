@@ -117,9 +117,12 @@ impl UserDefinedLogicalNodeCore for TaskBoundary {
 #[derive(Debug)]
 pub struct TaskBoundaryExec {
     input: Arc<dyn ExecutionPlan>,
-    task: TaskHandle,
-    sources: Arc<[String]>,
-    checkpoint: Option<Arc<dyn CheckpointSource>>,
+    /// The task run whose output this node counts.
+    pub(crate) task: TaskHandle,
+    /// The sources errors are attributed to.
+    pub(crate) sources: Arc<[String]>,
+    /// The task's checkpoint this node reads (a cache hit).
+    pub(crate) checkpoint: Option<Arc<dyn CheckpointSource>>,
     properties: Arc<PlanProperties>,
     /// This plan instance's execution, started when its first partition starts.
     execution: std::sync::OnceLock<Arc<Execution>>,
@@ -148,24 +151,6 @@ impl TaskBoundaryExec {
     /// The name of the task whose output this node counts.
     pub fn task_name(&self) -> &str {
         self.task.name()
-    }
-
-    /// The task run whose output this node counts.
-    #[cfg(feature = "ballista")]
-    pub(crate) fn task(&self) -> &TaskHandle {
-        &self.task
-    }
-
-    /// The sources errors are attributed to.
-    #[cfg(feature = "ballista")]
-    pub(crate) fn sources(&self) -> &Arc<[String]> {
-        &self.sources
-    }
-
-    /// The task's checkpoint this node reads (a cache hit).
-    #[cfg(feature = "ballista")]
-    pub(crate) fn checkpoint(&self) -> Option<&Arc<dyn CheckpointSource>> {
-        self.checkpoint.as_ref()
     }
 }
 

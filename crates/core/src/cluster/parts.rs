@@ -1,4 +1,4 @@
-//! A persisted task's checkpoint as a cluster writes it (cargo feature `ballista`).
+//! A persisted task's checkpoint as a cluster writes it.
 //!
 //! The executors' tees write one part per partition under the checkpoint's `data-<id>/`,
 //! each with a receipt beside it once the part is closed; the client commits the manifest
@@ -7,20 +7,26 @@
 //! slice of input it read, and the client commits only when the tee's metrics from the
 //! job's successful tasks say every row that streamed through it is in a part.
 
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::physical_plan::ExecutionPlan;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use object_store::path::Path;
 
-use super::gc::Lease;
-use super::store::LEASE;
-use super::tee::commit;
-use super::{CheckpointFormat, CheckpointStore, CheckpointTarget, Manifest, ManifestFile};
+use crate::checkpoint::gc::Lease;
+use crate::checkpoint::store::{LEASE, store_error};
+use crate::checkpoint::tee::{CheckpointWrite, PartEnd, TeeSink, commit};
+use crate::checkpoint::{
+    CheckpointFormat, CheckpointStore, CheckpointTarget, Manifest, ManifestFile,
+};
 use crate::{Error, Result};
 
 /// What names a part's receipt: `part-<n>-<attempt>.receipt.json` beside
 /// `part-<n>-<attempt>.parquet`.
-pub(super) const RECEIPT_SUFFIX: &str = ".receipt.json";
+const RECEIPT_SUFFIX: &str = ".receipt.json";
 
 /// One persisted task's checkpoint as a cluster writes it: the executors write the
 /// parts under `data-<write>/` of the checkpoint's directory, each with a receipt, and
@@ -36,19 +42,11 @@ pub(crate) struct PartsWrite {
     /// The checkpoint, when the client's run has already committed it (a second sink
     /// of the same frame): it is read instead of computed again.
     pub(crate) committed: Option<Manifest>,
-    /// What partition `partition` of the tee's input reads, when it can be told: a
-    /// task that Ballista runs again reads the same slice, so its part replaces,
-    /// rather than adds to, the first attempt's (the cluster's `slice_identity`).
-    pub(crate) slice_of: fn(&Arc<dyn ExecutionPlan>, usize) -> Option<String>,
 }
 
 impl PartsWrite {
-    /// A new write of `target`'s checkpoint, under a directory of its own, its parts
-    /// identified by `slice_of`.
-    pub(crate) fn of(
-        target: &CheckpointTarget,
-        slice_of: fn(&Arc<dyn ExecutionPlan>, usize) -> Option<String>,
-    ) -> Self {
+    /// A new write of `target`'s checkpoint, under a directory of its own.
+    pub(crate) fn of(target: &CheckpointTarget) -> Self {
         Self {
             store: target.store.clone(),
             task: target.task.clone(),
@@ -56,7 +54,6 @@ impl PartsWrite {
             write: format!("data-{}", uuid::Uuid::new_v4().simple()),
             format: target.format,
             committed: target.committed.get().cloned(),
-            slice_of,
         }
     }
 
@@ -68,17 +65,108 @@ impl PartsWrite {
     }
 }
 
+/// The executors write: each partition its part and, once the part is closed, a
+/// receipt beside it; the client commits the manifest from the receipts
+/// ([`commit_parts`]).
+impl TeeSink for PartsWrite {
+    fn store(&self) -> &CheckpointStore {
+        &self.store
+    }
+
+    fn task(&self) -> &str {
+        &self.task
+    }
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn write_id(&self) -> &str {
+        &self.write
+    }
+
+    fn committed(&self) -> Option<Manifest> {
+        self.committed.clone()
+    }
+
+    fn format(&self) -> CheckpointFormat {
+        self.format
+    }
+
+    /// As Sluice's one-line text: Ballista sends errors to the client as text.
+    fn error(&self, source: Error) -> DataFusionError {
+        let error = Error::Checkpoint {
+            task: self.task.clone(),
+            checkpoint: self.store.key_url(&self.task, &self.key),
+            source: Box::new(source),
+        };
+        DataFusionError::Execution(crate::one_line(&error))
+    }
+
+    fn describe(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, " write={}", self.write)
+    }
+
+    fn open(
+        self: Arc<Self>,
+        _execution: &OnceLock<Arc<CheckpointWrite>>,
+        input: &Arc<dyn ExecutionPlan>,
+        partition: usize,
+        _partitions: usize,
+    ) -> (Path, Arc<dyn PartEnd>) {
+        // An attempt of its own: a task Ballista runs again (its executor was lost)
+        // never overwrites a part another attempt may still be writing. A short id:
+        // object keys stay within what file-system-backed S3 servers can name.
+        let attempt = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let name = format!("part-{partition}-{attempt}");
+        let receipt = self.dir().join(format!("{name}{RECEIPT_SUFFIX}"));
+        let end = ReceiptEnd {
+            slice: super::slice_identity(input, partition),
+            path: receipt,
+            parts: Arc::clone(&self),
+        };
+        (self.dir().join(format!("{name}.parquet")), Arc::new(end))
+    }
+}
+
+/// The end of a partition on an executor: a receipt beside its part.
+struct ReceiptEnd {
+    parts: Arc<PartsWrite>,
+    path: Path,
+    slice: Option<String>,
+}
+
+impl PartEnd for ReceiptEnd {
+    fn finish(
+        self: Arc<Self>,
+        _partition: usize,
+        part: Result<ManifestFile>,
+    ) -> BoxFuture<'static, DfResult<()>> {
+        async move {
+            let receipt = PartReceipt {
+                slice: self.slice.clone(),
+                file: part.map_err(|e| self.parts.error(e))?,
+            };
+            receipt
+                .put(&self.parts.store, &self.path)
+                .await
+                .map_err(|e| self.parts.error(e))
+        }
+        .boxed()
+    }
+}
+
 /// What an executor leaves beside a part it has written completely.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub(super) struct PartReceipt {
-    /// What the partition read, when it can be told (see [`PartsWrite::slice_of`]): two
+struct PartReceipt {
+    /// What the partition read, when it can be told (see [`slice_identity`](super::slice_identity)): two
     /// attempts of one slice (Ballista ran a task again) are one part.
-    pub(super) slice: Option<String>,
-    pub(super) file: ManifestFile,
+    slice: Option<String>,
+    file: ManifestFile,
 }
 
 impl PartReceipt {
-    pub(super) async fn put(&self, store: &CheckpointStore, path: &Path) -> Result<()> {
+    async fn put(&self, store: &CheckpointStore, path: &Path) -> Result<()> {
         use object_store::ObjectStoreExt;
         let bytes = serde_json::to_vec(self).map_err(|e| Error::Internal {
             message: format!("cannot serialize a part's receipt: {e}"),
@@ -87,7 +175,7 @@ impl PartReceipt {
             .object_store()
             .put(path, bytes.into())
             .await
-            .map_err(|e| super::store_error(store.url(), path, "put", e))?;
+            .map_err(|e| store_error(store.url(), path, "put", e))?;
         Ok(())
     }
 }
@@ -101,7 +189,7 @@ pub(crate) struct Streamed {
 }
 
 /// Commits the checkpoint a cluster job wrote under `parts.dir()`, from the parts'
-/// receipts (one per slice, see [`PartsWrite::slice_of`]), when the executors reported no
+/// receipts (one per slice, see [`slice_identity`]), when the executors reported no
 /// abandoned partition and the parts hold every row that `streamed` through the tee.
 /// Anything else (a downstream limit stopped partitions early, a task ran twice over
 /// a slice that cannot be told, the job's figures are missing) commits nothing and
@@ -121,7 +209,7 @@ pub(crate) async fn commit_parts(
         .list(Some(&dir))
         .try_collect()
         .await
-        .map_err(|e| super::store_error(target.store.url(), &dir, "list", e))?;
+        .map_err(|e| store_error(target.store.url(), &dir, "list", e))?;
     let sizes: std::collections::HashMap<String, u64> = listed
         .iter()
         .filter_map(|m| Some((m.location.filename()?.to_string(), m.size)))
@@ -131,7 +219,7 @@ pub(crate) async fn commit_parts(
         .iter()
         .filter(|m| m.location.as_ref().ends_with(RECEIPT_SUFFIX))
     {
-        let read_error = |e| super::store_error(target.store.url(), &meta.location, "get", e);
+        let read_error = |e| store_error(target.store.url(), &meta.location, "get", e);
         let bytes = store
             .get(&meta.location)
             .await
