@@ -27,7 +27,6 @@ use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session as DfSession;
-use datafusion::common::DFSchemaRef;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{
@@ -117,21 +116,7 @@ impl CheckpointTee {
 }
 
 impl UserDefinedLogicalNodeCore for CheckpointTee {
-    fn name(&self) -> &str {
-        "CheckpointTee"
-    }
-
-    fn inputs(&self) -> Vec<&LogicalPlan> {
-        vec![&self.input]
-    }
-
-    fn schema(&self) -> &DFSchemaRef {
-        self.input.schema()
-    }
-
-    fn expressions(&self) -> Vec<Expr> {
-        vec![]
-    }
+    crate::plan::single_input_logical!("CheckpointTee");
 
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "CheckpointTee: {}", self.tee)

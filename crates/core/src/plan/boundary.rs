@@ -20,7 +20,6 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session as DfSession;
-use datafusion::common::DFSchemaRef;
 use datafusion::common::config::ConfigOptions;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
@@ -65,21 +64,7 @@ impl TaskBoundary {
 }
 
 impl UserDefinedLogicalNodeCore for TaskBoundary {
-    fn name(&self) -> &str {
-        "TaskBoundary"
-    }
-
-    fn inputs(&self) -> Vec<&LogicalPlan> {
-        vec![&self.input]
-    }
-
-    fn schema(&self) -> &DFSchemaRef {
-        self.input.schema()
-    }
-
-    fn expressions(&self) -> Vec<Expr> {
-        vec![]
-    }
+    crate::plan::single_input_logical!("TaskBoundary");
 
     fn prevent_predicate_push_down_columns(&self) -> std::collections::HashSet<String> {
         // A pass-through: every filter may move below it.

@@ -90,6 +90,30 @@ macro_rules! single_input_node {
 }
 pub(crate) use single_input_node;
 
+/// The parts of `UserDefinedLogicalNodeCore` that Sluice's single-input logical nodes
+/// write alike: the name, the one input in the `input` field, its schema as theirs, no
+/// expressions. Invoked inside their `impl UserDefinedLogicalNodeCore` blocks.
+macro_rules! single_input_logical {
+    ($name:literal) => {
+        fn name(&self) -> &str {
+            $name
+        }
+
+        fn inputs(&self) -> Vec<&datafusion::logical_expr::LogicalPlan> {
+            vec![&self.input]
+        }
+
+        fn schema(&self) -> &datafusion::common::DFSchemaRef {
+            self.input.schema()
+        }
+
+        fn expressions(&self) -> Vec<datafusion::logical_expr::Expr> {
+            vec![]
+        }
+    };
+}
+pub(crate) use single_input_logical;
+
 #[cfg(test)]
 mod tests {
     #[test]
