@@ -391,6 +391,16 @@ mod tests {
             None,
         ));
         assert_ne!(expr(&p), expr(&p));
+        let plan = datafusion::logical_expr::LogicalPlanBuilder::empty(true)
+            .build()
+            .unwrap();
+        let subquery = datafusion::logical_expr::scalar_subquery(std::sync::Arc::new(plan));
+        assert_ne!(expr(&subquery), expr(&subquery));
+        assert_ne!(
+            expr(&(col("x") + subquery.clone())),
+            expr(&(col("x") + subquery)),
+            "an expression holding a subquery never matches either"
+        );
     }
 
     #[test]
