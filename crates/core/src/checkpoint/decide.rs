@@ -85,7 +85,7 @@ pub(crate) enum Outcome {
     Tee { plan: LogicalPlan, lineage: Lineage },
     /// Computed into a new checkpoint before anything reads it: drain `plan` (the
     /// teed plan), then [`read_back`](Barrier::read_back).
-    Barrier(Barrier),
+    Barrier(Box<Barrier>),
 }
 
 /// A barrier-persisted task's miss: the teed plan to drain, and how to read the
@@ -95,14 +95,40 @@ pub(crate) struct Barrier {
     pub(crate) plan: LogicalPlan,
     target: Arc<CheckpointTarget>,
     task: TaskHandle,
-    lineage: Lineage,
-    lineage_key: String,
-    looks_up: bool,
-    version: Option<String>,
-    parameters: serde_json::Value,
+    downstream: Downstream,
     schema: SchemaRef,
     policy: CachePolicy,
     now: DateTime<Utc>,
+}
+
+/// What downstream tasks see of a persisted task's output: its lineage with the key
+/// the task's checkpoint has whether it was computed or read, and the id of the
+/// checkpoint it was read from or written to, so that a refreshed or recomputed
+/// checkpoint changes their keys. A policy without lookups gives the key its inputs
+/// would give, and no checkpoint: its output is recomputed from the same inputs every
+/// time.
+#[derive(Debug)]
+struct Downstream {
+    task: String,
+    version: Option<String>,
+    parameters: serde_json::Value,
+    upstream: Lineage,
+    key: String,
+    looks_up: bool,
+}
+
+impl Downstream {
+    /// The lineage of the output read from, or written to, the checkpoint `checkpoint`.
+    fn lineage(&self, checkpoint: Option<String>) -> Lineage {
+        Lineage::task(
+            &self.task,
+            self.version.clone(),
+            self.parameters.clone(),
+            &self.upstream,
+            Some(self.key.clone()),
+            checkpoint.filter(|_| self.looks_up),
+        )
+    }
 }
 
 /// Decides what `persisted` becomes: a hit, or a miss teed into a new checkpoint.
@@ -130,11 +156,7 @@ pub(crate) async fn decide(persisted: Persisted<'_>) -> Result<Decision> {
         functions,
     );
     let key = policy.key(&inputs);
-    // Downstream keys use the checkpoint's key, so that they are the same whether this
-    // task was computed or read, and the checkpoint's id, so that a refreshed or
-    // recomputed checkpoint changes them; a policy without lookups gives them the key
-    // its inputs would give, and no checkpoint (its output is recomputed from the same
-    // inputs every time).
+    // What downstream keys use (see `Downstream`).
     let looks_up = policy.looks_up();
     let lineage_key = if looks_up {
         key.clone()
@@ -154,18 +176,16 @@ pub(crate) async fn decide(persisted: Persisted<'_>) -> Result<Decision> {
         let found = store
             .lookup(&name, &key, &expected, now)
             .await
-            .map_err(|e| checkpoint_error(&store, &name, &key, e))?;
+            .map_err(|e| store.checkpoint_error(&name, &key, e))?;
         (found, "miss")
     };
-    let lineage = |checkpoint: Option<String>| {
-        Lineage::task(
-            &name,
-            persisted.version.clone(),
-            persisted.parameters.clone(),
-            persisted.lineage,
-            Some(lineage_key.clone()),
-            checkpoint.filter(|_| looks_up),
-        )
+    let downstream = Downstream {
+        task: name.clone(),
+        version: persisted.version.clone(),
+        parameters: persisted.parameters.clone(),
+        upstream: persisted.lineage.clone(),
+        key: lineage_key,
+        looks_up,
     };
     match lookup {
         Lookup::Hit(read) => {
@@ -177,7 +197,7 @@ pub(crate) async fn decide(persisted: Persisted<'_>) -> Result<Decision> {
                 let (store, name, key) = (store.clone(), name.clone(), key.clone());
                 tokio::spawn(async move { store.touch(&name, &key, now).await });
             }
-            let lineage = lineage(Some(read.manifest().id.clone()));
+            let lineage = downstream.lineage(Some(read.manifest().id.clone()));
             let scan = read.scan_plan(persisted.context)?;
             let sources = vec![checkpoint_url.clone()];
             Ok(Decision {
@@ -226,21 +246,17 @@ pub(crate) async fn decide(persisted: Persisted<'_>) -> Result<Decision> {
             let outcome = match persisted.mode {
                 Persist::Tee => Outcome::Tee {
                     plan,
-                    lineage: lineage(Some(id)),
+                    lineage: downstream.lineage(Some(id)),
                 },
-                Persist::Barrier => Outcome::Barrier(Barrier {
+                Persist::Barrier => Outcome::Barrier(Box::new(Barrier {
                     plan,
                     target,
                     task: persisted.task.clone(),
-                    lineage: persisted.lineage.clone(),
-                    lineage_key,
-                    looks_up,
-                    version: persisted.version.clone(),
-                    parameters: persisted.parameters.clone(),
+                    downstream,
                     schema: persisted.schema,
                     policy: policy.clone(),
                     now,
-                }),
+                })),
             };
             Ok(Decision {
                 key,
@@ -271,12 +287,11 @@ impl Barrier {
                     .store
                     .lookup(name, key, &expected, self.now)
                     .await
-                    .map_err(|e| checkpoint_error(&target.store, name, key, e))?
+                    .map_err(|e| target.store.checkpoint_error(name, key, e))?
                 {
                     Lookup::Hit(read) => read,
                     Lookup::Miss { reason } => {
-                        return Err(checkpoint_error(
-                            &target.store,
+                        return Err(target.store.checkpoint_error(
                             name,
                             key,
                             Error::Internal {
@@ -290,14 +305,7 @@ impl Barrier {
                 }
             }
         };
-        let lineage = Lineage::task(
-            name,
-            self.version,
-            self.parameters,
-            &self.lineage,
-            Some(self.lineage_key),
-            Some(read.manifest().id.clone()).filter(|_| self.looks_up),
-        );
+        let lineage = self.downstream.lineage(Some(read.manifest().id.clone()));
         let scan = read.scan_plan(context)?;
         let checkpoint_url = target.store.key_url(name, key);
         let plan = boundary(&self.task, vec![checkpoint_url], Some(read), scan);
@@ -317,15 +325,6 @@ fn expected<'a>(
         ttl: policy.expiry(),
         schema: Some(schema.as_ref()),
         verify: policy.verifies(),
-    }
-}
-
-/// An error of the checkpoint of `task` under `key`, naming both.
-fn checkpoint_error(store: &CheckpointStore, task: &str, key: &str, source: Error) -> Error {
-    Error::Checkpoint {
-        task: task.to_string(),
-        checkpoint: store.key_url(task, key),
-        source: Box::new(source),
     }
 }
 

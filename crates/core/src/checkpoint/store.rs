@@ -238,6 +238,16 @@ impl CheckpointStore {
         format!("{}/", self.url_of(&self.key_dir(task, key)))
     }
 
+    /// The checkpoint of `task` under `key` could not be looked up, written or
+    /// committed: `source`, naming the task and the checkpoint.
+    pub(crate) fn checkpoint_error(&self, task: &str, key: &str, source: Error) -> Error {
+        Error::Checkpoint {
+            task: task.to_string(),
+            checkpoint: self.key_url(task, key),
+            source: Box::new(source),
+        }
+    }
+
     pub(super) fn error(
         &self,
         path: &Path,

@@ -84,17 +84,7 @@ impl CheckpointTarget {
     }
 
     pub(crate) fn error(&self, source: Error) -> Error {
-        checkpoint_error(&self.store, &self.task, &self.key, source)
-    }
-}
-
-/// A checkpoint could not be written or committed: the error naming the task and the
-/// checkpoint.
-fn checkpoint_error(store: &CheckpointStore, task: &str, key: &str, source: Error) -> Error {
-    Error::Checkpoint {
-        task: task.to_string(),
-        checkpoint: store.key_url(task, key),
-        source: Box::new(source),
+        self.store.checkpoint_error(&self.task, &self.key, source)
     }
 }
 

@@ -95,11 +95,7 @@ impl TeeSink for PartsWrite {
 
     /// As Sluice's one-line text: Ballista sends errors to the client as text.
     fn error(&self, source: Error) -> DataFusionError {
-        let error = Error::Checkpoint {
-            task: self.task.clone(),
-            checkpoint: self.store.key_url(&self.task, &self.key),
-            source: Box::new(source),
-        };
+        let error = self.store.checkpoint_error(&self.task, &self.key, source);
         DataFusionError::Execution(crate::one_line(&error))
     }
 
