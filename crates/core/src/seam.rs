@@ -115,10 +115,9 @@ impl TaskHandle {
 
     /// An execution of the task's output starts over `partitions` partitions (reading
     /// the task's checkpoint when `from_checkpoint`). Each partition reports through
-    /// its own [`Partition`].
+    /// its own [`Partition`] ([`partition`](Self::partition)).
     pub(crate) fn execution(&self, partitions: usize, from_checkpoint: bool) -> Arc<Execution> {
         let execution = Arc::new(Execution {
-            task: self.clone(),
             started: Instant::now(),
             partitions: partitions.max(1),
             from_checkpoint,
@@ -210,9 +209,11 @@ pub(crate) enum StreamEnd {
 
 /// One execution of a task's output: the partitions of one physical plan's boundary
 /// node (or one column copy). Counted by the streams of those partitions.
+///
+/// The runtime keeps it in the task run's state, so it holds no handle back to the
+/// task (that would be a cycle no run's end breaks): its partitions do.
 #[derive(Debug)]
 pub(crate) struct Execution {
-    task: TaskHandle,
     started: Instant,
     partitions: usize,
     from_checkpoint: bool,
@@ -280,22 +281,26 @@ impl Execution {
 /// when dropped before it ended otherwise.
 #[derive(Debug)]
 pub(crate) struct Partition {
+    task: TaskHandle,
     execution: Arc<Execution>,
     closed: AtomicBool,
 }
 
-impl Partition {
-    /// A partition of `execution`.
-    pub(crate) fn new(execution: &Arc<Execution>) -> Self {
-        Self {
+impl TaskHandle {
+    /// A partition of `execution`, one of this task's.
+    pub(crate) fn partition(&self, execution: &Arc<Execution>) -> Partition {
+        Partition {
+            task: self.clone(),
             execution: Arc::clone(execution),
             closed: AtomicBool::new(false),
         }
     }
+}
 
+impl Partition {
     /// The task whose output this partition carries.
     pub(crate) fn task(&self) -> &TaskHandle {
-        &self.execution.task
+        &self.task
     }
 
     /// A batch of `rows` rows and `bytes` bytes left the task, `nanos` after it was asked for.
@@ -305,7 +310,7 @@ impl Partition {
 
     /// When the execution times out: the task's timeout after it started.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        let timeout = self.execution.task.timeout()?;
+        let timeout = self.task.timeout()?;
         Some(self.execution.started + timeout)
     }
 
@@ -323,7 +328,7 @@ impl Partition {
             }
             StreamEnd::Dropped => execution.dropped.fetch_add(1, Ordering::AcqRel),
         };
-        execution.task.recorder.partition_ended(execution);
+        self.task.recorder.partition_ended(execution);
     }
 
     /// Whether it has ended.
@@ -442,7 +447,7 @@ mod tests {
     fn an_execution_is_running_until_its_last_partition_ends() {
         let (task, log) = task(None);
         let execution = task.execution(3, false);
-        let parts: Vec<Partition> = (0..3).map(|_| Partition::new(&execution)).collect();
+        let parts: Vec<Partition> = (0..3).map(|_| task.partition(&execution)).collect();
         parts[0].add_output(10, 100, 5);
         parts[0].end(StreamEnd::Ended);
         parts[1].end(StreamEnd::Ended);
@@ -464,14 +469,26 @@ mod tests {
     }
 
     #[test]
+    fn an_execution_does_not_keep_its_task_alive() {
+        // The runtime keeps its executions: one holding its task's recorder would be a
+        // cycle, and no task run's state would ever be freed.
+        let (task, log) = task(None);
+        let execution = task.execution(1, false);
+        task.partition(&execution).end(StreamEnd::Ended);
+        drop(task);
+        assert_eq!(Arc::strong_count(&log), 1);
+        assert_eq!(execution.outcome(), ExecutionOutcome::Completed);
+    }
+
+    #[test]
     fn a_partition_ends_once_and_a_drop_before_its_end_counts_as_dropped() {
         let (task, log) = task(None);
         let execution = task.execution(2, true);
-        let first = Partition::new(&execution);
+        let first = task.partition(&execution);
         first.end(StreamEnd::Ended);
         first.end(StreamEnd::Failed);
         drop(first);
-        drop(Partition::new(&execution));
+        drop(task.partition(&execution));
         assert_eq!(execution.outcome(), ExecutionOutcome::Dropped);
         assert!(execution.record().from_checkpoint);
         assert_eq!(log.take(), ["started 2", "ended Running", "ended Dropped"]);
@@ -481,8 +498,8 @@ mod tests {
     fn a_failed_partition_fails_the_execution_whatever_the_others_do() {
         let (task, _log) = task(None);
         let execution = task.execution(2, false);
-        Partition::new(&execution).end(StreamEnd::Failed);
-        Partition::new(&execution).end(StreamEnd::Ended);
+        task.partition(&execution).end(StreamEnd::Failed);
+        task.partition(&execution).end(StreamEnd::Ended);
         assert_eq!(execution.outcome(), ExecutionOutcome::Failed);
     }
 
@@ -490,14 +507,14 @@ mod tests {
     fn the_deadline_is_the_timeout_after_the_execution_started() {
         let (task, _log) = task(Some(Duration::from_secs(5)));
         let execution = task.execution(1, false);
-        let partition = Partition::new(&execution);
+        let partition = task.partition(&execution);
         assert_eq!(
             partition.deadline(),
             Some(execution.started() + Duration::from_secs(5))
         );
         let (untimed, _log) = self::task(None);
         assert_eq!(
-            Partition::new(&untimed.execution(1, false)).deadline(),
+            untimed.partition(&untimed.execution(1, false)).deadline(),
             None
         );
         assert!(task.timed_out().to_string().contains("\"t\""));

@@ -65,7 +65,7 @@ use crate::parquet_io::format::WrappedFormat;
 use crate::parquet_io::pins::SourceFormat;
 use crate::plan::boundary::{CheckpointSource, TaskBoundary, TaskBoundaryExec};
 use crate::planner::SluiceQueryPlanner;
-use crate::seam::{Partition, StreamEnd, TaskHandle};
+use crate::seam::{StreamEnd, TaskHandle};
 use crate::{Error, Result};
 use parts::{PartsWrite, Streamed, commit_parts};
 
@@ -596,7 +596,7 @@ impl Figures {
         let execution = task.execution(self.partitions, from_checkpoint);
         execution.add_output(self.rows, self.bytes, self.nanos);
         for _ in 0..self.partitions.max(1) {
-            Partition::new(&execution).end(end);
+            task.partition(&execution).end(end);
         }
     }
 }

@@ -180,7 +180,7 @@ impl ExecutionPlan for TaskBoundaryExec {
                 self.checkpoint.is_some(),
             )
         });
-        let partition = Partition::new(execution);
+        let partition = self.task.partition(execution);
         let deadline = partition
             .deadline()
             .map(|at| Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(at))));

@@ -618,12 +618,13 @@ impl TaskRecorder for TaskRunState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::seam::{Partition, StreamEnd};
+    use crate::seam::StreamEnd;
 
     /// Ends one partition of `execution` per entry of `ends`, in order.
-    fn end(execution: &Arc<Execution>, ends: &[StreamEnd]) {
+    fn end(run: &Arc<TaskRunState>, execution: &Arc<Execution>, ends: &[StreamEnd]) {
+        let task = run.handle();
         for &e in ends {
-            Partition::new(execution).end(e);
+            task.partition(execution).end(e);
         }
     }
 
@@ -640,11 +641,11 @@ mod tests {
         let run = lazy_run();
         let execution = run.handle().execution(3, false);
         execution.add_output(10, 100, 1_000);
-        end(&execution, &[StreamEnd::Ended]);
-        end(&execution, &[StreamEnd::Ended]);
+        end(&run, &execution, &[StreamEnd::Ended]);
+        end(&run, &execution, &[StreamEnd::Ended]);
         assert_eq!(run.state(), TaskState::Running);
         execution.add_output(5, 50, 1_000);
-        end(&execution, &[StreamEnd::Ended]);
+        end(&run, &execution, &[StreamEnd::Ended]);
         assert_eq!(run.state(), TaskState::Completed);
         let record = run.snapshot(true);
         assert_eq!(record.rows, Some(15));
@@ -656,8 +657,8 @@ mod tests {
     fn a_dropped_stream_is_not_a_finished_one() {
         let run = lazy_run();
         let execution = run.handle().execution(2, false);
-        end(&execution, &[StreamEnd::Ended]);
-        end(&execution, &[StreamEnd::Dropped]);
+        end(&run, &execution, &[StreamEnd::Ended]);
+        end(&run, &execution, &[StreamEnd::Dropped]);
         assert_eq!(run.state(), TaskState::Cancelled);
         let record = run.snapshot(true);
         assert_eq!(record.state, TaskState::Cancelled);
@@ -670,18 +671,18 @@ mod tests {
         let run = lazy_run();
         let first = run.handle().execution(1, false);
         first.add_output(7, 70, 0);
-        end(&first, &[StreamEnd::Dropped]);
+        end(&run, &first, &[StreamEnd::Dropped]);
         assert_eq!(run.state(), TaskState::Cancelled);
         let second = run.handle().execution(2, false);
         second.add_output(20, 200, 0);
-        end(&second, &[StreamEnd::Ended]);
-        end(&second, &[StreamEnd::Ended]);
+        end(&run, &second, &[StreamEnd::Ended]);
+        end(&run, &second, &[StreamEnd::Ended]);
         // A later execution that ran to the end completes the run.
         assert_eq!(run.state(), TaskState::Completed);
         let third = run.handle().execution(2, false);
         third.add_output(20, 200, 0);
-        end(&third, &[StreamEnd::Ended]);
-        end(&third, &[StreamEnd::Ended]);
+        end(&run, &third, &[StreamEnd::Ended]);
+        end(&run, &third, &[StreamEnd::Ended]);
         let record = run.snapshot(true);
         assert_eq!(record.rows, Some(20), "the first complete execution's rows");
         let rows: Vec<u64> = record.executions.iter().map(|e| e.rows).collect();
@@ -695,8 +696,8 @@ mod tests {
         run.fail(&Error::Internal {
             message: "boom".into(),
         });
-        end(&execution, &[StreamEnd::Failed]);
-        end(&execution, &[StreamEnd::Ended]);
+        end(&run, &execution, &[StreamEnd::Failed]);
+        end(&run, &execution, &[StreamEnd::Ended]);
         assert_eq!(run.state(), TaskState::Failed);
         let record = run.snapshot(true);
         assert_eq!(record.executions[0].outcome, ExecutionOutcome::Failed);
@@ -716,7 +717,7 @@ mod tests {
         let used = lazy_run();
         used.handle().superseded("transform");
         let execution = used.handle().execution(1, false);
-        end(&execution, &[StreamEnd::Ended]);
+        end(&used, &execution, &[StreamEnd::Ended]);
         assert_eq!(used.snapshot(true).state, TaskState::Completed);
     }
 
@@ -743,7 +744,7 @@ mod tests {
         run.cached();
         let execution = run.handle().execution(1, true);
         execution.add_output(3, 30, 0);
-        end(&execution, &[StreamEnd::Ended]);
+        end(&run, &execution, &[StreamEnd::Ended]);
         let record = run.snapshot(true);
         assert_eq!(record.state, TaskState::Cached);
         assert_eq!(record.rows, Some(3));

@@ -118,7 +118,7 @@ impl Taps {
         Taps(
             boundaries
                 .iter()
-                .map(|b| Partition::new(&b.task.execution(1, false)))
+                .map(|b| b.task.partition(&b.task.execution(1, false)))
                 .collect(),
         )
     }
