@@ -54,6 +54,7 @@ pub mod checkpoint;
 pub mod cluster;
 mod error;
 mod frame;
+mod hex;
 mod identity;
 mod names;
 mod overlap;

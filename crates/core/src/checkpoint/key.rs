@@ -229,7 +229,6 @@ pub(crate) fn expr(e: &Expr) -> Value {
 /// A literal value, canonically: its type and its value (numbers as text, floats by
 /// their bits as well, strings as they are, bytes in hex).
 pub(crate) fn scalar(value: &ScalarValue) -> Value {
-    let hex = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
     let v = match value {
         ScalarValue::Null => Value::Null,
         ScalarValue::Boolean(v) => json!(v),
@@ -248,7 +247,7 @@ pub(crate) fn scalar(value: &ScalarValue) -> Value {
         ScalarValue::Binary(v)
         | ScalarValue::LargeBinary(v)
         | ScalarValue::BinaryView(v)
-        | ScalarValue::FixedSizeBinary(_, v) => json!(v.as_deref().map(hex)),
+        | ScalarValue::FixedSizeBinary(_, v) => json!(v.as_deref().map(crate::hex::encode)),
         ScalarValue::Decimal128(v, _, _) => json!(v.map(|v| v.to_string())),
         ScalarValue::Decimal256(v, _, _) => json!(v.map(|v| v.to_string())),
         // Dates, times, durations, intervals, nested and dictionary values: their

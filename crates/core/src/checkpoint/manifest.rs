@@ -297,18 +297,14 @@ pub(crate) fn encode_schema(schema: &Schema) -> Result<String> {
         let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut bytes, schema)?;
         writer.finish()?;
     }
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::hex::encode(&bytes))
 }
 
 pub(crate) fn decode_schema(hex: &str) -> std::result::Result<SchemaRef, String> {
     if !hex.len().is_multiple_of(2) || !hex.is_ascii() {
         return Err("the schema is not hex".into());
     }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
-        .collect::<std::result::Result<Vec<u8>, _>>()
-        .map_err(|e| format!("the schema is not hex: {e}"))?;
+    let bytes = crate::hex::decode(hex).map_err(|e| format!("the schema is not hex: {e}"))?;
     // arrow-ipc 59 panics, instead of failing, on schema messages that its flatbuffer
     // verifier accepts but it cannot convert (an integer 80 bits wide, a list without
     // a child: apache/arrow-rs#10437, fixed after 59): a damaged manifest or cached

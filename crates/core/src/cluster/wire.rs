@@ -56,8 +56,7 @@ impl WireError {
     /// `text` with this payload after it.
     pub(crate) fn attach(&self, text: &str) -> String {
         let json = serde_json::to_vec(self).unwrap_or_default();
-        let hex: String = json.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{text} {OPEN}{hex}]")
+        format!("{text} {OPEN}{}]", crate::hex::encode(&json))
     }
 
     /// The first payload in `text`, if it holds one that decodes.
@@ -65,10 +64,7 @@ impl WireError {
         let start = text.find(OPEN)? + OPEN.len();
         let hex = &text[start..];
         let hex = &hex[..hex.find(']')?];
-        let bytes = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-            .collect::<Option<Vec<u8>>>()?;
+        let bytes = crate::hex::decode(hex).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 }
