@@ -570,7 +570,8 @@ impl Frame {
     /// only once complete (written under a hidden staging name, then published), and a
     /// failed write leaves nothing at the destination.
     pub async fn write_parquet(&self, dest: &str, options: ParquetWrite) -> Result<WriteSummary> {
-        let table_options = options.table_options(&self.inner.session.state())?;
+        let state = self.inner.session.state();
+        let table_options = options.table_options(&state)?;
         let route = if self.inner.session.on_cluster() {
             Route::Rewrite(format!(
                 "the cluster's executors write it ({})",
@@ -581,7 +582,7 @@ impl Frame {
         } else {
             crate::parquet_io::copy::route(
                 &self.inner.plan,
-                &self.inner.session.state(),
+                &state,
                 self.inner.session.max_column_chunk_bytes(),
                 &options,
             )
