@@ -821,6 +821,12 @@ where
             None
         };
         if let Some((error, why)) = interruption {
+            // The runs it stops are closed with its reason first: dropping the body drops
+            // the streams of their outputs, which would otherwise close them as merely
+            // dropped (or not, when a stream lives in a task DataFusion spawned).
+            for run in self.shared.task_runs() {
+                run.close(Some(Closing::Interrupted(why)));
+            }
             // Dropping the body drops every plan it was running.
             self.inner = None;
             tracing::warn!(flow = %self.shared.name, run = %self.shared.run_id, reason = why, "flow run interrupted");
