@@ -52,6 +52,10 @@
 pub mod checkpoint;
 #[cfg(feature = "ballista")]
 pub mod cluster;
+/// The cluster in a build without Ballista: a runner naming one is an error.
+#[cfg(not(feature = "ballista"))]
+#[path = "cluster/absent.rs"]
+mod cluster;
 mod error;
 mod frame;
 mod hex;

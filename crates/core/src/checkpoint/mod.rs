@@ -24,7 +24,7 @@ pub(crate) mod gc;
 pub(crate) mod key;
 pub(crate) mod lineage;
 mod manifest;
-mod read;
+pub(crate) mod read;
 pub(crate) mod store;
 pub(crate) mod tee;
 

@@ -65,16 +65,16 @@ const CACHED_BLOCKS: usize = 16;
 /// task boundary over its scan needs to invalidate it if it turns out corrupt.
 #[derive(Debug)]
 pub(crate) struct CheckpointRead {
-    store: CheckpointStore,
+    pub(crate) store: CheckpointStore,
     task: String,
-    manifest: Manifest,
-    parts: Arc<VerifiedParts>,
+    pub(crate) manifest: Manifest,
+    pub(crate) parts: Arc<VerifiedParts>,
     /// Each part's footer, by object path, as the lookup read and checked it.
     footers: HashMap<Path, Arc<ParquetMetaData>>,
     invalidated: AtomicBool,
     /// Read by a cluster's executor: a corrupt checkpoint is reported to the client,
     /// which invalidates it.
-    on_executor: bool,
+    pub(crate) on_executor: bool,
 }
 
 impl CheckpointRead {
@@ -85,7 +85,7 @@ impl CheckpointRead {
         Arc::new(Self::unshared(store, manifest, verify))
     }
 
-    fn unshared(store: CheckpointStore, manifest: Manifest, verify: bool) -> Self {
+    pub(crate) fn unshared(store: CheckpointStore, manifest: Manifest, verify: bool) -> Self {
         let parts = Arc::new(VerifiedParts::new(&store, &manifest, verify));
         Self {
             task: manifest.task.clone(),
@@ -151,34 +151,9 @@ impl CheckpointRead {
         Ok(Ok(Arc::new(read)))
     }
 
-    /// The checkpoint as a cluster's executor reads it (see [`Self::corrupt`]).
-    #[cfg(feature = "ballista")]
-    pub(crate) fn on_executor(
-        store: CheckpointStore,
-        manifest: Manifest,
-        verify: bool,
-    ) -> Arc<Self> {
-        let mut read = Self::unshared(store, manifest, verify);
-        read.on_executor = true;
-        Arc::new(read)
-    }
-
-    /// The store, manifest and whether to verify: what a cluster's executors need to
-    /// read the checkpoint.
-    #[cfg(feature = "ballista")]
-    pub(crate) fn parts(&self) -> (&CheckpointStore, &Manifest, bool) {
-        (&self.store, &self.manifest, self.parts.verify)
-    }
-
     /// The manifest read.
     pub(crate) fn manifest(&self) -> &Manifest {
         &self.manifest
-    }
-
-    /// The checkpoint a table provider scans, if it is a checkpoint's table.
-    #[cfg(feature = "ballista")]
-    pub(crate) fn of_table(table: &dyn TableProvider) -> Option<&Arc<Self>> {
-        table.downcast_ref::<CheckpointTable>().map(|t| &t.read)
     }
 
     /// The identity of a checkpoint as the known-corrupt set names it: its directory
@@ -222,9 +197,9 @@ impl CheckpointRead {
         Ok(context.read_table(self.table()?)?.into_parts().1)
     }
 
-    /// The reader of this checkpoint's parts (through its verifying store), for a scan
-    /// a cluster's executor decoded: DataFusion's protobuf does not encode a reader.
-    #[cfg(feature = "ballista")]
+    /// The reader of this checkpoint's parts (through its verifying store), for its
+    /// scan here and for one a cluster's executor decoded (DataFusion's protobuf does
+    /// not encode a reader).
     pub(crate) fn reader_factory(self: &Arc<Self>) -> Arc<dyn ParquetFileReaderFactory> {
         Arc::new(CheckpointReaderFactory {
             read: Arc::clone(self),
@@ -336,8 +311,8 @@ pub(crate) fn find_corrupt(error: &(dyn std::error::Error + 'static)) -> Option<
 
 /// A table over a checkpoint's parts.
 #[derive(Debug)]
-struct CheckpointTable {
-    read: Arc<CheckpointRead>,
+pub(crate) struct CheckpointTable {
+    pub(crate) read: Arc<CheckpointRead>,
     schema: SchemaRef,
 }
 
@@ -387,9 +362,7 @@ impl CheckpointRead {
             .map(FileGroup::new)
             .collect();
         let source = ParquetSource::new(TableSchema::from(schema))
-            .with_parquet_file_reader_factory(Arc::new(CheckpointReaderFactory {
-                read: Arc::clone(self),
-            }));
+            .with_parquet_file_reader_factory(self.reader_factory());
         let url = ObjectStoreUrl::parse(self.store.store_url())?;
         let conf = FileScanConfigBuilder::new(url, Arc::new(source))
             .with_file_groups(file_groups)
@@ -544,7 +517,7 @@ pub(crate) struct VerifiedParts {
     url: String,
     block_size: u64,
     parts: HashMap<Path, ManifestFile>,
-    verify: bool,
+    pub(crate) verify: bool,
     /// Verified blocks at the edges of the last reads, by part and index.
     cache: Mutex<VecDeque<(Path, u64, Bytes)>>,
 }

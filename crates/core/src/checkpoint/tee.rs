@@ -357,6 +357,12 @@ impl ExecutionPlan for CheckpointExec {
             .format()
             .writer_properties()
             .map_err(DataFusionError::from)?;
+        crate::plan::count_identity(
+            &self.metrics,
+            WRITE_IDENTITY,
+            self.tee.write_id(),
+            partition,
+        );
         let (sender, receiver) = mpsc::channel(2);
         let writer = tokio::spawn(write_part(
             Arc::clone(self.tee.store().object_store()),
@@ -387,6 +393,10 @@ impl ExecutionPlan for CheckpointExec {
 /// dropped by a downstream limit): a cluster job's checkpoint is committed only when
 /// its successful tasks counted none.
 pub(crate) const ABANDONED_PARTITIONS: &str = "abandoned_partitions";
+
+/// The key of the identity count of a tee's metrics: `sluice_checkpoint_write=ID`,
+/// the id of the write its parts go under.
+pub(crate) const WRITE_IDENTITY: &str = "sluice_checkpoint_write";
 
 /// What one partition sends its writer.
 enum Message {

@@ -171,20 +171,20 @@ struct WireRead {
 
 impl WireRead {
     fn of(read: &CheckpointRead) -> Self {
-        let (store, manifest, verify) = read.parts();
         Self {
-            store: store.url().to_string(),
-            manifest: manifest.clone(),
-            verify,
+            store: read.store.url().to_string(),
+            manifest: read.manifest.clone(),
+            verify: read.parts.verify,
         }
     }
 
+    /// The checkpoint as the executor reads it: a corrupt part is reported to the
+    /// client, which invalidates the checkpoint.
     fn read(self) -> DfResult<Arc<CheckpointRead>> {
-        Ok(CheckpointRead::on_executor(
-            open_store(&self.store)?,
-            self.manifest,
-            self.verify,
-        ))
+        let mut read =
+            CheckpointRead::unshared(open_store(&self.store)?, self.manifest, self.verify);
+        read.on_executor = true;
+        Ok(Arc::new(read))
     }
 }
 
@@ -363,7 +363,7 @@ impl LogicalExtensionCodec for LogicalCodec {
         node: Arc<dyn TableProvider>,
         buf: &mut Vec<u8>,
     ) -> DfResult<()> {
-        if let Some(read) = CheckpointRead::of_table(node.as_ref()) {
+        if let Some(read) = super::checkpoint_of(node.as_ref()) {
             return Wire::scan(read).encode(buf);
         }
         self.inner.try_encode_table_provider(table_ref, node, buf)

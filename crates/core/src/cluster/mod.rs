@@ -38,7 +38,7 @@ use ballista_core::extension::{SessionConfigExt, SessionStateExt};
 use ballista_core::planner::BallistaQueryPlanner;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use ballista_core::serde::protobuf::{
-    GetJobMetricsParams, GetJobMetricsResult, operator_metric::Metric,
+    GetJobMetricsParams, GetJobMetricsResult, OperatorWithMetrics, operator_metric::Metric,
 };
 use datafusion::catalog::Session as DfSession;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -601,14 +601,14 @@ impl Figures {
     }
 }
 
+/// What each task's boundaries counted on the executors, by task: the operators of
+/// type `TaskBoundaryExec` in the job's stages, each named by its identity count
+/// (`sluice_task=NAME`, see [`crate::plan::count_identity`]).
 fn boundary_metrics(metrics: &GetJobMetricsResult) -> HashMap<String, Figures> {
     let mut figures: HashMap<String, Figures> = HashMap::new();
     for stage in &metrics.stages {
         for operator in &stage.operators {
-            let Some(task) = operator
-                .operator_desc
-                .strip_prefix("TaskBoundaryExec: task=")
-                .map(str::trim)
+            let Some(task) = identity(operator, "TaskBoundaryExec", crate::plan::TASK_IDENTITY)
             else {
                 continue;
             };
@@ -625,6 +625,28 @@ fn boundary_metrics(metrics: &GetJobMetricsResult) -> HashMap<String, Figures> {
         }
     }
     figures
+}
+
+/// Whose `operator`'s metrics are, if it is of type `operator_type` and has an identity
+/// count `KEY=VALUE` under `key`: the value.
+fn identity<'a>(
+    operator: &'a OperatorWithMetrics,
+    operator_type: &str,
+    key: &str,
+) -> Option<&'a str> {
+    if operator.operator_type != operator_type {
+        return None;
+    }
+    operator
+        .metrics
+        .iter()
+        .find_map(|metric| match &metric.metric {
+            Some(Metric::Count(count)) => count
+                .name
+                .strip_prefix(key)
+                .and_then(|rest| rest.strip_prefix('=')),
+            _ => None,
+        })
 }
 
 /// What partition `partition` of `plan` reads, when it can be told (see
@@ -678,10 +700,7 @@ fn tee_figures(metrics: &GetJobMetricsResult, write: &str) -> Streamed {
     let mut streamed = Streamed::default();
     let operators = metrics.stages.iter().flat_map(|stage| &stage.operators);
     for operator in operators.filter(|o| {
-        o.operator_desc.starts_with("CheckpointExec:")
-            && o.operator_desc
-                .trim_end()
-                .ends_with(&format!("write={write}"))
+        identity(o, "CheckpointExec", crate::checkpoint::tee::WRITE_IDENTITY) == Some(write)
     }) {
         for metric in &operator.metrics {
             match &metric.metric {
@@ -696,6 +715,13 @@ fn tee_figures(metrics: &GetJobMetricsResult, write: &str) -> Streamed {
     streamed
 }
 
+/// The checkpoint a table provider scans, if it is a checkpoint's table.
+fn checkpoint_of(table: &dyn datafusion::catalog::TableProvider) -> Option<&Arc<CheckpointRead>> {
+    table
+        .downcast_ref::<crate::checkpoint::read::CheckpointTable>()
+        .map(|t| &t.read)
+}
+
 /// A scan the cluster can decode: Sluice's Parquet format with the column-chunk cap
 /// becomes DataFusion's (which Ballista encodes), other listing tables go as they are.
 /// `Ok(None)`: unchanged; `Err`: what cannot run on a cluster.
@@ -704,7 +730,7 @@ fn portable_scan(
 ) -> std::result::Result<Option<Arc<dyn datafusion::logical_expr::TableSource>>, String> {
     let provider = source_as_provider(&source).map_err(|e| e.to_string())?;
     // A checkpoint's scan crosses as its manifest (see the codec).
-    if crate::checkpoint::CheckpointRead::of_table(provider.as_ref()).is_some() {
+    if checkpoint_of(provider.as_ref()).is_some() {
         return Ok(None);
     }
     let Some(listing) = provider.downcast_ref::<ListingTable>() else {
@@ -876,5 +902,58 @@ mod tests {
             r#"task "extract" failed: reading s3://b/in/ failed: snappy: corrupt input (job 038GYBZ846000)"#
         );
         assert_eq!(executor_message(" Cancelled "), "Cancelled");
+    }
+
+    #[test]
+    fn a_boundarys_figures_are_found_by_its_type_and_identity_count_not_its_text() {
+        use ballista_core::serde::protobuf::{JobStageMetrics, NamedCount, OperatorMetric};
+        let metric = |metric| OperatorMetric {
+            partition: Some(0),
+            metric: Some(metric),
+        };
+        let operator = |operator_type: &str, desc: &str, metrics| OperatorWithMetrics {
+            depth: 0,
+            operator_type: operator_type.into(),
+            operator_desc: desc.into(),
+            metrics,
+        };
+        let identity = |name: &str| {
+            metric(Metric::Count(NamedCount {
+                name: format!("{}={name}", crate::plan::TASK_IDENTITY),
+                value: 1,
+            }))
+        };
+        let metrics = GetJobMetricsResult {
+            stages: vec![JobStageMetrics {
+                stage_id: 1,
+                partitions: 2,
+                operators: vec![
+                    // Its text names another task: the identity count decides.
+                    operator(
+                        "TaskBoundaryExec",
+                        "TaskBoundaryExec: task=other",
+                        vec![
+                            identity("extract"),
+                            metric(Metric::OutputRows(7)),
+                            metric(Metric::OutputRows(5)),
+                            metric(Metric::OutputBytes(100)),
+                        ],
+                    ),
+                    // Another operator with the same count is not a boundary.
+                    operator(
+                        "ProjectionExec",
+                        "TaskBoundaryExec: task=extract",
+                        vec![identity("extract"), metric(Metric::OutputRows(1000))],
+                    ),
+                ],
+            }],
+        };
+        let figures = boundary_metrics(&metrics);
+        assert_eq!(figures.len(), 1, "{figures:?}");
+        let extract = &figures["extract"];
+        assert_eq!(
+            (extract.rows, extract.bytes, extract.partitions),
+            (12, 100, 2)
+        );
     }
 }

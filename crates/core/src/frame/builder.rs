@@ -12,6 +12,7 @@ use sluice_store::StoreRegistry;
 use url::Url;
 
 use super::session::*;
+use crate::cluster::Cluster;
 use crate::planner::SluiceQueryPlanner;
 use crate::{Result, Runner};
 
@@ -238,7 +239,7 @@ impl SessionBuilder {
             Some(runner) => (cluster_of(&runner)?, runner, None),
             None => match Runner::from_env().and_then(|r| Ok((cluster_of(&r)?, r))) {
                 Ok((cluster, runner)) => (cluster, runner, None),
-                Err(e) => (ClusterOf::default(), Runner::Local, Some(e.to_string())),
+                Err(e) => (None, Runner::Local, Some(e.to_string())),
             },
         };
         let builtin = builtin_functions(&state);
@@ -295,29 +296,11 @@ pub(super) fn builtin_functions(
     scalar.chain(aggregate).chain(window).collect()
 }
 
-/// The cluster a session's plans run on, if its runner is one; nothing in a build
-/// without the cargo feature `ballista`.
-#[cfg(feature = "ballista")]
-pub(super) type ClusterOf = Option<crate::cluster::Cluster>;
-#[cfg(not(feature = "ballista"))]
-pub(super) type ClusterOf = ();
-
 /// The cluster `runner` names, checked: a malformed URL, or (without the feature
 /// `ballista`) any cluster, is an error.
-pub(super) fn cluster_of(runner: &Runner) -> Result<ClusterOf> {
+pub(super) fn cluster_of(runner: &Runner) -> Result<Option<Cluster>> {
     match runner {
-        #[cfg(feature = "ballista")]
         Runner::Local => Ok(None),
-        #[cfg(not(feature = "ballista"))]
-        Runner::Local => Ok(()),
-        #[cfg(feature = "ballista")]
-        Runner::Ballista { url } => crate::cluster::Cluster::new(url).map(Some),
-        #[cfg(not(feature = "ballista"))]
-        Runner::Ballista { url } => Err(crate::Error::Cluster {
-            address: url.clone(),
-            reason: "this build of Sluice has no Ballista support; build it with the cargo \
-                     feature `ballista` (`--features ballista`)"
-                .into(),
-        }),
+        Runner::Ballista { url } => Cluster::new(url).map(Some),
     }
 }

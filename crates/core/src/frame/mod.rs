@@ -433,7 +433,6 @@ impl Frame {
     /// complete when the stream starts), then streamed from memory.
     pub async fn execute_stream(&self) -> Result<SendableRecordBatchStream> {
         self.inner.session.usable()?;
-        #[cfg(feature = "ballista")]
         if self.inner.session.cluster().is_some() {
             let batches = self.collect().await?;
             let stream = futures::stream::iter(batches.into_iter().map(Ok));
@@ -457,7 +456,6 @@ impl Frame {
         Fut: std::future::Future<Output = datafusion::error::Result<T>>,
     {
         self.inner.session.usable()?;
-        #[cfg(feature = "ballista")]
         if let Some(cluster) = self.inner.session.cluster() {
             return cluster
                 .run(self.inner.session.state(), &self.inner.plan, body)
@@ -472,7 +470,6 @@ impl Frame {
     /// cluster the rows are counted there: nothing comes back to this process.
     pub(crate) async fn drain(&self) -> Result<u64> {
         use futures::StreamExt;
-        #[cfg(feature = "ballista")]
         if self.inner.session.cluster().is_some() {
             return self.count().await;
         }
@@ -647,7 +644,6 @@ impl Frame {
             .session
             .usable()
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-        #[cfg(feature = "ballista")]
         if let Some(cluster) = self.inner.session.cluster() {
             return cluster
                 .run(self.inner.session.state(), &self.inner.plan, |df| {

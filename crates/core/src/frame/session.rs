@@ -36,7 +36,8 @@ use crate::parquet_io::pins::{Pins, SourceFormat};
 use crate::{Error, Frame, ParquetRead, Result, Runner};
 
 use super::SessionBuilder;
-use super::builder::{ClusterOf, address, cluster_of};
+use super::builder::{address, cluster_of};
+use crate::cluster::Cluster;
 
 /// A DataFusion session with Sluice's object stores (created per URL on first use) and
 /// query planner. Cloning is O(1); clones share stores and configuration.
@@ -64,7 +65,7 @@ pub(super) struct SessionInner {
     pub(super) runner: Runner,
     // Without the feature `ballista` only its check is kept (it is `()`).
     #[cfg_attr(not(feature = "ballista"), allow(dead_code))]
-    pub(super) cluster: ClusterOf,
+    pub(super) cluster: Option<Cluster>,
     /// Why the runner `SLUICE_RUNNER` names cannot be used: reported when a plan runs,
     /// since `Session::new` cannot fail.
     pub(super) unusable_runner: Option<String>,
@@ -289,8 +290,7 @@ impl Session {
     }
 
     /// The cluster plans execute on, if the runner is one.
-    #[cfg(feature = "ballista")]
-    pub(crate) fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+    pub(crate) fn cluster(&self) -> Option<&Cluster> {
         self.inner.cluster.as_ref()
     }
 

@@ -98,7 +98,8 @@ impl UserDefinedLogicalNodeCore for TaskBoundary {
 /// The physical boundary: passes batches through unchanged, counting them into the
 /// task's run record and into DataFusion metrics (`output_rows`, `output_bytes`,
 /// `elapsed_compute`: they show in `EXPLAIN ANALYZE`, and a cluster's executors report
-/// them back), and attributes errors to the task.
+/// them back, beside the count `sluice_task=NAME` that says whose they are), and
+/// attributes errors to the task.
 #[derive(Debug)]
 pub struct TaskBoundaryExec {
     input: Arc<dyn ExecutionPlan>,
@@ -181,6 +182,12 @@ impl ExecutionPlan for TaskBoundaryExec {
             )
         });
         let partition = self.task.partition(execution);
+        crate::plan::count_identity(
+            &self.metrics,
+            crate::plan::TASK_IDENTITY,
+            self.task.name(),
+            partition_index,
+        );
         let deadline = partition
             .deadline()
             .map(|at| Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(at))));

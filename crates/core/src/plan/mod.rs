@@ -10,6 +10,25 @@ pub mod concat;
 
 /// The one input (or child) a single-input node of Sluice's is rebuilt with, or
 /// DataFusion's internal error naming the node.
+/// The key of the identity count of a task boundary's metrics: `sluice_task=NAME`.
+pub(crate) const TASK_IDENTITY: &str = "sluice_task";
+
+/// Counts, in `metrics`, one execution of `partition` under the named count
+/// `KEY=VALUE`, which says whose the operator's metrics are. A cluster's executors
+/// report an operator's named metrics to the client (their labels they drop), which
+/// finds its task boundaries and checkpoint writes by this count rather than by the
+/// text an operator displays.
+pub(crate) fn count_identity(
+    metrics: &datafusion::physical_plan::metrics::ExecutionPlanMetricsSet,
+    key: &str,
+    value: &str,
+    partition: usize,
+) {
+    datafusion::physical_plan::metrics::MetricBuilder::new(metrics)
+        .counter(format!("{key}={value}"), partition)
+        .add(1);
+}
+
 pub(crate) fn only_one<T>(node: &str, items: Vec<T>) -> datafusion::error::Result<T> {
     let count = items.len();
     let mut items = items.into_iter();
