@@ -556,7 +556,10 @@ async fn what_a_cluster_cannot_run_is_refused_before_anything_is_sent() {
     let error = run.output.unwrap_err().to_string();
     assert!(error.contains("eager mode"), "{error}");
 
-    let session = Session::new().with_runner(runner.clone()).unwrap();
+    let session = Session::builder()
+        .with_runner(runner.clone())
+        .build()
+        .unwrap();
     let frame = session
         .sql("SELECT 1 AS one", std::iter::empty())
         .await

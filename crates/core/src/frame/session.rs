@@ -251,18 +251,18 @@ impl Session {
 
     /// This session (its stores, configuration and tables), with plans executing on
     /// `runner` instead.
-    ///
-    /// ```
-    /// use sluice_core::{Runner, Session};
-    /// let session = Session::new();
-    /// assert!(session.runner().is_local());
-    /// # #[cfg(feature = "ballista")] {
-    /// let cluster = session.with_runner(Runner::ballista("df://127.0.0.1:50050"))?;
-    /// assert_eq!(cluster.runner().to_string(), "df://127.0.0.1:50050");
-    /// # }
-    /// # Ok::<(), sluice_core::Error>(())
-    /// ```
+    #[deprecated(
+        since = "0.2.0",
+        note = "choose the runner where it is used: `Session::builder().with_runner(..)` \
+                for a session, `FlowOptions::with_runner` for a flow's runs"
+    )]
     pub fn with_runner(&self, runner: Runner) -> Result<Session> {
+        self.on_runner(runner)
+    }
+
+    /// This session with plans executing on `runner`: how a flow run applies
+    /// [`FlowOptions::with_runner`](crate::FlowOptions::with_runner).
+    pub(crate) fn on_runner(&self, runner: Runner) -> Result<Session> {
         Ok(Session {
             inner: Arc::new(SessionInner {
                 ctx: self.inner.ctx.clone(),

@@ -65,7 +65,7 @@ impl FlowRunShared {
     fn new(flow: &Flow, parameters: serde_json::Value) -> (Arc<Self>, Option<Error>) {
         let session = flow.options.session.clone().unwrap_or_default();
         let (session, refused) = match &flow.options.runner {
-            Some(runner) => match session.with_runner(runner.clone()) {
+            Some(runner) => match session.on_runner(runner.clone()) {
                 Ok(session) => (session, None),
                 Err(e) => (session, Some(e)),
             },
@@ -371,6 +371,40 @@ impl FlowOptions {
     }
 }
 
+/// The [`FlowOptions`] setters as shorthands on a type that holds a flow's options
+/// ([`Flow`], [`FlowCall`]), each forwarding to the option's setter: the options have
+/// one type, and these are its setters, not copies of them.
+macro_rules! option_shorthands {
+    () => {
+        option_shorthands! {
+            with_mode(mode: ExecutionMode),
+            with_runner(runner: Runner),
+            with_session(session: Session),
+            with_result_store(location: impl Into<String>),
+            with_checkpoints(enabled: bool),
+            with_clock(clock: Clock),
+            with_run_store(location: impl Into<String>),
+            with_run_history(enabled: bool),
+            with_timeout(limit: Duration),
+            with_cancellation(token: CancellationToken),
+            with_progress(progress: crate::Progress),
+        }
+    };
+    ($($name:ident($arg:ident: $ty:ty)),* $(,)?) => {
+        $(
+            #[doc = concat!(
+                "Sets [`FlowOptions::", stringify!($name), "`]: `.", stringify!($name),
+                "(x)` is `.configure(|o| o.", stringify!($name), "(x))`."
+            )]
+            pub fn $name(mut self, $arg: $ty) -> Self {
+                let options = std::mem::take(self.options_mut());
+                *self.options_mut() = options.$name($arg);
+                self
+            }
+        )*
+    };
+}
+
 /// A named flow. `#[flow]` expands to this; without macros, call [`Flow::run`] with
 /// the flow's body.
 ///
@@ -420,35 +454,11 @@ impl Flow {
         self
     }
 
-    /// Where persisted tasks write checkpoints; see [`FlowOptions::with_result_store`].
-    pub fn with_result_store(mut self, location: impl Into<String>) -> Self {
-        self.options = self.options.with_result_store(location);
-        self
+    fn options_mut(&mut self) -> &mut FlowOptions {
+        &mut self.options
     }
 
-    /// Where runs are recorded; see [`FlowOptions::with_run_store`].
-    pub fn with_run_store(mut self, location: impl Into<String>) -> Self {
-        self.options = self.options.with_run_store(location);
-        self
-    }
-
-    /// Where its plans execute; see [`FlowOptions::with_runner`].
-    ///
-    /// ```
-    /// use sluice_core::{Flow, Runner};
-    /// let flow = Flow::new("etl").with_runner(Runner::ballista("df://127.0.0.1:50050"));
-    /// # let _ = flow;
-    /// ```
-    pub fn with_runner(mut self, runner: Runner) -> Self {
-        self.options = self.options.with_runner(runner);
-        self
-    }
-
-    /// Whether runs are recorded; see [`FlowOptions::with_run_history`].
-    pub fn with_run_history(mut self, enabled: bool) -> Self {
-        self.options = self.options.with_run_history(enabled);
-        self
-    }
+    option_shorthands!();
 
     /// Changes the options with `change` (hooks, timeouts, ...):
     /// `flow.configure(|o| o.with_timeout(limit).on_failure(alert))`.
@@ -494,71 +504,17 @@ impl<F, T> FlowCall<F>
 where
     F: Future<Output = Result<T>>,
 {
-    /// Runs in this execution mode.
-    pub fn with_mode(mut self, mode: ExecutionMode) -> Self {
-        self.flow.options.mode = mode;
-        self
-    }
-
-    /// Runs its plans on `runner` (see [`FlowOptions::with_runner`]).
-    pub fn with_runner(mut self, runner: Runner) -> Self {
-        self.flow.options.runner = Some(runner);
-        self
-    }
-
-    /// Runs in this session.
-    pub fn with_session(mut self, session: Session) -> Self {
-        self.flow.options.session = Some(session);
-        self
-    }
-
     /// Runs with these options.
     pub fn with_options(mut self, options: FlowOptions) -> Self {
         self.flow.options = options;
         self
     }
 
-    /// Writes checkpoints to this store; see [`FlowOptions::with_result_store`].
-    pub fn with_result_store(mut self, location: impl Into<String>) -> Self {
-        self.flow.options = self.flow.options.with_result_store(location);
-        self
+    fn options_mut(&mut self) -> &mut FlowOptions {
+        &mut self.flow.options
     }
 
-    /// Reads and writes checkpoints (the default), or runs every task unpersisted.
-    pub fn with_checkpoints(mut self, enabled: bool) -> Self {
-        self.flow.options = self.flow.options.with_checkpoints(enabled);
-        self
-    }
-
-    /// Judges checkpoint expiry by this clock.
-    pub fn with_clock(mut self, clock: Clock) -> Self {
-        self.flow.options = self.flow.options.with_clock(clock);
-        self
-    }
-
-    /// Records the run in this run store; see [`FlowOptions::with_run_store`].
-    pub fn with_run_store(mut self, location: impl Into<String>) -> Self {
-        self.flow.options = self.flow.options.with_run_store(location);
-        self
-    }
-
-    /// Fails the run when it takes longer than `limit`; see [`FlowOptions::with_timeout`].
-    pub fn with_timeout(mut self, limit: Duration) -> Self {
-        self.flow.options = self.flow.options.with_timeout(limit);
-        self
-    }
-
-    /// Cancels the run with `token`; see [`FlowOptions::with_cancellation`].
-    pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
-        self.flow.options = self.flow.options.with_cancellation(token);
-        self
-    }
-
-    /// Shows progress; see [`FlowOptions::with_progress`].
-    pub fn with_progress(mut self, progress: crate::Progress) -> Self {
-        self.flow.options = self.flow.options.with_progress(progress);
-        self
-    }
+    option_shorthands!();
 
     /// Changes the options with `change` (hooks, run history, ...).
     pub fn configure(mut self, change: impl FnOnce(FlowOptions) -> FlowOptions) -> Self {
