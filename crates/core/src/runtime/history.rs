@@ -17,7 +17,7 @@ use url::Url;
 use crate::checkpoint::{store_error, store_root, url_in};
 use crate::names::validate_name;
 use crate::record::{FlowRunRecord, FlowState};
-use crate::{Error, Result, Session};
+use crate::{Error, Result};
 
 const RUNS: &str = "runs";
 
@@ -89,9 +89,11 @@ impl RunFilter {
 }
 
 impl RunStore {
-    /// The run store at `location` (a path or a store URL).
-    pub fn open(session: &Session, location: &str) -> Result<Self> {
-        let (root, prefix, store) = store_root(session.stores(), location)?;
+    /// The run store at `location` (a path or a store URL), with the store from the
+    /// session's registry (a [`Session`](crate::Session), or a
+    /// [`StoreRegistry`](sluice_store::StoreRegistry) of one's own).
+    pub fn open(stores: &impl AsRef<sluice_store::StoreRegistry>, location: &str) -> Result<Self> {
+        let (root, prefix, store) = store_root(stores.as_ref(), location)?;
         Ok(Self {
             root,
             prefix,
