@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use datafusion::arrow::record_batch::RecordBatch;
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use sluice::prelude::*;
@@ -207,6 +208,13 @@ pub async fn content(session: &Session, path: &str) -> String {
     format!("{columns}\n{}", values.join(" "))
 }
 
+/// Every row of an output, in the file's order, as one batch.
+pub async fn rows_in_order(session: &Session, path: &str) -> RecordBatch {
+    let frame = session.read_parquet(path).await.unwrap();
+    let batches = frame.collect().await.unwrap();
+    datafusion::arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
 // ---------------------------------------------------------------------------
 // The behaviour suite: each function runs against one backend.
 // ---------------------------------------------------------------------------
@@ -241,6 +249,26 @@ async fn a_second_run_reads_the_checkpoint_and_no_source_byte(backend: Backend) 
     assert_eq!(
         content(&h.session, &h.dest("a.parquet")).await,
         content(&h.session, &h.dest("b.parquet")).await
+    );
+    // The hit is a source of the column copy: every column, `tip_fraction` included,
+    // moves as compressed pages out of the checkpoint's parts (recompressed: the
+    // checkpoint is Snappy, the output zstd), and the rows come out in the miss's order.
+    match &ok(&second).method {
+        WriteMethod::ColumnCopy {
+            copied,
+            computed,
+            chunks_verbatim,
+            chunks_recompressed,
+        } => {
+            assert!(copied.contains(&"tip_fraction".to_string()), "{copied:?}");
+            assert!(computed.is_empty(), "{computed:?}");
+            assert!(chunks_verbatim + chunks_recompressed > 0);
+        }
+        other => panic!("the hit's sink was not a column copy: {other:?}"),
+    }
+    assert_eq!(
+        rows_in_order(&h.session, &h.dest("a.parquet")).await,
+        rows_in_order(&h.session, &h.dest("b.parquet")).await
     );
     // The hit time is recorded in the background.
     let mut entry = h.valid_checkpoints().await.remove(0);

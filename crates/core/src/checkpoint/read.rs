@@ -48,7 +48,7 @@ use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataR
 
 use super::manifest::block_digest;
 use super::{CheckpointStore, Manifest, ManifestFile};
-use crate::plan::boundary::CheckpointSource;
+use crate::plan::boundary::{CheckpointPart, CheckpointSource};
 use crate::seam::TaskHandle;
 use crate::{Error, Result};
 
@@ -298,6 +298,44 @@ impl CheckpointSource for CheckpointRead {
             task: self.task.clone(),
             source: Box::new(error),
         }
+    }
+
+    fn parts(&self) -> Option<Vec<CheckpointPart>> {
+        let url = self.url();
+        self.manifest
+            .files
+            .iter()
+            .map(|file| {
+                let location = self.part_path(file);
+                Some(CheckpointPart {
+                    url: format!("{url}/{}", file.path),
+                    metadata: Arc::clone(self.footers.get(&location)?),
+                    location,
+                })
+            })
+            .collect()
+    }
+
+    fn read_ranges<'a>(
+        &'a self,
+        location: &'a Path,
+        ranges: &'a [Range<u64>],
+    ) -> BoxFuture<'a, DfResult<Vec<Bytes>>> {
+        async move {
+            let file = self.parts.part(location).ok_or_else(|| {
+                DataFusionError::External(Box::new(
+                    self.parts
+                        .corrupt(format!("{} is not one of its parts", relative(location))),
+                ))
+            })?;
+            let reads = ranges
+                .iter()
+                .map(|range| self.parts.read(location, file, range.clone()));
+            futures::future::try_join_all(reads)
+                .await
+                .map_err(|e| DataFusionError::ObjectStore(Box::new(e)))
+        }
+        .boxed()
     }
 }
 

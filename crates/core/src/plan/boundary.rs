@@ -247,7 +247,7 @@ impl TaskBoundaryExec {
 /// checkpoint judges it first (a block that does not match its checksum, a missing
 /// part, a page that does not decode make it corrupt; a store failing is no judgement
 /// on it); any other error is attributed by the seam ([`TaskHandle::attribute`]).
-fn attribute(
+pub(crate) fn attribute(
     task: &TaskHandle,
     sources: &[String],
     checkpoint: Option<&dyn CheckpointSource>,
@@ -270,6 +270,28 @@ pub(crate) trait CheckpointSource: std::any::Any + fmt::Debug + Send + Sync {
     /// The checkpoint turned out corrupt: invalidates it, fails `task`, and returns
     /// the error to raise.
     fn corrupt(&self, task: &TaskHandle, reason: String) -> crate::Error;
+    /// The checkpoint's parts, in the manifest's order, as the column copy reads them:
+    /// each with the footer the lookup read and checked. `None` when a part's footer
+    /// was not read (a checkpoint this run has just written).
+    fn parts(&self) -> Option<Vec<CheckpointPart>>;
+    /// Byte ranges of the part at `location`, each checked against the manifest's
+    /// checksums before it is handed over (as the scan's reads are).
+    fn read_ranges<'a>(
+        &'a self,
+        location: &'a object_store::path::Path,
+        ranges: &'a [std::ops::Range<u64>],
+    ) -> futures::future::BoxFuture<'a, DfResult<Vec<bytes::Bytes>>>;
+}
+
+/// A part of a checkpoint, as the column copy reads it (see
+/// [`CheckpointSource::parts`]).
+#[derive(Debug, Clone)]
+pub(crate) struct CheckpointPart {
+    /// The part's URL, for errors.
+    pub(crate) url: String,
+    pub(crate) location: object_store::path::Path,
+    /// Its footer, as the lookup read and checked it.
+    pub(crate) metadata: Arc<parquet::file::metadata::ParquetMetaData>,
 }
 
 struct BoundaryStream {

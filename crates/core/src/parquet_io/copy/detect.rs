@@ -11,12 +11,22 @@ pub(super) struct ShapeColumn {
     pub(super) expr: Expr,
 }
 
-/// A Parquet listing a copy reads, with the task boundaries its rows pass.
+/// A Parquet input a copy reads, with the task boundaries its rows pass.
 #[derive(Debug, Clone)]
 pub(super) struct Branch {
-    /// A [`ListingTable`].
-    pub(super) table: Arc<dyn TableProvider>,
+    pub(super) source: BranchSource,
+    /// The table's schema.
+    pub(super) schema: SchemaRef,
     pub(super) boundaries: Vec<Arc<TaskBoundary>>,
+}
+
+/// Where a branch's files come from.
+#[derive(Debug, Clone)]
+pub(super) enum BranchSource {
+    /// A [`ListingTable`]'s files.
+    Listing(Arc<dyn TableProvider>),
+    /// A task's checkpoint (a cache hit), read through its verifying reads.
+    Checkpoint(Arc<dyn CheckpointSource>),
 }
 
 /// The shape of a plan the copy can serve: its scans and its output columns.
@@ -84,19 +94,36 @@ impl Shape {
 
 pub(super) type Walked = (Vec<Branch>, SchemaRef, Vec<Expr>);
 
+/// The table a scan reads, and its output columns as the table's: a scan that filters
+/// or limits rows is refused.
+fn scanned(scan: &datafusion::logical_expr::TableScan) -> Result<(SchemaRef, Vec<Expr>), String> {
+    if !scan.filters.is_empty() || scan.fetch.is_some() {
+        return Err("the scan filters or limits rows".into());
+    }
+    let schema = scan.source.schema();
+    let exprs = match &scan.projection {
+        Some(p) => p.clone(),
+        None => (0..schema.fields().len()).collect(),
+    }
+    .into_iter()
+    .map(|i| Expr::Column(Column::new_unqualified(schema.field(i).name())))
+    .collect();
+    Ok((schema, exprs))
+}
+
 /// Walks a plan down to its scans; returns the output columns as expressions over the
 /// scanned table's unqualified columns.
 pub(super) fn walk(plan: &LogicalPlan) -> Result<Walked, String> {
     match plan {
         LogicalPlan::TableScan(scan) => {
-            if !scan.filters.is_empty() || scan.fetch.is_some() {
-                return Err("the scan filters or limits rows".into());
-            }
-            let source = scan
-                .source
-                .downcast_ref::<DefaultTableSource>()
-                .ok_or("the scan is not of a table Sluice reads")?;
-            let table = Arc::clone(&source.table_provider);
+            let (schema, exprs) = scanned(scan)?;
+            let table = Arc::clone(
+                &scan
+                    .source
+                    .downcast_ref::<DefaultTableSource>()
+                    .ok_or("the scan is not of a table Sluice reads")?
+                    .table_provider,
+            );
             let listing = table
                 .downcast_ref::<ListingTable>()
                 .ok_or("the source is not a file listing")?;
@@ -106,23 +133,12 @@ pub(super) fn walk(plan: &LogicalPlan) -> Result<Walked, String> {
             if !listing.options().table_partition_cols.is_empty() {
                 return Err("the source has partition columns".into());
             }
-            let schema = table.schema();
-            let indices: Vec<usize> = match &scan.projection {
-                Some(p) => p.clone(),
-                None => (0..schema.fields().len()).collect(),
+            let branch = Branch {
+                source: BranchSource::Listing(table),
+                schema: Arc::clone(&schema),
+                boundaries: Vec::new(),
             };
-            let exprs = indices
-                .iter()
-                .map(|&i| Expr::Column(Column::new_unqualified(schema.field(i).name())))
-                .collect();
-            Ok((
-                vec![Branch {
-                    table,
-                    boundaries: Vec::new(),
-                }],
-                schema,
-                exprs,
-            ))
+            Ok((vec![branch], schema, exprs))
         }
         LogicalPlan::Extension(extension) => {
             let boundary = extension
@@ -130,10 +146,22 @@ pub(super) fn walk(plan: &LogicalPlan) -> Result<Walked, String> {
                 .as_any()
                 .downcast_ref::<TaskBoundary>()
                 .ok_or_else(|| format!("the plan has a {} node", extension.node.name()))?;
-            if boundary.checkpoint.is_some() {
-                return Err("a task's result comes from its checkpoint".into());
-            }
-            let (mut branches, schema, exprs) = walk(&boundary.input)?;
+            let (mut branches, schema, exprs) = match &boundary.checkpoint {
+                // A cache hit: the checkpoint's parts are the input.
+                Some(checkpoint) => {
+                    let LogicalPlan::TableScan(scan) = &boundary.input else {
+                        return Err("a task's checkpoint is read by a plan of its own".into());
+                    };
+                    let (schema, exprs) = scanned(scan)?;
+                    let branch = Branch {
+                        source: BranchSource::Checkpoint(Arc::clone(checkpoint)),
+                        schema: Arc::clone(&schema),
+                        boundaries: Vec::new(),
+                    };
+                    (vec![branch], schema, exprs)
+                }
+                None => walk(&boundary.input)?,
+            };
             let boundary = Arc::new(boundary.clone());
             for branch in &mut branches {
                 branch.boundaries.push(Arc::clone(&boundary));

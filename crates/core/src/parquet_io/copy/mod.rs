@@ -70,7 +70,7 @@ use tokio::io::AsyncWriteExt;
 use crate::parquet_io::format::WrappedFormat;
 use crate::parquet_io::limits::page_sizes;
 use crate::parquet_io::pins::SourceFormat;
-use crate::plan::boundary::TaskBoundary;
+use crate::plan::boundary::{CheckpointPart, CheckpointSource, TaskBoundary};
 use crate::record::WriteMethod;
 use crate::seam::{Partition, StreamEnd};
 use crate::{Error, ParquetWrite};
@@ -84,6 +84,7 @@ mod write;
 #[cfg(test)]
 mod tests;
 
+use detect::BranchSource;
 pub(crate) use detect::Shape;
 use fetch::*;
 use pages::*;
@@ -116,12 +117,20 @@ pub(crate) enum Route {
 /// An input file of a copy.
 struct InputFile {
     url: String,
-    store: Arc<dyn ObjectStore>,
+    reads: Reads,
     location: Path,
     metadata: Arc<ParquetMetaData>,
     reader: ArrowReaderMetadata,
     /// Indices into [`CopyPlan::boundaries`], innermost first.
     boundaries: Vec<usize>,
+}
+
+/// Where an input file's bytes are read.
+enum Reads {
+    /// A source object, from its store.
+    Store(Arc<dyn ObjectStore>),
+    /// A checkpoint's part, through the checkpoint's verifying reads.
+    Checkpoint(Arc<dyn CheckpointSource>),
 }
 
 /// One column of the output, in order.

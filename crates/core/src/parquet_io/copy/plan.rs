@@ -34,51 +34,24 @@ impl CopyPlan {
                     }
                 })
                 .collect();
-            if branch.table.schema().fields() != shape.table_schema.fields() {
+            if branch.schema.fields() != shape.table_schema.fields() {
                 return Err("the concatenated sources differ in their schemas".into());
             }
-            let listing = branch
-                .table
-                .downcast_ref::<ListingTable>()
-                .ok_or("the source is not a file listing")?;
-            let extension = listing.options().file_extension.clone();
-            // The objects the frame was built from, read through their pins (see
-            // `pins`): exactly what the cache keys over it name.
-            let pins = listing
-                .options()
-                .format
-                .downcast_ref::<WrappedFormat<SourceFormat>>()
-                .map(|format| Arc::clone(format.hooks.pins()));
-            for table_url in listing.table_paths() {
-                let mut store = state
-                    .runtime_env()
-                    .object_store(table_url)
-                    .map_err(|e| e.to_string())?;
-                let mut objects: Vec<ObjectMeta> = match &pins {
-                    Some(pins) => {
-                        store = pins.guard(store);
-                        pins.objects()
-                    }
-                    None => table_url
-                        .list_all_files(state, store.as_ref(), &extension)
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .try_collect()
-                        .await
-                        .map_err(|e| e.to_string())?,
-                };
-                objects.sort_by(|a, b| a.location.cmp(&b.location));
-                // Footers are read a few at a time, and kept in listing order.
-                let base = crate::identity::object_base(table_url);
-                let opened: Vec<InputFile> = futures::stream::iter(objects)
-                    .map(|object| {
-                        let url = crate::identity::object_url(&base, &object);
-                        open(&store, object, url, indices.clone())
-                    })
-                    .buffered(FOOTERS_IN_FLIGHT)
-                    .try_collect()
-                    .await?;
-                files.extend(opened);
+            match &branch.source {
+                BranchSource::Listing(table) => {
+                    files.extend(listed(state, table, &indices).await?);
+                }
+                BranchSource::Checkpoint(checkpoint) => {
+                    let parts = checkpoint
+                        .parts()
+                        .ok_or("the checkpoint's footers were not read")?;
+                    let opened = futures::stream::iter(parts)
+                        .map(|part| open_part(checkpoint, part, indices.clone()))
+                        .buffered(FOOTERS_IN_FLIGHT)
+                        .try_collect::<Vec<_>>()
+                        .await?;
+                    files.extend(opened);
+                }
             }
         }
         let first = files.first().ok_or("the source has no files")?;
@@ -258,6 +231,115 @@ impl CopyPlan {
     }
 }
 
+/// The files of a listing, in path order, with their footers: the objects the frame
+/// was built from, read through their pins (see `pins`), exactly what the cache keys
+/// over it name.
+async fn listed(
+    state: &SessionState,
+    table: &Arc<dyn TableProvider>,
+    boundaries: &[usize],
+) -> Result<Vec<InputFile>, String> {
+    let listing = table
+        .downcast_ref::<ListingTable>()
+        .ok_or("the source is not a file listing")?;
+    let extension = listing.options().file_extension.clone();
+    let pins = listing
+        .options()
+        .format
+        .downcast_ref::<WrappedFormat<SourceFormat>>()
+        .map(|format| Arc::clone(format.hooks.pins()));
+    let mut files = Vec::new();
+    for table_url in listing.table_paths() {
+        let mut store = state
+            .runtime_env()
+            .object_store(table_url)
+            .map_err(|e| e.to_string())?;
+        let mut objects: Vec<ObjectMeta> = match &pins {
+            Some(pins) => {
+                store = pins.guard(store);
+                pins.objects()
+            }
+            None => table_url
+                .list_all_files(state, store.as_ref(), &extension)
+                .await
+                .map_err(|e| e.to_string())?
+                .try_collect()
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        objects.sort_by(|a, b| a.location.cmp(&b.location));
+        // Footers are read a few at a time, and kept in listing order.
+        let base = crate::identity::object_base(table_url);
+        let opened: Vec<InputFile> = futures::stream::iter(objects)
+            .map(|object| {
+                let url = crate::identity::object_url(&base, &object);
+                open(&store, object, url, boundaries.to_vec())
+            })
+            .buffered(FOOTERS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        files.extend(opened);
+    }
+    Ok(files)
+}
+
+/// A checkpoint's part, with the footer the lookup checked and its page index (read
+/// through the checkpoint's verifying reads, when it has one).
+async fn open_part(
+    checkpoint: &Arc<dyn CheckpointSource>,
+    part: CheckpointPart,
+    boundaries: Vec<usize>,
+) -> Result<InputFile, String> {
+    let fetch = PartFetch {
+        checkpoint: checkpoint.as_ref(),
+        location: &part.location,
+    };
+    let mut loader = ParquetMetaDataReader::new_with_metadata(part.metadata.as_ref().clone())
+        .with_page_index_policy(PageIndexPolicy::Optional);
+    let metadata = match loader.load_page_index(fetch).await {
+        Ok(()) => loader.finish(),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| format!("cannot read the page index of {}: {e}", part.url))?;
+    let metadata = Arc::new(metadata);
+    let reader = ArrowReaderMetadata::try_new(Arc::clone(&metadata), ArrowReaderOptions::new())
+        .map_err(|e| format!("cannot read the schema of {}: {e}", part.url))?;
+    Ok(InputFile {
+        url: part.url,
+        reads: Reads::Checkpoint(Arc::clone(checkpoint)),
+        location: part.location,
+        metadata,
+        reader,
+        boundaries,
+    })
+}
+
+/// Ranged reads of a checkpoint's part, for the page-index reader.
+struct PartFetch<'a> {
+    checkpoint: &'a dyn CheckpointSource,
+    location: &'a Path,
+}
+
+impl MetadataFetch for PartFetch<'_> {
+    fn fetch(
+        &mut self,
+        range: Range<u64>,
+    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        use futures::FutureExt;
+        async move {
+            let ranges = [range];
+            let mut read = self
+                .checkpoint
+                .read_ranges(self.location, &ranges)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))?;
+            read.pop()
+                .ok_or_else(|| ParquetError::General("no bytes were read".into()))
+        }
+        .boxed()
+    }
+}
+
 /// Reads a file's footer (with its page index, when it has one).
 pub(super) async fn open(
     store: &Arc<dyn ObjectStore>,
@@ -285,7 +367,7 @@ pub(super) async fn open(
         .map_err(|e| format!("cannot read the schema of {url}: {e}"))?;
     Ok(InputFile {
         url,
-        store: Arc::clone(store),
+        reads: Reads::Store(Arc::clone(store)),
         location: object.location,
         metadata,
         reader,

@@ -87,6 +87,28 @@ impl CopyPlan {
         }
         error
     }
+
+    /// Attributes an error in reading or decoding `file`'s bytes, as
+    /// [`attribute`](Self::attribute) does; when the file is a checkpoint's part, the
+    /// checkpoint judges it first, as a cache hit's boundary does for its scan (a block
+    /// that does not match, a page that does not decode make it corrupt).
+    pub(super) fn attribute_read(
+        &self,
+        file: &InputFile,
+        error: DataFusionError,
+    ) -> DataFusionError {
+        let mut error = error;
+        for &i in &file.boundaries {
+            let boundary = &self.boundaries[i];
+            error = crate::plan::boundary::attribute(
+                &boundary.task,
+                &boundary.sources,
+                boundary.checkpoint.as_deref(),
+                error,
+            );
+        }
+        error
+    }
 }
 
 /// Deletes what a copy that stopped left at `staging` (the parts of a directory it
@@ -118,7 +140,10 @@ impl Taps {
         Taps(
             boundaries
                 .iter()
-                .map(|b| b.task.partition(&b.task.execution(1, false)))
+                .map(|b| {
+                    let execution = b.task.execution(1, b.checkpoint.is_some());
+                    b.task.partition(&execution)
+                })
                 .collect(),
         )
     }
@@ -394,7 +419,7 @@ pub(super) fn run(plan: &CopyPlan, unit: Unit, fetched: Located) -> Result<Done,
             plan.codec,
         )
         .map_err(|e| {
-            Stop::Failed(plan.attribute(
+            Stop::Failed(plan.attribute_read(
                 file,
                 DataFusionError::External(Box::new(Error::Read {
                     sources: vec![file.url.clone()],
@@ -425,7 +450,7 @@ pub(super) fn compute(
         return Ok(Vec::new());
     }
     let read_failed = |e: DataFusionError| {
-        Stop::Failed(plan.attribute(
+        Stop::Failed(plan.attribute_read(
             file,
             DataFusionError::External(Box::new(Error::Read {
                 sources: vec![file.url.clone()],
