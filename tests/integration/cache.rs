@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use datafusion::arrow::record_batch::RecordBatch;
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use sluice::prelude::*;
@@ -19,6 +18,7 @@ use sluice::{CheckpointStore, Clock, FlowRun, SessionBuilder, TaskRunRecord};
 use sluice_testkit::counting_store::CountingStore;
 use sluice_testkit::taxi::{TaxiGenOptions, write_taxi_parquet};
 
+use crate::column_copy::read_in_order;
 use crate::remote::S3Target;
 
 #[task]
@@ -208,13 +208,6 @@ pub async fn content(session: &Session, path: &str) -> String {
     format!("{columns}\n{}", values.join(" "))
 }
 
-/// Every row of an output, in the file's order, as one batch.
-pub async fn rows_in_order(session: &Session, path: &str) -> RecordBatch {
-    let frame = session.read_parquet(path).await.unwrap();
-    let batches = frame.collect().await.unwrap();
-    datafusion::arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
-}
-
 // ---------------------------------------------------------------------------
 // The behaviour suite: each function runs against one backend.
 // ---------------------------------------------------------------------------
@@ -250,26 +243,14 @@ async fn a_second_run_reads_the_checkpoint_and_no_source_byte(backend: Backend) 
         content(&h.session, &h.dest("a.parquet")).await,
         content(&h.session, &h.dest("b.parquet")).await
     );
-    // The hit is a source of the column copy: every column, `tip_fraction` included,
-    // moves as compressed pages out of the checkpoint's parts (recompressed: the
-    // checkpoint is Snappy, the output zstd), and the rows come out in the miss's order.
+    // The default checkpoint has no column statistics, which the output keeps: the
+    // hit's sink encodes every column again rather than publish an output without them.
     match &ok(&second).method {
-        WriteMethod::ColumnCopy {
-            copied,
-            computed,
-            chunks_verbatim,
-            chunks_recompressed,
-        } => {
-            assert!(copied.contains(&"tip_fraction".to_string()), "{copied:?}");
-            assert!(computed.is_empty(), "{computed:?}");
-            assert!(chunks_verbatim + chunks_recompressed > 0);
+        WriteMethod::Rewrite { reason } => {
+            assert!(reason.contains("no column statistics"), "{reason}")
         }
-        other => panic!("the hit's sink was not a column copy: {other:?}"),
+        other => panic!("the hit's sink copied a checkpoint without statistics: {other:?}"),
     }
-    assert_eq!(
-        rows_in_order(&h.session, &h.dest("a.parquet")).await,
-        rows_in_order(&h.session, &h.dest("b.parquet")).await
-    );
     // The hit time is recorded in the background.
     let mut entry = h.valid_checkpoints().await.remove(0);
     for _ in 0..100 {
@@ -281,6 +262,117 @@ async fn a_second_run_reads_the_checkpoint_and_no_source_byte(backend: Backend) 
     }
     assert!(entry.last_hit.is_some(), "{entry:?}");
     assert_eq!(entry.rows, Some(30_000));
+}
+
+/// A checkpoint written with statistics is a source of the column copy: a hit's sink
+/// moves every column (`tip_fraction` included) as compressed pages out of the parts,
+/// checked against the manifest, and gives the miss's rows in the miss's order, with
+/// column statistics.
+async fn a_hit_with_statistics_is_a_column_copy_of_the_checkpoint(backend: Backend) {
+    async fn transform(df: Frame) -> Result<Frame> {
+        Task::new("transform")
+            .persist(Persist::Tee)
+            .with_checkpoint_format(CheckpointFormat::default().with_statistics(true))
+            .run(move |_cx| {
+                let df = df.clone();
+                async move { df.with_column("tip_fraction", col("tip_amount") / col("total_amount")) }
+            })
+            .await
+    }
+    let h = Harness::new(backend, "copied-hit").await;
+    let source = h.source("in.parquet", 30_000, 1);
+    // `damage`: change a byte of every part after the lookup checked their footers.
+    let run_damaged = |dest: String, damage: bool| {
+        let (h, source) = (&h, source.clone());
+        async move {
+            h.counting.reset();
+            let run = Flow::new("copied-hit")
+                .with_options(FlowOptions::default().with_session(h.session.clone()))
+                .with_result_store(&h.store_url)
+                .run(serde_json::json!({}), async move {
+                    let raw = extract(&source).await?;
+                    let df = transform(raw).await?;
+                    if damage {
+                        for part in checkpoint_objects(h).await {
+                            if part.location.as_ref().ends_with(".parquet") {
+                                let mut bytes = read(h, &part.location).await;
+                                bytes[100] ^= 0x01;
+                                rewrite(h, &part.location, bytes).await;
+                            }
+                        }
+                    }
+                    load(df, &dest).await
+                })
+                .await;
+            (run, h.counting.bytes_read())
+        }
+    };
+    let run = |dest: String| run_damaged(dest, false);
+    let (first, _) = run(h.dest("a.parquet")).await;
+    assert_eq!(ok(&first).rows, 30_000);
+    assert_eq!(
+        task(&first, "transform").cache.as_ref().unwrap().lookup,
+        "miss"
+    );
+    let (second, source_bytes) = run(h.dest("b.parquet")).await;
+    assert_eq!(ok(&second).rows, 30_000);
+    let t = task(&second, "transform");
+    assert_eq!(t.state, TaskState::Cached, "{t:?}");
+    assert_eq!(t.rows, Some(30_000));
+    assert!(t.executions[0].from_checkpoint);
+    assert_eq!(source_bytes, 0, "a cache hit read source bytes");
+    match &ok(&second).method {
+        WriteMethod::ColumnCopy {
+            copied,
+            computed,
+            chunks_verbatim,
+            chunks_recompressed,
+        } => {
+            assert!(copied.contains(&"tip_fraction".to_string()), "{copied:?}");
+            assert!(computed.is_empty(), "{computed:?}");
+            // The checkpoint is Snappy, the output zstd: every chunk is recompressed.
+            assert_eq!(*chunks_verbatim, 0);
+            assert!(*chunks_recompressed > 0);
+        }
+        other => panic!("the hit's sink was not a column copy: {other:?}"),
+    }
+    assert_eq!(
+        read_in_order(Path::new(&h.dest("a.parquet"))).await,
+        read_in_order(Path::new(&h.dest("b.parquet"))).await
+    );
+    // A part changed after the lookup checked its footer: the copy's verified reads
+    // catch it, the run fails naming the checkpoint, publishes nothing, and the
+    // checkpoint is invalidated so that the next run recomputes it.
+    let (damaged, _) = run_damaged(h.dest("c.parquet"), true).await;
+    let error = damaged
+        .output
+        .as_ref()
+        .expect_err("a damaged part was copied");
+    assert!(
+        format!("{error:?}").contains("CorruptCheckpoint"),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("does not match its checksum"),
+        "{error}"
+    );
+    assert!(!Path::new(&h.dest("c.parquet")).exists());
+    let (rerun, _) = run(h.dest("d.parquet")).await;
+    assert_eq!(ok(&rerun).rows, 30_000);
+    assert_eq!(task(&rerun, "transform").state, TaskState::Completed);
+
+    let file = std::fs::File::open(h.dest("b.parquet")).unwrap();
+    let footer = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+    use parquet::file::reader::FileReader;
+    for group in footer.metadata().row_groups() {
+        for chunk in group.columns() {
+            assert!(
+                chunk.statistics().is_some(),
+                "{} has no statistics",
+                chunk.column_path()
+            );
+        }
+    }
 }
 
 async fn a_changed_source_file_is_a_miss(backend: Backend) {
@@ -953,6 +1045,7 @@ macro_rules! suite {
 
 suite!(
     a_second_run_reads_the_checkpoint_and_no_source_byte,
+    a_hit_with_statistics_is_a_column_copy_of_the_checkpoint,
     a_changed_source_file_is_a_miss,
     changed_code_parameters_or_plan_are_misses,
     checkpoints_expire_by_the_injected_clock_and_refresh_replaces_them,

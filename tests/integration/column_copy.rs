@@ -27,7 +27,7 @@ fn session(copy: bool) -> Session {
 
 /// Reads a Parquet file or directory in file order, as one batch (one partition, so
 /// rows come in the files' order).
-async fn read_in_order(path: &Path) -> RecordBatch {
+pub(crate) async fn read_in_order(path: &Path) -> RecordBatch {
     let ctx =
         SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1).set_bool(
             "datafusion.execution.parquet.schema_force_view_types",

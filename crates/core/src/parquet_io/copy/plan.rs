@@ -193,6 +193,7 @@ impl CopyPlan {
             .set_compression(codec)
             .build();
         let props = Arc::new(props);
+        unstated_statistics(&files, &props)?;
         // The factory of column writers takes its schemas from a file writer.
         let computed_root = computed_parquet.root_schema_ptr();
         let template =
@@ -338,6 +339,39 @@ impl MetadataFetch for PartFetch<'_> {
         }
         .boxed()
     }
+}
+
+/// Refuses a checkpoint's part whose column chunks carry no statistics when the output
+/// wants them: the copy keeps a chunk's statistics as they are, so the hit's output would
+/// lack what the run that computed it wrote (the source's statistics, copied) and what a
+/// rewrite computes. A checkpoint written with `CheckpointFormat::with_statistics(true)`
+/// has them.
+fn unstated_statistics(
+    files: &[InputFile],
+    props: &parquet::file::properties::WriterProperties,
+) -> Result<(), String> {
+    use parquet::file::properties::EnabledStatistics;
+    for file in files
+        .iter()
+        .filter(|f| matches!(f.reads, Reads::Checkpoint(_)))
+    {
+        for group in file.metadata.row_groups() {
+            for chunk in group.columns() {
+                let wanted =
+                    props.statistics_enabled(chunk.column_path()) != EnabledStatistics::None;
+                if wanted && chunk.statistics().is_none() {
+                    return Err(format!(
+                        "the checkpoint has no column statistics, which the output keeps \
+                         (CheckpointFormat::with_statistics(true) writes them): {} has none \
+                         for column {}",
+                        file.url,
+                        chunk.column_path()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads a file's footer (with its page index, when it has one).
