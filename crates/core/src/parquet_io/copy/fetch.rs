@@ -93,18 +93,11 @@ pub(super) async fn fetch(plan: &CopyPlan, unit: Unit) -> Result<Located, Stop> 
         Unit::Compute { .. } => &plan.needed_leaves,
     };
     let ranges = coalesce(leaves_read.iter().map(|&leaf| range(leaf)), COALESCE_GAP);
-    let fetched = match &file.reads {
-        Reads::Store(store) => store
-            .get_ranges(&file.location, &ranges)
-            .await
-            .map_err(|e| {
-                crate::error::classify_store_error(&e, std::slice::from_ref(&file.url))
-                    .map(|classified| DataFusionError::External(Box::new(classified)))
-                    .unwrap_or_else(|| DataFusionError::ObjectStore(Box::new(e)))
-            }),
-        Reads::Checkpoint(checkpoint) => checkpoint.read_ranges(&file.location, &ranges).await,
-    }
-    .map_err(|error| Stop::Failed(plan.attribute_read(file, error)))?;
+    let fetched = file
+        .reads
+        .get_ranges(&file.location, &ranges, &file.url)
+        .await
+        .map_err(|error| Stop::Failed(plan.attribute(file, error, true)))?;
     for (range, bytes) in ranges.iter().zip(&fetched) {
         if bytes.len() as u64 != range.end - range.start {
             return Err(Stop::Unsupported(format!(

@@ -44,7 +44,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStore};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
@@ -131,6 +131,27 @@ enum Reads {
     Store(Arc<dyn ObjectStore>),
     /// A checkpoint's part, through the checkpoint's verifying reads.
     Checkpoint(Arc<dyn CheckpointSource>),
+}
+
+impl Reads {
+    /// `ranges` of the object at `location` (`url`, for errors): from a store, its
+    /// errors classified as Sluice's; from a checkpoint, bytes checked against its
+    /// manifest.
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+        url: &str,
+    ) -> Result<Vec<Bytes>, DataFusionError> {
+        match self {
+            Reads::Store(store) => store.get_ranges(location, ranges).await.map_err(|e| {
+                crate::error::classify_store_error(&e, &[url.to_string()])
+                    .map(|classified| DataFusionError::External(Box::new(classified)))
+                    .unwrap_or_else(|| DataFusionError::ObjectStore(Box::new(e)))
+            }),
+            Reads::Checkpoint(checkpoint) => checkpoint.read_ranges(location, ranges).await,
+        }
+    }
 }
 
 /// One column of the output, in order.

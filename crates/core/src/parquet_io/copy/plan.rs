@@ -291,9 +291,11 @@ async fn open_part(
     part: CheckpointPart,
     boundaries: Vec<usize>,
 ) -> Result<InputFile, String> {
-    let fetch = PartFetch {
-        checkpoint: checkpoint.as_ref(),
+    let reads = Reads::Checkpoint(Arc::clone(checkpoint));
+    let fetch = Fetch {
+        reads: &reads,
         location: &part.location,
+        url: &part.url,
     };
     let mut loader = ParquetMetaDataReader::new_with_metadata(part.metadata.as_ref().clone())
         .with_page_index_policy(PageIndexPolicy::Optional);
@@ -302,43 +304,7 @@ async fn open_part(
         Err(e) => Err(e),
     }
     .map_err(|e| format!("cannot read the page index of {}: {e}", part.url))?;
-    let metadata = Arc::new(metadata);
-    let reader = ArrowReaderMetadata::try_new(Arc::clone(&metadata), ArrowReaderOptions::new())
-        .map_err(|e| format!("cannot read the schema of {}: {e}", part.url))?;
-    Ok(InputFile {
-        url: part.url,
-        reads: Reads::Checkpoint(Arc::clone(checkpoint)),
-        location: part.location,
-        metadata,
-        reader,
-        boundaries,
-    })
-}
-
-/// Ranged reads of a checkpoint's part, for the page-index reader.
-struct PartFetch<'a> {
-    checkpoint: &'a dyn CheckpointSource,
-    location: &'a Path,
-}
-
-impl MetadataFetch for PartFetch<'_> {
-    fn fetch(
-        &mut self,
-        range: Range<u64>,
-    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        use futures::FutureExt;
-        async move {
-            let ranges = [range];
-            let mut read = self
-                .checkpoint
-                .read_ranges(self.location, &ranges)
-                .await
-                .map_err(|e| ParquetError::External(Box::new(e)))?;
-            read.pop()
-                .ok_or_else(|| ParquetError::General("no bytes were read".into()))
-        }
-        .boxed()
-    }
+    input_file(part.url, reads, part.location, metadata, boundaries)
 }
 
 /// Refuses a checkpoint's part whose column chunks carry no statistics when the output
@@ -387,32 +353,46 @@ pub(super) async fn open(
     crate::parquet_io::limits::check_footer_tail(store.as_ref(), &url, &object)
         .await
         .map_err(|e| crate::error::message(&e))?;
-    let reader = Fetch {
-        store: store.as_ref(),
+    let reads = Reads::Store(Arc::clone(store));
+    let fetch = Fetch {
+        reads: &reads,
         location: &object.location,
+        url: &url,
     };
     let metadata = ParquetMetaDataReader::new()
         .with_page_index_policy(PageIndexPolicy::Optional)
-        .load_and_finish(reader, object.size)
+        .load_and_finish(fetch, object.size)
         .await
         .map_err(|e| format!("cannot read the footer of {url}: {e}"))?;
+    input_file(url, reads, object.location, metadata, boundaries)
+}
+
+/// An input file, once its footer is read.
+fn input_file(
+    url: String,
+    reads: Reads,
+    location: Path,
+    metadata: ParquetMetaData,
+    boundaries: Vec<usize>,
+) -> Result<InputFile, String> {
     let metadata = Arc::new(metadata);
     let reader = ArrowReaderMetadata::try_new(Arc::clone(&metadata), ArrowReaderOptions::new())
         .map_err(|e| format!("cannot read the schema of {url}: {e}"))?;
     Ok(InputFile {
         url,
-        reads: Reads::Store(Arc::clone(store)),
-        location: object.location,
+        reads,
+        location,
         metadata,
         reader,
         boundaries,
     })
 }
 
-/// Ranged reads of one object, for the footer reader.
-pub(super) struct Fetch<'a> {
-    pub(super) store: &'a dyn ObjectStore,
-    pub(super) location: &'a Path,
+/// Ranged reads of one input file, for the footer and page-index readers.
+struct Fetch<'a> {
+    reads: &'a Reads,
+    location: &'a Path,
+    url: &'a str,
 }
 
 impl MetadataFetch for Fetch<'_> {
@@ -423,11 +403,14 @@ impl MetadataFetch for Fetch<'_> {
         use futures::FutureExt;
         async move {
             let expected = range.end - range.start;
+            let ranges = [range];
             let bytes = self
-                .store
-                .get_range(self.location, range)
+                .reads
+                .get_ranges(self.location, &ranges, self.url)
                 .await
-                .map_err(|e| ParquetError::External(Box::new(e)))?;
+                .map_err(|e| ParquetError::External(Box::new(e)))?
+                .pop()
+                .unwrap_or_default();
             if bytes.len() as u64 != expected {
                 return Err(ParquetError::General(format!(
                     "the store returned {} bytes of {expected}",

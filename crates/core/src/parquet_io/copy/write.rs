@@ -77,37 +77,40 @@ impl CopyPlan {
         }
     }
 
-    /// Attributes an error in reading `file` to the tasks its rows pass, innermost
-    /// first, as the boundaries of a streamed plan do.
-    pub(super) fn attribute(&self, file: &InputFile, error: DataFusionError) -> DataFusionError {
-        let mut error = error;
-        for &i in &file.boundaries {
-            let boundary = &self.boundaries[i];
-            error = boundary.task.attribute(&boundary.sources, error);
-        }
-        error
-    }
-
-    /// Attributes an error in reading or decoding `file`'s bytes, as
-    /// [`attribute`](Self::attribute) does; when the file is a checkpoint's part, the
-    /// checkpoint judges it first, as a cache hit's boundary does for its scan (a block
-    /// that does not match, a page that does not decode make it corrupt).
-    pub(super) fn attribute_read(
+    /// Attributes an error in `file` to the tasks its rows pass, innermost first, as the
+    /// boundaries of a streamed plan do. `read`: the error came from reading or
+    /// decoding the file's bytes; when the file is a checkpoint's part, the checkpoint
+    /// judges such an error first, as a cache hit's boundary does for its scan (a block
+    /// that does not match, a page that does not decode make it corrupt). An error in
+    /// evaluating a computed column is no judgement on it.
+    pub(super) fn attribute(
         &self,
         file: &InputFile,
         error: DataFusionError,
+        read: bool,
     ) -> DataFusionError {
         let mut error = error;
         for &i in &file.boundaries {
             let boundary = &self.boundaries[i];
+            let checkpoint = boundary.checkpoint.as_deref().filter(|_| read);
             error = crate::plan::boundary::attribute(
                 &boundary.task,
                 &boundary.sources,
-                boundary.checkpoint.as_deref(),
+                checkpoint,
                 error,
             );
         }
         error
+    }
+
+    /// Stops the copy on an error in decoding `file`'s values: a read error naming the
+    /// file, attributed as a read (see [`attribute`](Self::attribute)).
+    pub(super) fn read_failed(&self, file: &InputFile, source: DataFusionError) -> Stop {
+        let error = DataFusionError::External(Box::new(Error::Read {
+            sources: vec![file.url.clone()],
+            source,
+        }));
+        Stop::Failed(self.attribute(file, error, true))
     }
 }
 
@@ -418,15 +421,7 @@ pub(super) fn run(plan: &CopyPlan, unit: Unit, fetched: Located) -> Result<Done,
             column_index,
             plan.codec,
         )
-        .map_err(|e| {
-            Stop::Failed(plan.attribute_read(
-                file,
-                DataFusionError::External(Box::new(Error::Read {
-                    sources: vec![file.url.clone()],
-                    source: DataFusionError::ParquetError(Box::new(e)),
-                })),
-            ))
-        })?
+        .map_err(|e| plan.read_failed(file, DataFusionError::ParquetError(Box::new(e))))?
     };
     match copied {
         Ok((reader, close)) => Ok(Done::Copied(reader, Box::new(close), verbatim)),
@@ -449,15 +444,7 @@ pub(super) fn compute(
     if plan.exprs.is_empty() {
         return Ok(Vec::new());
     }
-    let read_failed = |e: DataFusionError| {
-        Stop::Failed(plan.attribute_read(
-            file,
-            DataFusionError::External(Box::new(Error::Read {
-                sources: vec![file.url.clone()],
-                source: e,
-            })),
-        ))
-    };
+    let read_failed = |e: DataFusionError| plan.read_failed(file, e);
     let parquet = |e: ParquetError| read_failed(DataFusionError::ParquetError(Box::new(e)));
     let mut writers = plan
         .writers
@@ -496,7 +483,7 @@ pub(super) fn compute(
             let value = expr
                 .evaluate(&batch)
                 .and_then(|v| v.into_array(batch.num_rows()))
-                .map_err(|e| Stop::Failed(plan.attribute(file, e)))?;
+                .map_err(|e| Stop::Failed(plan.attribute(file, e, false)))?;
             for column in compute_leaves(field, &value).map_err(parquet)? {
                 writers[leaf].write(&column).map_err(parquet)?;
                 leaf += 1;
