@@ -8,6 +8,9 @@
 #   - S3 (`sluice serve-s3` on loopback) through `sluice serve-proxy` adding LATENCY to
 #     every request: the hit's wall, and the requests and bytes the proxy relayed.
 #
+# The checkpoint's format is SLUICE_BENCH_CHECKPOINT_CODEC's (see `sluice-bench`'s
+# cases; `snappy+dict+stats` makes the hit a column copy), Sluice's default without it.
+#
 # Usage (after the release build: `cargo build --release --workspace --features
 # ballista,sluice-cli/ballista --bins --examples`):
 #   crates/bench/checkpoint-read.sh [ROWS] [RUNS] [LATENCY...]
@@ -65,9 +68,10 @@ PIDS+=($!)
 for _ in $(seq 50); do grep -q '^export' "$ROOT/server.out" 2>/dev/null && break; sleep 0.1; done
 eval "$(grep '^export' "$ROOT/server.out")"
 S3_ENDPOINT="$AWS_ENDPOINT_URL"
-ETL=("$BIN/examples/etl" --source "$ROOT/taxi.parquet" --dest "$ROOT/out.parquet" --progress off)
-# The checkpoint, written straight to the server.
-"${ETL[@]}" --cache s3://bench/cache/ >/dev/null
+# The checkpoint, written straight to the server (in the format
+# SLUICE_BENCH_CHECKPOINT_CODEC names, as the local cases').
+"${CASE[@]}" persisted --input "$ROOT/taxi.parquet" --output "$ROOT/out.parquet" --cache s3://bench/cache/
+HIT=("${CASE[@]}" cache-hit --input "$ROOT/taxi.parquet" --output "$ROOT/out.parquet" --cache s3://bench/cache/)
 for latency in "${LATENCIES[@]}"; do
   walls=() rss=() requests=() bytes=()
   for _ in $(seq "$RUNS"); do
@@ -75,7 +79,7 @@ for latency in "${LATENCIES[@]}"; do
     proxy=$!
     for _ in $(seq 50); do grep -q '^proxy' "$ROOT/proxy.out" 2>/dev/null && break; sleep 0.1; done
     endpoint=$(sed -n 's/^proxy \([^ ]*\) .*/\1/p' "$ROOT/proxy.out")
-    out=$(AWS_ENDPOINT_URL="$endpoint" "$BIN/sluice-bench" measure -- "${ETL[@]}" --cache s3://bench/cache/)
+    out=$(AWS_ENDPOINT_URL="$endpoint" "$BIN/sluice-bench" measure -- "${HIT[@]}")
     kill -INT "$proxy"; wait "$proxy" || true
     counts=$(tail -n 1 "$ROOT/proxy.out")
     walls+=("$(json "$out" wall_s)"); rss+=("$(json "$out" peak_rss_mib)")

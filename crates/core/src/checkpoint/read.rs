@@ -316,6 +316,10 @@ impl CheckpointSource for CheckpointRead {
             .collect()
     }
 
+    fn verified(&self) -> bool {
+        self.parts.verify
+    }
+
     fn read_ranges<'a>(
         &'a self,
         location: &'a Path,

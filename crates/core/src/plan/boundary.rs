@@ -274,8 +274,12 @@ pub(crate) trait CheckpointSource: std::any::Any + fmt::Debug + Send + Sync {
     /// each with the footer the lookup read and checked. `None` when a part's footer
     /// was not read (a checkpoint this run has just written).
     fn parts(&self) -> Option<Vec<CheckpointPart>>;
+    /// Whether [`read_ranges`](Self::read_ranges) checks every byte against the
+    /// manifest's checksums (not when the flow turned verification off).
+    fn verified(&self) -> bool;
     /// Byte ranges of the part at `location`, each checked against the manifest's
-    /// checksums before it is handed over (as the scan's reads are).
+    /// checksums before it is handed over (as the scan's reads are), unless
+    /// verification is off.
     fn read_ranges<'a>(
         &'a self,
         location: &'a object_store::path::Path,

@@ -92,24 +92,35 @@ pub(super) async fn fetch(plan: &CopyPlan, unit: Unit) -> Result<Located, Stop> 
         Unit::Copy { ref leaf, .. } => std::slice::from_ref(leaf),
         Unit::Compute { .. } => &plan.needed_leaves,
     };
-    let ranges = coalesce(leaves_read.iter().map(|&leaf| range(leaf)), COALESCE_GAP);
-    let fetched = file
-        .reads
-        .get_ranges(&file.location, &ranges, &file.url)
-        .await
-        .map_err(|error| Stop::Failed(plan.attribute(file, error, true)))?;
-    for (range, bytes) in ranges.iter().zip(&fetched) {
-        if bytes.len() as u64 != range.end - range.start {
-            return Err(Stop::Unsupported(format!(
-                "the store returned {} bytes of {} for {}",
-                bytes.len(),
-                range.end - range.start,
-                file.url
-            )));
+    let located = match whole_row_group(file, g) {
+        Some(span) => plan
+            .row_groups
+            .get(file, (f, g), span)
+            .await
+            .map_err(|error| {
+                Stop::Failed(plan.attribute(file, DataFusionError::Shared(error), true))
+            })?,
+        None => {
+            let ranges = coalesce(leaves_read.iter().map(|&leaf| range(leaf)), COALESCE_GAP);
+            let fetched = file
+                .reads
+                .get_ranges(&file.location, &ranges, &file.url)
+                .await
+                .map_err(|error| Stop::Failed(plan.attribute(file, error, true)))?;
+            for (range, bytes) in ranges.iter().zip(&fetched) {
+                if bytes.len() as u64 != range.end - range.start {
+                    return Err(Stop::Unsupported(format!(
+                        "the store returned {} bytes of {} for {}",
+                        bytes.len(),
+                        range.end - range.start,
+                        file.url
+                    )));
+                }
+            }
+            Located {
+                ranges: ranges.into_iter().map(|r| r.start).zip(fetched).collect(),
+            }
         }
-    }
-    let located = Located {
-        ranges: ranges.into_iter().map(|r| r.start).zip(fetched).collect(),
     };
     // Page headers are walked before anything is decompressed or decoded: a header that
     // claims more than its chunk (or the session's cap) is left to the rewrite, which
@@ -135,4 +146,80 @@ pub(super) async fn fetch(plan: &CopyPlan, unit: Unit) -> Result<Located, Stop> 
         })?;
     }
     Ok(located)
+}
+
+/// Row groups of a checkpoint's part up to this size are fetched whole, once for all
+/// their units.
+const WHOLE_ROW_GROUP_BYTES: u64 = 16 << 20;
+
+/// Row groups kept fetched: the units in flight span at most two.
+const ROW_GROUPS_KEPT: usize = 2;
+
+/// The byte span of row group `g` of `file` when it is fetched whole: a checkpoint's
+/// part, whose row groups are small (65,536 rows by default) and each of whose reads
+/// fetches the whole checked blocks around it, so that reading chunk by chunk would
+/// fetch the blocks between chunks again for every unit, each a request.
+fn whole_row_group(file: &InputFile, g: usize) -> Option<Range<u64>> {
+    if !matches!(file.reads, Reads::Checkpoint(_)) {
+        return None;
+    }
+    let group = file.metadata.row_group(g);
+    let (start, end) = group
+        .columns()
+        .iter()
+        .fold((u64::MAX, 0), |(start, end), chunk| {
+            let (at, length) = chunk.byte_range();
+            (start.min(at), end.max(at + length))
+        });
+    (start < end && end - start <= WHOLE_ROW_GROUP_BYTES).then_some(start..end)
+}
+
+type SharedFetch = futures::future::Shared<
+    futures::future::BoxFuture<'static, Result<Located, Arc<DataFusionError>>>,
+>;
+
+/// Row groups fetched whole (see [`whole_row_group`]), shared by the units that read
+/// them: the last [`ROW_GROUPS_KEPT`], each fetched once.
+#[derive(Default)]
+pub(super) struct RowGroupFetches(Mutex<std::collections::VecDeque<((usize, usize), SharedFetch)>>);
+
+impl RowGroupFetches {
+    /// Row group `key` (file, group) of `file`, bytes `span`: fetched by the first unit
+    /// that asks, awaited by the others.
+    async fn get(
+        &self,
+        file: &InputFile,
+        key: (usize, usize),
+        span: Range<u64>,
+    ) -> Result<Located, Arc<DataFusionError>> {
+        use futures::FutureExt;
+        let shared = {
+            let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            match kept.iter().find(|(k, _)| *k == key) {
+                Some((_, shared)) => shared.clone(),
+                None => {
+                    let (reads, location, url) =
+                        (file.reads.clone(), file.location.clone(), file.url.clone());
+                    let shared = async move {
+                        let mut bytes = reads
+                            .get_ranges(&location, std::slice::from_ref(&span), &url)
+                            .await
+                            .map_err(Arc::new)?;
+                        let bytes = bytes.pop().unwrap_or_default();
+                        Ok(Located {
+                            ranges: Arc::new([(span.start, bytes)]),
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    kept.push_back((key, shared.clone()));
+                    if kept.len() > ROW_GROUPS_KEPT {
+                        kept.pop_front();
+                    }
+                    shared
+                }
+            }
+        };
+        shared.await
+    }
 }

@@ -126,6 +126,7 @@ struct InputFile {
 }
 
 /// Where an input file's bytes are read.
+#[derive(Clone)]
 enum Reads {
     /// A source object, from its store.
     Store(Arc<dyn ObjectStore>),
@@ -134,6 +135,13 @@ enum Reads {
 }
 
 impl Reads {
+    /// Whether every byte read is one Sluice wrote, checked against its checksum (a
+    /// verified checkpoint's part): decoding its values again to check them proves
+    /// nothing more.
+    fn checked(&self) -> bool {
+        matches!(self, Reads::Checkpoint(checkpoint) if checkpoint.verified())
+    }
+
     /// `ranges` of the object at `location` (`url`, for errors): from a store, its
     /// errors classified as Sluice's; from a checkpoint, bytes checked against its
     /// manifest.
@@ -197,6 +205,8 @@ pub(crate) struct CopyPlan {
     validate: bool,
     batch_size: usize,
     boundaries: Vec<Arc<TaskBoundary>>,
+    /// Row groups of checkpoint parts fetched whole, shared by their units.
+    row_groups: RowGroupFetches,
 }
 
 /// Why a copy stopped: it cannot serve the input exactly (the normal path takes over),

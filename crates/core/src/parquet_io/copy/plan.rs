@@ -228,6 +228,7 @@ impl CopyPlan {
             max_chunk,
             batch_size: state.config().batch_size(),
             boundaries,
+            row_groups: RowGroupFetches::default(),
         })
     }
 }

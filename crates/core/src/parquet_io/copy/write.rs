@@ -390,7 +390,7 @@ pub(super) fn run(plan: &CopyPlan, unit: Unit, fetched: Located) -> Result<Done,
     let file = &plan.files[f];
     let group = file.metadata.row_group(g);
     let chunk = group.column(leaf);
-    if plan.validate {
+    if plan.validate && !file.reads.checked() {
         validate(file, g, leaf, &fetched).map_err(|reason| {
             Stop::Unsupported(format!(
                 "column {} of row group {g} of {} does not decode: {reason}",
