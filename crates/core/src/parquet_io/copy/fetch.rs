@@ -152,15 +152,23 @@ pub(super) async fn fetch(plan: &CopyPlan, unit: Unit) -> Result<Located, Stop> 
 /// their units.
 const WHOLE_ROW_GROUP_BYTES: u64 = 16 << 20;
 
-/// Row groups kept fetched: the units in flight span at most two.
-const ROW_GROUPS_KEPT: usize = 2;
+/// Row groups read ahead of the one the units ask for, within [`READ_AHEAD_BYTES`]:
+/// on a remote store each fetch is a round trip, and the next row groups' are under way
+/// while this one is copied.
+const READ_AHEAD: usize = 4;
+
+/// The bytes of the row groups read ahead, at most.
+const READ_AHEAD_BYTES: u64 = 16 << 20;
+
+/// Row groups kept fetched: those read ahead, and the two the units in flight span.
+const ROW_GROUPS_KEPT: usize = READ_AHEAD + 2;
 
 /// The byte span of row group `g` of `file` when it is fetched whole: a checkpoint's
 /// part, whose row groups are small (65,536 rows by default) and each of whose reads
 /// fetches the whole checked blocks around it, so that reading chunk by chunk would
 /// fetch the blocks between chunks again for every unit, each a request.
 fn whole_row_group(file: &InputFile, g: usize) -> Option<Range<u64>> {
-    if !matches!(file.reads, Reads::Checkpoint(_)) {
+    if !matches!(file.reads, Reads::Checkpoint(_)) || g >= file.metadata.num_row_groups() {
         return None;
     }
     let group = file.metadata.row_group(g);
@@ -178,48 +186,97 @@ type SharedFetch = futures::future::Shared<
     futures::future::BoxFuture<'static, Result<Located, Arc<DataFusionError>>>,
 >;
 
+/// A row group being fetched, or fetched: its key (file, group), the fetch, and the
+/// task that drives it when it was read ahead.
+struct Kept {
+    key: (usize, usize),
+    fetch: SharedFetch,
+    driver: Option<tokio::task::AbortHandle>,
+}
+
 /// Row groups fetched whole (see [`whole_row_group`]), shared by the units that read
-/// them: the last [`ROW_GROUPS_KEPT`], each fetched once.
+/// them: the last [`ROW_GROUPS_KEPT`], each fetched once, the next ones read ahead.
 #[derive(Default)]
-pub(super) struct RowGroupFetches(Mutex<std::collections::VecDeque<((usize, usize), SharedFetch)>>);
+pub(super) struct RowGroupFetches(Mutex<std::collections::VecDeque<Kept>>);
 
 impl RowGroupFetches {
     /// Row group `key` (file, group) of `file`, bytes `span`: fetched by the first unit
-    /// that asks, awaited by the others.
+    /// that asks (or read ahead), awaited by the others.
     async fn get(
         &self,
         file: &InputFile,
         key: (usize, usize),
         span: Range<u64>,
     ) -> Result<Located, Arc<DataFusionError>> {
-        use futures::FutureExt;
-        let shared = {
+        let fetch = {
             let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            match kept.iter().find(|(k, _)| *k == key) {
-                Some((_, shared)) => shared.clone(),
-                None => {
-                    let (reads, location, url) =
-                        (file.reads.clone(), file.location.clone(), file.url.clone());
-                    let shared = async move {
-                        let mut bytes = reads
-                            .get_ranges(&location, std::slice::from_ref(&span), &url)
-                            .await
-                            .map_err(Arc::new)?;
-                        let bytes = bytes.pop().unwrap_or_default();
-                        Ok(Located {
-                            ranges: Arc::new([(span.start, bytes)]),
-                        })
-                    }
-                    .boxed()
-                    .shared();
-                    kept.push_back((key, shared.clone()));
-                    if kept.len() > ROW_GROUPS_KEPT {
-                        kept.pop_front();
-                    }
-                    shared
+            let fetch = Self::keep(&mut kept, file, key, span, false);
+            // Read ahead: the following row groups of the file, started now.
+            let mut ahead = 0;
+            for g in key.1 + 1..key.1 + 1 + READ_AHEAD {
+                let Some(span) = whole_row_group(file, g) else {
+                    break;
+                };
+                ahead += span.end - span.start;
+                if ahead > READ_AHEAD_BYTES {
+                    break;
                 }
+                // Driven by its own task: the handle is not needed here.
+                drop(Self::keep(&mut kept, file, (key.0, g), span, true));
             }
+            fetch
         };
-        shared.await
+        fetch.await
+    }
+
+    /// The fetch of `key`, started (and driven by a task of its own when `ahead`) if
+    /// it is not kept yet.
+    fn keep(
+        kept: &mut std::collections::VecDeque<Kept>,
+        file: &InputFile,
+        key: (usize, usize),
+        span: Range<u64>,
+        ahead: bool,
+    ) -> SharedFetch {
+        use futures::FutureExt;
+        if let Some(known) = kept.iter().find(|k| k.key == key) {
+            return known.fetch.clone();
+        }
+        let (reads, location, url) = (file.reads.clone(), file.location.clone(), file.url.clone());
+        let fetch = async move {
+            let mut bytes = reads
+                .get_ranges(&location, std::slice::from_ref(&span), &url)
+                .await
+                .map_err(Arc::new)?;
+            let bytes = bytes.pop().unwrap_or_default();
+            Ok(Located {
+                ranges: Arc::new([(span.start, bytes)]),
+            })
+        }
+        .boxed()
+        .shared();
+        let driver = ahead.then(|| tokio::spawn(fetch.clone().map(drop)).abort_handle());
+        kept.push_back(Kept {
+            key,
+            fetch: fetch.clone(),
+            driver,
+        });
+        if kept.len() > ROW_GROUPS_KEPT
+            && let Some(old) = kept.pop_front()
+            && let Some(driver) = old.driver
+        {
+            driver.abort();
+        }
+        fetch
+    }
+}
+
+impl Drop for RowGroupFetches {
+    /// A copy that stops (failed, cancelled, done) stops its reads ahead.
+    fn drop(&mut self) {
+        let kept = self.0.get_mut().unwrap_or_else(|p| p.into_inner());
+        for driver in kept.drain(..).filter_map(|k| k.driver) {
+            driver.abort();
+        }
     }
 }
