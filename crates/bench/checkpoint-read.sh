@@ -6,7 +6,8 @@
 #   - local disk: a hit with the checkpoint's block checksums checked, and without
 #     (`SLUICE_BENCH_VERIFY=0`): what verification costs;
 #   - S3 (`sluice serve-s3` on loopback) through `sluice serve-proxy` adding LATENCY to
-#     every request: the hit's wall, and the requests and bytes the proxy relayed.
+#     every request: a persisted run writing its checkpoint there, then the hit; the
+#     wall, and the requests and bytes the proxy relayed.
 #
 # The checkpoint's format is SLUICE_BENCH_CHECKPOINT_CODEC's (see `sluice-bench`'s
 # cases; `snappy+dict+stats` makes the hit a column copy), Sluice's default without it.
@@ -71,20 +72,34 @@ S3_ENDPOINT="$AWS_ENDPOINT_URL"
 # The checkpoint, written straight to the server (in the format
 # SLUICE_BENCH_CHECKPOINT_CODEC names, as the local cases').
 "${CASE[@]}" persisted --input "$ROOT/taxi.parquet" --output "$ROOT/out.parquet" --cache s3://bench/cache/
+PERSIST=("${CASE[@]}" persisted --input "$ROOT/taxi.parquet" --output "$ROOT/out.parquet" --cache s3://bench/cache/)
 HIT=("${CASE[@]}" cache-hit --input "$ROOT/taxi.parquet" --output "$ROOT/out.parquet" --cache s3://bench/cache/)
+# measure_through_proxy LATENCY CMD...: one run through a fresh proxy; sets OUT and COUNTS.
+measure_through_proxy() {
+  local latency=$1; shift
+  "$TOOLS/sluice" serve-proxy --upstream "$S3_ENDPOINT" --latency "$latency" >"$ROOT/proxy.out" &
+  local proxy=$!
+  for _ in $(seq 50); do grep -q '^proxy' "$ROOT/proxy.out" 2>/dev/null && break; sleep 0.1; done
+  local endpoint
+  endpoint=$(sed -n 's/^proxy \([^ ]*\) .*/\1/p' "$ROOT/proxy.out")
+  OUT=$(AWS_ENDPOINT_URL="$endpoint" "$BIN/sluice-bench" measure -- "$@")
+  kill -INT "$proxy"; wait "$proxy" || true
+  COUNTS=$(tail -n 1 "$ROOT/proxy.out")
+}
 for latency in "${LATENCIES[@]}"; do
-  walls=() rss=() requests=() bytes=()
-  for _ in $(seq "$RUNS"); do
-    "$TOOLS/sluice" serve-proxy --upstream "$S3_ENDPOINT" --latency "$latency" >"$ROOT/proxy.out" &
-    proxy=$!
-    for _ in $(seq 50); do grep -q '^proxy' "$ROOT/proxy.out" 2>/dev/null && break; sleep 0.1; done
-    endpoint=$(sed -n 's/^proxy \([^ ]*\) .*/\1/p' "$ROOT/proxy.out")
-    out=$(AWS_ENDPOINT_URL="$endpoint" "$BIN/sluice-bench" measure -- "${HIT[@]}")
-    kill -INT "$proxy"; wait "$proxy" || true
-    counts=$(tail -n 1 "$ROOT/proxy.out")
-    walls+=("$(json "$out" wall_s)"); rss+=("$(json "$out" peak_rss_mib)")
-    requests+=("$(json "$counts" requests)"); bytes+=("$(json "$counts" body_bytes)")
+  # A persisted run writes the checkpoint to S3 (the last one stays for the hits).
+  for label in persisted hit; do
+    walls=() rss=() requests=() bytes=()
+    for _ in $(seq "$RUNS"); do
+      if [ "$label" = persisted ]; then
+        measure_through_proxy "$latency" "${PERSIST[@]}"
+      else
+        measure_through_proxy "$latency" "${HIT[@]}"
+      fi
+      walls+=("$(json "$OUT" wall_s)"); rss+=("$(json "$OUT" peak_rss_mib)")
+      requests+=("$(json "$COUNTS" requests)"); bytes+=("$(json "$COUNTS" body_bytes)")
+    done
+    row "S3 ${label}, ${latency} per request" "${walls[*]}" "${rss[*]}" \
+      "${requests[0]} requests, $((bytes[0] / 1048576)) MiB"
   done
-  row "S3 hit, ${latency} per request" "${walls[*]}" "${rss[*]}" \
-    "${requests[0]} requests, $((bytes[0] / 1048576)) MiB"
 done

@@ -243,14 +243,47 @@ async fn a_second_run_reads_the_checkpoint_and_no_source_byte(backend: Backend) 
         content(&h.session, &h.dest("a.parquet")).await,
         content(&h.session, &h.dest("b.parquet")).await
     );
-    // The default checkpoint has no column statistics, which the output keeps: the
-    // hit's sink encodes every column again rather than publish an output without them.
-    match &ok(&second).method {
-        WriteMethod::Rewrite { reason } => {
-            assert!(reason.contains("no column statistics"), "{reason}")
+    // The sink took the column copy, so the copy wrote the checkpoint: its one part is
+    // the output's bytes, in the output's codec (the default format follows the sink).
+    match &ok(&first).method {
+        WriteMethod::ColumnCopy { computed, .. } => {
+            assert_eq!(computed, &["tip_fraction".to_string()])
         }
-        other => panic!("the hit's sink copied a checkpoint without statistics: {other:?}"),
+        other => panic!("the miss's sink was not a column copy: {other:?}"),
     }
+    let parts: Vec<_> = checkpoint_objects(&h)
+        .await
+        .into_iter()
+        .filter(|o| o.location.as_ref().ends_with(".parquet"))
+        .collect();
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    let output = std::fs::read(h.dest("a.parquet")).unwrap();
+    assert!(
+        read(&h, &parts[0].location).await == output,
+        "the part is not the output"
+    );
+    let key = task(&first, "transform").cache_key.clone().unwrap();
+    let manifest = h.store().show("transform", &key[..8]).await.unwrap();
+    assert_eq!(manifest.compression, "Zstd(1)");
+    assert_eq!(manifest.files[0].size, output.len() as u64);
+    assert_eq!(manifest.files[0].rows, 30_000);
+    // The hit's sink copies every chunk of the checkpoint verbatim: the same file, byte
+    // for byte (rows, order, schema, metadata, row groups, statistics).
+    match &ok(&second).method {
+        WriteMethod::ColumnCopy {
+            computed,
+            chunks_recompressed,
+            ..
+        } => {
+            assert!(computed.is_empty(), "{computed:?}");
+            assert_eq!(*chunks_recompressed, 0);
+        }
+        other => panic!("the hit's sink was not a column copy: {other:?}"),
+    }
+    assert!(
+        std::fs::read(h.dest("b.parquet")).unwrap() == output,
+        "the hit's output is not the miss's"
+    );
     // The hit time is recorded in the background.
     let mut entry = h.valid_checkpoints().await.remove(0);
     for _ in 0..100 {
@@ -264,15 +297,19 @@ async fn a_second_run_reads_the_checkpoint_and_no_source_byte(backend: Backend) 
     assert_eq!(entry.rows, Some(30_000));
 }
 
-/// A checkpoint written with statistics is a source of the column copy: a hit's sink
-/// moves every column (`tip_fraction` included) as compressed pages out of the parts,
-/// checked against the manifest, and gives the miss's rows in the miss's order, with
-/// column statistics.
+/// A checkpoint the tee wrote (in a codec set apart from the output's) with statistics
+/// is a source of the column copy: a hit's sink moves every column (`tip_fraction`
+/// included) as compressed pages out of the parts, checked against the manifest, and
+/// gives the miss's rows in the miss's order, with column statistics.
 async fn a_hit_with_statistics_is_a_column_copy_of_the_checkpoint(backend: Backend) {
     async fn transform(df: Frame) -> Result<Frame> {
         Task::new("transform")
             .persist(Persist::Tee)
-            .with_checkpoint_format(CheckpointFormat::default().with_statistics(true))
+            .with_checkpoint_format(
+                CheckpointFormat::default()
+                    .with_compression(Compression::Snappy)
+                    .with_statistics(true),
+            )
             .run(move |_cx| {
                 let df = df.clone();
                 async move { df.with_column("tip_fraction", col("tip_amount") / col("total_amount")) }
@@ -314,6 +351,13 @@ async fn a_hit_with_statistics_is_a_column_copy_of_the_checkpoint(backend: Backe
         task(&first, "transform").cache.as_ref().unwrap().lookup,
         "miss"
     );
+    // A checkpoint set to another codec than the output's is the tee's to write.
+    match &ok(&first).method {
+        WriteMethod::Rewrite { reason } => {
+            assert!(reason.contains("is set to Snappy"), "{reason}")
+        }
+        other => panic!("the copy wrote a Snappy checkpoint of a zstd output: {other:?}"),
+    }
     let (second, source_bytes) = run(h.dest("b.parquet")).await;
     assert_eq!(ok(&second).rows, 30_000);
     let t = task(&second, "transform");
@@ -846,6 +890,58 @@ async fn an_early_stop_commits_nothing_and_leaves_no_parts(backend: Backend) {
     panic!("parts left behind: {:#?}", checkpoint_objects(&h).await);
 }
 
+/// A copy that writes a checkpoint and fails (a computed column that does not
+/// evaluate) commits nothing, publishes nothing and leaves no
+/// part; the error names the task.
+async fn a_failed_copy_commits_no_checkpoint_and_leaves_no_parts(backend: Backend) {
+    async fn flag_code(df: Frame) -> Result<Frame> {
+        Task::new("flag_code")
+            .persist(Persist::Tee)
+            .run(move |_cx| {
+                let df = df.clone();
+                // The flag (`N` or `Y`) casts to no number.
+                async move {
+                    use datafusion::arrow::datatypes::DataType;
+                    let flag =
+                        datafusion::prelude::cast(col("store_and_fwd_flag"), DataType::Int32);
+                    df.with_column("flag_code", flag)
+                }
+            })
+            .await
+    }
+    let h = Harness::new(backend, "failed-copy").await;
+    let source = h.source("in.parquet", 30_000, 1);
+    let dest = h.dest("out.parquet");
+    let run = Flow::new("failed-copy")
+        .with_options(FlowOptions::default().with_session(h.session.clone()))
+        .with_result_store(&h.store_url)
+        .run(serde_json::json!({}), async {
+            let raw = extract(&source).await?;
+            load(flag_code(raw).await?, &dest).await
+        })
+        .await;
+    let error = run
+        .output
+        .as_ref()
+        .expect_err("a value that does not cast was written");
+    assert!(error.to_string().contains("flag_code"), "{error}");
+    assert!(!Path::new(&dest).exists());
+    let t = run.record.task("flag_code").unwrap();
+    assert!(!t.cache.as_ref().unwrap().committed, "{t:?}");
+    assert!(h.valid_checkpoints().await.is_empty());
+    for _ in 0..100 {
+        if checkpoint_objects(&h)
+            .await
+            .iter()
+            .all(|m| !m.location.as_ref().ends_with(".parquet"))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("parts left behind: {:#?}", checkpoint_objects(&h).await);
+}
+
 /// A barrier task feeding a load that fails: the rerun resumes from the checkpoint.
 async fn barrier_flow(h: &Harness, source: &str, dests: Vec<String>) -> FlowRun<u64> {
     let source = source.to_string();
@@ -890,6 +986,35 @@ async fn barrier_mode_resumes_after_a_failed_load_and_computes_fan_out_once(back
     );
     assert_eq!(failed.record.task("load").unwrap().state, TaskState::Failed);
     assert_eq!(h.valid_checkpoints().await.len(), 1);
+    // The barrier's plan only adds a column: the column copy wrote the checkpoint, one
+    // part keeping the source's row groups (the tee's would be 65,536 rows each), in the
+    // tee's default codec.
+    let parts: Vec<_> = checkpoint_objects(&h)
+        .await
+        .into_iter()
+        .filter(|o| o.location.as_ref().ends_with(".parquet"))
+        .collect();
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    let footer = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes::Bytes::from(read(&h, &parts[0].location).await))
+        .unwrap();
+    let groups: Vec<i64> = footer.row_groups().iter().map(|g| g.num_rows()).collect();
+    assert_eq!(groups, [10_000, 10_000, 10_000]);
+    let key = failed
+        .record
+        .task("transform")
+        .unwrap()
+        .cache_key
+        .clone()
+        .unwrap();
+    assert_eq!(
+        h.store()
+            .show("transform", &key[..8])
+            .await
+            .unwrap()
+            .compression,
+        "Zstd(3)"
+    );
 
     // The rerun reads the checkpoint: no source byte.
     h.counting.reset();
@@ -1052,6 +1177,7 @@ suite!(
     corrupt_checkpoints_are_misses_or_typed_errors_never_wrong_data,
     racing_runs_leave_one_valid_checkpoint,
     an_early_stop_commits_nothing_and_leaves_no_parts,
+    a_failed_copy_commits_no_checkpoint_and_leaves_no_parts,
     barrier_mode_resumes_after_a_failed_load_and_computes_fan_out_once,
     an_unusable_result_store_is_a_typed_error_naming_it,
 );
@@ -1059,6 +1185,74 @@ suite!(
 // ---------------------------------------------------------------------------
 // Backend-independent tests.
 // ---------------------------------------------------------------------------
+
+/// A checkpoint the copy wrote keeps its source's row groups, which may be large: a hit
+/// fetches each in pieces (several column chunks up to 4 MiB each, at once) and writes
+/// the miss's file again, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_over_large_row_groups_fetches_them_in_pieces_and_gives_the_miss_file() {
+    let h = Harness::new(Backend::Local, "large-groups").await;
+    let source = h.dir.path().join("src/large.parquet");
+    write_taxi_parquet(
+        &source,
+        &TaxiGenOptions::new(400_000)
+            .with_seed(5)
+            .with_row_group_rows(200_000),
+    )
+    .unwrap();
+    let source = source.display().to_string();
+    let (miss, _) = h.etl(&source, &h.dest("a.parquet"), now()).await;
+    assert!(ok(&miss).method.is_column_copy(), "{:?}", ok(&miss).method);
+    let parts: Vec<_> = checkpoint_objects(&h)
+        .await
+        .into_iter()
+        .filter(|o| o.location.as_ref().ends_with(".parquet"))
+        .collect();
+    let footer = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes::Bytes::from(read(&h, &parts[0].location).await))
+        .unwrap();
+    let group_bytes = footer.row_group(0).compressed_size();
+    assert!(group_bytes > 4 << 20, "a row group of {group_bytes} bytes");
+    let (hit, bytes) = h.etl(&source, &h.dest("b.parquet"), now()).await;
+    assert_eq!(task(&hit, "transform").state, TaskState::Cached);
+    assert_eq!(bytes, 0);
+    assert!(ok(&hit).method.is_column_copy(), "{:?}", ok(&hit).method);
+    assert!(
+        std::fs::read(h.dest("b.parquet")).unwrap() == std::fs::read(h.dest("a.parquet")).unwrap(),
+        "the hit's output is not the miss's"
+    );
+}
+
+/// A sink that writes a projection of a persisted task's output leaves its checkpoint
+/// to the tee (the copy writes a checkpoint only as its output's bytes): the checkpoint
+/// holds every column, the output two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_of_some_columns_of_a_persisted_task_leaves_the_checkpoint_to_the_tee() {
+    let h = Harness::new(Backend::Local, "projected").await;
+    let source = h.source("in.parquet", 10_000, 1);
+    let dest = h.dest("two.parquet");
+    let run = Flow::new("projected")
+        .with_options(FlowOptions::default().with_session(h.session.clone()))
+        .with_result_store(&h.store_url)
+        .run(serde_json::json!({}), async {
+            let df = transform(extract(&source).await?).await?;
+            load(df.select_columns(&["VendorID", "tip_fraction"])?, &dest).await
+        })
+        .await;
+    match &ok(&run).method {
+        WriteMethod::Rewrite { reason } => {
+            assert!(
+                reason.contains("holds other columns than the output"),
+                "{reason}"
+            )
+        }
+        other => panic!("a projection of the task was copied into its checkpoint: {other:?}"),
+    }
+    let key = task(&run, "transform").cache_key.clone().unwrap();
+    let manifest = h.store().show("transform", &key[..8]).await.unwrap();
+    assert_eq!(manifest.columns.len(), 20, "{:?}", manifest.columns);
+    assert_eq!(manifest.rows, 10_000);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tee_keeps_every_column_and_row_while_push_downs_stop_above_it() {

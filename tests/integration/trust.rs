@@ -397,11 +397,17 @@ async fn a_source_changed_after_its_frame_was_built_fails_naming_it(backend: Bac
                             std::fs::rename(&other, &b).unwrap();
                         }
                         "delete" => std::fs::remove_file(&b).unwrap(),
-                        "add" => {
+                        "add" | "add under a filter" => {
                             h.source("c.parquet", 1_000, 3);
                         }
                         _ => {}
                     }
+                    // A filter keeps the column copy off: DataFusion's scan runs.
+                    let df = if change == "add under a filter" {
+                        df.filter(col("VendorID").gt_eq(lit(0)))?
+                    } else {
+                        df
+                    };
                     load(df, &dest).await
                 })
                 .await
@@ -412,7 +418,7 @@ async fn a_source_changed_after_its_frame_was_built_fails_naming_it(backend: Bac
         (false, "replace"),
         (true, "delete"),
         (false, "delete"),
-        (true, "add"),
+        (true, "add under a filter"),
     ] {
         let dest = h.dest(&format!("{persisted}-{change}.parquet"));
         let result = run(dest.clone(), persisted, change).await;
@@ -422,7 +428,7 @@ async fn a_source_changed_after_its_frame_was_built_fails_naming_it(backend: Bac
             format!("{error:?}").contains("SourceChanged"),
             "{persisted} {change}: {error:?}"
         );
-        let named = if change == "add" {
+        let named = if change == "add under a filter" {
             "c.parquet"
         } else {
             "b.parquet"
@@ -430,7 +436,7 @@ async fn a_source_changed_after_its_frame_was_built_fails_naming_it(backend: Bac
         assert!(text.contains(named), "{text}");
         match change {
             "delete" => assert!(text.contains("no longer there"), "{text}"),
-            "add" => assert!(
+            "add under a filter" => assert!(
                 text.contains("appeared after the frame was built"),
                 "{text}"
             ),
@@ -448,13 +454,23 @@ async fn a_source_changed_after_its_frame_was_built_fails_naming_it(backend: Bac
         h.source("b.parquet", 10_000, 2);
         let _ = std::fs::remove_file(h.dir.path().join("src/c.parquet"));
     }
-    // A file added after the listing, under the column copy: the copy reads exactly the
-    // objects the frame was built from (DataFusion's scan lists again, and fails above).
-    let added = run(h.dest("added.parquet"), false, "add").await;
-    let summary = added.output.as_ref().unwrap();
-    assert!(summary.method.is_column_copy(), "{:?}", summary.method);
-    assert_eq!(summary.rows, 20_000, "the added file was read");
-    let _ = std::fs::remove_file(h.dir.path().join("src/c.parquet"));
+    // A file added after the listing, under the column copy (which writes the persisted
+    // task's checkpoint too): the copy reads exactly the objects the frame was built
+    // from, which its cache key names (DataFusion's scan lists again, and fails).
+    for persisted in [false, true] {
+        let added = run(
+            h.dest(&format!("added-{persisted}.parquet")),
+            persisted,
+            "add",
+        )
+        .await;
+        let summary = added.output.as_ref().unwrap();
+        assert!(summary.method.is_column_copy(), "{:?}", summary.method);
+        assert_eq!(summary.rows, 20_000, "the added file was read");
+        let _ = std::fs::remove_file(h.dir.path().join("src/c.parquet"));
+    }
+    assert_eq!(h.valid_checkpoints().await.len(), 1);
+    h.store().clear(None).await.unwrap();
     // Unchanged, the same flows run; the non-persisted one takes the column copy.
     let copied = run(h.dest("copied.parquet"), false, "none").await;
     let summary = copied.output.as_ref().unwrap();

@@ -273,13 +273,15 @@ impl CachePolicy {
 
 /// How a checkpoint's Parquet parts are encoded.
 ///
-/// The default, Snappy with dictionary encoding and no page statistics, in row groups
-/// of 65,536 rows, was picked by measurement (see `docs/BENCHMARKS.md`): a checkpoint is
-/// written by every persisted run, beside the sink's own encoding on the same cores, and
-/// read on every hit, from remote stores too. LZ4 without dictionaries writes about 8%
-/// faster but twice the bytes (which a hit then reads, and verifies, from S3); zstd and
-/// page statistics cost more to write than they save; smaller row groups keep the tee's
-/// buffers small.
+/// The default follows the sink, so that a cache hit is a verbatim copy of the
+/// checkpoint's column chunks (see `docs/checkpoints.md`): where the column copy writes
+/// the output, the checkpoint is the output's own bytes, written once and uploaded
+/// twice; where the tee writes it (plans the copy cannot serve: filters, joins,
+/// aggregations), it is Zstandard level 3, the Parquet sink's default codec, with
+/// dictionary encoding and page statistics (which the copy needs to move a chunk into an
+/// output that states them), in row groups of 65,536 rows. Setting a codec makes every
+/// write use it: a copy whose output has another codec then leaves the checkpoint to
+/// the tee. The measurements behind the choice are in `docs/BENCHMARKS.md`.
 ///
 /// ```
 /// use sluice_core::{CheckpointFormat, Compression};
@@ -290,7 +292,7 @@ impl CachePolicy {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointFormat {
-    pub(crate) compression: Compression,
+    pub(crate) compression: Option<Compression>,
     pub(crate) dictionary: bool,
     pub(crate) statistics: bool,
     pub(crate) row_group_rows: usize,
@@ -299,15 +301,23 @@ pub struct CheckpointFormat {
 impl Default for CheckpointFormat {
     fn default() -> Self {
         Self {
-            compression: Compression::Snappy,
+            compression: None,
             dictionary: true,
-            statistics: false,
+            statistics: true,
             row_group_rows: Self::DEFAULT_ROW_GROUP_ROWS,
         }
     }
 }
 
 impl CheckpointFormat {
+    /// The codec the tee writes when none is set: the Parquet sink's default.
+    ///
+    /// ```
+    /// use sluice_core::{CheckpointFormat, Compression};
+    /// assert_eq!(CheckpointFormat::DEFAULT_TEE_COMPRESSION, Compression::Zstd(3));
+    /// ```
+    pub const DEFAULT_TEE_COMPRESSION: Compression = Compression::Zstd(3);
+
     /// Rows per row group unless set: 65,536. The writer holds a row group's encoded
     /// pages until it is complete, per partition.
     ///
@@ -316,10 +326,29 @@ impl CheckpointFormat {
     /// ```
     pub const DEFAULT_ROW_GROUP_ROWS: usize = 65_536;
 
-    /// The codec (and level) of the parts.
+    /// The codec (and level) of the parts, for every write: unset, a checkpoint the
+    /// column copy writes has the output's codec and one the tee writes
+    /// [`DEFAULT_TEE_COMPRESSION`](Self::DEFAULT_TEE_COMPRESSION).
     pub fn with_compression(mut self, compression: Compression) -> Self {
-        self.compression = compression;
+        self.compression = Some(compression);
         self
+    }
+
+    /// The codec set with [`with_compression`](Self::with_compression), if any.
+    ///
+    /// ```
+    /// use sluice_core::{CheckpointFormat, Compression};
+    /// assert_eq!(CheckpointFormat::default().compression(), None);
+    /// let lz4 = CheckpointFormat::default().with_compression(Compression::Lz4);
+    /// assert_eq!(lz4.compression(), Some(Compression::Lz4));
+    /// ```
+    pub fn compression(&self) -> Option<Compression> {
+        self.compression
+    }
+
+    /// The codec the tee writes.
+    pub(crate) fn tee_compression(&self) -> Compression {
+        self.compression.unwrap_or(Self::DEFAULT_TEE_COMPRESSION)
     }
 
     /// Whether to dictionary-encode columns (smaller for repetitive data, slower to
@@ -346,7 +375,7 @@ impl CheckpointFormat {
         &self,
     ) -> crate::Result<parquet::file::properties::WriterProperties> {
         Ok(parquet::file::properties::WriterProperties::builder()
-            .set_compression(self.compression.to_parquet()?)
+            .set_compression(self.tee_compression().to_parquet()?)
             .set_dictionary_enabled(self.dictionary)
             .set_statistics_enabled(if self.statistics {
                 parquet::file::properties::EnabledStatistics::Page

@@ -228,13 +228,34 @@ pub(crate) fn schema_difference(stored: &Schema, planned: &Schema) -> Option<Str
     })
 }
 
-/// How a part's footer disagrees with the manifest's schema, if it does.
+/// How a part's footer disagrees with the manifest's schema, if it does. Strings and
+/// binaries are told apart from other types, not by their Arrow layout: a part the
+/// column copy wrote keeps its source's `Utf8` where the plan reads `Utf8View`, the
+/// same Parquet column either way, read as the manifest says.
 fn footer_difference(footer: &ParquetMetaData, schema: &Schema) -> Option<String> {
     let file = footer.file_metadata();
     match parquet::arrow::parquet_to_arrow_schema(file.schema_descr(), file.key_value_metadata()) {
-        Ok(found) => schema_difference(&found, schema),
+        Ok(found) => schema_difference(&as_views(&found), &as_views(schema)),
         Err(e) => Some(format!("its schema does not convert to Arrow: {e}")),
     }
+}
+
+/// `schema` with every top-level string and binary column as its view type.
+fn as_views(schema: &Schema) -> Schema {
+    use datafusion::arrow::datatypes::DataType;
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let view = match f.data_type() {
+                DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
+                DataType::Binary | DataType::LargeBinary => DataType::BinaryView,
+                other => other.clone(),
+            };
+            f.as_ref().clone().with_data_type(view)
+        })
+        .collect();
+    Schema::new(fields)
 }
 
 /// A part's path relative to its checkpoint's directory (`data-<id>/part-<n>.parquet`).
@@ -663,8 +684,10 @@ impl VerifiedParts {
         }
         let end = bytes.len() - TAIL as usize;
         let metadata = bytes.slice(end - footer as usize..end);
-        let decoded =
-            std::panic::catch_unwind(|| ParquetMetaDataReader::decode_metadata(&metadata));
+        let options = crate::parquet_io::copy::footer_options();
+        let decoded = std::panic::catch_unwind(|| {
+            ParquetMetaDataReader::decode_metadata_with_options(&metadata, Some(&options))
+        });
         let metadata = match decoded {
             Ok(Ok(metadata)) => metadata,
             Ok(Err(e)) => {
@@ -719,9 +742,14 @@ impl VerifiedParts {
         let missing: Vec<u64> = (first..=last)
             .filter(|i| blocks[(i - first) as usize].is_none())
             .collect();
+        let mut whole = None;
         if let (Some(&from), Some(&to)) = (missing.first(), missing.last()) {
             let fetch = from * size..((to + 1) * size).min(file.size);
             let fetched = self.fetch(location, file, fetch.clone()).await?;
+            if from == first && to == last {
+                // Every block from this one request: the range is a slice of it.
+                whole = Some((fetch.start, fetched.clone()));
+            }
             for i in from..=to {
                 let start = ((i - from) * size) as usize;
                 let end = (((i + 1) * size).min(file.size) - fetch.start) as usize;
@@ -744,9 +772,13 @@ impl VerifiedParts {
             self.keep(location, from, blocks[(from - first) as usize].clone());
             self.keep(location, to, blocks[(to - first) as usize].clone());
         }
+        let len = (range.end - range.start) as usize;
+        if let Some((at, fetched)) = whole {
+            let offset = (range.start - at) as usize;
+            return Ok(fetched.slice(offset..offset + len));
+        }
         let blocks: Vec<Bytes> = blocks.into_iter().flatten().collect();
         let offset = (range.start - first * size) as usize;
-        let len = (range.end - range.start) as usize;
         if blocks.len() == 1 {
             return Ok(blocks[0].slice(offset..offset + len));
         }
@@ -824,6 +856,7 @@ impl VerifiedParts {
             .map(|(_, _, bytes)| bytes.clone())
     }
 
+    /// Keeps a copy of `block` (a slice would keep the whole fetch it came from).
     fn keep(&self, location: &Path, index: u64, block: Option<Bytes>) {
         let Some(block) = block else { return };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -836,6 +869,6 @@ impl VerifiedParts {
         if cache.len() >= CACHED_BLOCKS {
             cache.pop_front();
         }
-        cache.push_back((location.clone(), index, block));
+        cache.push_back((location.clone(), index, Bytes::copy_from_slice(&block)));
     }
 }

@@ -79,6 +79,24 @@ pub(crate) struct CheckpointTarget {
 }
 
 impl CheckpointTarget {
+    /// A new write of `parts` parts in a directory of its own, leased until it is
+    /// committed or deleted.
+    pub(crate) fn begin(&self, parts: usize) -> Arc<CheckpointWrite> {
+        let dir = self
+            .store
+            .key_dir(&self.task, &self.key)
+            .join(format!("data-{}", uuid::Uuid::new_v4().simple()));
+        Arc::new(CheckpointWrite {
+            lease: tokio::sync::Mutex::new(Some(self.store.lease(&dir, self.clock.clone()))),
+            dir,
+            state: Mutex::new(WriteState {
+                parts: vec![None; parts],
+                closed: 0,
+            }),
+            failed: AtomicBool::new(false),
+        })
+    }
+
     fn url(&self) -> String {
         self.store.key_url(&self.task, &self.key)
     }
@@ -211,22 +229,8 @@ impl TeeSink for CheckpointTarget {
         partition: usize,
         partitions: usize,
     ) -> (Path, Arc<dyn PartEnd>) {
-        let write = Arc::clone(execution.get_or_init(|| {
-            let dir = self
-                .store
-                .key_dir(&self.task, &self.key)
-                .join(format!("data-{}", uuid::Uuid::new_v4().simple()));
-            Arc::new(CheckpointWrite {
-                lease: tokio::sync::Mutex::new(Some(self.store.lease(&dir, self.clock.clone()))),
-                dir,
-                state: Mutex::new(WriteState {
-                    parts: vec![None; partitions],
-                    closed: 0,
-                }),
-                failed: AtomicBool::new(false),
-            })
-        }));
-        let path = write.dir.clone().join(format!("part-{partition}.parquet"));
+        let write = Arc::clone(execution.get_or_init(|| self.begin(partitions)));
+        let path = write.part(partition);
         (
             path,
             Arc::new(CommitEnd {
@@ -273,12 +277,10 @@ impl PartEnd for CommitEnd {
                 }
                 return Ok(());
             };
-            let lease = write.lease.lock().await.take();
-            let committed = commit(target, &write.dir, parts, lease).await;
-            if committed.is_err() {
-                write.delete(&target.store).await;
-            }
-            committed.map_err(|e| TeeSink::error(target.as_ref(), e))
+            write
+                .commit(target, parts, target.format.tee_compression())
+                .await
+                .map_err(|e| TeeSink::error(target.as_ref(), e))
         }
         .boxed()
     }
@@ -423,6 +425,27 @@ struct WriteState {
 }
 
 impl CheckpointWrite {
+    /// Where part `n` goes.
+    pub(crate) fn part(&self, n: usize) -> Path {
+        self.dir.clone().join(format!("part-{n}.parquet"))
+    }
+
+    /// Commits the manifest of `parts`, encoded with `codec`, for `target` (see
+    /// [`commit`]), ending the lease; deletes the parts when the commit fails.
+    pub(crate) async fn commit(
+        &self,
+        target: &CheckpointTarget,
+        parts: Vec<ManifestFile>,
+        codec: crate::Compression,
+    ) -> Result<()> {
+        let lease = self.lease.lock().await.take();
+        let committed = commit(target, &self.dir, parts, codec, lease).await;
+        if committed.is_err() {
+            self.delete(&target.store).await;
+        }
+        committed
+    }
+
     /// One partition closed, with its part or without (failed or dropped). Returns the
     /// parts when this was the last partition and none failed: time to commit.
     fn close(&self, partition: usize, part: Option<ManifestFile>) -> Option<Vec<ManifestFile>> {
@@ -445,7 +468,7 @@ impl CheckpointWrite {
     }
 
     /// The write made progress: its lease may be due for renewal.
-    fn progress(&self) {
+    pub(crate) fn progress(&self) {
         if let Ok(lease) = self.lease.try_lock()
             && let Some(lease) = lease.as_ref()
         {
@@ -454,7 +477,7 @@ impl CheckpointWrite {
     }
 
     /// Ends the lease (no renewal in flight after this), then deletes the parts.
-    async fn delete(&self, store: &CheckpointStore) {
+    pub(crate) async fn delete(&self, store: &CheckpointStore) {
         if let Some(lease) = self.lease.lock().await.take() {
             lease.end().await;
         }
@@ -475,10 +498,7 @@ async fn write_part(
     mut receiver: mpsc::Receiver<Message>,
     write: Option<Arc<CheckpointWrite>>,
 ) -> Result<Option<ManifestFile>> {
-    let file = HashingWriter {
-        inner: BufWriter::new(store, path.clone()),
-        hasher: BlockHasher::default(),
-    };
+    let file = PartWriter::new(BufWriter::new(store, path.clone()), path.clone());
     let mut writer = AsyncArrowWriter::try_new(file, schema, Some(props))
         .map_err(|e| parquet_error(&path, e))?;
     let mut rows = 0u64;
@@ -499,24 +519,7 @@ async fn write_part(
         }
     }
     writer.finish().await.map_err(|e| parquet_error(&path, e))?;
-    let file = writer.into_inner();
-    let name = path.filename().unwrap_or_default().to_string();
-    let dir = path
-        .parts()
-        .collect::<Vec<_>>()
-        .iter()
-        .rev()
-        .nth(1)
-        .map(|p| p.as_ref().to_string())
-        .unwrap_or_default();
-    let (size, blake3, blocks) = file.hasher.finish();
-    Ok(Some(ManifestFile {
-        path: format!("{dir}/{name}"),
-        size,
-        rows,
-        blake3,
-        blocks,
-    }))
+    Ok(Some(writer.into_inner().written(rows)))
 }
 
 /// A writer's error: what the store said, when a store error is behind it (the
@@ -542,18 +545,74 @@ fn parquet_error(path: &Path, error: parquet::errors::ParquetError) -> Error {
     }
 }
 
-/// A file writer that hashes the bytes it writes, block by block.
-struct HashingWriter {
+/// The upload of one checkpoint part, hashing its bytes block by block as they are
+/// written: what the manifest records of it.
+pub(crate) struct PartWriter {
     inner: BufWriter,
     hasher: BlockHasher,
+    path: Path,
 }
 
-impl AsyncFileWriter for HashingWriter {
+impl PartWriter {
+    /// Writes through `upload`, whose object is the part at `path`.
+    pub(crate) fn new(upload: BufWriter, path: Path) -> Self {
+        Self {
+            inner: upload,
+            hasher: BlockHasher::default(),
+            path,
+        }
+    }
+
+    /// Appends `bytes`.
+    pub(crate) async fn put(
+        &mut self,
+        bytes: Bytes,
+    ) -> std::result::Result<(), object_store::Error> {
+        self.hasher.update(&bytes);
+        self.inner.put(bytes).await
+    }
+
+    /// Completes the upload of a part of `rows` rows.
+    pub(crate) async fn finish(mut self, rows: u64) -> std::io::Result<ManifestFile> {
+        use tokio::io::AsyncWriteExt;
+        self.inner.shutdown().await?;
+        Ok(self.written(rows))
+    }
+
+    /// Abandons the upload: nothing of it remains.
+    pub(crate) async fn abort(mut self) {
+        if let Err(e) = self.inner.abort().await {
+            tracing::debug!(error = %e, part = %self.path, "could not abort a checkpoint part's upload");
+        }
+    }
+
+    /// What the manifest records of the part, once its upload is complete.
+    fn written(self, rows: u64) -> ManifestFile {
+        let name = self.path.filename().unwrap_or_default().to_string();
+        let dir = self
+            .path
+            .parts()
+            .collect::<Vec<_>>()
+            .iter()
+            .rev()
+            .nth(1)
+            .map(|p| p.as_ref().to_string())
+            .unwrap_or_default();
+        let (size, blake3, blocks) = self.hasher.finish();
+        ManifestFile {
+            path: format!("{dir}/{name}"),
+            size,
+            rows,
+            blake3,
+            blocks,
+        }
+    }
+}
+
+impl AsyncFileWriter for PartWriter {
     fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
-        self.hasher.update(&bs);
         Box::pin(async move {
-            self.inner
-                .put(bs)
+            self.put(bs)
                 .await
                 .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
         })
@@ -653,13 +712,15 @@ impl TeeStream {
     }
 }
 
-/// Commits the manifest of a complete write, then ends the writer's lease (the
-/// manifest holds the parts from then on). A lost create-if-absent race is not an
-/// error: the winner's checkpoint holds the same data; ours is deleted.
+/// Commits the manifest of a complete write whose parts are encoded with `codec`,
+/// then ends the writer's lease (the manifest holds the parts from then on). A lost
+/// create-if-absent race is not an error: the winner's checkpoint holds the same data;
+/// ours is deleted.
 pub(crate) async fn commit(
     target: &CheckpointTarget,
     dir: &Path,
     files: Vec<ManifestFile>,
+    codec: crate::Compression,
     lease: Option<Lease>,
 ) -> Result<()> {
     let created = target.clock.now();
@@ -689,7 +750,7 @@ pub(crate) async fn commit(
         block_size: BLOCK_SIZE,
         files,
         plan: target.plan_text.clone(),
-        compression: format!("{:?}", target.format.compression),
+        compression: format!("{codec:?}"),
     };
     let committed = target
         .store

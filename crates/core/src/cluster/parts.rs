@@ -269,7 +269,7 @@ pub(crate) async fn commit_parts(
         })
         .map(|m| m.location.clone())
         .collect();
-    commit(target, &dir, files, lease).await?;
+    commit(target, &dir, files, target.format.tee_compression(), lease).await?;
     for path in extra {
         if let Err(e) = store.delete(&path).await {
             tracing::warn!(path = %path, error = %e, "could not delete a part's receipt or another attempt's part");

@@ -473,6 +473,20 @@ impl Frame {
         if self.inner.session.cluster().is_some() {
             return self.count().await;
         }
+        // A plan that only adds or drops columns of Parquet scans: the column copy
+        // writes the checkpoint, without decoding what it keeps.
+        if self.inner.session.column_copy() {
+            let state = self.inner.session.state();
+            let max_chunk = self.inner.session.max_column_chunk_bytes();
+            let copied = crate::parquet_io::copy::checkpoint(&self.inner.plan, &state, max_chunk);
+            match guarded(async { Ok(Box::pin(copied).await) }).await? {
+                Ok(rows) => return Ok(rows),
+                Err(Stop::Failed(e)) => return Err(self.error(e)),
+                Err(Stop::Unsupported(reason)) => {
+                    tracing::debug!(%reason, "checkpoint: the tee's stream writes it");
+                }
+            }
+        }
         let mut stream = self.execute_stream().await?;
         let mut rows = 0;
         while let Some(batch) = guarded(async { Ok(stream.next().await) }).await? {

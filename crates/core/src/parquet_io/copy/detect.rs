@@ -18,6 +18,9 @@ pub(super) struct Branch {
     /// The table's schema.
     pub(super) schema: SchemaRef,
     pub(super) boundaries: Vec<Arc<TaskBoundary>>,
+    /// Each boundary's output columns, as expressions over the table's: a computed
+    /// column that fails is the error of the innermost task whose output has it.
+    pub(super) outputs: Vec<Vec<Expr>>,
 }
 
 /// Where a branch's files come from.
@@ -29,28 +32,52 @@ pub(super) enum BranchSource {
     Checkpoint(Arc<dyn CheckpointSource>),
 }
 
-/// The shape of a plan the copy can serve: its scans and its output columns.
+/// The shape of a plan the copy can serve: its scans, its output columns, and the
+/// checkpoint written of exactly that output, if any.
 #[derive(Debug, Clone)]
 pub(crate) struct Shape {
     pub(super) branches: Vec<Branch>,
     pub(super) table_schema: SchemaRef,
     pub(super) columns: Vec<ShapeColumn>,
+    /// A persisted task whose output is the plan's: the copy writes its checkpoint as
+    /// the output's bytes.
+    pub(super) checkpoint: Option<Tee>,
+}
+
+/// A checkpoint tee met on the way down: its task's output columns over the table.
+struct Teed {
+    tee: Tee,
+    exprs: Vec<Expr>,
+    fields: Vec<Field>,
 }
 
 impl Shape {
     /// The plan's shape, or why the copy cannot serve it.
     pub(crate) fn of(plan: &LogicalPlan) -> Result<Shape, String> {
-        let (branches, table_schema, exprs) = walk(plan)?;
+        let mut teed = None;
+        let (branches, table_schema, exprs) = walk(plan, &mut teed)?;
         let schema = plan.schema();
-        let mut columns = Vec::with_capacity(exprs.len());
-        for (i, expr) in exprs.into_iter().enumerate() {
-            let field = schema.field(i).as_ref().clone();
-            columns.push(ShapeColumn { field, expr });
-        }
+        let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let checkpoint = match teed {
+            None => None,
+            Some(teed) if teed.exprs == exprs && teed.fields == fields => Some(teed.tee),
+            Some(teed) => {
+                return Err(format!(
+                    "the checkpoint of task {} holds other columns than the output",
+                    teed.tee.task()
+                ));
+            }
+        };
+        let columns = exprs
+            .into_iter()
+            .zip(fields)
+            .map(|(expr, field)| ShapeColumn { field, expr })
+            .collect();
         let shape = Shape {
             branches,
             table_schema,
             columns,
+            checkpoint,
         };
         if shape.copied().next().is_none() {
             return Err("no column is kept unchanged".into());
@@ -81,8 +108,13 @@ impl Shape {
             .filter(|(i, _)| !copied.contains(i))
             .map(|(_, c)| c.field.name().as_str())
             .collect();
+        let checkpoint = self
+            .checkpoint
+            .as_ref()
+            .map(|tee| format!(", written also as task {}'s checkpoint", tee.task()))
+            .unwrap_or_default();
         format!(
-            "column copy: {} column(s) moved as compressed pages, {} computed{}{} \
+            "column copy: {} column(s) moved as compressed pages, {} computed{}{}{checkpoint} \
              (if the files allow it: same schemas, not encrypted)",
             copied.len(),
             computed.len(),
@@ -112,8 +144,9 @@ fn scanned(scan: &datafusion::logical_expr::TableScan) -> Result<(SchemaRef, Vec
 }
 
 /// Walks a plan down to its scans; returns the output columns as expressions over the
-/// scanned table's unqualified columns.
-pub(super) fn walk(plan: &LogicalPlan) -> Result<Walked, String> {
+/// scanned table's unqualified columns. A checkpoint tee met on the way goes to
+/// `teed` (one at most: a second checkpoint holds other rows or columns).
+fn walk(plan: &LogicalPlan, teed: &mut Option<Teed>) -> Result<Walked, String> {
     match plan {
         LogicalPlan::TableScan(scan) => {
             let (schema, exprs) = scanned(scan)?;
@@ -137,10 +170,29 @@ pub(super) fn walk(plan: &LogicalPlan) -> Result<Walked, String> {
                 source: BranchSource::Listing(table),
                 schema: Arc::clone(&schema),
                 boundaries: Vec::new(),
+                outputs: Vec::new(),
             };
             Ok((vec![branch], schema, exprs))
         }
         LogicalPlan::Extension(extension) => {
+            if let Some(tee) = extension.node.as_any().downcast_ref::<CheckpointTee>() {
+                let walked = walk(&tee.input, teed)?;
+                if teed.is_some() {
+                    return Err("two checkpoints are written of one output".into());
+                }
+                *teed = Some(Teed {
+                    tee: tee.tee.clone(),
+                    exprs: walked.2.clone(),
+                    fields: tee
+                        .input
+                        .schema()
+                        .fields()
+                        .iter()
+                        .map(|f| f.as_ref().clone())
+                        .collect(),
+                });
+                return Ok(walked);
+            }
             let boundary = extension
                 .node
                 .as_any()
@@ -157,20 +209,22 @@ pub(super) fn walk(plan: &LogicalPlan) -> Result<Walked, String> {
                         source: BranchSource::Checkpoint(Arc::clone(checkpoint)),
                         schema: Arc::clone(&schema),
                         boundaries: Vec::new(),
+                        outputs: Vec::new(),
                     };
                     (vec![branch], schema, exprs)
                 }
-                None => walk(&boundary.input)?,
+                None => walk(&boundary.input, teed)?,
             };
             let boundary = Arc::new(boundary.clone());
             for branch in &mut branches {
                 branch.boundaries.push(Arc::clone(&boundary));
+                branch.outputs.push(exprs.clone());
             }
             Ok((branches, schema, exprs))
         }
-        LogicalPlan::SubqueryAlias(alias) => walk(&alias.input),
+        LogicalPlan::SubqueryAlias(alias) => walk(&alias.input, teed),
         LogicalPlan::Projection(projection) => {
-            let (branches, schema, base) = walk(&projection.input)?;
+            let (branches, schema, base) = walk(&projection.input, teed)?;
             let input_schema = projection.input.schema();
             let mut exprs = Vec::with_capacity(projection.expr.len());
             for expr in &projection.expr {
@@ -202,7 +256,10 @@ pub(super) fn walk(plan: &LogicalPlan) -> Result<Walked, String> {
             let mut all = Vec::new();
             let mut first: Option<(SchemaRef, Vec<Expr>)> = None;
             for input in &union.inputs {
-                let (branches, schema, exprs) = walk(input)?;
+                let (branches, schema, exprs) = walk(input, teed)?;
+                if teed.is_some() {
+                    return Err("a checkpoint is written of one of the concatenated inputs".into());
+                }
                 match &first {
                     None => first = Some((schema, exprs)),
                     Some((first_schema, first_exprs)) => {

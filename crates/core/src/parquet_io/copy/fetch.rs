@@ -42,8 +42,10 @@ impl ChunkReader for Located {
     type T = bytes::buf::Reader<Bytes>;
 
     fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        // The range that holds byte `start` (not one that ends there: ranges may be
+        // adjacent, as the pieces of a row group are).
         for (at, bytes) in self.ranges.iter() {
-            if start >= *at && start <= at + bytes.len() as u64 {
+            if start >= *at && start < at + bytes.len() as u64 {
                 use bytes::Buf;
                 return Ok(bytes.slice((start - at) as usize..).reader());
             }
@@ -93,12 +95,12 @@ pub(super) async fn fetch(plan: &CopyPlan, unit: Unit) -> Result<Located, Stop> 
         Unit::Compute { .. } => &plan.needed_leaves,
     };
     let located = match whole_row_group(file, g) {
-        Some(span) => plan
+        Some(pieces) => plan
             .row_groups
-            .get(file, (f, g), span)
+            .get(file, (f, g), pieces)
             .await
             .map_err(|error| {
-                Stop::Failed(plan.attribute(file, DataFusionError::Shared(error), true))
+                Stop::Failed(plan.attribute(file, DataFusionError::Shared(error), Cause::Read))
             })?,
         None => {
             let ranges = coalesce(leaves_read.iter().map(|&leaf| range(leaf)), COALESCE_GAP);
@@ -106,7 +108,7 @@ pub(super) async fn fetch(plan: &CopyPlan, unit: Unit) -> Result<Located, Stop> 
                 .reads
                 .get_ranges(&file.location, &ranges, &file.url)
                 .await
-                .map_err(|error| Stop::Failed(plan.attribute(file, error, true)))?;
+                .map_err(|error| Stop::Failed(plan.attribute(file, error, Cause::Read)))?;
             for (range, bytes) in ranges.iter().zip(&fetched) {
                 if bytes.len() as u64 != range.end - range.start {
                     return Err(Stop::Unsupported(format!(
@@ -150,7 +152,12 @@ pub(super) async fn fetch(plan: &CopyPlan, unit: Unit) -> Result<Located, Stop> 
 
 /// Row groups of a checkpoint's part up to this size are fetched whole, once for all
 /// their units.
-const WHOLE_ROW_GROUP_BYTES: u64 = 16 << 20;
+const WHOLE_ROW_GROUP_BYTES: u64 = 64 << 20;
+
+/// A row group fetched whole is fetched in pieces of consecutive column chunks up to
+/// this size (a larger chunk is a piece of its own), all at once: several requests in
+/// flight on a remote store, and no allocation of a whole large row group.
+const PIECE_BYTES: u64 = 4 << 20;
 
 /// Row groups read ahead of the one the units ask for, within [`READ_AHEAD_BYTES`]:
 /// on a remote store each fetch is a round trip, and the next row groups' are under way
@@ -158,28 +165,45 @@ const WHOLE_ROW_GROUP_BYTES: u64 = 16 << 20;
 const READ_AHEAD: usize = 4;
 
 /// The bytes of the row groups read ahead, at most.
-const READ_AHEAD_BYTES: u64 = 16 << 20;
+const READ_AHEAD_BYTES: u64 = 32 << 20;
 
-/// Row groups kept fetched: those read ahead, and the two the units in flight span.
+/// Row groups kept fetched at most: those read ahead, and the two the units in flight
+/// span (older ones are let go as the units move on).
 const ROW_GROUPS_KEPT: usize = READ_AHEAD + 2;
 
-/// The byte span of row group `g` of `file` when it is fetched whole: a checkpoint's
-/// part, whose row groups are small (65,536 rows by default) and each of whose reads
-/// fetches the whole checked blocks around it, so that reading chunk by chunk would
-/// fetch the blocks between chunks again for every unit, each a request.
-fn whole_row_group(file: &InputFile, g: usize) -> Option<Range<u64>> {
+/// The pieces (byte ranges) row group `g` of `file` is fetched in when it is fetched
+/// whole: a checkpoint's part, each of whose reads fetches the whole checked blocks
+/// around it, so that reading chunk by chunk would fetch the blocks between chunks
+/// again for every unit, each a request.
+fn whole_row_group(file: &InputFile, g: usize) -> Option<Vec<Range<u64>>> {
     if !matches!(file.reads, Reads::Checkpoint(_)) || g >= file.metadata.num_row_groups() {
         return None;
     }
-    let group = file.metadata.row_group(g);
-    let (start, end) = group
+    let mut chunks: Vec<Range<u64>> = file
+        .metadata
+        .row_group(g)
         .columns()
         .iter()
-        .fold((u64::MAX, 0), |(start, end), chunk| {
+        .map(|chunk| {
             let (at, length) = chunk.byte_range();
-            (start.min(at), end.max(at + length))
-        });
-    (start < end && end - start <= WHOLE_ROW_GROUP_BYTES).then_some(start..end)
+            at..at + length
+        })
+        .collect();
+    chunks.sort_by_key(|r| r.start);
+    let total: u64 = chunks.iter().map(|r| r.end - r.start).sum();
+    if chunks.is_empty() || total > WHOLE_ROW_GROUP_BYTES {
+        return None;
+    }
+    let mut pieces: Vec<Range<u64>> = Vec::new();
+    for chunk in chunks {
+        match pieces.last_mut() {
+            Some(last) if chunk.start <= last.end && chunk.end - last.start <= PIECE_BYTES => {
+                last.end = last.end.max(chunk.end);
+            }
+            _ => pieces.push(chunk),
+        }
+    }
+    Some(pieces)
 }
 
 type SharedFetch = futures::future::Shared<
@@ -200,29 +224,38 @@ struct Kept {
 pub(super) struct RowGroupFetches(Mutex<std::collections::VecDeque<Kept>>);
 
 impl RowGroupFetches {
-    /// Row group `key` (file, group) of `file`, bytes `span`: fetched by the first unit
+    /// Row group `key` (file, group) of `file`, in `pieces`: fetched by the first unit
     /// that asks (or read ahead), awaited by the others.
     async fn get(
         &self,
         file: &InputFile,
         key: (usize, usize),
-        span: Range<u64>,
+        pieces: Vec<Range<u64>>,
     ) -> Result<Located, Arc<DataFusionError>> {
         let fetch = {
             let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            let fetch = Self::keep(&mut kept, file, key, span, false);
+            let fetch = Self::keep(&mut kept, file, key, pieces, false);
+            // Units ask in order, and those in flight span two row groups at most: the
+            // row groups before the previous one are let go (a unit that holds one keeps
+            // it until it is done), so that large ones are not held for nothing.
+            let previous = (key.0, key.1.saturating_sub(1));
+            while kept.front().is_some_and(|k| k.key < previous) {
+                if let Some(driver) = kept.pop_front().and_then(|old| old.driver) {
+                    driver.abort();
+                }
+            }
             // Read ahead: the following row groups of the file, started now.
             let mut ahead = 0;
             for g in key.1 + 1..key.1 + 1 + READ_AHEAD {
-                let Some(span) = whole_row_group(file, g) else {
+                let Some(pieces) = whole_row_group(file, g) else {
                     break;
                 };
-                ahead += span.end - span.start;
+                ahead += pieces.iter().map(|r| r.end - r.start).sum::<u64>();
                 if ahead > READ_AHEAD_BYTES {
                     break;
                 }
                 // Driven by its own task: the handle is not needed here.
-                drop(Self::keep(&mut kept, file, (key.0, g), span, true));
+                drop(Self::keep(&mut kept, file, (key.0, g), pieces, true));
             }
             fetch
         };
@@ -235,7 +268,7 @@ impl RowGroupFetches {
         kept: &mut std::collections::VecDeque<Kept>,
         file: &InputFile,
         key: (usize, usize),
-        span: Range<u64>,
+        pieces: Vec<Range<u64>>,
         ahead: bool,
     ) -> SharedFetch {
         use futures::FutureExt;
@@ -244,13 +277,12 @@ impl RowGroupFetches {
         }
         let (reads, location, url) = (file.reads.clone(), file.location.clone(), file.url.clone());
         let fetch = async move {
-            let mut bytes = reads
-                .get_ranges(&location, std::slice::from_ref(&span), &url)
+            let bytes = reads
+                .get_ranges(&location, &pieces, &url)
                 .await
                 .map_err(Arc::new)?;
-            let bytes = bytes.pop().unwrap_or_default();
             Ok(Located {
-                ranges: Arc::new([(span.start, bytes)]),
+                ranges: pieces.iter().map(|r| r.start).zip(bytes).collect(),
             })
         }
         .boxed()

@@ -63,17 +63,21 @@ use parquet::file::page_index::offset_index::{OffsetIndexMetaData, PageLocation}
 use parquet::file::properties::{ReaderProperties, WriterPropertiesPtr};
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::serialized_reader::SerializedPageReader;
+use parquet::file::statistics::Statistics;
 use parquet::file::writer::{SerializedFileWriter, SerializedPageWriter, TrackedWrite};
 use parquet::schema::types::{SchemaDescPtr, Type};
 use tokio::io::AsyncWriteExt;
 
+use crate::checkpoint::ManifestFile;
+use crate::checkpoint::tee::{CheckpointTarget, CheckpointWrite, PartWriter, TeeSink};
+use crate::checkpoint::{CheckpointTee, Tee};
 use crate::parquet_io::format::WrappedFormat;
 use crate::parquet_io::limits::page_sizes;
 use crate::parquet_io::pins::SourceFormat;
 use crate::plan::boundary::{CheckpointPart, CheckpointSource, TaskBoundary};
 use crate::record::WriteMethod;
 use crate::seam::{Partition, StreamEnd};
-use crate::{Error, ParquetWrite};
+use crate::{Compression, Error, ParquetWrite};
 
 mod detect;
 mod fetch;
@@ -99,6 +103,12 @@ const MAX_ROW_GROUP_BYTES: u64 = 256 << 20;
 /// New columns are buffered encoded until their row group is complete: the copy is not
 /// taken when a row group's new columns would exceed this, at their in-memory size.
 const MAX_COMPUTED_BYTES: u64 = 256 << 20;
+
+/// How the copy's footers are decoded: with each chunk's page encoding statistics kept
+/// as written (not as a mask), so that a copied chunk states them as its input did.
+pub(crate) fn footer_options() -> parquet::file::metadata::ParquetMetaDataOptions {
+    parquet::file::metadata::ParquetMetaDataOptions::new().with_encoding_stats_as_mask(false)
+}
 
 /// Footers read at once when a copy is planned.
 const FOOTERS_IN_FLIGHT: usize = 8;
@@ -205,8 +215,14 @@ pub(crate) struct CopyPlan {
     validate: bool,
     batch_size: usize,
     boundaries: Vec<Arc<TaskBoundary>>,
+    /// Each boundary's output columns over the table (see `Branch::outputs`).
+    boundary_outputs: Vec<Vec<Expr>>,
+    /// The computed columns' expressions over the table.
+    computed_exprs: Vec<Expr>,
     /// Row groups of checkpoint parts fetched whole, shared by their units.
     row_groups: RowGroupFetches,
+    /// The persisted task whose checkpoint is the output's bytes, and the output's codec.
+    checkpoint: Option<(Arc<CheckpointTarget>, Compression)>,
 }
 
 /// Why a copy stopped: it cannot serve the input exactly (the normal path takes over),
@@ -241,4 +257,29 @@ pub(crate) async fn route(
         Ok(plan) => Route::Copy(Box::new(plan)),
         Err(reason) => Route::Rewrite(reason),
     }
+}
+
+/// Writes the checkpoint of the persisted task whose output `plan` is, with the copy and
+/// nothing else (a barrier's drain, which no sink rides on), in the task's format's
+/// codec (the tee's default unless set): the rows written, or why the copy cannot serve
+/// it (the tee's stream then writes it).
+pub(crate) async fn checkpoint(
+    plan: &LogicalPlan,
+    state: &SessionState,
+    max_chunk: u64,
+) -> Result<u64, Stop> {
+    let shape = Shape::of(plan).map_err(Stop::Unsupported)?;
+    let codec = match &shape.checkpoint {
+        Some(tee) => tee.format().tee_compression(),
+        None => {
+            return Err(Stop::Unsupported(
+                "no checkpoint is written of the plan".into(),
+            ));
+        }
+    };
+    let options = ParquetWrite::with_compression(codec);
+    let plan = CopyPlan::new(state, max_chunk, &options, shape)
+        .await
+        .map_err(Stop::Unsupported)?;
+    plan.write_checkpoint().await.map(|(rows, _)| rows)
 }

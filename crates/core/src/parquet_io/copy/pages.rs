@@ -77,12 +77,38 @@ pub(super) fn copy_chunk(
         ColumnCloseResult {
             bytes_written: length,
             rows_written: rows.max(0) as u64,
-            metadata: chunk.clone(),
+            metadata: match chunk.statistics() {
+                Some(statistics) => chunk
+                    .clone()
+                    .into_builder()
+                    .set_statistics(as_written(chunk, statistics))
+                    .build()
+                    .map_err(|e| e.to_string())?,
+                None => chunk.clone(),
+            },
             bloom_filter: None,
             column_index: offsets.as_ref().and(column_index),
             offset_index: offsets,
         },
     ))
+}
+
+/// A chunk's statistics as the parquet crate's writer states them: min and max in the
+/// deprecated fields too where the column's sort order is signed. (A footer read back
+/// does not say whether they were there, and the writer of a computed column puts them:
+/// so a chunk copied from a checkpoint is stated as the miss wrote it.)
+fn as_written(chunk: &ColumnChunkMetaData, statistics: &Statistics) -> Statistics {
+    let signed = chunk.column_descr().sort_order().is_signed();
+    match statistics.clone() {
+        Statistics::Boolean(s) => s.with_backwards_compatible_min_max(signed).into(),
+        Statistics::Int32(s) => s.with_backwards_compatible_min_max(signed).into(),
+        Statistics::Int64(s) => s.with_backwards_compatible_min_max(signed).into(),
+        Statistics::Int96(s) => s.with_backwards_compatible_min_max(signed).into(),
+        Statistics::Float(s) => s.with_backwards_compatible_min_max(signed).into(),
+        Statistics::Double(s) => s.with_backwards_compatible_min_max(signed).into(),
+        Statistics::ByteArray(s) => s.with_backwards_compatible_min_max(signed).into(),
+        Statistics::FixedLenByteArray(s) => s.with_backwards_compatible_min_max(signed).into(),
+    }
 }
 
 /// An offset index built from the page headers of a chunk whose file has none: only for
@@ -206,7 +232,7 @@ pub(super) fn recompress_chunk(
         .set_dictionary_page_offset(dictionary_offset)
         .set_unencoded_byte_array_data_bytes(chunk.unencoded_byte_array_data_bytes());
     if let Some(statistics) = chunk.statistics() {
-        builder = builder.set_statistics(statistics.clone());
+        builder = builder.set_statistics(as_written(chunk, statistics));
     }
     if let Some(stats) = chunk.page_encoding_stats() {
         builder = builder.set_page_encoding_stats(stats.clone());

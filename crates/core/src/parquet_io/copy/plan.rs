@@ -14,14 +14,20 @@ impl CopyPlan {
             .compression
             .to_parquet()
             .map_err(|e| e.to_string())?;
+        let checkpoint = match &shape.checkpoint {
+            Some(tee) => Some((copied_checkpoint(tee, options)?, options.compression)),
+            None => None,
+        };
         // Unique boundaries, by identity.
         let mut boundaries: Vec<Arc<TaskBoundary>> = Vec::new();
+        let mut boundary_outputs = Vec::new();
         let mut files = Vec::new();
         for branch in &shape.branches {
             let indices: Vec<usize> = branch
                 .boundaries
                 .iter()
-                .map(|b| {
+                .zip(&branch.outputs)
+                .map(|(b, output)| {
                     match boundaries
                         .iter()
                         .position(|known| known.task.id() == b.task.id())
@@ -29,6 +35,7 @@ impl CopyPlan {
                         Some(i) => i,
                         None => {
                             boundaries.push(Arc::clone(b));
+                            boundary_outputs.push(output.clone());
                             boundaries.len() - 1
                         }
                     }
@@ -228,8 +235,33 @@ impl CopyPlan {
             max_chunk,
             batch_size: state.config().batch_size(),
             boundaries,
+            boundary_outputs,
+            computed_exprs,
             row_groups: RowGroupFetches::default(),
+            checkpoint,
         })
+    }
+}
+
+/// The checkpoint a copy writes as its output's bytes: one this process commits, whose
+/// codec is the output's (or left to follow it).
+fn copied_checkpoint(tee: &Tee, options: &ParquetWrite) -> Result<Arc<CheckpointTarget>, String> {
+    if tee.committed().is_some() {
+        return Err(format!(
+            "this run committed task {}'s checkpoint already: the sink reads it",
+            tee.task()
+        ));
+    }
+    let any: Arc<dyn std::any::Any + Send + Sync> = tee.clone();
+    let target = any
+        .downcast::<CheckpointTarget>()
+        .map_err(|_| format!("task {}'s checkpoint is written by the cluster", tee.task()))?;
+    match target.format.compression() {
+        Some(codec) if codec != options.compression => Err(format!(
+            "task {}'s checkpoint is set to {codec:?}, the output is {:?}: the tee writes it",
+            target.task, options.compression
+        )),
+        _ => Ok(target),
     }
 }
 
@@ -361,6 +393,7 @@ pub(super) async fn open(
         url: &url,
     };
     let metadata = ParquetMetaDataReader::new()
+        .with_metadata_options(Some(footer_options()))
         .with_page_index_policy(PageIndexPolicy::Optional)
         .load_and_finish(fetch, object.size)
         .await

@@ -232,3 +232,28 @@ fn a_recompressed_chunk_keeps_every_page_and_value() {
         );
     }
 }
+
+#[test]
+fn a_read_at_the_start_of_a_range_comes_from_that_range_not_the_one_ending_there() {
+    use parquet::file::reader::ChunkReader;
+    // The pieces of a row group fetched whole are adjacent: the second starts where the
+    // first ends, and a chunk at that offset is in the second.
+    let located = Located {
+        ranges: Arc::from(vec![
+            (100u64, Bytes::from_static(b"first")),
+            (105u64, Bytes::from_static(b"second")),
+        ]),
+    };
+    let mut read = Vec::new();
+    std::io::Read::read_to_end(&mut located.get_read(105).unwrap(), &mut read).unwrap();
+    assert_eq!(read, b"second");
+    assert_eq!(
+        located.get_bytes(103, 2).unwrap(),
+        Bytes::from_static(b"st")
+    );
+    assert_eq!(
+        located.get_bytes(105, 6).unwrap(),
+        Bytes::from_static(b"second")
+    );
+    assert!(located.get_read(111).is_err());
+}

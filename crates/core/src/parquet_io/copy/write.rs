@@ -12,36 +12,78 @@ impl CopyPlan {
         staging: &url::Url,
         directory: bool,
     ) -> Result<(u64, WriteMethod), Stop> {
-        let plan = Arc::new(self);
-        let taps = Taps::new(&plan.boundaries);
-        let deadline = taps.deadline();
-        let outputs: Vec<(Path, Vec<usize>)> = if directory {
-            (0..plan.files.len())
+        let files = self.files.len();
+        let outputs: Vec<(Option<Path>, Vec<usize>)> = if directory {
+            (0..files)
                 .map(|i| {
                     let path = sluice_store::object_path(staging)
                         .map(|p| p.join(format!("part-{i:05}.parquet").as_str()));
-                    path.map(|p| (p, vec![i]))
+                    path.map(|p| (Some(p), vec![i]))
                 })
                 .collect::<Result<_, _>>()
         } else {
-            sluice_store::object_path(staging).map(|p| vec![(p, (0..plan.files.len()).collect())])
+            sluice_store::object_path(staging).map(|p| vec![(Some(p), (0..files).collect())])
         }
         .map_err(|e| Stop::Failed(DataFusionError::External(Box::new(e))))?;
+        self.write_outputs(Some(store), outputs).await
+    }
+
+    /// Writes the checkpoint of the persisted task whose output the plan is, and
+    /// nothing else (a barrier's drain): one part of every input file's row groups.
+    pub(crate) async fn write_checkpoint(self) -> Result<(u64, WriteMethod), Stop> {
+        if self.checkpoint.is_none() {
+            return Err(Stop::Unsupported(
+                "no checkpoint is written of the plan".into(),
+            ));
+        }
+        let outputs = vec![(None, (0..self.files.len()).collect())];
+        self.write_outputs(None, outputs).await
+    }
+
+    /// Writes each output (a path in `store`, or none when only the checkpoint's part
+    /// is written) from the row groups of its files, and the checkpoint beside.
+    async fn write_outputs(
+        self,
+        store: Option<Arc<dyn ObjectStore>>,
+        outputs: Vec<(Option<Path>, Vec<usize>)>,
+    ) -> Result<(u64, WriteMethod), Stop> {
+        let plan = Arc::new(self);
+        let taps = Taps::new(&plan.boundaries);
+        let deadline = taps.deadline();
+        // The checkpoint written beside: one part per output file, deleted unless
+        // committed (a failed, stopped or dropped copy commits nothing).
+        let checkpoint = plan.checkpoint.as_ref().map(|(target, codec)| Uncommitted {
+            write: Some(target.begin(outputs.len())),
+            target: Arc::clone(target),
+            codec: *codec,
+        });
         let mut rows = 0;
         let mut counts = (0u64, 0u64);
-        for (path, files) in outputs {
-            let written = write_file(&plan, &taps, &store, &path, &files, deadline).await;
+        let mut parts = Vec::new();
+        for (n, (path, files)) in outputs.into_iter().enumerate() {
+            let part = checkpoint.as_ref().and_then(|c| c.part(n, plan.part_bytes));
+            // Boxed: a file's write is a large future, which would otherwise sit in
+            // every future awaiting the sink.
+            let output = store.as_ref().zip(path.as_ref());
+            let written = Box::pin(write_file(&plan, &taps, output, &files, part, deadline)).await;
             match written {
-                Ok((n, verbatim, recompressed)) => {
+                Ok((n, verbatim, recompressed, part)) => {
                     rows += n;
                     counts.0 += verbatim;
                     counts.1 += recompressed;
+                    parts.extend(part);
                 }
                 Err(stop) => {
                     taps.close(StreamEnd::Failed);
                     return Err(stop);
                 }
             }
+        }
+        if let Some(checkpoint) = checkpoint
+            && let Err(e) = checkpoint.commit(parts).await
+        {
+            taps.close(StreamEnd::Failed);
+            return Err(Stop::Failed(e));
         }
         taps.close(StreamEnd::Ended);
         let (copied, computed) = plan.names.clone();
@@ -78,21 +120,34 @@ impl CopyPlan {
     }
 
     /// Attributes an error in `file` to the tasks its rows pass, innermost first, as the
-    /// boundaries of a streamed plan do. `read`: the error came from reading or
-    /// decoding the file's bytes; when the file is a checkpoint's part, the checkpoint
-    /// judges such an error first, as a cache hit's boundary does for its scan (a block
-    /// that does not match, a page that does not decode make it corrupt). An error in
-    /// evaluating a computed column is no judgement on it.
+    /// boundaries of a streamed plan do. An error in reading or decoding the file's
+    /// bytes is every task's; when the file is a checkpoint's part, the checkpoint
+    /// judges it first, as a cache hit's boundary does for its scan (a block that does
+    /// not match, a page that does not decode make it corrupt). An error in evaluating
+    /// a computed column is no judgement on the checkpoint, and is the error of the
+    /// innermost task whose output has the column (the tasks below it never computed
+    /// it).
     pub(super) fn attribute(
         &self,
         file: &InputFile,
         error: DataFusionError,
-        read: bool,
+        cause: Cause,
     ) -> DataFusionError {
+        let from = match cause {
+            Cause::Read => 0,
+            Cause::Computing(n) => file
+                .boundaries
+                .iter()
+                .position(|&i| self.boundary_outputs[i].contains(&self.computed_exprs[n]))
+                .unwrap_or(file.boundaries.len()),
+        };
         let mut error = error;
-        for &i in &file.boundaries {
+        for &i in &file.boundaries[from..] {
             let boundary = &self.boundaries[i];
-            let checkpoint = boundary.checkpoint.as_deref().filter(|_| read);
+            let checkpoint = boundary
+                .checkpoint
+                .as_deref()
+                .filter(|_| matches!(cause, Cause::Read));
             error = crate::plan::boundary::attribute(
                 &boundary.task,
                 &boundary.sources,
@@ -110,8 +165,17 @@ impl CopyPlan {
             sources: vec![file.url.clone()],
             source,
         }));
-        Stop::Failed(self.attribute(file, error, true))
+        Stop::Failed(self.attribute(file, error, Cause::Read))
     }
+}
+
+/// What an error of the copy came from, for [`CopyPlan::attribute`].
+#[derive(Clone, Copy)]
+pub(super) enum Cause {
+    /// Reading or decoding an input file's bytes.
+    Read,
+    /// Evaluating the `n`-th computed column.
+    Computing(usize),
 }
 
 /// Deletes what a copy that stopped left at `staging` (the parts of a directory it
@@ -131,6 +195,108 @@ pub(crate) async fn clear(
         }
     }
     Ok(())
+}
+
+/// A checkpoint the copy writes as its output's bytes, until committed: dropped
+/// uncommitted (the copy failed, stopped or was cancelled), its parts are deleted.
+struct Uncommitted {
+    target: Arc<CheckpointTarget>,
+    write: Option<Arc<CheckpointWrite>>,
+    codec: Compression,
+}
+
+impl Uncommitted {
+    /// The upload of part `n`, in parts of `part_bytes`.
+    fn part(&self, n: usize, part_bytes: usize) -> Option<PartUpload> {
+        let write = self.write.as_ref()?;
+        let path = write.part(n);
+        let upload = object_store::buffered::BufWriter::with_capacity(
+            Arc::clone(self.target.store.object_store()),
+            path.clone(),
+            part_bytes,
+        )
+        .with_max_concurrency(2);
+        Some(PartUpload {
+            writer: PartWriter::new(upload, path.clone()),
+            path,
+            target: Arc::clone(&self.target),
+            write: Arc::clone(write),
+        })
+    }
+
+    /// Commits the manifest of `parts`.
+    async fn commit(mut self, parts: Vec<ManifestFile>) -> Result<(), DataFusionError> {
+        let Some(write) = self.write.take() else {
+            return Ok(());
+        };
+        write
+            .commit(&self.target, parts, self.codec)
+            .await
+            .map_err(|e| TeeSink::error(self.target.as_ref(), e))
+    }
+}
+
+impl Drop for Uncommitted {
+    fn drop(&mut self) {
+        if let Some(write) = self.write.take() {
+            let store = self.target.store.clone();
+            sluice_store::cleanup::spawn("delete uncommitted checkpoint parts", async move {
+                write.delete(&store).await;
+            });
+        }
+    }
+}
+
+/// One part of a checkpoint the copy writes: the output file's bytes, uploaded again.
+pub(super) struct PartUpload {
+    writer: PartWriter,
+    path: Path,
+    target: Arc<CheckpointTarget>,
+    write: Arc<CheckpointWrite>,
+}
+
+impl PartUpload {
+    async fn put(&mut self, bytes: Bytes) -> Result<(), Stop> {
+        self.write.progress();
+        let put = self.writer.put(bytes).await;
+        put.map_err(|e| self.failed(e))
+    }
+
+    /// Completes the part of `rows` rows.
+    async fn finish(self, rows: u64) -> Result<ManifestFile, Stop> {
+        let (target, path) = (Arc::clone(&self.target), self.path.clone());
+        self.writer.finish(rows).await.map_err(|e| {
+            let error = match e
+                .into_inner()
+                .map(|inner| inner.downcast::<object_store::Error>())
+            {
+                Some(Ok(store)) => *store,
+                Some(Err(other)) => object_store::Error::Generic {
+                    store: "checkpoint",
+                    source: other,
+                },
+                None => object_store::Error::Generic {
+                    store: "checkpoint",
+                    source: "the part's upload failed".into(),
+                },
+            };
+            part_failed(&target, &path, error)
+        })
+    }
+
+    fn failed(&self, error: object_store::Error) -> Stop {
+        part_failed(&self.target, &self.path, error)
+    }
+}
+
+/// A checkpoint part's upload failed: the checkpoint's error, naming the part.
+fn part_failed(target: &CheckpointTarget, path: &Path, error: object_store::Error) -> Stop {
+    let error = crate::error::classify_store_error(&error, &[path.to_string()]).unwrap_or(
+        Error::Execution {
+            source: DataFusionError::ObjectStore(Box::new(error)),
+        },
+    );
+    Stop::Failed(TeeSink::error(target, error))
 }
 
 /// Rows flowing through the task boundaries of a copied plan: each gets one execution
@@ -212,21 +378,20 @@ pub(super) enum Done {
     Copied(Located, Box<ColumnCloseResult>, bool),
 }
 
-/// One output file from the row groups of `files`, in order.
+/// One output file (at `output`, if any) from the row groups of `files`, in order, and
+/// the same bytes as `part` of a checkpoint when one is written.
 ///
 /// The work goes column chunk by column chunk, a few in flight, and each chunk is
 /// uploaded once appended: memory holds a few compressed chunks, never a row group.
 pub(super) async fn write_file(
     plan: &Arc<CopyPlan>,
     taps: &Taps,
-    store: &Arc<dyn ObjectStore>,
-    path: &Path,
+    output: Option<(&Arc<dyn ObjectStore>, &Path)>,
     files: &[usize],
+    mut part: Option<PartUpload>,
     deadline: Option<(Instant, &Partition)>,
-) -> Result<(u64, u64, u64), Stop> {
+) -> Result<(u64, u64, u64, Option<ManifestFile>), Stop> {
     let parquet = |e: ParquetError| Stop::Failed(DataFusionError::ParquetError(Box::new(e)));
-    let store_failed =
-        |e: object_store::Error| Stop::Failed(DataFusionError::ObjectStore(Box::new(e)));
     let internal = || {
         Stop::Failed(DataFusionError::Internal(
             "the column copy's work came back out of order".into(),
@@ -240,12 +405,14 @@ pub(super) async fn write_file(
     )
     .map_err(parquet)?;
     // Parts of the session's writer buffer size (10 MiB unless set), two in flight.
-    let mut upload = object_store::buffered::BufWriter::with_capacity(
-        Arc::clone(store),
-        path.clone(),
-        plan.part_bytes,
-    )
-    .with_max_concurrency(2);
+    let mut upload = output.map(|(store, path)| {
+        object_store::buffered::BufWriter::with_capacity(
+            Arc::clone(store),
+            path.clone(),
+            plan.part_bytes,
+        )
+        .with_max_concurrency(2)
+    });
     let mut units = Vec::new();
     for &f in files {
         let descr = plan.files[f].metadata.file_metadata().schema_descr_ptr();
@@ -331,10 +498,7 @@ pub(super) async fn write_file(
                             }
                         }
                     }
-                    upload
-                        .put(buffer.take().into())
-                        .await
-                        .map_err(store_failed)?;
+                    put(upload.as_mut(), part.as_mut(), buffer.take().into()).await?;
                 }
                 row_group.close().map_err(parquet)?;
                 if let Some((at, tap)) = deadline
@@ -355,26 +519,55 @@ pub(super) async fn write_file(
             }
         }
         writer.finish().map_err(parquet)?;
-        upload
-            .put(buffer.take().into())
-            .await
-            .map_err(store_failed)?;
+        put(upload.as_mut(), part.as_mut(), buffer.take().into()).await?;
         shut_down = true;
-        upload
-            .shutdown()
-            .await
-            .map_err(|e| Stop::Failed(DataFusionError::IoError(e)))?;
+        if let Some(upload) = upload.as_mut() {
+            upload
+                .shutdown()
+                .await
+                .map_err(|e| Stop::Failed(DataFusionError::IoError(e)))?;
+        }
         Ok(())
     }
     .await;
     match result {
-        Ok(()) => Ok((rows, counts.0, counts.1)),
+        Ok(()) => {
+            let part = match part {
+                Some(part) => Some(part.finish(rows).await?),
+                None => None,
+            };
+            Ok((rows, counts.0, counts.1, part))
+        }
         Err(stop) => {
-            if !shut_down && let Err(e) = upload.abort().await {
+            if !shut_down
+                && let Some(upload) = upload.as_mut()
+                && let Err(e) = upload.abort().await
+            {
                 tracing::debug!(error = %e, "could not abort the copy's upload");
+            }
+            if let Some(part) = part {
+                part.writer.abort().await;
             }
             Err(stop)
         }
+    }
+}
+
+/// Appends `bytes` to the output's upload and to the checkpoint's part, each if written.
+async fn put(
+    upload: Option<&mut object_store::buffered::BufWriter>,
+    part: Option<&mut PartUpload>,
+    bytes: Bytes,
+) -> Result<(), Stop> {
+    if let Some(part) = part {
+        part.put(bytes.clone()).await?;
+    }
+    match upload {
+        Some(upload) => upload
+            .put(bytes)
+            .await
+            .map_err(|e| Stop::Failed(DataFusionError::ObjectStore(Box::new(e)))),
+        None => Ok(()),
     }
 }
 
@@ -479,11 +672,16 @@ pub(super) fn compute(
         let batch = RecordBatch::try_new(Arc::clone(&plan.needed_schema), columns)
             .map_err(|e| read_failed(DataFusionError::ArrowError(Box::new(e), None)))?;
         let mut leaf = 0;
-        for (expr, field) in plan.exprs.iter().zip(plan.computed_arrow.fields()) {
+        for (n, (expr, field)) in plan
+            .exprs
+            .iter()
+            .zip(plan.computed_arrow.fields())
+            .enumerate()
+        {
             let value = expr
                 .evaluate(&batch)
                 .and_then(|v| v.into_array(batch.num_rows()))
-                .map_err(|e| Stop::Failed(plan.attribute(file, e, false)))?;
+                .map_err(|e| Stop::Failed(plan.attribute(file, e, Cause::Computing(n))))?;
             for column in compute_leaves(field, &value).map_err(parquet)? {
                 writers[leaf].write(&column).map_err(parquet)?;
                 leaf += 1;
