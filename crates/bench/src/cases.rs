@@ -83,7 +83,7 @@ pub enum Engine {
     #[value(name = "duckdb")]
     #[serde(rename = "duckdb")]
     DuckDb,
-    /// Sluice lazy with the workload's last transform persisted (tee) to a local
+    /// Sluice lazy with the workload's last transform persisted (`Persist::Tee`) to a local
     /// result store, recomputed and rewritten on every run (`refresh`): the cost of
     /// checkpointing.
     Persisted,
@@ -164,7 +164,7 @@ impl Engine {
             Engine::DataFusion => "DataFusion, no Sluice",
             Engine::Polars => "Polars streaming",
             Engine::DuckDb => "DuckDB COPY",
-            Engine::Persisted => "Sluice lazy, persisted (tee)",
+            Engine::Persisted => "Sluice lazy, persisted",
             Engine::CacheHit => "Sluice lazy, cache hit",
             Engine::Mapped => "Sluice lazy, 4 files mapped",
             Engine::LazyRewrite => "Sluice lazy, column copy off",
@@ -345,7 +345,7 @@ pub fn persisted_task(workload: Workload) -> &'static str {
     }
 }
 
-/// The pipeline with the workload's last transform persisted (tee) in `cache`.
+/// The pipeline with the workload's last transform persisted (`Persist::Tee`) in `cache`.
 #[flow]
 async fn persisted_pipeline(
     workload: Workload,
@@ -401,9 +401,10 @@ async fn persisted_pipeline(
 }
 
 /// The checkpoint format: Sluice's default, or `SLUICE_BENCH_CHECKPOINT_CODEC`
-/// (`lz4`, `snappy`, `zstd1`, `zstd3`, `none`; `+dict` for dictionary encoding,
-/// `+stats` for page statistics, `+ROWS` for the row-group size), the knob used to pick
-/// the default.
+/// (`lz4`, `snappy`, `zstd1`, `zstd3`, `none`; `+dict`/`+nodict` for dictionary
+/// encoding, `+stats`/`+nostats` for page statistics, `+ROWS` for the row-group size),
+/// the knob used to pick the default. A codec named is every write's: the column copy
+/// leaves a checkpoint of another codec than the output's to the tee.
 fn checkpoint_format() -> Result<CheckpointFormat> {
     let Ok(spec) = std::env::var("SLUICE_BENCH_CHECKPOINT_CODEC") else {
         return Ok(CheckpointFormat::default());
@@ -414,10 +415,12 @@ fn checkpoint_format() -> Result<CheckpointFormat> {
     for extra in parts {
         format = match extra {
             "dict" => format.with_dictionary(true),
+            "nodict" => format.with_dictionary(false),
             "stats" => format.with_statistics(true),
+            "nostats" => format.with_statistics(false),
             rows => format.with_row_group_rows(rows.parse().map_err(|_| Error::InvalidOption {
                 option: "SLUICE_BENCH_CHECKPOINT_CODEC",
-                reason: format!("{rows:?}: use +dict, +stats or +ROWS"),
+                reason: format!("{rows:?}: use +dict, +nodict, +stats, +nostats or +ROWS"),
             })?),
         };
     }

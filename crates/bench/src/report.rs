@@ -415,7 +415,7 @@ fn goals(results: &Results, md: &mut String) {
         None => ("needs the persisted and lazy cases".to_string(), None),
     };
     list.push(Goal {
-        text: "Persisted (tee) seed ETL ≤ 1.3x the unpersisted lazy wall, peak RSS still ≤ 256 MiB",
+        text: "Persisted seed ETL ≤ 1.3x the unpersisted lazy wall, peak RSS still ≤ 256 MiB",
         measured,
         met,
     });

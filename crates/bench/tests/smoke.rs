@@ -59,7 +59,7 @@ fn run_writes_the_report() {
     // 3 workloads x 8 engines at 20k, and the curve's 5 engines at 40k (lazy three ways,
     // eager, DataFusion).
     assert_eq!(cases.len(), 29);
-    assert!(report.contains("Persisted (tee) seed ETL"), "{report}");
+    assert!(report.contains("Persisted seed ETL"), "{report}");
     assert!(
         report.contains("0 bytes in every cache-hit run"),
         "{report}"

@@ -358,7 +358,8 @@ impl CheckpointFormat {
         self
     }
 
-    /// Rows per row group.
+    /// Rows per row group of a checkpoint the tee writes (one the column copy writes
+    /// keeps its source's row groups, as the output does).
     pub fn with_row_group_rows(mut self, rows: usize) -> Self {
         self.row_group_rows = rows.max(1);
         self

@@ -207,6 +207,13 @@ impl CheckpointRead {
     }
 }
 
+/// How footers are decoded, the checkpoint's parts' and the column copy's inputs': with
+/// each chunk's page encoding statistics kept as written (not as a mask), so that a
+/// chunk the copy moves states them as its input did.
+pub(crate) fn footer_options() -> parquet::file::metadata::ParquetMetaDataOptions {
+    parquet::file::metadata::ParquetMetaDataOptions::new().with_encoding_stats_as_mask(false)
+}
+
 /// How two schemas differ in names, types or nullability (metadata aside), if they do.
 pub(crate) fn schema_difference(stored: &Schema, planned: &Schema) -> Option<String> {
     let line = |f: &datafusion::arrow::datatypes::Field| {
@@ -684,7 +691,7 @@ impl VerifiedParts {
         }
         let end = bytes.len() - TAIL as usize;
         let metadata = bytes.slice(end - footer as usize..end);
-        let options = crate::parquet_io::copy::footer_options();
+        let options = footer_options();
         let decoded = std::panic::catch_unwind(|| {
             ParquetMetaDataReader::decode_metadata_with_options(&metadata, Some(&options))
         });

@@ -69,6 +69,7 @@ use parquet::schema::types::{SchemaDescPtr, Type};
 use tokio::io::AsyncWriteExt;
 
 use crate::checkpoint::ManifestFile;
+use crate::checkpoint::read::footer_options;
 use crate::checkpoint::tee::{CheckpointTarget, CheckpointWrite, PartWriter, TeeSink};
 use crate::checkpoint::{CheckpointTee, Tee};
 use crate::parquet_io::format::WrappedFormat;
@@ -103,12 +104,6 @@ const MAX_ROW_GROUP_BYTES: u64 = 256 << 20;
 /// New columns are buffered encoded until their row group is complete: the copy is not
 /// taken when a row group's new columns would exceed this, at their in-memory size.
 const MAX_COMPUTED_BYTES: u64 = 256 << 20;
-
-/// How the copy's footers are decoded: with each chunk's page encoding statistics kept
-/// as written (not as a mask), so that a copied chunk states them as its input did.
-pub(crate) fn footer_options() -> parquet::file::metadata::ParquetMetaDataOptions {
-    parquet::file::metadata::ParquetMetaDataOptions::new().with_encoding_stats_as_mask(false)
-}
 
 /// Footers read at once when a copy is planned.
 const FOOTERS_IN_FLIGHT: usize = 8;
