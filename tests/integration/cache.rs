@@ -251,11 +251,7 @@ async fn a_second_run_reads_the_checkpoint_and_no_source_byte(backend: Backend) 
         }
         other => panic!("the miss's sink was not a column copy: {other:?}"),
     }
-    let parts: Vec<_> = checkpoint_objects(&h)
-        .await
-        .into_iter()
-        .filter(|o| o.location.as_ref().ends_with(".parquet"))
-        .collect();
+    let parts = checkpoint_parts(&h).await;
     assert_eq!(parts.len(), 1, "{parts:?}");
     let output = std::fs::read(h.dest("a.parquet")).unwrap();
     assert!(
@@ -624,6 +620,15 @@ pub(crate) async fn checkpoint_objects(h: &Harness) -> Vec<object_store::ObjectM
     all
 }
 
+/// The checkpoint parts (Parquet objects) in the result store, in path order.
+pub(crate) async fn checkpoint_parts(h: &Harness) -> Vec<object_store::ObjectMeta> {
+    checkpoint_objects(h)
+        .await
+        .into_iter()
+        .filter(|o| o.location.as_ref().ends_with(".parquet"))
+        .collect()
+}
+
 /// The writers' directories (`data-<id>`) that hold parts.
 pub(crate) fn data_dirs(
     objects: &[object_store::ObjectMeta],
@@ -877,17 +882,7 @@ async fn an_early_stop_commits_nothing_and_leaves_no_parts(backend: Backend) {
     assert!(!t.cache.as_ref().unwrap().committed);
     assert!(h.valid_checkpoints().await.is_empty());
     // The dropped write's parts are deleted in the background.
-    for _ in 0..100 {
-        if checkpoint_objects(&h)
-            .await
-            .iter()
-            .all(|m| !m.location.as_ref().ends_with(".parquet"))
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("parts left behind: {:#?}", checkpoint_objects(&h).await);
+    no_parts_left(&h).await;
 }
 
 /// A copy that writes a checkpoint and fails (a computed column that does not
@@ -929,17 +924,18 @@ async fn a_failed_copy_commits_no_checkpoint_and_leaves_no_parts(backend: Backen
     let t = run.record.task("flag_code").unwrap();
     assert!(!t.cache.as_ref().unwrap().committed, "{t:?}");
     assert!(h.valid_checkpoints().await.is_empty());
+    no_parts_left(&h).await;
+}
+
+/// Waits for an uncommitted write's parts, deleted in the background, to be gone.
+async fn no_parts_left(h: &Harness) {
     for _ in 0..100 {
-        if checkpoint_objects(&h)
-            .await
-            .iter()
-            .all(|m| !m.location.as_ref().ends_with(".parquet"))
-        {
+        if checkpoint_parts(h).await.is_empty() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("parts left behind: {:#?}", checkpoint_objects(&h).await);
+    panic!("parts left behind: {:#?}", checkpoint_objects(h).await);
 }
 
 /// A barrier task feeding a load that fails: the rerun resumes from the checkpoint.
@@ -989,11 +985,7 @@ async fn barrier_mode_resumes_after_a_failed_load_and_computes_fan_out_once(back
     // The barrier's plan only adds a column: the column copy wrote the checkpoint, one
     // part keeping the source's row groups (the tee's would be 65,536 rows each), in the
     // tee's default codec.
-    let parts: Vec<_> = checkpoint_objects(&h)
-        .await
-        .into_iter()
-        .filter(|o| o.location.as_ref().ends_with(".parquet"))
-        .collect();
+    let parts = checkpoint_parts(&h).await;
     assert_eq!(parts.len(), 1, "{parts:?}");
     let footer = parquet::file::metadata::ParquetMetaDataReader::new()
         .parse_and_finish(&bytes::Bytes::from(read(&h, &parts[0].location).await))
@@ -1203,11 +1195,7 @@ async fn a_hit_over_large_row_groups_fetches_them_in_pieces_and_gives_the_miss_f
     let source = source.display().to_string();
     let (miss, _) = h.etl(&source, &h.dest("a.parquet"), now()).await;
     assert!(ok(&miss).method.is_column_copy(), "{:?}", ok(&miss).method);
-    let parts: Vec<_> = checkpoint_objects(&h)
-        .await
-        .into_iter()
-        .filter(|o| o.location.as_ref().ends_with(".parquet"))
-        .collect();
+    let parts = checkpoint_parts(&h).await;
     let footer = parquet::file::metadata::ParquetMetaDataReader::new()
         .parse_and_finish(&bytes::Bytes::from(read(&h, &parts[0].location).await))
         .unwrap();
