@@ -167,8 +167,8 @@ const READ_AHEAD: usize = 4;
 /// The bytes of the row groups read ahead, at most.
 const READ_AHEAD_BYTES: u64 = 32 << 20;
 
-/// Row groups kept fetched at most: those read ahead, and the two the units in flight
-/// span (older ones are let go as the units move on).
+/// Row groups kept fetched at most: those read ahead, the one asked for and one more
+/// (earlier ones are let go as the units move on).
 const ROW_GROUPS_KEPT: usize = READ_AHEAD + 2;
 
 /// The pieces (byte ranges) row group `g` of `file` is fetched in when it is fetched
@@ -235,11 +235,11 @@ impl RowGroupFetches {
         let fetch = {
             let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
             let fetch = Self::keep(&mut kept, file, key, pieces, false);
-            // Units ask in order, and those in flight span two row groups at most: the
-            // row groups before the previous one are let go (a unit that holds one keeps
-            // it until it is done), so that large ones are not held for nothing.
-            let previous = (key.0, key.1.saturating_sub(1));
-            while kept.front().is_some_and(|k| k.key < previous) {
+            // Units ask in the order they run (each asks before its first wait), so no
+            // unit asks for an earlier row group after this one: those are let go (a unit
+            // that holds one keeps it until it is done), so that large ones are not held
+            // for nothing.
+            while kept.front().is_some_and(|k| k.key < key) {
                 if let Some(driver) = kept.pop_front().and_then(|old| old.driver) {
                     driver.abort();
                 }
