@@ -1047,6 +1047,17 @@ async fn barrier_mode_resumes_after_a_failed_load_and_computes_fan_out_once(back
     );
     let extract = two.record.task("extract").unwrap();
     assert_eq!(extract.executions.len(), 1, "{extract:?}");
+    // The copy wrote the checkpoint, and each sink copied out of it.
+    let loads: Vec<_> = two
+        .record
+        .tasks
+        .iter()
+        .filter(|t| t.name == "load")
+        .collect();
+    assert_eq!(loads.len(), 2);
+    for load in loads {
+        assert!(load.sinks[0].method.is_column_copy(), "{load:?}");
+    }
     let transform = two.record.task("transform").unwrap();
     // One execution computed it (the barrier); each sink read the checkpoint.
     let computed: Vec<bool> = transform
@@ -1209,6 +1220,47 @@ async fn a_hit_over_large_row_groups_fetches_them_in_pieces_and_gives_the_miss_f
         std::fs::read(h.dest("b.parquet")).unwrap() == std::fs::read(h.dest("a.parquet")).unwrap(),
         "the hit's output is not the miss's"
     );
+}
+
+/// Two sinks of one persisted frame: the first's copy writes the checkpoint, the second
+/// copies out of it (the footers its writer gave, every byte checked against the
+/// manifest) and reads no source byte: the same file twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sink_of_a_persisted_frame_copies_the_checkpoint_the_first_wrote() {
+    let h = Harness::new(Backend::Local, "second-sink").await;
+    let source = h.source("in.parquet", 30_000, 1);
+    let (a, b) = (h.dest("a.parquet"), h.dest("b.parquet"));
+    let counting = Arc::clone(&h.counting);
+    let run = Flow::new("second-sink")
+        .with_options(FlowOptions::default().with_session(h.session.clone()))
+        .with_result_store(&h.store_url)
+        .run(serde_json::json!({}), async {
+            let df = transform(extract(&source).await?).await?;
+            let first = load(df.clone(), &a).await?;
+            let read = counting.bytes_read();
+            let second = load(df, &b).await?;
+            Ok((first, second, counting.bytes_read() - read))
+        })
+        .await;
+    let (first, second, source_bytes) = run.output.as_ref().unwrap();
+    assert!(first.method.is_column_copy(), "{:?}", first.method);
+    match &second.method {
+        WriteMethod::ColumnCopy {
+            computed,
+            chunks_recompressed,
+            ..
+        } => {
+            assert!(computed.is_empty(), "{computed:?}");
+            assert_eq!(*chunks_recompressed, 0);
+        }
+        other => panic!("the second sink did not copy the checkpoint: {other:?}"),
+    }
+    assert_eq!(*source_bytes, 0, "the second sink read the source");
+    assert!(
+        std::fs::read(&b).unwrap() == std::fs::read(&a).unwrap(),
+        "the second sink's output is not the first's"
+    );
+    assert_eq!(h.valid_checkpoints().await.len(), 1);
 }
 
 /// A sink that writes a projection of a persisted task's output leaves its checkpoint

@@ -231,6 +231,7 @@ pub(crate) async fn decide(persisted: Persisted<'_>) -> Result<Decision> {
                 plan_text: persisted.plan.display_indent().to_string(),
                 schema: Arc::clone(&persisted.schema),
                 committed: std::sync::OnceLock::new(),
+                footers: std::sync::OnceLock::new(),
             });
             let plan = LogicalPlan::Extension(Extension {
                 node: Arc::new(CheckpointTee {
@@ -278,8 +279,17 @@ impl Barrier {
         let target = &self.target;
         let (name, key) = (target.task.as_str(), target.key.as_str());
         let read = match target.committed.get() {
-            // Just written and hashed by this run: read without verifying.
-            Some(manifest) => CheckpointRead::new(target.store.clone(), manifest.clone(), false),
+            // Just written by this run: with its footers when the column copy wrote it
+            // (a sink's copy then moves its chunks, checked against the manifest), else
+            // read without verifying (the tee hashed it).
+            Some(manifest) => match target.footers.get() {
+                Some(footers) => CheckpointRead::with_footers(
+                    target.store.clone(),
+                    manifest.clone(),
+                    footers.clone(),
+                ),
+                None => CheckpointRead::new(target.store.clone(), manifest.clone(), false),
+            },
             // Another run committed the same key first: read theirs.
             None => {
                 let expected = expected(&self.policy, None, &self.schema);

@@ -98,6 +98,18 @@ impl CheckpointRead {
         }
     }
 
+    /// A verified read of a checkpoint this run has just written, whose parts' footers
+    /// (by object path) its writer gave.
+    pub(crate) fn with_footers(
+        store: CheckpointStore,
+        manifest: Manifest,
+        footers: HashMap<Path, Arc<ParquetMetaData>>,
+    ) -> Arc<Self> {
+        let mut read = Self::unshared(store, manifest, true);
+        read.footers = footers;
+        Arc::new(read)
+    }
+
     /// Opens a checkpoint the lookup found: reads and checks every part's footer (its
     /// size, checksums, rows and schema) and the manifest's schema against `planned`,
     /// the schema this run's plan gives the task's output. `Ok(Err(reason))` is a miss;

@@ -45,9 +45,14 @@ use parquet::arrow::AsyncArrowWriter;
 use parquet::arrow::async_writer::AsyncFileWriter;
 use tokio::sync::mpsc;
 
+use std::collections::HashMap;
+
+use parquet::file::metadata::ParquetMetaData;
+
 use super::gc::Lease;
 use super::manifest::{BLOCK_SIZE, BlockHasher, encode_schema};
 use super::{CacheKeyInputs, CheckpointFormat, CheckpointStore, Clock, Manifest, ManifestFile};
+use crate::plan::boundary::CheckpointSource;
 use crate::seam::TaskHandle;
 use crate::{Error, Result};
 
@@ -76,6 +81,10 @@ pub(crate) struct CheckpointTarget {
     /// Set once this run committed the checkpoint: later sinks of the same frame read
     /// it instead of computing the task again.
     pub(crate) committed: OnceLock<Manifest>,
+    /// The footers of the committed parts, by object path, when the column copy wrote
+    /// them (it has them from its writer): a later sink's copy reads the parts without
+    /// reading their footers again.
+    pub(crate) footers: OnceLock<HashMap<Path, Arc<ParquetMetaData>>>,
 }
 
 impl CheckpointTarget {
@@ -161,6 +170,11 @@ pub(crate) trait TeeSink: std::any::Any + fmt::Debug + Send + Sync {
     /// A write or commit error, naming the task and the checkpoint, as DataFusion
     /// carries it.
     fn error(&self, source: Error) -> DataFusionError;
+    /// The checkpoint this run committed, as a source of the column copy (its parts'
+    /// footers known), with its schema.
+    fn written(&self) -> Option<(Arc<dyn CheckpointSource>, SchemaRef)> {
+        None
+    }
     /// What `Display` shows after `task=… key=…`.
     fn describe(&self, _f: &mut fmt::Formatter) -> fmt::Result {
         Ok(())
@@ -212,6 +226,15 @@ impl TeeSink for CheckpointTarget {
 
     fn committed(&self) -> Option<Manifest> {
         self.committed.get().cloned()
+    }
+
+    fn written(&self) -> Option<(Arc<dyn CheckpointSource>, SchemaRef)> {
+        let manifest = self.committed.get()?.clone();
+        let footers = self.footers.get()?.clone();
+        let schema = manifest.schema().ok()?;
+        // Read through the checksums: the copy then moves chunks without decoding them.
+        let read = super::CheckpointRead::with_footers(self.store.clone(), manifest, footers);
+        Some((read as Arc<dyn CheckpointSource>, schema))
     }
 
     fn format(&self) -> CheckpointFormat {

@@ -176,6 +176,22 @@ fn walk(plan: &LogicalPlan, teed: &mut Option<Teed>) -> Result<Walked, String> {
         }
         LogicalPlan::Extension(extension) => {
             if let Some(tee) = extension.node.as_any().downcast_ref::<CheckpointTee>() {
+                // A later sink of a frame whose checkpoint this run has written: its
+                // parts are the input, as a hit's are.
+                if let Some((checkpoint, schema)) = tee.tee.written() {
+                    let exprs = schema
+                        .fields()
+                        .iter()
+                        .map(|f| Expr::Column(Column::new_unqualified(f.name())))
+                        .collect();
+                    let branch = Branch {
+                        source: BranchSource::Checkpoint(checkpoint),
+                        schema: Arc::clone(&schema),
+                        boundaries: Vec::new(),
+                        outputs: Vec::new(),
+                    };
+                    return Ok((vec![branch], schema, exprs));
+                }
                 let walked = walk(&tee.input, teed)?;
                 if teed.is_some() {
                     return Err("two checkpoints are written of one output".into());

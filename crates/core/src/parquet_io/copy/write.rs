@@ -224,15 +224,27 @@ impl Uncommitted {
         })
     }
 
-    /// Commits the manifest of `parts`.
-    async fn commit(mut self, parts: Vec<ManifestFile>) -> Result<(), DataFusionError> {
+    /// Commits the manifest of `parts`; when this write's manifest is the one that
+    /// stands, keeps the parts' footers for later sinks of the frame.
+    async fn commit(mut self, parts: Vec<WrittenPart>) -> Result<(), DataFusionError> {
         let Some(write) = self.write.take() else {
             return Ok(());
         };
+        let (files, footers): (Vec<ManifestFile>, std::collections::HashMap<_, _>) = parts
+            .into_iter()
+            .map(|(file, path, footer)| (file, (path, footer)))
+            .unzip();
+        let first = files.first().map(|f| f.path.clone());
         write
-            .commit(&self.target, parts, self.codec)
+            .commit(&self.target, files, self.codec)
             .await
-            .map_err(|e| TeeSink::error(self.target.as_ref(), e))
+            .map_err(|e| TeeSink::error(self.target.as_ref(), e))?;
+        if let Some(manifest) = self.target.committed.get()
+            && manifest.files.first().map(|f| &f.path) == first.as_ref()
+        {
+            let _ = self.target.footers.set(footers);
+        }
+        Ok(())
     }
 }
 
@@ -246,6 +258,9 @@ impl Drop for Uncommitted {
         }
     }
 }
+
+/// A checkpoint part the copy wrote: what the manifest records, its path and footer.
+type WrittenPart = (ManifestFile, Path, Arc<ParquetMetaData>);
 
 /// One part of a checkpoint the copy writes: the output file's bytes, uploaded again.
 pub(super) struct PartUpload {
@@ -390,7 +405,7 @@ pub(super) async fn write_file(
     files: &[usize],
     mut part: Option<PartUpload>,
     deadline: Option<(Instant, &Partition)>,
-) -> Result<(u64, u64, u64, Option<ManifestFile>), Stop> {
+) -> Result<(u64, u64, u64, Option<WrittenPart>), Stop> {
     let parquet = |e: ParquetError| Stop::Failed(DataFusionError::ParquetError(Box::new(e)));
     let internal = || {
         Stop::Failed(DataFusionError::Internal(
@@ -460,7 +475,7 @@ pub(super) async fn write_file(
     let mut counts = (0u64, 0u64);
     // Once shut down, the upload is complete or failed whole: nothing to abort.
     let mut shut_down = false;
-    let result: Result<(), Stop> = async {
+    let result: Result<ParquetMetaData, Stop> = async {
         for &f in files {
             let file = &plan.files[f];
             let descr = file.metadata.file_metadata().schema_descr_ptr();
@@ -518,7 +533,7 @@ pub(super) async fn write_file(
                 );
             }
         }
-        writer.finish().map_err(parquet)?;
+        let footer = writer.finish().map_err(parquet)?;
         put(upload.as_mut(), part.as_mut(), buffer.take().into()).await?;
         shut_down = true;
         if let Some(upload) = upload.as_mut() {
@@ -527,13 +542,16 @@ pub(super) async fn write_file(
                 .await
                 .map_err(|e| Stop::Failed(DataFusionError::IoError(e)))?;
         }
-        Ok(())
+        Ok(footer)
     }
     .await;
     match result {
-        Ok(()) => {
+        Ok(footer) => {
             let part = match part {
-                Some(part) => Some(part.finish(rows).await?),
+                Some(part) => {
+                    let path = part.path.clone();
+                    Some((part.finish(rows).await?, path, Arc::new(footer)))
+                }
                 None => None,
             };
             Ok((rows, counts.0, counts.1, part))
