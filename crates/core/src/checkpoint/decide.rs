@@ -278,18 +278,9 @@ impl Barrier {
     ) -> Result<(LogicalPlan, Lineage)> {
         let target = &self.target;
         let (name, key) = (target.task.as_str(), target.key.as_str());
-        let read = match target.committed.get() {
-            // Just written by this run: with its footers when the column copy wrote it
-            // (a sink's copy then moves its chunks, checked against the manifest), else
-            // read without verifying (the tee hashed it).
-            Some(manifest) => match target.footers.get() {
-                Some(footers) => CheckpointRead::with_footers(
-                    target.store.clone(),
-                    manifest.clone(),
-                    footers.clone(),
-                ),
-                None => CheckpointRead::new(target.store.clone(), manifest.clone(), false),
-            },
+        let read = match target.committed_read() {
+            // Just written by this run.
+            Some(read) => read,
             // Another run committed the same key first: read theirs.
             None => {
                 let expected = expected(&self.policy, None, &self.schema);

@@ -15,6 +15,7 @@
 //! finished before the checkpoint is committed. A partition that fails or is dropped
 //! marks the write failed: nothing is committed, and its parts are deleted.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,11 +44,8 @@ use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::arrow::async_writer::AsyncFileWriter;
-use tokio::sync::mpsc;
-
-use std::collections::HashMap;
-
 use parquet::file::metadata::ParquetMetaData;
+use tokio::sync::mpsc;
 
 use super::gc::Lease;
 use super::manifest::{BLOCK_SIZE, BlockHasher, encode_schema};
@@ -103,6 +101,19 @@ impl CheckpointTarget {
                 closed: 0,
             }),
             failed: AtomicBool::new(false),
+        })
+    }
+
+    /// The checkpoint this run committed, as a read: through the checksums with its
+    /// parts' footers when the column copy wrote them (a sink's copy then moves its
+    /// chunks), else without verifying (the tee hashed what it wrote).
+    pub(crate) fn committed_read(&self) -> Option<Arc<super::CheckpointRead>> {
+        let manifest = self.committed.get()?.clone();
+        Some(match self.footers.get() {
+            Some(footers) => {
+                super::CheckpointRead::with_footers(self.store.clone(), manifest, footers.clone())
+            }
+            None => super::CheckpointRead::new(self.store.clone(), manifest, false),
         })
     }
 
@@ -229,11 +240,9 @@ impl TeeSink for CheckpointTarget {
     }
 
     fn written(&self) -> Option<(Arc<dyn CheckpointSource>, SchemaRef)> {
-        let manifest = self.committed.get()?.clone();
-        let footers = self.footers.get()?.clone();
-        let schema = manifest.schema().ok()?;
-        // Read through the checksums: the copy then moves chunks without decoding them.
-        let read = super::CheckpointRead::with_footers(self.store.clone(), manifest, footers);
+        self.footers.get()?;
+        let read = self.committed_read()?;
+        let schema = read.manifest().schema().ok()?;
         Some((read as Arc<dyn CheckpointSource>, schema))
     }
 
@@ -303,6 +312,7 @@ impl PartEnd for CommitEnd {
             write
                 .commit(target, parts, target.format.tee_compression())
                 .await
+                .map(drop)
                 .map_err(|e| TeeSink::error(target.as_ref(), e))
         }
         .boxed()
@@ -454,13 +464,14 @@ impl CheckpointWrite {
     }
 
     /// Commits the manifest of `parts`, encoded with `codec`, for `target` (see
-    /// [`commit`]), ending the lease; deletes the parts when the commit fails.
+    /// [`commit`]: whether this write's manifest stands), ending the lease; deletes the
+    /// parts when the commit fails.
     pub(crate) async fn commit(
         &self,
         target: &CheckpointTarget,
         parts: Vec<ManifestFile>,
         codec: crate::Compression,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let lease = self.lease.lock().await.take();
         let committed = commit(target, &self.dir, parts, codec, lease).await;
         if committed.is_err() {
@@ -548,24 +559,25 @@ async fn write_part(
 /// A writer's error: what the store said, when a store error is behind it (the
 /// buffered writer hands them over inside an `io::Error`).
 fn parquet_error(path: &Path, error: parquet::errors::ParquetError) -> Error {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    store_error_in(path, &error).unwrap_or_else(|| Error::Execution {
+        source: DataFusionError::ParquetError(Box::new(error)),
+    })
+}
+
+/// The store error behind `error` (through `io::Error`s, which the buffered writer
+/// wraps them in), classified as Sluice's for the object at `path`, if there is one.
+fn store_error_in(path: &Path, error: &(dyn std::error::Error + 'static)) -> Option<Error> {
+    let mut current = Some(error);
     while let Some(e) = current {
         if let Some(store_error) = e.downcast_ref::<object_store::Error>() {
-            if let Some(classified) =
-                crate::error::classify_store_error(store_error, &[path.to_string()])
-            {
-                return classified;
-            }
-            break;
+            return crate::error::classify_store_error(store_error, &[path.to_string()]);
         }
         current = match e.downcast_ref::<std::io::Error>() {
             Some(io) => io.get_ref().map(|inner| inner as _),
             None => e.source(),
         };
     }
-    Error::Execution {
-        source: DataFusionError::ParquetError(Box::new(error)),
-    }
+    None
 }
 
 /// The upload of one checkpoint part, hashing its bytes block by block as they are
@@ -586,6 +598,11 @@ impl PartWriter {
         }
     }
 
+    /// The part's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Appends `bytes`.
     pub(crate) async fn put(
         &mut self,
@@ -595,10 +612,17 @@ impl PartWriter {
         self.inner.put(bytes).await
     }
 
-    /// Completes the upload of a part of `rows` rows.
-    pub(crate) async fn finish(mut self, rows: u64) -> std::io::Result<ManifestFile> {
+    /// Completes the upload of a part of `rows` rows; an error names the part, classified
+    /// as the store's when one is behind it.
+    pub(crate) async fn finish(mut self, rows: u64) -> Result<ManifestFile> {
         use tokio::io::AsyncWriteExt;
-        self.inner.shutdown().await?;
+        if let Err(e) = self.inner.shutdown().await {
+            return Err(
+                store_error_in(&self.path, &e).unwrap_or_else(|| Error::Execution {
+                    source: DataFusionError::IoError(e),
+                }),
+            );
+        }
         Ok(self.written(rows))
     }
 
@@ -738,14 +762,14 @@ impl TeeStream {
 /// Commits the manifest of a complete write whose parts are encoded with `codec`,
 /// then ends the writer's lease (the manifest holds the parts from then on). A lost
 /// create-if-absent race is not an error: the winner's checkpoint holds the same data;
-/// ours is deleted.
+/// ours is deleted. Returns whether this write's manifest stands.
 pub(crate) async fn commit(
     target: &CheckpointTarget,
     dir: &Path,
     files: Vec<ManifestFile>,
     codec: crate::Compression,
     lease: Option<Lease>,
-) -> Result<()> {
+) -> Result<bool> {
     let created = target.clock.now();
     let schema = Arc::clone(&target.schema);
     let manifest = Manifest {
@@ -805,7 +829,7 @@ pub(crate) async fn commit(
             tracing::warn!(error = %e, "could not delete the losing run's parts");
         }
     }
-    Ok(())
+    Ok(committed.is_some())
 }
 
 impl Stream for TeeStream {

@@ -48,7 +48,7 @@ pub(crate) struct Shape {
 struct Teed {
     tee: Tee,
     exprs: Vec<Expr>,
-    fields: Vec<Field>,
+    fields: Fields,
 }
 
 impl Shape {
@@ -56,11 +56,10 @@ impl Shape {
     pub(crate) fn of(plan: &LogicalPlan) -> Result<Shape, String> {
         let mut teed = None;
         let (branches, table_schema, exprs) = walk(plan, &mut teed)?;
-        let schema = plan.schema();
-        let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let fields = plan.schema().fields();
         let checkpoint = match teed {
             None => None,
-            Some(teed) if teed.exprs == exprs && teed.fields == fields => Some(teed.tee),
+            Some(teed) if teed.exprs == exprs && teed.fields == *fields => Some(teed.tee),
             Some(teed) => {
                 return Err(format!(
                     "the checkpoint of task {} holds other columns than the output",
@@ -70,8 +69,11 @@ impl Shape {
         };
         let columns = exprs
             .into_iter()
-            .zip(fields)
-            .map(|(expr, field)| ShapeColumn { field, expr })
+            .zip(fields.iter())
+            .map(|(expr, field)| ShapeColumn {
+                field: field.as_ref().clone(),
+                expr,
+            })
             .collect();
         let shape = Shape {
             branches,
@@ -134,13 +136,28 @@ fn scanned(scan: &datafusion::logical_expr::TableScan) -> Result<(SchemaRef, Vec
     }
     let schema = scan.source.schema();
     let exprs = match &scan.projection {
-        Some(p) => p.clone(),
-        None => (0..schema.fields().len()).collect(),
-    }
-    .into_iter()
-    .map(|i| Expr::Column(Column::new_unqualified(schema.field(i).name())))
-    .collect();
+        Some(p) => columns(&schema, p.iter().copied()),
+        None => columns(&schema, 0..schema.fields().len()),
+    };
     Ok((schema, exprs))
+}
+
+/// Columns `indices` of `schema`, as unqualified column expressions.
+fn columns(schema: &Schema, indices: impl Iterator<Item = usize>) -> Vec<Expr> {
+    indices
+        .map(|i| Expr::Column(Column::new_unqualified(schema.field(i).name())))
+        .collect()
+}
+
+/// A branch that reads a checkpoint's parts (a hit, or a checkpoint this run wrote),
+/// whose table has `schema`.
+fn checkpoint_branch(checkpoint: Arc<dyn CheckpointSource>, schema: &SchemaRef) -> Branch {
+    Branch {
+        source: BranchSource::Checkpoint(checkpoint),
+        schema: Arc::clone(schema),
+        boundaries: Vec::new(),
+        outputs: Vec::new(),
+    }
 }
 
 /// Walks a plan down to its scans; returns the output columns as expressions over the
@@ -179,18 +196,8 @@ fn walk(plan: &LogicalPlan, teed: &mut Option<Teed>) -> Result<Walked, String> {
                 // A later sink of a frame whose checkpoint this run has written: its
                 // parts are the input, as a hit's are.
                 if let Some((checkpoint, schema)) = tee.tee.written() {
-                    let exprs = schema
-                        .fields()
-                        .iter()
-                        .map(|f| Expr::Column(Column::new_unqualified(f.name())))
-                        .collect();
-                    let branch = Branch {
-                        source: BranchSource::Checkpoint(checkpoint),
-                        schema: Arc::clone(&schema),
-                        boundaries: Vec::new(),
-                        outputs: Vec::new(),
-                    };
-                    return Ok((vec![branch], schema, exprs));
+                    let exprs = columns(&schema, 0..schema.fields().len());
+                    return Ok((vec![checkpoint_branch(checkpoint, &schema)], schema, exprs));
                 }
                 let walked = walk(&tee.input, teed)?;
                 if teed.is_some() {
@@ -199,13 +206,7 @@ fn walk(plan: &LogicalPlan, teed: &mut Option<Teed>) -> Result<Walked, String> {
                 *teed = Some(Teed {
                     tee: tee.tee.clone(),
                     exprs: walked.2.clone(),
-                    fields: tee
-                        .input
-                        .schema()
-                        .fields()
-                        .iter()
-                        .map(|f| f.as_ref().clone())
-                        .collect(),
+                    fields: tee.input.schema().fields().clone(),
                 });
                 return Ok(walked);
             }
@@ -221,13 +222,11 @@ fn walk(plan: &LogicalPlan, teed: &mut Option<Teed>) -> Result<Walked, String> {
                         return Err("a task's checkpoint is read by a plan of its own".into());
                     };
                     let (schema, exprs) = scanned(scan)?;
-                    let branch = Branch {
-                        source: BranchSource::Checkpoint(Arc::clone(checkpoint)),
-                        schema: Arc::clone(&schema),
-                        boundaries: Vec::new(),
-                        outputs: Vec::new(),
-                    };
-                    (vec![branch], schema, exprs)
+                    (
+                        vec![checkpoint_branch(Arc::clone(checkpoint), &schema)],
+                        schema,
+                        exprs,
+                    )
                 }
                 None => walk(&boundary.input, teed)?,
             };

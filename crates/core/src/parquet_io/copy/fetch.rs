@@ -210,12 +210,13 @@ type SharedFetch = futures::future::Shared<
     futures::future::BoxFuture<'static, Result<Located, Arc<DataFusionError>>>,
 >;
 
-/// A row group being fetched, or fetched: its key (file, group), the fetch, and the
-/// task that drives it when it was read ahead.
+/// A row group being fetched, or fetched: its key (file, group), the fetch, the task
+/// that drives it when it was read ahead, and whether a unit has asked for it yet.
 struct Kept {
     key: (usize, usize),
     fetch: SharedFetch,
     driver: Option<tokio::task::AbortHandle>,
+    asked: bool,
 }
 
 /// Row groups fetched whole (see [`whole_row_group`]), shared by the units that read
@@ -224,42 +225,42 @@ struct Kept {
 pub(super) struct RowGroupFetches(Mutex<std::collections::VecDeque<Kept>>);
 
 impl RowGroupFetches {
-    /// Row group `key` (file, group) of `file`, in `pieces`: fetched by the first unit
-    /// that asks (or read ahead), awaited by the others.
-    async fn get(
-        &self,
-        file: &InputFile,
-        key: (usize, usize),
-        pieces: Vec<Range<u64>>,
-    ) -> Result<Located, Arc<DataFusionError>> {
-        let fetch = {
-            let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            let fetch = Self::keep(&mut kept, file, key, pieces, false);
-            // Units ask in the order they run (each asks before its first wait), so no
-            // unit asks for an earlier row group after this one: those are let go (a unit
-            // that holds one keeps it until it is done), so that large ones are not held
-            // for nothing.
-            while kept.front().is_some_and(|k| k.key < key) {
-                if let Some(driver) = kept.pop_front().and_then(|old| old.driver) {
-                    driver.abort();
-                }
+    /// The fetch of row group `key` (file, group) of `file`, in `pieces`: started by the
+    /// first unit that asks (or read ahead), awaited by the others. The first unit to
+    /// ask lets the earlier row groups go and starts the reads ahead.
+    fn get(&self, file: &InputFile, key: (usize, usize), pieces: Vec<Range<u64>>) -> SharedFetch {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let fetch = Self::keep(&mut kept, file, key, pieces, false);
+        let first = kept
+            .iter_mut()
+            .find(|k| k.key == key)
+            .is_some_and(|k| !std::mem::replace(&mut k.asked, true));
+        if !first {
+            return fetch;
+        }
+        // Units ask in the order they run (each asks before its first wait), so no unit
+        // asks for an earlier row group after this one: those are let go (a unit that
+        // holds one keeps it until it is done), so that large ones are not held for
+        // nothing.
+        while kept.front().is_some_and(|k| k.key < key) {
+            if let Some(driver) = kept.pop_front().and_then(|old| old.driver) {
+                driver.abort();
             }
-            // Read ahead: the following row groups of the file, started now.
-            let mut ahead = 0;
-            for g in key.1 + 1..key.1 + 1 + READ_AHEAD {
-                let Some(pieces) = whole_row_group(file, g) else {
-                    break;
-                };
-                ahead += pieces.iter().map(|r| r.end - r.start).sum::<u64>();
-                if ahead > READ_AHEAD_BYTES {
-                    break;
-                }
-                // Driven by its own task: the handle is not needed here.
-                drop(Self::keep(&mut kept, file, (key.0, g), pieces, true));
+        }
+        // Read ahead: the following row groups of the file, started now.
+        let mut ahead = 0;
+        for g in key.1 + 1..key.1 + 1 + READ_AHEAD {
+            let Some(pieces) = whole_row_group(file, g) else {
+                break;
+            };
+            ahead += pieces.iter().map(|r| r.end - r.start).sum::<u64>();
+            if ahead > READ_AHEAD_BYTES {
+                break;
             }
-            fetch
-        };
-        fetch.await
+            // Driven by its own task: the handle is not needed here.
+            drop(Self::keep(&mut kept, file, (key.0, g), pieces, true));
+        }
+        fetch
     }
 
     /// The fetch of `key`, started (and driven by a task of its own when `ahead`) if
@@ -292,6 +293,7 @@ impl RowGroupFetches {
             key,
             fetch: fetch.clone(),
             driver,
+            asked: false,
         });
         if kept.len() > ROW_GROUPS_KEPT
             && let Some(old) = kept.pop_front()

@@ -217,8 +217,7 @@ impl Uncommitted {
         )
         .with_max_concurrency(2);
         Some(PartUpload {
-            writer: PartWriter::new(upload, path.clone()),
-            path,
+            writer: PartWriter::new(upload, path),
             target: Arc::clone(&self.target),
             write: Arc::clone(write),
         })
@@ -234,14 +233,11 @@ impl Uncommitted {
             .into_iter()
             .map(|(file, path, footer)| (file, (path, footer)))
             .unzip();
-        let first = files.first().map(|f| f.path.clone());
-        write
+        let stands = write
             .commit(&self.target, files, self.codec)
             .await
             .map_err(|e| TeeSink::error(self.target.as_ref(), e))?;
-        if let Some(manifest) = self.target.committed.get()
-            && manifest.files.first().map(|f| &f.path) == first.as_ref()
-        {
+        if stands {
             let _ = self.target.footers.set(footers);
         }
         Ok(())
@@ -265,7 +261,6 @@ type WrittenPart = (ManifestFile, Path, Arc<ParquetMetaData>);
 /// One part of a checkpoint the copy writes: the output file's bytes, uploaded again.
 pub(super) struct PartUpload {
     writer: PartWriter,
-    path: Path,
     target: Arc<CheckpointTarget>,
     write: Arc<CheckpointWrite>,
 }
@@ -274,44 +269,30 @@ impl PartUpload {
     async fn put(&mut self, bytes: Bytes) -> Result<(), Stop> {
         self.write.progress();
         let put = self.writer.put(bytes).await;
-        put.map_err(|e| self.failed(e))
-    }
-
-    /// Completes the part of `rows` rows.
-    async fn finish(self, rows: u64) -> Result<ManifestFile, Stop> {
-        let (target, path) = (Arc::clone(&self.target), self.path.clone());
-        self.writer.finish(rows).await.map_err(|e| {
-            let error = match e
-                .into_inner()
-                .map(|inner| inner.downcast::<object_store::Error>())
-            {
-                Some(Ok(store)) => *store,
-                Some(Err(other)) => object_store::Error::Generic {
-                    store: "checkpoint",
-                    source: other,
+        put.map_err(|e| {
+            let path = self.writer.path().to_string();
+            self.failed(crate::error::classify_store_error(&e, &[path]).unwrap_or(
+                Error::Execution {
+                    source: DataFusionError::ObjectStore(Box::new(e)),
                 },
-                None => object_store::Error::Generic {
-                    store: "checkpoint",
-                    source: "the part's upload failed".into(),
-                },
-            };
-            part_failed(&target, &path, error)
+            ))
         })
     }
 
-    fn failed(&self, error: object_store::Error) -> Stop {
-        part_failed(&self.target, &self.path, error)
+    /// Completes the part of `rows` rows: what the manifest records, its path and the
+    /// footer the copy wrote.
+    async fn finish(self, rows: u64, footer: ParquetMetaData) -> Result<WrittenPart, Stop> {
+        let path = self.writer.path().clone();
+        match self.writer.finish(rows).await {
+            Ok(file) => Ok((file, path, Arc::new(footer))),
+            Err(e) => Err(Stop::Failed(TeeSink::error(self.target.as_ref(), e))),
+        }
     }
-}
 
-/// A checkpoint part's upload failed: the checkpoint's error, naming the part.
-fn part_failed(target: &CheckpointTarget, path: &Path, error: object_store::Error) -> Stop {
-    let error = crate::error::classify_store_error(&error, &[path.to_string()]).unwrap_or(
-        Error::Execution {
-            source: DataFusionError::ObjectStore(Box::new(error)),
-        },
-    );
-    Stop::Failed(TeeSink::error(target, error))
+    /// The checkpoint's error for `error`.
+    fn failed(&self, error: Error) -> Stop {
+        Stop::Failed(TeeSink::error(self.target.as_ref(), error))
+    }
 }
 
 /// Rows flowing through the task boundaries of a copied plan: each gets one execution
@@ -548,10 +529,7 @@ pub(super) async fn write_file(
     match result {
         Ok(footer) => {
             let part = match part {
-                Some(part) => {
-                    let path = part.path.clone();
-                    Some((part.finish(rows).await?, path, Arc::new(footer)))
-                }
+                Some(part) => Some(part.finish(rows, footer).await?),
                 None => None,
             };
             Ok((rows, counts.0, counts.1, part))
