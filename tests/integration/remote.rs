@@ -261,6 +261,62 @@ mod s3 {
         );
     }
 
+    /// `sluice serve-s3` serves files placed in its directory: a ranged GET of one must
+    /// not read the whole object (s3s-fs hashes every byte of an object it has no stored
+    /// ETag for, on every request). The ETag it answers with is the stamp derived from
+    /// size and modification time, so no hash was computed; a file replaced in place
+    /// gets a new one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_range_of_a_large_placed_object_is_served_without_hashing_it() {
+        use object_store::ObjectStoreExt;
+        let target = S3Target::new("placed").await;
+        let Some(server) = &target.server else { return }; // placing needs its directory
+        let dir = server.bucket_dir(&target.bucket).join(&target.prefix);
+        std::fs::create_dir_all(&dir).unwrap();
+        let placed = dir.join("big.bin");
+        let stamp = |path: &std::path::Path| {
+            let meta = std::fs::metadata(path).unwrap();
+            let nanos = meta
+                .modified()
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            format!("\"{:x}-{nanos:x}\"", meta.len())
+        };
+        // 1 GiB, sparse: hashing it would read every byte.
+        let file = std::fs::File::create(&placed).unwrap();
+        file.set_len(1 << 30).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, b"the end", (1 << 30) - 7).unwrap();
+        drop(file);
+        let store = target.store();
+        let path = object_store::path::Path::from(format!("{}/big.bin", target.prefix));
+        let range = store
+            .get_range(&path, (1 << 30) - 1024..1 << 30)
+            .await
+            .unwrap();
+        assert_eq!(range.len(), 1024);
+        assert_eq!(&range[1017..], b"the end");
+        let head = store.head(&path).await.unwrap();
+        assert_eq!(head.e_tag.as_deref(), Some(stamp(&placed).as_str()));
+
+        // Replaced in place: a new stamp, not the stored one.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&placed, b"small now").unwrap();
+        let head = store.head(&path).await.unwrap();
+        assert_eq!(head.size, 9);
+        assert_eq!(head.e_tag.as_deref(), Some(stamp(&placed).as_str()));
+        let bytes = store.get(&path).await.unwrap().bytes().await.unwrap();
+        assert_eq!(&bytes[..], b"small now");
+
+        // An uploaded object keeps the ETag s3s-fs stored for it (its MD5).
+        let uploaded = object_store::path::Path::from(format!("{}/up.bin", target.prefix));
+        let put = store.put(&uploaded, "uploaded".into()).await.unwrap();
+        let head = store.head(&uploaded).await.unwrap();
+        assert_eq!(head.e_tag, put.e_tag);
+        assert_eq!(head.e_tag.map(|t| t.len()), Some(34), "an MD5 in quotes");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_s3_write_aborts_its_upload_and_leaves_no_object() {
         let target = S3Target::new("abort").await;

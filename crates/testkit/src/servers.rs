@@ -241,9 +241,14 @@ impl S3Server {
             ));
             builder.build()
         };
+        let objects = Arc::new(root.to_path_buf());
         let running = Running::start(addr, move |request: Request<Incoming>| {
             let service = service.clone();
+            let objects = Arc::clone(&objects);
             async move {
+                if matches!(*request.method(), Method::GET | Method::HEAD) {
+                    stamp_placed_object(&objects, request.uri().path()).await;
+                }
                 match hyper::service::Service::call(&service, request).await {
                     Ok(response) => response.map(|body| body.map_err(BoxError::from).boxed()),
                     Err(e) => {
@@ -308,6 +313,65 @@ impl S3Server {
     /// What the server counted, and its fault injection.
     pub fn stats(&self) -> &ServerStats {
         &self.running.stats
+    }
+}
+
+/// Gives an object placed in the server's directory by hand (rather than uploaded) an
+/// ETag stored as s3s-fs stores an upload's, derived from its size and modification time
+/// as [`HttpFileServer`]'s are.
+///
+/// Without a stored ETag s3s-fs computes the MD5 of the whole object for every `GET` and
+/// `HEAD`, whatever the range asked for: half a second per request on a 200 MB file,
+/// which made every remote figure taken on this server about the server. An object
+/// whose stored ETag is older than the object (replaced in place since) gets a new one.
+/// `uri_path` is the request's path-style `/bucket/key`.
+async fn stamp_placed_object(root: &Path, uri_path: &str) {
+    let decoded = percent_encoding::percent_decode_str(uri_path).decode_utf8_lossy();
+    let Some((bucket, key)) = decoded.trim_start_matches('/').split_once('/') else {
+        return;
+    };
+    // s3s-fs refuses such keys itself; nothing to stamp.
+    if bucket.is_empty() || key.is_empty() || key.split('/').any(|part| part == "..") {
+        return;
+    }
+    let object = root.join(bucket).join(key);
+    let Ok(meta) = tokio::fs::metadata(&object).await else {
+        return;
+    };
+    let Ok(modified) = meta.modified() else {
+        return;
+    };
+    let encode = |s: &str| base64_simd::URL_SAFE_NO_PAD.encode_to_string(s);
+    // s3s-fs's sidecar for the object (`FileSystem::get_internal_info_path`).
+    let info = root.join(format!(
+        ".bucket-{}.object-{}.internal.json",
+        encode(bucket),
+        encode(key)
+    ));
+    let stamped = tokio::fs::metadata(&info)
+        .await
+        .and_then(|info| info.modified())
+        .is_ok_and(|stamped| stamped >= modified);
+    if !meta.is_file() || stamped {
+        return;
+    }
+    let nanos = modified
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let body = format!("{{\"e_tag\":\"{:x}-{nanos:x}\"}}", meta.len());
+    let root = root.to_path_buf();
+    // Written aside and renamed, so that a GET answered meanwhile reads a whole sidecar.
+    let written = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut file = tempfile::NamedTempFile::new_in(&root)?;
+        file.write_all(body.as_bytes())?;
+        file.persist(&info).map_err(|e| e.error)?;
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if let Ok(Err(error)) = written {
+        tracing::warn!(%error, object = %object.display(), "could not store a placed object's ETag");
     }
 }
 
