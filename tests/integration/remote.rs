@@ -479,6 +479,36 @@ mod http {
         assert!(server.stats().requests() >= 2);
     }
 
+    /// The column copy over HTTP plans its fetches: each row group's chunks (copied, or
+    /// read for the new column: each byte once) in one request, the footer in one, and
+    /// the frame's schema, the copy's plan and its footer read share it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_column_copy_over_http_fetches_each_byte_once_in_a_request_per_row_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = taxi_file(dir.path(), "yellow.parquet", 400_000, 100_000);
+        let size = std::fs::metadata(&source).unwrap().len();
+        let server = HttpFileServer::start(dir.path()).await.unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("out.parquet");
+        let written = run_etl(
+            &Session::new(),
+            &server.url("yellow.parquet"),
+            dest.to_str().unwrap(),
+        )
+        .await
+        .unwrap();
+        assert!(written.method.is_column_copy(), "{:?}", written.method);
+        assert_eq!(written.rows, 400_000);
+        let (requests, sent) = (server.stats().requests(), server.stats().bytes_sent());
+        eprintln!("seed ETL over HTTP: {requests} requests, {sent} bytes of a {size}-byte file");
+        // 4 row groups of about 1.7 MB each, a footer, and the listing's HEAD; chunk by
+        // chunk it took 80 requests.
+        assert!(requests <= 4 + 2, "{requests} requests");
+        // Every column chunk once and the footer's sixteenth (reading the columns the
+        // new one needs again took 1.2 times the file).
+        assert!(sent <= size + size / 16, "{sent} bytes of {size}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_two_column_query_fetches_well_under_half_of_an_http_file() {
         let dir = tempfile::tempdir().unwrap();

@@ -28,6 +28,23 @@ codec = (
     else "COMPRESSION zstd, COMPRESSION_LEVEL 3"
 )
 con = duckdb.connect()  # in-memory database
+if inp.startswith(("s3://", "http://", "https://")):
+    # Remote sources need httpfs (sluice-bench remote checks that it loads); S3 is
+    # reached as the AWS_* variables say, path-style, as Sluice and Polars reach it.
+    con.execute("LOAD httpfs")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+    if endpoint:
+        quote = lambda v: "'" + v.replace("'", "''") + "'"
+        con.execute(
+            "CREATE SECRET (TYPE s3, KEY_ID {}, SECRET {}, REGION {}, ENDPOINT {}, "
+            "URL_STYLE 'path', USE_SSL {})".format(
+                quote(os.environ.get("AWS_ACCESS_KEY_ID", "")),
+                quote(os.environ.get("AWS_SECRET_ACCESS_KEY", "")),
+                quote(os.environ.get("AWS_REGION", "us-east-1")),
+                quote(endpoint.split("://", 1)[-1]),
+                "true" if endpoint.startswith("https://") else "false",
+            )
+        )
 con.execute(
     "COPY ({}) TO '{}' (FORMAT parquet, {})".format(
         queries[workload], out.replace("'", "''"), codec

@@ -17,6 +17,7 @@
 mod cases;
 mod measure;
 mod plots;
+mod remote;
 mod report;
 mod runner;
 
@@ -62,6 +63,10 @@ enum Command {
         #[arg(long)]
         cache: Option<PathBuf>,
     },
+    /// The remote series: the seed ETL and the aggregation over S3 and HTTP with latency
+    /// added per request, beside Polars and DuckDB, requests and bytes counted; writes
+    /// `bench/remote.md` and its plot under `--out` and prints the table's path.
+    Remote(remote::RemoteArgs),
     /// Run a command as this process's only child; print its wall time and peak RSS as JSON.
     Measure {
         /// The command and its arguments.
@@ -118,6 +123,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &output,
                 cache.as_deref(),
             ))?;
+        }
+        Command::Remote(args) => {
+            let exe = std::env::current_exe()?;
+            remote::run(&exe, &args)?;
+            println!("{}", args.out.join("bench").join("remote.md").display());
         }
         Command::Measure { command } => {
             let measured = measure::measure_here(&command)?;

@@ -1,4 +1,5 @@
-//! The report's two plots, as SVG: peak RSS against input rows, and wall time per case.
+//! The report's plots, as SVG: peak RSS against input rows, wall time per case, and the
+//! remote series' wall against latency.
 
 use std::path::Path;
 
@@ -7,12 +8,16 @@ use plotters::prelude::*;
 
 use crate::cases::rows_label;
 use crate::cases::{Engine, Workload};
+use crate::remote::{RemoteResults, RemoteStore};
 use crate::runner::Results;
 
 /// File name of the peak-RSS plot.
 pub const RSS_PLOT: &str = "peak_rss_vs_rows.svg";
 /// File name of the wall-time plot.
 pub const WALL_PLOT: &str = "wall_by_case.svg";
+
+/// File name of the remote series' plot.
+pub const LATENCY_PLOT: &str = "wall_vs_latency.svg";
 
 /// The goal line on the RSS plot, in MiB.
 const RSS_GOAL_MIB: f64 = 256.0;
@@ -186,6 +191,90 @@ pub fn wall_by_case(results: &Results, path: &Path) -> anyhow::Result<()> {
             )
         }))
         .map_err(plot_error)?;
+    root.present().map_err(plot_error)?;
+    Ok(())
+}
+
+/// The remote series: median wall against the latency added per request, one panel per
+/// workload, a line per engine and store (S3 thick, HTTP thin).
+pub fn wall_vs_latency(results: &RemoteResults, path: &Path) -> anyhow::Result<()> {
+    let mut workloads: Vec<Workload> = results.cases.iter().map(|c| c.workload).collect();
+    workloads.sort_by_key(|w| w.name());
+    workloads.dedup();
+    let root =
+        SVGBackend::new(path, (520 * workloads.len().max(1) as u32, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_error)?;
+    let panels = root.split_evenly((1, workloads.len().max(1)));
+    for (panel, &workload) in panels.iter().zip(&workloads) {
+        let cases: Vec<_> = results
+            .cases
+            .iter()
+            .filter(|c| c.workload == workload)
+            .collect();
+        let x_max = cases
+            .iter()
+            .map(|c| c.latency_ms as f64)
+            .fold(1.0, f64::max)
+            * 1.05;
+        let y_max = cases
+            .iter()
+            .flat_map(|c| c.samples.iter().map(|s| s.wall_s))
+            .fold(0.5, f64::max)
+            * 1.1;
+        let mut chart = ChartBuilder::on(panel)
+            .caption(
+                format!("{workload}: wall against latency per request"),
+                ("sans-serif", 18),
+            )
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .x_desc("latency added per request (ms)")
+            .y_desc("wall (s), median")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.1}"))
+            .draw()
+            .map_err(plot_error)?;
+        let mut lines: Vec<(Engine, RemoteStore)> =
+            cases.iter().map(|c| (c.engine, c.store)).collect();
+        lines.sort_by_key(|&(e, s)| (e.name(), s));
+        lines.dedup();
+        for (engine, store) in lines {
+            let mut points: Vec<(f64, f64)> = cases
+                .iter()
+                .filter(|c| c.engine == engine && c.store == store)
+                .map(|c| {
+                    let mut walls: Vec<f64> = c.samples.iter().map(|s| s.wall_s).collect();
+                    walls.sort_by(f64::total_cmp);
+                    (c.latency_ms as f64, walls[walls.len() / 2])
+                })
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let c = color(engine);
+            let width = if store == RemoteStore::S3 { 3 } else { 1 };
+            chart
+                .draw_series(LineSeries::new(points.clone(), c.stroke_width(width)))
+                .map_err(plot_error)?
+                .label(format!("{}, {store}", engine.label()))
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], c.stroke_width(width))
+                });
+            chart
+                .draw_series(points.into_iter().map(|p| Circle::new(p, 3, c.filled())))
+                .map_err(plot_error)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK.mix(0.3))
+            .draw()
+            .map_err(plot_error)?;
+    }
     root.present().map_err(plot_error)?;
     Ok(())
 }

@@ -491,7 +491,7 @@ pub fn parquet_rows(path: &Path) -> anyhow::Result<u64> {
 }
 
 /// The version of a Python module, or why it cannot be imported.
-fn python_module_version(python: &str, module: &str) -> Result<String, String> {
+pub(crate) fn python_module_version(python: &str, module: &str) -> Result<String, String> {
     let output = Command::new(python)
         .args([
             "-c",

@@ -86,7 +86,9 @@ pub use frame::SessionBuilder;
 pub use frame::session::{COLUMN_COPY_ENV, Session};
 pub use frame::{ColumnInfo, Frame, FrameInfo};
 pub use names::{MAX_NAME_LEN, validate_name};
-pub use parquet_io::limits::{DEFAULT_MAX_COLUMN_CHUNK_BYTES, DEFAULT_MEMORY_LIMIT};
+pub use parquet_io::limits::{
+    DEFAULT_MAX_COLUMN_CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, DEFAULT_REMOTE_READ_AHEAD_BYTES,
+};
 pub use read::ParquetRead;
 #[allow(deprecated)]
 pub use record::WritePath;

@@ -45,6 +45,7 @@ pub struct SessionBuilder {
     pub(super) batch_size: Option<usize>,
     pub(super) memory_limit: Option<usize>,
     pub(super) max_column_chunk_bytes: Option<u64>,
+    pub(super) remote_read_ahead_bytes: Option<u64>,
     pub(super) column_copy: Option<bool>,
     pub(super) stores: Vec<(Url, Arc<dyn ObjectStore>)>,
     pub(super) config: Option<SessionConfig>,
@@ -136,6 +137,28 @@ impl SessionBuilder {
         self
     }
 
+    /// How many bytes of a remote Parquet file (S3, HTTP, any store but local disk and
+    /// memory) reads may fetch ahead of what is being decoded or copied. Each request
+    /// to a remote store waits a round trip (20–100 ms to S3 from another region or a
+    /// public HTTPS server), so the requests in flight must hold about the link's
+    /// bandwidth × latency to keep it busy; this bounds them, and with them the memory
+    /// that reads hold. The column copy reads whole row groups ahead within it; scans
+    /// the next row group's columns. Default: the environment variable
+    /// `SLUICE_REMOTE_READ_AHEAD` (`128MiB`, or bytes) if set, else
+    /// [`DEFAULT_REMOTE_READ_AHEAD_BYTES`](crate::DEFAULT_REMOTE_READ_AHEAD_BYTES)
+    /// (64 MiB). 0 reads nothing ahead.
+    ///
+    /// ```
+    /// use sluice_core::Session;
+    /// let session = Session::builder().with_remote_read_ahead_bytes(128 << 20).build()?;
+    /// assert_eq!(session.remote_read_ahead_bytes(), 128 << 20);
+    /// # Ok::<(), sluice_core::Error>(())
+    /// ```
+    pub fn with_remote_read_ahead_bytes(mut self, bytes: u64) -> Self {
+        self.remote_read_ahead_bytes = Some(bytes);
+        self
+    }
+
     /// Whether Parquet sinks may copy the column chunks a plan leaves unchanged instead
     /// of decoding and encoding them again (on unless set, or unless the environment
     /// variable `SLUICE_COLUMN_COPY` is `0`/`false`/`off`). Each write can also turn it
@@ -217,6 +240,14 @@ impl SessionBuilder {
                 )
             })
             .unwrap_or(crate::parquet_io::limits::DEFAULT_MAX_COLUMN_CHUNK_BYTES);
+        let remote_read_ahead_bytes = self
+            .remote_read_ahead_bytes
+            .or_else(|| {
+                crate::parquet_io::limits::size_from_env(
+                    crate::parquet_io::limits::REMOTE_READ_AHEAD_ENV,
+                )
+            })
+            .unwrap_or(crate::parquet_io::limits::DEFAULT_REMOTE_READ_AHEAD_BYTES);
         let column_copy = self.column_copy.unwrap_or_else(|| {
             std::env::var(COLUMN_COPY_ENV).map_or(true, |v| {
                 !matches!(
@@ -247,7 +278,10 @@ impl SessionBuilder {
             inner: Arc::new(SessionInner {
                 ctx: SessionContext::new_with_state(state),
                 stores,
-                max_column_chunk_bytes,
+                read_limits: crate::parquet_io::limits::ReadLimits {
+                    max_column_chunk_bytes,
+                    remote_read_ahead_bytes,
+                },
                 column_copy,
                 runner,
                 cluster,

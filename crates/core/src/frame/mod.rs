@@ -477,8 +477,8 @@ impl Frame {
         // writes the checkpoint, without decoding what it keeps.
         if self.inner.session.column_copy() {
             let state = self.inner.session.state();
-            let max_chunk = self.inner.session.max_column_chunk_bytes();
-            let copied = crate::parquet_io::copy::checkpoint(&self.inner.plan, &state, max_chunk);
+            let limits = self.inner.session.read_limits();
+            let copied = crate::parquet_io::copy::checkpoint(&self.inner.plan, &state, limits);
             match guarded(async { Ok(Box::pin(copied).await) }).await? {
                 Ok(rows) => return Ok(rows),
                 Err(Stop::Failed(e)) => return Err(self.error(e)),
@@ -594,7 +594,7 @@ impl Frame {
             crate::parquet_io::copy::route(
                 &self.inner.plan,
                 &state,
-                self.inner.session.max_column_chunk_bytes(),
+                self.inner.session.read_limits(),
                 &options,
             )
             .await

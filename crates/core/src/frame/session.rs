@@ -60,7 +60,7 @@ pub struct Session {
 pub(super) struct SessionInner {
     pub(super) ctx: SessionContext,
     pub(super) stores: Arc<StoreRegistry>,
-    pub(super) max_column_chunk_bytes: u64,
+    pub(super) read_limits: crate::parquet_io::limits::ReadLimits,
     pub(super) column_copy: bool,
     pub(super) runner: Runner,
     // Without the feature `ballista` only its check is kept (it is `()`).
@@ -89,7 +89,7 @@ impl std::fmt::Debug for SessionInner {
         f.debug_struct("Session")
             .field("session_id", &self.ctx.session_id())
             .field("stores", &self.stores)
-            .field("max_column_chunk_bytes", &self.max_column_chunk_bytes)
+            .field("read_limits", &self.read_limits)
             .field("column_copy", &self.column_copy)
             .field("runner", &self.runner)
             .finish()
@@ -132,7 +132,18 @@ impl Session {
     /// The cap on a Parquet column chunk's uncompressed size that reads decode (see
     /// [`SessionBuilder::with_max_column_chunk_bytes`]).
     pub fn max_column_chunk_bytes(&self) -> u64 {
-        self.inner.max_column_chunk_bytes
+        self.inner.read_limits.max_column_chunk_bytes
+    }
+
+    /// The bytes remote Parquet reads may fetch ahead (see
+    /// [`SessionBuilder::with_remote_read_ahead_bytes`]).
+    pub fn remote_read_ahead_bytes(&self) -> u64 {
+        self.inner.read_limits.remote_read_ahead_bytes
+    }
+
+    /// The caps of the session's Parquet reads.
+    pub(crate) fn read_limits(&self) -> crate::parquet_io::limits::ReadLimits {
+        self.inner.read_limits
     }
 
     /// Whether Parquet sinks may copy unchanged column chunks (see
@@ -267,7 +278,7 @@ impl Session {
             inner: Arc::new(SessionInner {
                 ctx: self.inner.ctx.clone(),
                 stores: Arc::clone(&self.inner.stores),
-                max_column_chunk_bytes: self.inner.max_column_chunk_bytes,
+                read_limits: self.inner.read_limits,
                 column_copy: self.inner.column_copy,
                 cluster: cluster_of(&runner)?,
                 runner,
@@ -615,7 +626,7 @@ impl Session {
         listing.format = Arc::new(if evolution.is_some() {
             // Parquet: refuse column chunks that would inflate past the session's cap
             // before they are fetched (see `limits`).
-            SourceFormat::parquet(listing.format, pins, self.inner.max_column_chunk_bytes)
+            SourceFormat::parquet(listing.format, pins, self.inner.read_limits)
         } else {
             SourceFormat::new(listing.format, pins)
         });
@@ -840,10 +851,17 @@ pub(super) async fn unified_schema(
         .map(|object| {
             let base = &base;
             async move {
-                crate::parquet_io::limits::check_footer_tail(
+                // One request for the footer, whose tail is checked first; DataFusion's
+                // inference, statistics and scans then find it in the session's cache.
+                crate::parquet_io::footer::read_footer(
                     store.as_ref(),
                     &object_url(base, object),
                     object,
+                    state
+                        .runtime_env()
+                        .cache_manager
+                        .get_file_metadata_cache()
+                        .as_ref(),
                 )
                 .await?;
                 let schema = format

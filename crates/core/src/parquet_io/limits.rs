@@ -58,7 +58,6 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use object_store::{ObjectMeta, ObjectStore};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::errors::ParquetError;
@@ -74,6 +73,22 @@ pub const DEFAULT_MEMORY_LIMIT: usize = 4 << 30;
 /// a million rows of 100-byte strings make chunks of about 100 MiB; a chunk ten times
 /// that is rare in honest files.
 pub const DEFAULT_MAX_COLUMN_CHUNK_BYTES: u64 = 1 << 30;
+
+/// The default read-ahead budget of remote reads: 64 MiB (see
+/// [`SessionBuilder::with_remote_read_ahead_bytes`](crate::SessionBuilder::with_remote_read_ahead_bytes)).
+pub const DEFAULT_REMOTE_READ_AHEAD_BYTES: u64 = 64 << 20;
+
+/// The environment variable that sets the remote read-ahead budget when the builder
+/// does not.
+pub const REMOTE_READ_AHEAD_ENV: &str = "SLUICE_REMOTE_READ_AHEAD";
+
+/// What a session's Parquet reads may decode and hold: the column-chunk cap, and the
+/// bytes read ahead of what is decoded when the file is remote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ReadLimits {
+    pub(crate) max_column_chunk_bytes: u64,
+    pub(crate) remote_read_ahead_bytes: u64,
+}
 
 /// The environment variable that sets the memory pool's size when the builder does not.
 pub const MEMORY_LIMIT_ENV: &str = "SLUICE_MEMORY_LIMIT";
@@ -115,59 +130,6 @@ pub(crate) fn size_from_env(name: &str) -> Option<u64> {
         );
     }
     size
-}
-
-/// The smallest Parquet file: the leading magic, a footer length and the trailing magic.
-const SMALLEST_PARQUET_FILE: u64 = 12;
-
-/// Checks the last 8 bytes of a Parquet file (the footer's length and the trailing
-/// magic) before the Parquet reader parses the footer: a footer length that points
-/// before the start of the file makes parquet 59's footer decoder panic (an overflowing
-/// subtraction in `push_decoder.rs`: "attempt to subtract with overflow" in debug
-/// builds, a byte range "start must not be greater than end" in release ones). The
-/// panic is caught, but a corrupt file is not a crash: it gets the same typed error as
-/// any other unreadable file, without one.
-///
-/// An encrypted footer (`PARE`) is left to the reader, whose error says so.
-pub(crate) async fn check_footer_tail(
-    store: &dyn ObjectStore,
-    url: &str,
-    object: &ObjectMeta,
-) -> datafusion::error::Result<()> {
-    use object_store::ObjectStoreExt;
-    let invalid = |reason: String| {
-        datafusion::error::DataFusionError::External(Box::new(Error::InvalidParquet {
-            url: url.to_string(),
-            reason,
-        }))
-    };
-    let size = object.size;
-    if size < SMALLEST_PARQUET_FILE {
-        return Err(invalid(format!(
-            "the file has {size} bytes, fewer than the {SMALLEST_PARQUET_FILE} of the \
-             smallest Parquet file"
-        )));
-    }
-    let tail = store.get_range(&object.location, size - 8..size).await?;
-    if tail.len() != 8 {
-        return Err(invalid(format!(
-            "the store returned {} bytes for the file's last 8",
-            tail.len()
-        )));
-    }
-    let magic = &tail[4..8];
-    if magic != b"PAR1" && magic != b"PARE" {
-        return Err(invalid(
-            "the file does not end with the Parquet magic bytes PAR1".to_string(),
-        ));
-    }
-    let footer = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
-    if footer + SMALLEST_PARQUET_FILE > size {
-        return Err(invalid(format!(
-            "its footer claims {footer} bytes but the file has only {size}"
-        )));
-    }
-    Ok(())
 }
 
 /// `plan` with its Parquet scan's reader factory (or `replace`) wrapped in a
@@ -526,58 +488,6 @@ mod tests {
         assert_eq!(parse_size("lots"), None);
         assert_eq!(parse_size("12 parsecs"), None);
         assert_eq!(parse_size(""), None);
-    }
-
-    /// The typed reason `check_footer_tail` gives for `bytes`, or `None` when it passes.
-    async fn tail_check(bytes: &[u8]) -> Option<String> {
-        use object_store::ObjectStoreExt;
-        let store = object_store::memory::InMemory::new();
-        let path = object_store::path::Path::from("x.parquet");
-        store
-            .put(&path, bytes::Bytes::copy_from_slice(bytes).into())
-            .await
-            .unwrap();
-        let meta = store.head(&path).await.unwrap();
-        match check_footer_tail(&store, "memory:///x.parquet", &meta).await {
-            Ok(()) => None,
-            Err(datafusion::error::DataFusionError::External(e)) => {
-                match e.downcast::<Error>().map(|e| *e) {
-                    Ok(Error::InvalidParquet { url, reason }) => {
-                        assert_eq!(url, "memory:///x.parquet");
-                        Some(reason)
-                    }
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-            Err(other) => panic!("unexpected {other}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn footer_tails_that_would_make_the_decoder_panic_are_refused() {
-        let with_footer = |claimed: u32, body: usize| {
-            let mut bytes = b"PAR1".to_vec();
-            bytes.extend(std::iter::repeat_n(0u8, body));
-            bytes.extend_from_slice(&claimed.to_le_bytes());
-            bytes.extend_from_slice(b"PAR1");
-            bytes
-        };
-        assert!(tail_check(b"PAR1").await.unwrap().contains("4 bytes"));
-        assert!(tail_check(&[]).await.unwrap().contains("0 bytes"));
-        let no_magic = tail_check(b"PAR1 not parquet at all, no").await.unwrap();
-        assert!(no_magic.contains("magic"), "{no_magic}");
-        // DuckDB's hugefooter.parquet: a footer longer than the file.
-        let huge = tail_check(&with_footer(u32::MAX, 0)).await.unwrap();
-        assert!(huge.contains("4294967295 bytes"), "{huge}");
-        // One byte too long: it would start inside the leading magic.
-        assert!(tail_check(&with_footer(11, 10)).await.is_some());
-        assert_eq!(tail_check(&with_footer(10, 10)).await, None);
-        assert_eq!(tail_check(&with_footer(0, 0)).await, None);
-        // An encrypted footer is left to the reader, which says so.
-        let mut encrypted = with_footer(4, 4);
-        let n = encrypted.len();
-        encrypted[n - 4..].copy_from_slice(b"PARE");
-        assert_eq!(tail_check(&encrypted).await, None);
     }
 
     #[test]

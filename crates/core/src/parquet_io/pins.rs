@@ -31,12 +31,16 @@ use object_store::{
 use datafusion::catalog::Session as DfSession;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::physical_plan::FileScanConfig;
-use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::parquet::{
+    CachedParquetFileReaderFactory, ParquetFileReaderFactory,
+};
 use datafusion::physical_plan::ExecutionPlan;
 
 use crate::Error;
 use crate::identity::ObjectIdentity;
 use crate::parquet_io::format::{FormatHooks, WrappedFormat};
+use crate::parquet_io::limits::ReadLimits;
+use crate::parquet_io::read_ahead::ReadAheadFactory;
 
 /// The objects a source's listing found, by object path, and the store's URL (to name
 /// them in errors).
@@ -248,33 +252,27 @@ impl ObjectStore for PinnedStore {
 #[derive(Debug)]
 pub(crate) struct SourceFormat {
     pins: Arc<Pins>,
-    /// The column-chunk cap of a Parquet source.
-    max_column_chunk_bytes: Option<u64>,
+    /// The read limits of a Parquet source.
+    limits: Option<ReadLimits>,
 }
 
 impl SourceFormat {
     /// A CSV or JSON source's format.
     pub(crate) fn new(inner: Arc<dyn FileFormat>, pins: Arc<Pins>) -> WrappedFormat<Self> {
-        WrappedFormat::new(
-            inner,
-            Self {
-                pins,
-                max_column_chunk_bytes: None,
-            },
-        )
+        WrappedFormat::new(inner, Self { pins, limits: None })
     }
 
-    /// A Parquet source's format, capped at `max_column_chunk_bytes`.
+    /// A Parquet source's format, read within `limits`.
     pub(crate) fn parquet(
         inner: Arc<dyn FileFormat>,
         pins: Arc<Pins>,
-        max_column_chunk_bytes: u64,
+        limits: ReadLimits,
     ) -> WrappedFormat<Self> {
         WrappedFormat::new(
             inner,
             Self {
                 pins,
-                max_column_chunk_bytes: Some(max_column_chunk_bytes),
+                limits: Some(limits),
             },
         )
     }
@@ -296,19 +294,32 @@ impl FormatHooks for SourceFormat {
         let store = state
             .runtime_env()
             .object_store(conf.object_store_url.clone())?;
+        let remote = crate::parquet_io::is_remote(conf.object_store_url.as_str());
         self.pins.check_scan(&conf, store.as_ref()).await?;
         let plan = inner.create_physical_plan(state, conf).await?;
-        let Some(cap) = self.max_column_chunk_bytes else {
+        let Some(limits) = self.limits else {
             return Ok(plan);
         };
-        let reader = CachedParquetFileReaderFactory::new(
-            self.pins.guard(store),
-            state.runtime_env().cache_manager.get_file_metadata_cache(),
-        );
+        let store = self.pins.guard(store);
+        let mut reader: Arc<dyn ParquetFileReaderFactory> =
+            Arc::new(CachedParquetFileReaderFactory::new(
+                Arc::clone(&store),
+                state.runtime_env().cache_manager.get_file_metadata_cache(),
+            ));
+        // A remote file's next row groups are fetched while one is decoded, each
+        // partition's reader within its share of the budget.
+        if remote && limits.remote_read_ahead_bytes > 0 {
+            let partitions = state.config_options().execution.target_partitions.max(1) as u64;
+            reader = Arc::new(ReadAheadFactory {
+                inner: reader,
+                store,
+                budget: limits.remote_read_ahead_bytes / partitions,
+            });
+        }
         Ok(crate::parquet_io::limits::limit_scan(
             plan,
-            cap,
-            Some(Arc::new(reader)),
+            limits.max_column_chunk_bytes,
+            Some(reader),
         ))
     }
 }

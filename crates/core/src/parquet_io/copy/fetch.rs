@@ -63,12 +63,25 @@ impl ChunkReader for Located {
 /// The requests that fetch `chunks`: in file order, chunks fewer than `gap` bytes
 /// apart (or overlapping) in one request.
 pub(super) fn coalesce(chunks: impl IntoIterator<Item = Range<u64>>, gap: u64) -> Vec<Range<u64>> {
+    pieces(chunks, gap, u64::MAX)
+}
+
+/// As [`coalesce`], but a request grows past `most` bytes only by a single chunk larger
+/// than that (a chunk is never split: each is read from one piece).
+pub(super) fn pieces(
+    chunks: impl IntoIterator<Item = Range<u64>>,
+    gap: u64,
+    most: u64,
+) -> Vec<Range<u64>> {
     let mut chunks: Vec<Range<u64>> = chunks.into_iter().collect();
     chunks.sort_by_key(|r| r.start);
     let mut ranges: Vec<Range<u64>> = Vec::with_capacity(chunks.len());
     for chunk in chunks {
         match ranges.last_mut() {
-            Some(last) if chunk.start <= last.end.saturating_add(gap) => {
+            Some(last)
+                if chunk.start <= last.end.saturating_add(gap)
+                    && chunk.end.max(last.end) - last.start <= most =>
+            {
                 last.end = last.end.max(chunk.end);
             }
             _ => ranges.push(chunk),
@@ -94,10 +107,10 @@ pub(super) async fn fetch(plan: &CopyPlan, unit: Unit) -> Result<Located, Stop> 
         Unit::Copy { ref leaf, .. } => std::slice::from_ref(leaf),
         Unit::Compute { .. } => &plan.needed_leaves,
     };
-    let located = match whole_row_group(file, g) {
+    let located = match row_group_pieces(plan, f, g) {
         Some(pieces) => plan
             .row_groups
-            .get(file, (f, g), pieces)
+            .get(plan, (f, g), pieces)
             .await
             .map_err(|error| {
                 Stop::Failed(plan.attribute(file, DataFusionError::Shared(error), Cause::Read))
@@ -150,85 +163,88 @@ pub(super) async fn fetch(plan: &CopyPlan, unit: Unit) -> Result<Located, Stop> 
     Ok(located)
 }
 
-/// Row groups of a checkpoint's part up to this size are fetched whole, once for all
-/// their units.
+/// Row groups whose chunks a copy reads add up to this at most are fetched whole (when
+/// they are remote or a checkpoint's, see [`row_group_pieces`]), once for all their units.
 const WHOLE_ROW_GROUP_BYTES: u64 = 64 << 20;
 
 /// A row group fetched whole is fetched in pieces of consecutive column chunks up to
 /// this size (a larger chunk is a piece of its own), all at once: several requests in
-/// flight on a remote store, and no allocation of a whole large row group.
-const PIECE_BYTES: u64 = 4 << 20;
+/// flight, and no allocation of a whole large row group. Measured on the 12M-row seed
+/// ETL over S3 and HTTP with 100 ms per request (see BENCHMARKS.md): 8 MiB pieces take
+/// about as few requests as DataFusion's scan (one per row group) and keep several
+/// running.
+const PIECE_BYTES: u64 = 8 << 20;
 
-/// Row groups read ahead of the one the units ask for, within [`READ_AHEAD_BYTES`]:
-/// on a remote store each fetch is a round trip, and the next row groups' are under way
-/// while this one is copied.
-const READ_AHEAD: usize = 4;
+/// The bytes of the row groups read ahead of the one the units ask for, at most, for a
+/// checkpoint's part on local disk or in memory (whose reads are checked block by
+/// block). A remote file's are the session's
+/// [`remote_read_ahead_bytes`](crate::SessionBuilder::with_remote_read_ahead_bytes):
+/// requests in flight by the link's bandwidth × latency, not by cores.
+const LOCAL_READ_AHEAD_BYTES: u64 = 16 << 20;
 
-/// The bytes of the row groups read ahead, at most.
-const READ_AHEAD_BYTES: u64 = 32 << 20;
-
-/// Row groups kept fetched at most: those read ahead, the one asked for and one more
-/// (earlier ones are let go as the units move on).
-const ROW_GROUPS_KEPT: usize = READ_AHEAD + 2;
-
-/// The pieces (byte ranges) row group `g` of `file` is fetched in when it is fetched
-/// whole: a checkpoint's part, each of whose reads fetches the whole checked blocks
-/// around it, so that reading chunk by chunk would fetch the blocks between chunks
-/// again for every unit, each a request.
-fn whole_row_group(file: &InputFile, g: usize) -> Option<Vec<Range<u64>>> {
-    if !matches!(file.reads, Reads::Checkpoint(_)) || g >= file.metadata.num_row_groups() {
+/// The pieces (byte ranges) row group `g` of file `f` is fetched in, when it is fetched
+/// whole:
+///
+/// - a remote file (S3, HTTP, ...), where each fetch is a round trip: every chunk the
+///   copy reads of the row group (copied, or read for a computed column: each byte
+///   once) is fetched at once, in [`PIECE_BYTES`] pieces, and the following row groups
+///   are read ahead within the session's read-ahead budget;
+/// - a checkpoint's part, each of whose reads fetches the whole checked blocks around
+///   it, so that reading chunk by chunk would fetch the blocks between chunks again
+///   for every unit, each a request.
+///
+/// A local source file is read chunk by chunk, a few at a time: its reads cost no round
+/// trip, and memory holds a few chunks, not row groups.
+pub(super) fn row_group_pieces(plan: &CopyPlan, f: usize, g: usize) -> Option<Vec<Range<u64>>> {
+    let file = &plan.files[f];
+    if (!file.remote() && !matches!(file.reads, Reads::Checkpoint(_)))
+        || g >= file.metadata.num_row_groups()
+    {
         return None;
     }
-    let mut chunks: Vec<Range<u64>> = file
-        .metadata
-        .row_group(g)
-        .columns()
+    let group = file.metadata.row_group(g);
+    let chunks: Vec<Range<u64>> = plan
+        .read_leaves
         .iter()
-        .map(|chunk| {
-            let (at, length) = chunk.byte_range();
+        .map(|&leaf| {
+            let (at, length) = group.column(leaf).byte_range();
             at..at + length
         })
         .collect();
-    chunks.sort_by_key(|r| r.start);
     let total: u64 = chunks.iter().map(|r| r.end - r.start).sum();
     if chunks.is_empty() || total > WHOLE_ROW_GROUP_BYTES {
         return None;
     }
-    let mut pieces: Vec<Range<u64>> = Vec::new();
-    for chunk in chunks {
-        match pieces.last_mut() {
-            Some(last) if chunk.start <= last.end && chunk.end - last.start <= PIECE_BYTES => {
-                last.end = last.end.max(chunk.end);
-            }
-            _ => pieces.push(chunk),
-        }
-    }
-    Some(pieces)
+    Some(pieces(chunks, COALESCE_GAP, PIECE_BYTES))
 }
 
 type SharedFetch = futures::future::Shared<
     futures::future::BoxFuture<'static, Result<Located, Arc<DataFusionError>>>,
 >;
 
-/// A row group being fetched, or fetched: its key (file, group), the fetch, the task
-/// that drives it when it was read ahead, and whether a unit has asked for it yet.
+/// A row group being fetched, or fetched: its key (file, group), its bytes, the fetch,
+/// the task that drives it when it was read ahead, and whether a unit has asked for it
+/// yet.
 struct Kept {
     key: (usize, usize),
+    bytes: u64,
     fetch: SharedFetch,
     driver: Option<tokio::task::AbortHandle>,
     asked: bool,
 }
 
-/// Row groups fetched whole (see [`whole_row_group`]), shared by the units that read
-/// them: the last [`ROW_GROUPS_KEPT`], each fetched once, the next ones read ahead.
+/// Row groups fetched whole (see [`row_group_pieces`]), shared by the units that read
+/// them: each fetched once, the next ones read ahead within the read-ahead budget, the
+/// earlier ones let go.
 #[derive(Default)]
 pub(super) struct RowGroupFetches(Mutex<std::collections::VecDeque<Kept>>);
 
 impl RowGroupFetches {
-    /// The fetch of row group `key` (file, group) of `file`, in `pieces`: started by the
+    /// The fetch of row group `key` (file, group) of `plan`, in `pieces`: started by the
     /// first unit that asks (or read ahead), awaited by the others. The first unit to
     /// ask lets the earlier row groups go and starts the reads ahead.
-    fn get(&self, file: &InputFile, key: (usize, usize), pieces: Vec<Range<u64>>) -> SharedFetch {
+    fn get(&self, plan: &CopyPlan, key: (usize, usize), pieces: Vec<Range<u64>>) -> SharedFetch {
+        let file = &plan.files[key.0];
         let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let fetch = Self::keep(&mut kept, file, key, pieces, false);
         let first = kept
@@ -247,18 +263,34 @@ impl RowGroupFetches {
                 driver.abort();
             }
         }
-        // Read ahead: the following row groups of the file, started now.
+        // Read ahead: the following row groups of the file, started now, as many as
+        // the budget holds (those already under way count).
+        let budget = if file.remote() {
+            plan.read_ahead
+        } else {
+            LOCAL_READ_AHEAD_BYTES
+        };
         let mut ahead = 0;
-        for g in key.1 + 1..key.1 + 1 + READ_AHEAD {
-            let Some(pieces) = whole_row_group(file, g) else {
-                break;
+        for g in key.1 + 1..file.metadata.num_row_groups() {
+            let bytes = match kept.iter().find(|k| k.key == (key.0, g)) {
+                Some(known) => known.bytes,
+                None => match row_group_pieces(plan, key.0, g) {
+                    Some(pieces) => {
+                        let bytes = pieces.iter().map(|r| r.end - r.start).sum::<u64>();
+                        if ahead + bytes > budget {
+                            break;
+                        }
+                        // Driven by its own task: the handle is not needed here.
+                        drop(Self::keep(&mut kept, file, (key.0, g), pieces, true));
+                        bytes
+                    }
+                    None => break,
+                },
             };
-            ahead += pieces.iter().map(|r| r.end - r.start).sum::<u64>();
-            if ahead > READ_AHEAD_BYTES {
+            ahead += bytes;
+            if ahead >= budget {
                 break;
             }
-            // Driven by its own task: the handle is not needed here.
-            drop(Self::keep(&mut kept, file, (key.0, g), pieces, true));
         }
         fetch
     }
@@ -276,12 +308,15 @@ impl RowGroupFetches {
         if let Some(known) = kept.iter().find(|k| k.key == key) {
             return known.fetch.clone();
         }
+        let bytes = pieces.iter().map(|r| r.end - r.start).sum();
         let (reads, location, url) = (file.reads.clone(), file.location.clone(), file.url.clone());
         let fetch = async move {
             let bytes = reads
                 .get_ranges(&location, &pieces, &url)
                 .await
                 .map_err(Arc::new)?;
+            // A short piece leaves chunks unfound: the unit's walk of their pages
+            // stops the copy (the rewrite takes over), as for a short chunk.
             Ok(Located {
                 ranges: pieces.iter().map(|r| r.start).zip(bytes).collect(),
             })
@@ -291,16 +326,11 @@ impl RowGroupFetches {
         let driver = ahead.then(|| tokio::spawn(fetch.clone().map(drop)).abort_handle());
         kept.push_back(Kept {
             key,
+            bytes,
             fetch: fetch.clone(),
             driver,
             asked: false,
         });
-        if kept.len() > ROW_GROUPS_KEPT
-            && let Some(old) = kept.pop_front()
-            && let Some(driver) = old.driver
-        {
-            driver.abort();
-        }
         fetch
     }
 }

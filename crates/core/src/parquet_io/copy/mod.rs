@@ -39,6 +39,7 @@ use datafusion::datasource::DefaultTableSource;
 use datafusion::datasource::listing::ListingTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionState;
+use datafusion::execution::cache::cache_manager::FileMetadataCache;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
@@ -69,11 +70,10 @@ use parquet::schema::types::{SchemaDescPtr, Type};
 use tokio::io::AsyncWriteExt;
 
 use crate::checkpoint::ManifestFile;
-use crate::checkpoint::read::footer_options;
 use crate::checkpoint::tee::{CheckpointTarget, CheckpointWrite, PartWriter, TeeSink};
 use crate::checkpoint::{CheckpointTee, Tee};
 use crate::parquet_io::format::WrappedFormat;
-use crate::parquet_io::limits::page_sizes;
+use crate::parquet_io::limits::{ReadLimits, page_sizes};
 use crate::parquet_io::pins::SourceFormat;
 use crate::plan::boundary::{CheckpointPart, CheckpointSource, TaskBoundary};
 use crate::record::WriteMethod;
@@ -108,7 +108,9 @@ const MAX_COMPUTED_BYTES: u64 = 256 << 20;
 /// Footers read at once when a copy is planned.
 const FOOTERS_IN_FLIGHT: usize = 8;
 
-/// Column chunks fewer bytes apart than this are fetched in one request.
+/// Column chunks fewer bytes apart than this are fetched in one request: a request
+/// costs a round trip, and 1 MiB more on the way costs less than a round trip on any
+/// link worth reading from (as object_store's `get_ranges` coalesces).
 const COALESCE_GAP: u64 = 1 << 20;
 
 /// What a Parquet sink does with a frame.
@@ -128,6 +130,14 @@ struct InputFile {
     reader: ArrowReaderMetadata,
     /// Indices into [`CopyPlan::boundaries`], innermost first.
     boundaries: Vec<usize>,
+}
+
+impl InputFile {
+    /// Whether the file's bytes are a round trip away: on any store but local disk and
+    /// memory.
+    fn remote(&self) -> bool {
+        crate::parquet_io::is_remote(&self.url)
+    }
 }
 
 /// Where an input file's bytes are read.
@@ -195,12 +205,16 @@ pub(crate) struct CopyPlan {
     /// Their leaves (column chunks): the same in every file, whose Parquet schemas are
     /// checked equal.
     needed_leaves: Vec<usize>,
+    /// Every leaf the copy reads: those it copies and those the expressions read.
+    read_leaves: Vec<usize>,
     needed_schema: SchemaRef,
     props: WriterPropertiesPtr,
     codec: Codec,
     recompress: bool,
     /// The session's cap on a column chunk's uncompressed size.
     max_chunk: u64,
+    /// The bytes of remote files read ahead (see [`row_group_pieces`]).
+    read_ahead: u64,
     /// The session's memory pool, which the copy's units reserve from.
     pool: Arc<dyn MemoryPool>,
     /// The size of the upload's parts: the session's
@@ -214,7 +228,7 @@ pub(crate) struct CopyPlan {
     boundary_outputs: Vec<Vec<Expr>>,
     /// The computed columns' expressions over the table.
     computed_exprs: Vec<Expr>,
-    /// Row groups of checkpoint parts fetched whole, shared by their units.
+    /// Row groups fetched whole, shared by their units (see [`row_group_pieces`]).
     row_groups: RowGroupFetches,
     /// The persisted task whose checkpoint is the output's bytes, and the output's codec.
     checkpoint: Option<(Arc<CheckpointTarget>, Compression)>,
@@ -234,11 +248,11 @@ impl From<DataFusionError> for Stop {
 }
 
 /// Decides how `plan` is written with `options` in a session whose state is `state`
-/// and whose cap on a column chunk is `max_chunk`: reads the footers of its files.
+/// and whose reads are bounded by `limits`: reads the footers of its files.
 pub(crate) async fn route(
     plan: &LogicalPlan,
     state: &SessionState,
-    max_chunk: u64,
+    limits: ReadLimits,
     options: &ParquetWrite,
 ) -> Route {
     if !options.column_copy {
@@ -248,7 +262,7 @@ pub(crate) async fn route(
         Ok(shape) => shape,
         Err(reason) => return Route::Rewrite(reason),
     };
-    match CopyPlan::new(state, max_chunk, options, shape).await {
+    match CopyPlan::new(state, limits, options, shape).await {
         Ok(plan) => Route::Copy(Box::new(plan)),
         Err(reason) => Route::Rewrite(reason),
     }
@@ -261,7 +275,7 @@ pub(crate) async fn route(
 pub(crate) async fn checkpoint(
     plan: &LogicalPlan,
     state: &SessionState,
-    max_chunk: u64,
+    limits: ReadLimits,
 ) -> Result<u64, Stop> {
     let shape = Shape::of(plan).map_err(Stop::Unsupported)?;
     let codec = match &shape.checkpoint {
@@ -273,7 +287,7 @@ pub(crate) async fn checkpoint(
         }
     };
     let options = ParquetWrite::with_compression(codec);
-    let plan = CopyPlan::new(state, max_chunk, &options, shape)
+    let plan = CopyPlan::new(state, limits, &options, shape)
         .await
         .map_err(Stop::Unsupported)?;
     plan.write_checkpoint().await.map(|(rows, _)| rows)

@@ -6,7 +6,7 @@ use super::*;
 impl CopyPlan {
     pub(super) async fn new(
         state: &SessionState,
-        max_chunk: u64,
+        limits: ReadLimits,
         options: &ParquetWrite,
         shape: Shape,
     ) -> Result<Self, String> {
@@ -72,7 +72,7 @@ impl CopyPlan {
                     file.url, first.url
                 ));
             }
-            check_file(file, &shape.table_schema, max_chunk)?;
+            check_file(file, &shape.table_schema, limits.max_column_chunk_bytes)?;
         }
         let file_schema = Arc::clone(first.reader.schema());
 
@@ -207,6 +207,18 @@ impl CopyPlan {
             SerializedFileWriter::new(std::io::sink(), computed_root, Arc::clone(&props))
                 .map_err(|e| e.to_string())?;
         let writers = ArrowRowGroupWriterFactory::new(&template, Arc::clone(&computed_arrow));
+        // Every leaf the copy reads: those it copies and those the expressions read.
+        let read_leaves: Vec<usize> = columns
+            .iter()
+            .filter_map(|column| match column {
+                OutputColumn::Copy { root } => Some(*root),
+                OutputColumn::Compute { .. } => None,
+            })
+            .chain(needed.iter().copied())
+            .flat_map(|root| leaves(&first_parquet, root).collect::<Vec<_>>())
+            .collect::<BTreeSet<usize>>()
+            .into_iter()
+            .collect();
         Ok(CopyPlan {
             files,
             columns,
@@ -217,6 +229,7 @@ impl CopyPlan {
             computed_width: computed_width as usize,
             writers,
             exprs,
+            read_leaves,
             needed_leaves: needed
                 .iter()
                 .flat_map(|&root| leaves(&first_parquet, root).collect::<Vec<_>>())
@@ -232,7 +245,8 @@ impl CopyPlan {
                 .execution
                 .objectstore_writer_buffer_size,
             pool: Arc::clone(&state.runtime_env().memory_pool),
-            max_chunk,
+            max_chunk: limits.max_column_chunk_bytes,
+            read_ahead: limits.remote_read_ahead_bytes,
             batch_size: state.config().batch_size(),
             boundaries,
             boundary_outputs,
@@ -303,11 +317,12 @@ async fn listed(
         };
         objects.sort_by(|a, b| a.location.cmp(&b.location));
         // Footers are read a few at a time, and kept in listing order.
+        let cache = state.runtime_env().cache_manager.get_file_metadata_cache();
         let base = crate::identity::object_base(table_url);
         let opened: Vec<InputFile> = futures::stream::iter(objects)
             .map(|object| {
                 let url = crate::identity::object_url(&base, &object);
-                open(&store, object, url, boundaries.to_vec())
+                open(&store, object, url, boundaries.to_vec(), cache.as_ref())
             })
             .buffered(FOOTERS_IN_FLIGHT)
             .try_collect()
@@ -337,7 +352,13 @@ async fn open_part(
         Err(e) => Err(e),
     }
     .map_err(|e| format!("cannot read the page index of {}: {e}", part.url))?;
-    input_file(part.url, reads, part.location, metadata, boundaries)
+    input_file(
+        part.url,
+        reads,
+        part.location,
+        Arc::new(metadata),
+        boundaries,
+    )
 }
 
 /// Refuses a checkpoint's part whose column chunks carry no statistics when the output
@@ -373,31 +394,27 @@ fn unstated_statistics(
     Ok(())
 }
 
-/// Reads a file's footer (with its page index, when it has one).
+/// Reads a file's footer (with its page index, when it has one), or finds it in the
+/// session's metadata cache (see [`read_footer`](crate::parquet_io::footer::read_footer)).
 pub(super) async fn open(
     store: &Arc<dyn ObjectStore>,
     object: ObjectMeta,
     url: String,
     boundaries: Vec<usize>,
+    cache: &FileMetadataCache,
 ) -> Result<InputFile, String> {
     if object.size == 0 {
         return Err(format!("{url} is empty"));
     }
-    crate::parquet_io::limits::check_footer_tail(store.as_ref(), &url, &object)
+    let metadata = crate::parquet_io::footer::read_footer(store.as_ref(), &url, &object, cache)
         .await
-        .map_err(|e| crate::error::message(&e))?;
+        .map_err(|e| {
+            format!(
+                "cannot read the footer of {url}: {}",
+                crate::error::message(&e)
+            )
+        })?;
     let reads = Reads::Store(Arc::clone(store));
-    let fetch = Fetch {
-        reads: &reads,
-        location: &object.location,
-        url: &url,
-    };
-    let metadata = ParquetMetaDataReader::new()
-        .with_metadata_options(Some(footer_options()))
-        .with_page_index_policy(PageIndexPolicy::Optional)
-        .load_and_finish(fetch, object.size)
-        .await
-        .map_err(|e| format!("cannot read the footer of {url}: {e}"))?;
     input_file(url, reads, object.location, metadata, boundaries)
 }
 
@@ -406,10 +423,9 @@ fn input_file(
     url: String,
     reads: Reads,
     location: Path,
-    metadata: ParquetMetaData,
+    metadata: Arc<ParquetMetaData>,
     boundaries: Vec<usize>,
 ) -> Result<InputFile, String> {
-    let metadata = Arc::new(metadata);
     let reader = ArrowReaderMetadata::try_new(Arc::clone(&metadata), ArrowReaderOptions::new())
         .map_err(|e| format!("cannot read the schema of {url}: {e}"))?;
     Ok(InputFile {

@@ -18,7 +18,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::serialized_reader::SerializedPageReader;
 
 use super::detect::Shape;
-use super::fetch::{Located, coalesce};
+use super::fetch::{Located, coalesce, pieces};
 use super::pages::{copy_chunk, page_ranges, page_reader, recompress_chunk};
 
 const ROWS: usize = 2_000;
@@ -160,6 +160,15 @@ fn chunks_closer_than_the_gap_are_fetched_in_one_request() {
     assert_eq!(ranges, [0..200, 300..400, 1_000..1_100]);
     assert_eq!(coalesce([0..10, 10..20], 0), vec![0..20]);
     assert!(coalesce([], 1 << 20).is_empty());
+}
+
+#[test]
+fn pieces_hold_whole_chunks_up_to_their_size() {
+    // Chunks merge while the piece stays within 10 bytes; a gap over 5 starts another.
+    assert_eq!(pieces([6..9, 0..3, 3..6, 20..30], 5, 10), [0..9, 20..30]);
+    // A chunk is never split: one larger than a piece is a piece of its own.
+    assert_eq!(pieces([0..4, 4..20, 20..22], 0, 8), [0..4, 4..20, 20..22]);
+    assert_eq!(pieces([0..4, 4..8, 8..12], 0, 8), [0..8, 8..12]);
 }
 
 #[test]
