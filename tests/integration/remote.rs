@@ -509,6 +509,60 @@ mod http {
         assert!(sent <= size + size / 16, "{sent} bytes of {size}");
     }
 
+    /// A remote scan reads its next row groups ahead: with latency on every request,
+    /// more requests are in flight than the scan's partitions ask for one row group at a
+    /// time, the same bytes are read (each row group read ahead is used), and the result
+    /// is the same as with nothing read ahead.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_remote_scan_reads_its_next_row_groups_ahead_and_reads_each_byte_once() {
+        use sluice_testkit::faults::{FaultProxy, FaultRule, ProxyFault};
+        let dir = tempfile::tempdir().unwrap();
+        taxi_file(dir.path(), "yellow.parquet", 160_000, 20_000);
+        let server = HttpFileServer::start(dir.path()).await.unwrap();
+        let proxy = FaultProxy::builder(&server.url(""))
+            .rule(FaultRule::new(ProxyFault::Latency(Duration::from_millis(
+                20,
+            ))))
+            .start()
+            .await
+            .unwrap();
+        let url = proxy.url("yellow.parquet");
+        let mut runs = Vec::new();
+        for read_ahead in [0, sluice::DEFAULT_REMOTE_READ_AHEAD_BYTES] {
+            let session = Session::builder()
+                .with_remote_read_ahead_bytes(read_ahead)
+                .build()
+                .unwrap();
+            let frame = session.read_parquet(&url).await.unwrap();
+            proxy.reset_stats();
+            let sums = frame
+                .aggregate(
+                    Vec::<Expr>::new(),
+                    [sum(col("tip_amount")), sum(col("total_amount"))],
+                )
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            let stats = proxy.stats();
+            runs.push((sums, stats.max_in_flight, stats.body_bytes));
+        }
+        let (without, with) = (&runs[0], &runs[1]);
+        assert_eq!(without.0, with.0, "the same sums");
+        assert!(
+            with.1 > without.1,
+            "{} requests in flight at most with reads ahead, {} without",
+            with.1,
+            without.1
+        );
+        assert!(
+            with.2 as f64 <= without.2 as f64 * 1.02,
+            "{} bytes read with reads ahead, {} without",
+            with.2,
+            without.2
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_two_column_query_fetches_well_under_half_of_an_http_file() {
         let dir = tempfile::tempdir().unwrap();

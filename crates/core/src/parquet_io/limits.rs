@@ -74,9 +74,9 @@ pub const DEFAULT_MEMORY_LIMIT: usize = 4 << 30;
 /// that is rare in honest files.
 pub const DEFAULT_MAX_COLUMN_CHUNK_BYTES: u64 = 1 << 30;
 
-/// The default read-ahead budget of remote reads: 64 MiB (see
+/// The default read-ahead budget of remote reads: 48 MiB (see
 /// [`SessionBuilder::with_remote_read_ahead_bytes`](crate::SessionBuilder::with_remote_read_ahead_bytes)).
-pub const DEFAULT_REMOTE_READ_AHEAD_BYTES: u64 = 64 << 20;
+pub const DEFAULT_REMOTE_READ_AHEAD_BYTES: u64 = 48 << 20;
 
 /// The environment variable that sets the remote read-ahead budget when the builder
 /// does not.

@@ -180,7 +180,7 @@ const PIECE_BYTES: u64 = 8 << 20;
 /// block). A remote file's are the session's
 /// [`remote_read_ahead_bytes`](crate::SessionBuilder::with_remote_read_ahead_bytes):
 /// requests in flight by the link's bandwidth × latency, not by cores.
-const LOCAL_READ_AHEAD_BYTES: u64 = 16 << 20;
+const LOCAL_READ_AHEAD_BYTES: u64 = 32 << 20;
 
 /// The pieces (byte ranges) row group `g` of file `f` is fetched in, when it is fetched
 /// whole:
