@@ -158,7 +158,7 @@ fn example_error(args: &[&str], env: &[(&'static str, String)]) -> String {
         .output()
         .expect("run the example");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "not one line: {stderr}");

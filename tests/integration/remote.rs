@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::{ObjectStore, ObjectStoreExt};
+use sluice::datafusion::arrow::array::RecordBatch;
 use sluice::prelude::*;
 use sluice::store::{RetryPolicy, StoreBuilder};
 use sluice_testkit::servers::{Fault, HttpFileServer, S3Server};
@@ -125,7 +126,7 @@ impl S3Target {
 }
 
 /// Sums two of the taxi columns: a query that needs 2 of the 19 columns.
-async fn sum_two_columns(frame: &Frame) {
+async fn sum_two_columns(frame: &Frame) -> Vec<RecordBatch> {
     let sums = frame
         .aggregate(
             Vec::<Expr>::new(),
@@ -136,6 +137,7 @@ async fn sum_two_columns(frame: &Frame) {
         .await
         .unwrap();
     assert_eq!(sums[0].num_rows(), 1);
+    sums
 }
 
 async fn run_etl(session: &Session, source: &str, dest: &str) -> sluice::Result<WriteSummary> {
@@ -535,15 +537,7 @@ mod http {
                 .unwrap();
             let frame = session.read_parquet(&url).await.unwrap();
             proxy.reset_stats();
-            let sums = frame
-                .aggregate(
-                    Vec::<Expr>::new(),
-                    [sum(col("tip_amount")), sum(col("total_amount"))],
-                )
-                .unwrap()
-                .collect()
-                .await
-                .unwrap();
+            let sums = sum_two_columns(&frame).await;
             let stats = proxy.stats();
             runs.push((sums, stats.max_in_flight, stats.body_bytes));
         }
@@ -560,6 +554,95 @@ mod http {
             "{} bytes read with reads ahead, {} without",
             with.2,
             without.2
+        );
+    }
+
+    /// A scan that skips row groups (pruned by their statistics) stops reading ahead at
+    /// the first one it skips: what it wastes is what was read ahead before, not every
+    /// pruned row group.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_remote_scan_that_prunes_row_groups_stops_reading_ahead() {
+        use sluice::datafusion::arrow::array::Int64Array;
+        use sluice::datafusion::parquet::arrow::ArrowWriter;
+        use sluice::datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+        use sluice_testkit::faults::{FaultProxy, FaultRule, ProxyFault};
+        const GROUPS: i64 = 30;
+        const ROWS: i64 = 10_000;
+        // 30 row groups; `grp` is the row group's number, so its statistics prune.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups.parquet");
+        let ids: Vec<i64> = (0..GROUPS * ROWS).map(|i| i * 7919 % 1_000_003).collect();
+        let groups: Vec<i64> = (0..GROUPS * ROWS).map(|i| i / ROWS).collect();
+        let batch = RecordBatch::try_from_iter([
+            ("id", Arc::new(Int64Array::from(ids)) as _),
+            ("grp", Arc::new(Int64Array::from(groups)) as _),
+        ])
+        .unwrap();
+        // Statistics per chunk and no page index: the scan prunes whole row groups and
+        // asks for the kept ones' chunks whole (with a page index it would ask for pages,
+        // which are never read ahead).
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(ROWS as usize))
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_offset_index_disabled(true)
+            .build();
+        let mut writer = ArrowWriter::try_new(
+            std::fs::File::create(&path).unwrap(),
+            batch.schema(),
+            Some(props),
+        )
+        .unwrap();
+        writer.write(&batch).unwrap();
+        let footer = writer.close().unwrap();
+        assert_eq!(footer.num_row_groups(), GROUPS as usize);
+        let group_bytes: u64 = footer
+            .row_group(1)
+            .columns()
+            .iter()
+            .map(|c| c.compressed_size() as u64)
+            .sum();
+        let server = HttpFileServer::start(dir.path()).await.unwrap();
+        let proxy = FaultProxy::builder(&server.url(""))
+            .rule(FaultRule::new(ProxyFault::Latency(Duration::from_millis(
+                5,
+            ))))
+            .start()
+            .await
+            .unwrap();
+        let url = proxy.url("groups.parquet");
+        // Every third row group is kept; each reader may read two row groups ahead.
+        let kept: Vec<Expr> = (0..GROUPS).step_by(3).map(lit).collect();
+        let partitions = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let mut runs = Vec::new();
+        for read_ahead in [0, 2 * group_bytes * partitions + 1] {
+            let session = Session::builder()
+                .with_remote_read_ahead_bytes(read_ahead)
+                .build()
+                .unwrap();
+            let frame = session
+                .read_parquet(&url)
+                .await
+                .unwrap()
+                .filter(col("grp").in_list(kept.clone(), false))
+                .unwrap();
+            proxy.reset_stats();
+            let sums = frame
+                .aggregate(Vec::<Expr>::new(), [sum(col("id")), count(col("id"))])
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            runs.push((sums, proxy.stats().body_bytes));
+        }
+        let (without, with) = (&runs[0], &runs[1]);
+        assert_eq!(without.0, with.0, "the same sums");
+        // Two row groups read ahead before the first skip, a little slack for the
+        // pruned ones' sizes; reading ahead past every skip would waste twenty.
+        assert!(
+            with.1 <= without.1 + 3 * group_bytes,
+            "{} bytes read with reads ahead, {} without (a row group is {group_bytes})",
+            with.1,
+            without.1
         );
     }
 

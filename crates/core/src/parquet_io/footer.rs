@@ -40,7 +40,8 @@ fn prefetch(size: u64) -> u64 {
 const SMALLEST_PARQUET_FILE: u64 = 12;
 
 /// The metadata of the Parquet file `object` (`url`, to name it in errors) of `store`:
-/// from `cache` when an entry for this version of the object holds it with its page
+/// from `cache` when an entry for this version of the object (size, modification time
+/// and ETag) holds it with its page
 /// index and with page encoding statistics as written (see
 /// [`footer_options`]); otherwise read with one ranged GET of the file's end (more only
 /// for a footer larger than [`prefetch`]'s) and put in `cache`.
@@ -53,8 +54,12 @@ pub(crate) async fn read_footer(
     object: &ObjectMeta,
     cache: &FileMetadataCache,
 ) -> Result<Arc<ParquetMetaData>> {
+    // DataFusion keys the cache by path alone and checks size and modification time: the
+    // ETag too here, so that same-named objects of two buckets written in the same second
+    // (S3's times have seconds) never share a footer.
     if let Some(cached) = cache.get(&object.location)
         && cached.is_valid_for(object)
+        && cached.meta.e_tag == object.e_tag
         && let Some(cached) = cached
             .file_metadata
             .as_any()
@@ -182,6 +187,53 @@ mod tests {
             Err(DataFusionError::ParquetError(_)) => None,
             Err(other) => panic!("unexpected {other}"),
         }
+    }
+
+    /// A Parquet file of one column and three rows.
+    fn parquet_bytes() -> Bytes {
+        use datafusion::arrow::array::Int64Array;
+        use datafusion::arrow::record_batch::RecordBatch;
+        let batch = RecordBatch::try_from_iter([(
+            "n",
+            Arc::new(Int64Array::from(vec![1, 2, 3])) as datafusion::arrow::array::ArrayRef,
+        )])
+        .unwrap();
+        let mut bytes = Vec::new();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        bytes.into()
+    }
+
+    #[tokio::test]
+    async fn a_footer_is_read_once_per_version_of_its_object() {
+        let cache = cache();
+        let path = object_store::path::Path::from("x.parquet");
+        let store = object_store::memory::InMemory::new();
+        store.put(&path, parquet_bytes().into()).await.unwrap();
+        let object = store.head(&path).await.unwrap();
+        let read = read_footer(&store, "memory:///x.parquet", &object, cache.as_ref())
+            .await
+            .unwrap();
+        assert_eq!(read.file_metadata().num_rows(), 3);
+        assert!(read.offset_index().is_some(), "with its page index");
+        // Found in the cache: a store that holds nothing is never asked.
+        let empty = object_store::memory::InMemory::new();
+        let again = read_footer(&empty, "memory:///x.parquet", &object, cache.as_ref())
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&read, &again));
+        // Another object of the same path, size and time but another ETag (another
+        // bucket's, written in the same second) is read, not taken from the cache.
+        let other = ObjectMeta {
+            e_tag: Some("another".into()),
+            ..object
+        };
+        let error = read_footer(&empty, "memory:///x.parquet", &other, cache.as_ref())
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("not found"), "{error}");
     }
 
     #[tokio::test]

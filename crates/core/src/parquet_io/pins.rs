@@ -313,6 +313,7 @@ impl FormatHooks for SourceFormat {
             reader = Arc::new(ReadAheadFactory {
                 inner: reader,
                 store,
+                footers: state.runtime_env().cache_manager.get_file_metadata_cache(),
                 budget: limits.remote_read_ahead_bytes / partitions,
             });
         }

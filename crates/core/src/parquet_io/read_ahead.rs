@@ -10,8 +10,13 @@
 //! the partition's byte range, as DataFusion assigns them), within its share of the
 //! session's [`remote_read_ahead_bytes`](crate::SessionBuilder::with_remote_read_ahead_bytes),
 //! and answers the scan's next asks from them. Asks it did not foresee (a page
-//! selection, other columns) go to the wrapped reader as before; a row group read
-//! ahead and never asked for (pruned by statistics) costs its bytes only.
+//! selection, other columns) go to the wrapped reader as before.
+//!
+//! A scan that skips row groups (pruned by statistics or a page index, which the reader
+//! is not told of) would make every row group read ahead a wasted fetch: a reader reads
+//! ahead only while the scan asks for its partition's row groups one after the other,
+//! whole, from the first; the first ask that skips one, or asks for part of a chunk,
+//! stops it for good. What a pruned scan wastes is one budget's worth at most.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -20,11 +25,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::ParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::parquet::metadata::CachedParquetMetaData;
+use datafusion::execution::cache::cache_manager::FileMetadataCache;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use object_store::ObjectStore;
-use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::errors::ParquetError;
@@ -36,6 +42,10 @@ use parquet::file::metadata::ParquetMetaData;
 pub(crate) struct ReadAheadFactory {
     pub(crate) inner: Arc<dyn ParquetFileReaderFactory>,
     pub(crate) store: Arc<dyn ObjectStore>,
+    /// The session's file metadata cache, where a reader finds its file's footer when the
+    /// scan did not ask the reader for it (DataFusion reads it through the cache when the
+    /// scan has a predicate).
+    pub(crate) footers: Arc<FileMetadataCache>,
     /// The bytes each reader may have under way or waiting ahead.
     pub(crate) budget: u64,
 }
@@ -48,7 +58,7 @@ impl ParquetFileReaderFactory for ReadAheadFactory {
         metadata_size_hint: Option<usize>,
         metrics: &ExecutionPlanMetricsSet,
     ) -> datafusion::error::Result<Box<dyn AsyncFileReader + Send>> {
-        let location = partitioned_file.object_meta.location.clone();
+        let object = partitioned_file.object_meta.clone();
         let range = partitioned_file
             .range
             .as_ref()
@@ -62,11 +72,14 @@ impl ParquetFileReaderFactory for ReadAheadFactory {
         Ok(Box::new(ReadAheadReader {
             inner,
             store: Arc::clone(&self.store),
-            location,
+            footers: Arc::clone(&self.footers),
+            object,
             range,
             budget: self.budget,
             metadata: None,
             ahead: VecDeque::new(),
+            next: None,
+            stopped: false,
         }))
     }
 }
@@ -88,7 +101,9 @@ struct Ahead {
 struct ReadAheadReader {
     inner: Box<dyn AsyncFileReader + Send>,
     store: Arc<dyn ObjectStore>,
-    location: Path,
+    footers: Arc<FileMetadataCache>,
+    /// The file, as the scan's listing found it.
+    object: ObjectMeta,
     /// The byte range of the file the reader's partition scans (the whole file when
     /// none).
     range: Option<Range<u64>>,
@@ -96,22 +111,65 @@ struct ReadAheadReader {
     /// The footer, once read (the decoder always asks for it before any data).
     metadata: Option<Arc<ParquetMetaData>>,
     ahead: VecDeque<Ahead>,
+    /// The row group the scan asks for next if it skips none.
+    next: Option<usize>,
+    /// Whether the scan skipped a row group or asked for part of a chunk: nothing more
+    /// is read ahead.
+    stopped: bool,
 }
 
 impl Drop for ReadAheadReader {
     /// A scan that ends (done, a limit reached, failed) stops its reads ahead.
     fn drop(&mut self) {
-        for ahead in self.ahead.drain(..) {
-            ahead.driver.abort();
-        }
+        self.stop();
     }
 }
 
 impl ReadAheadReader {
+    /// Reads nothing more ahead, and lets go of what was.
+    fn stop(&mut self) {
+        self.stopped = true;
+        for ahead in self.ahead.drain(..) {
+            ahead.driver.abort();
+        }
+    }
+
+    /// The file's footer: the one the scan asked this reader for, or the one in the
+    /// session's cache for this version of the file (size, time and ETag).
+    fn footer(&mut self) -> Option<Arc<ParquetMetaData>> {
+        if self.metadata.is_none()
+            && let Some(cached) = self.footers.get(&self.object.location)
+            && cached.is_valid_for(&self.object)
+            && cached.meta.e_tag == self.object.e_tag
+            && let Some(cached) = cached
+                .file_metadata
+                .as_any()
+                .downcast_ref::<CachedParquetMetaData>()
+        {
+            self.metadata = Some(Arc::clone(cached.parquet_metadata()));
+        }
+        self.metadata.clone()
+    }
+
+    /// Whether the scan asks for row group `g` in order (the first of its partition's,
+    /// or the one after the last): it reads on as it has.
+    fn in_order(&mut self, g: usize) -> bool {
+        let Some(metadata) = self.metadata.clone() else {
+            return false;
+        };
+        let expected = self.next.unwrap_or_else(|| {
+            (0..metadata.num_row_groups())
+                .find(|&first| self.scans(&metadata, first))
+                .unwrap_or(0)
+        });
+        self.next = Some(g + 1);
+        g == expected
+    }
+
     /// The row group whose column chunks `ranges` are, each whole, with the columns'
     /// indices; `None` when they are anything else (a page selection, a footer).
-    fn chunks_of(&self, ranges: &[Range<u64>]) -> Option<(usize, Vec<usize>)> {
-        let metadata = self.metadata.as_ref()?;
+    fn chunks_of(&mut self, ranges: &[Range<u64>]) -> Option<(usize, Vec<usize>)> {
+        let metadata = self.footer()?;
         let first = ranges.first()?;
         let (g, group) = metadata
             .row_groups()
@@ -183,7 +241,7 @@ impl ReadAheadReader {
             under_way += bytes;
             let (store, location, wanted) = (
                 Arc::clone(&self.store),
-                self.location.clone(),
+                self.object.location.clone(),
                 ranges.clone(),
             );
             let fetch = async move {
@@ -216,10 +274,22 @@ impl AsyncFileReader for ReadAheadReader {
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
         async move {
+            if self.stopped {
+                return self.inner.get_byte_ranges(ranges).await;
+            }
             let chunks = self.chunks_of(&ranges);
             let Some((g, columns)) = chunks else {
+                // Part of a chunk (a page selection): the scan prunes.
+                if self.next.is_some() {
+                    self.stop();
+                }
                 return self.inner.get_byte_ranges(ranges).await;
             };
+            if !self.in_order(g) {
+                // A row group skipped: the scan prunes.
+                self.stop();
+                return self.inner.get_byte_ranges(ranges).await;
+            }
             let foreseen = self
                 .ahead
                 .iter()
