@@ -125,6 +125,23 @@ impl S3Target {
     }
 }
 
+/// What `proxy` counted once it has settled: its relays add a response's bytes as they
+/// pass, so the last ones may land just after the client has them.
+async fn settled_stats(
+    proxy: &sluice_testkit::faults::FaultProxy,
+) -> sluice_testkit::faults::FaultStats {
+    let mut last = proxy.stats();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = proxy.stats();
+        if (now.requests, now.body_bytes) == (last.requests, last.body_bytes) {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
 /// Sums two of the taxi columns: a query that needs 2 of the 19 columns.
 async fn sum_two_columns(frame: &Frame) -> Vec<RecordBatch> {
     let sums = frame
@@ -536,9 +553,10 @@ mod http {
                 .build()
                 .unwrap();
             let frame = session.read_parquet(&url).await.unwrap();
+            settled_stats(&proxy).await;
             proxy.reset_stats();
             let sums = sum_two_columns(&frame).await;
-            let stats = proxy.stats();
+            let stats = settled_stats(&proxy).await;
             runs.push((sums, stats.max_in_flight, stats.body_bytes));
         }
         let (without, with) = (&runs[0], &runs[1]);
@@ -625,6 +643,7 @@ mod http {
                 .unwrap()
                 .filter(col("grp").in_list(kept.clone(), false))
                 .unwrap();
+            settled_stats(&proxy).await;
             proxy.reset_stats();
             let sums = frame
                 .aggregate(Vec::<Expr>::new(), [sum(col("id")), count(col("id"))])
@@ -632,7 +651,7 @@ mod http {
                 .collect()
                 .await
                 .unwrap();
-            runs.push((sums, proxy.stats().body_bytes));
+            runs.push((sums, settled_stats(&proxy).await.body_bytes));
         }
         let (without, with) = (&runs[0], &runs[1]);
         assert_eq!(without.0, with.0, "the same sums");

@@ -54,19 +54,10 @@ pub(crate) async fn read_footer(
     object: &ObjectMeta,
     cache: &FileMetadataCache,
 ) -> Result<Arc<ParquetMetaData>> {
-    // DataFusion keys the cache by path alone and checks size and modification time: the
-    // ETag too here, so that same-named objects of two buckets written in the same second
-    // (S3's times have seconds) never share a footer.
-    if let Some(cached) = cache.get(&object.location)
-        && cached.is_valid_for(object)
-        && cached.meta.e_tag == object.e_tag
-        && let Some(cached) = cached
-            .file_metadata
-            .as_any()
-            .downcast_ref::<CachedParquetMetaData>()
-        && complete(cached.parquet_metadata())
+    if let Some(cached) = cached_footer(cache, object)
+        && complete(&cached)
     {
-        return Ok(Arc::clone(cached.parquet_metadata()));
+        return Ok(cached);
     }
     let invalid = |reason: String| {
         DataFusionError::External(Box::new(Error::InvalidParquet {
@@ -115,6 +106,25 @@ pub(crate) async fn read_footer(
         ),
     );
     Ok(metadata)
+}
+
+/// The footer `cache` holds for this version of `object`, if any. DataFusion keys the
+/// cache by path alone and checks size and modification time: the ETag too here, so that
+/// same-named objects of two buckets written in the same second (S3's times have
+/// seconds) never share a footer.
+pub(crate) fn cached_footer(
+    cache: &FileMetadataCache,
+    object: &ObjectMeta,
+) -> Option<Arc<ParquetMetaData>> {
+    let cached = cache.get(&object.location)?;
+    if !cached.is_valid_for(object) || cached.meta.e_tag != object.e_tag {
+        return None;
+    }
+    let footer = cached
+        .file_metadata
+        .as_any()
+        .downcast_ref::<CachedParquetMetaData>()?;
+    Some(Arc::clone(footer.parquet_metadata()))
 }
 
 /// Whether `metadata` is what [`read_footer`] reads: with its page index (a file that

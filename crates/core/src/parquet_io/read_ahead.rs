@@ -25,7 +25,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::ParquetFileReaderFactory;
-use datafusion::datasource::physical_plan::parquet::metadata::CachedParquetMetaData;
 use datafusion::execution::cache::cache_manager::FileMetadataCache;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use futures::FutureExt;
@@ -35,6 +34,8 @@ use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::errors::ParquetError;
 use parquet::file::metadata::ParquetMetaData;
+
+use crate::parquet_io::footer::cached_footer;
 
 /// Makes [`ReadAheadReader`]s around another factory's readers, fetching ahead from
 /// `store` (the same store the wrapped readers read, with the same checks).
@@ -137,16 +138,8 @@ impl ReadAheadReader {
     /// The file's footer: the one the scan asked this reader for, or the one in the
     /// session's cache for this version of the file (size, time and ETag).
     fn footer(&mut self) -> Option<Arc<ParquetMetaData>> {
-        if self.metadata.is_none()
-            && let Some(cached) = self.footers.get(&self.object.location)
-            && cached.is_valid_for(&self.object)
-            && cached.meta.e_tag == self.object.e_tag
-            && let Some(cached) = cached
-                .file_metadata
-                .as_any()
-                .downcast_ref::<CachedParquetMetaData>()
-        {
-            self.metadata = Some(Arc::clone(cached.parquet_metadata()));
+        if self.metadata.is_none() {
+            self.metadata = cached_footer(self.footers.as_ref(), &self.object);
         }
         self.metadata.clone()
     }
