@@ -126,8 +126,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Remote(args) => {
             let exe = std::env::current_exe()?;
-            remote::run(&exe, &args)?;
-            println!("{}", args.out.join("bench").join("remote.md").display());
+            let results = remote::run(&exe, &args)?;
+            remote::write(&results, &args.out)?;
+            let bench = args.out.join("bench");
+            plots::wall_vs_latency(&results, &bench.join(remote::LATENCY_PLOT))?;
+            println!("{}", bench.join("remote.md").display());
         }
         Command::Measure { command } => {
             let measured = measure::measure_here(&command)?;

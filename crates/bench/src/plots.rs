@@ -16,9 +16,6 @@ pub const RSS_PLOT: &str = "peak_rss_vs_rows.svg";
 /// File name of the wall-time plot.
 pub const WALL_PLOT: &str = "wall_by_case.svg";
 
-/// File name of the remote series' plot.
-pub const LATENCY_PLOT: &str = "wall_vs_latency.svg";
-
 /// The goal line on the RSS plot, in MiB.
 const RSS_GOAL_MIB: f64 = 256.0;
 

@@ -12,8 +12,8 @@
 //!   proxy: the requests counted are the reads' and the upload's);
 //! - HTTP → local: read `http://…/bench/taxi.parquet`, write a local file.
 //!
-//! It writes `bench/remote.json`, `bench/remote.md` (the tables) and
-//! `bench/wall_vs_latency.svg` under `--out`.
+//! `sluice-bench remote` writes `bench/remote.json`, `bench/remote.md` (the tables, with
+//! [`write`]) and `bench/wall_vs_latency.svg` (the plot) under `--out`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -332,7 +332,6 @@ pub fn run(exe: &Path, args: &RemoteArgs) -> anyhow::Result<RemoteResults> {
         }
     }
     drop(endpoints);
-    write(&results, &args.out)?;
     Ok(results)
 }
 
@@ -429,8 +428,10 @@ fn duckdb_httpfs(python: &str) -> Result<(), String> {
     }
 }
 
-/// Writes `bench/remote.json`, `bench/remote.md` and `bench/wall_vs_latency.svg` under
-/// `out`.
+/// File name of the remote series' plot (drawn by `plots::wall_vs_latency`).
+pub const LATENCY_PLOT: &str = "wall_vs_latency.svg";
+
+/// Writes `bench/remote.json` and `bench/remote.md` under `out`.
 pub fn write(results: &RemoteResults, out: &Path) -> anyhow::Result<()> {
     let dir = out.join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -439,7 +440,6 @@ pub fn write(results: &RemoteResults, out: &Path) -> anyhow::Result<()> {
         serde_json::to_string_pretty(results)?,
     )?;
     std::fs::write(dir.join("remote.md"), markdown(results))?;
-    crate::plots::wall_vs_latency(results, &dir.join(crate::plots::LATENCY_PLOT))?;
     Ok(())
 }
 
@@ -455,7 +455,7 @@ pub fn markdown(results: &RemoteResults) -> String {
         results.source_bytes as f64 / 1e6,
         results.runs,
         results.date,
-        crate::plots::LATENCY_PLOT,
+        LATENCY_PLOT,
     );
     let mut keys: Vec<(RemoteStore, Workload)> = results
         .cases
