@@ -127,18 +127,21 @@ pub(crate) fn cached_footer(
     Some(Arc::clone(footer.parquet_metadata()))
 }
 
-/// Whether `metadata` is what [`read_footer`] reads: with its page index (a file that
-/// has none is read again, as DataFusion's own reads do), and no column chunk's page
-/// encoding statistics reduced to a mask (DataFusion's default, which the column copy
-/// cannot write back as the input stated them).
+/// Whether `metadata` is what [`read_footer`] reads: with its page index when the file
+/// has one (a file written without one, as pyarrow writes by default, is complete
+/// without it), and no column chunk's page encoding statistics reduced to a mask
+/// (DataFusion's default, which the column copy cannot write back as the input stated
+/// them).
 fn complete(metadata: &ParquetMetaData) -> bool {
-    metadata.column_index().is_some()
-        && metadata.offset_index().is_some()
-        && metadata
-            .row_groups()
-            .iter()
-            .flat_map(|group| group.columns())
-            .all(|chunk| chunk.page_encoding_stats_mask().is_none())
+    let mut chunks = metadata
+        .row_groups()
+        .iter()
+        .flat_map(|group| group.columns());
+    let declared = chunks.clone().any(|chunk| {
+        chunk.column_index_offset().is_some() || chunk.offset_index_offset().is_some()
+    });
+    let loaded = metadata.column_index().is_some() && metadata.offset_index().is_some();
+    (loaded || !declared) && chunks.all(|chunk| chunk.page_encoding_stats_mask().is_none())
 }
 
 /// Checks the last 8 bytes of a Parquet file of `size` bytes (the footer's length and
@@ -199,8 +202,8 @@ mod tests {
         }
     }
 
-    /// A Parquet file of one column and three rows.
-    fn parquet_bytes() -> Bytes {
+    /// A Parquet file of one column and three rows, with a page index or without one.
+    fn parquet_file(page_index: bool) -> Bytes {
         use datafusion::arrow::array::Int64Array;
         use datafusion::arrow::record_batch::RecordBatch;
         let batch = RecordBatch::try_from_iter([(
@@ -208,9 +211,17 @@ mod tests {
             Arc::new(Int64Array::from(vec![1, 2, 3])) as datafusion::arrow::array::ArrayRef,
         )])
         .unwrap();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_statistics_enabled(if page_index {
+                parquet::file::properties::EnabledStatistics::Page
+            } else {
+                parquet::file::properties::EnabledStatistics::Chunk
+            })
+            .set_offset_index_disabled(!page_index)
+            .build();
         let mut bytes = Vec::new();
         let mut writer =
-            parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), None).unwrap();
+            parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props)).unwrap();
         writer.write(&batch).unwrap();
         writer.close().unwrap();
         bytes.into()
@@ -221,7 +232,7 @@ mod tests {
         let cache = cache();
         let path = object_store::path::Path::from("x.parquet");
         let store = object_store::memory::InMemory::new();
-        store.put(&path, parquet_bytes().into()).await.unwrap();
+        store.put(&path, parquet_file(true).into()).await.unwrap();
         let object = store.head(&path).await.unwrap();
         let read = read_footer(&store, "memory:///x.parquet", &object, cache.as_ref())
             .await
@@ -233,6 +244,28 @@ mod tests {
         let again = read_footer(&empty, "memory:///x.parquet", &object, cache.as_ref())
             .await
             .unwrap();
+        assert!(Arc::ptr_eq(&read, &again));
+        // A file written without a page index is read once too.
+        let bare = object_store::path::Path::from("bare.parquet");
+        store.put(&bare, parquet_file(false).into()).await.unwrap();
+        let bare_object = store.head(&bare).await.unwrap();
+        let read = read_footer(
+            &store,
+            "memory:///bare.parquet",
+            &bare_object,
+            cache.as_ref(),
+        )
+        .await
+        .unwrap();
+        assert!(read.offset_index().is_none(), "it has no page index");
+        let again = read_footer(
+            &empty,
+            "memory:///bare.parquet",
+            &bare_object,
+            cache.as_ref(),
+        )
+        .await
+        .unwrap();
         assert!(Arc::ptr_eq(&read, &again));
         // Another object of the same path, size and time but another ETag (another
         // bucket's, written in the same second) is read, not taken from the cache.
