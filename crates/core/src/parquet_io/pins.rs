@@ -301,11 +301,10 @@ impl FormatHooks for SourceFormat {
             return Ok(plan);
         };
         let store = self.pins.guard(store);
-        let mut reader: Arc<dyn ParquetFileReaderFactory> =
-            Arc::new(CachedParquetFileReaderFactory::new(
-                Arc::clone(&store),
-                state.runtime_env().cache_manager.get_file_metadata_cache(),
-            ));
+        let footers = state.runtime_env().cache_manager.get_file_metadata_cache();
+        let mut reader: Arc<dyn ParquetFileReaderFactory> = Arc::new(
+            CachedParquetFileReaderFactory::new(Arc::clone(&store), Arc::clone(&footers)),
+        );
         // A remote file's next row groups are fetched while one is decoded, each
         // partition's reader within its share of the budget.
         if remote && limits.remote_read_ahead_bytes > 0 {
@@ -313,7 +312,7 @@ impl FormatHooks for SourceFormat {
             reader = Arc::new(ReadAheadFactory {
                 inner: reader,
                 store,
-                footers: state.runtime_env().cache_manager.get_file_metadata_cache(),
+                footers,
                 budget: limits.remote_read_ahead_bytes / partitions,
             });
         }
