@@ -26,6 +26,7 @@ use sluice_testkit::servers::{HttpFileServer, S3Server};
 
 use crate::cases::{Engine, Workload};
 use crate::measure::{Sample, measure_child};
+use crate::report::Stats;
 use crate::runner::{ensure_taxi_data, parquet_rows, python_module_version};
 
 /// Where the source is served from.
@@ -141,13 +142,7 @@ pub struct RemoteResults {
 
 /// The median of `values` (0 for none).
 fn median(values: impl IntoIterator<Item = f64>) -> f64 {
-    let mut values: Vec<f64> = values.into_iter().collect();
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
+    Stats::of(values).map_or(0.0, |stats| stats.median)
 }
 
 impl RemoteCase {

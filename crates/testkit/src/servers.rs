@@ -316,9 +316,19 @@ impl S3Server {
     }
 }
 
+/// The ETag both servers give a file they did not store themselves (unquoted): its size
+/// and modification time, so that a file replaced in place gets a new one.
+fn file_etag(size: u64, modified: std::time::SystemTime) -> String {
+    let nanos = modified
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{size:x}-{nanos:x}")
+}
+
 /// Gives an object placed in the server's directory by hand (rather than uploaded) an
 /// ETag stored as s3s-fs stores an upload's, derived from its size and modification time
-/// as [`HttpFileServer`]'s are.
+/// as [`HttpFileServer`]'s are ([`file_etag`]).
 ///
 /// Without a stored ETag s3s-fs computes the MD5 of the whole object for every `GET` and
 /// `HEAD`, whatever the range asked for: half a second per request on a 200 MB file,
@@ -355,11 +365,7 @@ async fn stamp_placed_object(root: &Path, uri_path: &str) {
     if !meta.is_file() || stamped {
         return;
     }
-    let nanos = modified
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let body = format!("{{\"e_tag\":\"{:x}-{nanos:x}\"}}", meta.len());
+    let body = format!("{{\"e_tag\":\"{}\"}}", file_etag(meta.len(), modified));
     let root = root.to_path_buf();
     // Written aside and renamed, so that a GET answered meanwhile reads a whole sidecar.
     let written = tokio::task::spawn_blocking(move || {
@@ -442,8 +448,7 @@ async fn serve_file(
     }
     let size = meta.len();
     let modified = meta.modified().unwrap_or(UNIX_EPOCH);
-    let mtime = modified.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let etag = format!("\"{:x}-{:x}\"", size, mtime.as_nanos());
+    let etag = format!("\"{}\"", file_etag(size, modified));
     let wanted = request
         .headers()
         .get(hyper::header::RANGE)
