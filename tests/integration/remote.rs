@@ -9,10 +9,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sluice::datafusion::arrow::array::RecordBatch;
 use sluice::prelude::*;
 use sluice::store::{RetryPolicy, StoreBuilder};
+use sluice_testkit::faults::{FaultKind, FaultProxy, FaultRule, ProxyFault};
 use sluice_testkit::servers::{Fault, HttpFileServer, S3Server};
 
 use crate::common::{etl, taxi_file};
@@ -441,6 +443,185 @@ mod s3 {
         }
     }
 
+    /// A session reaching the target's bucket through `proxy`, one partition, and S3's
+    /// smallest part (5 MiB) as the writer's buffer: an uncompressed output of a few
+    /// hundred thousand taxi rows is an upload of several parts.
+    fn small_parts_session(target: &S3Target, proxy: &FaultProxy) -> Session {
+        let config = sluice::datafusion::prelude::SessionConfig::new().set_usize(
+            "datafusion.execution.objectstore_writer_buffer_size",
+            5 << 20,
+        );
+        Session::builder()
+            .with_config(config)
+            .with_target_partitions(1)
+            .with_object_store(
+                &url::Url::parse(&format!("s3://{}/", target.bucket)).unwrap(),
+                target
+                    .store_builder(&target.bucket)
+                    .with_endpoint(proxy.endpoint())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    }
+
+    /// A rule that touches (1 ms) every request to a staging name, to count them.
+    fn staging_requests() -> FaultRule {
+        FaultRule::new(ProxyFault::Latency(Duration::from_millis(1)))
+            .target_contains(sluice::store::STAGING_MARKER)
+    }
+
+    /// The bytes of `key` under the target's prefix.
+    async fn object(target: &S3Target, key: &str) -> bytes::Bytes {
+        let path = object_store::path::Path::from(format!("{}/{key}", target.prefix));
+        target
+            .store()
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    }
+
+    /// The column copy writes one file on S3 in place: its multipart upload goes to the
+    /// destination itself and the publish completes it, with no staging object, no
+    /// server-side copy (CopyObject stops at 5 GiB) and no delete. The file replaces the
+    /// one there and equals what DataFusion's writer (which stages) gives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copied_file_is_uploaded_to_its_destination_and_published_by_completing_it() {
+        let target = S3Target::new("in-place").await;
+        let proxy = FaultProxy::builder(&target.endpoint).start().await.unwrap();
+        let session = small_parts_session(&target, &proxy);
+        let dir = tempfile::tempdir().unwrap();
+        let source = taxi_file(dir.path(), "in.parquet", 300_000, 100_000);
+        let dest = target.url("out/tips.parquet");
+        let old = session
+            .sql("SELECT 1 AS n", [])
+            .await
+            .unwrap()
+            .write_parquet(&dest, ParquetWrite::default())
+            .await
+            .unwrap();
+        assert_eq!(old.rows, 1);
+        let uncompressed = || ParquetWrite::with_compression(sluice::Compression::Uncompressed);
+        let frame = || async {
+            let raw = session
+                .read_parquet(source.to_str().unwrap())
+                .await
+                .unwrap();
+            raw.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+                .unwrap()
+        };
+        proxy.set_rules([staging_requests()]);
+        let written = frame()
+            .await
+            .write_parquet(&dest, uncompressed())
+            .await
+            .unwrap();
+        let stats = settled_stats(&proxy).await;
+        assert!(written.method.is_column_copy(), "{:?}", written.method);
+        assert_eq!(written.rows, 300_000);
+        assert_eq!(
+            stats.injected(FaultKind::Latency),
+            0,
+            "requests to a staging name: {:?}",
+            stats.log
+        );
+        let copied = object(&target, "out/tips.parquet").await;
+        assert!(
+            copied.len() > 5 << 20,
+            "{} bytes: several parts",
+            copied.len()
+        );
+        assert_eq!(written.bytes, copied.len() as u64);
+        // DataFusion's writer goes through the staging name (so the rule sees it), and
+        // writes the same rows.
+        proxy.reset_stats();
+        let slow = target.url("out/slow.parquet");
+        frame()
+            .await
+            .write_parquet(&slow, uncompressed().with_column_copy(false))
+            .await
+            .unwrap();
+        assert!(settled_stats(&proxy).await.injected(FaultKind::Latency) > 0);
+        let rows = |url: String| {
+            let session = session.clone();
+            async move {
+                let frame = session.read_parquet(&url).await.unwrap();
+                let batches = frame.collect().await.unwrap();
+                let all = sluice::datafusion::arrow::compute::concat_batches(
+                    &batches[0].schema(),
+                    &batches,
+                )
+                .unwrap();
+                all.columns().to_vec()
+            }
+        };
+        assert!(
+            rows(dest).await == rows(slow).await,
+            "the same rows in order"
+        );
+        target.assert_no_pending_uploads().await;
+    }
+
+    /// An in-place upload whose part fails for good: the write fails naming the
+    /// destination, the old file stays as it was, and the upload is aborted (no part left
+    /// on the server, no staging object).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_in_place_upload_that_fails_keeps_the_old_file_and_leaves_no_upload() {
+        let target = S3Target::new("in-place-fails").await;
+        let proxy = FaultProxy::builder(&target.endpoint).start().await.unwrap();
+        let session = small_parts_session(&target, &proxy);
+        let dir = tempfile::tempdir().unwrap();
+        let source = taxi_file(dir.path(), "in.parquet", 300_000, 100_000);
+        let dest = target.url("out/tips.parquet");
+        session
+            .sql("SELECT 1 AS n", [])
+            .await
+            .unwrap()
+            .write_parquet(&dest, ParquetWrite::default())
+            .await
+            .unwrap();
+        let old = object(&target, "out/tips.parquet").await;
+        proxy.set_rules([FaultRule::new(ProxyFault::InternalError)
+            .method("PUT")
+            .target_contains("partNumber=2")]);
+        let error = session
+            .read_parquet(source.to_str().unwrap())
+            .await
+            .unwrap()
+            .with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+            .unwrap()
+            .write_parquet(
+                &dest,
+                ParquetWrite::with_compression(sluice::Compression::Uncompressed),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::Write { .. }), "{error}");
+        assert!(error.to_string().contains("out/tips.parquet"), "{error}");
+        assert!(
+            settled_stats(&proxy)
+                .await
+                .injected(FaultKind::InternalError)
+                > 0
+        );
+        proxy.clear_rules();
+        assert_eq!(object(&target, "out/tips.parquet").await, old);
+        target.assert_no_pending_uploads().await;
+        let path = object_store::path::Path::from(format!("{}/out", target.prefix));
+        let left: Vec<_> = target
+            .store()
+            .list(Some(&path))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 1, "{left:?}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn transient_s3_faults_are_retried() {
         let target = S3Target::new("faults").await;
@@ -534,7 +715,6 @@ mod http {
     /// is the same as with nothing read ahead.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_remote_scan_reads_its_next_row_groups_ahead_and_reads_each_byte_once() {
-        use sluice_testkit::faults::{FaultProxy, FaultRule, ProxyFault};
         let dir = tempfile::tempdir().unwrap();
         taxi_file(dir.path(), "yellow.parquet", 160_000, 20_000);
         let server = HttpFileServer::start(dir.path()).await.unwrap();
@@ -583,7 +763,6 @@ mod http {
         use sluice::datafusion::arrow::array::Int64Array;
         use sluice::datafusion::parquet::arrow::ArrowWriter;
         use sluice::datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
-        use sluice_testkit::faults::{FaultProxy, FaultRule, ProxyFault};
         const GROUPS: i64 = 30;
         const ROWS: i64 = 10_000;
         // 30 row groups; `grp` is the row group's number, so its statistics prune.

@@ -392,6 +392,7 @@ impl ObjectStore for AbortingStore {
         let open = crate::cleanup::Pending::new();
         let inner = Arc::clone(&self.inner);
         let path = location.clone();
+        let replacing = opts.extensions.get::<Replacing>().cloned();
         let (sender, receiver) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let created = inner
@@ -404,6 +405,7 @@ impl ObjectStore for AbortingStore {
                     store: inner,
                     bytes: 0,
                     started: std::time::SystemTime::now(),
+                    replacing,
                 });
             let _ = sender.send(created);
         });
@@ -725,6 +727,41 @@ struct AbortOnDrop {
     bytes: u64,
     /// When the upload was created.
     started: std::time::SystemTime,
+    /// What the location held when the upload began, for an upload at a name that is
+    /// not unique (an output's destination); `None` for a unique name.
+    replacing: Option<Replacing>,
+}
+
+/// What an upload's location held when the upload began, given in the upload's
+/// [`PutMultipartOptions::extensions`] by a writer whose location is not a unique name
+/// (an in-place upload at an output's destination), so that a completion whose answer
+/// was lost is taken for done only when the object there is no longer that one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Replacing {
+    /// No object.
+    Nothing,
+    /// This object.
+    Object(ObjectMeta),
+    /// Not known (the `HEAD` failed): a lost answer is an error.
+    Unknown,
+}
+
+impl Replacing {
+    /// Whether `now`, found at the location after a completion failed to answer, is no
+    /// longer what was there before: a new ETag, or a later modification time (both
+    /// by the server's clock). An object written again with the same bytes keeps a
+    /// content-hash ETag (S3's, unencrypted), and object times have seconds: the same
+    /// bytes written again within the second the old ones were is not told apart, and
+    /// the lost answer is an error.
+    fn replaced_by(&self, now: &ObjectMeta) -> bool {
+        match self {
+            Replacing::Nothing => true,
+            Replacing::Object(before) => {
+                now.e_tag != before.e_tag || now.last_modified > before.last_modified
+            }
+            Replacing::Unknown => false,
+        }
+    }
 }
 
 #[async_trait]
@@ -745,11 +782,17 @@ impl MultipartUpload for AbortOnDrop {
         };
         // A CompleteMultipartUpload whose answer was lost is retried by object_store,
         // and the server then denies knowing the upload (NoSuchUpload; s3s answers
-        // AccessDenied): the upload did complete. Sluice writes multipart uploads only
-        // under unique names (staging and checkpoint parts), so an object there of
-        // exactly the bytes sent, written since the upload began, is this upload's.
+        // AccessDenied): the upload did complete. Under a unique name (staging and
+        // checkpoint parts) an object there of exactly the bytes sent, written since
+        // the upload began, is this upload's; at an output's destination it must also
+        // not be the object that was there before (an earlier run's output of the same
+        // size, written a minute ago, is not this upload's).
         if let Ok(meta) =
             object_store::ObjectStoreExt::head(self.store.as_ref(), &self.location).await
+            && self
+                .replacing
+                .as_ref()
+                .is_none_or(|replacing| replacing.replaced_by(&meta))
         {
             let began = self
                 .started

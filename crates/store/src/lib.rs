@@ -20,6 +20,12 @@
 //!              directory elsewhere: each part renamed, then `_SUCCESS` written last
 //! ```
 //!
+//! One file on a remote store can skip the staging name: a writer that decides when
+//! its multipart upload completes ([`StagedOutput::in_place`], used by Sluice's column
+//! copy) uploads the parts to the destination itself, invisible until completed;
+//! publishing completes the upload (no server-side copy, no 5 GiB CopyObject limit),
+//! and a failure or drop aborts it.
+//!
 //! # Example
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -52,6 +58,7 @@ mod builder;
 mod classify;
 pub mod cleanup;
 mod error;
+mod in_place;
 mod redact;
 mod registry;
 mod staged;
@@ -59,6 +66,7 @@ mod staged;
 pub use builder::{RetryPolicy, StoreBuilder};
 pub use classify::{StoreErrorKind, classify, classify_io};
 pub use error::{Result, StoreError, brief};
+pub use in_place::{InPlace, InPlaceUpload, MIN_PART_BYTES, PartOptions};
 
 /// The URL schemes this build can open, for error messages.
 ///

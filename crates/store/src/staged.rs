@@ -14,6 +14,9 @@
 //! (`stateless_serialize_and_write_files` in `datafusion-datasource/src/write/orchestration.rs`
 //! shuts every writer down), which would publish a truncated file at the destination.
 //! On S3 publishing a file is a server-side copy (CopyObject: at most 5 GiB per object).
+//! A writer that decides when its upload completes skips the staging name for one file
+//! on a remote store: it uploads in place ([`StagedOutput::in_place`], the
+//! [`InPlace`](crate::InPlace) module docs), and publishing completes that upload.
 //!
 //! Leftover staging objects start with `.` and carry `sluice-staging` in their name:
 //! DataFusion and most readers skip hidden files, and they are safe to delete.
@@ -26,7 +29,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use url::Url;
 
 use crate::redact::redact;
-use crate::{Result, StoreError, StoreRegistry, object_path};
+use crate::{InPlace, Result, StoreError, StoreRegistry, object_path};
 
 /// The shape of an output: one object, or a directory of parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +98,8 @@ pub struct StagedOutput {
     dest: Url,
     staging: Url,
     kind: OutputKind,
+    /// One file on a remote store: the upload that may be written at the destination.
+    in_place: Option<InPlace>,
     finished: bool,
 }
 
@@ -135,11 +140,17 @@ impl StagedOutput {
                 dest.set_path(&format!("{trimmed}/"));
             }
         }
+        let remote = !matches!(dest.scheme(), "file" | "memory");
+        let in_place = (kind == OutputKind::File && remote)
+            .then(|| object_path(&dest))
+            .transpose()?
+            .map(|path| InPlace::new(Arc::clone(&store), path, redact(&dest)));
         Ok(Self {
             store,
             dest,
             staging,
             kind,
+            in_place,
             finished: false,
         })
     }
@@ -152,6 +163,16 @@ impl StagedOutput {
     /// Where the data will appear.
     pub fn destination(&self) -> &Url {
         &self.dest
+    }
+
+    /// For one file on a remote store (S3, GCS, Azure), the destination itself, for a
+    /// writer that uploads there instead of to the [staging URL](Self::staging_url):
+    /// its upload, once [finished](crate::InPlaceUpload::finish), is completed by
+    /// [`publish`](Self::publish), and aborted by [`abort`](Self::abort) or a drop. A
+    /// writer that does not finish one writes to the staging URL as usual. `None` for
+    /// a directory and on local disk or memory, where publishing is a rename already.
+    pub fn in_place(&self) -> Option<&InPlace> {
+        self.in_place.as_ref()
     }
 
     /// Moves the staged data to the destination, replacing what was there.
@@ -176,10 +197,21 @@ impl StagedOutput {
     /// Deletes the staged data; the destination is left as it was.
     pub async fn abort(mut self) -> Result<()> {
         self.finished = true;
+        if let Some(in_place) = &self.in_place {
+            in_place.abort();
+        }
         delete_prefix(&self.store, &self.staging).await
     }
 
     async fn publish_file(&self) -> Result<Vec<PublishedFile>> {
+        if let Some(in_place) = &self.in_place
+            && let Some(size) = in_place.complete().await?
+        {
+            return Ok(vec![PublishedFile {
+                url: self.dest.clone(),
+                size,
+            }]);
+        }
         let from = object_path(&self.staging)?;
         let to = object_path(&self.dest)?;
         self.store
@@ -315,6 +347,9 @@ impl Drop for StagedOutput {
     fn drop(&mut self) {
         if self.finished {
             return;
+        }
+        if let Some(in_place) = &self.in_place {
+            in_place.abort();
         }
         let store = Arc::clone(&self.store);
         let staging = self.staging.clone();

@@ -610,7 +610,12 @@ impl Frame {
                 Route::Copy(plan) => {
                     let directory = target.kind == OutputKind::Directory;
                     match plan
-                        .write(Arc::clone(&target.store), &target.url, directory)
+                        .write(
+                            Arc::clone(&target.store),
+                            &target.url,
+                            directory,
+                            target.in_place.clone(),
+                        )
                         .await
                     {
                         Ok(done) => return Ok(done),
@@ -700,6 +705,7 @@ impl Frame {
                 .stores()
                 .store_for(staged.staging_url())?,
             kind,
+            in_place: staged.in_place().cloned(),
         };
         let span = tracing::info_span!("sink", dest = %staged.destination(), format = extension);
         let written = self.run_sink(sink, target).instrument(span).await;
@@ -748,6 +754,9 @@ struct SinkTarget {
     options: DataFrameWriteOptions,
     store: Arc<dyn object_store::ObjectStore>,
     kind: OutputKind,
+    /// One file on a remote store: its destination, for a writer that uploads there
+    /// and leaves the upload for the publish to complete (the column copy).
+    in_place: Option<sluice_store::InPlace>,
 }
 
 impl Frame {

@@ -67,6 +67,7 @@ use parquet::file::serialized_reader::SerializedPageReader;
 use parquet::file::statistics::Statistics;
 use parquet::file::writer::{SerializedFileWriter, SerializedPageWriter, TrackedWrite};
 use parquet::schema::types::{SchemaDescPtr, Type};
+use sluice_store::{InPlace, InPlaceUpload, PartOptions};
 use tokio::io::AsyncWriteExt;
 
 use crate::checkpoint::ManifestFile;

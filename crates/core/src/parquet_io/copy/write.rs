@@ -4,29 +4,46 @@
 use super::*;
 
 impl CopyPlan {
-    /// Writes the output to `staging` (one file, or one part per input file), and
+    /// Writes the output to `staging` (one file, or one part per input file), or, for
+    /// one file given `in_place`, to its destination in an upload the publish completes;
     /// returns the rows written and how.
     pub(crate) async fn write(
         self,
         store: Arc<dyn ObjectStore>,
         staging: &url::Url,
         directory: bool,
+        in_place: Option<InPlace>,
     ) -> Result<(u64, WriteMethod), Stop> {
         let files = self.files.len();
-        let outputs: Vec<(Option<Path>, Vec<usize>)> = if directory {
+        let in_flight = self.uploads_in_flight(crate::parquet_io::is_remote(staging.as_str()));
+        let staged = |path: Path| Output::Staged {
+            store: Arc::clone(&store),
+            path,
+            in_flight,
+        };
+        let outputs: Vec<(Option<Output>, Vec<usize>)> = if directory {
             (0..files)
                 .map(|i| {
                     let path = sluice_store::object_path(staging)
                         .map(|p| p.join(format!("part-{i:05}.parquet").as_str()));
-                    path.map(|p| (Some(p), vec![i]))
+                    path.map(|p| (Some(staged(p)), vec![i]))
                 })
                 .collect::<Result<_, _>>()
+        } else if let Some(in_place) = in_place {
+            let parts = PartOptions {
+                part_bytes: self.part_bytes,
+                in_flight,
+            };
+            Ok(vec![(
+                Some(Output::InPlace(in_place, parts)),
+                (0..files).collect(),
+            )])
         } else {
-            sluice_store::object_path(staging).map(|p| vec![(Some(p), (0..files).collect())])
+            sluice_store::object_path(staging)
+                .map(|p| vec![(Some(staged(p)), (0..files).collect())])
         }
         .map_err(|e| Stop::Failed(DataFusionError::External(Box::new(e))))?;
-        let in_flight = self.uploads_in_flight(crate::parquet_io::is_remote(staging.as_str()));
-        self.write_outputs(Some((store, in_flight)), outputs).await
+        self.write_outputs(outputs).await
     }
 
     /// Multipart parts in flight in an upload: two to local disk or memory, where a part
@@ -53,16 +70,14 @@ impl CopyPlan {
             ));
         }
         let outputs = vec![(None, (0..self.files.len()).collect())];
-        self.write_outputs(None, outputs).await
+        self.write_outputs(outputs).await
     }
 
-    /// Writes each output (a path in `store`, uploaded with the parts in flight given
-    /// beside it, or none when only the checkpoint's part is written) from the row groups
-    /// of its files, and the checkpoint beside.
+    /// Writes each output (none when only the checkpoint's part is written) from the
+    /// row groups of its files, and the checkpoint beside.
     async fn write_outputs(
         self,
-        store: Option<(Arc<dyn ObjectStore>, usize)>,
-        outputs: Vec<(Option<Path>, Vec<usize>)>,
+        outputs: Vec<(Option<Output>, Vec<usize>)>,
     ) -> Result<(u64, WriteMethod), Stop> {
         let plan = Arc::new(self);
         let taps = Taps::new(&plan.boundaries);
@@ -79,15 +94,12 @@ impl CopyPlan {
         let mut rows = 0;
         let mut counts = (0u64, 0u64);
         let mut parts = Vec::new();
-        for (n, (path, files)) in outputs.into_iter().enumerate() {
+        for (n, (output, files)) in outputs.into_iter().enumerate() {
             let part = checkpoint.as_ref().and_then(|c| c.part(n, plan.part_bytes));
             // Boxed: a file's write is a large future, which would otherwise sit in
             // every future awaiting the sink.
-            let output = store
-                .as_ref()
-                .zip(path.as_ref())
-                .map(|((store, in_flight), path)| (store, path, *in_flight));
-            let written = Box::pin(write_file(&plan, &taps, output, &files, part, deadline)).await;
+            let upload = output.map(|output| output.start(plan.part_bytes));
+            let written = Box::pin(write_file(&plan, &taps, upload, &files, part, deadline)).await;
             match written {
                 Ok((n, verbatim, recompressed, part)) => {
                     rows += n;
@@ -406,7 +418,7 @@ pub(super) enum Done {
 pub(super) async fn write_file(
     plan: &Arc<CopyPlan>,
     taps: &Taps,
-    output: Option<(&Arc<dyn ObjectStore>, &Path, usize)>,
+    mut upload: Option<Upload>,
     files: &[usize],
     mut part: Option<PartUpload>,
     deadline: Option<(Instant, &Partition)>,
@@ -424,16 +436,6 @@ pub(super) async fn write_file(
         Arc::clone(&plan.props),
     )
     .map_err(parquet)?;
-    // Parts of the session's writer buffer size (10 MiB unless set), as many in flight
-    // as `uploads_in_flight` says.
-    let mut upload = output.map(|(store, path, in_flight)| {
-        object_store::buffered::BufWriter::with_capacity(
-            Arc::clone(store),
-            path.clone(),
-            plan.part_bytes,
-        )
-        .with_max_concurrency(in_flight)
-    });
     let mut units = Vec::new();
     for &f in files {
         let descr = plan.files[f].metadata.file_metadata().schema_descr_ptr();
@@ -479,8 +481,6 @@ pub(super) async fn write_file(
         .map_ok(|(done, _reservation)| done);
     let mut rows = 0u64;
     let mut counts = (0u64, 0u64);
-    // Once shut down, the upload is complete or failed whole: nothing to abort.
-    let mut shut_down = false;
     let result: Result<ParquetMetaData, Stop> = async {
         for &f in files {
             let file = &plan.files[f];
@@ -541,12 +541,9 @@ pub(super) async fn write_file(
         }
         let footer = writer.finish().map_err(parquet)?;
         put(upload.as_mut(), part.as_mut(), buffer.take().into()).await?;
-        shut_down = true;
-        if let Some(upload) = upload.as_mut() {
-            upload
-                .shutdown()
-                .await
-                .map_err(|e| Stop::Failed(DataFusionError::IoError(e)))?;
+        // Taken: once finishing, the upload is finished or failed whole.
+        if let Some(upload) = upload.take() {
+            upload.finish().await?;
         }
         Ok(footer)
     }
@@ -560,11 +557,8 @@ pub(super) async fn write_file(
             Ok((rows, counts.0, counts.1, part))
         }
         Err(stop) => {
-            if !shut_down
-                && let Some(upload) = upload.as_mut()
-                && let Err(e) = upload.abort().await
-            {
-                tracing::debug!(error = %e, "could not abort the copy's upload");
+            if let Some(upload) = upload {
+                upload.abort().await;
             }
             if let Some(part) = part {
                 part.writer.abort().await;
@@ -576,7 +570,7 @@ pub(super) async fn write_file(
 
 /// Appends `bytes` to the output's upload and to the checkpoint's part, each if written.
 async fn put(
-    upload: Option<&mut object_store::buffered::BufWriter>,
+    upload: Option<&mut Upload>,
     part: Option<&mut PartUpload>,
     bytes: Bytes,
 ) -> Result<(), Stop> {
@@ -584,11 +578,91 @@ async fn put(
         part.put(bytes.clone()).await?;
     }
     match upload {
-        Some(upload) => upload
-            .put(bytes)
-            .await
-            .map_err(|e| Stop::Failed(DataFusionError::ObjectStore(Box::new(e)))),
+        Some(upload) => upload.put(bytes).await,
         None => Ok(()),
+    }
+}
+
+/// Where an output file of the copy goes.
+enum Output {
+    /// Under the output's staging name in `store`, published by a rename.
+    Staged {
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        /// Parts uploading at once.
+        in_flight: usize,
+    },
+    /// One file on a remote store, uploaded at its destination and completed by the
+    /// publish (no server-side copy).
+    InPlace(InPlace, PartOptions),
+}
+
+impl Output {
+    /// Starts its upload: parts of `part_bytes` (the session's writer buffer size, 10 MiB
+    /// unless set), as many in flight as `uploads_in_flight` says.
+    fn start(self, part_bytes: usize) -> Upload {
+        match self {
+            Output::Staged {
+                store,
+                path,
+                in_flight,
+            } => Upload::Staged(
+                object_store::buffered::BufWriter::with_capacity(store, path, part_bytes)
+                    .with_max_concurrency(in_flight),
+            ),
+            Output::InPlace(in_place, parts) => Upload::InPlace(in_place.start(parts)),
+        }
+    }
+}
+
+/// An output file's upload.
+pub(super) enum Upload {
+    /// Completed when finished.
+    Staged(object_store::buffered::BufWriter),
+    /// Left for the publish to complete when finished.
+    InPlace(InPlaceUpload),
+}
+
+impl Upload {
+    async fn put(&mut self, bytes: Bytes) -> Result<(), Stop> {
+        match self {
+            Upload::Staged(upload) => upload
+                .put(bytes)
+                .await
+                .map_err(|e| Stop::Failed(DataFusionError::ObjectStore(Box::new(e)))),
+            Upload::InPlace(upload) => upload
+                .put(bytes)
+                .await
+                .map_err(|e| Stop::Failed(DataFusionError::External(Box::new(e)))),
+        }
+    }
+
+    /// Every byte acknowledged: the staged file complete, the in-place upload waiting
+    /// for the publish.
+    async fn finish(self) -> Result<(), Stop> {
+        match self {
+            Upload::Staged(mut upload) => upload
+                .shutdown()
+                .await
+                .map_err(|e| Stop::Failed(DataFusionError::IoError(e))),
+            Upload::InPlace(upload) => upload
+                .finish()
+                .await
+                .map(|_| ())
+                .map_err(|e| Stop::Failed(DataFusionError::External(Box::new(e)))),
+        }
+    }
+
+    async fn abort(self) {
+        match self {
+            Upload::Staged(mut upload) => {
+                if let Err(e) = upload.abort().await {
+                    tracing::debug!(error = %e, "could not abort the copy's upload");
+                }
+            }
+            // Aborted when dropped.
+            Upload::InPlace(upload) => drop(upload),
+        }
     }
 }
 
