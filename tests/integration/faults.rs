@@ -128,9 +128,8 @@ impl Rig {
         self.session_with(retry, true)
     }
 
-    /// [`session`](Self::session), with the column copy on or off: off, a single-file
-    /// output on S3 is staged and published by a server-side copy and a delete; on, it
-    /// is uploaded in place and published by completing the upload.
+    /// [`session`](Self::session), with the column copy on or off (DataFusion's writer
+    /// writes every output).
     fn session_with(&self, retry: RetryPolicy, column_copy: bool) -> Session {
         let config = SessionConfig::new().set_usize(
             "datafusion.execution.objectstore_writer_buffer_size",
@@ -626,10 +625,11 @@ async fn answers_lost_after_the_server_acted_are_survived() {
     let expected = reference(&source, rig.dir.path()).await;
     let input = rig.upload(&source, "in/yellow.parquet").await;
     let copied = rig.session_with(patient_retries(), true);
-    let staged = rig.session_with(patient_retries(), false);
+    let rewritten = rig.session_with(patient_retries(), false);
     // The server did the work; the client saw a reset and retries. Each case: what
-    // was lost, the rule, the multipart uploads it leaves pending, the session (the
-    // column copy uploads in place; DataFusion's writer stages) and the destination.
+    // was lost, the rule, the multipart uploads it leaves pending, the session (with
+    // the column copy or DataFusion's writer) and the destination (one file, written in
+    // place; or a directory, staged).
     //
     // A lost answer to CreateMultipartUpload leaves the upload it created pending:
     // the client never learnt its id, and object_store 0.13 cannot list uploads
@@ -651,7 +651,7 @@ async fn answers_lost_after_the_server_acted_are_survived() {
                 .first(1),
             0,
             &copied,
-            "lost-0",
+            "lost-0.parquet",
         ),
         (
             "CreateMultipartUpload's answer",
@@ -661,29 +661,31 @@ async fn answers_lost_after_the_server_acted_are_survived() {
                 .first(1),
             1,
             &copied,
-            "lost-1",
+            "lost-1.parquet",
         ),
         (
             "the in-place CompleteMultipartUpload's answer (the publish)",
             complete(),
             0,
             &copied,
-            "lost-2",
+            "lost-2.parquet",
         ),
         (
             "the in-place CompleteMultipartUpload's answer, replacing a file of the same size",
             complete(),
             0,
             &copied,
-            "lost-2",
+            "lost-2.parquet",
         ),
         (
-            "the staged CompleteMultipartUpload's answer",
+            "DataFusion's writer's CompleteMultipartUpload's answer (held for the publish)",
             complete(),
             0,
-            &staged,
-            "lost-4",
+            &rewritten,
+            "lost-4.parquet",
         ),
+        // A directory is staged, and published part by part: a server-side copy and a
+        // delete each.
         (
             "the publishing copy's answer",
             FaultRule::new(ProxyFault::ResetAfterUpstream)
@@ -692,8 +694,8 @@ async fn answers_lost_after_the_server_acted_are_survived() {
                 .target_lacks(STAGING_MARKER)
                 .first(1),
             0,
-            &staged,
-            "lost-5",
+            &copied,
+            "lost-5/",
         ),
         (
             "the staging delete's answer (a bulk delete)",
@@ -702,8 +704,8 @@ async fn answers_lost_after_the_server_acted_are_survived() {
                 .target_contains("?delete")
                 .first(1),
             0,
-            &staged,
-            "lost-6",
+            &copied,
+            "lost-6/",
         ),
     ];
     let mut orphans = 0;
@@ -716,7 +718,7 @@ async fn answers_lost_after_the_server_acted_are_survived() {
         }
         rig.proxy.set_rules([rule]);
         rig.proxy.reset_stats();
-        let dest = format!("s3://{BUCKET}/out/{name}.parquet");
+        let dest = format!("s3://{BUCKET}/out/{name}");
         let result = etl(&input, &dest).with_session(session.clone()).await;
         assert_eq!(
             rig.proxy.stats().injected(FaultKind::ResetAfterUpstream),

@@ -485,12 +485,15 @@ mod s3 {
             .unwrap()
     }
 
-    /// The column copy writes one file on S3 in place: its multipart upload goes to the
-    /// destination itself and the publish completes it, with no staging object, no
-    /// server-side copy (CopyObject stops at 5 GiB) and no delete. The file replaces the
-    /// one there and equals what DataFusion's writer (which stages) gives.
+    /// One file on S3 is written in place: the column copy's multipart upload goes to
+    /// the destination itself and the publish completes it, with no staging object, no
+    /// server-side copy (CopyObject stops at 5 GiB) and no delete; DataFusion's writer
+    /// writes through a store that holds its completion (or its one small put) for the
+    /// publish. The file replaces the one there; both paths write the same rows; a
+    /// directory is still staged.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_copied_file_is_uploaded_to_its_destination_and_published_by_completing_it() {
+    async fn single_files_on_s3_are_uploaded_to_their_destination_and_published_by_completing_them()
+    {
         let target = S3Target::new("in-place").await;
         let proxy = FaultProxy::builder(&target.endpoint).start().await.unwrap();
         let session = small_parts_session(&target, &proxy);
@@ -536,13 +539,43 @@ mod s3 {
             copied.len()
         );
         assert_eq!(written.bytes, copied.len() as u64);
-        // DataFusion's writer goes through the staging name (so the rule sees it), and
-        // writes the same rows.
+        // DataFusion's writer writes in place too (its completion held for the publish),
+        // the same rows.
         proxy.reset_stats();
         let slow = target.url("out/slow.parquet");
-        frame()
+        let rewritten = frame()
             .await
             .write_parquet(&slow, uncompressed().with_column_copy(false))
+            .await
+            .unwrap();
+        assert!(!rewritten.method.is_column_copy());
+        assert_eq!(settled_stats(&proxy).await.injected(FaultKind::Latency), 0);
+        // A small file is one put at the publish: no upload, copy, delete or HEAD.
+        proxy.reset_stats();
+        proxy.set_rules([
+            FaultRule::new(ProxyFault::Latency(Duration::from_millis(1)))
+                .target_contains("small.parquet"),
+        ]);
+        let small = frame()
+            .await
+            .aggregate([col("VendorID")], [sum(col("tip_amount")).alias("tips")])
+            .unwrap()
+            .write_parquet(&target.url("out/small.parquet"), ParquetWrite::default())
+            .await
+            .unwrap();
+        assert!(small.rows > 0);
+        let stats = settled_stats(&proxy).await;
+        assert_eq!(stats.injected(FaultKind::Latency), 1, "{:?}", stats.log);
+        assert_eq!(stats.log[0].method, "PUT");
+        // A directory is still staged (the rule sees its staging name).
+        proxy.reset_stats();
+        proxy.set_rules([staging_requests()]);
+        frame()
+            .await
+            .write_parquet(
+                &target.url("out/dir/"),
+                uncompressed().with_layout(WriteLayout::Directory),
+            )
             .await
             .unwrap();
         assert!(settled_stats(&proxy).await.injected(FaultKind::Latency) > 0);

@@ -12,15 +12,20 @@
 //! was cancelled, or the output was aborted or dropped) is aborted: the destination keeps
 //! what it had.
 //!
-//! DataFusion's writers complete their uploads even when the plan fails, so they keep
-//! writing under the staging name; Sluice's column copy writes in place.
+//! DataFusion's writers complete their uploads even when the plan fails, so they write
+//! through [`InPlace::writer_store`] instead, which holds a completion (or a small
+//! file's single put) for the publish; Sluice's column copy uses [`InPlaceUpload`].
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
-    MultipartUpload, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutPayloadMut,
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutPayloadMut, PutResult,
+    UploadPart,
 };
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -87,10 +92,15 @@ impl std::fmt::Debug for InPlace {
     }
 }
 
-/// An upload whose parts are all acknowledged, waiting to be completed or aborted.
-pub(crate) struct Finished {
-    upload: Box<dyn MultipartUpload>,
-    size: u64,
+/// A file written and waiting for the publish.
+enum Finished {
+    /// A multipart upload whose parts are all acknowledged, to complete or abort.
+    Upload {
+        upload: Box<dyn MultipartUpload>,
+        size: u64,
+    },
+    /// A file small enough for one request (a writer's single put), held in memory.
+    Put { payload: PutPayload },
 }
 
 impl InPlace {
@@ -111,23 +121,9 @@ impl InPlace {
     /// Starts the upload at the destination; its creation (a `HEAD` of what is there,
     /// then the upload's creation) runs while the first part fills.
     pub fn start(&self, options: PartOptions) -> InPlaceUpload {
-        let store = Arc::clone(&self.store);
-        let path = self.path.clone();
-        let creating = async move {
-            // What the destination holds now: a completion whose answer is lost is
-            // taken for done only if the object there is no longer this one.
-            let replacing = match store.head(&path).await {
-                Ok(meta) => Replacing::Object(meta),
-                Err(object_store::Error::NotFound { .. }) => Replacing::Nothing,
-                Err(_) => Replacing::Unknown,
-            };
-            let mut options = PutMultipartOptions::default();
-            options.extensions.insert(replacing);
-            store.put_multipart_opts(&path, options).await
-        };
         InPlaceUpload {
             target: self.clone(),
-            creating: Some(tokio::spawn(creating)),
+            creating: Some(tokio::spawn(self.create())),
             upload: None,
             buffer: PutPayloadMut::new(),
             options: PartOptions {
@@ -139,25 +135,79 @@ impl InPlace {
         }
     }
 
+    /// An object store for a writer that completes its uploads itself, even when it
+    /// fails (DataFusion's sinks): the one file written to it, at whatever path, goes to
+    /// the destination and waits there for the publish, as an [`InPlaceUpload`]
+    /// finished. A multipart upload's parts go to the destination as they come, its
+    /// completion is held; a file small enough for one `put` is held in memory (it is
+    /// under the writer's buffer size) and put at the publish. Reading, listing or
+    /// deleting through it is an error.
+    pub fn writer_store(&self) -> Arc<dyn ObjectStore> {
+        Arc::new(WriterStore {
+            target: self.clone(),
+        })
+    }
+
+    /// Creates the multipart upload at the destination, telling the store what is
+    /// there now: a completion whose answer is lost is taken for done only if the
+    /// object there is no longer that one.
+    fn create(
+        &self,
+    ) -> impl std::future::Future<Output = object_store::Result<Box<dyn MultipartUpload>>> + Send + 'static
+    {
+        let store = Arc::clone(&self.store);
+        let path = self.path.clone();
+        async move {
+            let replacing = match store.head(&path).await {
+                Ok(meta) => Replacing::Object(meta),
+                Err(object_store::Error::NotFound { .. }) => Replacing::Nothing,
+                Err(_) => Replacing::Unknown,
+            };
+            let mut options = PutMultipartOptions::default();
+            options.extensions.insert(replacing);
+            store.put_multipart_opts(&path, options).await
+        }
+    }
+
+    /// Holds `finished` for the publish, aborting any upload held before.
+    fn hold(&self, finished: Finished) {
+        let replaced = self
+            .finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(finished);
+        if let Some(Finished::Upload { upload, .. }) = replaced {
+            abort(upload, self.url.clone());
+        }
+    }
+
     /// Completes the finished upload, if any: the destination now holds it. Returns its
     /// size.
     pub(crate) async fn complete(&self) -> Result<Option<u64>> {
-        let Some(mut finished) = self.take() else {
-            return Ok(None);
-        };
-        match finished.upload.complete().await {
-            Ok(_) => Ok(Some(finished.size)),
-            Err(source) => {
-                abort(finished.upload, self.url.clone());
-                Err(self.error("complete the upload of", source))
+        match self.take() {
+            None => Ok(None),
+            Some(Finished::Upload { mut upload, size }) => match upload.complete().await {
+                Ok(_) => Ok(Some(size)),
+                Err(source) => {
+                    abort(upload, self.url.clone());
+                    Err(self.error("complete the upload of", source))
+                }
+            },
+            Some(Finished::Put { payload }) => {
+                let size = payload.content_length() as u64;
+                self.store
+                    .put(&self.path, payload)
+                    .await
+                    .map_err(|source| self.error("put", source))?;
+                Ok(Some(size))
             }
         }
     }
 
     /// Aborts the finished upload, if any, in the background.
     pub(crate) fn abort(&self) {
-        if let Some(finished) = self.take() {
-            abort(finished.upload, self.url.clone());
+        if let Some(Finished::Upload { upload, .. }) = self.take() {
+            abort(upload, self.url.clone());
         }
     }
 
@@ -241,15 +291,7 @@ impl InPlaceUpload {
         }
         let upload = self.created().await?;
         let size = self.size;
-        let replaced = self
-            .target
-            .finished
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(Finished { upload, size });
-        if let Some(replaced) = replaced {
-            abort(replaced.upload, self.target.url.clone());
-        }
+        self.target.hold(Finished::Upload { upload, size });
         Ok(size)
     }
 
@@ -319,6 +361,145 @@ impl Drop for InPlaceUpload {
                     tracing::warn!(%url, %error, "could not abort an unpublished upload");
                 }
             });
+        }
+    }
+}
+
+/// [`InPlace::writer_store`].
+#[derive(Debug)]
+struct WriterStore {
+    target: InPlace,
+}
+
+impl std::fmt::Display for WriterStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "in-place writer of {}", self.target.url)
+    }
+}
+
+impl WriterStore {
+    fn unsupported<T>(&self, what: &str) -> object_store::Result<T> {
+        Err(object_store::Error::NotSupported {
+            source: format!(
+                "{what} through the in-place writer of {}: it only writes",
+                self.target.url
+            )
+            .into(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for WriterStore {
+    async fn put_opts(
+        &self,
+        _location: &Path,
+        payload: PutPayload,
+        _opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.target.hold(Finished::Put { payload });
+        Ok(PutResult {
+            e_tag: None,
+            version: None,
+        })
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        _location: &Path,
+        _opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let upload = self.target.create().await?;
+        Ok(Box::new(HeldUpload {
+            upload: Some(upload),
+            size: 0,
+            target: self.target.clone(),
+        }))
+    }
+
+    async fn get_opts(
+        &self,
+        _location: &Path,
+        _options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.unsupported("reading")
+    }
+
+    fn delete_stream(
+        &self,
+        _locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        futures::stream::once(futures::future::ready(self.unsupported("deleting"))).boxed()
+    }
+
+    fn list(&self, _prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        futures::stream::once(futures::future::ready(self.unsupported("listing"))).boxed()
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        _prefix: Option<&Path>,
+    ) -> object_store::Result<ListResult> {
+        self.unsupported("listing")
+    }
+
+    async fn copy_opts(
+        &self,
+        _from: &Path,
+        _to: &Path,
+        _options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.unsupported("copying")
+    }
+}
+
+/// A multipart upload through a [`WriterStore`]: parts go to the destination, the
+/// completion is held for the publish.
+#[derive(Debug)]
+struct HeldUpload {
+    upload: Option<Box<dyn MultipartUpload>>,
+    size: u64,
+    target: InPlace,
+}
+
+#[async_trait::async_trait]
+impl MultipartUpload for HeldUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        self.size += data.content_length() as u64;
+        match self.upload.as_mut() {
+            Some(upload) => upload.put_part(data),
+            None => Box::pin(futures::future::ready(Err(object_store::Error::Generic {
+                store: "sluice",
+                source: format!("the upload of {} is finished", self.target.url).into(),
+            }))),
+        }
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        if let Some(upload) = self.upload.take() {
+            self.target.hold(Finished::Upload {
+                upload,
+                size: self.size,
+            });
+        }
+        Ok(PutResult {
+            e_tag: None,
+            version: None,
+        })
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        match self.upload.take() {
+            Some(mut upload) => upload.abort().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for HeldUpload {
+    fn drop(&mut self) {
+        if let Some(upload) = self.upload.take() {
+            abort(upload, self.target.url.clone());
         }
     }
 }
@@ -422,6 +603,76 @@ mod tests {
             assert_eq!(&now[..], b"old", "case {case}");
             assert_eq!(objects(&store).await, vec!["out/x.parquet".to_string()]);
         }
+    }
+
+    #[tokio::test]
+    async fn a_writer_stores_file_waits_for_the_publish_whether_put_or_uploaded() {
+        use object_store::buffered::BufWriter;
+        use tokio::io::AsyncWriteExt;
+        let registry = Arc::new(StoreRegistry::new());
+        // Small enough for one put, and large enough for a multipart upload, each
+        // written as DataFusion's sinks write (object_store's `BufWriter`).
+        for pieces in [vec![Bytes::from_static(b"small")], pieces()] {
+            let (store, staged) = s3_output(&registry);
+            let path = Path::from("out/x.parquet");
+            store.put(&path, PutPayload::from("old")).await.unwrap();
+            let writer = staged.register_writer(&registry).unwrap();
+            assert_eq!(writer.url().scheme(), crate::IN_PLACE_SCHEME);
+            let writer_store = registry.store_for(writer.url()).unwrap();
+            let mut file = BufWriter::with_capacity(writer_store, Path::from("x.parquet"), 5 << 20);
+            let mut expected = Vec::new();
+            for piece in pieces {
+                expected.extend_from_slice(&piece);
+                file.put(piece).await.unwrap();
+            }
+            file.shutdown().await.unwrap();
+            let before = store.get(&path).await.unwrap().bytes().await.unwrap();
+            assert_eq!(&before[..], b"old", "written is not published");
+            let url = writer.url().clone();
+            let published = staged.publish().await.unwrap();
+            assert_eq!(published.bytes(), expected.len() as u64);
+            let after = store.get(&path).await.unwrap().bytes().await.unwrap();
+            assert!(
+                after == expected,
+                "the bytes published are the bytes written"
+            );
+            drop(writer);
+            assert!(
+                registry.store_for(&url).is_err(),
+                "deregistered when dropped"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_failed_writer_completed_anyway_is_discarded_by_the_abort() {
+        use object_store::buffered::BufWriter;
+        use tokio::io::AsyncWriteExt;
+        let registry = Arc::new(StoreRegistry::new());
+        let (store, staged) = s3_output(&registry);
+        let path = Path::from("out/x.parquet");
+        store.put(&path, PutPayload::from("old")).await.unwrap();
+        let writer = staged.register_writer(&registry).unwrap();
+        let mut file = BufWriter::with_capacity(
+            registry.store_for(writer.url()).unwrap(),
+            Path::from("x.parquet"),
+            5 << 20,
+        );
+        // Half a file, shut down as DataFusion 55 shuts its writers down on failure.
+        for piece in pieces().into_iter().take(12) {
+            file.put(piece).await.unwrap();
+        }
+        file.shutdown().await.unwrap();
+        staged.abort().await.unwrap();
+        assert!(crate::cleanup::drain(Duration::from_secs(5)).await);
+        let now = store.get(&path).await.unwrap().bytes().await.unwrap();
+        assert_eq!(&now[..], b"old");
+        // Reading through the writer's store is refused.
+        let writer_store = registry.store_for(writer.url()).unwrap();
+        assert!(matches!(
+            writer_store.get(&Path::from("x.parquet")).await,
+            Err(object_store::Error::NotSupported { .. })
+        ));
     }
 
     #[tokio::test]

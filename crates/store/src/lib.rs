@@ -20,11 +20,13 @@
 //!              directory elsewhere: each part renamed, then `_SUCCESS` written last
 //! ```
 //!
-//! One file on a remote store can skip the staging name: a writer that decides when
-//! its multipart upload completes ([`StagedOutput::in_place`], used by Sluice's column
-//! copy) uploads the parts to the destination itself, invisible until completed;
-//! publishing completes the upload (no server-side copy, no 5 GiB CopyObject limit),
-//! and a failure or drop aborts it.
+//! One file on a remote store skips the staging name: it is written at the destination
+//! itself, invisible until the publish (no server-side copy, no 5 GiB CopyObject
+//! limit). A writer that decides when its multipart upload completes uploads there
+//! with [`StagedOutput::in_place`] (Sluice's column copy); one that completes its
+//! uploads even when it fails (DataFusion's sinks) writes through
+//! [`StagedOutput::register_writer`]'s store, which holds the completion (or a small
+//! file's one put) for the publish. A failure or drop aborts what was held.
 //!
 //! # Example
 //! ```
@@ -89,4 +91,7 @@ pub fn supported_schemes() -> String {
 }
 pub use redact::{redact, redact_location};
 pub use registry::{StoreRegistry, object_path, resolve_url, store_key};
-pub use staged::{OutputKind, PublishedFile, PublishedOutput, STAGING_MARKER, StagedOutput};
+pub use staged::{
+    IN_PLACE_SCHEME, OutputKind, PublishedFile, PublishedOutput, RegisteredWriter, STAGING_MARKER,
+    StagedOutput,
+};

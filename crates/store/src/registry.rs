@@ -140,6 +140,15 @@ impl StoreRegistry {
             .insert(store_key(url), store)
     }
 
+    /// Removes the store in front of `url`'s `scheme://authority`, returning it; the
+    /// next use of such a URL creates a store again.
+    pub fn deregister(&self, url: &Url) -> Option<Arc<dyn ObjectStore>> {
+        self.stores
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&store_key(url))
+    }
+
     /// The store for `url`, created on first use.
     pub fn store_for(&self, url: &Url) -> Result<Arc<dyn ObjectStore>> {
         let key = store_key(url);
@@ -175,16 +184,9 @@ impl ObjectStoreRegistry for StoreRegistry {
     }
 
     fn deregister_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
-        self.stores
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(&store_key(url))
-            .ok_or_else(|| {
-                DataFusionError::Execution(format!(
-                    "no object store registered for {}",
-                    redact(url)
-                ))
-            })
+        self.deregister(url).ok_or_else(|| {
+            DataFusionError::Execution(format!("no object store registered for {}", redact(url)))
+        })
     }
 
     fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {

@@ -9,14 +9,14 @@
 //! | publishing a local dir    | the old directory or the new one (directory rename)     |
 //! | publishing a remote dir   | no `_SUCCESS` marker until every part is in place       |
 //!
-//! Staging is needed even where a multipart upload is invisible until completed: on a
-//! failed write DataFusion 55 still *completes* the uploads it started
-//! (`stateless_serialize_and_write_files` in `datafusion-datasource/src/write/orchestration.rs`
-//! shuts every writer down), which would publish a truncated file at the destination.
-//! On S3 publishing a file is a server-side copy (CopyObject: at most 5 GiB per object).
-//! A writer that decides when its upload completes skips the staging name for one file
-//! on a remote store: it uploads in place ([`StagedOutput::in_place`], the
-//! [`InPlace`](crate::InPlace) module docs), and publishing completes that upload.
+//! A multipart upload is invisible until completed, but on a failed write DataFusion 55
+//! still *completes* the uploads it started (`stateless_serialize_and_write_files` in
+//! `datafusion-datasource/src/write/orchestration.rs` shuts every writer down), which
+//! would publish a truncated file at the destination; and on S3 publishing a staged
+//! file is a server-side copy (CopyObject: at most 5 GiB per object). So one file on a
+//! remote store is written in place ([`StagedOutput::in_place`],
+//! [`StagedOutput::register_writer`]): at the destination, with its completion held
+//! until [`StagedOutput::publish`]. Directories and local files are staged.
 //!
 //! Leftover staging objects start with `.` and carry `sluice-staging` in their name:
 //! DataFusion and most readers skip hidden files, and they are safe to delete.
@@ -103,6 +103,30 @@ pub struct StagedOutput {
     finished: bool,
 }
 
+/// The scheme of the URLs [`StagedOutput::register_writer`] registers.
+pub const IN_PLACE_SCHEME: &str = "sluice-in-place";
+
+/// A writer store registered by [`StagedOutput::register_writer`]; dropped, it is
+/// deregistered.
+#[derive(Debug)]
+pub struct RegisteredWriter {
+    url: Url,
+    registry: Arc<StoreRegistry>,
+}
+
+impl RegisteredWriter {
+    /// The URL to write the output's one file to.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+}
+
+impl Drop for RegisteredWriter {
+    fn drop(&mut self) {
+        self.registry.deregister(&self.url);
+    }
+}
+
 /// What every staging name contains: `.NAME.sluice-staging-ID`.
 pub const STAGING_MARKER: &str = ".sluice-staging-";
 
@@ -173,6 +197,27 @@ impl StagedOutput {
     /// a directory and on local disk or memory, where publishing is a rename already.
     pub fn in_place(&self) -> Option<&InPlace> {
         self.in_place.as_ref()
+    }
+
+    /// For a writer that reaches stores through `registry` by URL and completes its
+    /// uploads even when it fails (DataFusion's sinks): when the output can be written
+    /// [in place](Self::in_place), registers its [writer store](InPlace::writer_store) at
+    /// a URL of its own (`sluice-in-place://ID/NAME`) and returns it, deregistered when
+    /// dropped. What the writer writes there waits at the destination for
+    /// [`publish`](Self::publish); if it fails, [`abort`](Self::abort) discards it.
+    pub fn register_writer(&self, registry: &Arc<StoreRegistry>) -> Option<RegisteredWriter> {
+        let in_place = self.in_place.as_ref()?;
+        let name = self.dest.path().rsplit('/').next().unwrap_or("output");
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let url = Url::parse(&format!("{IN_PLACE_SCHEME}://{id}/"))
+            .ok()?
+            .join(name)
+            .ok()?;
+        registry.register(&url, in_place.writer_store());
+        Some(RegisteredWriter {
+            url,
+            registry: Arc::clone(registry),
+        })
     }
 
     /// Moves the staged data to the destination, replacing what was there.

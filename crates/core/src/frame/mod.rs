@@ -695,8 +695,18 @@ impl Frame {
         }
         let kind = layout.resolve(&url, extension);
         let staged = StagedOutput::new(self.inner.session.stores(), &url, kind)?;
+        // One file on a remote store, written here: DataFusion's writer writes it in
+        // place too, through a store of its own whose upload waits for the publish.
+        let writer = if self.inner.session.on_cluster() {
+            None
+        } else {
+            staged.register_writer(self.inner.session.stores())
+        };
         let target = SinkTarget {
-            path: staged.staging_url().to_string(),
+            path: writer.as_ref().map_or_else(
+                || staged.staging_url().to_string(),
+                |writer| writer.url().to_string(),
+            ),
             url: staged.staging_url().clone(),
             options: DataFrameWriteOptions::new().with_single_file_output(kind == OutputKind::File),
             store: self
@@ -717,7 +727,10 @@ impl Frame {
                 {
                     Some(classified) => classified,
                     // The sink's own I/O (its staging object), not a source's.
-                    None if e.to_string().contains(sluice_store::STAGING_MARKER) => {
+                    None if [sluice_store::STAGING_MARKER, sluice_store::IN_PLACE_SCHEME]
+                        .iter()
+                        .any(|marker| e.to_string().contains(marker)) =>
+                    {
                         Error::Execution { source: e }
                     }
                     None => self.error(e),
