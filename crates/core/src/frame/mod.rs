@@ -726,7 +726,8 @@ impl Frame {
                     .and_then(|store| crate::error::classify_store_error(store, &[url.to_string()]))
                 {
                     Some(classified) => classified,
-                    // The sink's own I/O (its staging object), not a source's.
+                    // The sink's own I/O (its staging object or in-place writer), not a
+                    // source's.
                     None if [sluice_store::STAGING_MARKER, sluice_store::IN_PLACE_SCHEME]
                         .iter()
                         .any(|marker| e.to_string().contains(marker)) =>
@@ -762,7 +763,9 @@ impl Frame {
 
 /// Where and how a sink writes: its staging location.
 struct SinkTarget {
+    /// Where DataFusion's writer writes: the staging URL, or the in-place writer's.
     path: String,
+    /// The staging URL, in `store`.
     url: url::Url,
     options: DataFrameWriteOptions,
     store: Arc<dyn object_store::ObjectStore>,
