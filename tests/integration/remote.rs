@@ -472,6 +472,44 @@ mod s3 {
             .target_contains(sluice::store::STAGING_MARKER)
     }
 
+    /// A target behind a proxy, a session through it ([`small_parts_session`]), a local
+    /// taxi file of 300,000 rows and a destination on the target holding an older file.
+    struct InPlaceCase {
+        target: S3Target,
+        proxy: FaultProxy,
+        session: Session,
+        source: std::path::PathBuf,
+        dest: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl InPlaceCase {
+        async fn new(test: &str) -> InPlaceCase {
+            let target = S3Target::new(test).await;
+            let proxy = FaultProxy::builder(&target.endpoint).start().await.unwrap();
+            let session = small_parts_session(&target, &proxy);
+            let dir = tempfile::tempdir().unwrap();
+            let source = taxi_file(dir.path(), "in.parquet", 300_000, 100_000);
+            let dest = target.url("out/tips.parquet");
+            let old = session
+                .sql("SELECT 1 AS n", [])
+                .await
+                .unwrap()
+                .write_parquet(&dest, ParquetWrite::default())
+                .await
+                .unwrap();
+            assert_eq!(old.rows, 1);
+            InPlaceCase {
+                target,
+                proxy,
+                session,
+                source,
+                dest,
+                _dir: dir,
+            }
+        }
+    }
+
     /// The bytes of `key` under the target's prefix.
     async fn object(target: &S3Target, key: &str) -> bytes::Bytes {
         let path = object_store::path::Path::from(format!("{}/{key}", target.prefix));
@@ -494,20 +532,14 @@ mod s3 {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn single_files_on_s3_are_uploaded_to_their_destination_and_published_by_completing_them()
     {
-        let target = S3Target::new("in-place").await;
-        let proxy = FaultProxy::builder(&target.endpoint).start().await.unwrap();
-        let session = small_parts_session(&target, &proxy);
-        let dir = tempfile::tempdir().unwrap();
-        let source = taxi_file(dir.path(), "in.parquet", 300_000, 100_000);
-        let dest = target.url("out/tips.parquet");
-        let old = session
-            .sql("SELECT 1 AS n", [])
-            .await
-            .unwrap()
-            .write_parquet(&dest, ParquetWrite::default())
-            .await
-            .unwrap();
-        assert_eq!(old.rows, 1);
+        let InPlaceCase {
+            target,
+            proxy,
+            session,
+            source,
+            dest,
+            _dir,
+        } = InPlaceCase::new("in-place").await;
         let uncompressed = || ParquetWrite::with_compression(sluice::Compression::Uncompressed);
         let frame = || async {
             let raw = session
@@ -604,19 +636,14 @@ mod s3 {
     /// on the server, no staging object).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_in_place_upload_that_fails_keeps_the_old_file_and_leaves_no_upload() {
-        let target = S3Target::new("in-place-fails").await;
-        let proxy = FaultProxy::builder(&target.endpoint).start().await.unwrap();
-        let session = small_parts_session(&target, &proxy);
-        let dir = tempfile::tempdir().unwrap();
-        let source = taxi_file(dir.path(), "in.parquet", 300_000, 100_000);
-        let dest = target.url("out/tips.parquet");
-        session
-            .sql("SELECT 1 AS n", [])
-            .await
-            .unwrap()
-            .write_parquet(&dest, ParquetWrite::default())
-            .await
-            .unwrap();
+        let InPlaceCase {
+            target,
+            proxy,
+            session,
+            source,
+            dest,
+            _dir,
+        } = InPlaceCase::new("in-place-fails").await;
         let old = object(&target, "out/tips.parquet").await;
         proxy.set_rules([FaultRule::new(ProxyFault::InternalError)
             .method("PUT")

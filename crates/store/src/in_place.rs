@@ -515,13 +515,33 @@ mod tests {
 
     use super::*;
 
-    /// A registry whose `s3://bkt` is an in-memory store, and a single-file output there.
-    fn s3_output(registry: &StoreRegistry) -> (Arc<dyn ObjectStore>, StagedOutput) {
+    /// A registry whose `s3://bkt` is an in-memory store holding `out/x.parquet` ("old"),
+    /// and a single-file output replacing it.
+    async fn s3_output(registry: &StoreRegistry) -> (Arc<dyn ObjectStore>, StagedOutput) {
         let dest = resolve_url("s3://bkt/out/x.parquet").unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        store
+            .put(&dest_path(), PutPayload::from("old"))
+            .await
+            .unwrap();
         registry.register(&dest, Arc::clone(&store));
         let staged = StagedOutput::new(registry, &dest, OutputKind::File).unwrap();
         (store, staged)
+    }
+
+    fn dest_path() -> Path {
+        Path::from("out/x.parquet")
+    }
+
+    /// What the destination holds.
+    async fn at_dest(store: &Arc<dyn ObjectStore>) -> Bytes {
+        store
+            .get(&dest_path())
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
     }
 
     async fn objects(store: &Arc<dyn ObjectStore>) -> Vec<String> {
@@ -546,9 +566,7 @@ mod tests {
     #[tokio::test]
     async fn a_finished_upload_appears_only_when_published_and_replaces_the_old_file() {
         let registry = StoreRegistry::new();
-        let (store, staged) = s3_output(&registry);
-        let path = Path::from("out/x.parquet");
-        store.put(&path, PutPayload::from("old")).await.unwrap();
+        let (store, staged) = s3_output(&registry).await;
         let mut upload = staged.in_place().unwrap().start(PartOptions {
             part_bytes: 1, // raised to S3's minimum
             in_flight: 2,
@@ -559,11 +577,11 @@ mod tests {
             upload.put(piece).await.unwrap();
         }
         assert_eq!(upload.finish().await.unwrap(), expected.len() as u64);
-        let before = store.get(&path).await.unwrap().bytes().await.unwrap();
+        let before = at_dest(&store).await;
         assert_eq!(&before[..], b"old", "finished is not published");
         let published = staged.publish().await.unwrap();
         assert_eq!(published.bytes(), expected.len() as u64);
-        let after = store.get(&path).await.unwrap().bytes().await.unwrap();
+        let after = at_dest(&store).await;
         assert_eq!(after.len(), expected.len());
         assert!(after == expected, "the bytes published are the bytes put");
         assert_eq!(objects(&store).await, vec!["out/x.parquet".to_string()]);
@@ -572,9 +590,7 @@ mod tests {
     #[tokio::test]
     async fn an_upload_dropped_aborted_or_never_published_leaves_the_old_file() {
         let registry = StoreRegistry::new();
-        let (store, _) = s3_output(&registry);
-        let path = Path::from("out/x.parquet");
-        store.put(&path, PutPayload::from("old")).await.unwrap();
+        let (store, _) = s3_output(&registry).await;
         // Dropped halfway; finished, then the output aborted; finished, then dropped.
         for case in 0..3 {
             let staged = StagedOutput::new(
@@ -599,7 +615,7 @@ mod tests {
                 }
             }
             assert!(crate::cleanup::drain(Duration::from_secs(5)).await);
-            let now = store.get(&path).await.unwrap().bytes().await.unwrap();
+            let now = at_dest(&store).await;
             assert_eq!(&now[..], b"old", "case {case}");
             assert_eq!(objects(&store).await, vec!["out/x.parquet".to_string()]);
         }
@@ -613,9 +629,7 @@ mod tests {
         // Small enough for one put, and large enough for a multipart upload, each
         // written as DataFusion's sinks write (object_store's `BufWriter`).
         for pieces in [vec![Bytes::from_static(b"small")], pieces()] {
-            let (store, staged) = s3_output(&registry);
-            let path = Path::from("out/x.parquet");
-            store.put(&path, PutPayload::from("old")).await.unwrap();
+            let (store, staged) = s3_output(&registry).await;
             let writer = staged.register_writer(&registry).unwrap();
             assert_eq!(writer.url().scheme(), crate::IN_PLACE_SCHEME);
             let writer_store = registry.store_for(writer.url()).unwrap();
@@ -626,12 +640,12 @@ mod tests {
                 file.put(piece).await.unwrap();
             }
             file.shutdown().await.unwrap();
-            let before = store.get(&path).await.unwrap().bytes().await.unwrap();
+            let before = at_dest(&store).await;
             assert_eq!(&before[..], b"old", "written is not published");
             let url = writer.url().clone();
             let published = staged.publish().await.unwrap();
             assert_eq!(published.bytes(), expected.len() as u64);
-            let after = store.get(&path).await.unwrap().bytes().await.unwrap();
+            let after = at_dest(&store).await;
             assert!(
                 after == expected,
                 "the bytes published are the bytes written"
@@ -649,9 +663,7 @@ mod tests {
         use object_store::buffered::BufWriter;
         use tokio::io::AsyncWriteExt;
         let registry = Arc::new(StoreRegistry::new());
-        let (store, staged) = s3_output(&registry);
-        let path = Path::from("out/x.parquet");
-        store.put(&path, PutPayload::from("old")).await.unwrap();
+        let (store, staged) = s3_output(&registry).await;
         let writer = staged.register_writer(&registry).unwrap();
         let mut file = BufWriter::with_capacity(
             registry.store_for(writer.url()).unwrap(),
@@ -665,7 +677,7 @@ mod tests {
         file.shutdown().await.unwrap();
         staged.abort().await.unwrap();
         assert!(crate::cleanup::drain(Duration::from_secs(5)).await);
-        let now = store.get(&path).await.unwrap().bytes().await.unwrap();
+        let now = at_dest(&store).await;
         assert_eq!(&now[..], b"old");
         // Reading through the writer's store is refused.
         let writer_store = registry.store_for(writer.url()).unwrap();
@@ -678,7 +690,7 @@ mod tests {
     #[tokio::test]
     async fn without_a_finished_upload_publishing_renames_the_staged_file() {
         let registry = StoreRegistry::new();
-        let (store, staged) = s3_output(&registry);
+        let (store, staged) = s3_output(&registry).await;
         // A writer that fell back: its in-place upload dropped, the staged file written.
         let upload = staged.in_place().unwrap().start(PartOptions::default());
         drop(upload);
@@ -686,13 +698,7 @@ mod tests {
         store.put(&staging, PutPayload::from("new")).await.unwrap();
         let published = staged.publish().await.unwrap();
         assert_eq!(published.bytes(), 3);
-        let now = store
-            .get(&Path::from("out/x.parquet"))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let now = at_dest(&store).await;
         assert_eq!(&now[..], b"new");
     }
 }
