@@ -946,6 +946,72 @@ async fn no_parts_left(h: &Harness) {
     panic!("parts left behind: {:#?}", checkpoint_objects(h).await);
 }
 
+/// A flow whose persisted (tee) task only adds a column, its output counted or
+/// collected with no sink: returns the rows counted, or collected.
+async fn count_or_collect_flow(h: &Harness, source: &str, collect: bool) -> FlowRun<u64> {
+    let source = source.to_string();
+    Flow::new("no-sink")
+        .with_options(FlowOptions::default().with_session(h.session.clone()))
+        .with_result_store(&h.store_url)
+        .run(serde_json::json!({}), async move {
+            let raw = extract(&source).await?;
+            let df = Task::new("transform")
+                .with_version("v1")
+                .persist(Persist::Tee)
+                .run(|_cx| {
+                    let raw = raw.clone();
+                    async move {
+                        raw.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+                    }
+                })
+                .await?;
+            if collect {
+                let batches = df.collect().await?;
+                assert!(
+                    batches
+                        .iter()
+                        .all(|b| b.schema().field_with_name("tip_fraction").is_ok())
+                );
+                Ok(batches.iter().map(|b| b.num_rows() as u64).sum())
+            } else {
+                df.count().await
+            }
+        })
+        .await
+}
+
+/// `count` and `collect` of a persisted task's output that only adds a column write
+/// its checkpoint with the column copy (the source's row groups kept; the tee's stream
+/// would write one row group of 30,000 rows), and a rerun is a hit reading no source
+/// byte.
+async fn count_and_collect_of_a_persisted_output_write_its_checkpoint_with_the_copy(
+    backend: Backend,
+) {
+    for collect in [false, true] {
+        let h = Harness::new(backend, if collect { "collect" } else { "count" }).await;
+        let source = h.source("in.parquet", 30_000, 1);
+        let run = count_or_collect_flow(&h, &source, collect).await;
+        assert_eq!(run.output.unwrap(), 30_000, "collect: {collect}");
+        let t = run.record.task("transform").unwrap();
+        assert!(t.cache.as_ref().unwrap().committed, "{t:?}");
+        let parts = checkpoint_parts(&h).await;
+        assert_eq!(parts.len(), 1, "{parts:?}");
+        let footer = parquet::file::metadata::ParquetMetaDataReader::new()
+            .parse_and_finish(&bytes::Bytes::from(read(&h, &parts[0].location).await))
+            .unwrap();
+        let groups: Vec<i64> = footer.row_groups().iter().map(|g| g.num_rows()).collect();
+        assert_eq!(groups, [10_000, 10_000, 10_000], "collect: {collect}");
+        h.counting.reset();
+        let again = count_or_collect_flow(&h, &source, collect).await;
+        assert_eq!(again.output.unwrap(), 30_000);
+        assert_eq!(
+            again.record.task("transform").unwrap().state,
+            TaskState::Cached
+        );
+        assert_eq!(h.counting.bytes_read(), 0);
+    }
+}
+
 /// A barrier task feeding a load that fails: the rerun resumes from the checkpoint.
 async fn barrier_flow(h: &Harness, source: &str, dests: Vec<String>) -> FlowRun<u64> {
     let source = source.to_string();
@@ -1190,6 +1256,7 @@ suite!(
     an_early_stop_commits_nothing_and_leaves_no_parts,
     a_failed_copy_commits_no_checkpoint_and_leaves_no_parts,
     barrier_mode_resumes_after_a_failed_load_and_computes_fan_out_once,
+    count_and_collect_of_a_persisted_output_write_its_checkpoint_with_the_copy,
     an_unusable_result_store_is_a_typed_error_naming_it,
 );
 

@@ -236,6 +236,42 @@ async fn the_seed_etl_copies_nineteen_columns_and_computes_one() {
     assert!(codecs.iter().all(|c| matches!(c, Codec::ZSTD(_))));
 }
 
+/// A column computed from no column of the input (a constant, `now()`) reads batches of
+/// no columns, only rows: the copy computes it as the rewrite does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_computed_from_no_column_are_copied_with_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = taxi_file(dir.path(), "taxi.parquet", 30_000, 16_384);
+    let constant = |df: Frame| df.with_column("batch", lit(7_i64));
+    let (fast, slow) = both_ways(&source, dir.path(), ParquetWrite::zstd(3), constant).await;
+    assert_same_answer(&source, &fast, &slow.0).await;
+    match &fast.1.method {
+        WriteMethod::ColumnCopy { computed, .. } => assert_eq!(computed, &["batch"]),
+        other => panic!("{other:?}"),
+    }
+    // A load time: `now()` is simplified to the write's start, as in a query, so every
+    // row has the same value.
+    let frame = frame_of(&source, true)
+        .await
+        .with_column("loaded_at", sluice::datafusion::functions::expr_fn::now())
+        .unwrap();
+    let dest = dir.path().join("loaded.parquet");
+    let summary = write(&frame, &dest, ParquetWrite::zstd(3)).await;
+    assert!(summary.method.is_column_copy(), "{:?}", summary.method);
+    let distinct = Session::new()
+        .read_parquet(dest.to_str().unwrap())
+        .await
+        .unwrap()
+        .select([col("loaded_at")])
+        .unwrap()
+        .distinct()
+        .unwrap()
+        .count()
+        .await
+        .unwrap();
+    assert_eq!(distinct, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_records_the_rows_of_every_task_and_the_path_its_sink_took() {
     let dir = tempfile::tempdir().unwrap();

@@ -473,19 +473,8 @@ impl Frame {
         if self.inner.session.cluster().is_some() {
             return self.count().await;
         }
-        // A plan that only adds or drops columns of Parquet scans: the column copy
-        // writes the checkpoint, without decoding what it keeps.
-        if self.inner.session.column_copy() {
-            let state = self.inner.session.state();
-            let limits = self.inner.session.read_limits();
-            let copied = crate::parquet_io::copy::checkpoint(&self.inner.plan, &state, limits);
-            match guarded(async { Ok(Box::pin(copied).await) }).await? {
-                Ok(rows) => return Ok(rows),
-                Err(Stop::Failed(e)) => return Err(self.error(e)),
-                Err(Stop::Unsupported(reason)) => {
-                    tracing::debug!(%reason, "checkpoint: the tee's stream writes it");
-                }
-            }
+        if let Some(rows) = self.checkpoint_by_copy().await? {
+            return Ok(rows);
         }
         let mut stream = self.execute_stream().await?;
         let mut rows = 0;
@@ -495,8 +484,34 @@ impl Frame {
         Ok(rows)
     }
 
-    /// Runs the plan and collects every batch in memory.
+    /// When the frame is a persisted task's output whose checkpoint is still to write
+    /// and its plan only adds or drops columns of Parquet scans, here, with the column
+    /// copy on: the copy writes the checkpoint (without decoding what it keeps) and
+    /// commits it; returns its rows. Later plans of the frame read the checkpoint (the
+    /// tee's planner scans what this run committed). `None` when the copy cannot serve
+    /// the plan: the tee writes the checkpoint as the rows stream past.
+    async fn checkpoint_by_copy(&self) -> Result<Option<u64>> {
+        if self.inner.session.cluster().is_some() || !self.inner.session.column_copy() {
+            return Ok(None);
+        }
+        let state = self.inner.session.state();
+        let limits = self.inner.session.read_limits();
+        let copied = crate::parquet_io::copy::checkpoint(&self.inner.plan, &state, limits);
+        match guarded(async { Ok(Box::pin(copied).await) }).await? {
+            Ok(rows) => Ok(Some(rows)),
+            Err(Stop::Failed(e)) => Err(self.error(e)),
+            Err(Stop::Unsupported(reason)) => {
+                tracing::debug!(%reason, "checkpoint: the tee's stream writes it");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Runs the plan and collects every batch in memory. A persisted task's output
+    /// whose plan the column copy serves is checkpointed by the copy first, and
+    /// collected from the checkpoint.
     pub async fn collect(&self) -> Result<Vec<RecordBatch>> {
+        self.checkpoint_by_copy().await?;
         self.run(DataFrame::collect).await
     }
 
@@ -531,7 +546,12 @@ impl Frame {
     }
 
     /// Counts the rows (reading no column data where the source knows its row counts).
+    /// A persisted task's output whose plan the column copy serves is checkpointed by
+    /// the copy, which counts the rows as it writes.
     pub async fn count(&self) -> Result<u64> {
+        if let Some(rows) = self.checkpoint_by_copy().await? {
+            return Ok(rows);
+        }
         Ok(self.run(DataFrame::count).await? as u64)
     }
 

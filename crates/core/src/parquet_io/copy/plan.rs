@@ -2,6 +2,8 @@
 //! output's schema and the computed columns' writers.
 
 use super::*;
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 
 impl CopyPlan {
     pub(super) async fn new(
@@ -144,10 +146,23 @@ impl CopyPlan {
         );
         let df_schema =
             DFSchema::try_from(needed_schema.as_ref().clone()).map_err(|e| e.to_string())?;
+        // Simplified as DataFusion's optimizer simplifies a query's expressions: `now()`
+        // and its kin become this write's start time (they cannot be evaluated).
+        let simplifier = ExprSimplifier::new(
+            SimplifyContext::builder()
+                .with_schema(Arc::new(df_schema.clone()))
+                .with_config_options(Arc::clone(state.config_options()))
+                .with_query_execution_start_time(Some(chrono::Utc::now()))
+                .build(),
+        );
         let mut exprs = Vec::with_capacity(computed_exprs.len());
         for (expr, field) in computed_exprs.iter().zip(computed_arrow.fields()) {
+            let simplified = simplifier
+                .coerce(expr.clone(), &df_schema)
+                .and_then(|e| simplifier.simplify(e))
+                .map_err(|e| format!("cannot plan {expr}: {e}"))?;
             let physical = state
-                .create_physical_expr(expr.clone(), &df_schema)
+                .create_physical_expr(simplified, &df_schema)
                 .map_err(|e| format!("cannot plan {expr}: {e}"))?;
             let data_type = physical
                 .data_type(&needed_schema)

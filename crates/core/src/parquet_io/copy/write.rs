@@ -764,8 +764,12 @@ pub(super) fn compute(
             })
             .collect::<Result<_, _>>()
             .map_err(|e| read_failed(DataFusionError::ArrowError(Box::new(e), None)))?;
-        let batch = RecordBatch::try_new(Arc::clone(&plan.needed_schema), columns)
-            .map_err(|e| read_failed(DataFusionError::ArrowError(Box::new(e), None)))?;
+        // With its row count: a column computed from no column (`lit(1)`, `random()`)
+        // reads a batch of no columns.
+        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        let batch =
+            RecordBatch::try_new_with_options(Arc::clone(&plan.needed_schema), columns, &options)
+                .map_err(|e| read_failed(DataFusionError::ArrowError(Box::new(e), None)))?;
         let mut leaf = 0;
         for (n, (expr, field)) in plan
             .exprs
