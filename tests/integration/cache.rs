@@ -946,6 +946,18 @@ async fn no_parts_left(h: &Harness) {
     panic!("parts left behind: {:#?}", checkpoint_objects(h).await);
 }
 
+/// The seed ETL's `transform` (adds `tip_fraction`), version `v1`, persisted in `mode`.
+async fn persisted_transform(raw: Frame, mode: Persist) -> sluice::Result<Frame> {
+    Task::new("transform")
+        .with_version("v1")
+        .persist(mode)
+        .run(|_cx| {
+            let raw = raw.clone();
+            async move { raw.with_column("tip_fraction", col("tip_amount") / col("total_amount")) }
+        })
+        .await
+}
+
 /// A flow whose persisted (tee) task only adds a column, its output counted or
 /// collected with no sink: returns the rows counted, or collected.
 async fn count_or_collect_flow(h: &Harness, source: &str, collect: bool) -> FlowRun<u64> {
@@ -955,16 +967,7 @@ async fn count_or_collect_flow(h: &Harness, source: &str, collect: bool) -> Flow
         .with_result_store(&h.store_url)
         .run(serde_json::json!({}), async move {
             let raw = extract(&source).await?;
-            let df = Task::new("transform")
-                .with_version("v1")
-                .persist(Persist::Tee)
-                .run(|_cx| {
-                    let raw = raw.clone();
-                    async move {
-                        raw.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
-                    }
-                })
-                .await?;
+            let df = persisted_transform(raw, Persist::Tee).await?;
             if collect {
                 let batches = df.collect().await?;
                 assert!(
@@ -1020,16 +1023,7 @@ async fn barrier_flow(h: &Harness, source: &str, dests: Vec<String>) -> FlowRun<
         .with_result_store(&h.store_url)
         .run(serde_json::json!({}), async move {
             let raw = extract(&source).await?;
-            let df = Task::new("transform")
-                .with_version("v1")
-                .persist(Persist::Barrier)
-                .run(|_cx| {
-                    let raw = raw.clone();
-                    async move {
-                        raw.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
-                    }
-                })
-                .await?;
+            let df = persisted_transform(raw, Persist::Barrier).await?;
             let mut rows = 0;
             for dest in dests {
                 rows += load(df.clone(), &dest).await?.rows;
