@@ -570,11 +570,32 @@ impl Session {
         let config = ctx.copied_config();
         let mut listing = options.to_listing_options(&config, ctx.copied_table_options());
         let store = state.runtime_env().object_store(url)?;
-        let objects: Vec<ObjectMeta> = url
-            .list_all_files(&state, store.as_ref(), &listing.file_extension)
-            .await?
-            .try_collect()
-            .await?;
+        // One remote Parquet file: its listing and its footer in one request.
+        let single = evolution.is_some()
+            && !url.is_collection()
+            && url.get_glob().is_none()
+            && crate::parquet_io::is_remote(url.as_str())
+            && url.prefix().as_ref().ends_with(&listing.file_extension);
+        let listed = if single {
+            let cache = ctx.runtime_env().cache_manager.get_file_metadata_cache();
+            crate::parquet_io::footer::listed_with_footer(
+                store.as_ref(),
+                url.prefix(),
+                cache.as_ref(),
+            )
+            .await
+        } else {
+            None
+        };
+        let objects: Vec<ObjectMeta> = match listed {
+            Some(object) => vec![object],
+            None => {
+                url.list_all_files(&state, store.as_ref(), &listing.file_extension)
+                    .await?
+                    .try_collect()
+                    .await?
+            }
+        };
         if objects.is_empty() {
             return Err(DataFusionError::Plan(format!(
                 "no files found at {}",

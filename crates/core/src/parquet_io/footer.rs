@@ -74,14 +74,58 @@ pub(crate) async fn read_footer(
     }
     let suffix = size.saturating_sub(prefetch(size))..size;
     let bytes = store.get_range(&object.location, suffix.clone()).await?;
-    if bytes.len() as u64 != suffix.end - suffix.start {
-        return Err(invalid(format!(
+    decode_tail(store, object, suffix, bytes, cache)
+        .await
+        .map_err(|e| match e {
+            Tail::Invalid(reason) => invalid(reason),
+            Tail::Failed(e) => e,
+        })
+}
+
+/// Why [`decode_tail`] failed.
+enum Tail {
+    /// The bytes cannot be the file's end: the reason.
+    Invalid(String),
+    /// The decoder or a further read failed.
+    Failed(DataFusionError),
+}
+
+impl From<DataFusionError> for Tail {
+    fn from(e: DataFusionError) -> Self {
+        Tail::Failed(e)
+    }
+}
+
+impl From<parquet::errors::ParquetError> for Tail {
+    fn from(e: parquet::errors::ParquetError) -> Self {
+        Tail::Failed(e.into())
+    }
+}
+
+impl From<object_store::Error> for Tail {
+    fn from(e: object_store::Error) -> Self {
+        Tail::Failed(e.into())
+    }
+}
+
+/// Decodes the footer of `object` from `bytes`, its `suffix` range (reading more only
+/// for a footer or page index that starts before it), and puts it in `cache`.
+async fn decode_tail(
+    store: &dyn ObjectStore,
+    object: &ObjectMeta,
+    suffix: std::ops::Range<u64>,
+    bytes: Bytes,
+    cache: &FileMetadataCache,
+) -> std::result::Result<Arc<ParquetMetaData>, Tail> {
+    let size = object.size;
+    if bytes.len() as u64 != suffix.end - suffix.start || bytes.len() < 8 {
+        return Err(Tail::Invalid(format!(
             "the store returned {} bytes for the file's last {}",
             bytes.len(),
             suffix.end - suffix.start
         )));
     }
-    check_tail(&bytes[bytes.len() - 8..], size).map_err(invalid)?;
+    check_tail(&bytes[bytes.len() - 8..], size).map_err(Tail::Invalid)?;
     let mut decoder = ParquetMetaDataPushDecoder::try_new(size)?
         .with_page_index_policy(PageIndexPolicy::Optional)
         .with_metadata_options(Some(Arc::new(footer_options())));
@@ -94,7 +138,9 @@ pub(crate) async fn read_footer(
                 decoder.push_ranges(ranges, fetched)?;
             }
             DecodeResult::Finished => {
-                return Err(invalid("the footer decoder ended without a footer".into()));
+                return Err(Tail::Invalid(
+                    "the footer decoder ended without a footer".into(),
+                ));
             }
         }
     };
@@ -106,6 +152,43 @@ pub(crate) async fn read_footer(
         ),
     );
     Ok(metadata)
+}
+
+/// The end of a file fetched with its listing, its size unknown yet: DataFusion's own
+/// footer hint. The taxi files' footer and page index (416 KB for 12M rows) fit; a
+/// larger one costs one more request, as a `HEAD` did.
+const LISTED_PREFETCH: u64 = 512 << 10;
+
+/// A single remote Parquet file's metadata as a listing has it (size, modification
+/// time, ETag), with its footer, in one request: a GET of its last
+/// [`LISTED_PREFETCH`] bytes (the whole file when smaller), whose answer names the
+/// object's size and version, instead of a `HEAD` and then a GET of its end: one round
+/// trip less per source, for at most 512 KiB read twice (the part of the last row group
+/// in that range). The footer goes into `cache` for the schema, the statistics, the
+/// scan and the column copy.
+///
+/// `None` when that does not work (the object is not there, the server ignores ranges,
+/// any error; or its end is not a readable footer): the caller lists it as before, and
+/// reads the footer, and gets its errors, the usual way.
+pub(crate) async fn listed_with_footer(
+    store: &dyn ObjectStore,
+    location: &object_store::path::Path,
+    cache: &FileMetadataCache,
+) -> Option<ObjectMeta> {
+    let options = object_store::GetOptions {
+        range: Some(object_store::GetRange::Suffix(LISTED_PREFETCH)),
+        ..Default::default()
+    };
+    let got = store.get_opts(location, options).await.ok()?;
+    let (meta, range) = (got.meta.clone(), got.range.clone());
+    let bytes = got.bytes().await.ok()?;
+    if meta.size >= SMALLEST_PARQUET_FILE {
+        let decoded = decode_tail(store, &meta, range, bytes, cache).await;
+        if decoded.is_err() {
+            tracing::debug!(%location, "the prefetched end is not a readable footer: read again");
+        }
+    }
+    Some(meta)
 }
 
 /// The footer `cache` holds for this version of `object`, if any. DataFusion keys the
