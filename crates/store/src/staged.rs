@@ -5,7 +5,8 @@
 //! | crash during              | the destination shows                                   |
 //! |---------------------------|---------------------------------------------------------|
 //! | writing the staged data   | its previous content (or nothing); the staging name is hidden |
-//! | publishing a file         | the old file or the new one, never a mix (one rename)   |
+//! | writing one file in place | its previous content (or nothing): the upload is invisible until completed |
+//! | publishing a file         | the old file or the new one, never a mix (one rename, or one completion) |
 //! | publishing a local dir    | the old directory or the new one (directory rename)     |
 //! | publishing a remote dir   | no `_SUCCESS` marker until every part is in place       |
 //!

@@ -167,9 +167,10 @@ const LISTED_PREFETCH: u64 = 512 << 10;
 /// in that range). The footer goes into `cache` for the schema, the statistics, the
 /// scan and the column copy.
 ///
-/// `None` when that does not work (the object is not there, the server ignores ranges,
-/// any error; or its end is not a readable footer): the caller lists it as before, and
-/// reads the footer, and gets its errors, the usual way.
+/// `None` when the GET fails (the object is not there, the server ignores ranges, any
+/// error): the caller lists it as before. When the end it got is not a readable footer,
+/// the listing stands and nothing is cached: the footer is read again the usual way,
+/// which gives its error.
 pub(crate) async fn listed_with_footer(
     store: &dyn ObjectStore,
     location: &object_store::path::Path,
