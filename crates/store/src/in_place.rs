@@ -274,11 +274,6 @@ impl InPlaceUpload {
         Ok(())
     }
 
-    /// Bytes put so far.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
     /// Sends the last part and waits for every part: the upload then waits, invisible,
     /// for [`StagedOutput::publish`](crate::StagedOutput::publish) to complete it (or
     /// for the output's abort or drop to abort it). Returns the file's size.

@@ -74,58 +74,29 @@ pub(crate) async fn read_footer(
     }
     let suffix = size.saturating_sub(prefetch(size))..size;
     let bytes = store.get_range(&object.location, suffix.clone()).await?;
-    decode_tail(store, object, suffix, bytes, cache)
-        .await
-        .map_err(|e| match e {
-            Tail::Invalid(reason) => invalid(reason),
-            Tail::Failed(e) => e,
-        })
-}
-
-/// Why [`decode_tail`] failed.
-enum Tail {
-    /// The bytes cannot be the file's end: the reason.
-    Invalid(String),
-    /// The decoder or a further read failed.
-    Failed(DataFusionError),
-}
-
-impl From<DataFusionError> for Tail {
-    fn from(e: DataFusionError) -> Self {
-        Tail::Failed(e)
-    }
-}
-
-impl From<parquet::errors::ParquetError> for Tail {
-    fn from(e: parquet::errors::ParquetError) -> Self {
-        Tail::Failed(e.into())
-    }
-}
-
-impl From<object_store::Error> for Tail {
-    fn from(e: object_store::Error) -> Self {
-        Tail::Failed(e.into())
-    }
+    decode_tail(store, object, suffix, bytes, cache, invalid).await
 }
 
 /// Decodes the footer of `object` from `bytes`, its `suffix` range (reading more only
-/// for a footer or page index that starts before it), and puts it in `cache`.
+/// for a footer or page index that starts before it), and puts it in `cache`. Bytes
+/// that cannot be the file's end fail with `invalid` of the reason.
 async fn decode_tail(
     store: &dyn ObjectStore,
     object: &ObjectMeta,
     suffix: std::ops::Range<u64>,
     bytes: Bytes,
     cache: &FileMetadataCache,
-) -> std::result::Result<Arc<ParquetMetaData>, Tail> {
+    invalid: impl Fn(String) -> DataFusionError,
+) -> Result<Arc<ParquetMetaData>> {
     let size = object.size;
     if bytes.len() as u64 != suffix.end - suffix.start || bytes.len() < 8 {
-        return Err(Tail::Invalid(format!(
+        return Err(invalid(format!(
             "the store returned {} bytes for the file's last {}",
             bytes.len(),
             suffix.end - suffix.start
         )));
     }
-    check_tail(&bytes[bytes.len() - 8..], size).map_err(Tail::Invalid)?;
+    check_tail(&bytes[bytes.len() - 8..], size).map_err(&invalid)?;
     let mut decoder = ParquetMetaDataPushDecoder::try_new(size)?
         .with_page_index_policy(PageIndexPolicy::Optional)
         .with_metadata_options(Some(Arc::new(footer_options())));
@@ -138,9 +109,7 @@ async fn decode_tail(
                 decoder.push_ranges(ranges, fetched)?;
             }
             DecodeResult::Finished => {
-                return Err(Tail::Invalid(
-                    "the footer decoder ended without a footer".into(),
-                ));
+                return Err(invalid("the footer decoder ended without a footer".into()));
             }
         }
     };
@@ -184,7 +153,10 @@ pub(crate) async fn listed_with_footer(
     let (meta, range) = (got.meta.clone(), got.range.clone());
     let bytes = got.bytes().await.ok()?;
     if meta.size >= SMALLEST_PARQUET_FILE {
-        let decoded = decode_tail(store, &meta, range, bytes, cache).await;
+        let decoded = decode_tail(store, &meta, range, bytes, cache, |reason| {
+            DataFusionError::Execution(reason)
+        })
+        .await;
         if decoded.is_err() {
             tracing::debug!(%location, "the prefetched end is not a readable footer: read again");
         }

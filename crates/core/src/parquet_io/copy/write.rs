@@ -30,14 +30,11 @@ impl CopyPlan {
                 })
                 .collect::<Result<_, _>>()
         } else if let Some(in_place) = in_place {
-            let parts = PartOptions {
-                part_bytes: self.part_bytes,
+            let output = Output::InPlace {
+                in_place,
                 in_flight,
             };
-            Ok(vec![(
-                Some(Output::InPlace(in_place, parts)),
-                (0..files).collect(),
-            )])
+            Ok(vec![(Some(output), (0..files).collect())])
         } else {
             sluice_store::object_path(staging)
                 .map(|p| vec![(Some(staged(p)), (0..files).collect())])
@@ -594,7 +591,11 @@ enum Output {
     },
     /// One file on a remote store, uploaded at its destination and completed by the
     /// publish (no server-side copy).
-    InPlace(InPlace, PartOptions),
+    InPlace {
+        in_place: InPlace,
+        /// Parts uploading at once.
+        in_flight: usize,
+    },
 }
 
 impl Output {
@@ -610,7 +611,13 @@ impl Output {
                 object_store::buffered::BufWriter::with_capacity(store, path, part_bytes)
                     .with_max_concurrency(in_flight),
             ),
-            Output::InPlace(in_place, parts) => Upload::InPlace(in_place.start(parts)),
+            Output::InPlace {
+                in_place,
+                in_flight,
+            } => Upload::InPlace(in_place.start(PartOptions {
+                part_bytes,
+                in_flight,
+            })),
         }
     }
 }
