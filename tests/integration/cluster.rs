@@ -998,3 +998,52 @@ async fn on_a_cluster_an_early_stop_commits_nothing_and_a_second_sink_reads_the_
         .collect();
     assert_eq!(writes.len(), 1, "{writes:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executors_resolve_named_stores_with_credentials_from_their_own_environment() {
+    let s3 = S3Target::new("cluster-named").await;
+    let dir = tempfile::tempdir().unwrap();
+    upload_taxi(&s3, dir.path(), 20_000).await;
+    // The executors know the keys only as LAKE_KEY_ID and LAKE_SECRET: no AWS_* variable.
+    let cluster = TestCluster::start(
+        2,
+        &[
+            ("LAKE_KEY_ID", s3.access_key.clone()),
+            ("LAKE_SECRET", s3.secret_key.clone()),
+        ],
+    );
+    let settings = sluice::store::Settings::from_toml(&format!(
+        "[stores.lake]\nurl = \"s3://{}/{}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\n\
+         allow_http = true\naccess_key_id = {{ env = \"LAKE_KEY_ID\" }}\n\
+         secret_access_key = {{ env = \"LAKE_SECRET\" }}\n",
+        s3.bucket, s3.prefix, s3.endpoint
+    ))
+    .unwrap();
+    // This process has no such variables: its own `store://lake` is built by hand.
+    let prefixed: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::new(
+        object_store::prefix::PrefixStore::new(s3.store(), s3.prefix.as_str()),
+    );
+    let session = Session::builder()
+        .with_target_partitions(4)
+        .with_settings(settings)
+        .with_object_store(&url::Url::parse("store://lake/").unwrap(), prefixed)
+        .build()
+        .unwrap();
+    let run = etl("store://lake/in/", "store://lake/out/named.parquet")
+        .with_session(session.clone())
+        .with_runner(cluster.runner())
+        .run()
+        .await;
+    match &run.output {
+        Ok(summary) => assert_eq!(summary.rows, 80_000),
+        Err(e) => panic!("the cluster run failed: {e}\n{}", cluster.logs()),
+    }
+    assert!(s3.exists("out/named.parquet").await);
+    assert!(
+        cluster.ran_tasks(0) || cluster.ran_tasks(1),
+        "{}",
+        cluster.logs()
+    );
+    let tasks = serde_json::to_string(&run.record.tasks).unwrap();
+    assert!(!tasks.contains("store://lake"), "{tasks}");
+}

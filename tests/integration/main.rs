@@ -18,4 +18,5 @@ mod reliability;
 mod remote;
 mod runtime;
 mod schema;
+mod settings;
 mod trust;

@@ -34,6 +34,7 @@ mod secrets {
     const SESSION_TOKEN: &str = "SLUICE-SESSION-TOKEN-7d1e0c";
     const WRONG_SECRET: &str = "SLUICE-WRONG-SECRET-5b9f3a";
     const URL_PASSWORD: &str = "SLUICE-URL-PASSWORD-c04e2d";
+    const LITERAL_SECRET: &str = "SLUICE-LITERAL-SECRET-9a4c71";
 
     /// Everything a run leaves that a person or a program may read.
     #[derive(Default)]
@@ -214,6 +215,86 @@ mod secrets {
             artifacts.add_output(what, &output);
             artifacts.add(format!("{what}: summary"), std::fs::read(summary).unwrap());
         }
+        // Named stores of a project's sluice.toml: credentials by reference (and one
+        // written out, which is warned about but never shown).
+        let project = tempfile::tempdir().unwrap();
+        std::fs::write(
+            project.path().join("sluice.toml"),
+            format!(
+                "[stores.named]\nurl = \"s3://sluice/named\"\nendpoint = \"{}\"\n\
+                 region = \"us-east-1\"\nallow_http = true\n\
+                 access_key_id = {{ env = \"NAMED_KEY_ID\" }}\n\
+                 secret_access_key = {{ env = \"NAMED_SECRET\" }}\n\
+                 session_token = {{ env = \"NAMED_TOKEN\" }}\n\
+                 [stores.literal]\nurl = \"s3://sluice/literal\"\n\
+                 secret_access_key = \"{LITERAL_SECRET}\"\n",
+                s3.endpoint()
+            ),
+        )
+        .unwrap();
+        let named = |command: &mut Command| {
+            command
+                .current_dir(project.path())
+                .env("NAMED_KEY_ID", S3Server::ACCESS_KEY)
+                .env("NAMED_SECRET", S3Server::SECRET_KEY)
+                .env("NAMED_TOKEN", SESSION_TOKEN)
+                .env("RUST_LOG", "trace")
+                .stdin(Stdio::null())
+                .output()
+                .expect("run")
+        };
+        let output = named(Command::new(example_binary()).args([
+            "--source",
+            &source,
+            "--dest",
+            "store://named/out/f.parquet",
+            "--cache",
+            "store://named/cache/",
+            "--run-store",
+            "store://named/runs/",
+            "--progress",
+            "lines:50ms",
+        ]));
+        assert!(
+            output.status.success(),
+            "named stores: {}",
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .filter(|l| !l.contains(" TRACE ") && !l.contains(" DEBUG "))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        artifacts.add_output("named stores", &output);
+        for args in [
+            vec!["stores", "ls", "-vv"],
+            vec!["stores", "show", "named", "-vv"],
+            vec!["stores", "show", "literal", "-vv"],
+            vec!["config", "view", "-vv"],
+            vec![
+                "cache",
+                "ls",
+                "--store",
+                "store://named/cache/",
+                "--json",
+                "-vv",
+            ],
+            vec![
+                "runs",
+                "ls",
+                "--store",
+                "store://named/runs/",
+                "--json",
+                "-vv",
+            ],
+        ] {
+            let output = named(Command::new(cli_binary()).args(&args));
+            assert!(
+                output.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            artifacts.add_output(&format!("sluice {}", args.join(" ")), &output);
+        }
         for args in [
             vec!["runs", "ls", "--store", runs],
             vec!["runs", "ls", "--store", "s3://sluice/runs/", "--json"],
@@ -256,6 +337,7 @@ mod secrets {
             SESSION_TOKEN,
             WRONG_SECRET,
             URL_PASSWORD,
+            LITERAL_SECRET,
         ]);
     }
 }

@@ -19,7 +19,7 @@ use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service
 use clap::Args;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
-use sluice_core::cluster::{LogicalCodec, PhysicalCodec, cluster_config};
+use sluice_core::cluster::{LogicalCodec, PhysicalCodec, accepting_store_settings, cluster_config};
 
 /// `sluice scheduler`.
 #[derive(Debug, Args)]
@@ -73,7 +73,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The configuration a scheduler and executors start sessions from.
 fn base_config() -> SessionConfig {
-    cluster_config(SessionConfig::new_with_ballista())
+    accepting_store_settings(cluster_config(SessionConfig::new_with_ballista()))
         .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()))
         .with_ballista_physical_extension_codec(Arc::new(PhysicalCodec::default()))
 }
@@ -193,8 +193,8 @@ pub(crate) fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
         work_dir: args.work_dir.map(|p| p.display().to_string()),
         executor_heartbeat_interval_seconds: args.heartbeat_interval.max(1),
         print_thread_info: false,
-        override_runtime_producer: Some(Arc::new(|_config: &SessionConfig| {
-            sluice_core::cluster::runtime_env()
+        override_runtime_producer: Some(Arc::new(|config: &SessionConfig| {
+            sluice_core::cluster::runtime_env(config)
         })),
         override_config_producer: Some(Arc::new(base_config)),
         override_logical_codec: Some(Arc::new(LogicalCodec::default())),

@@ -14,6 +14,9 @@
 //! sluice cache clear --store .sluice/ --task transform
 //! sluice runs ls --flow etl --state failed --since 1d   # recorded flow runs, newest first
 //! sluice runs show 3f2a9c1e                             # one run: tasks, attempts, errors
+//! sluice stores ls                                      # named stores from sluice.toml
+//! sluice stores show lake                               # one store: each setting and its origin
+//! sluice config view                                    # every setting, secrets redacted
 //! sluice scheduler --bind 0.0.0.0:50050                 # a Ballista cluster (feature `ballista`)
 //! sluice executor --scheduler 10.0.0.5:50050 --bind 0.0.0.0:50051 --slots 8
 //! ```
@@ -77,6 +80,12 @@ enum Command {
     /// List and show recorded flow runs.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// List and show the named stores of the settings (`[stores.NAME]` in sluice.toml).
+    #[command(subcommand)]
+    Stores(StoresCommand),
+    /// Show the settings.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Run a Ballista scheduler that runs Sluice's plans; flows reach it with the
     /// runner `df://HOST:PORT`. Runs until interrupted.
     #[cfg(feature = "ballista")]
@@ -84,6 +93,24 @@ enum Command {
     /// Run a Ballista executor for a `sluice scheduler`. Runs until interrupted.
     #[cfg(feature = "ballista")]
     Executor(cluster::ExecutorArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum StoresCommand {
+    /// Every named store: name, URL, endpoint, credentials, where it is defined.
+    Ls,
+    /// One store's settings, each with where it came from (secrets redacted).
+    Show {
+        /// The store's name (`lake` in `store://lake/…`).
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Every setting after layering, each with where it came from (secrets redacted),
+    /// and the files read.
+    View,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,18 +140,20 @@ enum RunsCommand {
 }
 
 impl RunStoreArgs {
-    fn location(&self) -> String {
+    /// `--store`, else the settings' run store (`$SLUICE_RUN_STORE`, sluice.toml), else
+    /// the default.
+    fn location(&self, settings: &sluice_store::Settings) -> String {
         self.store
             .clone()
-            .or_else(|| std::env::var("SLUICE_RUN_STORE").ok())
+            .or_else(|| settings.run_store().map(String::from))
             .unwrap_or_else(|| sluice_core::DEFAULT_RUN_STORE.to_string())
     }
 }
 
 #[derive(Debug, Args)]
 struct RunStoreArgs {
-    /// The run store: a path or URL (`s3://bucket/prefix/`). Default: `$SLUICE_RUN_STORE`,
-    /// or `.sluice/`.
+    /// The run store: a path or URL (`s3://bucket/prefix/`, `store://NAME/prefix/`).
+    /// Default: the settings' `run_store` (`$SLUICE_RUN_STORE`, sluice.toml), or `.sluice/`.
     #[arg(long)]
     store: Option<String>,
     /// Print JSON instead of a table.
@@ -177,9 +206,11 @@ enum CacheCommand {
 
 #[derive(Debug, Args)]
 struct CacheArgs {
-    /// The result store: a path or URL (`s3://bucket/prefix/`, `file:///...`).
-    #[arg(long, default_value = sluice_core::DEFAULT_RESULT_STORE)]
-    store: String,
+    /// The result store: a path or URL (`s3://bucket/prefix/`, `store://NAME/prefix/`).
+    /// Default: the settings' `result_store` (`$SLUICE_RESULT_STORE`, sluice.toml), or
+    /// `.sluice/`.
+    #[arg(long)]
+    store: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -285,10 +316,93 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ServeProxy(args) => serve_proxy(args),
         Command::Cache(command) => cache(command),
         Command::Runs(command) => runs(command),
+        Command::Stores(command) => stores(command),
+        Command::Config(ConfigCommand::View) => {
+            let settings = sluice_store::Settings::load()?;
+            if settings.files().is_empty() {
+                outln!(
+                    "# no settings file (sluice.toml here or in a parent, $SLUICE_CONFIG, or the user's file)"
+                );
+            }
+            for file in settings.files() {
+                outln!("# read {}", file.display());
+            }
+            outln!("{}", settings.view().trim_end());
+            Ok(())
+        }
         #[cfg(feature = "ballista")]
         Command::Scheduler(args) => cluster::scheduler(args),
         #[cfg(feature = "ballista")]
         Command::Executor(args) => cluster::executor(args),
+    }
+}
+
+fn stores(command: StoresCommand) -> anyhow::Result<()> {
+    let settings = sluice_store::Settings::load()?;
+    match command {
+        StoresCommand::Ls => {
+            let rows: Vec<[String; 5]> = settings
+                .stores()
+                .map(|(name, store)| {
+                    [
+                        name.to_string(),
+                        store.url.clone(),
+                        store.endpoint().unwrap_or_else(|| "-".into()),
+                        store.credentials(),
+                        settings
+                            .origin(&format!("stores.{name}.url"))
+                            .map_or_else(|| "-".into(), ToString::to_string),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                outln!(
+                    "no named stores: define [stores.NAME] in sluice.toml (see `sluice config view`)"
+                );
+                return Ok(());
+            }
+            print_table(
+                &["NAME", "URL", "ENDPOINT", "CREDENTIALS", "DEFINED IN"],
+                &rows,
+            );
+        }
+        StoresCommand::Show { name } => {
+            let store =
+                settings
+                    .store(&name)
+                    .ok_or_else(|| sluice_store::SettingsError::UnknownStore {
+                        location: format!("store://{name}/"),
+                        name: name.clone(),
+                        known: settings.stores().map(|(n, _)| n.to_string()).collect(),
+                    })?;
+            outln!("[stores.{name}]");
+            outln!("{}", settings.describe_store(&name, store).trim_end());
+        }
+    }
+    Ok(())
+}
+
+/// Prints rows under a header, columns padded to their widest cell.
+fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    outln!("{}", line(header.to_vec()));
+    for row in rows {
+        outln!("{}", line(row.iter().map(String::as_str).collect()));
     }
 }
 
@@ -297,6 +411,7 @@ fn runs(command: RunsCommand) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("could not start a runtime")?;
     runtime.block_on(async {
         let session = Session::new();
+        let settings = session.settings()?;
         match command {
             RunsCommand::Ls {
                 store,
@@ -314,7 +429,7 @@ fn runs(command: RunsCommand) -> anyhow::Result<()> {
                 if let Some(since) = since {
                     filter = filter.with_since(since);
                 }
-                let records = RunStore::open(&session, &store.location())?
+                let records = RunStore::open(&session, &store.location(settings))?
                     .list(&filter)
                     .await?;
                 if store.json {
@@ -324,7 +439,7 @@ fn runs(command: RunsCommand) -> anyhow::Result<()> {
                 }
             }
             RunsCommand::Show { store, run_id } => {
-                let record = RunStore::open(&session, &store.location())?
+                let record = RunStore::open(&session, &store.location(settings))?
                     .get(&run_id)
                     .await?;
                 if store.json {
@@ -444,7 +559,15 @@ fn cache(command: CacheCommand) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("could not start a runtime")?;
     runtime.block_on(async {
         let session = Session::new();
-        let open = |args: &CacheArgs| CheckpointStore::open(&session, &args.store);
+        let settings = session.settings()?;
+        let open = |args: &CacheArgs| {
+            let location = args
+                .store
+                .clone()
+                .or_else(|| settings.result_store().map(String::from))
+                .unwrap_or_else(|| sluice_core::DEFAULT_RESULT_STORE.to_string());
+            CheckpointStore::open(&session, &location)
+        };
         match command {
             CacheCommand::Ls(args) => {
                 let entries = open(&args)?.list().await?;

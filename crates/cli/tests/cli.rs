@@ -247,3 +247,166 @@ fn a_reader_that_stops_early_ends_the_command_quietly() {
     assert!(output.status.success(), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `sluice ARGS` in `dir`, with `env` added and the caller's own settings variables
+/// cleared; the command's output whatever its status.
+fn sluice_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("SLUICE_CONFIG")
+        .env_remove("SLUICE_RESULT_STORE")
+        .env_remove("SLUICE_RUN_STORE")
+        .env("SLUICE_USER_CONFIG", "");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("run sluice")
+}
+
+#[test]
+fn stores_and_config_view_say_where_each_setting_came_from_and_redact_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("project");
+    let nested = project.join("flows/daily");
+    std::fs::create_dir_all(&nested).unwrap();
+    std::fs::write(
+        project.join("sluice.toml"),
+        "result_store = \"store://lake/sluice/\"\n\
+         [stores.lake]\nurl = \"s3://trips/raw\"\nendpoint = \"http://127.0.0.1:9000\"\n\
+         access_key_id = { env = \"LAKE_KEY_ID\" }\nsecret_access_key = \"written-out-secret\"\n",
+    )
+    .unwrap();
+    let user = dir.path().join("user.toml");
+    std::fs::write(
+        &user,
+        "run_store = \"/tmp/runs/\"\n[stores.lake]\nurl = \"s3://user-bucket\"\nregion = \"eu-west-1\"\n\
+         [stores.archive]\nurl = \"s3://archive\"\nprofile = \"archive\"\n",
+    )
+    .unwrap();
+    let user = user.to_str().unwrap();
+    // From a subdirectory: the project's file is found in a parent.
+    let env = [
+        ("SLUICE_USER_CONFIG", user),
+        ("SLUICE_STORES__LAKE__REGION", "eu-central-1"),
+    ];
+    let output = sluice_in(&nested, &["stores", "show", "lake"], &env);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let shown = String::from_utf8_lossy(&output.stdout);
+    let project_file = project.join("sluice.toml");
+    let line = |key: &str| {
+        shown
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} =")))
+            .unwrap_or_else(|| panic!("no {key} in {shown}"))
+            .to_string()
+    };
+    // The project's file over the user's; the variable over both.
+    assert!(line("url").contains("s3://trips/raw"), "{shown}");
+    assert!(
+        line("url").contains(&project_file.display().to_string()),
+        "{shown}"
+    );
+    assert!(line("region").contains("eu-central-1"), "{shown}");
+    assert!(
+        line("region").contains("$SLUICE_STORES__LAKE__REGION"),
+        "{shown}"
+    );
+    assert!(
+        line("access_key_id").contains("env = \"LAKE_KEY_ID\""),
+        "{shown}"
+    );
+    assert!(line("secret_access_key").contains("<redacted>"), "{shown}");
+    let everything = format!("{shown}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(!everything.contains("written-out-secret"), "{everything}");
+    // A secret written out is warned about (without its value).
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("secret"),
+        "{everything}"
+    );
+
+    let output = sluice_in(&nested, &["stores", "ls"], &env);
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        listed.contains("archive") && listed.contains("profile archive"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("lake") && listed.contains("http://127.0.0.1:9000"),
+        "{listed}"
+    );
+
+    let output = sluice_in(&nested, &["config", "view"], &env);
+    let view = String::from_utf8_lossy(&output.stdout);
+    assert!(view.contains(&format!("# read {user}")), "{view}");
+    assert!(
+        view.contains("result_store = \"store://lake/sluice/\""),
+        "{view}"
+    );
+    assert!(view.contains("run_store = \"/tmp/runs/\""), "{view}");
+    assert!(!view.contains("written-out-secret"), "{view}");
+
+    // SLUICE_CONFIG names the project file instead.
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, "[stores.only]\nurl = \"s3://only\"\n").unwrap();
+    let output = sluice_in(
+        &nested,
+        &["stores", "ls"],
+        &[("SLUICE_CONFIG", other.to_str().unwrap())],
+    );
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        listed.contains("only") && !listed.contains("lake"),
+        "{listed}"
+    );
+}
+
+#[test]
+fn malformed_settings_unknown_stores_and_unset_variables_are_errors_naming_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "[stores.lake]\nurl = \"s3://trips\"\nregion = eu-west-1\n",
+    )
+    .unwrap();
+    let output = sluice_in(dir.path(), &["stores", "ls"], &[]);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("sluice.toml line 3, column 10"), "{err}");
+    // Every command that opens a store refuses too, before anything runs.
+    let output = sluice_in(dir.path(), &["cache", "ls"], &[]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("line 3, column 10"));
+
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "[stores.lake]\nurl = \"s3://trips\"\nendpoint = \"http://127.0.0.1:9\"\n\
+         access_key_id = { env = \"LAKE_KEY_ID_UNSET\" }\nsecret_access_key = { env = \"LAKE_SECRET_UNSET\" }\n",
+    )
+    .unwrap();
+    let output = sluice_in(
+        dir.path(),
+        &["cache", "ls", "--store", "store://lake/sluice/"],
+        &[],
+    );
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("LAKE_KEY_ID_UNSET") || err.contains("LAKE_SECRET_UNSET"),
+        "{err}"
+    );
+    assert!(err.contains("store `lake`"), "{err}");
+
+    let output = sluice_in(dir.path(), &["stores", "show", "lakes"], &[]);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("`lakes`") && err.contains("defined: lake"),
+        "{err}"
+    );
+}

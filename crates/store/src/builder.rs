@@ -120,6 +120,10 @@ pub struct StoreBuilder {
     retry: RetryPolicy,
     timeout: Option<Duration>,
     connect_timeout: Option<Duration>,
+    /// object_store's own options, by key, applied last.
+    options: Vec<(String, String)>,
+    /// A path inside the bucket that every object path is relative to.
+    prefix: Option<Path>,
 }
 
 impl fmt::Debug for StoreBuilder {
@@ -138,6 +142,11 @@ impl fmt::Debug for StoreBuilder {
             .field("retry", &self.retry)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("prefix", &self.prefix)
+            .field(
+                "options",
+                &self.options.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -211,6 +220,38 @@ impl StoreBuilder {
         self
     }
 
+    /// An option of object_store's builder for the URL's scheme, by the key
+    /// `parse_url_opts` takes (`region`, `endpoint`, `allow_http`, `timeout`,
+    /// `virtual_hosted_style_request`, …), applied after every other setting. An
+    /// unknown key is an error when the store is built.
+    ///
+    /// ```
+    /// let url = url::Url::parse("s3://bucket/").unwrap();
+    /// let store = sluice_store::StoreBuilder::from_url(&url)
+    ///     .with_option("region", "eu-west-1")
+    ///     .with_option("skip_signature", "true")
+    ///     .build();
+    /// assert!(store.is_ok());
+    /// ```
+    pub fn with_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.options.push((key.into(), value.into()));
+        self
+    }
+
+    /// Makes every object path relative to `prefix` inside the bucket (a named store
+    /// whose URL is `s3://bucket/prefix`).
+    ///
+    /// ```
+    /// let url = url::Url::parse("memory://scratch/").unwrap();
+    /// let store = sluice_store::StoreBuilder::from_url(&url).with_prefix("area/one").build();
+    /// assert!(store.is_ok());
+    /// ```
+    pub fn with_prefix(mut self, prefix: impl Into<Path>) -> Self {
+        let prefix = prefix.into();
+        self.prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
+        self
+    }
+
     /// Whether plain HTTP is allowed: set by hand, or `AWS_ALLOW_HTTP` with `from_env`.
     fn allow_http(&self) -> Option<bool> {
         self.allow_http.or_else(|| {
@@ -276,9 +317,12 @@ impl StoreBuilder {
                         builder = builder.with_token(token);
                     }
                 }
-                let builder = builder
+                let mut builder = builder
                     .with_retry(self.retry.to_config())
                     .with_client_options(self.client_options());
+                for (key, value) in &self.options {
+                    builder = builder.with_config(key.parse().map_err(invalid)?, value);
+                }
                 Arc::new(builder.build().map_err(invalid)?)
             }
             #[cfg(feature = "http")]
@@ -290,9 +334,12 @@ impl StoreBuilder {
                     &url[url::Position::BeforeHost..url::Position::AfterPort]
                 );
                 // Writing `http://` in the URL is the user's consent to plain HTTP.
-                let options = self
+                let mut options = self
                     .client_options()
                     .with_allow_http(url.scheme() == "http" || self.allow_http == Some(true));
+                for (key, value) in &self.options {
+                    options = options.with_config(key.parse().map_err(invalid)?, value);
+                }
                 let store = HttpBuilder::new()
                     .with_url(base)
                     .with_retry(self.retry.to_config())
@@ -309,14 +356,14 @@ impl StoreBuilder {
                 } else {
                     GoogleCloudStorageBuilder::new()
                 };
-                Arc::new(
-                    builder
-                        .with_bucket_name(url.host_str().unwrap_or_default())
-                        .with_retry(self.retry.to_config())
-                        .with_client_options(self.client_options())
-                        .build()
-                        .map_err(invalid)?,
-                )
+                let mut builder = builder
+                    .with_bucket_name(url.host_str().unwrap_or_default())
+                    .with_retry(self.retry.to_config())
+                    .with_client_options(self.client_options());
+                for (key, value) in &self.options {
+                    builder = builder.with_config(key.parse().map_err(invalid)?, value);
+                }
+                Arc::new(builder.build().map_err(invalid)?)
             }
             #[cfg(feature = "azure")]
             "az" | "abfs" | "abfss" => {
@@ -326,14 +373,14 @@ impl StoreBuilder {
                 } else {
                     MicrosoftAzureBuilder::new()
                 };
-                Arc::new(
-                    builder
-                        .with_url(url.as_str())
-                        .with_retry(self.retry.to_config())
-                        .with_client_options(self.client_options())
-                        .build()
-                        .map_err(invalid)?,
-                )
+                let mut builder = builder
+                    .with_url(url.as_str())
+                    .with_retry(self.retry.to_config())
+                    .with_client_options(self.client_options());
+                for (key, value) in &self.options {
+                    builder = builder.with_config(key.parse().map_err(invalid)?, value);
+                }
+                Arc::new(builder.build().map_err(invalid)?)
             }
             scheme => {
                 return Err(StoreError::UnsupportedScheme {
@@ -341,6 +388,10 @@ impl StoreBuilder {
                     scheme: scheme.to_string(),
                 });
             }
+        };
+        let store: Arc<dyn ObjectStore> = match self.prefix {
+            Some(prefix) => Arc::new(object_store::prefix::PrefixStore::new(store, prefix)),
+            None => store,
         };
         let remote = !matches!(url.scheme(), "file" | "memory");
         Ok(Arc::new(AbortingStore {
@@ -422,7 +473,10 @@ impl ObjectStore for AbortingStore {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         let head = options.head;
-        let result = self.inner.get_opts(location, options).await?;
+        let mut result = self.inner.get_opts(location, options).await?;
+        // What was read is where it was asked for: object_store 0.13's `PrefixStore`
+        // (under a named store with a prefix) answers with the prefixed location.
+        result.meta.location = location.clone();
         Ok(if head {
             result
         } else {

@@ -78,6 +78,10 @@ pub enum StoreError {
         /// Bytes received.
         received: u64,
     },
+    /// The storage settings are malformed, or a location names a store they do not
+    /// define, or a store's settings cannot be used.
+    #[error(transparent)]
+    Settings(#[from] crate::SettingsError),
     /// A local file-system operation failed.
     #[error("{operation} {} failed: {source}", path.display())]
     Io {

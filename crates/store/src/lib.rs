@@ -63,6 +63,7 @@ mod error;
 mod in_place;
 mod redact;
 mod registry;
+mod settings;
 mod staged;
 
 pub use builder::{RetryPolicy, StoreBuilder};
@@ -91,6 +92,10 @@ pub fn supported_schemes() -> String {
 }
 pub use redact::{redact, redact_location};
 pub use registry::{StoreRegistry, object_path, resolve_url, store_key};
+pub use settings::{
+    CONFIG_ENV, NAMED_SCHEME, Origin, PROJECT_FILE, SettingValue, Settings, SettingsError,
+    SettingsSources, StoreSettings, USER_CONFIG_ENV,
+};
 pub use staged::{
     IN_PLACE_SCHEME, OutputKind, PublishedFile, PublishedOutput, RegisteredWriter, STAGING_MARKER,
     StagedOutput,

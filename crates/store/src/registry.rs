@@ -11,7 +11,7 @@ use object_store::path::Path;
 use url::Url;
 
 use crate::redact::redact;
-use crate::{Result, StoreBuilder, StoreError};
+use crate::{NAMED_SCHEME, Result, Settings, SettingsError, StoreBuilder, StoreError};
 
 /// Turns what a user wrote (a plain path, relative or absolute, or a URL) into an
 /// absolute URL.
@@ -107,7 +107,9 @@ pub fn object_path(url: &Url) -> Result<Path> {
 /// session finds its store here. `file://` maps to the local file system,
 /// `memory://NAME` to one in-memory store per name that lives as long as the registry,
 /// `s3://BUCKET` to S3 configured from the environment, `http(s)://HOST` to a read-only
-/// HTTP store (see [`StoreBuilder`]).
+/// HTTP store (see [`StoreBuilder`]). With [`Settings`], `store://NAME/…` is the named
+/// store (each name its own store, so two endpoints whose buckets share a name never
+/// meet), and a store defined for a whole bucket configures plain URLs of that bucket.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -122,12 +124,85 @@ pub fn object_path(url: &Url) -> Result<Path> {
 #[derive(Debug, Default)]
 pub struct StoreRegistry {
     stores: RwLock<HashMap<String, Arc<dyn ObjectStore>>>,
+    settings: Arc<Settings>,
+    /// Why the settings could not be read: every location fails with it.
+    broken: Option<SettingsError>,
 }
 
 impl StoreRegistry {
-    /// An empty registry; stores are created as URLs are used.
+    /// An empty registry with no named stores; stores are created as URLs are used.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty registry whose stores follow `settings`.
+    ///
+    /// ```
+    /// use sluice_store::{Settings, StoreRegistry};
+    /// let settings = Settings::from_toml("[stores.scratch]\nurl = \"memory://scratch/area\"")?;
+    /// let registry = StoreRegistry::with_settings(settings);
+    /// let url = registry.resolve("store://scratch/x.parquet")?;
+    /// assert_eq!(url.as_str(), "memory://scratch/area/x.parquet");
+    /// # Ok::<(), sluice_store::StoreError>(())
+    /// ```
+    pub fn with_settings(settings: Settings) -> Self {
+        Self {
+            settings: Arc::new(settings),
+            ..Self::default()
+        }
+    }
+
+    /// A registry whose settings could not be read: every location fails with `error`
+    /// (what an infallible constructor of a session keeps for its first use).
+    pub fn with_broken_settings(error: SettingsError) -> Self {
+        Self {
+            broken: Some(error),
+            ..Self::default()
+        }
+    }
+
+    /// The settings the stores follow.
+    pub fn settings(&self) -> Result<&Settings> {
+        match &self.broken {
+            Some(e) => Err(e.clone().into()),
+            None => Ok(&self.settings),
+        }
+    }
+
+    /// Turns a location into the URL Sluice works with: [`resolve_url`], then a named
+    /// store on local disk or in memory becomes its `file://` or `memory://` URL (so it
+    /// is published as local files are); a remote one stays `store://NAME/…`.
+    pub fn resolve(&self, location: &str) -> Result<Url> {
+        let settings = self.settings()?;
+        let url = resolve_url(location)?;
+        if url.scheme() != NAMED_SCHEME {
+            return Ok(url);
+        }
+        let target = settings.target(&url)?;
+        Ok(if matches!(target.scheme(), "file" | "memory") {
+            target
+        } else {
+            url
+        })
+    }
+
+    /// Where `url` really is: for `store://NAME/…`, the store's URL joined with the path
+    /// (its scheme says what the store is: read-only HTTP, S3, …); otherwise `url`.
+    pub fn target(&self, url: &Url) -> Result<Url> {
+        if url.scheme() == NAMED_SCHEME {
+            Ok(self.settings()?.target(url)?)
+        } else {
+            Ok(url.clone())
+        }
+    }
+
+    /// `url` as records and cache keys name it, with the store's real URL and endpoint
+    /// instead of an alias (see [`Settings::canonical`]).
+    pub fn canonical(&self, url: &Url) -> String {
+        match &self.broken {
+            Some(_) => redact(url),
+            None => self.settings.canonical(url),
+        }
     }
 
     /// Puts `store` in front of every URL with the same `scheme://authority` as `url`,
@@ -167,10 +242,30 @@ impl StoreRegistry {
         if let Some(store) = stores.get(&key) {
             return Ok(Arc::clone(store));
         }
-        let store = StoreBuilder::from_env(url).build()?;
+        let store = self.build(url)?;
         tracing::debug!(store = %key, "created object store");
         stores.insert(key, Arc::clone(&store));
         Ok(store)
+    }
+
+    /// A new store for `url`'s scheme and authority, as the settings say.
+    fn build(&self, url: &Url) -> Result<Arc<dyn ObjectStore>> {
+        let settings = self.settings()?;
+        if url.scheme() == NAMED_SCHEME {
+            let (name, store) = settings.named(url)?;
+            let root = Url::parse(&store.url).map_err(|e| StoreError::InvalidUrl {
+                location: store.url.clone(),
+                reason: e.to_string(),
+            })?;
+            return settings
+                .builder(name, store)?
+                .with_prefix(object_path(&root)?)
+                .build();
+        }
+        match settings.for_bucket(url)? {
+            Some((name, store)) => settings.builder(name, store)?.build(),
+            None => StoreBuilder::from_env(url).build(),
+        }
     }
 }
 

@@ -137,10 +137,11 @@ pub const SUCCESS_MARKER: &str = "_SUCCESS";
 impl StagedOutput {
     /// Prepares a staged write to `dest`. Nothing is written yet.
     pub fn new(registry: &StoreRegistry, dest: &Url, kind: OutputKind) -> Result<Self> {
-        if matches!(dest.scheme(), "http" | "https") {
+        let target = registry.target(dest)?;
+        if matches!(target.scheme(), "http" | "https") {
             return Err(StoreError::ReadOnly {
                 url: redact(dest),
-                scheme: dest.scheme().to_string(),
+                scheme: target.scheme().to_string(),
             });
         }
         let store = registry.store_for(dest)?;

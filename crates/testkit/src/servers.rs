@@ -204,6 +204,8 @@ fn full(bytes: Bytes) -> ResponseBody {
 pub struct S3Server {
     running: Running,
     root: PathBuf,
+    access_key: String,
+    secret_key: String,
     _temporary: Option<tempfile::TempDir>,
 }
 
@@ -228,17 +230,38 @@ impl S3Server {
         Ok(server)
     }
 
+    /// Starts a server with no buckets that accepts only these keys (two servers with
+    /// different credentials, as two endpoints have).
+    pub async fn start_with_keys(access_key: &str, secret_key: &str) -> Result<Self> {
+        let temporary = tempfile::tempdir().map_err(|source| TestkitError::Server { source })?;
+        let mut server = Self::start_with(
+            temporary.path(),
+            any_loopback_port(),
+            access_key,
+            secret_key,
+        )
+        .await?;
+        server._temporary = Some(temporary);
+        Ok(server)
+    }
+
     /// Starts a server on `addr` whose buckets are the folders of `root`.
     pub async fn start_at(root: &Path, addr: SocketAddr) -> Result<Self> {
+        Self::start_with(root, addr, Self::ACCESS_KEY, Self::SECRET_KEY).await
+    }
+
+    async fn start_with(
+        root: &Path,
+        addr: SocketAddr,
+        access_key: &str,
+        secret_key: &str,
+    ) -> Result<Self> {
         let fs = s3s_fs::FileSystem::new(root).map_err(|e| TestkitError::S3 {
             message: format!("{e:?}"),
         })?;
         let service = {
             let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-            builder.set_auth(s3s::auth::SimpleAuth::from_single(
-                Self::ACCESS_KEY,
-                Self::SECRET_KEY,
-            ));
+            builder.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));
             builder.build()
         };
         let objects = Arc::new(root.to_path_buf());
@@ -262,6 +285,8 @@ impl S3Server {
         Ok(Self {
             running,
             root: root.to_path_buf(),
+            access_key: access_key.to_string(),
+            secret_key: secret_key.to_string(),
             _temporary: None,
         })
     }
@@ -286,8 +311,8 @@ impl S3Server {
     /// AWS conventions.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("AWS_ACCESS_KEY_ID", Self::ACCESS_KEY.to_string()),
-            ("AWS_SECRET_ACCESS_KEY", Self::SECRET_KEY.to_string()),
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
             ("AWS_REGION", Self::REGION.to_string()),
             ("AWS_ENDPOINT_URL", self.endpoint()),
             ("AWS_ALLOW_HTTP", "true".to_string()),

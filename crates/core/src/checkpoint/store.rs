@@ -9,7 +9,7 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
-use sluice_store::{StoreErrorKind, resolve_url};
+use sluice_store::StoreErrorKind;
 use url::Url;
 
 use super::gc::Lease;
@@ -125,15 +125,16 @@ pub(crate) fn store_root(
     stores: &sluice_store::StoreRegistry,
     location: &str,
 ) -> Result<(Url, Path, Arc<dyn ObjectStore>)> {
-    let mut root = resolve_url(location)?;
+    let mut root = stores.resolve(location)?;
     if !root.path().ends_with('/') {
         let path = format!("{}/", root.path());
         root.set_path(&path);
     }
-    if matches!(root.scheme(), "http" | "https") {
+    let target = stores.target(&root)?;
+    if matches!(target.scheme(), "http" | "https") {
         return Err(Error::Store(sluice_store::StoreError::ReadOnly {
             url: sluice_store::redact(&root),
-            scheme: root.scheme().to_string(),
+            scheme: target.scheme().to_string(),
         }));
     }
     let prefix = sluice_store::object_path(&root).map_err(|e| match e {

@@ -30,6 +30,7 @@ impl Cluster {
     pub(crate) async fn run<T, F, Fut>(
         &self,
         _local: SessionState,
+        _settings: &sluice_store::Settings,
         _plan: &LogicalPlan,
         _body: F,
     ) -> Result<T>

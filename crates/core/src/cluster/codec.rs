@@ -84,12 +84,15 @@ impl WireBoundary {
     /// The boundary's run state off the client (it records nowhere), its sources, and
     /// the checkpoint it reads.
     #[allow(clippy::type_complexity)]
-    fn decode(self) -> DfResult<(TaskHandle, Arc<[String]>, Option<Arc<CheckpointRead>>)> {
+    fn decode(
+        self,
+        stores: &sluice_store::StoreRegistry,
+    ) -> DfResult<(TaskHandle, Arc<[String]>, Option<Arc<CheckpointRead>>)> {
         let run = detached(
             &self.task,
             self.timeout_ms.map(std::time::Duration::from_millis),
         );
-        let checkpoint = self.checkpoint.map(WireRead::read).transpose()?;
+        let checkpoint = self.checkpoint.map(|read| read.read(stores)).transpose()?;
         Ok((run, self.sources.into(), checkpoint))
     }
 }
@@ -148,9 +151,9 @@ impl WireTee {
         }
     }
 
-    fn decode(self) -> DfResult<Tee> {
+    fn decode(self, stores: &sluice_store::StoreRegistry) -> DfResult<Tee> {
         Ok(Arc::new(PartsWrite {
-            store: open_store(&self.store)?,
+            store: open_store(stores, &self.store)?,
             task: self.task,
             key: self.key,
             write: self.write,
@@ -180,18 +183,17 @@ impl WireRead {
 
     /// The checkpoint as the executor reads it: a corrupt part is reported to the
     /// client, which invalidates the checkpoint.
-    fn read(self) -> DfResult<Arc<CheckpointRead>> {
+    fn read(self, stores: &sluice_store::StoreRegistry) -> DfResult<Arc<CheckpointRead>> {
         let mut read =
-            CheckpointRead::unshared(open_store(&self.store)?, self.manifest, self.verify);
+            CheckpointRead::unshared(open_store(stores, &self.store)?, self.manifest, self.verify);
         read.on_executor = true;
         Ok(Arc::new(read))
     }
 }
 
-/// The checkpoint store at `url`, from this process's stores.
-fn open_store(url: &str) -> DfResult<CheckpointStore> {
-    CheckpointStore::in_registry(super::stores(), url)
-        .map_err(|e| DataFusionError::External(Box::new(e)))
+/// The checkpoint store at `url`, from the task's stores.
+fn open_store(stores: &sluice_store::StoreRegistry, url: &str) -> DfResult<CheckpointStore> {
+    CheckpointStore::in_registry(stores, url).map_err(|e| DataFusionError::External(Box::new(e)))
 }
 
 impl Wire {
@@ -306,9 +308,10 @@ impl LogicalExtensionCodec for LogicalCodec {
             return self.inner.try_decode(buf, inputs, ctx);
         };
         let input = one_input(inputs)?;
+        let stores = super::stores_for(ctx.session_config())?;
         let node: Arc<dyn UserDefinedLogicalNode> = match wire {
             WireNode::Boundary(boundary) => {
-                let (run, sources, checkpoint) = boundary.decode()?;
+                let (run, sources, checkpoint) = boundary.decode(&stores)?;
                 Arc::new(TaskBoundary {
                     task: run,
                     sources,
@@ -317,7 +320,7 @@ impl LogicalExtensionCodec for LogicalCodec {
                 })
             }
             WireNode::Tee(tee) => Arc::new(CheckpointTee {
-                tee: tee.decode()?,
+                tee: tee.decode(&stores)?,
                 input,
             }),
             WireNode::Scan(_) => return Err(misplaced()),
@@ -349,7 +352,10 @@ impl LogicalExtensionCodec for LogicalCodec {
         ctx: &TaskContext,
     ) -> DfResult<Arc<dyn TableProvider>> {
         match Wire::decode(buf)? {
-            Some(WireNode::Scan(read)) => read.read()?.table().map_err(DataFusionError::from),
+            Some(WireNode::Scan(read)) => read
+                .read(super::stores_for(ctx.session_config())?.as_ref())?
+                .table()
+                .map_err(DataFusionError::from),
             Some(_) => Err(misplaced()),
             None => self
                 .inner
@@ -414,20 +420,21 @@ impl PhysicalExtensionCodec for PhysicalCodec {
             return self.inner.try_decode(buf, inputs, ctx, proto_converter);
         };
         let input = one_input(inputs)?;
+        let stores = super::stores_for(ctx.session_config())?;
         Ok(match wire {
             // Every scan inside a task is under its boundary: cap its column chunks
             // here, since the reader that does so locally does not travel; a cache
             // hit's scan of a checkpoint reads through the checkpoint's verifying store.
             WireNode::Boundary(boundary) => {
-                let (run, sources, checkpoint) = boundary.decode()?;
+                let (run, sources, checkpoint) = boundary.decode(&stores)?;
                 let input = match &checkpoint {
                     Some(read) => super::read_checkpoint_scans(input, read)?,
-                    None => super::cap_scans(input)?,
+                    None => super::cap_scans(input, &stores)?,
                 };
                 let checkpoint = checkpoint.map(|read| read as Arc<dyn CheckpointSource>);
                 Arc::new(TaskBoundaryExec::new(input, run, sources, checkpoint))
             }
-            WireNode::Tee(tee) => Arc::new(CheckpointExec::new(input, tee.decode()?)),
+            WireNode::Tee(tee) => Arc::new(CheckpointExec::new(input, tee.decode(&stores)?)),
             WireNode::Scan(_) => return Err(misplaced()),
         })
     }

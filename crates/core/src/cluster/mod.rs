@@ -94,28 +94,143 @@ pub fn cluster_config(mut config: SessionConfig) -> SessionConfig {
     config
 }
 
-/// The object stores of this process when it is a scheduler or an executor: one per
-/// URL, created from the environment on first use.
-fn stores() -> &'static Arc<sluice_store::StoreRegistry> {
-    static STORES: std::sync::OnceLock<Arc<sluice_store::StoreRegistry>> =
-        std::sync::OnceLock::new();
-    STORES.get_or_init(|| Arc::new(sluice_store::StoreRegistry::new()))
+/// What a client's session sends its cluster beside the plan: the named stores'
+/// settings ([`Settings::to_wire`](sluice_store::Settings::to_wire): credentials by
+/// reference only), which executors resolve in their own environment. Written out by
+/// hand: the entries of DataFusion's `extensions_options!` lack their prefix, so
+/// Ballista's scheduler and executors could not set them back.
+#[derive(Debug, Clone, Default)]
+pub struct StoreSettingsOption {
+    /// The named stores, as JSON; empty for none.
+    pub stores: String,
 }
 
-/// The runtime of a scheduler or an executor: object stores created per URL from the
-/// environment (the AWS variables, as in a local session), since stores registered on
-/// a client do not travel.
-pub fn runtime_env() -> DfResult<Arc<RuntimeEnv>> {
+impl StoreSettingsOption {
+    const KEY: &'static str = "stores";
+}
+
+impl datafusion::config::ExtensionOptions for StoreSettingsOption {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn datafusion::config::ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> DfResult<()> {
+        if key != Self::KEY {
+            return Err(DataFusionError::Configuration(format!(
+                "`sluice.{key}` is not a setting (only `sluice.{}`)",
+                Self::KEY
+            )));
+        }
+        self.stores = value.to_string();
+        Ok(())
+    }
+
+    fn entries(&self) -> Vec<datafusion::config::ConfigEntry> {
+        use datafusion::config::ConfigExtension as _;
+        vec![datafusion::config::ConfigEntry {
+            key: format!("{}.{}", Self::PREFIX, Self::KEY),
+            value: Some(self.stores.clone()),
+            description: "the named stores' settings, credentials by reference (JSON)",
+        }]
+    }
+}
+
+impl datafusion::config::ConfigExtension for StoreSettingsOption {
+    const PREFIX: &'static str = "sluice";
+}
+
+/// `config` carrying `settings` to the cluster, or the reason it cannot (a secret
+/// written out in a file).
+///
+/// ```
+/// use datafusion::prelude::SessionConfig;
+/// let settings = sluice_store::Settings::from_toml("[stores.lake]\nurl = \"s3://trips\"")?;
+/// let config = sluice_core::cluster::with_store_settings(SessionConfig::new(), &settings)?;
+/// assert!(config.options().extensions.get::<sluice_core::cluster::StoreSettingsOption>().is_some());
+/// # Ok::<(), sluice_store::SettingsError>(())
+/// ```
+pub fn with_store_settings(
+    config: SessionConfig,
+    settings: &sluice_store::Settings,
+) -> Result<SessionConfig, sluice_store::SettingsError> {
+    let stores = if settings.stores().next().is_none() {
+        String::new()
+    } else {
+        settings.to_wire()?
+    };
+    Ok(config.with_option_extension(StoreSettingsOption { stores }))
+}
+
+/// The object stores of a scheduler's or an executor's tasks: one registry per set of
+/// named stores a client sent (most processes see one), each creating its stores per
+/// URL from this process's environment and the settings' references.
+pub(crate) fn stores_for(config: &SessionConfig) -> DfResult<Arc<sluice_store::StoreRegistry>> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static REGISTRIES: std::sync::OnceLock<
+        Mutex<HashMap<String, Arc<sluice_store::StoreRegistry>>>,
+    > = std::sync::OnceLock::new();
+    let wire = config
+        .options()
+        .extensions
+        .get::<StoreSettingsOption>()
+        .map(|option| option.stores.clone())
+        .unwrap_or_default();
+    let mut registries = REGISTRIES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(registry) = registries.get(&wire) {
+        return Ok(Arc::clone(registry));
+    }
+    let settings = if wire.is_empty() {
+        sluice_store::Settings::empty()
+    } else {
+        sluice_store::Settings::from_wire(&wire)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+    };
+    let registry = Arc::new(sluice_store::StoreRegistry::with_settings(settings));
+    registries.insert(wire, Arc::clone(&registry));
+    Ok(registry)
+}
+
+/// The runtime of a scheduler's or an executor's task: object stores created per URL
+/// from the environment (the AWS variables, as in a local session) and the named
+/// stores the client sent in `config`, since stores registered on a client do not
+/// travel.
+pub fn runtime_env(config: &SessionConfig) -> DfResult<Arc<RuntimeEnv>> {
     RuntimeEnvBuilder::new()
-        .with_object_store_registry(Arc::clone(stores()) as _)
+        .with_object_store_registry(stores_for(config)? as _)
         .build_arc()
+}
+
+/// A session configuration that accepts the settings clients send
+/// ([`StoreSettingsOption`]): what schedulers and executors start from.
+///
+/// ```
+/// let config = sluice_core::cluster::accepting_store_settings(datafusion::prelude::SessionConfig::new());
+/// assert!(config.options().extensions.get::<sluice_core::cluster::StoreSettingsOption>().is_some());
+/// ```
+pub fn accepting_store_settings(config: SessionConfig) -> SessionConfig {
+    config.with_option_extension(StoreSettingsOption::default())
 }
 
 /// `plan`, decoded on an executor, with its Parquet scans capped at the column-chunk
 /// size this process allows (`SLUICE_MAX_COLUMN_CHUNK_BYTES`, else 1 GiB), as a local
 /// read caps them: DataFusion's protobuf does not encode Sluice's reader. A scan
 /// without a reader factory gets the default one over this process's store for its URL.
-fn cap_scans(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+fn cap_scans(
+    plan: Arc<dyn ExecutionPlan>,
+    stores: &sluice_store::StoreRegistry,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
     use crate::parquet_io::limits;
     use datafusion::datasource::physical_plan::parquet::DefaultParquetFileReaderFactory;
     let cap = limits::size_from_env(limits::MAX_COLUMN_CHUNK_BYTES_ENV)
@@ -125,7 +240,7 @@ fn cap_scans(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
             Some(_) => DataSourceExec::from_data_source(conf.clone()),
             None => {
                 let url: &url::Url = conf.object_store_url.as_ref();
-                let store = stores()
+                let store = stores
                     .store_for(url)
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
                 let source = source.clone().with_parquet_file_reader_factory(Arc::new(
@@ -188,8 +303,8 @@ fn scan_of(conf: &FileScanConfig, source: ParquetSource) -> Arc<dyn ExecutionPla
 /// stores from the environment, and [`cluster_config`].
 pub fn scheduler_state(config: SessionConfig) -> DfResult<SessionState> {
     Ok(SessionStateBuilder::new()
+        .with_runtime_env(runtime_env(&config)?)
         .with_config(cluster_config(config))
-        .with_runtime_env(runtime_env()?)
         .with_default_features()
         .with_query_planner(Arc::new(SluiceQueryPlanner))
         .build())
@@ -374,9 +489,15 @@ impl Cluster {
 
     /// A session state that sends plans to the cluster, and where the physical plans
     /// it made are kept (to find the job afterwards).
-    fn state(&self, local: SessionState) -> Result<(SessionState, Jobs)> {
+    fn state(
+        &self,
+        local: SessionState,
+        settings: &sluice_store::Settings,
+    ) -> Result<(SessionState, Jobs)> {
         let jobs = Jobs::default();
-        let config = cluster_config(local.config().clone())
+        let config = with_store_settings(local.config().clone(), settings)
+            .map_err(|e| crate::Error::Store(e.into()))?;
+        let config = cluster_config(config)
             .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()))
             .upgrade_for_ballista();
         let planner = JobRecorder {
@@ -403,6 +524,7 @@ impl Cluster {
     pub(crate) async fn run<T, F, Fut>(
         &self,
         local: SessionState,
+        settings: &sluice_store::Settings,
         plan: &LogicalPlan,
         body: F,
     ) -> Result<T>
@@ -416,7 +538,7 @@ impl Cluster {
             tees,
         } = self.prepare(plan)?;
         self.reachable().await?;
-        let (state, jobs) = self.state(local)?;
+        let (state, jobs) = self.state(local, settings)?;
         let config = state.config().clone();
         let started = Instant::now();
         let mut outcome = body(DataFrame::new(state, plan))

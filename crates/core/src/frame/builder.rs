@@ -50,6 +50,7 @@ pub struct SessionBuilder {
     pub(super) stores: Vec<(Url, Arc<dyn ObjectStore>)>,
     pub(super) config: Option<SessionConfig>,
     pub(super) runner: Option<Runner>,
+    pub(super) settings: Option<sluice_store::Settings>,
     pub(super) udfs: Vec<(datafusion::logical_expr::ScalarUDF, String)>,
     pub(super) udafs: Vec<(datafusion::logical_expr::AggregateUDF, String)>,
     pub(super) udwfs: Vec<(datafusion::logical_expr::WindowUDF, String)>,
@@ -198,6 +199,29 @@ impl SessionBuilder {
         self
     }
 
+    /// The storage settings: named stores (`store://NAME/…`) and the default result
+    /// and run stores. Default: [`Settings::load`](sluice_store::Settings::load), the
+    /// `SLUICE_*` variables over `sluice.toml` (the working directory's or the nearest
+    /// parent's, or `$SLUICE_CONFIG`) over the user's file. Discovered settings that
+    /// cannot be read fail the session's first use of a location (or a flow run) with
+    /// the file's line and column, since `Session::new` cannot fail.
+    ///
+    /// ```
+    /// use sluice_core::Session;
+    /// use sluice_store::Settings;
+    /// let settings = Settings::from_toml(r#"
+    ///     [stores.scratch]
+    ///     url = "memory://scratch/area"
+    /// "#)?;
+    /// let session = Session::builder().with_settings(settings).build()?;
+    /// assert!(session.settings()?.store("scratch").is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_settings(mut self, settings: sluice_store::Settings) -> Self {
+        self.settings = Some(settings);
+        self
+    }
+
     /// Starts from this DataFusion configuration.
     pub fn with_config(mut self, config: SessionConfig) -> Self {
         self.config = Some(config);
@@ -206,7 +230,13 @@ impl SessionBuilder {
 
     /// Builds the session.
     pub fn build(self) -> Result<Session> {
-        let stores = Arc::new(StoreRegistry::new());
+        let stores = Arc::new(match self.settings {
+            Some(settings) => StoreRegistry::with_settings(settings),
+            None => match sluice_store::Settings::load() {
+                Ok(settings) => StoreRegistry::with_settings(settings),
+                Err(e) => StoreRegistry::with_broken_settings(e),
+            },
+        });
         for (url, store) in self.stores {
             stores.register(&url, store);
         }

@@ -20,7 +20,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan, SortExpr, lit};
 use crate::col;
 use datafusion::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
-use sluice_store::{OutputKind, PublishedFile, StagedOutput, resolve_url};
+use sluice_store::{OutputKind, PublishedFile, StagedOutput};
 use tracing::Instrument;
 
 use crate::checkpoint::key;
@@ -457,8 +457,9 @@ impl Frame {
     {
         self.inner.session.usable()?;
         if let Some(cluster) = self.inner.session.cluster() {
+            let settings = self.inner.session.stores().settings()?;
             return cluster
-                .run(self.inner.session.state(), &self.inner.plan, body)
+                .run(self.inner.session.state(), settings, &self.inner.plan, body)
                 .await;
         }
         guarded(body(self.to_dataframe()))
@@ -684,10 +685,19 @@ impl Frame {
             .usable()
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         if let Some(cluster) = self.inner.session.cluster() {
+            let settings = self
+                .inner
+                .session
+                .stores()
+                .settings()
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
             return cluster
-                .run(self.inner.session.state(), &self.inner.plan, |df| {
-                    sink(df, target)
-                })
+                .run(
+                    self.inner.session.state(),
+                    settings,
+                    &self.inner.plan,
+                    |df| sink(df, target),
+                )
                 .await
                 .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)));
         }
@@ -705,10 +715,11 @@ impl Frame {
         F: FnOnce(DataFrame, SinkTarget) -> Fut,
         Fut: std::future::Future<Output = datafusion::error::Result<(u64, WriteMethod)>>,
     {
-        let url = resolve_url(dest)?;
+        let stores = self.inner.session.stores();
+        let url = stores.resolve(dest)?;
         self.refuse_overlap(&url)?;
         if let Some(published) =
-            crate::seam::current().and_then(|task| task.published(url.as_str()))
+            crate::seam::current().and_then(|task| task.published(&stores.canonical(&url)))
         {
             tracing::info!(dest = %sluice_store::redact(&url), "an earlier attempt of this task run published it; not written again");
             return Ok(published);
@@ -767,11 +778,19 @@ impl Frame {
         };
         let published = staged.publish().await?;
         tracing::info!(dest = %published.url, rows, bytes = published.bytes(), files = published.files.len(), column_copy = method.is_column_copy(), "published output");
+        // Records name where the output is, not the alias it was written through.
         let summary = WriteSummary {
-            url: published.url.to_string(),
+            url: stores.canonical(&published.url),
             rows,
             bytes: published.bytes(),
-            files: published.files.into_iter().map(WrittenFile::from).collect(),
+            files: published
+                .files
+                .into_iter()
+                .map(|file| WrittenFile {
+                    url: stores.canonical(&file.url),
+                    ..WrittenFile::from(file)
+                })
+                .collect(),
             method,
         };
         if let Some(task) = crate::seam::current() {
@@ -801,8 +820,11 @@ impl Frame {
     fn refuse_overlap(&self, dest: &url::Url) -> Result<()> {
         let dest_text = sluice_store::redact(dest);
         let dest_text = dest_text.trim_end_matches('/');
+        // Sources are named canonically (a named store's real URL): compare alike.
+        let canonical = url::Url::parse(&self.inner.session.stores().canonical(dest))
+            .unwrap_or_else(|_| dest.clone());
         for source in self.sources() {
-            if crate::overlap::overlaps(source, dest) {
+            if crate::overlap::overlaps(source, &canonical) {
                 return Err(Error::DestinationOverlapsSource {
                     dest: dest_text.to_string(),
                     source_location: source.clone(),

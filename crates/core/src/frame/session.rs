@@ -129,6 +129,13 @@ impl Session {
         &self.inner.stores
     }
 
+    /// The storage settings: named stores and default result and run stores (see
+    /// [`SessionBuilder::with_settings`](crate::SessionBuilder::with_settings)); an error
+    /// when the discovered settings files could not be read.
+    pub fn settings(&self) -> Result<&sluice_store::Settings> {
+        Ok(self.inner.stores.settings()?)
+    }
+
     /// The cap on a Parquet column chunk's uncompressed size that reads decode (see
     /// [`SessionBuilder::with_max_column_chunk_bytes`]).
     pub fn max_column_chunk_bytes(&self) -> u64 {
@@ -414,10 +421,13 @@ impl Session {
         df: DataFrame,
         objects: Vec<ObjectMeta>,
     ) -> Frame {
-        // Object URLs go into cache keys and manifests: never with credentials. (Local
-        // objects come out as `file:/path`: kept so, for the keys already made.)
+        // Object URLs go into cache keys and manifests: never with credentials, and a
+        // named store's objects by where they are (its bucket and endpoint), not by its
+        // alias. (Local objects come out as `file:/path`: kept so, for the keys already
+        // made.)
+        let stores = &self.inner.stores;
         let base = Url::parse(url.object_store().as_str())
-            .map(|u| sluice_store::redact(&u))
+            .map(|u| stores.canonical(&u))
             .unwrap_or_default();
         let base = base.trim_end_matches('/');
         let objects = objects
@@ -429,7 +439,19 @@ impl Session {
                 last_modified: meta.last_modified,
             })
             .collect();
-        let shown = shown_url(url);
+        let shown = match Url::parse(url.as_str()) {
+            Ok(u) if u.scheme() == sluice_store::NAMED_SCHEME => {
+                let mut shown = stores.canonical(&u);
+                if let Some(glob) = url.get_glob() {
+                    if !shown.ends_with('/') {
+                        shown.push('/');
+                    }
+                    shown.push_str(glob.as_str());
+                }
+                shown
+            }
+            _ => shown_url(url),
+        };
         let lineage = Lineage::read(format, &shown, options, objects);
         Frame::from_dataframe(self.clone(), df, vec![shown], lineage)
     }
@@ -678,7 +700,13 @@ impl Session {
         format: &str,
     ) -> Result<(ListingTableUrl, String)> {
         let url = if location.contains("://") {
-            parse_remote(location)
+            // A named store on local disk or in memory is read at its own URL.
+            let named = location
+                .starts_with("store://")
+                .then(|| self.inner.stores.resolve(location))
+                .transpose()?
+                .filter(|url| url.scheme() != sluice_store::NAMED_SCHEME);
+            parse_remote(named.as_ref().map_or(location, Url::as_str))
         } else {
             let absolute = sluice_store::resolve_url(location)?;
             // Keep glob characters unescaped: the listing URL splits them off itself.

@@ -74,6 +74,11 @@ impl FlowRunShared {
                 (session, unusable)
             }
         };
+        // Code's choice, else the settings' (`SLUICE_RESULT_STORE`, sluice.toml).
+        let result_store = flow.options.result_store.clone().or_else(|| {
+            let settings = session.settings().ok()?;
+            settings.result_store().map(String::from)
+        });
         let shared = Arc::new(Self {
             name: flow.name.clone(),
             run_id: uuid::Uuid::new_v4().to_string(),
@@ -81,7 +86,7 @@ impl FlowRunShared {
             parameters,
             mode: flow.options.mode,
             session,
-            result_store: flow.options.result_store.clone(),
+            result_store,
             checkpoints: flow.options.checkpoints,
             clock: flow.options.clock.clone(),
             start: Utc::now(),
@@ -536,12 +541,17 @@ where
         // starts and before any record is written.
         let refused = crate::names::validate_name("flow name", &shared.name)
             .err()
-            .or(refused);
+            .or(refused)
+            .or_else(|| shared.session.settings().err());
         let history = if options.run_history && refused.is_none() {
+            // Code's choice, else the settings' (`SLUICE_RUN_STORE`, sluice.toml).
             let location = options
                 .run_store
                 .clone()
-                .or_else(|| std::env::var("SLUICE_RUN_STORE").ok())
+                .or_else(|| {
+                    let settings = shared.session.settings().ok()?;
+                    settings.run_store().map(String::from)
+                })
                 .unwrap_or_else(|| DEFAULT_RUN_STORE.to_string());
             match RunStore::open(&shared.session, &location) {
                 Ok(store) => Some(store),
