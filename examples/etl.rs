@@ -12,9 +12,15 @@
 //!     --mode eager --summary run.json
 //! cargo run --release --example etl -- --cache .sluice/   # transform's output checkpointed;
 //!                                                        # the next run reads it instead
+//! cargo run --release --example etl -- --source store://nyc/2023/09.parquet \
+//!     --dest store://nyc/tips/2023/09.parquet   # a store named in sluice.toml
 //! cargo run --release --features ballista --example etl -- --runner df://127.0.0.1:50050 \
 //!     --source s3://taxi/in/ --dest s3://taxi/out/tip.parquet   # on a Ballista cluster
 //! ```
+//!
+//! Locations may name a store of the settings (`store://NAME/…`, with `[stores.NAME]` in a
+//! `sluice.toml` here or in a parent: endpoint, region, credentials by reference; see
+//! docs/settings.md), as the Prefect original loads its storage by block name.
 //!
 //! With no `--source`, it generates `--rows` rows (3,000,000 by default) of taxi data
 //! once into `data/`. On failure it exits non-zero with a one-line error that names the

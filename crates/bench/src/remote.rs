@@ -8,7 +8,8 @@
 //! counts the requests, the body bytes and the most in flight at once. Each case runs as
 //! its own process through `sluice-bench measure` (wall, peak RSS), as `run`'s do:
 //!
-//! - S3 → S3: read `s3://bench/taxi.parquet`, write `s3://bench/out/…` (both through the
+//! - S3 → S3: read `s3://bench/taxi.parquet`, write `s3://bench/out/…` (Sluice names the
+//!   endpoint as the store `bench` of a generated sluice.toml: `store://bench/…`; both through the
 //!   proxy: the requests counted are the reads' and the upload's);
 //! - HTTP → local: read `http://…/bench/taxi.parquet`, write a local file.
 //!
@@ -164,6 +165,8 @@ impl RemoteCase {
 /// processes (fields drop in order: the servers stop before their runtime).
 struct Endpoints {
     s3: S3Server,
+    /// The settings file naming the S3 endpoint as the store `bench`.
+    settings: PathBuf,
     s3_proxy: FaultProxy,
     http_proxy: FaultProxy,
     /// Served until dropped; reached through `http_proxy`.
@@ -184,13 +187,16 @@ impl Endpoints {
             let http_proxy = FaultProxy::builder(&http.url("")).start().await?;
             anyhow::Ok((s3, http, s3_proxy, http_proxy))
         })?;
-        Ok(Endpoints {
+        let mut endpoints = Endpoints {
             s3,
+            settings: PathBuf::new(),
             s3_proxy,
             http_proxy,
             _http: http,
             _runtime: runtime,
-        })
+        };
+        endpoints.settings = endpoints.write_settings(root)?;
+        Ok(endpoints)
     }
 
     fn proxy(&self, store: RemoteStore) -> &FaultProxy {
@@ -198,6 +204,24 @@ impl Endpoints {
             RemoteStore::S3 => &self.s3_proxy,
             RemoteStore::Http => &self.http_proxy,
         }
+    }
+
+    /// Writes the settings file that names the S3 endpoint (through its proxy) as the
+    /// store `bench`, as users name theirs: Sluice's cases read `store://bench/…` through
+    /// it, with the keys by reference to the `AWS_*` variables the peers use.
+    fn write_settings(&self, root: &Path) -> anyhow::Result<PathBuf> {
+        // Beside the served folders, not among them (each folder there is a bucket).
+        let path = root.with_file_name("remote-sluice.toml");
+        let text = format!(
+            "# Written by sluice-bench remote: the S3 server, through the latency proxy.\n\
+             [stores.bench]\nurl = \"s3://bench\"\nendpoint = \"{}\"\nregion = \"{}\"\n\
+             allow_http = true\naccess_key_id = {{ env = \"AWS_ACCESS_KEY_ID\" }}\n\
+             secret_access_key = {{ env = \"AWS_SECRET_ACCESS_KEY\" }}\n",
+            self.s3_proxy.endpoint(),
+            S3Server::REGION
+        );
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
     }
 
     /// The environment a case needs to reach the S3 server through its proxy.
@@ -348,6 +372,18 @@ fn run_case(
 ) -> anyhow::Result<(Sample, Counted)> {
     let name = format!("{}-{}.parquet", case.workload, case.engine);
     let (source, dest, written, env) = match case.store {
+        // Sluice names the endpoint as a store of its settings file; the peers take
+        // the AWS variables.
+        RemoteStore::S3 if case.engine.peer_script().is_none() => {
+            let mut env = endpoints.s3_env();
+            env.push(("SLUICE_CONFIG", endpoints.settings.display().to_string()));
+            (
+                "store://bench/taxi.parquet".to_string(),
+                format!("store://bench/out/{name}"),
+                bucket.join("out").join(&name),
+                env,
+            )
+        }
         RemoteStore::S3 => (
             "s3://bench/taxi.parquet".to_string(),
             format!("s3://bench/out/{name}"),

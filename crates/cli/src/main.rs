@@ -736,6 +736,26 @@ fn serve(args: ServeArgs, s3: bool) -> anyhow::Result<()> {
             for (key, value) in server.env() {
                 outln!("export {key}={value}");
             }
+            // The same endpoint as a named store, its keys by reference to the exports.
+            let bucket = std::fs::read_dir(&args.root)
+                .ok()
+                .and_then(|entries| {
+                    entries
+                        .filter_map(|e| e.ok())
+                        .filter(|e| e.path().is_dir())
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .filter(|name| !name.starts_with('.'))
+                        .min()
+                })
+                .unwrap_or_else(|| "BUCKET".into());
+            outln!(
+                "# or, in sluice.toml (then store://local/KEY):\n[stores.local]\nurl = \"s3://{bucket}\"\n\
+                 endpoint = \"{}\"\nregion = \"{}\"\nallow_http = true\n\
+                 access_key_id = {{ env = \"AWS_ACCESS_KEY_ID\" }}\n\
+                 secret_access_key = {{ env = \"AWS_SECRET_ACCESS_KEY\" }}",
+                server.endpoint(),
+                S3Server::REGION
+            );
             Box::new(server)
         } else {
             let server = HttpFileServer::start_on(&args.root, addr, true).await?;

@@ -81,7 +81,7 @@ pub enum StoreError {
     /// The storage settings are malformed, or a location names a store they do not
     /// define, or a store's settings cannot be used.
     #[error(transparent)]
-    Settings(#[from] crate::SettingsError),
+    Settings(#[from] SettingsError),
     /// A local file-system operation failed.
     #[error("{operation} {} failed: {source}", path.display())]
     Io {
@@ -92,6 +92,116 @@ pub enum StoreError {
         /// The operating system's error.
         #[source]
         source: std::io::Error,
+    },
+}
+
+/// What went wrong reading or using the settings. Names what to fix, never a secret.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// A settings file is not valid TOML.
+    #[error("{} line {line}, column {column}: {reason}", file.display())]
+    Syntax {
+        /// The file.
+        file: PathBuf,
+        /// The line, from 1.
+        line: usize,
+        /// The column, from 1.
+        column: usize,
+        /// What the parser expected.
+        reason: String,
+    },
+    /// A file named by a variable does not exist or cannot be read.
+    #[error("cannot read the settings file {} (named by {variable}): {reason}", file.display())]
+    Unreadable {
+        /// The file.
+        file: PathBuf,
+        /// The variable that named it, or `the project`.
+        variable: String,
+        /// The operating system's error.
+        reason: String,
+    },
+    /// A value has the wrong type or shape.
+    #[error("{key} (from {origin}): {reason}")]
+    Invalid {
+        /// The setting, as a dotted path (`stores.lake.url`).
+        key: String,
+        /// Where it came from.
+        origin: String,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
+    /// A location names a store that no settings file defines.
+    #[error(
+        "{location} names the store `{name}`, which is not defined{}; define it as \
+         [stores.{name}] in sluice.toml (`sluice stores ls` lists them)",
+        if known.is_empty() { String::new() } else { format!(" (defined: {})", known.join(", ")) }
+    )]
+    UnknownStore {
+        /// The location as written.
+        location: String,
+        /// The name.
+        name: String,
+        /// The names that are defined.
+        known: Vec<String>,
+    },
+    /// A setting refers to an environment variable that is not set.
+    #[error(
+        "store `{store}`: {key} is read from the environment variable {variable}, which is \
+         not set; set it, or change stores.{store}.{key} (from {origin})"
+    )]
+    UnsetVariable {
+        /// The store.
+        store: String,
+        /// The setting.
+        key: String,
+        /// The variable.
+        variable: String,
+        /// Where the reference was written.
+        origin: String,
+    },
+    /// A store names an AWS profile that the shared credentials file does not have.
+    #[error(
+        "store `{store}`: the profile `{profile}` is not in {}: {reason}",
+        file.display()
+    )]
+    Profile {
+        /// The store.
+        store: String,
+        /// The profile.
+        profile: String,
+        /// The credentials file read.
+        file: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// Two stores are defined for the same whole bucket, so a plain URL of the bucket
+    /// cannot pick one.
+    #[error(
+        "{url} is the URL of the stores {}: name one with store://NAME/… or keep one",
+        names.join(" and ")
+    )]
+    Ambiguous {
+        /// The bucket's URL.
+        url: String,
+        /// The stores defining it.
+        names: Vec<String>,
+    },
+    /// A store whose secret is written in the file is not sent to a cluster's
+    /// executors (settings travel there by reference only), so a task there cannot
+    /// open it.
+    #[error(
+        "store `{store}`: {key} is written in the settings ({origin}); executors receive \
+         credentials by reference only: write {key} = {{ env = \"VARIABLE\" }} (or a profile) \
+         and set the variable on every executor"
+    )]
+    LiteralSecret {
+        /// The store.
+        store: String,
+        /// The setting.
+        key: String,
+        /// Where it was written.
+        origin: String,
     },
 }
 

@@ -61,6 +61,7 @@ mod classify;
 pub mod cleanup;
 mod error;
 mod in_place;
+mod location;
 mod redact;
 mod registry;
 mod settings;
@@ -68,7 +69,7 @@ mod staged;
 
 pub use builder::{RetryPolicy, StoreBuilder};
 pub use classify::{StoreErrorKind, classify, classify_io};
-pub use error::{Result, StoreError, brief};
+pub use error::{Result, SettingsError, StoreError, brief};
 pub use in_place::{InPlace, InPlaceUpload, MIN_PART_BYTES, PartOptions};
 
 /// The URL schemes this build can open, for error messages.
@@ -90,11 +91,12 @@ pub fn supported_schemes() -> String {
     }
     schemes
 }
+pub use location::{object_path, resolve_url, store_key};
 pub use redact::{redact, redact_location};
-pub use registry::{StoreRegistry, object_path, resolve_url, store_key};
+pub use registry::StoreRegistry;
 pub use settings::{
-    CONFIG_ENV, NAMED_SCHEME, Origin, PROJECT_FILE, SettingValue, Settings, SettingsError,
-    SettingsSources, StoreSettings, USER_CONFIG_ENV,
+    CONFIG_ENV, NAMED_SCHEME, Origin, PROJECT_FILE, SettingValue, Settings, SettingsSources,
+    StoreSettings, USER_CONFIG_ENV,
 };
 pub use staged::{
     IN_PLACE_SCHEME, OutputKind, PublishedFile, PublishedOutput, RegisteredWriter, STAGING_MARKER,

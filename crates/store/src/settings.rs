@@ -37,13 +37,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format as _, Toml};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::error::SettingsError;
 use crate::redact::redact;
 use crate::{RetryPolicy, StoreBuilder, StoreError};
 
@@ -59,115 +59,6 @@ pub const PROJECT_FILE: &str = "sluice.toml";
 /// Options Sluice reads itself (its retry policy, AWS profiles); every other key of a
 /// store is an option of object_store's builder for the URL's scheme.
 const SLUICE_OPTIONS: [&str; 3] = ["max_retries", "retry_timeout", "profile"];
-
-/// What went wrong reading or using the settings. Names what to fix, never a secret.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SettingsError {
-    /// A settings file is not valid TOML.
-    #[error("{} line {line}, column {column}: {reason}", file.display())]
-    Syntax {
-        /// The file.
-        file: PathBuf,
-        /// The line, from 1.
-        line: usize,
-        /// The column, from 1.
-        column: usize,
-        /// What the parser expected.
-        reason: String,
-    },
-    /// A file named by a variable does not exist or cannot be read.
-    #[error("cannot read the settings file {} (named by {variable}): {reason}", file.display())]
-    Unreadable {
-        /// The file.
-        file: PathBuf,
-        /// The variable that named it, or `the project`.
-        variable: String,
-        /// The operating system's error.
-        reason: String,
-    },
-    /// A value has the wrong type or shape.
-    #[error("{key} (from {origin}): {reason}")]
-    Invalid {
-        /// The setting, as a dotted path (`stores.lake.url`).
-        key: String,
-        /// Where it came from.
-        origin: String,
-        /// What is wrong and what to write instead.
-        reason: String,
-    },
-    /// A location names a store that no settings file defines.
-    #[error(
-        "{location} names the store `{name}`, which is not defined{}; define it as \
-         [stores.{name}] in sluice.toml (`sluice stores ls` lists them)",
-        if known.is_empty() { String::new() } else { format!(" (defined: {})", known.join(", ")) }
-    )]
-    UnknownStore {
-        /// The location as written.
-        location: String,
-        /// The name.
-        name: String,
-        /// The names that are defined.
-        known: Vec<String>,
-    },
-    /// A setting refers to an environment variable that is not set.
-    #[error(
-        "store `{store}`: {key} is read from the environment variable {variable}, which is \
-         not set; set it, or change stores.{store}.{key} (from {origin})"
-    )]
-    UnsetVariable {
-        /// The store.
-        store: String,
-        /// The setting.
-        key: String,
-        /// The variable.
-        variable: String,
-        /// Where the reference was written.
-        origin: String,
-    },
-    /// A store names an AWS profile that the shared credentials file does not have.
-    #[error(
-        "store `{store}`: the profile `{profile}` is not in {}: {reason}",
-        file.display()
-    )]
-    Profile {
-        /// The store.
-        store: String,
-        /// The profile.
-        profile: String,
-        /// The credentials file read.
-        file: PathBuf,
-        /// What is missing.
-        reason: String,
-    },
-    /// Two stores are defined for the same whole bucket, so a plain URL of the bucket
-    /// cannot pick one.
-    #[error(
-        "{url} is the URL of the stores {}: name one with store://NAME/… or keep one",
-        names.join(" and ")
-    )]
-    Ambiguous {
-        /// The bucket's URL.
-        url: String,
-        /// The stores defining it.
-        names: Vec<String>,
-    },
-    /// A store whose secret is written in the file cannot be sent to a cluster's
-    /// executors: settings travel there by reference only.
-    #[error(
-        "store `{store}`: {key} is written in the settings ({origin}); executors receive \
-         credentials by reference only: write {key} = {{ env = \"VARIABLE\" }} (or a profile) \
-         and set the variable on every executor"
-    )]
-    LiteralSecret {
-        /// The store.
-        store: String,
-        /// The setting.
-        key: String,
-        /// Where it was written.
-        origin: String,
-    },
-}
 
 /// A setting's value: written out, or read from an environment variable when the store
 /// is opened (`{ env = "NAME" }`), which is how credentials should be given.
@@ -437,6 +328,17 @@ pub struct Settings {
     origins: BTreeMap<String, Origin>,
     /// The files read, lowest layer first.
     files: Vec<PathBuf>,
+    /// Stores a client could not send (a secret written out), by name: their key and
+    /// its origin, for the error when a task here opens one.
+    withheld: BTreeMap<String, (String, String)>,
+}
+
+/// The settings as they travel to a cluster.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Wire {
+    stores: BTreeMap<String, StoreSettings>,
+    /// Stores left out, by name: the key written out and where.
+    withheld: BTreeMap<String, (String, String)>,
 }
 
 impl Settings {
@@ -527,6 +429,7 @@ impl Settings {
             run_store: layered.run_store,
             origins,
             files,
+            withheld: BTreeMap::new(),
         };
         for (name, store) in layered.stores {
             settings.add(name, store)?;
@@ -665,6 +568,13 @@ impl Settings {
     /// The named store of a `store://NAME/…` URL.
     pub(crate) fn named(&self, url: &Url) -> Result<(&str, &StoreSettings), SettingsError> {
         let name = url.host_str().unwrap_or_default();
+        if let Some((key, origin)) = self.withheld.get(name) {
+            return Err(SettingsError::LiteralSecret {
+                store: name.to_string(),
+                key: key.clone(),
+                origin: origin.clone(),
+            });
+        }
         self.stores
             .get_key_value(name)
             .map(|(n, s)| (n.as_str(), s))
@@ -757,7 +667,9 @@ impl Settings {
                     })?;
                 }
                 "retry_timeout" => {
-                    retry.timeout = parse_duration(&text).map_err(invalid)?;
+                    retry.timeout = humantime::parse_duration(&text).map_err(|e| {
+                        invalid(format!("expected a duration such as 30s or 2m: {e}"))
+                    })?;
                 }
                 "profile" => {
                     for (key, value) in profile_credentials(name, &text)? {
@@ -800,34 +712,41 @@ impl Settings {
     }
 
     /// The settings as executors receive them: every store with its options, variables
-    /// and profiles by reference. A secret written out in a file cannot travel.
-    pub fn to_wire(&self) -> Result<String, SettingsError> {
+    /// and profiles by reference. A store with a secret written out does not travel: a
+    /// task that opens it there fails naming the key to give by reference instead.
+    pub fn to_wire(&self) -> String {
+        let mut wire = Wire::default();
         for (name, store) in &self.stores {
-            for (key, value) in &store.options {
-                if is_secret(key) && !matches!(value, SettingValue::Env { .. }) {
-                    return Err(SettingsError::LiteralSecret {
-                        store: name.clone(),
-                        key: key.clone(),
-                        origin: self.origin_text(&format!("stores.{name}.{key}")),
-                    });
+            let literal = store
+                .options
+                .iter()
+                .find(|(key, value)| is_secret(key) && !matches!(value, SettingValue::Env { .. }));
+            match literal {
+                Some((key, _)) => {
+                    let origin = self.origin_text(&format!("stores.{name}.{key}"));
+                    wire.withheld.insert(name.clone(), (key.clone(), origin));
+                }
+                None => {
+                    wire.stores.insert(name.clone(), store.clone());
                 }
             }
         }
-        Ok(serde_json::to_string(&self.stores).unwrap_or_default())
+        wire.withheld.extend(self.withheld.clone());
+        serde_json::to_string(&wire).unwrap_or_default()
     }
 
     /// Settings received from a client ([`to_wire`](Self::to_wire)).
     pub fn from_wire(text: &str) -> Result<Self, SettingsError> {
-        let stores: BTreeMap<String, StoreSettings> =
-            serde_json::from_str(text).map_err(|e| SettingsError::Invalid {
-                key: "stores".into(),
-                origin: "the client".into(),
-                reason: e.to_string(),
-            })?;
+        let wire: Wire = serde_json::from_str(text).map_err(|e| SettingsError::Invalid {
+            key: "stores".into(),
+            origin: "the client".into(),
+            reason: e.to_string(),
+        })?;
         let mut settings = Self::empty();
-        for (name, store) in stores {
+        for (name, store) in wire.stores {
             settings.add(name, store)?;
         }
+        settings.withheld = wire.withheld;
         Ok(settings)
     }
 
@@ -968,29 +887,6 @@ fn check_option(scheme: &str, key: &str) -> std::result::Result<(), String> {
              `parse_url_opts` takes them, or max_retries, retry_timeout, profile)"
         ))
     }
-}
-
-fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("expected a duration such as 30s, 2m or 1h, found {text:?}"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => n,
-        "ms" => return Ok(Duration::from_millis(n)),
-        "m" => n * 60,
-        "h" => n * 3600,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}: use ms, s, m or h"
-            ));
-        }
-    };
-    Ok(Duration::from_secs(seconds))
 }
 
 /// Credentials of an AWS shared-credentials profile (`$AWS_SHARED_CREDENTIALS_FILE`,
@@ -1183,15 +1079,22 @@ mod tests {
         let view = settings.view();
         assert!(!view.contains("hunter2"), "{view}");
         assert!(view.contains("<redacted>"), "{view}");
-        let err = settings.to_wire().unwrap_err();
-        assert!(matches!(err, SettingsError::LiteralSecret { .. }));
-        assert!(!err.to_string().contains("hunter2"), "{err}");
+        // It does not travel: an executor opening it fails naming the key.
+        let wire = settings.to_wire();
+        assert!(!wire.contains("hunter2"), "{wire}");
+        let received = Settings::from_wire(&wire).unwrap();
+        let err = received
+            .named(&Url::parse("store://lake/x").unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(err, SettingsError::LiteralSecret { ref key, .. } if key == "secret_access_key"),
+            "{err}"
+        );
         let by_reference = Settings::from_toml(
             "[stores.lake]\nurl = \"s3://b/p\"\nsecret_access_key = { env = \"LAKE_SECRET_UNSET_HERE\" }\n",
         )
         .unwrap();
-        let wire = by_reference.to_wire().unwrap();
-        let back = Settings::from_wire(&wire).unwrap();
+        let back = Settings::from_wire(&by_reference.to_wire()).unwrap();
         assert_eq!(back.store("lake"), by_reference.store("lake"));
     }
 
@@ -1206,12 +1109,5 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("SLUICE_TEST_SURELY_UNSET_VARIABLE"), "{text}");
         assert!(text.contains("stores.lake.secret_access_key"), "{text}");
-    }
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert!(parse_duration("soon").is_err());
     }
 }

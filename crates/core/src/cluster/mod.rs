@@ -147,26 +147,28 @@ impl datafusion::config::ConfigExtension for StoreSettingsOption {
     const PREFIX: &'static str = "sluice";
 }
 
-/// `config` carrying `settings` to the cluster, or the reason it cannot (a secret
-/// written out in a file).
+/// `config` carrying `settings` to the cluster: the named stores, credentials by
+/// reference only (a store with a secret written out stays behind).
 ///
 /// ```
 /// use datafusion::prelude::SessionConfig;
+/// use sluice_core::cluster::{StoreSettingsOption, with_store_settings};
 /// let settings = sluice_store::Settings::from_toml("[stores.lake]\nurl = \"s3://trips\"")?;
-/// let config = sluice_core::cluster::with_store_settings(SessionConfig::new(), &settings)?;
-/// assert!(config.options().extensions.get::<sluice_core::cluster::StoreSettingsOption>().is_some());
+/// let config = with_store_settings(SessionConfig::new(), &settings);
+/// let sent = config.options().extensions.get::<StoreSettingsOption>().unwrap();
+/// assert!(sent.stores.contains("s3://trips"));
 /// # Ok::<(), sluice_store::SettingsError>(())
 /// ```
 pub fn with_store_settings(
     config: SessionConfig,
     settings: &sluice_store::Settings,
-) -> Result<SessionConfig, sluice_store::SettingsError> {
+) -> SessionConfig {
     let stores = if settings.stores().next().is_none() {
         String::new()
     } else {
-        settings.to_wire()?
+        settings.to_wire()
     };
-    Ok(config.with_option_extension(StoreSettingsOption { stores }))
+    config.with_option_extension(StoreSettingsOption { stores })
 }
 
 /// The object stores of a scheduler's or an executor's tasks: one registry per set of
@@ -495,9 +497,7 @@ impl Cluster {
         settings: &sluice_store::Settings,
     ) -> Result<(SessionState, Jobs)> {
         let jobs = Jobs::default();
-        let config = with_store_settings(local.config().clone(), settings)
-            .map_err(|e| crate::Error::Store(e.into()))?;
-        let config = cluster_config(config)
+        let config = cluster_config(with_store_settings(local.config().clone(), settings))
             .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()))
             .upgrade_for_ballista();
         let planner = JobRecorder {
