@@ -507,12 +507,15 @@ fn write_under(suffix: &str) {
             .try_collect()
             .await
             .unwrap();
-        assert_eq!(objects.len(), 1, "{location:?}: {objects:?}");
-        assert!(
-            objects[0].prefix_matches(&prefix.clone().join("runs")),
-            "{location:?}: {} is not under {prefix}",
-            objects[0]
-        );
+        // The record and its index key, both under the store's prefix.
+        assert_eq!(objects.len(), 2, "{location:?}: {objects:?}");
+        for object in &objects {
+            assert!(
+                object.prefix_matches(&prefix.clone().join("runs"))
+                    || object.prefix_matches(&prefix.clone().join("runs-index")),
+                "{location:?}: {object} is not under {prefix}"
+            );
+        }
         assert_eq!(store.list(&RunFilter::default()).await.unwrap().len(), 1);
     });
 }

@@ -114,10 +114,13 @@ async fn hostile_task_names_are_refused_before_anything_is_written() {
             message.contains("invalid task name") && !message.contains(['\n', '\0', '\r']),
             "{message}"
         );
-        // Nothing but the flow's own run record, anywhere under the root.
+        // Nothing but the flow's own run record (and its index key), anywhere under
+        // the root.
         let files = relative_files_under(root.path());
         assert!(
-            files.iter().all(|f| f.starts_with("runs/runs/names/")),
+            files
+                .iter()
+                .all(|f| f.starts_with("runs/runs/names/") || f.starts_with("runs/runs-index/")),
             "{name:?}: {files:?}"
         );
     }
@@ -197,10 +200,12 @@ async fn hostile_flow_names_are_refused_before_the_body_runs() {
     let error = run.output.unwrap_err();
     assert_eq!(invalid_name(&error), Some(("task name", "a/../../escaped")));
     let files = relative_files_under(root.path());
+    // The run's record and its index key, nothing else.
     assert!(
         files
             .iter()
-            .all(|f| f.starts_with("runs/runs/flow_with_escaping_task/")),
+            .all(|f| f.starts_with("runs/runs/flow_with_escaping_task/")
+                || f.starts_with("runs/runs-index/")),
         "{files:?}"
     );
     assert!(!outside.exists());
@@ -317,9 +322,17 @@ async fn hostile_names_write_nothing_to_s3() {
         .iter()
         .filter(|o| s3.server.is_some() || o.starts_with(&s3.prefix))
         .collect();
+    // Each run's record and its index key, nothing else.
     let runs_prefix = format!("{}/runs/runs/fine/", s3.prefix);
-    assert!(ours.iter().all(|o| o.starts_with(&runs_prefix)), "{ours:?}");
-    assert_eq!(ours.len(), hostile_names(&outside).len(), "{ours:?}");
+    let index_prefix = format!("{}/runs/runs-index/", s3.prefix);
+    let (records, keys): (Vec<&&String>, Vec<&&String>) =
+        ours.iter().partition(|o| o.starts_with(&runs_prefix));
+    assert!(
+        keys.iter().all(|o| o.starts_with(&index_prefix)),
+        "{ours:?}"
+    );
+    assert_eq!(records.len(), hostile_names(&outside).len(), "{ours:?}");
+    assert_eq!(keys.len(), records.len(), "{ours:?}");
 }
 
 /// Writes `frame` to `dest`, expecting `DestinationOverlapsSource`.

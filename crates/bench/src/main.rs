@@ -20,6 +20,7 @@ mod plots;
 mod remote;
 mod report;
 mod runner;
+mod ui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,6 +68,10 @@ enum Command {
     /// added per request, beside Polars and DuckDB, requests and bytes counted; writes
     /// `bench/remote.md` and its plot under `--out` and prints the table's path.
     Remote(remote::RemoteArgs),
+    /// The web view's series: server and browser load times of `sluice ui`'s run list
+    /// with 10,000 runs in the store and of a run of 1,000 mapped calls; writes
+    /// `bench/ui.md` under `--out` and prints its path.
+    Ui(ui::UiArgs),
     /// Run a command as this process's only child; print its wall time and peak RSS as JSON.
     Measure {
         /// The command and its arguments.
@@ -131,6 +136,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let bench = args.out.join("bench");
             plots::wall_vs_latency(&results, &bench.join(remote::LATENCY_PLOT))?;
             println!("{}", bench.join("remote.md").display());
+        }
+        Command::Ui(args) => {
+            println!("{}", ui::run_series(&args)?.display());
         }
         Command::Measure { command } => {
             let measured = measure::measure_here(&command)?;

@@ -14,9 +14,11 @@
 //! sluice cache clear --store .sluice/ --task transform
 //! sluice runs ls --flow etl --state failed --since 1d   # recorded flow runs, newest first
 //! sluice runs show 3f2a9c1e                             # one run: tasks, attempts, errors
+//! sluice runs trace 3f2a9c1e > run.json                 # the run as a Chrome trace (Perfetto)
 //! sluice stores ls                                      # named stores from sluice.toml
 //! sluice stores show lake                               # one store: each setting and its origin
 //! sluice config view                                    # every setting, secrets redacted
+//! sluice ui --bind 127.0.0.1:4040                       # a web view of runs and checkpoints
 //! sluice scheduler --bind 0.0.0.0:50050                 # a Ballista cluster (feature `ballista`)
 //! sluice executor --scheduler 10.0.0.5:50050 --bind 0.0.0.0:50051 --slots 8
 //! ```
@@ -86,6 +88,9 @@ enum Command {
     /// Show the settings.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Serve a web view of the runs and checkpoints in the run and result stores, on
+    /// loopback. Runs until interrupted.
+    Ui(UiArgs),
     /// Run a Ballista scheduler that runs Sluice's plans; flows reach it with the
     /// runner `df://HOST:PORT`. Runs until interrupted.
     #[cfg(feature = "ballista")]
@@ -93,6 +98,27 @@ enum Command {
     /// Run a Ballista executor for a `sluice scheduler`. Runs until interrupted.
     #[cfg(feature = "ballista")]
     Executor(cluster::ExecutorArgs),
+}
+
+#[derive(Debug, Args)]
+struct UiArgs {
+    /// The run store. Default: the settings' `run_store` (`$SLUICE_RUN_STORE`,
+    /// sluice.toml), or `.sluice/`.
+    #[arg(long)]
+    runs: Option<String>,
+    /// The result store whose checkpoints are shown. Default: the settings'
+    /// `result_store` (`$SLUICE_RESULT_STORE`, sluice.toml), or `.sluice/`.
+    #[arg(long)]
+    cache: Option<String>,
+    /// The address to listen at (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:4040")]
+    bind: std::net::SocketAddr,
+    /// Allow a bind address other than loopback (the view has no authentication).
+    #[arg(long)]
+    allow_remote: bool,
+    /// Runs per page of the run list.
+    #[arg(long, default_value_t = 50)]
+    page_size: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +158,14 @@ enum RunsCommand {
     },
     /// One flow run's record: parameters, task runs, states, attempts, errors.
     Show {
+        #[command(flatten)]
+        store: RunStoreArgs,
+        /// The run id, or a prefix of it that names one run.
+        run_id: String,
+    },
+    /// One flow run as a Chrome trace (JSON that Perfetto and chrome://tracing open):
+    /// a span per task run, for runs too large to draw in `sluice ui`.
+    Trace {
         #[command(flatten)]
         store: RunStoreArgs,
         /// The run id, or a prefix of it that names one run.
@@ -317,6 +351,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cache(command) => cache(command),
         Command::Runs(command) => runs(command),
         Command::Stores(command) => stores(command),
+        Command::Ui(args) => ui(args),
         Command::Config(ConfigCommand::View) => {
             let settings = sluice_store::Settings::load()?;
             if settings.files().is_empty() {
@@ -335,6 +370,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "ballista")]
         Command::Executor(args) => cluster::executor(args),
     }
+}
+
+fn ui(args: UiArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("could not start a runtime")?;
+    runtime.block_on(async {
+        let session = sluice_core::Session::new();
+        let settings = session.settings()?;
+        let default = |given: Option<String>, set: Option<&str>, fallback: &str| {
+            given
+                .or_else(|| set.map(String::from))
+                .unwrap_or_else(|| fallback.to_string())
+        };
+        let options = sluice_ui::UiOptions::new(
+            default(
+                args.runs,
+                settings.run_store(),
+                sluice_core::DEFAULT_RUN_STORE,
+            ),
+            default(
+                args.cache,
+                settings.result_store(),
+                sluice_core::DEFAULT_RESULT_STORE,
+            ),
+        )
+        .with_bind(args.bind)
+        .with_allow_remote(args.allow_remote)
+        .with_page_size(args.page_size);
+        let server = sluice_ui::UiServer::start(session.clone(), options).await?;
+        outln!("sluice ui: http://{}/", server.addr());
+        tokio::select! {
+            () = server.wait() => {}
+            stopped = interrupted() => stopped?,
+        }
+        anyhow::Ok(())
+    })
 }
 
 fn stores(command: StoresCommand) -> anyhow::Result<()> {
@@ -447,6 +517,12 @@ fn runs(command: RunsCommand) -> anyhow::Result<()> {
                 } else {
                     print_run(&record);
                 }
+            }
+            RunsCommand::Trace { store, run_id } => {
+                let record = RunStore::open(&session, &store.location(settings))?
+                    .get(&run_id)
+                    .await?;
+                outln!("{}", serde_json::to_string(&record.chrome_trace())?);
             }
         }
         anyhow::Ok(())

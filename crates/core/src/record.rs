@@ -326,6 +326,9 @@ pub struct FlowRunRecord {
     pub mode: ExecutionMode,
     /// The flow's code version.
     pub version: Option<String>,
+    /// Where its plans ran: `local`, or the cluster's `df://HOST:PORT`.
+    #[serde(default)]
+    pub runner: Option<String>,
     /// The flow's parameters.
     pub parameters: serde_json::Value,
     /// When the flow started.
@@ -344,6 +347,74 @@ impl FlowRunRecord {
     /// The record of the first task run named `name`.
     pub fn task(&self, name: &str) -> Option<&TaskRunRecord> {
         self.tasks.iter().find(|t| t.name == name)
+    }
+
+    /// The run as a Chrome trace (the JSON `chrome://tracing` and Perfetto open): the
+    /// flow on the first row, each task run as a span on the first row free at its
+    /// start, its state, rows, bytes, busy time, cache lookup and error as arguments.
+    /// A task still running ends at the flow's end (or now). For runs too large to draw
+    /// in a page: `sluice runs trace ID > run.json`.
+    ///
+    /// ```
+    /// # use sluice_core::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<()> {
+    /// let run = Flow::new("noop").run(serde_json::json!({}), async { Ok(()) }).await;
+    /// let trace = run.record.chrome_trace();
+    /// assert_eq!(trace["traceEvents"][0]["name"], "flow noop");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn chrome_trace(&self) -> serde_json::Value {
+        use serde_json::json;
+        let end = self.end.unwrap_or_else(Utc::now);
+        let micros = |t: DateTime<Utc>| (t - self.start).num_microseconds().unwrap_or(0).max(0);
+        let mut events = vec![json!({
+            "name": format!("flow {}", self.flow),
+            "cat": "flow",
+            "ph": "X",
+            "ts": 0,
+            "dur": micros(end),
+            "pid": 1,
+            "tid": 0,
+            "args": {"run_id": self.run_id, "state": self.state, "error": self.error},
+        })];
+        let mut order: Vec<&TaskRunRecord> = self.tasks.iter().collect();
+        order.sort_by_key(|t| t.start);
+        // Each row's end; a task takes the first row free when it starts.
+        let mut rows: Vec<i64> = Vec::new();
+        for task in order {
+            let start = micros(task.start);
+            let stop = micros(task.end.unwrap_or(end)).max(start);
+            let row = match rows.iter().position(|&free| free <= start) {
+                Some(row) => row,
+                None => {
+                    rows.push(0);
+                    rows.len() - 1
+                }
+            };
+            rows[row] = stop;
+            events.push(json!({
+                "name": task.name,
+                "cat": "task",
+                "ph": "X",
+                "ts": start,
+                "dur": stop - start,
+                "pid": 1,
+                "tid": row + 1,
+                "args": {
+                    "id": task.id,
+                    "state": task.state,
+                    "rows": task.rows,
+                    "bytes": task.bytes,
+                    "busy_ms": task.busy_ms,
+                    "attempts": task.attempts.len(),
+                    "cache": task.cache.as_ref().map(|c| c.lookup.as_str()),
+                    "error": task.error,
+                },
+            }));
+        }
+        json!({ "traceEvents": events, "displayTimeUnit": "ms" })
     }
 }
 

@@ -177,6 +177,9 @@ impl FlowRunShared {
             state,
             mode: self.mode,
             version: self.version.clone(),
+            runner: Some(sluice_store::redact_location(
+                &self.session.runner().to_string(),
+            )),
             parameters: redact_parameters(&self.parameters),
             start: self.start,
             end: ended.then(Utc::now),
@@ -584,11 +587,78 @@ where
             starting,
             refused,
             progress: None,
+            live: None,
             announced: false,
             finishing: None,
             ended: None,
         }
     }
+}
+
+/// Writes a running flow's record again when its tasks changed (a task started, ended,
+/// retried, logged or counted rows), at most every [`LIVE_RECORD_INTERVAL`], so that a
+/// view in another process follows the run.
+///
+/// [`LIVE_RECORD_INTERVAL`]: crate::runtime::history::LIVE_RECORD_INTERVAL
+struct LiveRecord {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LiveRecord {
+    fn start(shared: &Arc<FlowRunShared>, store: RunStore) -> Option<Self> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let shared = Arc::clone(shared);
+        // What the record written at the start holds (the body has not run yet).
+        let mut written = task_changes(&shared.record(FlowState::Running, None, None));
+        let task = handle.spawn(async move {
+            let mut ticks =
+                tokio::time::interval(crate::runtime::history::LIVE_RECORD_INTERVAL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = ticks.tick() => {}
+                }
+                let record = shared.record(FlowState::Running, None, None);
+                let now = task_changes(&record);
+                if now != written {
+                    if let Err(e) = store.update(&record).await {
+                        tracing::debug!(run = %record.run_id, error = %e, "could not update the running flow's record");
+                    }
+                    written = now;
+                }
+            }
+        });
+        Some(Self { stop, task })
+    }
+
+    /// Stops the updates, waiting for one being written.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// What a view of a running flow needs updated: each task run's state, rows, attempts
+/// and log lines.
+fn task_changes(record: &FlowRunRecord) -> Vec<String> {
+    record
+        .tasks
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {:?} {:?} {} {}",
+                t.id,
+                t.state,
+                t.rows,
+                t.attempts.len(),
+                t.logs.len()
+            )
+        })
+        .collect()
 }
 
 /// Writes a run's record; a failure is logged, not raised: the run itself went on.
@@ -637,6 +707,8 @@ pub struct FlowFuture<F: Future> {
     refused: Option<Error>,
     /// The progress display, while the body runs.
     progress: Option<crate::runtime::progress::Reporter>,
+    /// The record written again while the body runs, when its tasks change.
+    live: Option<LiveRecord>,
     /// Whether the start was logged (and the progress display started).
     announced: bool,
     /// Cleanups and the final record, after the body ended.
@@ -675,6 +747,10 @@ where
             tracing::info!(flow = %this.shared.name, run = %this.shared.run_id, mode = %this.shared.mode, "flow run started");
             this.progress =
                 crate::runtime::progress::Reporter::start(&this.shared, this.shared.progress);
+            this.live = this
+                .history
+                .clone()
+                .and_then(|store| LiveRecord::start(&this.shared, store));
         }
         if this.ended.is_none() {
             let (output, interrupted) = match this.poll_body(cx) {
@@ -717,8 +793,13 @@ where
             this.hooks.call(ending, &record.flow, &record);
             let history = this.history.clone();
             let saved = record.clone();
+            let live = this.live.take();
             this.finishing = Some(
                 async move {
+                    // No update may land after the final record.
+                    if let Some(live) = live {
+                        live.stop().await;
+                    }
                     if interrupted.is_some() {
                         sluice_store::cleanup::drain(CLEANUP_LIMIT).await;
                     } else if state == FlowState::Failed {
