@@ -349,6 +349,45 @@ impl FlowRunRecord {
         self.tasks.iter().find(|t| t.name == name)
     }
 
+    /// The task runs in order of their start, each with the row of a timeline it is
+    /// drawn on: the first row free when it starts (a task still running occupies its
+    /// row to the run's end, or now). `sluice ui`'s timeline and the Chrome trace use it.
+    ///
+    /// ```
+    /// # use sluice_core::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<()> {
+    /// let run = Flow::new("noop")
+    ///     .with_run_history(false)
+    ///     .run(serde_json::json!({}), async { Ok(()) })
+    ///     .await;
+    /// assert!(run.record.timeline().is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn timeline(&self) -> Vec<(usize, &TaskRunRecord)> {
+        let end = self.end.unwrap_or_else(Utc::now);
+        let mut order: Vec<&TaskRunRecord> = self.tasks.iter().collect();
+        order.sort_by_key(|t| t.start);
+        // Each row's end; a task takes the first row free when it starts.
+        let mut rows: Vec<DateTime<Utc>> = Vec::new();
+        order
+            .into_iter()
+            .map(|task| {
+                let stop = task.end.unwrap_or(end).max(task.start);
+                let row = match rows.iter().position(|&free| free <= task.start) {
+                    Some(row) => row,
+                    None => {
+                        rows.push(task.start);
+                        rows.len() - 1
+                    }
+                };
+                rows[row] = stop;
+                (row, task)
+            })
+            .collect()
+    }
+
     /// The run as a Chrome trace (the JSON `chrome://tracing` and Perfetto open): the
     /// flow on the first row, each task run as a span on the first row free at its
     /// start, its state, rows, bytes, busy time, cache lookup and error as arguments.
@@ -359,7 +398,10 @@ impl FlowRunRecord {
     /// # use sluice_core::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<()> {
-    /// let run = Flow::new("noop").run(serde_json::json!({}), async { Ok(()) }).await;
+    /// let run = Flow::new("noop")
+    ///     .with_run_history(false)
+    ///     .run(serde_json::json!({}), async { Ok(()) })
+    ///     .await;
     /// let trace = run.record.chrome_trace();
     /// assert_eq!(trace["traceEvents"][0]["name"], "flow noop");
     /// # Ok(())
@@ -379,21 +421,9 @@ impl FlowRunRecord {
             "tid": 0,
             "args": {"run_id": self.run_id, "state": self.state, "error": self.error},
         })];
-        let mut order: Vec<&TaskRunRecord> = self.tasks.iter().collect();
-        order.sort_by_key(|t| t.start);
-        // Each row's end; a task takes the first row free when it starts.
-        let mut rows: Vec<i64> = Vec::new();
-        for task in order {
+        for (row, task) in self.timeline() {
             let start = micros(task.start);
             let stop = micros(task.end.unwrap_or(end)).max(start);
-            let row = match rows.iter().position(|&free| free <= start) {
-                Some(row) => row,
-                None => {
-                    rows.push(0);
-                    rows.len() - 1
-                }
-            };
-            rows[row] = stop;
             events.push(json!({
                 "name": task.name,
                 "cat": "task",

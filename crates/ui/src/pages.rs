@@ -322,21 +322,12 @@ fn timeline(record: &FlowRunRecord) -> String {
     let end = record.end.unwrap_or_else(Utc::now);
     let total = ((end - record.start).num_milliseconds().max(1)) as f64;
     let x = |t: DateTime<Utc>| (t - record.start).num_milliseconds().max(0) as f64 / total * 1000.0;
-    let mut order: Vec<&TaskRunRecord> = record.tasks.iter().collect();
-    order.sort_by_key(|t| t.start);
-    let mut rows: Vec<f64> = Vec::new();
+    let mut rows = 0;
     let mut bars = String::new();
-    for task in order {
+    for (row, task) in record.timeline() {
+        rows = rows.max(row + 1);
         let start = x(task.start);
         let stop = x(task.end.unwrap_or(end)).max(start + 1.0);
-        let row = match rows.iter().position(|&free| free <= start) {
-            Some(row) => row,
-            None => {
-                rows.push(0.0);
-                rows.len() - 1
-            }
-        };
-        rows[row] = stop;
         let busy = (task.busy_ms / total * 1000.0).min(stop - start);
         let y = row * 14;
         let _ = write!(
@@ -359,7 +350,7 @@ fn timeline(record: &FlowRunRecord) -> String {
          <p class=\"legend\">Each bar is a task run from its call to its end; the darker part \
          is the time it spent producing batches (busy), the rest waiting on what it reads \
          and on its sinks.</p>",
-        (rows.len().max(1) * 14)
+        (rows.max(1) * 14)
     )
 }
 
