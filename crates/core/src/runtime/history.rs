@@ -150,6 +150,14 @@ impl RunFilter {
     }
 }
 
+/// The index entries of `records`.
+fn entries_of(records: &[FlowRunRecord]) -> Vec<IndexEntry> {
+    records
+        .iter()
+        .filter_map(|r| IndexEntry::parse(&IndexEntry::key_of(r)))
+        .collect()
+}
+
 impl RunStore {
     /// The run store at `location` (a path or a store URL), with the store from the
     /// session's registry (a [`Session`](crate::Session), or a
@@ -306,16 +314,15 @@ impl RunStore {
     /// before it existed.
     async fn index(&self) -> Result<Vec<IndexEntry>> {
         let prefix = self.prefix.clone().join(INDEX);
-        let mut keys = self.keys(&prefix).await?;
+        let keys = self.keys(&prefix).await?;
         let complete = keys.iter().any(|k| k.filename() == Some(INDEX_COMPLETE));
-        if !complete {
-            self.build_index().await?;
-            keys = self.keys(&prefix).await?;
-        }
         let mut entries: Vec<IndexEntry> = keys
             .iter()
             .filter_map(|k| k.filename().and_then(IndexEntry::parse))
             .collect();
+        if !complete {
+            entries.extend(self.build_index().await?);
+        }
         entries.sort_by(|a, b| a.key.cmp(&b.key));
         entries.dedup_by(|a, b| a.key == b.key);
         Ok(entries)
@@ -346,8 +353,10 @@ impl RunStore {
     }
 
     /// Indexes every record of the store (one written before the index existed, or by
-    /// a version that did not write it), then marks the index complete.
-    async fn build_index(&self) -> Result<()> {
+    /// a version that did not write it), then marks the index complete; returns the
+    /// entries. A store this process cannot write to (read-only credentials) is still
+    /// listed, from the entries built here: the index is written next time one can.
+    async fn build_index(&self) -> Result<Vec<IndexEntry>> {
         let paths: Vec<Path> = self
             .keys(&self.prefix.clone().join(RUNS))
             .await?
@@ -379,24 +388,21 @@ impl RunStore {
                 .iter()
                 .map(|record| {
                     let path = self.stored(&format!("{INDEX}/{}", IndexEntry::key_of(record)));
-                    async move {
-                        self.store
-                            .put(&path, PutPayload::default())
-                            .await
-                            .map_err(|e| self.error(&path, "put", e))
-                    }
+                    async move { self.store.put(&path, PutPayload::default()).await }
                 })
                 .collect();
             for put in futures::future::join_all(puts).await {
-                put?;
+                if let Err(e) = put {
+                    tracing::warn!(store = %sluice_store::redact(&self.root), error = %e, "cannot write the run index; runs are listed from their records until it can be");
+                    return Ok(entries_of(&records));
+                }
             }
         }
         let marker = self.prefix.clone().join(INDEX).join(INDEX_COMPLETE);
-        self.store
-            .put(&marker, PutPayload::default())
-            .await
-            .map_err(|e| self.error(&marker, "put", e))?;
-        Ok(())
+        if let Err(e) = self.store.put(&marker, PutPayload::default()).await {
+            tracing::warn!(store = %sluice_store::redact(&self.root), error = %e, "cannot mark the run index complete");
+        }
+        Ok(entries_of(&records))
     }
 
     /// The run whose id is `run_id`, or the one run whose id starts with it.
