@@ -137,6 +137,12 @@ impl TestCluster {
             .unwrap_or(false)
     }
 
+    /// Whether the executor `i` has started a task (its log says so).
+    fn started_a_task(&self, i: usize) -> bool {
+        std::fs::read_to_string(self.logs.path().join(format!("executor-{i}.log")))
+            .is_ok_and(|log| log.contains("Execute task"))
+    }
+
     fn logs(&self) -> String {
         let mut text = String::new();
         for entry in std::fs::read_dir(self.logs.path()).unwrap().flatten() {
@@ -286,6 +292,18 @@ async fn the_seed_etl_and_an_aggregation_run_on_two_executors_as_they_do_locally
         "{:?}",
         summary.method
     );
+    // No funnel: each executor wrote the share its tasks read, as the run record says.
+    let writers = &summary.writers;
+    assert_eq!(writers.len(), 2, "{writers:?}\n{}", cluster.logs());
+    assert!(
+        writers
+            .iter()
+            .all(|w| w.rows > 0 && w.bytes > 0 && w.parts > 0),
+        "{writers:?}"
+    );
+    assert_eq!(writers.iter().map(|w| w.rows).sum::<u64>(), 240_000);
+    let load = on_cluster.record.task("load").unwrap();
+    assert_eq!(load.sinks[0].writers, *writers);
     // Row for row, as multisets.
     let written = session.read_parquet(&cluster_dest).await.unwrap();
     let expected = session.read_parquet(&local_dest).await.unwrap();
@@ -303,6 +321,31 @@ async fn the_seed_etl_and_an_aggregation_run_on_two_executors_as_they_do_locally
         cluster.ran_tasks(0) && cluster.ran_tasks(1),
         "both executors must have run tasks\n{}",
         cluster.logs()
+    );
+
+    // A directory output: the executors' parts are its files.
+    let dir_dest = s3.url("out/cluster-dir/");
+    let run = etl(&source, &dir_dest)
+        .with_session(session.clone())
+        .with_runner(cluster.runner())
+        .run()
+        .await;
+    let summary = match &run.output {
+        Ok(summary) => summary.clone(),
+        Err(e) => panic!("the cluster run failed: {e}\n{}", cluster.logs()),
+    };
+    assert_eq!(summary.rows, 240_000);
+    assert_eq!(
+        summary.files.len(),
+        4,
+        "one part per partition: {:?}",
+        summary.files
+    );
+    assert_eq!(summary.writers.len(), 2, "{:?}", summary.writers);
+    let written = session.read_parquet(&dir_dest).await.unwrap();
+    assert!(
+        same_rows(&written, &expected).await,
+        "the directory differs"
     );
 
     // An aggregation (a shuffle between the executors), against the local answer.
@@ -356,13 +399,14 @@ async fn the_seed_etl_and_an_aggregation_run_on_two_executors_as_they_do_locally
         assert!((fare - local_fare).abs() <= 1e-9 * local_fare.abs().max(1.0));
     }
     assert_eq!(completed_rows(&run.record, "extract"), 240_000);
-    // Nothing but the two outputs under out/: staging objects were published or removed.
+    // Nothing but the outputs under out/ (two files, four parts and the directory's
+    // marker): staging objects, parts and receipts were published or removed.
     let listed = objects_under(&s3, "out").await;
-    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed.len(), 7, "{listed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_executor_either_is_replaced_or_fails_the_run_and_nothing_half_written_shows() {
+async fn an_executor_killed_mid_write_is_replaced_and_every_row_is_written_once() {
     let s3 = S3Target::new("cluster-kill").await;
     let dir = tempfile::tempdir().unwrap();
     let source = upload_taxi(&s3, dir.path(), 300_000).await;
@@ -370,52 +414,53 @@ async fn a_killed_executor_either_is_replaced_or_fails_the_run_and_nothing_half_
     let session = four_partitions(&s3);
     let dest = s3.url("out/killed.parquet");
     let runner = cluster.runner();
+    let started = Instant::now();
     let flow = etl(&source, &dest)
         .with_session(session.clone())
         .with_runner(runner)
         .run();
-    // Kill an executor once it has started on the job.
+    // SIGKILL executor 1 while its tasks write their parts: a moment after it starts one.
     let killer = async {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !cluster.ran_tasks(1) && Instant::now() < deadline {
+        while !cluster.started_a_task(1) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let task_started = started.elapsed();
+        tokio::time::sleep(Duration::from_millis(300)).await;
         cluster.executors[1].kill().unwrap();
         cluster.executors[1].wait().unwrap();
+        (task_started, started.elapsed())
     };
-    let (run, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(180), flow), killer);
+    let (run, (task_started, killed)) =
+        tokio::join!(tokio::time::timeout(Duration::from_secs(180), flow), killer);
     let run = run.expect("the run neither completed nor failed within 180 s");
-    match &run.output {
-        Ok(summary) => {
-            // Ballista ran the lost tasks again on the other executor.
-            assert_eq!(summary.rows, 1_200_000);
-            let written = session.read_parquet(&dest).await.unwrap();
-            assert_eq!(written.count().await.unwrap(), 1_200_000);
-            let input = session.read_parquet(&source).await.unwrap();
-            let input = input
-                .with_column("tip_fraction", col("tip_amount") / col("total_amount"))
-                .unwrap();
-            assert!(same_rows(&written, &input).await);
-        }
-        Err(e) => {
-            let text = e.to_string();
-            assert!(text.contains("cluster"), "{text}");
-            assert!(
-                !s3.exists("out/killed.parquet").await,
-                "a failed run published"
-            );
-        }
-    }
-    // Whatever happened, nothing but the whole output is under out/.
-    let listed = objects_under(&s3, "out").await;
-    assert!(listed.len() <= 1, "{listed:?}\n{}", cluster.logs());
+    let ended = started.elapsed();
+    let summary = match &run.output {
+        Ok(summary) => summary.clone(),
+        Err(e) => panic!("the run failed after the kill: {e}\n{}", cluster.logs()),
+    };
     eprintln!(
-        "after the kill the run {}",
-        match &run.output {
-            Ok(_) => "completed on the other executor".to_string(),
-            Err(e) => format!("failed: {e}"),
-        }
+        "timeline: executor 1 started a task at {task_started:?}, was killed at {killed:?}; \
+         the run completed at {ended:?} (writers {:?})",
+        summary.writers
     );
+    // Ballista ran the lost tasks again on the other executor: every row once.
+    assert_eq!(summary.rows, 1_200_000);
+    let written = session.read_parquet(&dest).await.unwrap();
+    assert_eq!(written.count().await.unwrap(), 1_200_000);
+    let input = session.read_parquet(&source).await.unwrap();
+    let input = input
+        .with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+        .unwrap();
+    assert!(same_rows(&written, &input).await);
+    assert_eq!(
+        summary.writers.iter().map(|w| w.rows).sum::<u64>(),
+        1_200_000
+    );
+    // Nothing but the whole output under out/: the killed attempts' parts, the
+    // receipts and the parts' directory are gone.
+    let listed = objects_under(&s3, "out").await;
+    assert_eq!(listed.len(), 1, "{listed:?}\n{}", cluster.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -628,7 +673,9 @@ async fn executors_write_a_persisted_tasks_checkpoint_and_a_rerun_reads_it_inste
     };
 
     reset(&s3);
-    let first_dest = s3.url("out/first.parquet");
+    // Directory outputs: their parts are published by renames on the server (one file
+    // would be assembled by this process, reading the parts back from S3).
+    let first_dest = s3.url("out/first/");
     let first = run(first_dest.clone(), Some(cluster.runner())).await;
     if let Err(e) = &first.output {
         panic!("the cluster run failed: {e}\n{}", cluster.logs());
@@ -670,7 +717,7 @@ async fn executors_write_a_persisted_tasks_checkpoint_and_a_rerun_reads_it_inste
 
     // The rerun on the cluster: a hit read on the executors, no source byte.
     reset(&s3);
-    let second_dest = s3.url("out/second.parquet");
+    let second_dest = s3.url("out/second/");
     let second = run(second_dest.clone(), Some(cluster.runner())).await;
     if let Err(e) = &second.output {
         panic!("the cached cluster run failed: {e}\n{}", cluster.logs());
@@ -1019,10 +1066,14 @@ async fn executors_resolve_named_stores_with_credentials_from_their_own_environm
         s3.bucket, s3.prefix, s3.endpoint
     ))
     .unwrap();
-    // This process has no such variables: its own `store://lake` is built by hand.
-    let prefixed: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::new(
-        object_store::prefix::PrefixStore::new(s3.store(), s3.prefix.as_str()),
-    );
+    // This process has no such variables: its own `store://lake` is built by hand (with
+    // Sluice's builder: object_store's bare `PrefixStore` answers a HEAD with the
+    // prefixed location, which a listing of one file then filters out).
+    let prefixed = s3
+        .store_builder(&s3.bucket)
+        .with_prefix(s3.prefix.as_str())
+        .build()
+        .unwrap();
     let session = Session::builder()
         .with_target_partitions(4)
         .with_settings(settings)

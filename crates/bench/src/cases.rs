@@ -210,6 +210,25 @@ pub async fn run_case(
     input: &Path,
     output: &Path,
     cache: Option<&Path>,
+    runner: Option<sluice::Runner>,
+    record: Option<&Path>,
+) -> anyhow::Result<()> {
+    // Boxed: a flow's future is large, and callers hold several cases in one future
+    // on a thread's stack (a test's).
+    Box::pin(run_one_case(
+        workload, engine, input, output, cache, runner, record,
+    ))
+    .await
+}
+
+async fn run_one_case(
+    workload: Workload,
+    engine: Engine,
+    input: &Path,
+    output: &Path,
+    cache: Option<&Path>,
+    runner: Option<sluice::Runner>,
+    record: Option<&Path>,
 ) -> anyhow::Result<()> {
     let input = input
         .to_str()
@@ -224,7 +243,15 @@ pub async fn run_case(
             } else {
                 ExecutionMode::Lazy
             };
-            pipeline(workload, input, output).with_mode(mode).await?;
+            let mut call = pipeline(workload, input, output).with_mode(mode);
+            if let Some(runner) = runner {
+                call = call.with_runner(runner);
+            }
+            let run = call.run().await;
+            if let Some(path) = record {
+                std::fs::write(path, serde_json::to_vec(&run.record)?)?;
+            }
+            run.output?;
         }
         Engine::DataFusion => plain_datafusion(workload, input, output).await?,
         Engine::Mapped => {
@@ -560,7 +587,7 @@ mod tests {
             let mut shapes = Vec::new();
             for engine in [Engine::Lazy, Engine::Eager, Engine::DataFusion] {
                 let output = dir.path().join(format!("{workload}-{engine}.parquet"));
-                run_case(workload, engine, &input, &output, None).await?;
+                run_case(workload, engine, &input, &output, None, None, None).await?;
                 let rows = parquet_rows(&output)?;
                 let session = Session::new();
                 let columns = session
@@ -607,14 +634,23 @@ mod tests {
         let cache = dir.path().join("cache");
         for workload in Workload::ALL {
             let lazy = dir.path().join(format!("{workload}-lazy.parquet"));
-            run_case(workload, Engine::Lazy, &input, &lazy, None).await?;
+            run_case(workload, Engine::Lazy, &input, &lazy, None, None, None).await?;
             // A hit before anything was persisted is an error, not a silent miss.
             let early = dir.path().join(format!("{workload}-early.parquet"));
-            let err = run_case(workload, Engine::CacheHit, &input, &early, Some(&cache)).await;
+            let err = run_case(
+                workload,
+                Engine::CacheHit,
+                &input,
+                &early,
+                Some(&cache),
+                None,
+                None,
+            )
+            .await;
             assert!(err.is_err(), "{workload}");
             for engine in [Engine::Persisted, Engine::CacheHit] {
                 let output = dir.path().join(format!("{workload}-{engine}.parquet"));
-                run_case(workload, engine, &input, &output, Some(&cache)).await?;
+                run_case(workload, engine, &input, &output, Some(&cache), None, None).await?;
                 assert_eq!(
                     parquet_rows(&output)?,
                     parquet_rows(&lazy)?,

@@ -15,6 +15,7 @@
 //! The per-task micro-benchmarks are criterion benches: `cargo bench -p sluice-bench`.
 
 mod cases;
+mod cluster;
 mod measure;
 mod plots;
 mod remote;
@@ -63,7 +64,18 @@ enum Command {
         /// Result store of the `persisted` and `cache-hit` engines.
         #[arg(long)]
         cache: Option<PathBuf>,
+        /// Where Sluice's plans run: a Ballista cluster's scheduler `df://HOST:PORT`
+        /// (the `lazy` and `eager` engines; a build with the feature `ballista`).
+        #[arg(long, value_parser = sluice::Runner::parse)]
+        runner: Option<sluice::Runner>,
+        /// Write the flow-run record as JSON here (the `lazy` and `eager` engines).
+        #[arg(long)]
+        record: Option<PathBuf>,
     },
+    /// The cluster series: the seed ETL on one scheduler and two executors of this
+    /// machine (each a process of the `sluice` binary beside this one) against the same
+    /// flow run locally; writes `bench/cluster.md` under `--out` and prints its path.
+    Cluster(cluster::ClusterArgs),
     /// The remote series: the seed ETL and the aggregation over S3 and HTTP with latency
     /// added per request, beside Polars and DuckDB, requests and bytes counted; writes
     /// `bench/remote.md` and its plot under `--out` and prints the table's path.
@@ -117,6 +129,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             input,
             output,
             cache,
+            runner,
+            record,
         } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -127,7 +141,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &input,
                 &output,
                 cache.as_deref(),
+                runner,
+                record.as_deref(),
             ))?;
+        }
+        Command::Cluster(args) => {
+            let exe = std::env::current_exe()?;
+            println!("{}", cluster::run_series(&exe, &args)?.display());
         }
         Command::Remote(args) => {
             let exe = std::env::current_exe()?;

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use ballista_core::extension::SessionConfigExt;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use ballista_scheduler::cluster::BallistaCluster;
-use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::config::{SchedulerConfig, TaskDistributionPolicy};
 use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
 use clap::Args;
 use datafusion::prelude::SessionConfig;
@@ -38,6 +38,18 @@ pub(crate) struct SchedulerArgs {
     /// Seconds a running job may wait while no executor is registered before it fails.
     #[arg(long, default_value_t = 10)]
     no_executor_timeout: u64,
+    /// How tasks go to executors: `round-robin` (one task per executor in turn, so
+    /// every executor writes a share) or `bias` (fill one executor's slots first,
+    /// Ballista's default).
+    #[arg(long, value_enum, default_value_t = TaskDistribution::RoundRobin)]
+    task_distribution: TaskDistribution,
+}
+
+/// `sluice scheduler --task-distribution`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TaskDistribution {
+    RoundRobin,
+    Bias,
 }
 
 /// `sluice executor`.
@@ -93,6 +105,10 @@ pub(crate) fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
         executor_timeout_seconds: args.executor_timeout,
         expire_dead_executor_interval_seconds: (args.executor_timeout / 4).clamp(1, 15),
         no_executors_grace_period_seconds: args.no_executor_timeout,
+        task_distribution: match args.task_distribution {
+            TaskDistribution::RoundRobin => TaskDistributionPolicy::RoundRobin,
+            TaskDistribution::Bias => TaskDistributionPolicy::Bias,
+        },
         override_config_producer: Some(Arc::new(base_config)),
         override_session_builder: Some(Arc::new(sluice_core::cluster::scheduler_state)),
         override_logical_codec: Some(Arc::new(LogicalCodec::default())),
@@ -201,6 +217,17 @@ pub(crate) fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
         override_physical_codec: Some(Arc::new(PhysicalCodec::default())),
         ..ExecutorProcessConfig::default()
     };
+    // Run records name the executor that wrote each part by the address it serves at
+    // (its host name when it listens on every interface).
+    let address = if args.bind.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| args.bind.ip().to_string());
+        format!("{host}:{}", args.bind.port())
+    } else {
+        args.bind.to_string()
+    };
+    sluice_core::cluster::set_executor_address(address);
     tracing::info!(bind = %args.bind, grpc_port, scheduler = %args.scheduler, "sluice executor starting");
     runtime()?.block_on(async move {
         start_executor_process(Arc::new(config))

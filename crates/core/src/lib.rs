@@ -95,7 +95,7 @@ pub use record::WritePath;
 pub use record::{
     CacheRecord, ExecutionMode, ExecutionOutcome, FlowRunRecord, FlowState, LogLine, MAX_LOG_LINES,
     SinkRecord, TaskAttempt, TaskExecution, TaskRunRecord, TaskState, WriteMethod, WriteSummary,
-    WrittenFile,
+    WriterShare, WrittenFile,
 };
 pub use runner::{RUNNER_ENV, Runner};
 pub use runtime::concurrency::{TaskFuture, map, submit};

@@ -241,6 +241,9 @@ pub struct SinkRecord {
     /// (`path` in the record's JSON, as before the field was named `method`).
     #[serde(default, rename = "path")]
     pub method: WriteMethod,
+    /// On a cluster, what each executor wrote of it (empty for a local run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writers: Vec<WriterShare>,
 }
 
 /// What one task run did. Part of a [`FlowRunRecord`].
@@ -463,6 +466,28 @@ pub struct WriteSummary {
     /// (`path` in the record's JSON, as before the field was named `method`).
     #[serde(default, rename = "path")]
     pub method: WriteMethod,
+    /// On a cluster, what each executor wrote of it (empty for a local run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writers: Vec<WriterShare>,
+}
+
+/// What one of a cluster's executors wrote of a sink's output: part of a
+/// [`WriteSummary`] and of the task's [`SinkRecord`].
+///
+/// ```
+/// let share = sluice_core::WriterShare { executor: "10.0.0.7:50051".into(), parts: 2, rows: 6_000_000, bytes: 120 << 20 };
+/// assert_eq!(share.parts, 2);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriterShare {
+    /// The executor, by the address it serves data at (`sluice executor --bind`).
+    pub executor: String,
+    /// Parts it wrote (one per partition of the sink it ran).
+    pub parts: u64,
+    /// Rows in those parts.
+    pub rows: u64,
+    /// Bytes of those parts, as written.
+    pub bytes: u64,
 }
 
 /// One file a sink wrote.

@@ -571,6 +571,7 @@ mod tests {
                 bytes: 1,
                 files: Vec::new(),
                 method: Default::default(),
+                writers: Vec::new(),
             });
         })
         .await;

@@ -101,6 +101,9 @@ pub struct StagedOutput {
     kind: OutputKind,
     /// One file on a remote store: the upload that may be written at the destination.
     in_place: Option<InPlace>,
+    /// Whether [`parts_url`](StagedOutput::parts_url) was handed out for a file: its
+    /// parts are deleted with the staged data.
+    parts: std::sync::atomic::AtomicBool,
     finished: bool,
 }
 
@@ -177,8 +180,43 @@ impl StagedOutput {
             staging,
             kind,
             in_place,
+            parts: std::sync::atomic::AtomicBool::new(false),
             finished: false,
         })
+    }
+
+    /// Where the output's parts go when writers elsewhere (a cluster's executors) each
+    /// write one part and this process assembles the result: the staging directory
+    /// itself for a directory output (its parts are the output's files), and for one
+    /// file a hidden directory beside its staging name (`.NAME.sluice-staging-ID.parts/`),
+    /// deleted by [`publish`](Self::publish), [`abort`](Self::abort) or a drop.
+    ///
+    /// ```
+    /// use sluice_store::{OutputKind, StagedOutput, StoreRegistry, resolve_url};
+    /// let registry = StoreRegistry::new();
+    /// let dest = resolve_url("memory://bucket/out/trips.parquet")?;
+    /// let staged = StagedOutput::new(&registry, &dest, OutputKind::File)?;
+    /// let parts = staged.parts_url();
+    /// assert!(parts.path().starts_with("/out/.trips.parquet.sluice-staging-"));
+    /// assert!(parts.path().ends_with(".parts/"));
+    /// # Ok::<(), sluice_store::StoreError>(())
+    /// ```
+    pub fn parts_url(&self) -> Url {
+        match self.kind {
+            OutputKind::Directory => self.staging.clone(),
+            OutputKind::File => {
+                self.parts.store(true, std::sync::atomic::Ordering::Relaxed);
+                let mut parts = self.staging.clone();
+                parts.set_path(&format!("{}.parts/", self.staging.path()));
+                parts
+            }
+        }
+    }
+
+    /// The parts directory of a file output, when one was handed out.
+    fn file_parts(&self) -> Option<Url> {
+        (self.kind == OutputKind::File && self.parts.load(std::sync::atomic::Ordering::Relaxed))
+            .then(|| self.parts_url())
     }
 
     /// Where the data must be written.
@@ -233,6 +271,11 @@ impl StagedOutput {
         if result.is_err() {
             let _ = delete_prefix(&self.store, &self.staging).await;
         }
+        if let Some(parts) = self.file_parts()
+            && let Err(e) = delete_prefix(&self.store, &parts).await
+        {
+            tracing::warn!(parts = %redact(&parts), error = %e, "could not delete an assembled output's parts");
+        }
         let files = result?;
         tracing::debug!(dest = %redact(&self.dest), files = files.len(), "published output");
         Ok(PublishedOutput {
@@ -246,6 +289,9 @@ impl StagedOutput {
         self.finished = true;
         if let Some(in_place) = &self.in_place {
             in_place.abort();
+        }
+        if let Some(parts) = self.file_parts() {
+            delete_prefix(&self.store, &parts).await?;
         }
         delete_prefix(&self.store, &self.staging).await
     }
@@ -399,10 +445,12 @@ impl Drop for StagedOutput {
             in_place.abort();
         }
         let store = Arc::clone(&self.store);
-        let staging = self.staging.clone();
+        let staged = [Some(self.staging.clone()), self.file_parts()];
         crate::cleanup::spawn("delete staged output", async move {
-            if let Err(e) = delete_prefix(&store, &staging).await {
-                tracing::warn!(staging = %redact(&staging), error = %e, "could not delete staged output");
+            for staging in staged.into_iter().flatten() {
+                if let Err(e) = delete_prefix(&store, &staging).await {
+                    tracing::warn!(staging = %redact(&staging), error = %e, "could not delete staged output");
+                }
             }
         });
     }
@@ -446,9 +494,13 @@ async fn delete_prefix(store: &Arc<dyn ObjectStore>, url: &Url) -> Result<()> {
         url: redact(url),
         source,
     };
-    match store.delete(&object_path(url)?).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-        Err(source) => return Err(delete_error(source)),
+    // A directory (a trailing `/`) is no object of its own: deleting its name would
+    // fail on stores that keep objects as files (s3s-fs: "is a directory").
+    if !url.path().ends_with('/') {
+        match store.delete(&object_path(url)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(source) => return Err(delete_error(source)),
+        }
     }
     for meta in list(store, url).await? {
         match store.delete(&meta.location).await {

@@ -51,6 +51,11 @@ enum WireNode {
     Tee(WireTee),
     /// A scan of a checkpoint's parts (a table provider).
     Scan(WireRead),
+    /// A Parquet sink writing a part per partition: the hex of DataFusion's protobuf
+    /// of its sink (see `sink::encode`).
+    PartSink {
+        sink: String,
+    },
 }
 
 /// A task boundary: the task's name (errors name it), its timeout, its sources (errors
@@ -323,7 +328,7 @@ impl LogicalExtensionCodec for LogicalCodec {
                 tee: tee.decode(&stores)?,
                 input,
             }),
-            WireNode::Scan(_) => return Err(misplaced()),
+            WireNode::Scan(_) | WireNode::PartSink { .. } => return Err(misplaced()),
         };
         Ok(Extension { node })
     }
@@ -435,6 +440,11 @@ impl PhysicalExtensionCodec for PhysicalCodec {
                 Arc::new(TaskBoundaryExec::new(input, run, sources, checkpoint))
             }
             WireNode::Tee(tee) => Arc::new(CheckpointExec::new(input, tee.decode(&stores)?)),
+            WireNode::PartSink { sink } => {
+                let bytes = crate::hex::decode(&sink)
+                    .map_err(|_| DataFusionError::Plan("a part sink's bytes are not hex".into()))?;
+                Arc::new(super::sink::decode(&bytes, input)?)
+            }
             WireNode::Scan(_) => return Err(misplaced()),
         })
     }
@@ -455,6 +465,10 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         }
         if let Some(exec) = node.downcast_ref::<CheckpointExec>() {
             return encode_tee(&exec.tee, buf);
+        }
+        if let Some(exec) = node.downcast_ref::<super::sink::PartSinkExec>() {
+            let sink = crate::hex::encode(&super::sink::encode(exec)?);
+            return Wire::new(WireNode::PartSink { sink }).encode(buf);
         }
         self.inner.try_encode(node, buf, proto_converter)
     }

@@ -23,6 +23,7 @@
 
 mod codec;
 mod parts;
+mod sink;
 mod wire;
 
 use wire::WireError;
@@ -56,6 +57,7 @@ use datafusion::prelude::{DataFrame, SessionConfig};
 use datafusion_proto::protobuf::LogicalPlanNode;
 
 pub use codec::{LogicalCodec, PhysicalCodec};
+pub use sink::{PartitionedParquetSinks, set_executor_address};
 
 use crate::checkpoint::gc::Lease;
 use crate::checkpoint::tee::ABANDONED_PARTITIONS;
@@ -64,7 +66,6 @@ use crate::parquet_io::evolution::CaseInsensitiveFormat;
 use crate::parquet_io::format::WrappedFormat;
 use crate::parquet_io::pins::SourceFormat;
 use crate::plan::boundary::{CheckpointSource, TaskBoundary, TaskBoundaryExec};
-use crate::planner::SluiceQueryPlanner;
 use crate::seam::{StreamEnd, TaskHandle};
 use crate::{Error, Result};
 use parts::{PartsWrite, Streamed, commit_parts};
@@ -302,13 +303,15 @@ fn scan_of(conf: &FileScanConfig, source: ParquetSource) -> Arc<dyn ExecutionPla
 
 /// The session state a scheduler plans Sluice's plans in: Sluice's query planner (its
 /// task boundaries become [`TaskBoundaryExec`](crate::plan::boundary::TaskBoundaryExec)s),
-/// stores from the environment, and [`cluster_config`].
+/// a Parquet sink per partition ([`PartitionedParquetSinks`], applied by the query
+/// planner: Ballista's adaptive planner replaces a session's physical optimizer rules
+/// with its own), stores from the environment, and [`cluster_config`].
 pub fn scheduler_state(config: SessionConfig) -> DfResult<SessionState> {
     Ok(SessionStateBuilder::new()
         .with_runtime_env(runtime_env(&config)?)
         .with_config(cluster_config(config))
         .with_default_features()
-        .with_query_planner(Arc::new(SluiceQueryPlanner))
+        .with_query_planner(Arc::new(sink::SchedulerPlanner))
         .build())
 }
 
@@ -559,6 +562,18 @@ impl Cluster {
         self.record(&boundaries, metrics.as_ref(), outcome.as_ref().err());
         tracing::info!(cluster = %self.url, job = job.unwrap_or_default(), elapsed = ?started.elapsed(), ok = outcome.is_ok(), "cluster job ended");
         outcome
+    }
+
+    /// The parts a Parquet sink's job wrote under `dir` (see [`sink::gather`]), in the
+    /// order of the input they read, and what each executor wrote; fails when they do
+    /// not hold the job's `rows`.
+    pub(crate) async fn gather_parts(
+        &self,
+        store: &Arc<dyn object_store::ObjectStore>,
+        dir: &url::Url,
+        rows: u64,
+    ) -> Result<(Vec<object_store::path::Path>, Vec<crate::WriterShare>)> {
+        sink::gather(store, dir, rows, &self.url).await
     }
 
     async fn job_metrics(&self, job: &str, config: &SessionConfig) -> Result<GetJobMetricsResult> {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::JoinType;
+use datafusion::common::config::TableParquetOptions;
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::datasource::MemTable;
 use datafusion::execution::SendableRecordBatchStream;
@@ -620,13 +621,23 @@ impl Frame {
             )
             .await
         };
-        self.write(dest, options.layout, "parquet", |df, target| async move {
-            let rewrite = |reason: String| async move {
-                df.write_parquet(&target.path, target.options, Some(table_options))
-                    .await
-                    .map(|batches| (count_from(&batches), WriteMethod::Rewrite { reason }))
-            };
+        // Owned: a frame's futures stay `Send` for every lifetime (flows are spawned).
+        let session = self.inner.session.clone();
+        let layout = options.layout;
+        self.write(dest, layout, "parquet", |df, target| async move {
             let reason = match route {
+                Route::Rewrite(reason) if target.parts.is_some() => {
+                    // Boxed: a local sink's future stays as small as it was.
+                    return Box::pin(write_parts(
+                        session,
+                        df,
+                        target,
+                        table_options,
+                        options,
+                        reason,
+                    ))
+                    .await;
+                }
                 Route::Rewrite(reason) => reason,
                 Route::Copy(plan) => {
                     let directory = target.kind == OutputKind::Directory;
@@ -639,7 +650,7 @@ impl Frame {
                         )
                         .await
                     {
-                        Ok(done) => return Ok(done),
+                        Ok((rows, method)) => return Ok(Written::here(rows, method)),
                         Err(Stop::Failed(e)) => return Err(e),
                         Err(Stop::Unsupported(reason)) => {
                             crate::parquet_io::copy::clear(&target.store, &target.url).await?;
@@ -649,7 +660,9 @@ impl Frame {
                 }
             };
             tracing::debug!(%reason, "Parquet sink: every column is encoded again");
-            rewrite(reason).await
+            df.write_parquet(&target.path, target.options, Some(table_options))
+                .await
+                .map(|batches| Written::here(count_from(&batches), WriteMethod::Rewrite { reason }))
         })
         .await
     }
@@ -663,7 +676,7 @@ impl Frame {
                 .await
                 .map(|batches| {
                     let reason = "CSV output".to_string();
-                    (count_from(&batches), WriteMethod::Rewrite { reason })
+                    Written::here(count_from(&batches), WriteMethod::Rewrite { reason })
                 })
         })
         .await
@@ -675,10 +688,10 @@ impl Frame {
         &self,
         sink: F,
         target: SinkTarget,
-    ) -> datafusion::error::Result<(u64, WriteMethod)>
+    ) -> datafusion::error::Result<Written>
     where
         F: FnOnce(DataFrame, SinkTarget) -> Fut,
-        Fut: std::future::Future<Output = datafusion::error::Result<(u64, WriteMethod)>>,
+        Fut: std::future::Future<Output = datafusion::error::Result<Written>>,
     {
         self.inner
             .session
@@ -713,7 +726,7 @@ impl Frame {
     ) -> Result<WriteSummary>
     where
         F: FnOnce(DataFrame, SinkTarget) -> Fut,
-        Fut: std::future::Future<Output = datafusion::error::Result<(u64, WriteMethod)>>,
+        Fut: std::future::Future<Output = datafusion::error::Result<Written>>,
     {
         let stores = self.inner.session.stores();
         let url = stores.resolve(dest)?;
@@ -733,6 +746,16 @@ impl Frame {
         } else {
             staged.register_writer(self.inner.session.stores())
         };
+        // A Parquet sink on a cluster: a part per partition, in the parts' directory.
+        let parts = self
+            .inner
+            .session
+            .cluster()
+            .filter(|_| extension == "parquet")
+            .map(|cluster| ClusterParts {
+                url: staged.parts_url(),
+                cluster: cluster.clone(),
+            });
         let target = SinkTarget {
             path: writer.as_ref().map_or_else(
                 || staged.staging_url().to_string(),
@@ -740,6 +763,7 @@ impl Frame {
             ),
             url: staged.staging_url().clone(),
             options: DataFrameWriteOptions::new().with_single_file_output(kind == OutputKind::File),
+            parts,
             store: self
                 .inner
                 .session
@@ -750,7 +774,11 @@ impl Frame {
         };
         let span = tracing::info_span!("sink", dest = %staged.destination(), format = extension);
         let written = self.run_sink(sink, target).instrument(span).await;
-        let (rows, method) = match written {
+        let Written {
+            rows,
+            method,
+            writers,
+        } = match written {
             Ok(written) => written,
             Err(e) => {
                 let error = match crate::error::find_store_error(&e)
@@ -792,6 +820,7 @@ impl Frame {
                 })
                 .collect(),
             method,
+            writers,
         };
         if let Some(task) = crate::seam::current() {
             task.record_published(&summary);
@@ -812,6 +841,33 @@ struct SinkTarget {
     /// One file on a remote store: its destination, for a writer that uploads there
     /// and leaves the upload for the publish to complete (the column copy).
     in_place: Option<sluice_store::InPlace>,
+    /// On a cluster, a Parquet sink's parts' directory (see [`write_parts`]).
+    parts: Option<ClusterParts>,
+}
+
+/// Where a cluster's executors write the parts of a Parquet output.
+struct ClusterParts {
+    url: url::Url,
+    cluster: crate::cluster::Cluster,
+}
+
+/// What a sink wrote, before it is published.
+struct Written {
+    rows: u64,
+    method: WriteMethod,
+    /// On a cluster, each executor's share.
+    writers: Vec<crate::WriterShare>,
+}
+
+impl Written {
+    /// Written by this process.
+    fn here(rows: u64, method: WriteMethod) -> Self {
+        Self {
+            rows,
+            method,
+            writers: Vec::new(),
+        }
+    }
 }
 
 impl Frame {
@@ -833,6 +889,126 @@ impl Frame {
         }
         Ok(())
     }
+}
+
+/// A Parquet sink on a cluster: each partition a part, written by the executor that
+/// runs it (see `cluster::sink`); a directory output's files are the parts, one file
+/// is assembled from them here.
+async fn write_parts(
+    session: Session,
+    df: DataFrame,
+    target: SinkTarget,
+    table_options: TableParquetOptions,
+    options: ParquetWrite,
+    reason: String,
+) -> datafusion::error::Result<Written> {
+    let external = |e: Error| datafusion::error::DataFusionError::External(Box::new(e));
+    let Some(parts) = &target.parts else {
+        return Err(datafusion::error::DataFusionError::Internal(
+            "a cluster's sink without its parts' directory".into(),
+        ));
+    };
+    let written = df
+        .write_parquet(
+            parts.url.as_str(),
+            DataFrameWriteOptions::new().with_single_file_output(false),
+            Some(table_options),
+        )
+        .await?;
+    let rows = count_from(&written);
+    let (files, writers) = parts
+        .cluster
+        .gather_parts(&target.store, &parts.url, rows)
+        .await
+        .map_err(external)?;
+    if target.kind == OutputKind::File {
+        let dir = parts.url.clone();
+        // The assembly reads the parts as frames: DataFusion's listing and footer
+        // reads make futures that are not `Send` for every lifetime (a rustc limit
+        // with their stream combinators), which a flow's must be (flows are spawned).
+        // So it runs on a thread of its own, driven by this runtime, and stops when
+        // this future is dropped (its uploads abort as they do here).
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let _stop_when_dropped = cancel.clone().drop_guard();
+        let runtime = tokio::runtime::Handle::current();
+        let assembled = tokio::task::spawn_blocking(move || {
+            runtime.block_on(async move {
+                let assembly = std::pin::pin!(assemble(session, files, dir, target, options));
+                let cancelled = std::pin::pin!(cancel.cancelled());
+                match futures::future::select(assembly, cancelled).await {
+                    futures::future::Either::Left((done, _)) => done,
+                    futures::future::Either::Right(_) => Err(Error::Internal {
+                        message: "the assembly of a cluster's parts was cancelled".into(),
+                    }),
+                }
+            })
+        })
+        .await
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        assembled.map_err(external)?;
+    }
+    Ok(Written {
+        rows,
+        method: WriteMethod::Rewrite { reason },
+        writers,
+    })
+}
+
+/// One file from a cluster's parts, in order, assembled here without decoding: the
+/// column copy moves every chunk as it is (the parts have the output's codec) into
+/// the output's staged or in-place upload, a few chunks in memory at a time. Parts
+/// the copy cannot serve are encoded again here (DataFusion's writer).
+async fn assemble(
+    session: Session,
+    files: Vec<object_store::path::Path>,
+    dir: url::Url,
+    target: SinkTarget,
+    options: ParquetWrite,
+) -> Result<()> {
+    let mut parts = Vec::with_capacity(files.len());
+    for file in &files {
+        let url = dir
+            .join(file.filename().unwrap_or_default())
+            .map_err(|e| Error::Internal {
+                message: format!("a part's URL under {dir}: {e}"),
+            })?;
+        parts.push(session.read_parquet(url.as_str()).await?);
+    }
+    let parts = Frame::concat(parts)?;
+    let state = session.state();
+    // Sluice wrote the parts a moment ago: their values need no second check.
+    let options = options.with_validation(false);
+    let limits = session.read_limits();
+    let reason =
+        match crate::parquet_io::copy::route(&parts.inner.plan, &state, limits, &options).await {
+            Route::Copy(plan) => {
+                let store = Arc::clone(&target.store);
+                match plan
+                    .write(store, &target.url, false, target.in_place.clone())
+                    .await
+                {
+                    Ok(_) => return Ok(()),
+                    Err(Stop::Failed(e)) => return Err(parts.error(e)),
+                    Err(Stop::Unsupported(reason)) => {
+                        crate::parquet_io::copy::clear(&target.store, &target.url).await?;
+                        reason
+                    }
+                }
+            }
+            Route::Rewrite(reason) => reason,
+        };
+    tracing::debug!(%reason, "a cluster's parts are encoded again into one file here");
+    let table_options = options.table_options(&state)?;
+    parts
+        .to_dataframe()
+        .write_parquet(
+            target.url.as_str(),
+            DataFrameWriteOptions::new().with_single_file_output(true),
+            Some(table_options),
+        )
+        .await
+        .map_err(|e| parts.error(e))?;
+    Ok(())
 }
 
 fn count_from(batches: &[RecordBatch]) -> u64 {

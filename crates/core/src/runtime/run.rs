@@ -601,6 +601,7 @@ impl TaskRecorder for TaskRunState {
             rows: summary.rows,
             bytes: summary.bytes,
             method: summary.method.clone(),
+            writers: summary.writers.clone(),
         });
     }
 
