@@ -198,7 +198,11 @@ pub fn run_series(exe: &Path, args: &ClusterArgs) -> anyhow::Result<PathBuf> {
         let output = args.data_dir.join("cluster-out.parquet");
         let record = args.data_dir.join("cluster-record.json");
         let case = |runner: Option<String>| -> anyhow::Result<(Sample, Vec<WriterShare>)> {
-            let mut command: Vec<String> = vec!["case".into(), workload.to_string()];
+            let mut command: Vec<String> = vec![
+                exe.display().to_string(),
+                "case".into(),
+                workload.to_string(),
+            ];
             command.extend(["lazy".into(), "--input".into()]);
             command.push(input.display().to_string());
             command.extend(["--output".into(), output.display().to_string()]);
