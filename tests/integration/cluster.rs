@@ -287,11 +287,20 @@ async fn the_seed_etl_and_an_aggregation_run_on_two_executors_as_they_do_locally
     };
     assert_eq!(summary.rows, 240_000);
     assert_eq!(summary.rows, local_summary.rows);
-    assert!(
-        matches!(&summary.method, WriteMethod::Rewrite { reason } if reason.contains("cluster")),
-        "{:?}",
-        summary.method
-    );
+    // The executors copied the unchanged columns, chunk for chunk as the local run did.
+    match &local_summary.method {
+        WriteMethod::ColumnCopy {
+            computed,
+            chunks_verbatim,
+            chunks_recompressed,
+            ..
+        } => {
+            assert_eq!(computed, &["tip_fraction"]);
+            assert!(chunks_verbatim + chunks_recompressed > 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(summary.method, local_summary.method, "{}", cluster.logs());
     // No funnel: each executor wrote the share its tasks read, as the run record says.
     let writers = &summary.writers;
     assert_eq!(writers.len(), 2, "{writers:?}\n{}", cluster.logs());
@@ -403,6 +412,124 @@ async fn the_seed_etl_and_an_aggregation_run_on_two_executors_as_they_do_locally
     // marker): staging objects, parts and receipts were published or removed.
     let listed = objects_under(&s3, "out").await;
     assert_eq!(listed.len(), 7, "{listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_file_is_split_by_row_groups_across_executors_and_each_copies_its_share() {
+    use object_store::ObjectStoreExt;
+    let s3 = S3Target::new("cluster-split").await;
+    let dir = tempfile::tempdir().unwrap();
+    // One file of 24 row groups, which DataFusion splits into 4 byte ranges (any file
+    // over 1 byte is split here): each range a task, each task the row groups whose
+    // first page its range holds.
+    let file = taxi_file(dir.path(), "trips.parquet", 240_000, 10_000);
+    let path = object_store::path::Path::from(format!("{}/in/trips.parquet", s3.prefix));
+    let bytes = std::fs::read(&file).unwrap();
+    s3.store().put(&path, bytes.into()).await.unwrap();
+    let source = s3.url("in/trips.parquet");
+    let cluster = TestCluster::start(2, &s3.env());
+    let mut config = datafusion::prelude::SessionConfig::new();
+    config.options_mut().optimizer.repartition_file_min_size = 1;
+    let session = Session::builder()
+        .with_config(config)
+        .with_target_partitions(4)
+        .with_object_store(
+            &url::Url::parse(&format!("s3://{}/", s3.bucket)).unwrap(),
+            s3.store(),
+        )
+        .build()
+        .unwrap();
+
+    let local_dest = s3.url("out/local.parquet");
+    let local = etl(&source, &local_dest)
+        .with_session(session.clone())
+        .run()
+        .await;
+    let local_summary = local.output.unwrap();
+    let dest = s3.url("out/split/");
+    let run = etl(&source, &dest)
+        .with_session(session.clone())
+        .with_runner(cluster.runner())
+        .run()
+        .await;
+    let summary = match &run.output {
+        Ok(summary) => summary.clone(),
+        Err(e) => panic!("the cluster run failed: {e}\n{}", cluster.logs()),
+    };
+    assert_eq!(summary.rows, 240_000);
+    assert_eq!(summary.files.len(), 4, "{:?}", summary.files);
+    // Every chunk of the file copied once, by one executor or the other.
+    assert_eq!(summary.method, local_summary.method, "{}", cluster.logs());
+    assert_eq!(summary.writers.len(), 2, "{:?}", summary.writers);
+    assert!(
+        summary.writers.iter().all(|w| w.rows > 0),
+        "{:?}",
+        summary.writers
+    );
+    let written = session.read_parquet(&dest).await.unwrap();
+    let expected = session.read_parquet(&local_dest).await.unwrap();
+    assert_eq!(written.count().await.unwrap(), 240_000);
+    assert!(same_rows(&written, &expected).await, "the parts differ");
+    // The source's row groups, each once: 24 of 10,000 rows across the parts.
+    let mut groups = Vec::new();
+    for file in &summary.files {
+        let path = object_store::path::Path::from(
+            file.url
+                .strip_prefix(&format!("s3://{}/", s3.bucket))
+                .unwrap(),
+        );
+        let bytes = s3.store().get(&path).await.unwrap().bytes().await.unwrap();
+        let reader = parquet::file::serialized_reader::SerializedFileReader::new(bytes).unwrap();
+        use parquet::file::reader::FileReader;
+        let metadata = reader.metadata();
+        groups.extend(metadata.row_groups().iter().map(|g| g.num_rows()));
+    }
+    assert_eq!(groups, vec![10_000; 24], "{groups:?}");
+    for task in ["extract", "transform"] {
+        assert_eq!(completed_rows(&run.record, task), 240_000, "{task}");
+    }
+
+    // Plans the copy cannot serve, and a write that turns it off, are encoded again by
+    // the executors, and say why.
+    let flow = Flow::new("rewritten").with_options(
+        FlowOptions::default()
+            .with_session(session.clone())
+            .with_runner(cluster.runner()),
+    );
+    let (filtered_dest, off_dest) = (s3.url("out/filtered/"), s3.url("out/off/"));
+    let run = flow
+        .run(serde_json::json!({}), {
+            let (source, filtered_dest, off_dest) =
+                (source.clone(), filtered_dest.clone(), off_dest.clone());
+            async move {
+                let raw = crate::common::extract(&source).await?;
+                let filtered = raw
+                    .filter(col("fare_amount").gt(lit(10.0)))?
+                    .write_parquet(&filtered_dest, ParquetWrite::default())
+                    .await?;
+                let off = raw
+                    .write_parquet(&off_dest, ParquetWrite::default().with_column_copy(false))
+                    .await?;
+                Ok((filtered, off))
+            }
+        })
+        .await;
+    let (filtered, off) = match run.output {
+        Ok(written) => written,
+        Err(e) => panic!("the cluster run failed: {e}\n{}", cluster.logs()),
+    };
+    assert!(
+        matches!(&filtered.method, WriteMethod::Rewrite { reason }
+            if reason.contains("on the executors") && reason.contains("FilterExec")),
+        "{:?}",
+        filtered.method
+    );
+    assert!(
+        matches!(&off.method, WriteMethod::Rewrite { reason } if reason.contains("turned off")),
+        "{:?}",
+        off.method
+    );
+    assert_eq!(off.rows, 240_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -629,6 +756,21 @@ async fn what_a_cluster_cannot_run_is_refused_before_anything_is_sent() {
     assert!(error.contains("executors cannot write it"), "{error}");
 }
 
+#[task(persist)]
+async fn transform(df: Frame) -> Result<Frame> {
+    df.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+}
+
+/// The seed ETL with `transform` persisted, its output in the checkpoint's codec
+/// (zstd(3), the default of both): the executors' column copy writes the checkpoint as
+/// the output's own bytes.
+#[flow]
+async fn persisted_etl(source: &str, dest: &str) -> Result<WriteSummary> {
+    let raw = crate::common::extract(source).await?;
+    let df = transform(raw).await?;
+    crate::common::load(df, dest).await
+}
+
 /// The record of `task` in `run`, in `state`.
 fn task_in<'a, T>(
     run: &'a sluice::FlowRun<T>,
@@ -656,7 +798,7 @@ async fn executors_write_a_persisted_tasks_checkpoint_and_a_rerun_reads_it_inste
     let run = |dest: String, runner: Option<Runner>| {
         let (source, session, store_url) = (source.clone(), session.clone(), store_url.clone());
         async move {
-            let call = crate::cache::cached_etl(&source, &dest)
+            let call = persisted_etl(&source, &dest)
                 .with_session(session)
                 .with_result_store(&store_url);
             match runner {
@@ -714,6 +856,37 @@ async fn executors_write_a_persisted_tasks_checkpoint_and_a_rerun_reads_it_inste
     expected.push("_manifest.json".into());
     expected.sort();
     assert_eq!(on_disk, expected);
+    // The executors' column copy wrote the checkpoint as the output's own bytes: each
+    // part of the checkpoint is a part of the output, byte for byte.
+    let summary = first.output.as_ref().unwrap();
+    assert!(
+        summary.method.is_column_copy(),
+        "{:?}\n{}",
+        summary.method,
+        cluster.logs()
+    );
+    let mut checkpoint_parts: Vec<Vec<u8>> = manifest
+        .files
+        .iter()
+        .map(|f| std::fs::read(key_dir.join(&f.path)).unwrap())
+        .collect();
+    let mut output_parts = Vec::new();
+    for file in &summary.files {
+        use object_store::ObjectStoreExt;
+        let path = object_store::path::Path::from(
+            file.url
+                .strip_prefix(&format!("s3://{}/", s3.bucket))
+                .unwrap(),
+        );
+        let bytes = s3.store().get(&path).await.unwrap().bytes().await.unwrap();
+        output_parts.push(bytes.to_vec());
+    }
+    checkpoint_parts.sort();
+    output_parts.sort();
+    assert!(
+        checkpoint_parts == output_parts,
+        "the checkpoint's parts are not the output's"
+    );
 
     // The rerun on the cluster: a hit read on the executors, no source byte.
     reset(&s3);
@@ -782,6 +955,14 @@ async fn a_corrupt_checkpoint_on_s3_is_caught_by_the_executors_invalidated_and_r
     if let Err(e) = &first.output {
         panic!("the cluster run failed: {e}\n{}", cluster.logs());
     }
+    // A zstd(1) output of a zstd(3) checkpoint: the executors' tees write the
+    // checkpoint, and the output is encoded beside it.
+    assert!(
+        matches!(&first.output.as_ref().unwrap().method, WriteMethod::Rewrite { reason }
+            if reason.contains("task transform's checkpoint is Zstd(3)")),
+        "{:?}",
+        first.output.as_ref().unwrap().method
+    );
     assert!(
         task_in(&first, "transform", TaskState::Completed)
             .cache

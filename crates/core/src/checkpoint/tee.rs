@@ -344,6 +344,24 @@ impl CheckpointExec {
     }
 }
 
+#[cfg(feature = "ballista")]
+impl CheckpointExec {
+    /// Counts into partition `partition`'s metrics the `rows` a column copy on an
+    /// executor wrote to this tee's part without running it, under this write's
+    /// identity: the client's commit gate compares them with the parts' receipts.
+    pub(crate) fn count_copied(&self, partition: usize, rows: u64) {
+        crate::plan::count_identity(
+            &self.metrics,
+            WRITE_IDENTITY,
+            self.tee.write_id(),
+            partition,
+        );
+        MetricBuilder::new(&self.metrics)
+            .output_rows(partition)
+            .add(rows as usize);
+    }
+}
+
 /// `task=… key=…`, and on a cluster the write's directory (`write=data-…`).
 impl fmt::Display for dyn TeeSink {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {

@@ -42,12 +42,25 @@ impl Cluster {
     }
 
     /// Never called: no cluster exists.
+    pub(crate) fn with_parquet_copy(
+        &self,
+        _state: SessionState,
+        _copy: &crate::parquet_io::copy::ExecutorCopy,
+    ) -> SessionState {
+        match *self {}
+    }
+
+    /// Never called: no cluster exists.
     pub(crate) async fn gather_parts(
         &self,
         _store: &std::sync::Arc<dyn object_store::ObjectStore>,
         _dir: &url::Url,
         _rows: u64,
-    ) -> Result<(Vec<object_store::path::Path>, Vec<crate::WriterShare>)> {
+    ) -> Result<(
+        Vec<object_store::path::Path>,
+        Vec<crate::WriterShare>,
+        Option<crate::WriteMethod>,
+    )> {
         match *self {}
     }
 }

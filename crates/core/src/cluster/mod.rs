@@ -95,22 +95,31 @@ pub fn cluster_config(mut config: SessionConfig) -> SessionConfig {
     config
 }
 
-/// What a client's session sends its cluster beside the plan: the named stores'
-/// settings ([`Settings::to_wire`](sluice_store::Settings::to_wire): credentials by
-/// reference only), which executors resolve in their own environment. Written out by
+/// What a client's session sends its cluster beside the plan, in each job's settings:
+/// the named stores' settings ([`Settings::to_wire`](sluice_store::Settings::to_wire):
+/// credentials by reference only), which executors resolve in their own environment,
+/// and what a Parquet sink asks of the column copy on the executors. Written out by
 /// hand: the entries of DataFusion's `extensions_options!` lack their prefix, so
 /// Ballista's scheduler and executors could not set them back.
 #[derive(Debug, Clone, Default)]
-pub struct StoreSettingsOption {
+pub struct ClusterOptions {
     /// The named stores, as JSON; empty for none.
     pub stores: String,
+    /// The column copy's choices for the job's Parquet sink, as JSON; empty for the
+    /// defaults.
+    pub parquet_copy: String,
 }
 
-impl StoreSettingsOption {
-    const KEY: &'static str = "stores";
+/// The name [`ClusterOptions`] had when it carried the named stores alone.
+#[deprecated(since = "0.2.0", note = "renamed `ClusterOptions`")]
+pub type StoreSettingsOption = ClusterOptions;
+
+impl ClusterOptions {
+    const STORES: &'static str = "stores";
+    const PARQUET_COPY: &'static str = "parquet_copy";
 }
 
-impl datafusion::config::ExtensionOptions for StoreSettingsOption {
+impl datafusion::config::ExtensionOptions for ClusterOptions {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
@@ -124,27 +133,38 @@ impl datafusion::config::ExtensionOptions for StoreSettingsOption {
     }
 
     fn set(&mut self, key: &str, value: &str) -> DfResult<()> {
-        if key != Self::KEY {
-            return Err(DataFusionError::Configuration(format!(
-                "`sluice.{key}` is not a setting (only `sluice.{}`)",
-                Self::KEY
-            )));
+        match key {
+            Self::STORES => self.stores = value.to_string(),
+            Self::PARQUET_COPY => self.parquet_copy = value.to_string(),
+            _ => {
+                return Err(DataFusionError::Configuration(format!(
+                    "`sluice.{key}` is not a setting (only `sluice.{}` and `sluice.{}`)",
+                    Self::STORES,
+                    Self::PARQUET_COPY
+                )));
+            }
         }
-        self.stores = value.to_string();
         Ok(())
     }
 
     fn entries(&self) -> Vec<datafusion::config::ConfigEntry> {
         use datafusion::config::ConfigExtension as _;
-        vec![datafusion::config::ConfigEntry {
-            key: format!("{}.{}", Self::PREFIX, Self::KEY),
-            value: Some(self.stores.clone()),
-            description: "the named stores' settings, credentials by reference (JSON)",
-        }]
+        vec![
+            datafusion::config::ConfigEntry {
+                key: format!("{}.{}", Self::PREFIX, Self::STORES),
+                value: Some(self.stores.clone()),
+                description: "the named stores' settings, credentials by reference (JSON)",
+            },
+            datafusion::config::ConfigEntry {
+                key: format!("{}.{}", Self::PREFIX, Self::PARQUET_COPY),
+                value: Some(self.parquet_copy.clone()),
+                description: "what a Parquet sink asks of the column copy on executors (JSON)",
+            },
+        ]
     }
 }
 
-impl datafusion::config::ConfigExtension for StoreSettingsOption {
+impl datafusion::config::ConfigExtension for ClusterOptions {
     const PREFIX: &'static str = "sluice";
 }
 
@@ -153,10 +173,10 @@ impl datafusion::config::ConfigExtension for StoreSettingsOption {
 ///
 /// ```
 /// use datafusion::prelude::SessionConfig;
-/// use sluice_core::cluster::{StoreSettingsOption, with_store_settings};
+/// use sluice_core::cluster::{ClusterOptions, with_store_settings};
 /// let settings = sluice_store::Settings::from_toml("[stores.lake]\nurl = \"s3://trips\"")?;
 /// let config = with_store_settings(SessionConfig::new(), &settings);
-/// let sent = config.options().extensions.get::<StoreSettingsOption>().unwrap();
+/// let sent = config.options().extensions.get::<ClusterOptions>().unwrap();
 /// assert!(sent.stores.contains("s3://trips"));
 /// # Ok::<(), sluice_store::SettingsError>(())
 /// ```
@@ -169,7 +189,14 @@ pub fn with_store_settings(
     } else {
         settings.to_wire()
     };
-    config.with_option_extension(StoreSettingsOption { stores })
+    let mut options = config
+        .options()
+        .extensions
+        .get::<ClusterOptions>()
+        .cloned()
+        .unwrap_or_default();
+    options.stores = stores;
+    config.with_option_extension(options)
 }
 
 /// The object stores of a scheduler's or an executor's tasks: one registry per set of
@@ -184,7 +211,7 @@ pub(crate) fn stores_for(config: &SessionConfig) -> DfResult<Arc<sluice_store::S
     let wire = config
         .options()
         .extensions
-        .get::<StoreSettingsOption>()
+        .get::<ClusterOptions>()
         .map(|option| option.stores.clone())
         .unwrap_or_default();
     let mut registries = REGISTRIES
@@ -216,14 +243,14 @@ pub fn runtime_env(config: &SessionConfig) -> DfResult<Arc<RuntimeEnv>> {
 }
 
 /// A session configuration that accepts the settings clients send
-/// ([`StoreSettingsOption`]): what schedulers and executors start from.
+/// ([`ClusterOptions`]): what schedulers and executors start from.
 ///
 /// ```
 /// let config = sluice_core::cluster::accepting_store_settings(datafusion::prelude::SessionConfig::new());
-/// assert!(config.options().extensions.get::<sluice_core::cluster::StoreSettingsOption>().is_some());
+/// assert!(config.options().extensions.get::<sluice_core::cluster::ClusterOptions>().is_some());
 /// ```
 pub fn accepting_store_settings(config: SessionConfig) -> SessionConfig {
-    config.with_option_extension(StoreSettingsOption::default())
+    config.with_option_extension(ClusterOptions::default())
 }
 
 /// `plan`, decoded on an executor, with its Parquet scans capped at the column-chunk
@@ -236,8 +263,7 @@ fn cap_scans(
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
     use crate::parquet_io::limits;
     use datafusion::datasource::physical_plan::parquet::DefaultParquetFileReaderFactory;
-    let cap = limits::size_from_env(limits::MAX_COLUMN_CHUNK_BYTES_ENV)
-        .unwrap_or(limits::DEFAULT_MAX_COLUMN_CHUNK_BYTES);
+    let cap = limits::max_column_chunk_bytes_from_env();
     rewrite_scans(plan, |conf, source| {
         let scan = match source.parquet_file_reader_factory() {
             Some(_) => DataSourceExec::from_data_source(conf.clone()),
@@ -564,6 +590,24 @@ impl Cluster {
         outcome
     }
 
+    /// `state` (a job's, see [`run`](Self::run)) with what a Parquet sink asks of the
+    /// column copy on the executors (see `sink::PartSinkExec`).
+    pub(crate) fn with_parquet_copy(
+        &self,
+        mut state: SessionState,
+        copy: &crate::parquet_io::copy::ExecutorCopy,
+    ) -> SessionState {
+        let options = state.config_mut().options_mut();
+        let mut cluster = options
+            .extensions
+            .get::<ClusterOptions>()
+            .cloned()
+            .unwrap_or_default();
+        cluster.parquet_copy = serde_json::to_string(copy).unwrap_or_default();
+        options.extensions.insert(cluster);
+        state
+    }
+
     /// The parts a Parquet sink's job wrote under `dir` (see [`sink::gather`]), in the
     /// order of the input they read, and what each executor wrote; fails when they do
     /// not hold the job's `rows`.
@@ -572,7 +616,11 @@ impl Cluster {
         store: &Arc<dyn object_store::ObjectStore>,
         dir: &url::Url,
         rows: u64,
-    ) -> Result<(Vec<object_store::path::Path>, Vec<crate::WriterShare>)> {
+    ) -> Result<(
+        Vec<object_store::path::Path>,
+        Vec<crate::WriterShare>,
+        Option<crate::WriteMethod>,
+    )> {
         sink::gather(store, dir, rows, &self.url).await
     }
 

@@ -26,7 +26,7 @@ use crate::{Error, Result};
 
 /// What names a part's receipt: `part-<n>-<attempt>.receipt.json` beside
 /// `part-<n>-<attempt>.parquet`.
-const RECEIPT_SUFFIX: &str = ".receipt.json";
+pub(crate) const RECEIPT_SUFFIX: &str = ".receipt.json";
 
 /// One persisted task's checkpoint as a cluster writes it: the executors write the
 /// parts under `data-<write>/` of the checkpoint's directory, each with a receipt, and
@@ -161,6 +161,66 @@ struct PartReceipt {
     file: ManifestFile,
 }
 
+impl Receipt for PartReceipt {
+    fn part(&self) -> (&str, u64) {
+        let name = self.file.path.rsplit('/').next().unwrap_or_default();
+        (name, self.file.size)
+    }
+
+    fn slice(&self) -> &str {
+        self.slice.as_deref().unwrap_or(&self.file.path)
+    }
+}
+
+/// What an executor leaves beside a part it wrote whole (`NAME.receipt.json`, next to
+/// the part `NAME`): the part it names and the slice of input it holds.
+pub(crate) trait Receipt: serde::de::DeserializeOwned {
+    /// The part's file name in its directory, and its size when it was whole.
+    fn part(&self) -> (&str, u64);
+    /// What the part holds: two attempts of one slice of input (a task Ballista ran
+    /// again) are one part.
+    fn slice(&self) -> &str;
+}
+
+/// The receipts among `listed` (a parts directory's listing), one per slice, in slice
+/// order: a receipt whose part is missing or of another size (its writer died after
+/// the receipt of a former attempt, or the part was replaced) is passed over.
+/// `read_error` names a failed read of a receipt.
+pub(crate) async fn one_per_slice<R: Receipt>(
+    store: &dyn object_store::ObjectStore,
+    listed: &[object_store::ObjectMeta],
+    read_error: impl Fn(&Path, object_store::Error) -> Error,
+) -> Result<Vec<R>> {
+    use object_store::ObjectStoreExt;
+    let sizes: std::collections::HashMap<&str, u64> = listed
+        .iter()
+        .filter_map(|m| Some((m.location.filename()?, m.size)))
+        .collect();
+    let mut chosen: std::collections::BTreeMap<String, R> = Default::default();
+    for meta in listed
+        .iter()
+        .filter(|m| m.location.as_ref().ends_with(RECEIPT_SUFFIX))
+    {
+        let bytes = store
+            .get(&meta.location)
+            .await
+            .map_err(|e| read_error(&meta.location, e))?
+            .bytes()
+            .await
+            .map_err(|e| read_error(&meta.location, e))?;
+        let receipt: R = serde_json::from_slice(&bytes).map_err(|e| Error::Internal {
+            message: format!("the part receipt {} does not parse: {e}", meta.location),
+        })?;
+        let (name, size) = receipt.part();
+        if sizes.get(name) != Some(&size) {
+            tracing::warn!(receipt = %meta.location, "a part's receipt does not match the part; not used");
+            continue;
+        }
+        chosen.entry(receipt.slice().to_string()).or_insert(receipt);
+    }
+    Ok(chosen.into_values().collect())
+}
+
 impl PartReceipt {
     async fn put(&self, store: &CheckpointStore, path: &Path) -> Result<()> {
         use object_store::ObjectStoreExt;
@@ -206,35 +266,11 @@ pub(crate) async fn commit_parts(
         .try_collect()
         .await
         .map_err(|e| store_error(target.store.url(), &dir, "list", e))?;
-    let sizes: std::collections::HashMap<String, u64> = listed
-        .iter()
-        .filter_map(|m| Some((m.location.filename()?.to_string(), m.size)))
-        .collect();
-    let mut chosen: std::collections::BTreeMap<String, ManifestFile> = Default::default();
-    for meta in listed
-        .iter()
-        .filter(|m| m.location.as_ref().ends_with(RECEIPT_SUFFIX))
-    {
-        let read_error = |e| store_error(target.store.url(), &meta.location, "get", e);
-        let bytes = store
-            .get(&meta.location)
-            .await
-            .map_err(read_error)?
-            .bytes()
-            .await
-            .map_err(read_error)?;
-        let receipt: PartReceipt = serde_json::from_slice(&bytes).map_err(|e| Error::Internal {
-            message: format!("the part receipt {} does not parse: {e}", meta.location),
-        })?;
-        let name = receipt.file.path.rsplit('/').next().unwrap_or_default();
-        if sizes.get(name) != Some(&receipt.file.size) {
-            tracing::warn!(receipt = %meta.location, "a part's receipt does not match the part; not used");
-            continue;
-        }
-        let slice = receipt.slice.unwrap_or_else(|| receipt.file.path.clone());
-        chosen.entry(slice).or_insert(receipt.file);
-    }
-    let files: Vec<ManifestFile> = chosen.into_values().collect();
+    let chosen: Vec<PartReceipt> = one_per_slice(store.as_ref(), &listed, |location, e| {
+        store_error(target.store.url(), location, "get", e)
+    })
+    .await?;
+    let files: Vec<ManifestFile> = chosen.into_iter().map(|r| r.file).collect();
     let written: u64 = files.iter().map(|f| f.rows).sum();
     let complete = Some(Streamed {
         rows: written,

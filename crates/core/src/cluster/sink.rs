@@ -41,11 +41,10 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
-use crate::WriterShare;
-use crate::{Error, Result};
-
-/// What names a part's receipt: `part-….parquet.receipt.json` beside the part.
-const RECEIPT_SUFFIX: &str = ".receipt.json";
+use super::ClusterOptions;
+use super::parts::{RECEIPT_SUFFIX, Receipt, one_per_slice};
+use crate::parquet_io::copy::{self, ExecutorCopy, Stop};
+use crate::{Error, Result, WriteMethod, WriterShare};
 
 /// The address this process serves at, when it is an executor (`sluice executor`).
 static EXECUTOR: OnceLock<String> = OnceLock::new();
@@ -227,7 +226,6 @@ impl ExecutionPlan for PartSinkExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, Arc::clone(&context))?;
         let dir = self.dir()?.clone();
         // An attempt of its own: a task Ballista runs again never overwrites a part
         // another attempt may still be writing. Short: keys stay within what
@@ -249,6 +247,7 @@ impl ExecutionPlan for PartSinkExec {
             rows: 0,
             size: 0,
             executor: executor_address(),
+            method: None,
         };
         let part = ListingTableUrl::parse(format!("{}{name}", dir.as_str()))?;
         let path = part.prefix().clone();
@@ -259,13 +258,41 @@ impl ExecutionPlan for PartSinkExec {
         };
         let sink = ParquetSink::new(config, self.options.clone());
         let store_url = self.config.object_store_url.clone();
+        let input = Arc::clone(&self.input);
+        let options = self.options.clone();
         let written = async move {
-            let rows = DataSink::write_all(&sink, input, &context).await?;
             let store = context.runtime_env().object_store(&store_url)?;
+            let remote = crate::parquet_io::is_remote(store_url.as_str());
+            let choices = copy_choices(&context);
+            let copied = match copy::partition(&input, partition, &context, &options, choices).await
+            {
+                Ok(copy) => match copy.write(Arc::clone(&store), path.clone(), remote).await {
+                    Ok(written) => Ok(written),
+                    Err(Stop::Failed(e)) => return Err(e),
+                    Err(Stop::Unsupported(reason)) => {
+                        match store.delete(&path).await {
+                            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                        Err(reason)
+                    }
+                },
+                Err(reason) => Err(reason),
+            };
+            let (rows, method) = match copied {
+                Ok(written) => written,
+                Err(reason) => {
+                    tracing::debug!(%reason, partition, "a cluster's part is encoded again");
+                    let stream = input.execute(partition, Arc::clone(&context))?;
+                    let rows = DataSink::write_all(&sink, stream, &context).await?;
+                    (rows, WriteMethod::Rewrite { reason })
+                }
+            };
             let size = store.head(&path).await?.size;
             let receipt = SinkReceipt {
                 rows,
                 size,
+                method: Some(method),
                 ..receipt
             };
             let body =
@@ -285,6 +312,26 @@ impl ExecutionPlan for PartSinkExec {
     }
 }
 
+/// What the client's write asks of the column copy (see [`ClusterOptions`]): the
+/// defaults when it says nothing (a client of an earlier version) or what it says does
+/// not parse.
+fn copy_choices(context: &TaskContext) -> ExecutorCopy {
+    let sent = context
+        .session_config()
+        .options()
+        .extensions
+        .get::<ClusterOptions>()
+        .map(|options| options.parquet_copy.clone())
+        .unwrap_or_default();
+    if sent.is_empty() {
+        return ExecutorCopy::default();
+    }
+    serde_json::from_str(&sent).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the job's column-copy settings do not parse; using the defaults");
+        ExecutorCopy::default()
+    })
+}
+
 /// What an executor leaves beside a part it has written completely.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SinkReceipt {
@@ -298,10 +345,24 @@ struct SinkReceipt {
     rows: u64,
     size: u64,
     executor: String,
+    /// How the part was written (absent from an executor of an earlier version).
+    #[serde(default)]
+    method: Option<WriteMethod>,
 }
 
-/// The parts a job wrote under `dir`, in the order of the input they read, and what
-/// each executor wrote; every other object there (another attempt's part, a part whose
+impl Receipt for SinkReceipt {
+    fn part(&self) -> (&str, u64) {
+        (&self.file, self.size)
+    }
+
+    fn slice(&self) -> &str {
+        self.slice.as_deref().unwrap_or(&self.file)
+    }
+}
+
+/// The parts a job wrote under `dir`, in the order of the input they read, what each
+/// executor wrote and how the parts were written (see [`method_of`]); every other
+/// object there (another attempt's part, a part whose
 /// writer died, the receipts) deleted. Fails when the parts do not hold the `rows` the
 /// job reported: a destination the executors wrote where this process does not see
 /// (a local path on another machine).
@@ -310,7 +371,7 @@ pub(crate) async fn gather(
     dir: &url::Url,
     rows: u64,
     cluster: &str,
-) -> Result<(Vec<Path>, Vec<WriterShare>)> {
+) -> Result<(Vec<Path>, Vec<WriterShare>, Option<WriteMethod>)> {
     use futures::TryStreamExt;
     let prefix = sluice_store::object_path(dir)?;
     let store_error = |operation: &'static str, source| {
@@ -325,36 +386,8 @@ pub(crate) async fn gather(
         .try_collect()
         .await
         .map_err(|e| store_error("list", e))?;
-    let sizes: BTreeMap<String, u64> = listed
-        .iter()
-        .filter_map(|m| Some((m.location.filename()?.to_string(), m.size)))
-        .collect();
-    let mut chosen: BTreeMap<String, SinkReceipt> = BTreeMap::new();
-    for meta in listed
-        .iter()
-        .filter(|m| m.location.as_ref().ends_with(RECEIPT_SUFFIX))
-    {
-        let bytes = store
-            .get(&meta.location)
-            .await
-            .map_err(|e| store_error("get", e))?
-            .bytes()
-            .await
-            .map_err(|e| store_error("get", e))?;
-        let receipt: SinkReceipt = serde_json::from_slice(&bytes).map_err(|e| Error::Internal {
-            message: format!("the part receipt {} does not parse: {e}", meta.location),
-        })?;
-        if sizes.get(&receipt.file) != Some(&receipt.size) {
-            tracing::warn!(receipt = %meta.location, "a part's receipt does not match the part; not used");
-            continue;
-        }
-        let slice = receipt
-            .slice
-            .clone()
-            .unwrap_or_else(|| receipt.file.clone());
-        chosen.entry(slice).or_insert(receipt);
-    }
-    let mut parts: Vec<SinkReceipt> = chosen.into_values().collect();
+    let mut parts: Vec<SinkReceipt> =
+        one_per_slice(store.as_ref(), &listed, |_, e| store_error("get", e)).await?;
     parts.sort_by(|a, b| (&a.first, &a.file).cmp(&(&b.first, &b.file)));
     let written: u64 = parts.iter().map(|p| p.rows).sum();
     if written != rows {
@@ -404,11 +437,55 @@ pub(crate) async fn gather(
         share.bytes += part.size;
     }
     let shares = shares.into_values().collect();
+    let method = method_of(&parts);
     let parts = parts
         .iter()
         .map(|p| prefix.clone().join(p.file.as_str()))
         .collect();
-    Ok((parts, shares))
+    Ok((parts, shares, method))
+}
+
+/// How a job's parts were written, as one sink's [`WriteMethod`]: the column copy when
+/// every part was copied (its chunks summed), else the first reason a part was encoded
+/// again; `None` when no receipt says (no parts, or executors of an earlier version).
+fn method_of(parts: &[SinkReceipt]) -> Option<WriteMethod> {
+    let methods: Vec<&WriteMethod> = parts.iter().filter_map(|p| p.method.as_ref()).collect();
+    if methods.len() < parts.len() || methods.is_empty() {
+        return None;
+    }
+    let rewritten = methods.iter().find_map(|method| match method {
+        WriteMethod::Rewrite { reason } => Some(reason),
+        WriteMethod::ColumnCopy { .. } => None,
+    });
+    if let Some(reason) = rewritten {
+        let count = methods.iter().filter(|m| !m.is_column_copy()).count();
+        return Some(WriteMethod::Rewrite {
+            reason: format!(
+                "{count} of {} parts were encoded again on the executors: {reason}",
+                methods.len()
+            ),
+        });
+    }
+    let mut combined = methods[0].clone();
+    if let WriteMethod::ColumnCopy {
+        chunks_verbatim,
+        chunks_recompressed,
+        ..
+    } = &mut combined
+    {
+        for method in &methods[1..] {
+            if let WriteMethod::ColumnCopy {
+                chunks_verbatim: verbatim,
+                chunks_recompressed: recompressed,
+                ..
+            } = method
+            {
+                *chunks_verbatim += verbatim;
+                *chunks_recompressed += recompressed;
+            }
+        }
+    }
+    Some(combined)
 }
 
 /// The bytes of a [`PartSinkExec`] as it crosses to the executors: DataFusion's own
@@ -457,6 +534,7 @@ mod tests {
             rows,
             size: rows * 10,
             executor: executor.into(),
+            method: None,
         }
     }
 
@@ -493,7 +571,7 @@ mod tests {
             .await
             .unwrap();
 
-        let (parts, shares) = gather(&store, &url, 12, "df://c:50050").await.unwrap();
+        let (parts, shares, _) = gather(&store, &url, 12, "df://c:50050").await.unwrap();
         let names: Vec<_> = parts
             .iter()
             .map(|p| p.filename().unwrap().to_string())
@@ -517,6 +595,38 @@ mod tests {
         let mut expected = names.clone();
         expected.sort();
         assert_eq!(left, expected, "other attempts and receipts deleted");
+    }
+
+    #[test]
+    fn copied_parts_sum_their_chunks_and_a_rewritten_part_says_why() {
+        let copied = |verbatim, recompressed| WriteMethod::ColumnCopy {
+            copied: vec!["fare_amount".into()],
+            computed: vec!["tip_fraction".into()],
+            chunks_verbatim: verbatim,
+            chunks_recompressed: recompressed,
+        };
+        let with = |method: Option<WriteMethod>| SinkReceipt {
+            method,
+            ..receipt("a", "part-00000-aaaa.parquet", 4, 7, "e1")
+        };
+        let both = [with(Some(copied(3, 1))), with(Some(copied(2, 0)))];
+        assert_eq!(method_of(&both), Some(copied(5, 1)));
+        let reason = "the plan has a FilterExec node".to_string();
+        let mixed = [
+            with(Some(copied(3, 1))),
+            with(Some(WriteMethod::Rewrite { reason })),
+        ];
+        assert_eq!(
+            method_of(&mixed),
+            Some(WriteMethod::Rewrite {
+                reason: "1 of 2 parts were encoded again on the executors: the plan has a \
+                         FilterExec node"
+                    .into()
+            })
+        );
+        // An executor of an earlier version says nothing: the client's reason stands.
+        assert_eq!(method_of(&[with(Some(copied(1, 0))), with(None)]), None);
+        assert_eq!(method_of(&[]), None);
     }
 
     #[tokio::test]

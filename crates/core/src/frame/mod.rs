@@ -908,6 +908,14 @@ async fn write_parts(
             "a cluster's sink without its parts' directory".into(),
         ));
     };
+    // The executors copy unchanged columns as this write and session would here.
+    let copy = crate::parquet_io::copy::ExecutorCopy::of(
+        &options,
+        session.read_limits(),
+        session.column_copy(),
+    );
+    let (state, plan) = df.into_parts();
+    let df = DataFrame::new(parts.cluster.with_parquet_copy(state, &copy), plan);
     let written = df
         .write_parquet(
             parts.url.as_str(),
@@ -916,7 +924,7 @@ async fn write_parts(
         )
         .await?;
     let rows = count_from(&written);
-    let (files, writers) = parts
+    let (files, writers, method) = parts
         .cluster
         .gather_parts(&target.store, &parts.url, rows)
         .await
@@ -949,7 +957,7 @@ async fn write_parts(
     }
     Ok(Written {
         rows,
-        method: WriteMethod::Rewrite { reason },
+        method: method.unwrap_or(WriteMethod::Rewrite { reason }),
         writers,
     })
 }

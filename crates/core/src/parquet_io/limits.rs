@@ -117,6 +117,13 @@ pub(crate) fn parse_size(text: &str) -> Option<u64> {
     (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
+#[cfg(feature = "ballista")]
+/// The column-chunk cap this process sets for itself: `SLUICE_MAX_COLUMN_CHUNK_BYTES`,
+/// else the default (what an executor's reads take, whatever its clients ask).
+pub(crate) fn max_column_chunk_bytes_from_env() -> u64 {
+    size_from_env(MAX_COLUMN_CHUNK_BYTES_ENV).unwrap_or(DEFAULT_MAX_COLUMN_CHUNK_BYTES)
+}
+
 /// A size from the environment variable `name`, if set and valid (an invalid value is
 /// logged and ignored).
 pub(crate) fn size_from_env(name: &str) -> Option<u64> {

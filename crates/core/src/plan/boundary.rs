@@ -138,6 +138,29 @@ impl TaskBoundaryExec {
     pub fn task_name(&self) -> &str {
         self.task.name()
     }
+
+    #[cfg(feature = "ballista")]
+    /// Counts into partition `partition`'s metrics what a column copy on an executor
+    /// moved past this boundary without running it: `rows`, `bytes` (in memory, as
+    /// the row groups' footers say) in `nanos`.
+    pub(crate) fn count_copied(&self, partition: usize, rows: u64, bytes: u64, nanos: u64) {
+        use datafusion::physical_plan::metrics::MetricBuilder;
+        crate::plan::count_identity(
+            &self.metrics,
+            crate::plan::TASK_IDENTITY,
+            self.task.name(),
+            partition,
+        );
+        MetricBuilder::new(&self.metrics)
+            .output_rows(partition)
+            .add(rows as usize);
+        MetricBuilder::new(&self.metrics)
+            .output_bytes(partition)
+            .add(bytes as usize);
+        MetricBuilder::new(&self.metrics)
+            .elapsed_compute(partition)
+            .add_duration(std::time::Duration::from_nanos(nanos));
+    }
 }
 
 impl DisplayAs for TaskBoundaryExec {
@@ -238,7 +261,8 @@ impl ExecutionPlan for TaskBoundaryExec {
 }
 
 impl TaskBoundaryExec {
-    fn attribute(&self, error: DataFusionError) -> DataFusionError {
+    /// `error`, reached at this boundary, attributed to its task.
+    pub(crate) fn attribute(&self, error: DataFusionError) -> DataFusionError {
         attribute(&self.task, &self.sources, self.checkpoint.as_deref(), error)
     }
 }

@@ -271,7 +271,7 @@ impl RowGroupFetches {
             LOCAL_READ_AHEAD_BYTES
         };
         let mut ahead = 0;
-        for g in key.1 + 1..file.metadata.num_row_groups() {
+        for g in file.groups.iter().copied().filter(|&g| g > key.1) {
             let bytes = match kept.iter().find(|k| k.key == (key.0, g)) {
                 Some(known) => known.bytes,
                 None => match row_group_pieces(plan, key.0, g) {

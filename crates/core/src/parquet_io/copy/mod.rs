@@ -84,6 +84,8 @@ use crate::{Compression, Error, ParquetWrite};
 mod detect;
 mod fetch;
 mod pages;
+#[cfg(feature = "ballista")]
+mod physical;
 mod plan;
 mod write;
 
@@ -94,6 +96,8 @@ use detect::BranchSource;
 pub(crate) use detect::Shape;
 use fetch::*;
 use pages::*;
+#[cfg(feature = "ballista")]
+pub(crate) use physical::partition;
 pub(crate) use write::clear;
 use write::*;
 
@@ -114,6 +118,45 @@ const FOOTERS_IN_FLIGHT: usize = 8;
 /// link worth reading from (as object_store's `get_ranges` coalesces).
 const COALESCE_GAP: u64 = 1 << 20;
 
+/// What a client's write asks of the copy on the executors: its `ParquetWrite`'s
+/// choices and the session's read limits. It crosses as JSON in the job's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub(crate) struct ExecutorCopy {
+    /// Whether the copy is taken at all.
+    pub(crate) column_copy: bool,
+    pub(crate) recompress: bool,
+    pub(crate) validate: bool,
+    pub(crate) max_column_chunk_bytes: u64,
+    pub(crate) remote_read_ahead_bytes: u64,
+}
+
+impl Default for ExecutorCopy {
+    fn default() -> Self {
+        Self {
+            column_copy: true,
+            recompress: false,
+            validate: true,
+            max_column_chunk_bytes: crate::parquet_io::limits::DEFAULT_MAX_COLUMN_CHUNK_BYTES,
+            remote_read_ahead_bytes: crate::parquet_io::limits::DEFAULT_REMOTE_READ_AHEAD_BYTES,
+        }
+    }
+}
+
+impl ExecutorCopy {
+    /// What `options` ask of a write in a session whose reads are bounded by `limits`
+    /// and whose copy is on when `session_copy`.
+    pub(crate) fn of(options: &ParquetWrite, limits: ReadLimits, session_copy: bool) -> Self {
+        Self {
+            column_copy: session_copy && options.column_copy,
+            recompress: options.recompress,
+            validate: options.validate,
+            max_column_chunk_bytes: limits.max_column_chunk_bytes,
+            remote_read_ahead_bytes: limits.remote_read_ahead_bytes,
+        }
+    }
+}
+
 /// What a Parquet sink does with a frame.
 pub(crate) enum Route {
     /// Copy unchanged columns.
@@ -131,6 +174,9 @@ struct InputFile {
     reader: ArrowReaderMetadata,
     /// Indices into [`CopyPlan::boundaries`], innermost first.
     boundaries: Vec<usize>,
+    /// The row groups copied, in order: all of them, or the slice of the file a
+    /// cluster's task reads.
+    groups: Vec<usize>,
 }
 
 impl InputFile {

@@ -2,8 +2,10 @@
 //! output's schema and the computed columns' writers.
 
 use super::*;
+use datafusion::common::config::TableParquetOptions;
 use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 
 impl CopyPlan {
     pub(super) async fn new(
@@ -63,6 +65,68 @@ impl CopyPlan {
                 }
             }
         }
+        // The output's columns: a table column unchanged is copied, any other computed.
+        let copied: Vec<(usize, usize)> = shape.copied().collect();
+        let table_df =
+            DFSchema::try_from(shape.table_schema.as_ref().clone()).map_err(|e| e.to_string())?;
+        // Simplified as DataFusion's optimizer simplifies a query's expressions: `now()`
+        // and its kin become this write's start time (they cannot be evaluated).
+        let simplifier = ExprSimplifier::new(
+            SimplifyContext::builder()
+                .with_schema(Arc::new(table_df.clone()))
+                .with_config_options(Arc::clone(state.config_options()))
+                .with_query_execution_start_time(Some(chrono::Utc::now()))
+                .build(),
+        );
+        let mut columns = Vec::with_capacity(shape.columns.len());
+        let mut computed_exprs = Vec::new();
+        for (i, column) in shape.columns.iter().enumerate() {
+            let wanted = match copied.iter().find(|(c, _)| *c == i) {
+                Some(&(_, table_index)) => Wanted::Copy(table_index),
+                None => {
+                    let expr = &column.expr;
+                    let physical = simplifier
+                        .coerce(expr.clone(), &table_df)
+                        .and_then(|e| simplifier.simplify(e))
+                        .and_then(|e| state.create_physical_expr(e, &table_df))
+                        .map_err(|e| format!("cannot plan {expr}: {e}"))?;
+                    computed_exprs.push(expr.clone());
+                    Wanted::Compute(physical)
+                }
+            };
+            columns.push((column.field.clone(), wanted));
+        }
+        let settings = Settings {
+            codec,
+            recompress: options.recompress,
+            validate: options.validate,
+            table_options: options.table_options(state).map_err(|e| e.to_string())?,
+            part_bytes: state
+                .config_options()
+                .execution
+                .objectstore_writer_buffer_size,
+            pool: Arc::clone(&state.runtime_env().memory_pool),
+            limits,
+            batch_size: state.config().batch_size(),
+        };
+        let mut plan = CopyPlan::build(files, &shape.table_schema, columns, settings)?;
+        plan.boundaries = boundaries;
+        plan.boundary_outputs = boundary_outputs;
+        plan.computed_exprs = computed_exprs;
+        plan.checkpoint = checkpoint;
+        Ok(plan)
+    }
+
+    /// The copy of `files` (every input file, its footer read) into `columns`, the
+    /// output's fields in order, each a column of the table (whose schema is
+    /// `table_schema`) or computed over it; no task boundary is passed and no
+    /// checkpoint written (the logical plan's route adds them).
+    pub(super) fn build(
+        files: Vec<InputFile>,
+        table_schema: &SchemaRef,
+        columns: Vec<(Field, Wanted)>,
+        settings: Settings,
+    ) -> Result<Self, String> {
         let first = files.first().ok_or("the source has no files")?;
         let first_parquet = first.metadata.file_metadata().schema_descr_ptr();
         for file in &files {
@@ -74,35 +138,41 @@ impl CopyPlan {
                     file.url, first.url
                 ));
             }
-            check_file(file, &shape.table_schema, limits.max_column_chunk_bytes)?;
+            check_file(file, table_schema, settings.limits.max_column_chunk_bytes)?;
         }
         let file_schema = Arc::clone(first.reader.schema());
+        if !columns
+            .iter()
+            .any(|(_, wanted)| matches!(wanted, Wanted::Copy(_)))
+        {
+            return Err("no column is kept unchanged".into());
+        }
 
         // The output's fields and Parquet types, column by column.
-        let copied: Vec<(usize, usize)> = shape.copied().collect();
-        let mut columns = Vec::with_capacity(shape.columns.len());
-        let mut output_fields = Vec::with_capacity(shape.columns.len());
+        let mut output_columns = Vec::with_capacity(columns.len());
+        let mut output_fields = Vec::with_capacity(columns.len());
         let mut computed_fields = Vec::new();
-        let mut computed_exprs = Vec::new();
+        let mut table_exprs = Vec::new();
         let mut names = (Vec::new(), Vec::new());
-        for (i, column) in shape.columns.iter().enumerate() {
-            match copied.iter().find(|(c, _)| *c == i) {
-                Some(&(_, table_index)) => {
-                    columns.push(OutputColumn::Copy { root: table_index });
+        for (field, wanted) in columns {
+            match wanted {
+                Wanted::Copy(table_index) => {
+                    output_columns.push(OutputColumn::Copy { root: table_index });
                     output_fields.push(file_schema.field(table_index).clone());
-                    names.0.push(column.field.name().clone());
+                    names.0.push(field.name().clone());
                 }
-                None => {
-                    columns.push(OutputColumn::Compute {
+                Wanted::Compute(expr) => {
+                    output_columns.push(OutputColumn::Compute {
                         n: computed_fields.len(),
                     });
-                    computed_fields.push(column.field.clone());
-                    computed_exprs.push(column.expr.clone());
-                    output_fields.push(column.field.clone());
-                    names.1.push(column.field.name().clone());
+                    names.1.push(field.name().clone());
+                    output_fields.push(field.clone());
+                    computed_fields.push(field);
+                    table_exprs.push(expr);
                 }
             }
         }
+        let columns = output_columns;
         let computed_arrow = Arc::new(Schema::new(computed_fields));
         let computed_parquet = Arc::new(
             ArrowSchemaConverter::new()
@@ -126,45 +196,35 @@ impl CopyPlan {
                 .map_err(|e| e.to_string())?,
         );
 
-        // The columns the new ones read, and their physical expressions over them.
-        let mut needed = BTreeSet::new();
-        for expr in &computed_exprs {
-            for column in expr.column_refs() {
-                let index = shape
-                    .table_schema
-                    .index_of(&column.name)
-                    .map_err(|e| e.to_string())?;
-                needed.insert(index);
-            }
-        }
-        let needed: Vec<usize> = needed.into_iter().collect();
-        let needed_schema = Arc::new(
-            shape
-                .table_schema
-                .project(&needed)
-                .map_err(|e| e.to_string())?,
-        );
-        let df_schema =
-            DFSchema::try_from(needed_schema.as_ref().clone()).map_err(|e| e.to_string())?;
-        // Simplified as DataFusion's optimizer simplifies a query's expressions: `now()`
-        // and its kin become this write's start time (they cannot be evaluated).
-        let simplifier = ExprSimplifier::new(
-            SimplifyContext::builder()
-                .with_schema(Arc::new(df_schema.clone()))
-                .with_config_options(Arc::clone(state.config_options()))
-                .with_query_execution_start_time(Some(chrono::Utc::now()))
-                .build(),
-        );
-        let mut exprs = Vec::with_capacity(computed_exprs.len());
-        for (expr, field) in computed_exprs.iter().zip(computed_arrow.fields()) {
-            let simplified = simplifier
-                .coerce(expr.clone(), &df_schema)
-                .and_then(|e| simplifier.simplify(e))
-                .map_err(|e| format!("cannot plan {expr}: {e}"))?;
-            let physical = state
-                .create_physical_expr(simplified, &df_schema)
-                .map_err(|e| format!("cannot plan {expr}: {e}"))?;
-            let data_type = physical
+        // The columns the new ones read, and their expressions over those alone.
+        let needed: Vec<usize> = table_exprs
+            .iter()
+            .flat_map(datafusion::physical_expr::utils::collect_columns)
+            .map(|column| column.index())
+            .collect::<BTreeSet<usize>>()
+            .into_iter()
+            .collect();
+        let needed_schema = Arc::new(table_schema.project(&needed).map_err(|e| e.to_string())?);
+        let mut exprs = Vec::with_capacity(table_exprs.len());
+        for (expr, field) in table_exprs.into_iter().zip(computed_arrow.fields()) {
+            let over_needed = Arc::clone(&expr)
+                .transform(|node| {
+                    let Some(column) = node.downcast_ref::<PhysicalColumn>() else {
+                        return Ok(Transformed::no(node));
+                    };
+                    let index = needed
+                        .iter()
+                        .position(|&i| i == column.index())
+                        .ok_or_else(|| {
+                            DataFusionError::Internal(format!("{column} is not read"))
+                        })?;
+                    Ok(Transformed::yes(
+                        Arc::new(PhysicalColumn::new(column.name(), index)) as _,
+                    ))
+                })
+                .map_err(|e| format!("cannot plan {expr}: {e}"))?
+                .data;
+            let data_type = over_needed
                 .data_type(&needed_schema)
                 .map_err(|e| e.to_string())?;
             if &data_type != field.data_type() {
@@ -173,7 +233,7 @@ impl CopyPlan {
                     field.data_type()
                 ));
             }
-            exprs.push(physical);
+            exprs.push(over_needed);
         }
         // Memory: new columns of one row group are held encoded until it is complete.
         let computed_width: u64 = computed_arrow
@@ -196,7 +256,7 @@ impl CopyPlan {
 
         // Writer properties: DataFusion's sink's, with the first file's key-value
         // metadata (pandas', ...) and the output's Arrow schema.
-        let mut table_options = options.table_options(state).map_err(|e| e.to_string())?;
+        let mut table_options = settings.table_options;
         if let Some(kv) = first.metadata.file_metadata().key_value_metadata() {
             for pair in kv {
                 table_options
@@ -212,7 +272,7 @@ impl CopyPlan {
         table_options.arrow_schema(&output_arrow);
         let props = parquet::file::properties::WriterPropertiesBuilder::try_from(&table_options)
             .map_err(|e| e.to_string())?
-            .set_compression(codec)
+            .set_compression(settings.codec)
             .build();
         let props = Arc::new(props);
         unstated_statistics(&files, &props)?;
@@ -252,24 +312,44 @@ impl CopyPlan {
             needed,
             needed_schema,
             props,
-            codec,
-            recompress: options.recompress,
-            validate: options.validate,
-            part_bytes: state
-                .config_options()
-                .execution
-                .objectstore_writer_buffer_size,
-            pool: Arc::clone(&state.runtime_env().memory_pool),
-            max_chunk: limits.max_column_chunk_bytes,
-            read_ahead: limits.remote_read_ahead_bytes,
-            batch_size: state.config().batch_size(),
-            boundaries,
-            boundary_outputs,
-            computed_exprs,
+            codec: settings.codec,
+            recompress: settings.recompress,
+            validate: settings.validate,
+            part_bytes: settings.part_bytes,
+            pool: settings.pool,
+            max_chunk: settings.limits.max_column_chunk_bytes,
+            read_ahead: settings.limits.remote_read_ahead_bytes,
+            batch_size: settings.batch_size,
+            boundaries: Vec::new(),
+            boundary_outputs: Vec::new(),
+            computed_exprs: Vec::new(),
             row_groups: RowGroupFetches::default(),
-            checkpoint,
+            checkpoint: None,
         })
     }
+}
+
+/// An output column of a copy, as [`CopyPlan::build`] takes it.
+pub(super) enum Wanted {
+    /// The table's column at this index, unchanged.
+    Copy(usize),
+    /// Computed by this expression over the table's columns.
+    Compute(Arc<dyn PhysicalExpr>),
+}
+
+/// What a copy is written with, besides its inputs and columns.
+pub(super) struct Settings {
+    pub(super) codec: Codec,
+    pub(super) recompress: bool,
+    pub(super) validate: bool,
+    /// DataFusion's sink's options: the writer's properties.
+    pub(super) table_options: TableParquetOptions,
+    /// The size of the upload's parts.
+    pub(super) part_bytes: usize,
+    /// The memory pool the copy's units reserve from.
+    pub(super) pool: Arc<dyn MemoryPool>,
+    pub(super) limits: ReadLimits,
+    pub(super) batch_size: usize,
 }
 
 /// The checkpoint a copy writes as its output's bytes: one this process commits, whose
@@ -447,6 +527,7 @@ fn input_file(
         url,
         reads,
         location,
+        groups: (0..metadata.num_row_groups()).collect(),
         metadata,
         reader,
         boundaries,

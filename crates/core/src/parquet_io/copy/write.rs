@@ -51,7 +51,7 @@ impl CopyPlan {
     /// flight by the whole budget of 64 MiB (6) took 0.74 times the wall of 2 at 0 ms and
     /// 0.88 at 100 ms in one pass, but peaked at 215–235 MiB; 3 were no faster than 2
     /// in interleaved runs.
-    fn uploads_in_flight(&self, remote: bool) -> usize {
+    pub(super) fn uploads_in_flight(&self, remote: bool) -> usize {
         if !remote {
             return 2;
         }
@@ -72,7 +72,7 @@ impl CopyPlan {
 
     /// Writes each output (none when only the checkpoint's part is written) from the
     /// row groups of its files, and the checkpoint beside.
-    async fn write_outputs(
+    pub(super) async fn write_outputs(
         self,
         outputs: Vec<(Option<Output>, Vec<usize>)>,
     ) -> Result<(u64, WriteMethod), Stop> {
@@ -117,16 +117,49 @@ impl CopyPlan {
             return Err(Stop::Failed(e));
         }
         taps.close(StreamEnd::Ended);
-        let (copied, computed) = plan.names.clone();
-        Ok((
-            rows,
-            WriteMethod::ColumnCopy {
-                copied,
-                computed,
-                chunks_verbatim: counts.0,
-                chunks_recompressed: counts.1,
-            },
+        Ok((rows, plan.method(counts)))
+    }
+
+    #[cfg(feature = "ballista")]
+    /// One output file of every input file's row groups at `output`, and the same
+    /// bytes as `part`, a checkpoint's part that a cluster's client commits: the rows
+    /// written, how, and what the manifest records of the part.
+    pub(super) async fn write_with_part(
+        self,
+        output: Output,
+        part: PartUpload,
+    ) -> Result<(u64, WriteMethod, ManifestFile), Stop> {
+        let plan = Arc::new(self);
+        let taps = Taps::new(&[]);
+        let files: Vec<usize> = (0..plan.files.len()).collect();
+        let upload = output.start(plan.part_bytes);
+        let written = Box::pin(write_file(
+            &plan,
+            &taps,
+            Some(upload),
+            &files,
+            Some(part),
+            None,
         ))
+        .await?;
+        let (rows, verbatim, recompressed, part) = written;
+        let (file, _, _) = part.ok_or_else(|| {
+            Stop::Failed(DataFusionError::Internal(
+                "the copy's checkpoint part went missing".into(),
+            ))
+        })?;
+        Ok((rows, plan.method((verbatim, recompressed)), file))
+    }
+
+    /// The column copy's write method, with `counts` chunks (verbatim, recompressed).
+    fn method(&self, counts: (u64, u64)) -> WriteMethod {
+        let (copied, computed) = self.names.clone();
+        WriteMethod::ColumnCopy {
+            copied,
+            computed,
+            chunks_verbatim: counts.0,
+            chunks_recompressed: counts.1,
+        }
     }
 
     /// What a unit holds at most: the compressed chunks it reads and, decoded or
@@ -242,18 +275,10 @@ impl Uncommitted {
     /// The upload of part `n`, in parts of `part_bytes`.
     fn part(&self, n: usize, part_bytes: usize) -> Option<PartUpload> {
         let write = self.write.as_ref()?;
-        let path = write.part(n);
-        let upload = object_store::buffered::BufWriter::with_capacity(
-            Arc::clone(self.target.store.object_store()),
-            path.clone(),
-            part_bytes,
-        )
-        .with_max_concurrency(self.in_flight);
-        Some(PartUpload {
-            writer: PartWriter::new(upload, path),
-            target: Arc::clone(&self.target),
-            write: Arc::clone(write),
-        })
+        let sink = Arc::clone(&self.target) as Tee;
+        let mut part = PartUpload::new(sink, write.part(n), part_bytes, self.in_flight);
+        part.write = Some(Arc::clone(write));
+        Some(part)
     }
 
     /// Commits the manifest of `parts`; when this write's manifest is the one that
@@ -294,13 +319,34 @@ type WrittenPart = (ManifestFile, Path, Arc<ParquetMetaData>);
 /// One part of a checkpoint the copy writes: the output file's bytes, uploaded again.
 pub(super) struct PartUpload {
     writer: PartWriter,
-    target: Arc<CheckpointTarget>,
-    write: Arc<CheckpointWrite>,
+    /// The checkpoint's writer, which names its errors.
+    sink: Tee,
+    /// This process's write of it, whose lease the part's progress renews (none on a
+    /// cluster's executor: the client holds the lease).
+    write: Option<Arc<CheckpointWrite>>,
 }
 
 impl PartUpload {
+    /// The upload of a part of `sink`'s checkpoint at `path`, in parts of `part_bytes`,
+    /// `in_flight` at once.
+    pub(super) fn new(sink: Tee, path: Path, part_bytes: usize, in_flight: usize) -> Self {
+        let upload = object_store::buffered::BufWriter::with_capacity(
+            Arc::clone(sink.store().object_store()),
+            path.clone(),
+            part_bytes,
+        )
+        .with_max_concurrency(in_flight);
+        Self {
+            writer: PartWriter::new(upload, path),
+            sink,
+            write: None,
+        }
+    }
+
     async fn put(&mut self, bytes: Bytes) -> Result<(), Stop> {
-        self.write.progress();
+        if let Some(write) = &self.write {
+            write.progress();
+        }
         let put = self.writer.put(bytes).await;
         put.map_err(|e| {
             let path = self.writer.path().to_string();
@@ -318,13 +364,13 @@ impl PartUpload {
         let path = self.writer.path().clone();
         match self.writer.finish(rows).await {
             Ok(file) => Ok((file, path, Arc::new(footer))),
-            Err(e) => Err(Stop::Failed(TeeSink::error(self.target.as_ref(), e))),
+            Err(e) => Err(Stop::Failed(self.sink.error(e))),
         }
     }
 
     /// The checkpoint's error for `error`.
     fn failed(&self, error: Error) -> Stop {
-        Stop::Failed(TeeSink::error(self.target.as_ref(), error))
+        Stop::Failed(self.sink.error(error))
     }
 }
 
@@ -436,7 +482,7 @@ pub(super) async fn write_file(
     let mut units = Vec::new();
     for &f in files {
         let descr = plan.files[f].metadata.file_metadata().schema_descr_ptr();
-        for g in 0..plan.files[f].metadata.num_row_groups() {
+        for &g in &plan.files[f].groups {
             if !plan.exprs.is_empty() {
                 units.push(Unit::Compute { f, g });
             }
@@ -482,7 +528,7 @@ pub(super) async fn write_file(
         for &f in files {
             let file = &plan.files[f];
             let descr = file.metadata.file_metadata().schema_descr_ptr();
-            for g in 0..file.metadata.num_row_groups() {
+            for &g in &file.groups {
                 let started = Instant::now();
                 let mut computed = if plan.exprs.is_empty() {
                     Vec::new()
@@ -581,7 +627,7 @@ async fn put(
 }
 
 /// Where an output file of the copy goes.
-enum Output {
+pub(super) enum Output {
     /// Under the output's staging name in `store`, published by a rename.
     Staged {
         store: Arc<dyn ObjectStore>,
