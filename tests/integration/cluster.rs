@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice::prelude::*;
-use sluice::{CheckpointStore, Runner, TaskExecution};
+use sluice::{CheckpointStore, FlowRun, Runner, TaskExecution};
 
 use crate::common::{etl, taxi_file};
 use crate::remote::S3Target;
@@ -208,6 +208,40 @@ async fn objects_under(s3: &S3Target, folder: &str) -> Vec<String> {
         .unwrap()
 }
 
+/// The bytes of the object at `url` (an `s3://` URL of the test's bucket).
+async fn object_bytes(s3: &S3Target, url: &str) -> bytes::Bytes {
+    use object_store::ObjectStoreExt;
+    let key = url
+        .strip_prefix(&format!("s3://{}/", s3.bucket))
+        .unwrap_or_else(|| panic!("{url} is not in the test's bucket"));
+    let path = object_store::path::Path::from(key);
+    s3.store().get(&path).await.unwrap().bytes().await.unwrap()
+}
+
+/// The seed ETL of `source` run locally to `local_dest`, then on `cluster` to `dest`:
+/// both runs, the cluster's known to have succeeded (else its logs are shown).
+async fn etl_here_then_there(
+    session: &Session,
+    cluster: &TestCluster,
+    source: &str,
+    local_dest: &str,
+    dest: &str,
+) -> (FlowRun<WriteSummary>, FlowRun<WriteSummary>) {
+    let local = etl(source, local_dest)
+        .with_session(session.clone())
+        .run()
+        .await;
+    let on_cluster = etl(source, dest)
+        .with_session(session.clone())
+        .with_runner(cluster.runner())
+        .run()
+        .await;
+    if let Err(e) = &on_cluster.output {
+        panic!("the cluster run failed: {e}\n{}", cluster.logs());
+    }
+    (local, on_cluster)
+}
+
 /// Whether two frames hold the same rows, as multisets (a cluster does not keep row
 /// order).
 async fn same_rows(a: &Frame, b: &Frame) -> bool {
@@ -270,21 +304,11 @@ async fn the_seed_etl_and_an_aggregation_run_on_two_executors_as_they_do_locally
 
     // Local first, then the same flow on the cluster.
     let local_dest = s3.url("out/local.parquet");
-    let local = etl(&source, &local_dest)
-        .with_session(session.clone())
-        .run()
-        .await;
-    let local_summary = local.output.as_ref().unwrap().clone();
     let cluster_dest = s3.url("out/cluster.parquet");
-    let on_cluster = etl(&source, &cluster_dest)
-        .with_session(session.clone())
-        .with_runner(cluster.runner())
-        .run()
-        .await;
-    let summary = match &on_cluster.output {
-        Ok(summary) => summary.clone(),
-        Err(e) => panic!("the cluster run failed: {e}\n{}", cluster.logs()),
-    };
+    let (local, on_cluster) =
+        etl_here_then_there(&session, &cluster, &source, &local_dest, &cluster_dest).await;
+    let local_summary = local.output.as_ref().unwrap().clone();
+    let summary = on_cluster.output.as_ref().unwrap().clone();
     assert_eq!(summary.rows, 240_000);
     assert_eq!(summary.rows, local_summary.rows);
     // The executors copied the unchanged columns, chunk for chunk as the local run did.
@@ -441,21 +465,10 @@ async fn one_file_is_split_by_row_groups_across_executors_and_each_copies_its_sh
         .unwrap();
 
     let local_dest = s3.url("out/local.parquet");
-    let local = etl(&source, &local_dest)
-        .with_session(session.clone())
-        .run()
-        .await;
-    let local_summary = local.output.unwrap();
     let dest = s3.url("out/split/");
-    let run = etl(&source, &dest)
-        .with_session(session.clone())
-        .with_runner(cluster.runner())
-        .run()
-        .await;
-    let summary = match &run.output {
-        Ok(summary) => summary.clone(),
-        Err(e) => panic!("the cluster run failed: {e}\n{}", cluster.logs()),
-    };
+    let (local, run) = etl_here_then_there(&session, &cluster, &source, &local_dest, &dest).await;
+    let local_summary = local.output.unwrap();
+    let summary = run.output.as_ref().unwrap().clone();
     assert_eq!(summary.rows, 240_000);
     assert_eq!(summary.files.len(), 4, "{:?}", summary.files);
     // Every chunk of the file copied once, by one executor or the other.
@@ -473,12 +486,7 @@ async fn one_file_is_split_by_row_groups_across_executors_and_each_copies_its_sh
     // The source's row groups, each once: 24 of 10,000 rows across the parts.
     let mut groups = Vec::new();
     for file in &summary.files {
-        let path = object_store::path::Path::from(
-            file.url
-                .strip_prefix(&format!("s3://{}/", s3.bucket))
-                .unwrap(),
-        );
-        let bytes = s3.store().get(&path).await.unwrap().bytes().await.unwrap();
+        let bytes = object_bytes(&s3, &file.url).await;
         let reader = parquet::file::serialized_reader::SerializedFileReader::new(bytes).unwrap();
         use parquet::file::reader::FileReader;
         let metadata = reader.metadata();
@@ -872,14 +880,7 @@ async fn executors_write_a_persisted_tasks_checkpoint_and_a_rerun_reads_it_inste
         .collect();
     let mut output_parts = Vec::new();
     for file in &summary.files {
-        use object_store::ObjectStoreExt;
-        let path = object_store::path::Path::from(
-            file.url
-                .strip_prefix(&format!("s3://{}/", s3.bucket))
-                .unwrap(),
-        );
-        let bytes = s3.store().get(&path).await.unwrap().bytes().await.unwrap();
-        output_parts.push(bytes.to_vec());
+        output_parts.push(object_bytes(&s3, &file.url).await.to_vec());
     }
     checkpoint_parts.sort();
     output_parts.sort();
