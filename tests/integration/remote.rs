@@ -329,6 +329,15 @@ mod s3 {
         assert_eq!(head.e_tag.as_deref(), Some(stamp(&placed).as_str()));
         let bytes = store.get(&path).await.unwrap().bytes().await.unwrap();
         assert_eq!(&bytes[..], b"small now");
+        // A suffix longer than the object is the whole object, as S3 answers it (a
+        // footer read of a small file asks for one).
+        let options = object_store::GetOptions {
+            range: Some(object_store::GetRange::Suffix(1024)),
+            ..Default::default()
+        };
+        let whole = store.get_opts(&path, options).await.unwrap();
+        assert_eq!(whole.range, 0..9);
+        assert_eq!(&whole.bytes().await.unwrap()[..], b"small now");
 
         // An uploaded object keeps the ETag s3s-fs stored for it (its MD5).
         let uploaded = object_store::path::Path::from(format!("{}/up.bin", target.prefix));

@@ -6,7 +6,10 @@
 //! `ballista`), started afresh for every measured run so that each process's peak RSS
 //! (`VmHWM`) is that run's. The client is `sluice-bench case etl lazy --runner df://…`,
 //! measured as `run`'s cases are (wall, peak RSS); the bytes each executor wrote come
-//! from the run's record (`WriteSummary::writers`). Writes `bench/cluster.md` under `--out`.
+//! from the run's record (`WriteSummary::writers`). With `--store s3` the input and the
+//! output are on an S3 server of this process that every process reaches through the
+//! testkit's fault proxy, adding `--latency-ms` to each request (the proxy counts the
+//! requests). Writes `bench/cluster.md` (`bench/cluster-s3.md` for S3) under `--out`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -18,8 +21,10 @@ use sluice::{FlowRunRecord, WriterShare};
 
 use crate::cases::Workload;
 use crate::measure::{Sample, measure_child};
+use crate::remote::{Endpoints, RemoteStore, place};
 use crate::report::Stats;
 use crate::runner::ensure_taxi_data;
+use sluice_testkit::faults::{FaultRule, ProxyFault};
 
 /// `sluice-bench cluster`.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,6 +53,15 @@ pub struct ClusterArgs {
     /// The codec of the generated input: `zstd` (level 3, as `run`'s) or `snappy`.
     #[arg(long, default_value = "zstd", value_parser = ["snappy", "zstd"])]
     pub input_codec: String,
+    /// Where the input is read and the output written: `local` disk, or `s3`: the
+    /// input placed in a `sluice serve-s3`-like server of this process, reached by
+    /// every process (client, scheduler, executors) through a latency proxy as the
+    /// named store `bench`.
+    #[arg(long, default_value = "local", value_parser = ["local", "s3"])]
+    pub store: String,
+    /// With `--store s3`: the latency the proxy adds to each request, one series each.
+    #[arg(long, value_delimiter = ',', default_values = ["0"])]
+    pub latency_ms: Vec<u64>,
 }
 
 /// One measured run.
@@ -57,6 +71,8 @@ struct ClusterRun {
     /// Peak RSS of the scheduler, then of each executor, in MiB (empty locally).
     cluster_rss_mib: Vec<f64>,
     writers: Vec<WriterShare>,
+    /// Requests the S3 server answered during the run, from every process (S3 only).
+    requests: Option<u64>,
 }
 
 /// The runs of one series on one runner.
@@ -64,8 +80,18 @@ struct ClusterRun {
 struct Series {
     workload: Workload,
     rows: u64,
+    /// The latency added per S3 request (S3 only).
+    latency_ms: Option<u64>,
     runner: &'static str,
     runs: Vec<ClusterRun>,
+}
+
+/// Where a series reads and writes.
+struct Place {
+    input: String,
+    output: String,
+    /// What the client and the cluster's processes need in their environment.
+    env: Vec<(&'static str, String)>,
 }
 
 /// A cluster of this machine, killed on drop.
@@ -106,11 +132,17 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()>
 }
 
 impl LocalCluster {
-    fn start(sluice: &Path, executors: usize, slots: usize) -> anyhow::Result<Self> {
+    fn start(
+        sluice: &Path,
+        executors: usize,
+        slots: usize,
+        env: &[(&'static str, String)],
+    ) -> anyhow::Result<Self> {
         let work = tempfile::tempdir()?;
         let port = free_port()?;
         let mut scheduler = Command::new(sluice)
             .args(["scheduler", "--bind", &format!("127.0.0.1:{port}")])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -131,6 +163,7 @@ impl LocalCluster {
                 .args(["--bind", &format!("127.0.0.1:{bind}")])
                 .args(["--slots", &slots.to_string(), "--work-dir"])
                 .arg(&dir)
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()?;
@@ -188,6 +221,19 @@ pub fn run_series(exe: &Path, args: &ClusterArgs) -> anyhow::Result<PathBuf> {
          --features ballista,sluice-cli/ballista --bins --examples`)",
         sluice.display()
     );
+    let s3 = args.store == "s3";
+    let root = args.data_dir.join("cluster-remote");
+    let endpoints = if s3 {
+        std::fs::create_dir_all(root.join("bench").join("out"))?;
+        Some(Endpoints::start(&root)?)
+    } else {
+        None
+    };
+    let latencies: Vec<Option<u64>> = if s3 {
+        args.latency_ms.iter().map(|&ms| Some(ms)).collect()
+    } else {
+        vec![None]
+    };
     let mut series = Vec::new();
     for (&rows, &workload) in args
         .rows
@@ -195,63 +241,90 @@ pub fn run_series(exe: &Path, args: &ClusterArgs) -> anyhow::Result<PathBuf> {
         .flat_map(|rows| args.workloads.iter().map(move |w| (rows, w)))
     {
         let input = ensure_taxi_data(&args.data_dir, rows, &args.input_codec)?;
-        let output = args.data_dir.join("cluster-out.parquet");
         let record = args.data_dir.join("cluster-record.json");
-        let case = |runner: Option<String>| -> anyhow::Result<(Sample, Vec<WriterShare>)> {
+        let place = match &endpoints {
+            Some(endpoints) => {
+                let name = format!("taxi-{rows}.parquet");
+                place(&input, &root.join("bench").join(&name))?;
+                Place {
+                    input: format!("store://bench/{name}"),
+                    output: "store://bench/out/cluster-out.parquet".into(),
+                    env: endpoints.sluice_env(),
+                }
+            }
+            None => Place {
+                input: input.display().to_string(),
+                output: args
+                    .data_dir
+                    .join("cluster-out.parquet")
+                    .display()
+                    .to_string(),
+                env: Vec::new(),
+            },
+        };
+        let proxy = endpoints.as_ref().map(|e| e.proxy(RemoteStore::S3));
+        let case = |runner: Option<String>| -> anyhow::Result<ClusterRun> {
             let mut command: Vec<String> = vec![
                 exe.display().to_string(),
                 "case".into(),
                 workload.to_string(),
             ];
-            command.extend(["lazy".into(), "--input".into()]);
-            command.push(input.display().to_string());
-            command.extend(["--output".into(), output.display().to_string()]);
+            command.extend(["lazy".into(), "--input".into(), place.input.clone()]);
+            command.extend(["--output".into(), place.output.clone()]);
             command.extend(["--record".into(), record.display().to_string()]);
             if let Some(runner) = runner {
                 command.extend(["--runner".into(), runner]);
             }
-            let sample = measure_child(exe, &command, &[])?;
-            Ok((sample, writers(&record)?))
-        };
-        // One unmeasured run each: the page cache holds the input for both.
-        case(None)?;
-        let mut local = Vec::new();
-        for _ in 0..args.runs {
-            let (client, writers) = case(None)?;
-            local.push(ClusterRun {
+            if let Some(proxy) = proxy {
+                proxy.reset_stats();
+            }
+            let client = measure_child(exe, &command, &place.env)?;
+            Ok(ClusterRun {
                 client,
                 cluster_rss_mib: Vec::new(),
-                writers,
-            });
+                writers: writers(&record)?,
+                requests: proxy.map(|p| p.stats().requests),
+            })
+        };
+        for &latency_ms in &latencies {
+            if let Some(proxy) = proxy {
+                match latency_ms {
+                    Some(ms) if ms > 0 => proxy.set_rules([FaultRule::new(ProxyFault::Latency(
+                        Duration::from_millis(ms),
+                    ))]),
+                    _ => proxy.clear_rules(),
+                }
+            }
+            // One unmeasured run each: the page cache holds the input for both.
+            case(None)?;
+            let local = (0..args.runs)
+                .map(|_| case(None))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut on_cluster = Vec::new();
+            for _ in 0..args.runs {
+                let cluster = LocalCluster::start(&sluice, args.executors, args.slots, &place.env)?;
+                let mut run = case(Some(format!("df://127.0.0.1:{}", cluster.port)))?;
+                run.cluster_rss_mib = cluster.peak_rss_mib();
+                on_cluster.push(run);
+            }
+            eprintln!("cluster series: {workload} at {rows} rows ({latency_ms:?} ms) done");
+            for (runner, runs) in [("local", local), ("cluster", on_cluster)] {
+                series.push(Series {
+                    workload,
+                    rows,
+                    latency_ms,
+                    runner,
+                    runs,
+                });
+            }
         }
-        let mut on_cluster = Vec::new();
-        for _ in 0..args.runs {
-            let cluster = LocalCluster::start(&sluice, args.executors, args.slots)?;
-            let (client, writers) = case(Some(format!("df://127.0.0.1:{}", cluster.port)))?;
-            on_cluster.push(ClusterRun {
-                client,
-                cluster_rss_mib: cluster.peak_rss_mib(),
-                writers,
-            });
-        }
-        eprintln!("cluster series: {workload} at {rows} rows done");
-        series.push(Series {
-            workload,
-            rows,
-            runner: "local",
-            runs: local,
-        });
-        series.push(Series {
-            workload,
-            rows,
-            runner: "cluster",
-            runs: on_cluster,
-        });
     }
+    drop(endpoints);
     let md = render(&series, args);
     let dir = args.out.join("bench");
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join("cluster.md");
+    // One report per store: the local series and the remote one are read side by side.
+    let path = dir.join(if s3 { "cluster-s3.md" } else { "cluster.md" });
     std::fs::write(&path, md)?;
     Ok(path)
 }
@@ -268,17 +341,32 @@ fn render(series: &[Series], args: &ClusterArgs) -> String {
          `sluice-bench case WORKLOAD lazy`, locally or with `--runner df://…`: the seed \
          ETL (`etl`) and the mean tip by zone and hour (`aggregate`: partial aggregates \
          shuffled between the executors). Input: one generated taxi file ({} codec), \
-         output: one Parquet file on local disk. Medians of {} runs; peak RSS is each \
-         process's `VmHWM`.\n\n\
-         | workload | rows | runner | wall | vs local | client RSS | scheduler RSS | executors' RSS | each executor wrote |\n\
-         |---|---:|---|---:|---:|---:|---:|---:|---|\n",
-        args.executors, args.slots, args.input_codec, args.runs
+         output: one Parquet file, {}. Medians of {} runs; peak RSS is each \
+         process's `VmHWM`; requests are those the S3 server answered during the run, \
+         from every process.\n\n\
+         | workload | rows | latency | runner | wall | vs local | client RSS | scheduler RSS | executors' RSS | requests | each executor wrote |\n\
+         |---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|\n",
+        args.executors,
+        args.slots,
+        args.input_codec,
+        if args.store == "s3" {
+            "both on an S3 server of the bench's process (`store://bench/…`), every process \
+             reaching it through a proxy that adds the latency given to each request"
+        } else {
+            "both on local disk"
+        },
+        args.runs
     );
     for s in series {
         let wall = median(s.runs.iter().map(|r| r.client.wall_s));
         let local = series
             .iter()
-            .find(|l| l.workload == s.workload && l.rows == s.rows && l.runner == "local")
+            .find(|l| {
+                l.workload == s.workload
+                    && l.rows == s.rows
+                    && l.latency_ms == s.latency_ms
+                    && l.runner == "local"
+            })
             .map(|l| median(l.runs.iter().map(|r| r.client.wall_s)))
             .unwrap_or(f64::NAN);
         let client = median(s.runs.iter().map(|r| r.client.peak_rss_mib));
@@ -314,8 +402,17 @@ fn render(series: &[Series], args: &ClusterArgs) -> String {
                     .join("; ")
             })
             .unwrap_or_default();
+        let latency = s
+            .latency_ms
+            .map_or("local disk".into(), |ms| format!("{ms} ms"));
+        let requests = s.runs.iter().filter_map(|r| r.requests).collect::<Vec<_>>();
+        let requests = if requests.is_empty() {
+            String::new()
+        } else {
+            format!("{:.0}", median(requests.iter().map(|&n| n as f64)))
+        };
         md.push_str(&format!(
-            "| {} | {} | {} | {wall:.2} s | {:.2}× | {client:.0} MiB | {scheduler} | {executors} | {wrote} |\n",
+            "| {} | {} | {latency} | {} | {wall:.2} s | {:.2}× | {client:.0} MiB | {scheduler} | {executors} | {requests} | {wrote} |\n",
             s.workload,
             s.rows,
             s.runner,

@@ -74,7 +74,9 @@ enum Command {
     },
     /// The cluster series: the seed ETL on one scheduler and two executors of this
     /// machine (each a process of the `sluice` binary beside this one) against the same
-    /// flow run locally; writes `bench/cluster.md` under `--out` and prints its path.
+    /// flow run locally, on local disk or on S3 with latency added (`--store s3
+    /// --latency-ms 0,25,100`); writes `bench/cluster.md` (`bench/cluster-s3.md`) under
+    /// `--out` and prints its path.
     Cluster(cluster::ClusterArgs),
     /// The remote series: the seed ETL and the aggregation over S3 and HTTP with latency
     /// added per request, beside Polars and DuckDB, requests and bytes counted; writes

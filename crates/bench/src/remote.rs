@@ -163,7 +163,7 @@ impl RemoteCase {
 
 /// The servers and their proxies, on a runtime of their own while the cases run as
 /// processes (fields drop in order: the servers stop before their runtime).
-struct Endpoints {
+pub(crate) struct Endpoints {
     s3: S3Server,
     /// The settings file naming the S3 endpoint as the store `bench`.
     settings: PathBuf,
@@ -175,7 +175,7 @@ struct Endpoints {
 }
 
 impl Endpoints {
-    fn start(root: &Path) -> anyhow::Result<Endpoints> {
+    pub(crate) fn start(root: &Path) -> anyhow::Result<Endpoints> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -199,11 +199,19 @@ impl Endpoints {
         Ok(endpoints)
     }
 
-    fn proxy(&self, store: RemoteStore) -> &FaultProxy {
+    pub(crate) fn proxy(&self, store: RemoteStore) -> &FaultProxy {
         match store {
             RemoteStore::S3 => &self.s3_proxy,
             RemoteStore::Http => &self.http_proxy,
         }
+    }
+
+    /// The environment of a Sluice process that reaches the S3 server as the store
+    /// `bench` through its proxy: the AWS variables and the settings file.
+    pub(crate) fn sluice_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = self.s3_env();
+        env.push(("SLUICE_CONFIG", self.settings.display().to_string()));
+        env
     }
 
     /// Writes the settings file that names the S3 endpoint (through its proxy) as the
@@ -225,7 +233,7 @@ impl Endpoints {
     }
 
     /// The environment a case needs to reach the S3 server through its proxy.
-    fn s3_env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn s3_env(&self) -> Vec<(&'static str, String)> {
         let mut env = self.s3.env();
         for (name, value) in &mut env {
             if *name == "AWS_ENDPOINT_URL" {
@@ -234,6 +242,17 @@ impl Endpoints {
         }
         env
     }
+}
+
+/// Puts `input` in a served folder at `served` (a hard link where the file system
+/// allows it), replacing what was there.
+pub(crate) fn place(input: &Path, served: &Path) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(served);
+    if std::fs::hard_link(input, served).is_err() {
+        std::fs::copy(input, served)
+            .with_context(|| format!("cannot place the input at {}", served.display()))?;
+    }
+    Ok(())
 }
 
 /// Runs the remote series and writes its report under `args.out`.
@@ -246,11 +265,7 @@ pub fn run(exe: &Path, args: &RemoteArgs) -> anyhow::Result<RemoteResults> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let served = bucket.join("taxi.parquet");
-    let _ = std::fs::remove_file(&served);
-    if std::fs::hard_link(&input, &served).is_err() {
-        std::fs::copy(&input, &served)
-            .with_context(|| format!("cannot place the input at {}", served.display()))?;
-    }
+    place(&input, &served)?;
     let mut results = RemoteResults {
         date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         rows: args.rows,
@@ -375,8 +390,7 @@ fn run_case(
         // Sluice names the endpoint as a store of its settings file; the peers take
         // the AWS variables.
         RemoteStore::S3 if case.engine.peer_script().is_none() => {
-            let mut env = endpoints.s3_env();
-            env.push(("SLUICE_CONFIG", endpoints.settings.display().to_string()));
+            let env = endpoints.sluice_env();
             (
                 "store://bench/taxi.parquet".to_string(),
                 format!("store://bench/out/{name}"),
