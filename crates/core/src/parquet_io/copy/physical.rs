@@ -179,15 +179,16 @@ pub(crate) async fn partition(
     }
 
     let config = context.session_config();
-    // The sink's codec, as its writer would read it (the Arrow schema is added to the
-    // options when the copy builds its writer, not needed here).
-    let mut for_codec = table_options.clone();
-    for_codec.global.skip_arrow_metadata = true;
-    let props = parquet::file::properties::WriterPropertiesBuilder::try_from(&for_codec)
-        .map_err(|e| e.to_string())?
-        .build();
+    // The sink's codec, parsed as its writer parses it (none set: the writer's default).
+    let codec = match &table_options.global.compression {
+        Some(text) => {
+            datafusion::common::file_options::parquet_writer::parse_compression_string(text)
+                .map_err(|e| e.to_string())?
+        }
+        None => Codec::UNCOMPRESSED,
+    };
     let settings = Settings {
-        codec: props.compression(&parquet::schema::types::ColumnPath::new(Vec::new())),
+        codec,
         recompress: choices.recompress,
         validate: choices.validate,
         table_options: table_options.clone(),
