@@ -337,6 +337,17 @@ async fn the_seed_etl_and_an_aggregation_run_on_two_executors_as_they_do_locally
     assert_eq!(writers.iter().map(|w| w.rows).sum::<u64>(), 240_000);
     let load = on_cluster.record.task("load").unwrap();
     assert_eq!(load.sinks[0].writers, *writers);
+    // One file on S3, its parts under the 5 MiB a part of an S3 upload needs: the
+    // client sent it whole, in one part.
+    let assembly = summary
+        .assembly
+        .expect("one file on a cluster says who assembled it");
+    assert_eq!(
+        (assembly.by_store, assembly.through_client),
+        (0, summary.bytes),
+        "{assembly:?}"
+    );
+    assert_eq!(local_summary.assembly, None);
     // Row for row, as multisets.
     let written = session.read_parquet(&cluster_dest).await.unwrap();
     let expected = session.read_parquet(&local_dest).await.unwrap();
@@ -538,6 +549,113 @@ async fn one_file_is_split_by_row_groups_across_executors_and_each_copies_its_sh
         off.method
     );
     assert_eq!(off.rows, 240_000);
+}
+
+/// The chunks of every row group of the Parquet file `bytes`, in order, with the
+/// pages' offsets relative to their chunk.
+fn chunks_of(bytes: &bytes::Bytes) -> Vec<(bytes::Bytes, Vec<i64>)> {
+    use parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
+    let metadata = ParquetMetaDataReader::new()
+        .with_page_index_policy(PageIndexPolicy::Required)
+        .parse_and_finish(bytes)
+        .unwrap();
+    let offsets = metadata.offset_index().expect("a page index");
+    let mut chunks = Vec::new();
+    for (g, group) in metadata.row_groups().iter().enumerate() {
+        for (c, chunk) in group.columns().iter().enumerate() {
+            let (start, len) = chunk.byte_range();
+            let pages = offsets[g][c]
+                .page_locations()
+                .iter()
+                .map(|p| p.offset - start as i64)
+                .collect();
+            chunks.push((bytes.slice(start as usize..(start + len) as usize), pages));
+        }
+    }
+    chunks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_file_on_s3_is_composed_by_the_server_from_the_executors_parts() {
+    use object_store::ObjectStoreExt;
+    let s3 = S3Target::new("cluster-compose").await;
+    let dir = tempfile::tempdir().unwrap();
+    // One file of 20 row groups split into 4 byte ranges: 4 parts of more than S3's
+    // 5 MiB part minimum, so that the server copies them.
+    let file = taxi_file(dir.path(), "trips.parquet", 2_000_000, 100_000);
+    let path = object_store::path::Path::from(format!("{}/in/trips.parquet", s3.prefix));
+    let bytes = std::fs::read(&file).unwrap();
+    s3.store().put(&path, bytes.into()).await.unwrap();
+    let source = s3.url("in/trips.parquet");
+    let cluster = TestCluster::start(2, &s3.env());
+    let mut config = datafusion::prelude::SessionConfig::new();
+    config.options_mut().optimizer.repartition_file_min_size = 1;
+    let session = Session::builder()
+        .with_config(config)
+        .with_target_partitions(4)
+        .with_object_store(
+            &url::Url::parse(&format!("s3://{}/", s3.bucket)).unwrap(),
+            s3.store(),
+        )
+        .build()
+        .unwrap();
+    let local_dest = s3.url("out/local.parquet");
+    let dest = s3.url("out/one.parquet");
+    let (local, run) = etl_here_then_there(&session, &cluster, &source, &local_dest, &dest).await;
+    let local_summary = local.output.unwrap();
+    let summary = run.output.as_ref().unwrap().clone();
+    assert_eq!(summary.rows, 2_000_000);
+    assert_eq!(summary.writers.len(), 2, "{:?}", summary.writers);
+    // The server copied the parts' row groups; the client sent the footer and the few
+    // bytes that make the parts' boundaries 5 MiB parts.
+    let assembly = summary
+        .assembly
+        .expect("one file on a cluster says who assembled it");
+    assert!(
+        assembly.by_store > summary.bytes / 2,
+        "{assembly:?} of {} bytes",
+        summary.bytes
+    );
+    assert!(
+        assembly.through_client < summary.bytes / 2,
+        "{assembly:?} of {} bytes",
+        summary.bytes
+    );
+    assert_eq!(
+        run.record.task("load").unwrap().sinks[0].assembly,
+        Some(assembly)
+    );
+    // The output is the local run's chunk for chunk, in the input's order, and its page
+    // index points at the same pages.
+    let composed = object_bytes(&s3, &dest).await;
+    let expected = object_bytes(&s3, &local_dest).await;
+    let (got, want) = (chunks_of(&composed), chunks_of(&expected));
+    assert_eq!(got.len(), want.len());
+    assert!(
+        got == want,
+        "the composed file's chunks differ from the local run's"
+    );
+    assert_eq!(summary.method, local_summary.method);
+    // DataFusion reads it, pruning pages by the page index as in the local file.
+    let count = |url: String| {
+        let session = session.clone();
+        async move {
+            session
+                .read_parquet(&url)
+                .await
+                .unwrap()
+                .filter(col("fare_amount").gt(lit(60.0)))
+                .unwrap()
+                .count()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count(dest.clone()).await, count(local_dest.clone()).await);
+    // Nothing but the two outputs under out/.
+    let listed = objects_under(&s3, "out").await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    s3.assert_no_pending_uploads().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

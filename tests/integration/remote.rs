@@ -112,7 +112,7 @@ impl S3Target {
     }
 
     /// Waits until the in-process server holds no unfinished multipart upload.
-    async fn assert_no_pending_uploads(&self) {
+    pub async fn assert_no_pending_uploads(&self) {
         let Some(server) = &self.server else { return };
         for _ in 0..100 {
             if server.pending_uploads() == 0 {
@@ -725,6 +725,120 @@ mod s3 {
                 .sum::<usize>(),
             3
         );
+    }
+    /// An object composed from ranges of others by the server: long ranges copied
+    /// (`UploadPartCopy`), short ones read and sent with their neighbours, invisible
+    /// until the publish; an unpublished composition leaves nothing behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_server_composes_one_object_from_ranges_of_others() {
+        use sluice::store::{ComposeOptions, OutputKind, Piece, StagedOutput, StoreRegistry};
+        let target = S3Target::new("compose").await;
+        let store = target.store();
+        let bucket = url::Url::parse(&format!("s3://{}/", target.bucket)).unwrap();
+        let registry = StoreRegistry::new();
+        registry.register(&bucket, Arc::clone(&store));
+        // Three objects: 6 MiB, 1 KiB and 12 MiB of distinct bytes.
+        let object = |name: &str, len: usize, seed: u8| {
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                .collect();
+            let path = object_store::path::Path::from(format!("{}/in/{name}", target.prefix));
+            (path, bytes::Bytes::from(bytes))
+        };
+        let objects = [
+            object("a", 6 << 20, 1),
+            object("b", 1 << 10, 2),
+            object("c", 12 << 20, 3),
+        ];
+        for (path, bytes) in &objects {
+            store.put(path, bytes.clone().into()).await.unwrap();
+        }
+        let pieces = vec![
+            Piece::Range {
+                path: objects[0].0.clone(),
+                range: 0..(6 << 20),
+            },
+            Piece::Range {
+                path: objects[1].0.clone(),
+                range: 4..(1 << 10),
+            },
+            Piece::Range {
+                path: objects[2].0.clone(),
+                range: 100..(12 << 20),
+            },
+            Piece::Bytes(bytes::Bytes::from_static(b"the footer")),
+        ];
+        let mut expected = objects[0].1.to_vec();
+        expected.extend_from_slice(&objects[1].1[4..]);
+        expected.extend_from_slice(&objects[2].1[100..]);
+        expected.extend_from_slice(b"the footer");
+
+        let dest = url::Url::parse(&target.url("out/composed.bin")).unwrap();
+        let staged = StagedOutput::new(&registry, &dest, OutputKind::File).unwrap();
+        let in_place = staged.in_place().unwrap().clone();
+        assert!(in_place.can_compose());
+        let server = target.server.as_ref();
+        let sent_before = server.map(|s| s.stats().bytes_sent());
+        let composed = in_place
+            .compose(pieces.clone(), ComposeOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(composed.size, expected.len() as u64);
+        // a is copied whole; b and the first 5 MiB - 1020 bytes of c are read and sent
+        // as one part (S3's parts but the last are at least 5 MiB); the rest of c is
+        // copied; the footer is the last part.
+        assert_eq!(composed.parts, 4, "{composed:?}");
+        let min = 5u64 << 20;
+        assert_eq!(composed.read_bytes, min);
+        assert_eq!(composed.sent_bytes, min + 10);
+        assert_eq!(
+            composed.copied_bytes + composed.read_bytes + 10,
+            composed.size
+        );
+        if let (Some(server), Some(before)) = (server, sent_before) {
+            // What the server sent the client: the ranges it read, and the answers.
+            let sent = server.stats().bytes_sent() - before;
+            assert!(sent < min + (64 << 10), "{sent} bytes read back");
+        }
+        // Invisible until the publish.
+        assert!(!target.exists("out/composed.bin").await);
+        staged.publish().await.unwrap();
+        let path = object_store::path::Path::from(format!("{}/out/composed.bin", target.prefix));
+        let got = store.get(&path).await.unwrap().bytes().await.unwrap();
+        assert!(
+            got.as_ref() == expected.as_slice(),
+            "the composed bytes differ"
+        );
+
+        // Composed and never published: aborted, nothing there, no upload left.
+        let dest = url::Url::parse(&target.url("out/dropped.bin")).unwrap();
+        let staged = StagedOutput::new(&registry, &dest, OutputKind::File).unwrap();
+        staged
+            .in_place()
+            .unwrap()
+            .compose(pieces, ComposeOptions::default())
+            .await
+            .unwrap();
+        staged.abort().await.unwrap();
+        target.assert_no_pending_uploads().await;
+        assert!(!target.exists("out/dropped.bin").await);
+
+        // A range of an object that is not there fails naming the destination.
+        let dest = url::Url::parse(&target.url("out/missing.bin")).unwrap();
+        let staged = StagedOutput::new(&registry, &dest, OutputKind::File).unwrap();
+        let missing = vec![Piece::Range {
+            path: object_store::path::Path::from(format!("{}/in/nothing", target.prefix)),
+            range: 0..(6 << 20),
+        }];
+        let error = staged
+            .in_place()
+            .unwrap()
+            .compose(missing, ComposeOptions::default())
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("out/missing.bin"), "{error}");
+        drop(staged);
+        target.assert_no_pending_uploads().await;
     }
 }
 

@@ -93,9 +93,9 @@ pub use read::ParquetRead;
 #[allow(deprecated)]
 pub use record::WritePath;
 pub use record::{
-    CacheRecord, ExecutionMode, ExecutionOutcome, FlowRunRecord, FlowState, LogLine, MAX_LOG_LINES,
-    SinkRecord, TaskAttempt, TaskExecution, TaskRunRecord, TaskState, WriteMethod, WriteSummary,
-    WriterShare, WrittenFile,
+    Assembly, CacheRecord, ExecutionMode, ExecutionOutcome, FlowRunRecord, FlowState, LogLine,
+    MAX_LOG_LINES, SinkRecord, TaskAttempt, TaskExecution, TaskRunRecord, TaskState, WriteMethod,
+    WriteSummary, WriterShare, WrittenFile,
 };
 pub use runner::{RUNNER_ENV, Runner};
 pub use runtime::concurrency::{TaskFuture, map, submit};

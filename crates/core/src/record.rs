@@ -244,6 +244,27 @@ pub struct SinkRecord {
     /// On a cluster, what each executor wrote of it (empty for a local run).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub writers: Vec<WriterShare>,
+    /// On a cluster writing one file: how the executors' parts became it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assembly: Option<Assembly>,
+}
+
+/// How a cluster's parts became one output file: part of a [`WriteSummary`]. On S3 the
+/// store copies the parts' row groups into the file itself and the client sends the
+/// footer; elsewhere the client reads the parts and writes the file.
+///
+/// ```
+/// let assembly = sluice_core::Assembly { by_store: 190 << 20, through_client: 40 << 10 };
+/// assert!(assembly.through_client < assembly.by_store);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assembly {
+    /// Bytes the store copied from the parts itself (S3's `UploadPartCopy`).
+    pub by_store: u64,
+    /// Bytes sent by the client: the footer, and what it read of the parts and wrote
+    /// again (ranges under S3's 5 MiB part minimum, or every byte where the store
+    /// cannot copy).
+    pub through_client: u64,
 }
 
 /// What one task run did. Part of a [`FlowRunRecord`].
@@ -469,6 +490,9 @@ pub struct WriteSummary {
     /// On a cluster, what each executor wrote of it (empty for a local run).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub writers: Vec<WriterShare>,
+    /// On a cluster writing one file: how the executors' parts became it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assembly: Option<Assembly>,
 }
 
 /// What one of a cluster's executors wrote of a sink's output: part of a

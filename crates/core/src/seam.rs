@@ -572,6 +572,7 @@ mod tests {
                 files: Vec::new(),
                 method: Default::default(),
                 writers: Vec::new(),
+                assembly: None,
             });
         })
         .await;

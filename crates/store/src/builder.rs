@@ -290,6 +290,8 @@ impl StoreBuilder {
             url: redact(&url),
             source,
         };
+        #[cfg(feature = "s3")]
+        let mut server_side_copy = None;
         let store: Arc<dyn ObjectStore> = match url.scheme() {
             "file" => Arc::new(LocalFileSystem::new()),
             "memory" => Arc::new(InMemory::new()),
@@ -323,7 +325,15 @@ impl StoreBuilder {
                 for (key, value) in &self.options {
                     builder = builder.with_config(key.parse().map_err(invalid)?, value);
                 }
-                Arc::new(builder.build().map_err(invalid)?)
+                let s3 = Arc::new(builder.clone().build().map_err(invalid)?);
+                server_side_copy = crate::compose::ServerSideCopy::new(
+                    &builder,
+                    Arc::clone(&s3),
+                    self.prefix.clone(),
+                    self.retry.max_retries,
+                )
+                .map_err(invalid)?;
+                s3
             }
             #[cfg(feature = "http")]
             "http" | "https" => {
@@ -394,11 +404,16 @@ impl StoreBuilder {
             None => store,
         };
         let remote = !matches!(url.scheme(), "file" | "memory");
-        Ok(Arc::new(AbortingStore {
+        let store: Arc<dyn ObjectStore> = Arc::new(AbortingStore {
             inner: store,
             remote,
             short_read_retries: self.retry.max_retries,
-        }))
+        });
+        #[cfg(feature = "s3")]
+        if let Some(copy) = server_side_copy {
+            crate::compose::ServerSideCopy::register(&store, copy);
+        }
+        Ok(store)
     }
 }
 

@@ -169,6 +169,51 @@ impl InPlace {
         }
     }
 
+    /// Whether [`compose`](Self::compose) can write this destination: an S3 store
+    /// built by [`StoreBuilder`](crate::StoreBuilder).
+    pub fn can_compose(&self) -> bool {
+        #[cfg(feature = "s3")]
+        return crate::compose::ServerSideCopy::of(&self.store).is_some();
+        #[cfg(not(feature = "s3"))]
+        false
+    }
+
+    /// Writes the destination as `pieces` in order, the server copying every range
+    /// long enough to be a part of its own (`UploadPartCopy`, no bytes through this
+    /// process) and this process sending the rest (given bytes, and short ranges read
+    /// to make parts of S3's minimum size), then holds the upload for the publish as a
+    /// [`finish`](InPlaceUpload::finish)ed one. The ranges' objects are in the same
+    /// store (and bucket) as the destination.
+    ///
+    /// Fails with [`StoreError::ObjectStore`] (`NotSupported`) where
+    /// [`can_compose`](Self::can_compose) is false.
+    pub async fn compose(
+        &self,
+        pieces: Vec<crate::Piece>,
+        options: crate::ComposeOptions,
+    ) -> Result<crate::Composed> {
+        #[cfg(feature = "s3")]
+        if let Some(copy) = crate::compose::ServerSideCopy::of(&self.store) {
+            let (upload, composed) = copy
+                .compose(&self.path, pieces, options)
+                .await
+                .map_err(|source| crate::compose::error(&self.url, source))?;
+            tracing::debug!(url = %self.url, ?composed, "composed server-side");
+            self.hold(Finished::Upload {
+                upload: Box::new(upload),
+                size: composed.size,
+            });
+            return Ok(composed);
+        }
+        let _ = (pieces, options);
+        Err(self.error(
+            "compose",
+            object_store::Error::NotSupported {
+                source: "only an S3 store built by Sluice composes objects server-side".into(),
+            },
+        ))
+    }
+
     /// Holds `finished` for the publish, aborting any upload held before.
     fn hold(&self, finished: Finished) {
         let replaced = self

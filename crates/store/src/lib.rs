@@ -59,6 +59,7 @@
 mod builder;
 mod classify;
 pub mod cleanup;
+mod compose;
 mod error;
 mod in_place;
 mod location;
@@ -69,6 +70,7 @@ mod staged;
 
 pub use builder::{RetryPolicy, StoreBuilder};
 pub use classify::{StoreErrorKind, classify, classify_io};
+pub use compose::{ComposeOptions, Composed, Piece};
 pub use error::{Result, SettingsError, StoreError, brief};
 pub use in_place::{InPlace, InPlaceUpload, MIN_PART_BYTES, PartOptions};
 

@@ -778,6 +778,7 @@ impl Frame {
             rows,
             method,
             writers,
+            assembled,
         } = match written {
             Ok(written) => written,
             Err(e) => {
@@ -807,10 +808,11 @@ impl Frame {
         let published = staged.publish().await?;
         tracing::info!(dest = %published.url, rows, bytes = published.bytes(), files = published.files.len(), column_copy = method.is_column_copy(), "published output");
         // Records name where the output is, not the alias it was written through.
+        let bytes = published.bytes();
         let summary = WriteSummary {
             url: stores.canonical(&published.url),
             rows,
-            bytes: published.bytes(),
+            bytes,
             files: published
                 .files
                 .into_iter()
@@ -821,6 +823,16 @@ impl Frame {
                 .collect(),
             method,
             writers,
+            assembly: assembled.map(|assembled| match assembled {
+                Assembled::ByStore(composed) => crate::Assembly {
+                    by_store: composed.copied_bytes,
+                    through_client: composed.sent_bytes,
+                },
+                Assembled::ByClient => crate::Assembly {
+                    by_store: 0,
+                    through_client: bytes,
+                },
+            }),
         };
         if let Some(task) = crate::seam::current() {
             task.record_published(&summary);
@@ -857,6 +869,16 @@ struct Written {
     method: WriteMethod,
     /// On a cluster, each executor's share.
     writers: Vec<crate::WriterShare>,
+    /// On a cluster writing one file, who assembled it.
+    assembled: Option<Assembled>,
+}
+
+/// Who made one file of a cluster's parts.
+enum Assembled {
+    /// The store, copying their row groups (these bytes sent by the client).
+    ByStore(sluice_store::Composed),
+    /// The client, reading them and writing the file.
+    ByClient,
 }
 
 impl Written {
@@ -866,6 +888,7 @@ impl Written {
             rows,
             method,
             writers: Vec::new(),
+            assembled: None,
         }
     }
 }
@@ -929,7 +952,24 @@ async fn write_parts(
         .gather_parts(&target.store, &parts.url, rows)
         .await
         .map_err(external)?;
-    if target.kind == OutputKind::File {
+    let one_file = target.kind == OutputKind::File;
+    if one_file && let Some(in_place) = target.in_place.as_ref().filter(|p| p.can_compose()) {
+        match compose_parts(&session, &target.store, &parts.url, &files, in_place).await {
+            Ok(Ok(composed)) => {
+                return Ok(Written {
+                    rows,
+                    method: method.unwrap_or(WriteMethod::Rewrite { reason }),
+                    writers,
+                    assembled: Some(Assembled::ByStore(composed)),
+                });
+            }
+            Ok(Err(why)) => {
+                tracing::debug!(%why, "a cluster's parts are assembled here, not by the store");
+            }
+            Err(e) => return Err(external(e)),
+        }
+    }
+    if one_file {
         let dir = parts.url.clone();
         // The assembly reads the parts as frames: DataFusion's listing and footer
         // reads make futures that are not `Send` for every lifetime (a rustc limit
@@ -959,7 +999,68 @@ async fn write_parts(
         rows,
         method: method.unwrap_or(WriteMethod::Rewrite { reason }),
         writers,
+        assembled: one_file.then_some(Assembled::ByClient),
     })
+}
+
+/// One file on S3 from a cluster's parts, in order, composed by the store: the parts'
+/// row groups are copied by the server into the parts of the destination's upload, and
+/// only the new footer (and ranges too short to be parts, S3's minimum being 5 MiB)
+/// are sent from here (see `parquet_io::concat`). The upload waits for the publish.
+/// `Err(reason)` when the parts cannot be concatenated so (another schema in one part,
+/// bloom filters, no rows): the caller assembles them.
+async fn compose_parts(
+    session: &Session,
+    store: &Arc<dyn object_store::ObjectStore>,
+    dir: &url::Url,
+    files: &[object_store::path::Path],
+    in_place: &sluice_store::InPlace,
+) -> Result<std::result::Result<sluice_store::Composed, String>> {
+    use object_store::ObjectStoreExt;
+    let cache = session
+        .state()
+        .runtime_env()
+        .cache_manager
+        .get_file_metadata_cache();
+    // Owned futures, joined: a stream combinator over borrowed files makes a future
+    // that is not `Send` for every lifetime (see `write_parts`).
+    let reads = files.iter().map(|file| {
+        let (store, cache, file) = (Arc::clone(store), Arc::clone(&cache), file.clone());
+        let url = dir
+            .join(file.filename().unwrap_or_default())
+            .map_or_else(|_| file.to_string(), |u| sluice_store::redact(&u));
+        async move {
+            let meta = store.head(&file).await.map_err(|source| {
+                Error::Store(sluice_store::StoreError::ObjectStore {
+                    operation: "head",
+                    url: url.clone(),
+                    source,
+                })
+            })?;
+            let footer =
+                crate::parquet_io::footer::read_footer(store.as_ref(), &url, &meta, cache.as_ref())
+                    .await
+                    .map_err(Error::from)?;
+            Ok::<_, Error>((file, footer))
+        }
+    });
+    let footers = futures::future::try_join_all(reads).await?;
+    let layout = match crate::parquet_io::concat::concat(&footers) {
+        Ok(layout) => layout,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let composed = in_place
+        .compose(layout.pieces, sluice_store::ComposeOptions::default())
+        .await?;
+    tracing::debug!(
+        rows = layout.rows,
+        parts = files.len(),
+        size = composed.size,
+        copied = composed.copied_bytes,
+        sent = composed.sent_bytes,
+        "a cluster's parts composed into one file by the store"
+    );
+    Ok(Ok(composed))
 }
 
 /// One file from a cluster's parts, in order, assembled here without decoding: the

@@ -7,6 +7,7 @@
 //! the column copy, the Parquet sink that moves unchanged column
 //! chunks as compressed pages.
 
+pub(crate) mod concat;
 pub(crate) mod copy;
 pub(crate) mod evolution;
 pub(crate) mod footer;

@@ -602,6 +602,7 @@ impl TaskRecorder for TaskRunState {
             bytes: summary.bytes,
             method: summary.method.clone(),
             writers: summary.writers.clone(),
+            assembly: summary.assembly,
         });
     }
 
