@@ -32,8 +32,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::builder::Replacing;
 use crate::{Result, StoreError};
 
-/// S3's smallest part but the last: parts are never smaller.
-pub const MIN_PART_BYTES: usize = 5 << 20;
+use crate::compose::MIN_PART_BYTES;
 
 /// How an [`InPlaceUpload`] sends its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

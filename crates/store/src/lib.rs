@@ -70,9 +70,9 @@ mod staged;
 
 pub use builder::{RetryPolicy, StoreBuilder};
 pub use classify::{StoreErrorKind, classify, classify_io};
-pub use compose::{ComposeOptions, Composed, Piece};
+pub use compose::{ComposeOptions, Composed, MIN_PART_BYTES, Piece};
 pub use error::{Result, SettingsError, StoreError, brief};
-pub use in_place::{InPlace, InPlaceUpload, MIN_PART_BYTES, PartOptions};
+pub use in_place::{InPlace, InPlaceUpload, PartOptions};
 
 /// The URL schemes this build can open, for error messages.
 ///

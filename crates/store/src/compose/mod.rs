@@ -17,6 +17,9 @@ use std::ops::Range;
 use bytes::Bytes;
 use object_store::path::Path;
 
+/// S3's smallest part but the last: parts are never smaller.
+pub const MIN_PART_BYTES: usize = 5 << 20;
+
 /// A piece of a composed object, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece {

@@ -10,9 +10,8 @@ use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload, UploadPart};
 
-use super::{ComposeOptions, Composed, Part, Piece, plan};
+use super::{ComposeOptions, Composed, MIN_PART_BYTES, Part, Piece, plan};
 use crate::StoreError;
-use crate::in_place::MIN_PART_BYTES;
 
 /// S3's most parts per upload.
 const MAX_PARTS: u64 = 10_000;
