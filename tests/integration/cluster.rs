@@ -449,20 +449,17 @@ async fn the_seed_etl_and_an_aggregation_run_on_two_executors_as_they_do_locally
     assert_eq!(listed.len(), 7, "{listed:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_file_is_split_by_row_groups_across_executors_and_each_copies_its_share() {
+/// One taxi file of `rows` in row groups of `group_rows` uploaded as `prefix/in/trips.parquet`,
+/// and a session that splits it into 4 byte ranges (DataFusion splits any file over
+/// 1 byte here): each range a task, each task the row groups whose first page its
+/// range holds. Returns the file's URL and the session.
+async fn one_file_in_four_ranges(s3: &S3Target, rows: u64, group_rows: usize) -> (String, Session) {
     use object_store::ObjectStoreExt;
-    let s3 = S3Target::new("cluster-split").await;
     let dir = tempfile::tempdir().unwrap();
-    // One file of 24 row groups, which DataFusion splits into 4 byte ranges (any file
-    // over 1 byte is split here): each range a task, each task the row groups whose
-    // first page its range holds.
-    let file = taxi_file(dir.path(), "trips.parquet", 240_000, 10_000);
+    let file = taxi_file(dir.path(), "trips.parquet", rows, group_rows);
     let path = object_store::path::Path::from(format!("{}/in/trips.parquet", s3.prefix));
     let bytes = std::fs::read(&file).unwrap();
     s3.store().put(&path, bytes.into()).await.unwrap();
-    let source = s3.url("in/trips.parquet");
-    let cluster = TestCluster::start(2, &s3.env());
     let mut config = datafusion::prelude::SessionConfig::new();
     config.options_mut().optimizer.repartition_file_min_size = 1;
     let session = Session::builder()
@@ -474,6 +471,15 @@ async fn one_file_is_split_by_row_groups_across_executors_and_each_copies_its_sh
         )
         .build()
         .unwrap();
+    (s3.url("in/trips.parquet"), session)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_file_is_split_by_row_groups_across_executors_and_each_copies_its_share() {
+    let s3 = S3Target::new("cluster-split").await;
+    // One file of 24 row groups, split into 4 byte ranges.
+    let (source, session) = one_file_in_four_ranges(&s3, 240_000, 10_000).await;
+    let cluster = TestCluster::start(2, &s3.env());
 
     let local_dest = s3.url("out/local.parquet");
     let dest = s3.url("out/split/");
@@ -577,28 +583,11 @@ fn chunks_of(bytes: &bytes::Bytes) -> Vec<(bytes::Bytes, Vec<i64>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_file_on_s3_is_composed_by_the_server_from_the_executors_parts() {
-    use object_store::ObjectStoreExt;
     let s3 = S3Target::new("cluster-compose").await;
-    let dir = tempfile::tempdir().unwrap();
     // One file of 20 row groups split into 4 byte ranges: 4 parts of more than S3's
     // 5 MiB part minimum, so that the server copies them.
-    let file = taxi_file(dir.path(), "trips.parquet", 2_000_000, 100_000);
-    let path = object_store::path::Path::from(format!("{}/in/trips.parquet", s3.prefix));
-    let bytes = std::fs::read(&file).unwrap();
-    s3.store().put(&path, bytes.into()).await.unwrap();
-    let source = s3.url("in/trips.parquet");
+    let (source, session) = one_file_in_four_ranges(&s3, 2_000_000, 100_000).await;
     let cluster = TestCluster::start(2, &s3.env());
-    let mut config = datafusion::prelude::SessionConfig::new();
-    config.options_mut().optimizer.repartition_file_min_size = 1;
-    let session = Session::builder()
-        .with_config(config)
-        .with_target_partitions(4)
-        .with_object_store(
-            &url::Url::parse(&format!("s3://{}/", s3.bucket)).unwrap(),
-            s3.store(),
-        )
-        .build()
-        .unwrap();
     let local_dest = s3.url("out/local.parquet");
     let dest = s3.url("out/one.parquet");
     let (local, run) = etl_here_then_there(&session, &cluster, &source, &local_dest, &dest).await;
