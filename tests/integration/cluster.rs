@@ -700,9 +700,10 @@ async fn an_executor_killed_mid_write_is_replaced_and_every_row_is_written_once(
         1_200_000
     );
     // Nothing but the whole output under out/: the killed attempts' parts, the
-    // receipts and the parts' directory are gone.
+    // receipts and the parts' directory are gone, and no upload is left open.
     let listed = objects_under(&s3, "out").await;
     assert_eq!(listed.len(), 1, "{listed:?}\n{}", cluster.logs());
+    s3.assert_no_pending_uploads().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

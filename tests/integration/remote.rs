@@ -726,6 +726,71 @@ mod s3 {
             3
         );
     }
+    /// Uploads a killed writer left open under a folder (as an executor SIGKILLed
+    /// mid-part leaves them) are listed and aborted; others are left alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uploads_left_open_under_a_folder_are_found_and_aborted() {
+        use object_store::multipart::MultipartStore;
+        use object_store::path::Path;
+        let target = S3Target::new("open-uploads").await;
+        // object_store's own client: its uploads stay open until completed or aborted.
+        let raw = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&target.endpoint)
+            .with_bucket_name(&target.bucket)
+            .with_region("us-east-1")
+            .with_access_key_id(&target.access_key)
+            .with_secret_access_key(&target.secret_key)
+            .with_allow_http(true)
+            .build()
+            .unwrap();
+        let key = |name: &str| Path::from(format!("{}/{name}", target.prefix));
+        let before = target.server.as_ref().map(S3Server::pending_uploads);
+        for name in [
+            "out/parts/a.parquet",
+            "out/parts/sub/b.parquet",
+            "out/other.parquet",
+        ] {
+            let id = raw.create_multipart(&key(name)).await.unwrap();
+            raw.put_part(&key(name), &id, 0, vec![7u8; 1024].into())
+                .await
+                .unwrap();
+        }
+        let opened = |n: usize| before.map(|b| b + n);
+        assert_eq!(
+            target.server.as_ref().map(S3Server::pending_uploads),
+            opened(3)
+        );
+
+        let store = target.store();
+        let parts = key("out/parts");
+        let aborted = sluice::store::abort_pending_uploads(&store, &parts)
+            .await
+            .unwrap();
+        assert_eq!(aborted, 2);
+        assert_eq!(
+            target.server.as_ref().map(S3Server::pending_uploads),
+            opened(1)
+        );
+        // Nothing left there; a store Sluice did not build cannot list.
+        assert_eq!(
+            sluice::store::abort_pending_uploads(&store, &parts)
+                .await
+                .unwrap(),
+            0
+        );
+        let unknown: Arc<dyn ObjectStore> = Arc::new(raw);
+        assert_eq!(
+            sluice::store::abort_pending_uploads(&unknown, &key("out"))
+                .await
+                .unwrap(),
+            0
+        );
+        sluice::store::abort_pending_uploads(&store, &key("out"))
+            .await
+            .unwrap();
+        target.assert_no_pending_uploads().await;
+    }
+
     /// An object composed from ranges of others by the server: long ranges copied
     /// (`UploadPartCopy`), short ones read and sent with their neighbours, invisible
     /// until the publish; an unpublished composition leaves nothing behind.

@@ -326,7 +326,7 @@ impl StoreBuilder {
                     builder = builder.with_config(key.parse().map_err(invalid)?, value);
                 }
                 let s3 = Arc::new(builder.clone().build().map_err(invalid)?);
-                server_side_copy = crate::compose::ServerSideCopy::new(
+                server_side_copy = crate::s3_requests::S3Requests::new(
                     &builder,
                     Arc::clone(&s3),
                     self.prefix.clone(),
@@ -411,7 +411,7 @@ impl StoreBuilder {
         });
         #[cfg(feature = "s3")]
         if let Some(copy) = server_side_copy {
-            crate::compose::ServerSideCopy::register(&store, copy);
+            crate::s3_requests::S3Requests::register(&store, copy);
         }
         Ok(store)
     }

@@ -172,7 +172,7 @@ impl InPlace {
     /// built by [`StoreBuilder`](crate::StoreBuilder).
     pub fn can_compose(&self) -> bool {
         #[cfg(feature = "s3")]
-        return crate::compose::ServerSideCopy::of(&self.store).is_some();
+        return crate::s3_requests::S3Requests::of(&self.store).is_some();
         #[cfg(not(feature = "s3"))]
         false
     }
@@ -192,11 +192,11 @@ impl InPlace {
         options: crate::ComposeOptions,
     ) -> Result<crate::Composed> {
         #[cfg(feature = "s3")]
-        if let Some(copy) = crate::compose::ServerSideCopy::of(&self.store) {
+        if let Some(copy) = crate::s3_requests::S3Requests::of(&self.store) {
             let (upload, composed) = copy
                 .compose(&self.path, pieces, options)
                 .await
-                .map_err(|source| crate::compose::error(&self.url, source))?;
+                .map_err(|source| crate::s3_requests::error(&self.url, source))?;
             tracing::debug!(url = %self.url, ?composed, "composed server-side");
             self.hold(Finished::Upload {
                 upload: Box::new(upload),

@@ -65,6 +65,8 @@ mod in_place;
 mod location;
 mod redact;
 mod registry;
+#[cfg(feature = "s3")]
+mod s3_requests;
 mod settings;
 mod staged;
 
@@ -96,6 +98,7 @@ pub fn supported_schemes() -> String {
 pub use location::{object_path, resolve_url, store_key};
 pub use redact::{redact, redact_location};
 pub use registry::StoreRegistry;
+
 pub use settings::{
     CONFIG_ENV, NAMED_SCHEME, Origin, PROJECT_FILE, SettingValue, Settings, SettingsSources,
     StoreSettings, USER_CONFIG_ENV,
@@ -104,3 +107,37 @@ pub use staged::{
     IN_PLACE_SCHEME, OutputKind, PublishedFile, PublishedOutput, RegisteredWriter, STAGING_MARKER,
     StagedOutput,
 };
+
+/// Aborts the multipart uploads left open under the folder `prefix` of `store`: the
+/// uploads of a process killed while writing there (an executor of a cluster), which
+/// object_store cannot list and no reader ever sees, but S3 keeps (and bills) until
+/// they are aborted or a lifecycle rule removes them. Returns how many it aborted;
+/// 0 on a store that has no multipart uploads to list (local disk, memory) or that
+/// Sluice did not build.
+///
+/// Call it only when nothing writes under `prefix` any more: an upload still being
+/// written there fails.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), sluice_store::StoreError> {
+/// use object_store::path::Path;
+/// let store = sluice_store::StoreBuilder::from_url(&url::Url::parse("memory://b/").unwrap())
+///     .build()?;
+/// let aborted = sluice_store::abort_pending_uploads(&store, &Path::from("out/parts")).await?;
+/// assert_eq!(aborted, 0);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn abort_pending_uploads(
+    store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    prefix: &object_store::path::Path,
+) -> Result<usize> {
+    #[cfg(feature = "s3")]
+    return s3_requests::abort_open_uploads(store, prefix).await;
+    #[cfg(not(feature = "s3"))]
+    {
+        let _ = (store, prefix);
+        Ok(0)
+    }
+}

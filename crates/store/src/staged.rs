@@ -202,10 +202,10 @@ impl StagedOutput {
     /// # Ok::<(), sluice_store::StoreError>(())
     /// ```
     pub fn parts_url(&self) -> Url {
+        self.parts.store(true, std::sync::atomic::Ordering::Relaxed);
         match self.kind {
             OutputKind::Directory => self.staging.clone(),
             OutputKind::File => {
-                self.parts.store(true, std::sync::atomic::Ordering::Relaxed);
                 let mut parts = self.staging.clone();
                 parts.set_path(&format!("{}.parts/", self.staging.path()));
                 parts
@@ -292,6 +292,16 @@ impl StagedOutput {
         }
         if let Some(parts) = self.file_parts() {
             delete_prefix(&self.store, &parts).await?;
+        }
+        if self.parts.load(std::sync::atomic::Ordering::Relaxed) {
+            // Parts written by other processes (a cluster's executors): one killed while
+            // writing left its upload open.
+            let parts = object_path(&self.parts_url())?;
+            match crate::abort_pending_uploads(&self.store, &parts).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(%parts, uploads = n, "aborted uploads left open"),
+                Err(e) => tracing::warn!(%parts, error = %e, "could not abort uploads left open"),
+            }
         }
         delete_prefix(&self.store, &self.staging).await
     }

@@ -209,12 +209,17 @@ pub struct S3Server {
     _temporary: Option<tempfile::TempDir>,
 }
 
-/// `s3s-fs` with a suffix range longer than its object answered as S3 answers it: the
-/// whole object (RFC 9110: "the entire representation is used"). `s3s-fs` 0.14 checks
-/// such a range right but then seeks that far back from the end, and fails with a 500:
-/// a client reading a small file's footer with one suffix request (Sluice, ...) would
-/// get errors and retries here that it never gets from S3. Every other operation is
-/// `s3s-fs`'s own.
+/// `s3s-fs` with two things S3 has that `s3s-fs` 0.14 lacks:
+/// - a suffix range longer than its object answered as S3 answers it: the whole object
+///   (RFC 9110: "the entire representation is used"). `s3s-fs` checks such a range
+///   right but then seeks that far back from the end, and fails with a 500: a client
+///   reading a small file's footer with one suffix request (Sluice, ...) would get
+///   errors and retries here that it never gets from S3;
+/// - `ListMultipartUploads` (by prefix), which `s3s-fs` does not implement: the uploads
+///   started and neither completed nor aborted, from the upload records `s3s-fs` keeps
+///   beside the objects (one per upload, naming its bucket and key).
+///
+/// Every other operation is `s3s-fs`'s own.
 struct SuffixClamp {
     inner: s3s_fs::FileSystem,
     root: PathBuf,
@@ -241,6 +246,31 @@ macro_rules! suffix_clamp {
                     }
                 }
                 s3s::S3::get_object(&self.inner, req).await
+            }
+
+            async fn list_multipart_uploads(
+                &self,
+                req: s3s::S3Request<s3s::dto::ListMultipartUploadsInput>,
+            ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListMultipartUploadsOutput>> {
+                let input = req.input;
+                let uploads = pending_uploads(&self.root, &input.bucket)
+                    .into_iter()
+                    .filter(|(key, _)| {
+                        input.prefix.as_ref().is_none_or(|p| key.starts_with(p.as_str()))
+                    })
+                    .map(|(key, id)| s3s::dto::MultipartUpload {
+                        key: Some(key),
+                        upload_id: Some(id),
+                        ..Default::default()
+                    })
+                    .collect();
+                Ok(s3s::S3Response::new(s3s::dto::ListMultipartUploadsOutput {
+                    bucket: Some(input.bucket),
+                    prefix: input.prefix,
+                    is_truncated: Some(false),
+                    uploads: Some(uploads),
+                    ..Default::default()
+                }))
             }
 
             $(
@@ -274,6 +304,30 @@ suffix_clamp! {
     list_parts: ListPartsInput => ListPartsOutput,
     complete_multipart_upload: CompleteMultipartUploadInput => CompleteMultipartUploadOutput,
     abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput,
+}
+
+/// The pending multipart uploads of `bucket` under `s3s-fs`'s `root`: (key, upload id)
+/// from its upload records (`.bucket-B.object-K.upload-ID.metadata.json`, bucket and
+/// key base64url), those whose upload is still open (`.upload-ID.json`), by key.
+fn pending_uploads(root: &Path, bucket: &str) -> Vec<(String, String)> {
+    use base64_simd::URL_SAFE_NO_PAD as B64;
+    let bucket = format!(".bucket-{}.object-", B64.encode_to_string(bucket));
+    let mut uploads: Vec<(String, String)> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rest = name.strip_prefix(&bucket)?.strip_suffix(".metadata.json")?;
+            let (key, id) = rest.split_once(".upload-")?;
+            let key = String::from_utf8(B64.decode_to_vec(key).ok()?).ok()?;
+            root.join(format!(".upload-{id}.json"))
+                .exists()
+                .then(|| (key, id.to_string()))
+        })
+        .collect();
+    uploads.sort();
+    uploads
 }
 
 /// `127.0.0.1:0`: any free loopback port.

@@ -422,6 +422,8 @@ pub(crate) async fn gather(
             }
         }
     }
+    // An executor killed mid-part left its upload open: nobody writes here any more.
+    crate::checkpoint::store::abort_open_uploads(store, &prefix).await;
     let mut shares: BTreeMap<&str, WriterShare> = BTreeMap::new();
     for part in &parts {
         let share = shares

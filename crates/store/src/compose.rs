@@ -154,11 +154,6 @@ pub(crate) fn plan(pieces: Vec<Piece>, min: u64, copy_part: u64) -> Vec<Part> {
     parts
 }
 
-#[cfg(feature = "s3")]
-mod s3;
-#[cfg(feature = "s3")]
-pub(crate) use s3::{ServerSideCopy, error};
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,7 @@
-//! The S3 side of [`compose`](super): `UploadPartCopy` signed here, the rest through
-//! object_store's `MultipartStore`.
+//! The S3 requests object_store 0.13 lacks, signed here with its
+//! [`AwsAuthorizer`](object_store::aws::AwsAuthorizer) and sent with its HTTP client: a
+//! ranged `UploadPartCopy` (for [`compose`](crate::compose)) and `ListMultipartUploads`
+//! (for [`abort_pending_uploads`]). The rest goes through its `MultipartStore`.
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex, Weak};
@@ -9,17 +11,18 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload, UploadPart};
+use percent_encoding::utf8_percent_encode;
 
-use super::{ComposeOptions, Composed, MIN_PART_BYTES, Part, Piece, plan};
 use crate::StoreError;
+use crate::compose::{ComposeOptions, Composed, MIN_PART_BYTES, Part, Piece, plan};
 
 /// S3's most parts per upload.
 const MAX_PARTS: u64 = 10_000;
 
-/// What a store built by [`StoreBuilder`](crate::StoreBuilder) for S3 needs to compose
-/// objects server-side: the bucket's client, its address and signing scope.
+/// What a store built by [`StoreBuilder`](crate::StoreBuilder) for S3 needs for the
+/// requests object_store lacks: the bucket's client, its address and signing scope.
 #[derive(Debug)]
-pub(crate) struct ServerSideCopy {
+pub(crate) struct S3Requests {
     s3: Arc<object_store::aws::AmazonS3>,
     client: object_store::client::HttpClient,
     bucket: String,
@@ -31,16 +34,16 @@ pub(crate) struct ServerSideCopy {
     retries: usize,
 }
 
-/// The stores built with server-side copies, by address: `ObjectStore` has no way to
-/// ask a store what it is, and a store is shared as `Arc<dyn ObjectStore>`.
-type Known = Vec<(usize, Weak<dyn ObjectStore>, Arc<ServerSideCopy>)>;
+/// The S3 stores the builder built, by address, with their requests: `ObjectStore` has
+/// no way to ask a store what it is, and a store is shared as `Arc<dyn ObjectStore>`.
+type Known = Vec<(usize, Weak<dyn ObjectStore>, Arc<S3Requests>)>;
 static KNOWN: Mutex<Known> = Mutex::new(Vec::new());
 
 fn address(store: &Arc<dyn ObjectStore>) -> usize {
     Arc::as_ptr(store) as *const () as usize
 }
 
-impl ServerSideCopy {
+impl S3Requests {
     /// Builds it for the S3 store being built from `builder`; `None` where the upload
     /// would need more than this sends (customer-provided encryption keys, which every
     /// copy must repeat; part checksums).
@@ -90,7 +93,7 @@ impl ServerSideCopy {
             }
         }
         let client = object_store::client::ReqwestConnector::default().connect(&options)?;
-        Ok(Some(ServerSideCopy {
+        Ok(Some(S3Requests {
             s3,
             client,
             bucket,
@@ -102,14 +105,14 @@ impl ServerSideCopy {
     }
 
     /// Remembers that `store` (as built, the outermost wrapper) composes with `copy`.
-    pub(crate) fn register(store: &Arc<dyn ObjectStore>, copy: ServerSideCopy) {
+    pub(crate) fn register(store: &Arc<dyn ObjectStore>, copy: S3Requests) {
         let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
         known.retain(|(_, weak, _)| weak.strong_count() > 0);
         known.push((address(store), Arc::downgrade(store), Arc::new(copy)));
     }
 
     /// The server-side copy of `store`, if it was built with one.
-    pub(crate) fn of(store: &Arc<dyn ObjectStore>) -> Option<Arc<ServerSideCopy>> {
+    pub(crate) fn of(store: &Arc<dyn ObjectStore>) -> Option<Arc<S3Requests>> {
         let known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
         known
             .iter()
@@ -224,8 +227,6 @@ impl ServerSideCopy {
         source: &Path,
         range: Range<u64>,
     ) -> object_store::Result<PartId> {
-        use object_store::client::HttpRequestBody;
-        use percent_encoding::utf8_percent_encode;
         let url = format!(
             "{}/{}?partNumber={}&uploadId={}",
             self.bucket_endpoint,
@@ -239,19 +240,86 @@ impl ServerSideCopy {
             utf8_percent_encode(source.as_ref(), &PATH)
         );
         let copy_range = format!("bytes={}-{}", range.start, range.end.saturating_sub(1));
+        let what = format!("UploadPartCopy of {source} {copy_range} into {dest}");
+        let headers = [
+            ("x-amz-copy-source", copy_source.as_str()),
+            ("x-amz-copy-source-range", copy_range.as_str()),
+        ];
+        self.send(http::Method::PUT, &url, &headers, &what, |text| {
+            copied_etag(text).map(|e_tag| PartId { content_id: e_tag })
+        })
+        .await
+    }
+
+    /// The multipart uploads open under `prefix` (a folder of the store): each one's key
+    /// in the bucket and upload id (`ListMultipartUploads`, every page).
+    async fn open_uploads(&self, prefix: &Path) -> object_store::Result<Vec<(Path, String)>> {
+        let prefix = format!("{}/", self.full(prefix));
+        let mut uploads = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut url = format!(
+                "{}?uploads=&prefix={}",
+                self.bucket_endpoint,
+                utf8_percent_encode(&prefix, &STRICT)
+            );
+            if let Some((key, id)) = &markers {
+                url.push_str(&format!(
+                    "&key-marker={}&upload-id-marker={}",
+                    utf8_percent_encode(key, &STRICT),
+                    utf8_percent_encode(id, &STRICT)
+                ));
+            }
+            let what = format!("ListMultipartUploads under {prefix}");
+            let page = self
+                .send(http::Method::GET, &url, &[], &what, |text| {
+                    text.contains("<ListMultipartUploadsResult")
+                        .then(|| text.to_string())
+                })
+                .await?;
+            for upload in elements(&page, "Upload") {
+                if let (Some(key), Some(id)) = (element(upload, "Key"), element(upload, "UploadId"))
+                {
+                    uploads.push((Path::from(key), id));
+                }
+            }
+            match (
+                element(&page, "IsTruncated").as_deref(),
+                element(&page, "NextKeyMarker"),
+                element(&page, "NextUploadIdMarker"),
+            ) {
+                (Some("true"), Some(key), Some(id)) => markers = Some((key, id)),
+                _ => return Ok(uploads),
+            }
+        }
+    }
+
+    /// Sends a signed request with an empty body to `url` (`what` names it in errors),
+    /// again after transport errors, 5xx answers, and S3's `InternalError` or
+    /// `SlowDown` in a 200's body (as `UploadPartCopy` may answer), up to the store's
+    /// retry count. `accept` takes a successful answer's body, or `None` when it is not
+    /// the answer expected.
+    async fn send<T>(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        what: &str,
+        accept: impl Fn(&str) -> Option<T>,
+    ) -> object_store::Result<T> {
+        use object_store::client::HttpRequestBody;
         let failed = |message: String| object_store::Error::Generic {
             store: "S3",
-            source: format!("UploadPartCopy of {source} {copy_range} into {dest}: {message}")
-                .into(),
+            source: format!("{what}: {message}").into(),
         };
         let mut attempt = 0;
         loop {
             let credential = self.s3.credentials().get_credential().await?;
-            let mut request = http::Request::builder()
-                .method(http::Method::PUT)
-                .uri(&url)
-                .header("x-amz-copy-source", &copy_source)
-                .header("x-amz-copy-source-range", &copy_range)
+            let mut request = http::Request::builder().method(method.clone()).uri(url);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let mut request = request
                 .body(HttpRequestBody::empty())
                 .map_err(|e| failed(e.to_string()))?;
             object_store::aws::AwsAuthorizer::new(&credential, "s3", &self.region)
@@ -263,11 +331,11 @@ impl ServerSideCopy {
                     match response.into_body().bytes().await {
                         Ok(body) => {
                             let text = String::from_utf8_lossy(&body);
-                            // S3 may answer 200 with an error in the body.
-                            if let (true, Some(e_tag)) = (status.is_success(), copied_etag(&text))
+                            if status.is_success()
                                 && !text.contains("<Error>")
+                                && let Some(accepted) = accept(&text)
                             {
-                                return Ok(PartId { content_id: e_tag });
+                                return Ok(accepted);
                             }
                             (
                                 status.is_server_error()
@@ -285,10 +353,62 @@ impl ServerSideCopy {
             if !retryable || attempt > self.retries {
                 return Err(failed(message));
             }
-            tracing::debug!(%dest, attempt, %message, "retrying a part copy");
+            tracing::debug!(what, attempt, %message, "retrying an S3 request");
             tokio::time::sleep(std::time::Duration::from_millis(50 << attempt.min(6))).await;
         }
     }
+}
+
+/// [`abort_pending_uploads`](crate::abort_pending_uploads) on S3.
+pub(crate) async fn abort_open_uploads(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &Path,
+) -> crate::Result<usize> {
+    let Some(requests) = S3Requests::of(store) else {
+        return Ok(0);
+    };
+    let failed = |source| StoreError::ObjectStore {
+        operation: "abort the uploads under",
+        url: prefix.to_string(),
+        source,
+    };
+    let uploads = requests.open_uploads(prefix).await.map_err(failed)?;
+    for (key, id) in &uploads {
+        tracing::info!(%key, "aborting a multipart upload left open");
+        match requests.s3.abort_multipart(key, id).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    Ok(uploads.len())
+}
+
+/// The text of every `<name>...</name>` element of `xml`, in order.
+fn elements<'a>(xml: &'a str, name: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+    let mut found = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        let from = start + open.len();
+        let Some(len) = rest[from..].find(&close) else {
+            break;
+        };
+        found.push(&rest[from..from + len]);
+        rest = &rest[from + len + close.len()..];
+    }
+    found
+}
+
+/// The first `<name>` element's text of `xml`, its entities unescaped.
+fn element(xml: &str, name: &str) -> Option<String> {
+    elements(xml, name).first().map(|text| {
+        text.replace("&quot;", "\"")
+            .replace("&#34;", "\"")
+            .replace("&apos;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
+    })
 }
 
 /// Characters object_store percent-encodes in a key (`/` kept) and in a query value.
@@ -301,20 +421,14 @@ const PATH: percent_encoding::AsciiSet = STRICT.remove(b'/');
 
 /// The `ETag` of a `CopyPartResult`, unescaped.
 fn copied_etag(text: &str) -> Option<String> {
-    let start = text.find("<ETag>")? + "<ETag>".len();
-    let end = start + text[start..].find("</ETag>")?;
-    Some(
-        text[start..end]
-            .replace("&quot;", "\"")
-            .replace("&#34;", "\""),
-    )
+    element(text, "ETag")
 }
 
 /// A composed multipart upload, every part acknowledged, waiting to be completed (the
 /// object appears) or aborted (nothing does). Aborted when dropped unfinished.
 #[derive(Debug)]
 pub(crate) struct ComposedUpload {
-    copy: Arc<ServerSideCopy>,
+    copy: Arc<S3Requests>,
     dest: Path,
     id: String,
     parts: Vec<PartId>,
