@@ -57,7 +57,7 @@ impl Cluster {
         _dir: &url::Url,
         _rows: u64,
     ) -> Result<(
-        Vec<object_store::path::Path>,
+        Vec<object_store::ObjectMeta>,
         Vec<crate::WriterShare>,
         Option<crate::WriteMethod>,
     )> {

@@ -617,7 +617,7 @@ impl Cluster {
         dir: &url::Url,
         rows: u64,
     ) -> Result<(
-        Vec<object_store::path::Path>,
+        Vec<object_store::ObjectMeta>,
         Vec<crate::WriterShare>,
         Option<crate::WriteMethod>,
     )> {

@@ -197,17 +197,16 @@ pub(crate) async fn one_per_slice<R: Receipt>(
         .filter_map(|m| Some((m.location.filename()?, m.size)))
         .collect();
     let mut chosen: std::collections::BTreeMap<String, R> = Default::default();
-    for meta in listed
+    // Read at once: on a remote store each is a round trip.
+    let receipts = listed
         .iter()
         .filter(|m| m.location.as_ref().ends_with(RECEIPT_SUFFIX))
-    {
-        let bytes = store
-            .get(&meta.location)
-            .await
-            .map_err(|e| read_error(&meta.location, e))?
-            .bytes()
-            .await
-            .map_err(|e| read_error(&meta.location, e))?;
+        .map(|meta| async move {
+            let read = async { store.get(&meta.location).await?.bytes().await }.await;
+            (meta, read)
+        });
+    for (meta, read) in futures::future::join_all(receipts).await {
+        let bytes = read.map_err(|e| read_error(&meta.location, e))?;
         let receipt: R = serde_json::from_slice(&bytes).map_err(|e| Error::Internal {
             message: format!("the part receipt {} does not parse: {e}", meta.location),
         })?;

@@ -371,7 +371,11 @@ pub(crate) async fn gather(
     dir: &url::Url,
     rows: u64,
     cluster: &str,
-) -> Result<(Vec<Path>, Vec<WriterShare>, Option<WriteMethod>)> {
+) -> Result<(
+    Vec<object_store::ObjectMeta>,
+    Vec<WriterShare>,
+    Option<WriteMethod>,
+)> {
     use futures::TryStreamExt;
     let prefix = sluice_store::object_path(dir)?;
     let store_error = |operation: &'static str, source| {
@@ -413,17 +417,22 @@ pub(crate) async fn gather(
         });
     }
     let keep: std::collections::HashSet<&str> = parts.iter().map(|p| p.file.as_str()).collect();
-    for meta in &listed {
-        let name = meta.location.filename().unwrap_or_default();
-        if !keep.contains(name) {
-            match store.delete(&meta.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(store_error("delete", e)),
-            }
+    // At once (each a round trip on a remote store), with the uploads an executor killed
+    // mid-part left open: nobody writes here any more.
+    let deletes = listed
+        .iter()
+        .filter(|meta| !keep.contains(meta.location.filename().unwrap_or_default()))
+        .map(|meta| store.delete(&meta.location));
+    let (deleted, ()) = futures::join!(
+        futures::future::join_all(deletes),
+        crate::checkpoint::store::abort_open_uploads(store, &prefix)
+    );
+    for result in deleted {
+        match result {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_error("delete", e)),
         }
     }
-    // An executor killed mid-part left its upload open: nobody writes here any more.
-    crate::checkpoint::store::abort_open_uploads(store, &prefix).await;
     let mut shares: BTreeMap<&str, WriterShare> = BTreeMap::new();
     for part in &parts {
         let share = shares
@@ -440,9 +449,14 @@ pub(crate) async fn gather(
     }
     let shares = shares.into_values().collect();
     let method = method_of(&parts);
+    // As listed: their sizes and versions read their footers without a `HEAD`.
+    let by_name: std::collections::HashMap<&str, &object_store::ObjectMeta> = listed
+        .iter()
+        .filter_map(|m| Some((m.location.filename()?, m)))
+        .collect();
     let parts = parts
         .iter()
-        .map(|p| prefix.clone().join(p.file.as_str()))
+        .filter_map(|p| by_name.get(p.file.as_str()).map(|m| (*m).clone()))
         .collect();
     Ok((parts, shares, method))
 }
@@ -576,7 +590,7 @@ mod tests {
         let (parts, shares, _) = gather(&store, &url, 12, "df://c:50050").await.unwrap();
         let names: Vec<_> = parts
             .iter()
-            .map(|p| p.filename().unwrap().to_string())
+            .map(|p| p.location.filename().unwrap().to_string())
             .collect();
         assert_eq!(
             names[0], "part-00000-aaaa1111.parquet",

@@ -981,6 +981,7 @@ async fn write_parts(
         let runtime = tokio::runtime::Handle::current();
         let assembled = tokio::task::spawn_blocking(move || {
             runtime.block_on(async move {
+                let files = files.into_iter().map(|meta| meta.location).collect();
                 let assembly = std::pin::pin!(assemble(session, files, dir, target, options));
                 let cancelled = std::pin::pin!(cancel.cancelled());
                 match futures::future::select(assembly, cancelled).await {
@@ -1013,10 +1014,9 @@ async fn compose_parts(
     session: &Session,
     store: &Arc<dyn object_store::ObjectStore>,
     dir: &url::Url,
-    files: &[object_store::path::Path],
+    files: &[object_store::ObjectMeta],
     in_place: &sluice_store::InPlace,
 ) -> Result<std::result::Result<sluice_store::Composed, String>> {
-    use object_store::ObjectStoreExt;
     let cache = session
         .state()
         .runtime_env()
@@ -1024,24 +1024,17 @@ async fn compose_parts(
         .get_file_metadata_cache();
     // Owned futures, joined: a stream combinator over borrowed files makes a future
     // that is not `Send` for every lifetime (see `write_parts`).
-    let reads = files.iter().map(|file| {
-        let (store, cache, file) = (Arc::clone(store), Arc::clone(&cache), file.clone());
+    let reads = files.iter().map(|meta| {
+        let (store, cache, meta) = (Arc::clone(store), Arc::clone(&cache), meta.clone());
         let url = dir
-            .join(file.filename().unwrap_or_default())
-            .map_or_else(|_| file.to_string(), |u| sluice_store::redact(&u));
+            .join(meta.location.filename().unwrap_or_default())
+            .map_or_else(|_| meta.location.to_string(), |u| sluice_store::redact(&u));
         async move {
-            let meta = store.head(&file).await.map_err(|source| {
-                Error::Store(sluice_store::StoreError::ObjectStore {
-                    operation: "head",
-                    url: url.clone(),
-                    source,
-                })
-            })?;
             let footer =
                 crate::parquet_io::footer::read_footer(store.as_ref(), &url, &meta, cache.as_ref())
                     .await
                     .map_err(Error::from)?;
-            Ok::<_, Error>((file, footer))
+            Ok::<_, Error>((meta.location, footer))
         }
     });
     let footers = futures::future::try_join_all(reads).await?;
