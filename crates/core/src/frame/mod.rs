@@ -954,7 +954,7 @@ async fn write_parts(
         .map_err(external)?;
     let one_file = target.kind == OutputKind::File;
     if one_file && let Some(in_place) = target.in_place.as_ref().filter(|p| p.can_compose()) {
-        match compose_parts(&session, &target.store, &parts.url, &files, in_place).await {
+        match compose_parts(&session, &target.store, &parts.url, &files, rows, in_place).await {
             Ok(Ok(composed)) => {
                 return Ok(Written {
                     rows,
@@ -1009,12 +1009,14 @@ async fn write_parts(
 /// only the new footer (and ranges too short to be parts, S3's minimum being 5 MiB)
 /// are sent from here (see `parquet_io::concat`). The upload waits for the publish.
 /// `Err(reason)` when the parts cannot be concatenated so (another schema in one part,
-/// bloom filters, no rows): the caller assembles them.
+/// bloom filters, no rows): the caller assembles them. Parts whose footers do not hold
+/// the job's `rows` fail the write.
 async fn compose_parts(
     session: &Session,
     store: &Arc<dyn object_store::ObjectStore>,
     dir: &url::Url,
     files: &[object_store::ObjectMeta],
+    rows: u64,
     in_place: &sluice_store::InPlace,
 ) -> Result<std::result::Result<sluice_store::Composed, String>> {
     let cache = session
@@ -1042,6 +1044,17 @@ async fn compose_parts(
         Ok(layout) => layout,
         Err(reason) => return Ok(Err(reason)),
     };
+    // The receipts were checked against the job's count; the footers must agree.
+    if layout.rows != rows {
+        return Err(Error::Internal {
+            message: format!(
+                "the parts under {} hold {} rows by their footers but {rows} by their \
+                 receipts; nothing is published",
+                sluice_store::redact(dir),
+                layout.rows
+            ),
+        });
+    }
     let composed = in_place
         .compose(layout.pieces, sluice_store::ComposeOptions::default())
         .await?;
