@@ -117,8 +117,19 @@ struct Args {
     runner: Option<sluice::Runner>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before any thread starts: one heap arena per four cores (see `tune_allocator`).
+    sluice::tune_allocator();
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(main_async()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn main_async() -> ExitCode {
     // Logs honour RUST_LOG and go around the progress bars; log lines emitted inside a
     // task (INFO and up) are also kept in the run record.
     use tracing_subscriber::prelude::*;

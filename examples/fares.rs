@@ -50,8 +50,19 @@ struct Args {
     runner: Option<sluice::Runner>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before any thread starts: one heap arena per four cores (see `tune_allocator`).
+    sluice::tune_allocator();
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(main_async()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn main_async() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

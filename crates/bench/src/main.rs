@@ -95,6 +95,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts, as Sluice's other binaries (see `tune_allocator`): the
+    // engines measured in other processes (Polars, DuckDB, pandas) are not affected.
+    sluice::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -316,6 +316,8 @@ fn parse_compression(s: &str) -> Result<Compression, String> {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: one heap arena per four cores (see `tune_allocator`).
+    sluice_core::tune_allocator();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match run(cli) {

@@ -74,6 +74,7 @@ mod write;
 
 pub use parquet_io::limits;
 pub use plan::{boundary, concat};
+pub use sluice_allocator::tune_allocator;
 
 pub use checkpoint::key::{KEY_FORMAT, RESULT_SETTINGS, SEMANTICS_VERSION, engine};
 pub use checkpoint::lineage::{SourceObject, UpstreamTask};
