@@ -51,15 +51,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // Before any thread starts: one heap arena per four cores (see `tune_allocator`).
-    sluice::tune_allocator();
-    match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(main_async()),
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    // `#[tokio::main]`, with the allocator tuned before any thread starts.
+    sluice::block_on(main_async()).unwrap_or_else(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 async fn main_async() -> ExitCode {

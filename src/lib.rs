@@ -107,6 +107,24 @@ pub mod store {
 /// DataFusion, for expressions and APIs Sluice does not wrap.
 pub use datafusion;
 
+/// Runs a program's async `main` as `#[tokio::main]` does (a multi-threaded runtime), with
+/// the allocator tuned first ([`tune_allocator`]), before the runtime's threads start.
+/// Fails only when the runtime cannot be built.
+///
+/// ```
+/// fn main() -> std::process::ExitCode {
+///     sluice::block_on(async { std::process::ExitCode::SUCCESS }).unwrap_or_else(|e| {
+///         eprintln!("error: {e}");
+///         std::process::ExitCode::FAILURE
+///     })
+/// }
+/// # main();
+/// ```
+pub fn block_on<F: std::future::Future>(main: F) -> std::io::Result<F::Output> {
+    tune_allocator();
+    Ok(tokio::runtime::Runtime::new()?.block_on(main))
+}
+
 /// Everything a flow usually needs: `use sluice::prelude::*;`.
 pub mod prelude {
     pub use crate::{flow, task};
