@@ -98,7 +98,6 @@ pub fn supported_schemes() -> String {
 pub use location::{object_path, resolve_url, store_key};
 pub use redact::{redact, redact_location};
 pub use registry::StoreRegistry;
-
 pub use settings::{
     CONFIG_ENV, NAMED_SCHEME, Origin, PROJECT_FILE, SettingValue, Settings, SettingsSources,
     StoreSettings, USER_CONFIG_ENV,
@@ -139,5 +138,29 @@ pub async fn abort_pending_uploads(
     {
         let _ = (store, prefix);
         Ok(0)
+    }
+}
+
+/// [`abort_pending_uploads`], for cleanup that must not fail the work it follows: the
+/// count is logged at `info`, a failure at `warn` (the bucket's lifecycle rule is the
+/// last resort for what stays).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), sluice_store::StoreError> {
+/// let store = sluice_store::StoreBuilder::from_url(&url::Url::parse("memory://b/").unwrap())
+///     .build()?;
+/// sluice_store::sweep_pending_uploads(&store, &object_store::path::Path::from("out/parts")).await;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn sweep_pending_uploads(
+    store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    prefix: &object_store::path::Path,
+) {
+    match abort_pending_uploads(store, prefix).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(%prefix, uploads = n, "aborted multipart uploads left open"),
+        Err(e) => tracing::warn!(%prefix, error = %e, "could not abort the uploads left open"),
     }
 }

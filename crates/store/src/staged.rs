@@ -296,12 +296,7 @@ impl StagedOutput {
         if self.parts.load(std::sync::atomic::Ordering::Relaxed) {
             // Parts written by other processes (a cluster's executors): one killed while
             // writing left its upload open.
-            let parts = object_path(&self.parts_url())?;
-            match crate::abort_pending_uploads(&self.store, &parts).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(%parts, uploads = n, "aborted uploads left open"),
-                Err(e) => tracing::warn!(%parts, error = %e, "could not abort uploads left open"),
-            }
+            crate::sweep_pending_uploads(&self.store, &object_path(&self.parts_url())?).await;
         }
         delete_prefix(&self.store, &self.staging).await
     }

@@ -601,7 +601,7 @@ impl CheckpointStore {
     pub(crate) async fn delete_prefix(&self, prefix: &Path) -> Result<u64> {
         let objects = self.list_under(prefix).await?;
         let bytes = self.delete_all(&objects).await?;
-        abort_open_uploads(&self.store, prefix).await;
+        sluice_store::sweep_pending_uploads(&self.store, prefix).await;
         Ok(bytes)
     }
 
@@ -879,19 +879,5 @@ impl JoinPath for Path {
             .split('/')
             .filter(|p| !p.is_empty())
             .fold(self, |path, part| path.join(part))
-    }
-}
-
-/// Aborts the multipart uploads left open under `prefix` of `store` (see
-/// [`sluice_store::abort_pending_uploads`]); a failure is logged, not raised: the
-/// bucket's lifecycle rule is the last resort for what stays.
-pub(crate) async fn abort_open_uploads(
-    store: &std::sync::Arc<dyn object_store::ObjectStore>,
-    prefix: &Path,
-) {
-    match sluice_store::abort_pending_uploads(store, prefix).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(%prefix, uploads = n, "aborted multipart uploads left open"),
-        Err(e) => tracing::warn!(%prefix, error = %e, "could not abort the uploads left open"),
     }
 }

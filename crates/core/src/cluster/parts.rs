@@ -310,6 +310,6 @@ pub(crate) async fn commit_parts(
             tracing::warn!(path = %path, error = %e, "could not delete a part's receipt or another attempt's part");
         }
     }
-    crate::checkpoint::store::abort_open_uploads(store, &dir).await;
+    sluice_store::sweep_pending_uploads(store, &dir).await;
     Ok(())
 }

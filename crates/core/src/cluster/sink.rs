@@ -425,7 +425,7 @@ pub(crate) async fn gather(
         .map(|meta| store.delete(&meta.location));
     let (deleted, ()) = futures::join!(
         futures::future::join_all(deletes),
-        crate::checkpoint::store::abort_open_uploads(store, &prefix)
+        sluice_store::sweep_pending_uploads(store, &prefix)
     );
     for result in deleted {
         match result {
