@@ -284,9 +284,12 @@ async fn a_second_run_reads_the_checkpoint_and_no_source_byte(backend: Backend) 
 /// included) as compressed pages out of the parts, checked against the manifest, and
 /// gives the miss's rows in the miss's order, with column statistics.
 async fn a_hit_with_statistics_is_a_column_copy_of_the_checkpoint(backend: Backend) {
+    // A barrier: its sinks copy out of its checkpoint in the run that writes it too (a
+    // tee's checkpoint written beside an encoding sink is encoded again, see
+    // `a_hit_of_a_tee_written_beside_an_encoding_sink_gives_that_sinks_row_groups`).
     async fn transform(df: Frame) -> Result<Frame> {
         Task::new("transform")
-            .persist(Persist::Tee)
+            .persist(Persist::Barrier)
             .with_checkpoint_format(
                 CheckpointFormat::default()
                     .with_compression(Compression::Snappy)
@@ -333,21 +336,9 @@ async fn a_hit_with_statistics_is_a_column_copy_of_the_checkpoint(backend: Backe
         task(&first, "transform").cache.as_ref().unwrap().lookup,
         "miss"
     );
-    // A checkpoint set to another codec than the output's is the tee's to write.
-    match &ok(&first).method {
-        WriteMethod::Rewrite { reason } => {
-            assert!(reason.contains("is set to Snappy"), "{reason}")
-        }
-        other => panic!("the copy wrote a Snappy checkpoint of a zstd output: {other:?}"),
-    }
-    let (second, source_bytes) = run(h.dest("b.parquet")).await;
-    assert_eq!(ok(&second).rows, 30_000);
-    let t = task(&second, "transform");
-    assert_eq!(t.state, TaskState::Cached, "{t:?}");
-    assert_eq!(t.rows, Some(30_000));
-    assert!(t.executions[0].from_checkpoint);
-    assert_eq!(source_bytes, 0, "a cache hit read source bytes");
-    match &ok(&second).method {
+    // The barrier's checkpoint is Snappy, the output zstd: the sink copies out of it,
+    // every chunk recompressed.
+    let recompressed = |summary: &WriteSummary| match &summary.method {
         WriteMethod::ColumnCopy {
             copied,
             computed,
@@ -356,12 +347,20 @@ async fn a_hit_with_statistics_is_a_column_copy_of_the_checkpoint(backend: Backe
         } => {
             assert!(copied.contains(&"tip_fraction".to_string()), "{copied:?}");
             assert!(computed.is_empty(), "{computed:?}");
-            // The checkpoint is Snappy, the output zstd: every chunk is recompressed.
             assert_eq!(*chunks_verbatim, 0);
             assert!(*chunks_recompressed > 0);
         }
-        other => panic!("the hit's sink was not a column copy: {other:?}"),
-    }
+        other => panic!("the sink was not a column copy of the checkpoint: {other:?}"),
+    };
+    recompressed(ok(&first));
+    let (second, source_bytes) = run(h.dest("b.parquet")).await;
+    assert_eq!(ok(&second).rows, 30_000);
+    let t = task(&second, "transform");
+    assert_eq!(t.state, TaskState::Cached, "{t:?}");
+    assert_eq!(t.rows, Some(30_000));
+    assert!(t.executions[0].from_checkpoint);
+    assert_eq!(source_bytes, 0, "a cache hit read source bytes");
+    recompressed(ok(&second));
     assert_eq!(
         read_in_order(Path::new(&h.dest("a.parquet"))).await,
         read_in_order(Path::new(&h.dest("b.parquet"))).await
@@ -1320,6 +1319,101 @@ async fn a_sink_of_some_columns_of_a_persisted_task_leaves_the_checkpoint_to_the
     let manifest = h.store().show("transform", &key[..8]).await.unwrap();
     assert_eq!(manifest.columns.len(), 20, "{:?}", manifest.columns);
     assert_eq!(manifest.rows, 10_000);
+}
+
+/// A tee written beside a sink that encoded its own output (the task filters rows: the
+/// copy cannot serve it) is marked in its manifest; a hit's sink encodes its rows again
+/// rather than copying the tee's 65,536-row groups, and gives the miss's output: its
+/// row groups (the sink's `row_group_rows`), statistics and rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_of_a_tee_written_beside_an_encoding_sink_gives_that_sinks_row_groups() {
+    let h = Harness::new(Backend::Local, "beside").await;
+    let source = h.source("in.parquet", 200_000, 3);
+    let run = |dest: String| {
+        let (h, source) = (&h, source.clone());
+        async move {
+            h.counting.reset();
+            let run = Flow::new("beside")
+                .with_options(FlowOptions::default().with_session(h.session.clone()))
+                .with_result_store(&h.store_url)
+                .run(serde_json::json!({}), async move {
+                    let raw = extract(&source).await?;
+                    let kept = Task::new("kept")
+                        .persist(Persist::Tee)
+                        .run(move |_cx| {
+                            let raw = raw.clone();
+                            async move {
+                                raw.filter((col("PULocationID") % lit(10)).not_eq(lit(0)))?
+                                    .with_column(
+                                        "tip_fraction",
+                                        col("tip_amount") / col("total_amount"),
+                                    )
+                            }
+                        })
+                        .await?;
+                    kept.write_parquet(&dest, ParquetWrite::zstd(3).with_row_group_rows(50_000))
+                        .await
+                })
+                .await;
+            (run, h.counting.bytes_read())
+        }
+    };
+    let groups = |path: &str| -> Vec<i64> {
+        let file = std::fs::File::open(path).unwrap();
+        let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+        use parquet::file::reader::FileReader;
+        reader
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows())
+            .collect()
+    };
+    let (miss, _) = run(h.dest("miss.parquet")).await;
+    let rows = ok(&miss).rows;
+    assert!(rows > 100_000 && rows < 200_000, "{rows} rows kept");
+    assert!(!ok(&miss).method.is_column_copy(), "{:?}", ok(&miss).method);
+    let key = task(&miss, "kept").cache_key.clone().unwrap();
+    let manifest = h.store().show("kept", &key[..8]).await.unwrap();
+    assert!(manifest.reencode, "the tee's manifest is not marked");
+    let miss_groups = groups(&h.dest("miss.parquet"));
+    assert!(miss_groups.len() >= 3, "{miss_groups:?}");
+    assert!(
+        miss_groups[..miss_groups.len() - 1]
+            .iter()
+            .all(|&g| g == 50_000),
+        "{miss_groups:?}"
+    );
+    // The checkpoint's own row groups are the tee's, not the output's: a copy of them
+    // would give another file.
+    let part = checkpoint_parts(&h).await.remove(0);
+    let footer = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes::Bytes::from(read(&h, &part.location).await))
+        .unwrap();
+    assert_eq!(footer.row_group(0).num_rows(), 65_536);
+
+    let (hit, source_bytes) = run(h.dest("hit.parquet")).await;
+    assert_eq!(task(&hit, "kept").state, TaskState::Cached);
+    assert_eq!(source_bytes, 0);
+    match &ok(&hit).method {
+        WriteMethod::Rewrite { reason } => {
+            assert!(reason.contains("written beside a sink"), "{reason}")
+        }
+        other => panic!("the hit copied the tee's row groups: {other:?}"),
+    }
+    assert_eq!(groups(&h.dest("hit.parquet")), miss_groups);
+    let file = std::fs::File::open(h.dest("hit.parquet")).unwrap();
+    let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+    use parquet::file::reader::FileReader;
+    for group in reader.metadata().row_groups() {
+        for chunk in group.columns() {
+            assert!(chunk.statistics().is_some(), "{}", chunk.column_path());
+        }
+    }
+    assert_eq!(
+        content(&h.session, &h.dest("hit.parquet")).await,
+        content(&h.session, &h.dest("miss.parquet")).await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -232,6 +232,7 @@ pub(crate) async fn decide(persisted: Persisted<'_>) -> Result<Decision> {
                 schema: Arc::clone(&persisted.schema),
                 committed: std::sync::OnceLock::new(),
                 footers: std::sync::OnceLock::new(),
+                tee_reencodes: persisted.mode == Persist::Tee,
             });
             let plan = LogicalPlan::Extension(Extension {
                 node: Arc::new(CheckpointTee {

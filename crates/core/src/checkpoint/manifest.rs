@@ -60,6 +60,16 @@ pub struct Manifest {
     pub plan: String,
     /// Codec of the parts.
     pub compression: String,
+    /// Whether a Parquet sink over this checkpoint encodes its rows again instead of
+    /// copying its row groups (see the column copy). Set when a task's tee wrote it
+    /// beside the sink that consumed the task's output in the same plan: that sink
+    /// encoded its own row groups (DataFusion's writer, with its `row_group_rows`), so a
+    /// hit gives its output, row groups and statistics, only by encoding again. Unset
+    /// when the column copy wrote it (its row groups are the output's) or a barrier did
+    /// (the run that writes it copies its sinks out of it too). Absent (older
+    /// manifests): unset.
+    #[serde(default)]
+    pub reencode: bool,
 }
 
 /// One Parquet part of a checkpoint.

@@ -295,6 +295,10 @@ fn corrupt_reason(error: &object_store::Error) -> Option<String> {
 
 /// What a cache hit's boundary asks of the checkpoint it reads.
 impl CheckpointSource for CheckpointRead {
+    fn reencode(&self) -> bool {
+        self.manifest.reencode
+    }
+
     /// A [`CorruptCheckpoint`](Error::CorruptCheckpoint) under the scan (a block that
     /// does not match its checksum, a missing or resized part), or any other error but
     /// the store's own (a page that does not decode): the checkpoint is corrupt.

@@ -83,6 +83,10 @@ pub(crate) struct CheckpointTarget {
     /// them (it has them from its writer): a later sink's copy reads the parts without
     /// reading their footers again.
     pub(crate) footers: OnceLock<HashMap<Path, Arc<ParquetMetaData>>>,
+    /// Whether a checkpoint the tee stream writes is marked for sinks to encode again
+    /// ([`Manifest::reencode`]): the task is persisted with the tee, beside the sink
+    /// that consumes its output (a barrier's sinks copy out of its checkpoint).
+    pub(crate) tee_reencodes: bool,
 }
 
 impl CheckpointTarget {
@@ -309,8 +313,12 @@ impl PartEnd for CommitEnd {
                 }
                 return Ok(());
             };
+            let encoded = Encoded {
+                codec: target.format.tee_compression(),
+                reencode: target.tee_reencodes,
+            };
             write
-                .commit(target, parts, target.format.tee_compression())
+                .commit(target, parts, encoded)
                 .await
                 .map(drop)
                 .map_err(|e| TeeSink::error(target.as_ref(), e))
@@ -481,17 +489,17 @@ impl CheckpointWrite {
         self.dir.clone().join(format!("part-{n}.parquet"))
     }
 
-    /// Commits the manifest of `parts`, encoded with `codec`, for `target` (see
+    /// Commits the manifest of `parts`, encoded as `encoded` says, for `target` (see
     /// [`commit`]: whether this write's manifest stands), ending the lease; deletes the
     /// parts when the commit fails.
     pub(crate) async fn commit(
         &self,
         target: &CheckpointTarget,
         parts: Vec<ManifestFile>,
-        codec: crate::Compression,
+        encoded: Encoded,
     ) -> Result<bool> {
         let lease = self.lease.lock().await.take();
-        let committed = commit(target, &self.dir, parts, codec, lease).await;
+        let committed = commit(target, &self.dir, parts, encoded, lease).await;
         if committed.is_err() {
             self.delete(&target.store).await;
         }
@@ -777,15 +785,23 @@ impl TeeStream {
     }
 }
 
-/// Commits the manifest of a complete write whose parts are encoded with `codec`,
-/// then ends the writer's lease (the manifest holds the parts from then on). A lost
+/// How a checkpoint's parts were encoded, as its manifest records it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Encoded {
+    pub(crate) codec: crate::Compression,
+    /// [`Manifest::reencode`].
+    pub(crate) reencode: bool,
+}
+
+/// Commits the manifest of a complete write whose parts are `encoded`, then ends the
+/// writer's lease (the manifest holds the parts from then on). A lost
 /// create-if-absent race is not an error: the winner's checkpoint holds the same data;
 /// ours is deleted. Returns whether this write's manifest stands.
 pub(crate) async fn commit(
     target: &CheckpointTarget,
     dir: &Path,
     files: Vec<ManifestFile>,
-    codec: crate::Compression,
+    encoded: Encoded,
     lease: Option<Lease>,
 ) -> Result<bool> {
     let created = target.clock.now();
@@ -815,7 +831,8 @@ pub(crate) async fn commit(
         block_size: BLOCK_SIZE,
         files,
         plan: target.plan_text.clone(),
-        compression: format!("{codec:?}"),
+        compression: format!("{:?}", encoded.codec),
+        reencode: encoded.reencode,
     };
     let committed = target
         .store

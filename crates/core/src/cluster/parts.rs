@@ -18,7 +18,7 @@ use object_store::path::Path;
 
 use crate::checkpoint::gc::Lease;
 use crate::checkpoint::store::{LEASE, store_error};
-use crate::checkpoint::tee::{CheckpointWrite, PartEnd, TeeSink, commit};
+use crate::checkpoint::tee::{CheckpointWrite, Encoded, PartEnd, TeeSink, commit};
 use crate::checkpoint::{
     CheckpointFormat, CheckpointStore, CheckpointTarget, Manifest, ManifestFile,
 };
@@ -304,7 +304,13 @@ pub(crate) async fn commit_parts(
         })
         .map(|m| m.location.clone())
         .collect();
-    commit(target, &dir, files, target.format.tee_compression(), lease).await?;
+    // Not marked for sinks to encode again: a cluster's sinks write their own layout
+    // (a part per partition) whatever the checkpoint's.
+    let encoded = Encoded {
+        codec: target.format.tee_compression(),
+        reencode: false,
+    };
+    commit(target, &dir, files, encoded, lease).await?;
     for path in extra {
         if let Err(e) = store.delete(&path).await {
             tracing::warn!(path = %path, error = %e, "could not delete a part's receipt or another attempt's part");

@@ -301,6 +301,9 @@ pub(crate) trait CheckpointSource: std::any::Any + fmt::Debug + Send + Sync {
     /// Whether [`read_ranges`](Self::read_ranges) checks every byte against the
     /// manifest's checksums (not when the flow turned verification off).
     fn verified(&self) -> bool;
+    /// Whether a Parquet sink over the checkpoint encodes its rows again rather than
+    /// copying its row groups (the manifest's `reencode`).
+    fn reencode(&self) -> bool;
     /// Byte ranges of the part at `location`, each checked against the manifest's
     /// checksums before it is handed over (as the scan's reads are), unless
     /// verification is off.

@@ -218,6 +218,14 @@ fn walk(plan: &LogicalPlan, teed: &mut Option<Teed>) -> Result<Walked, String> {
             let (mut branches, schema, exprs) = match &boundary.checkpoint {
                 // A cache hit: the checkpoint's parts are the input.
                 Some(checkpoint) => {
+                    if checkpoint.reencode() {
+                        return Err(format!(
+                            "task {}'s checkpoint was written beside a sink that encoded \
+                             its rows: they are encoded again, to give that output's row \
+                             groups",
+                            boundary.task.name()
+                        ));
+                    }
                     let LogicalPlan::TableScan(scan) = &boundary.input else {
                         return Err("a task's checkpoint is read by a plan of its own".into());
                     };

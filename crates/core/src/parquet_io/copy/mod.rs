@@ -71,7 +71,7 @@ use sluice_store::{InPlace, InPlaceUpload, PartOptions};
 use tokio::io::AsyncWriteExt;
 
 use crate::checkpoint::ManifestFile;
-use crate::checkpoint::tee::{CheckpointTarget, CheckpointWrite, PartWriter, TeeSink};
+use crate::checkpoint::tee::{CheckpointTarget, CheckpointWrite, Encoded, PartWriter, TeeSink};
 use crate::checkpoint::{CheckpointTee, Tee};
 use crate::parquet_io::format::WrappedFormat;
 use crate::parquet_io::limits::{ReadLimits, page_sizes};

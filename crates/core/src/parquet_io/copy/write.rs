@@ -292,7 +292,15 @@ impl Uncommitted {
             .map(|(file, path, footer)| (file, (path, footer)))
             .unzip();
         let stands = write
-            .commit(&self.target, files, self.codec)
+            .commit(
+                &self.target,
+                files,
+                Encoded {
+                    codec: self.codec,
+                    // Its row groups are the output's: a sink copies them.
+                    reencode: false,
+                },
+            )
             .await
             .map_err(|e| TeeSink::error(self.target.as_ref(), e))?;
         if stands {
