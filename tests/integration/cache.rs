@@ -1290,35 +1290,184 @@ async fn a_hit_over_large_row_groups_fetches_them_in_pieces_and_gives_the_miss_f
     );
 }
 
-/// A sink that writes a projection of a persisted task's output leaves its checkpoint
-/// to the tee (the copy writes a checkpoint only as its output's bytes): the checkpoint
-/// holds every column, the output two.
+/// A sink that writes some columns of a persisted task's output, and adds one, is a
+/// column copy that writes the task's checkpoint from the same units, as a file of its
+/// own: every column of the task, the output's three; each source chunk fetched once.
+/// A hit's sink copies the output out of the checkpoint, and gives the miss's file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sink_of_some_columns_of_a_persisted_task_leaves_the_checkpoint_to_the_tee() {
+async fn a_sink_of_some_columns_of_a_persisted_task_writes_its_checkpoint_beside() {
     let h = Harness::new(Backend::Local, "projected").await;
-    let source = h.source("in.parquet", 10_000, 1);
-    let dest = h.dest("two.parquet");
-    let run = Flow::new("projected")
-        .with_options(FlowOptions::default().with_session(h.session.clone()))
-        .with_result_store(&h.store_url)
-        .run(serde_json::json!({}), async {
-            let df = transform(extract(&source).await?).await?;
-            load(df.select_columns(&["VendorID", "tip_fraction"])?, &dest).await
-        })
-        .await;
-    match &ok(&run).method {
-        WriteMethod::Rewrite { reason } => {
-            assert!(
-                reason.contains("holds other columns than the output"),
-                "{reason}"
-            )
+    let source = h.source("in.parquet", 30_000, 1);
+    let run = |dest: String| {
+        let (h, source) = (&h, source.clone());
+        async move {
+            h.counting.reset();
+            let run = Flow::new("projected")
+                .with_options(FlowOptions::default().with_session(h.session.clone()))
+                .with_result_store(&h.store_url)
+                .run(serde_json::json!({}), async {
+                    let df = transform(extract(&source).await?).await?;
+                    let out = df
+                        .select_columns(&["tip_fraction", "VendorID"])?
+                        .with_column("double_tip", col("tip_fraction") * lit(2.0))?;
+                    load(out, &dest).await
+                })
+                .await;
+            (run, h.counting.bytes_read())
         }
-        other => panic!("a projection of the task was copied into its checkpoint: {other:?}"),
+    };
+    // What the plain copy of the task's whole output reads: the miss reads no more.
+    let reference = h.dest("reference.parquet");
+    h.counting.reset();
+    crate::common::etl(&source, &reference)
+        .with_session(h.session.clone())
+        .await
+        .unwrap();
+    let reference_bytes = h.counting.bytes_read();
+    let (miss, source_bytes) = run(h.dest("miss.parquet")).await;
+    match &ok(&miss).method {
+        WriteMethod::ColumnCopy {
+            copied, computed, ..
+        } => {
+            assert_eq!(copied, &["VendorID"], "{copied:?}");
+            assert_eq!(computed, &["tip_fraction", "double_tip"], "{computed:?}");
+        }
+        other => panic!("the sink was not a column copy: {other:?}"),
     }
-    let key = task(&run, "transform").cache_key.clone().unwrap();
+    // One set of units for both files: no more read than for the task's output alone.
+    assert!(
+        source_bytes <= reference_bytes,
+        "{source_bytes} > {reference_bytes}"
+    );
+    let key = task(&miss, "transform").cache_key.clone().unwrap();
     let manifest = h.store().show("transform", &key[..8]).await.unwrap();
     assert_eq!(manifest.columns.len(), 20, "{:?}", manifest.columns);
-    assert_eq!(manifest.rows, 10_000);
+    assert_eq!(manifest.rows, 30_000);
+    assert!(!manifest.reencode);
+    // The checkpoint is the task's output: the source's row groups, every column.
+    let part = checkpoint_parts(&h).await.remove(0);
+    let footer = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes::Bytes::from(read(&h, &part.location).await))
+        .unwrap();
+    let groups: Vec<i64> = footer.row_groups().iter().map(|g| g.num_rows()).collect();
+    assert_eq!(groups, [10_000, 10_000, 10_000]);
+    assert_eq!(footer.file_metadata().schema_descr().num_columns(), 20);
+    assert_eq!(
+        read_in_order(Path::new(&reference)).await,
+        read_in_order(Path::new(&format!("/{}", part.location))).await,
+        "the checkpoint is not the task's output"
+    );
+
+    let (hit, source_bytes) = run(h.dest("hit.parquet")).await;
+    assert_eq!(task(&hit, "transform").state, TaskState::Cached);
+    assert_eq!(source_bytes, 0);
+    assert!(ok(&hit).method.is_column_copy(), "{:?}", ok(&hit).method);
+    assert!(
+        std::fs::read(h.dest("hit.parquet")).unwrap()
+            == std::fs::read(h.dest("miss.parquet")).unwrap(),
+        "the hit's output is not the miss's"
+    );
+}
+
+/// A persisted task whose checkpoint format sets another codec than the output's: the
+/// copy writes the checkpoint beside the output, every copied chunk recompressed for it
+/// once fetched, and a hit copies out of it (recompressing back) the miss's rows and row
+/// groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_in_another_codec_is_written_by_the_copy_beside_the_output() {
+    let h = Harness::new(Backend::Local, "other-codec").await;
+    let source = h.source("in.parquet", 30_000, 1);
+    let run = |dest: String| {
+        let (h, source) = (&h, source.clone());
+        async move {
+            h.counting.reset();
+            let run = Flow::new("other-codec")
+                .with_options(FlowOptions::default().with_session(h.session.clone()))
+                .with_result_store(&h.store_url)
+                .run(serde_json::json!({}), async move {
+                    let raw = extract(&source).await?;
+                    let df = Task::new("transform")
+                        .persist(Persist::Tee)
+                        .with_checkpoint_format(
+                            CheckpointFormat::default().with_compression(Compression::Lz4),
+                        )
+                        .run(move |_cx| {
+                            let raw = raw.clone();
+                            async move {
+                                raw.with_column(
+                                    "tip_fraction",
+                                    col("tip_amount") / col("total_amount"),
+                                )
+                            }
+                        })
+                        .await?;
+                    load(df, &dest).await
+                })
+                .await;
+            (run, h.counting.bytes_read())
+        }
+    };
+    // What the plain copy of the same output reads: each chunk is fetched once for both codecs.
+    let reference = h.dest("reference.parquet");
+    h.counting.reset();
+    crate::common::etl(&source, &reference)
+        .with_session(h.session.clone())
+        .await
+        .unwrap();
+    let reference_bytes = h.counting.bytes_read();
+    let (miss, source_bytes) = run(h.dest("miss.parquet")).await;
+    assert!(ok(&miss).method.is_column_copy(), "{:?}", ok(&miss).method);
+    assert!(
+        source_bytes <= reference_bytes,
+        "{source_bytes} > {reference_bytes}"
+    );
+    let key = task(&miss, "transform").cache_key.clone().unwrap();
+    let manifest = h.store().show("transform", &key[..8]).await.unwrap();
+    assert_eq!(manifest.compression, "Lz4");
+    assert!(!manifest.reencode);
+    let part = checkpoint_parts(&h).await.remove(0);
+    let footer = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes::Bytes::from(read(&h, &part.location).await))
+        .unwrap();
+    for group in footer.row_groups() {
+        assert_eq!(group.num_rows(), 10_000);
+        for chunk in group.columns() {
+            assert_eq!(chunk.compression(), parquet::basic::Compression::LZ4_RAW);
+        }
+    }
+    let (hit, source_bytes) = run(h.dest("hit.parquet")).await;
+    assert_eq!(task(&hit, "transform").state, TaskState::Cached);
+    assert_eq!(source_bytes, 0);
+    match &ok(&hit).method {
+        WriteMethod::ColumnCopy {
+            chunks_verbatim,
+            chunks_recompressed,
+            ..
+        } => {
+            assert_eq!(*chunks_verbatim, 0);
+            assert!(*chunks_recompressed > 0);
+        }
+        other => panic!("the hit's sink was not a column copy: {other:?}"),
+    }
+    assert_eq!(
+        read_in_order(Path::new(&h.dest("hit.parquet"))).await,
+        read_in_order(Path::new(&h.dest("miss.parquet"))).await
+    );
+    let groups = |path: &str| -> Vec<i64> {
+        let file = std::fs::File::open(path).unwrap();
+        let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+        use parquet::file::reader::FileReader;
+        reader
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows())
+            .collect()
+    };
+    assert_eq!(
+        groups(&h.dest("hit.parquet")),
+        groups(&h.dest("miss.parquet"))
+    );
 }
 
 /// A tee written beside a sink that encoded its own output (the task filters rows: the

@@ -280,8 +280,9 @@ impl CachePolicy {
 /// aggregations), it is Zstandard level 3, the Parquet sink's default codec, with
 /// dictionary encoding and page statistics (which the copy needs to move a chunk into an
 /// output that states them), in row groups of 65,536 rows. Setting a codec makes every
-/// write use it: a copy whose output has another codec then leaves the checkpoint to
-/// the tee. The measurements behind the choice are in `docs/BENCHMARKS.md`.
+/// write use it: a copy whose output has another codec writes the checkpoint as a file
+/// of its own beside the output, each copied chunk recompressed once fetched. The
+/// measurements behind the choice are in `docs/BENCHMARKS.md`.
 ///
 /// ```
 /// use sluice_core::{CheckpointFormat, Compression};

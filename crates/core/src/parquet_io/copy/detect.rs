@@ -39,9 +39,12 @@ pub(crate) struct Shape {
     pub(super) branches: Vec<Branch>,
     pub(super) table_schema: SchemaRef,
     pub(super) columns: Vec<ShapeColumn>,
-    /// A persisted task whose output is the plan's: the copy writes its checkpoint as
-    /// the output's bytes.
+    /// A persisted task whose rows are the plan's: the copy writes its checkpoint from
+    /// the units that write the output.
     pub(super) checkpoint: Option<Tee>,
+    /// The checkpoint's columns, when they are not the output's (the sink writes some of
+    /// the task's columns, or adds to them): the copy writes it as a file of its own.
+    pub(super) checkpoint_columns: Option<Vec<ShapeColumn>>,
 }
 
 /// A checkpoint tee met on the way down: its task's output columns over the table.
@@ -57,29 +60,30 @@ impl Shape {
         let mut teed = None;
         let (branches, table_schema, exprs) = walk(plan, &mut teed)?;
         let fields = plan.schema().fields();
-        let checkpoint = match teed {
-            None => None,
-            Some(teed) if teed.exprs == exprs && teed.fields == *fields => Some(teed.tee),
+        let shape_columns = |exprs: Vec<Expr>, fields: &Fields| -> Vec<ShapeColumn> {
+            exprs
+                .into_iter()
+                .zip(fields.iter())
+                .map(|(expr, field)| ShapeColumn {
+                    field: field.as_ref().clone(),
+                    expr,
+                })
+                .collect()
+        };
+        let (checkpoint, checkpoint_columns) = match teed {
+            None => (None, None),
+            Some(teed) if teed.exprs == exprs && teed.fields == *fields => (Some(teed.tee), None),
             Some(teed) => {
-                return Err(format!(
-                    "the checkpoint of task {} holds other columns than the output",
-                    teed.tee.task()
-                ));
+                let columns = shape_columns(teed.exprs, &teed.fields);
+                (Some(teed.tee), Some(columns))
             }
         };
-        let columns = exprs
-            .into_iter()
-            .zip(fields.iter())
-            .map(|(expr, field)| ShapeColumn {
-                field: field.as_ref().clone(),
-                expr,
-            })
-            .collect();
         let shape = Shape {
             branches,
             table_schema,
-            columns,
+            columns: shape_columns(exprs, fields),
             checkpoint,
+            checkpoint_columns,
         };
         if shape.copied().next().is_none() {
             return Err("no column is kept unchanged".into());
@@ -89,7 +93,15 @@ impl Shape {
 
     /// The table index of each output column that is a table column unchanged.
     pub(super) fn copied(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        self.columns.iter().enumerate().filter_map(|(i, c)| {
+        self.copied_of(&self.columns)
+    }
+
+    /// The table index of each of `columns` that is a table column unchanged.
+    pub(super) fn copied_of<'a>(
+        &'a self,
+        columns: &'a [ShapeColumn],
+    ) -> impl Iterator<Item = (usize, usize)> + 'a {
+        columns.iter().enumerate().filter_map(|(i, c)| {
             let Expr::Column(column) = &c.expr else {
                 return None;
             };
@@ -110,11 +122,15 @@ impl Shape {
             .filter(|(i, _)| !copied.contains(i))
             .map(|(_, c)| c.field.name().as_str())
             .collect();
-        let checkpoint = self
-            .checkpoint
-            .as_ref()
-            .map(|tee| format!(", written also as task {}'s checkpoint", tee.task()))
-            .unwrap_or_default();
+        let checkpoint = match (&self.checkpoint, &self.checkpoint_columns) {
+            (None, _) => String::new(),
+            (Some(tee), None) => format!(", written also as task {}'s checkpoint", tee.task()),
+            (Some(tee), Some(columns)) => format!(
+                ", and task {}'s checkpoint ({} columns) from the same units",
+                tee.task(),
+                columns.len()
+            ),
+        };
         format!(
             "column copy: {} column(s) moved as compressed pages, {} computed{}{}{checkpoint} \
              (if the files allow it: same schemas, not encrypted)",

@@ -224,29 +224,54 @@ impl Reads {
     }
 }
 
-/// One column of the output, in order.
+/// One column of a file the copy writes, in order.
 enum OutputColumn {
     /// A table column moved as compressed pages: the file's top-level field.
     Copy { root: usize },
-    /// The `n`-th computed column.
+    /// The file's `n`-th computed column (see [`FileLayout::computed`]).
     Compute { n: usize },
+}
+
+/// A file the copy writes from its units: the output, or a checkpoint written beside it
+/// with other columns or another codec.
+struct FileLayout {
+    columns: Vec<OutputColumn>,
+    /// The file's Parquet schema (copied fields are the input's own types).
+    root: Arc<Type>,
+    props: WriterPropertiesPtr,
+    codec: Codec,
+    /// Its computed columns, in order, as indices into [`CopyPlan::exprs`].
+    computed: Vec<usize>,
+    /// Its computed columns alone: their Parquet schema, and column writers for them,
+    /// as DataFusion's sink configures them.
+    computed_parquet: SchemaDescPtr,
+    writers: ArrowRowGroupWriterFactory,
+}
+
+impl FileLayout {
+    /// Whether the file has the table column `root` copied.
+    fn copies(&self, root: usize) -> bool {
+        self.columns
+            .iter()
+            .any(|c| matches!(c, OutputColumn::Copy { root: r } if *r == root))
+    }
 }
 
 /// Everything a copy needs, checked against every input file's footer.
 pub(crate) struct CopyPlan {
     files: Vec<InputFile>,
-    columns: Vec<OutputColumn>,
+    /// The output file.
+    output: FileLayout,
+    /// The checkpoint's part, when it is not the output's bytes (other columns or
+    /// another codec): written beside it from the same units.
+    beside: Option<FileLayout>,
     names: (Vec<String>, Vec<String>),
-    /// The output's Parquet schema (copied fields are the input's own types).
-    output_root: Arc<Type>,
-    /// The computed columns alone: their Arrow schema, Parquet schema and expressions.
-    computed_arrow: SchemaRef,
-    computed_parquet: SchemaDescPtr,
     /// Bytes per row of the computed columns in memory (32 for variable widths).
     computed_width: usize,
-    /// Column writers for the computed columns, as DataFusion's sink configures them.
-    writers: ArrowRowGroupWriterFactory,
+    /// The computed columns of every file written, each evaluated once, over
+    /// [`needed_schema`](Self::needed_schema), with their fields.
     exprs: Vec<Arc<dyn PhysicalExpr>>,
+    computed_fields: Vec<Field>,
     /// The table columns the expressions read, and their table types.
     needed: Vec<usize>,
     /// Their leaves (column chunks): the same in every file, whose Parquet schemas are
@@ -255,8 +280,6 @@ pub(crate) struct CopyPlan {
     /// Every leaf the copy reads: those it copies and those the expressions read.
     read_leaves: Vec<usize>,
     needed_schema: SchemaRef,
-    props: WriterPropertiesPtr,
-    codec: Codec,
     recompress: bool,
     /// The session's cap on a column chunk's uncompressed size.
     max_chunk: u64,
@@ -277,7 +300,8 @@ pub(crate) struct CopyPlan {
     computed_exprs: Vec<Expr>,
     /// Row groups fetched whole, shared by their units (see [`row_group_pieces`]).
     row_groups: RowGroupFetches,
-    /// The persisted task whose checkpoint is the output's bytes, and the output's codec.
+    /// The persisted task whose checkpoint the copy writes (the output's bytes, or the
+    /// file [`beside`](Self::beside)), and the checkpoint's codec.
     checkpoint: Option<(Arc<CheckpointTarget>, Compression)>,
 }
 
@@ -325,6 +349,11 @@ pub(crate) async fn checkpoint(
     limits: ReadLimits,
 ) -> Result<u64, Stop> {
     let shape = Shape::of(plan).map_err(Stop::Unsupported)?;
+    if shape.checkpoint_columns.is_some() {
+        return Err(Stop::Unsupported(
+            "the checkpoint holds other columns than the plan".into(),
+        ));
+    }
     let codec = match &shape.checkpoint {
         Some(tee) => tee.format().tee_compression(),
         None => {

@@ -216,7 +216,7 @@ pub(crate) async fn partition(
             ));
         }
     }
-    let plan = CopyPlan::build(inputs, &table_schema, columns, settings)?;
+    let plan = CopyPlan::build(inputs, &table_schema, columns, None, settings)?;
     Ok(PartitionCopy {
         plan,
         boundaries,

@@ -1,6 +1,7 @@
 //! Planning: every input file's footer read and checked against the table, the
 //! output's schema and the computed columns' writers.
 
+use super::detect::ShapeColumn;
 use super::*;
 use datafusion::common::config::TableParquetOptions;
 use datafusion::logical_expr::simplify::SimplifyContext;
@@ -19,7 +20,7 @@ impl CopyPlan {
             .to_parquet()
             .map_err(|e| e.to_string())?;
         let checkpoint = match &shape.checkpoint {
-            Some(tee) => Some((copied_checkpoint(tee, options)?, options.compression)),
+            Some(tee) => Some(copied_checkpoint(tee, options)?),
             None => None,
         };
         // Unique boundaries, by identity.
@@ -65,8 +66,6 @@ impl CopyPlan {
                 }
             }
         }
-        // The output's columns: a table column unchanged is copied, any other computed.
-        let copied: Vec<(usize, usize)> = shape.copied().collect();
         let table_df =
             DFSchema::try_from(shape.table_schema.as_ref().clone()).map_err(|e| e.to_string())?;
         // Simplified as DataFusion's optimizer simplifies a query's expressions: `now()`
@@ -78,24 +77,55 @@ impl CopyPlan {
                 .with_query_execution_start_time(Some(chrono::Utc::now()))
                 .build(),
         );
-        let mut columns = Vec::with_capacity(shape.columns.len());
-        let mut computed_exprs = Vec::new();
-        for (i, column) in shape.columns.iter().enumerate() {
-            let wanted = match copied.iter().find(|(c, _)| *c == i) {
-                Some(&(_, table_index)) => Wanted::Copy(table_index),
-                None => {
+        // A file's columns: a table column unchanged is copied, any other computed (once
+        // for both files: a checkpoint's column computed as an output's is that one).
+        let mut computed_exprs: Vec<Expr> = Vec::new();
+        let mut plan_columns =
+            |columns: &[ShapeColumn], beside: bool| -> Result<Vec<(Field, Wanted)>, String> {
+                let copied: Vec<(usize, usize)> = shape.copied_of(columns).collect();
+                let output_computed = computed_exprs.len();
+                let mut planned = Vec::with_capacity(columns.len());
+                for (i, column) in columns.iter().enumerate() {
                     let expr = &column.expr;
-                    let physical = simplifier
-                        .coerce(expr.clone(), &table_df)
-                        .and_then(|e| simplifier.simplify(e))
-                        .and_then(|e| state.create_physical_expr(e, &table_df))
-                        .map_err(|e| format!("cannot plan {expr}: {e}"))?;
-                    computed_exprs.push(expr.clone());
-                    Wanted::Compute(physical)
+                    let wanted = match copied.iter().find(|(c, _)| *c == i) {
+                        Some(&(_, table_index)) => Wanted::Copy(table_index),
+                        None => match computed_exprs[..output_computed]
+                            .iter()
+                            .position(|e| e == expr)
+                            .filter(|_| beside)
+                        {
+                            Some(n) => Wanted::Same(n),
+                            None => {
+                                let physical = simplifier
+                                    .coerce(expr.clone(), &table_df)
+                                    .and_then(|e| simplifier.simplify(e))
+                                    .and_then(|e| state.create_physical_expr(e, &table_df))
+                                    .map_err(|e| format!("cannot plan {expr}: {e}"))?;
+                                computed_exprs.push(expr.clone());
+                                Wanted::Compute(physical)
+                            }
+                        },
+                    };
+                    planned.push((column.field.clone(), wanted));
                 }
+                Ok(planned)
             };
-            columns.push((column.field.clone(), wanted));
-        }
+        let columns = plan_columns(&shape.columns, false)?;
+        // The checkpoint is a file of its own when it has other columns or another codec.
+        let beside = match (&checkpoint, &shape.checkpoint_columns) {
+            (Some((_, codec)), Some(columns)) => Some((columns.as_slice(), *codec)),
+            (Some((_, codec)), None) if *codec != options.compression => {
+                Some((shape.columns.as_slice(), *codec))
+            }
+            _ => None,
+        };
+        let beside = match beside {
+            Some((columns, codec)) => Some(Beside {
+                columns: plan_columns(columns, true)?,
+                codec: codec.to_parquet().map_err(|e| e.to_string())?,
+            }),
+            None => None,
+        };
         let settings = Settings {
             codec,
             recompress: options.recompress,
@@ -109,7 +139,7 @@ impl CopyPlan {
             limits,
             batch_size: state.config().batch_size(),
         };
-        let mut plan = CopyPlan::build(files, &shape.table_schema, columns, settings)?;
+        let mut plan = CopyPlan::build(files, &shape.table_schema, columns, beside, settings)?;
         plan.boundaries = boundaries;
         plan.boundary_outputs = boundary_outputs;
         plan.computed_exprs = computed_exprs;
@@ -119,12 +149,14 @@ impl CopyPlan {
 
     /// The copy of `files` (every input file, its footer read) into `columns`, the
     /// output's fields in order, each a column of the table (whose schema is
-    /// `table_schema`) or computed over it; no task boundary is passed and no
-    /// checkpoint written (the logical plan's route adds them).
+    /// `table_schema`) or computed over it, and into a file `beside` it; no task
+    /// boundary is passed and no checkpoint written (the logical plan's route adds
+    /// them).
     pub(super) fn build(
         files: Vec<InputFile>,
         table_schema: &SchemaRef,
         columns: Vec<(Field, Wanted)>,
+        beside: Option<Beside>,
         settings: Settings,
     ) -> Result<Self, String> {
         let first = files.first().ok_or("the source has no files")?;
@@ -148,55 +180,33 @@ impl CopyPlan {
             return Err("no column is kept unchanged".into());
         }
 
-        // The output's fields and Parquet types, column by column.
-        let mut output_columns = Vec::with_capacity(columns.len());
-        let mut output_fields = Vec::with_capacity(columns.len());
-        let mut computed_fields = Vec::new();
-        let mut table_exprs = Vec::new();
+        // Every file's computed columns, each once: the output's, then those only the
+        // file beside has.
+        let mut table_exprs: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
+        let mut computed_fields: Vec<Field> = Vec::new();
         let mut names = (Vec::new(), Vec::new());
-        for (field, wanted) in columns {
+        for (field, wanted) in &columns {
             match wanted {
-                Wanted::Copy(table_index) => {
-                    output_columns.push(OutputColumn::Copy { root: table_index });
-                    output_fields.push(file_schema.field(table_index).clone());
-                    names.0.push(field.name().clone());
-                }
-                Wanted::Compute(expr) => {
-                    output_columns.push(OutputColumn::Compute {
-                        n: computed_fields.len(),
-                    });
-                    names.1.push(field.name().clone());
-                    output_fields.push(field.clone());
-                    computed_fields.push(field);
-                    table_exprs.push(expr);
-                }
+                Wanted::Copy(_) => names.0.push(field.name().clone()),
+                _ => names.1.push(field.name().clone()),
             }
         }
-        let columns = output_columns;
-        let computed_arrow = Arc::new(Schema::new(computed_fields));
-        let computed_parquet = Arc::new(
-            ArrowSchemaConverter::new()
-                .convert(&computed_arrow)
-                .map_err(|e| format!("a new column has no Parquet type: {e}"))?,
-        );
-        let mut root_fields = Vec::with_capacity(columns.len());
-        let input_roots = first_parquet.root_schema().get_fields();
-        for column in &columns {
-            root_fields.push(match column {
-                OutputColumn::Copy { root } => Arc::clone(&input_roots[*root]),
-                OutputColumn::Compute { n } => {
-                    Arc::clone(&computed_parquet.root_schema().get_fields()[*n])
-                }
-            });
-        }
-        let output_root = Arc::new(
-            Type::group_type_builder(first_parquet.root_schema().name())
-                .with_fields(root_fields)
-                .build()
-                .map_err(|e| e.to_string())?,
-        );
+        let output_columns = columns_of(columns, &mut table_exprs, &mut computed_fields, &[])?;
+        let output_computed: Vec<usize> = (0..table_exprs.len()).collect();
+        let beside_columns = match beside {
+            Some(beside) => Some((
+                columns_of(
+                    beside.columns,
+                    &mut table_exprs,
+                    &mut computed_fields,
+                    &output_computed,
+                )?,
+                beside.codec,
+            )),
+            None => None,
+        };
 
-        // The columns the new ones read, and their expressions over those alone.
+        // The columns the computed ones read, and their expressions over those alone.
         let needed: Vec<usize> = table_exprs
             .iter()
             .flat_map(datafusion::physical_expr::utils::collect_columns)
@@ -206,7 +216,7 @@ impl CopyPlan {
             .collect();
         let needed_schema = Arc::new(table_schema.project(&needed).map_err(|e| e.to_string())?);
         let mut exprs = Vec::with_capacity(table_exprs.len());
-        for (expr, field) in table_exprs.into_iter().zip(computed_arrow.fields()) {
+        for (expr, field) in table_exprs.into_iter().zip(&computed_fields) {
             let over_needed = Arc::clone(&expr)
                 .transform(|node| {
                     let Some(column) = node.downcast_ref::<PhysicalColumn>() else {
@@ -236,8 +246,7 @@ impl CopyPlan {
             exprs.push(over_needed);
         }
         // Memory: new columns of one row group are held encoded until it is complete.
-        let computed_width: u64 = computed_arrow
-            .fields()
+        let computed_width: u64 = computed_fields
             .iter()
             .map(|f| f.data_type().primitive_width().unwrap_or(32) as u64)
             .sum();
@@ -255,7 +264,7 @@ impl CopyPlan {
         }
 
         // Writer properties: DataFusion's sink's, with the first file's key-value
-        // metadata (pandas', ...) and the output's Arrow schema.
+        // metadata (pandas', ...) and each file's Arrow schema.
         let mut table_options = settings.table_options;
         if let Some(kv) = first.metadata.file_metadata().key_value_metadata() {
             for pair in kv {
@@ -265,26 +274,27 @@ impl CopyPlan {
                     .or_insert_with(|| pair.value.clone());
             }
         }
-        let output_arrow = Arc::new(Schema::new_with_metadata(
-            output_fields,
-            file_schema.metadata().clone(),
-        ));
-        table_options.arrow_schema(&output_arrow);
-        let props = parquet::file::properties::WriterPropertiesBuilder::try_from(&table_options)
-            .map_err(|e| e.to_string())?
-            .set_compression(settings.codec)
-            .build();
-        let props = Arc::new(props);
-        unstated_statistics(&files, &props)?;
-        // The factory of column writers takes its schemas from a file writer.
-        let computed_root = computed_parquet.root_schema_ptr();
-        let template =
-            SerializedFileWriter::new(std::io::sink(), computed_root, Arc::clone(&props))
-                .map_err(|e| e.to_string())?;
-        let writers = ArrowRowGroupWriterFactory::new(&template, Arc::clone(&computed_arrow));
+        let layout = |columns: Vec<(OutputColumn, Field, Option<usize>)>, codec: Codec| {
+            FileLayout::new(
+                columns,
+                codec,
+                &table_options,
+                &file_schema,
+                &first_parquet,
+                &computed_fields,
+                &files,
+            )
+        };
+        let output = layout(output_columns, settings.codec)?;
+        let beside = match beside_columns {
+            Some((columns, codec)) => Some(layout(columns, codec)?),
+            None => None,
+        };
         // Every leaf the copy reads: those it copies and those the expressions read.
-        let read_leaves: Vec<usize> = columns
+        let read_leaves: Vec<usize> = output
+            .columns
             .iter()
+            .chain(beside.iter().flat_map(|b| b.columns.iter()))
             .filter_map(|column| match column {
                 OutputColumn::Copy { root } => Some(*root),
                 OutputColumn::Compute { .. } => None,
@@ -296,14 +306,12 @@ impl CopyPlan {
             .collect();
         Ok(CopyPlan {
             files,
-            columns,
+            output,
+            beside,
             names,
-            output_root,
-            computed_arrow,
-            computed_parquet,
             computed_width: computed_width as usize,
-            writers,
             exprs,
+            computed_fields,
             read_leaves,
             needed_leaves: needed
                 .iter()
@@ -311,8 +319,6 @@ impl CopyPlan {
                 .collect(),
             needed,
             needed_schema,
-            props,
-            codec: settings.codec,
             recompress: settings.recompress,
             validate: settings.validate,
             part_bytes: settings.part_bytes,
@@ -329,12 +335,137 @@ impl CopyPlan {
     }
 }
 
+/// A file's columns as the copy writes them, its computed ones added to `exprs` (with
+/// their `fields`) unless they are the output's (`Wanted::Same`, whose indices into
+/// `exprs` are `same`).
+fn columns_of(
+    columns: Vec<(Field, Wanted)>,
+    exprs: &mut Vec<Arc<dyn PhysicalExpr>>,
+    fields: &mut Vec<Field>,
+    same: &[usize],
+) -> Result<Vec<(OutputColumn, Field, Option<usize>)>, String> {
+    let mut computed = 0;
+    columns
+        .into_iter()
+        .map(|(field, wanted)| {
+            let index = match wanted {
+                Wanted::Copy(root) => return Ok((OutputColumn::Copy { root }, field, None)),
+                Wanted::Compute(expr) => {
+                    exprs.push(expr);
+                    fields.push(field.clone());
+                    exprs.len() - 1
+                }
+                Wanted::Same(n) => *same
+                    .get(n)
+                    .ok_or_else(|| format!("{} is computed by no output column", field.name()))?,
+            };
+            let n = computed;
+            computed += 1;
+            Ok((OutputColumn::Compute { n }, field, Some(index)))
+        })
+        .collect()
+}
+
+impl FileLayout {
+    /// A file of `columns` (each with its field and, when computed, its index into the
+    /// copy's expressions, whose fields are `computed_fields`) encoded with `codec` and
+    /// DataFusion's sink's `table_options`.
+    fn new(
+        columns: Vec<(OutputColumn, Field, Option<usize>)>,
+        codec: Codec,
+        table_options: &TableParquetOptions,
+        file_schema: &SchemaRef,
+        first_parquet: &SchemaDescPtr,
+        computed_fields: &[Field],
+        files: &[InputFile],
+    ) -> Result<FileLayout, String> {
+        let mut fields = Vec::with_capacity(columns.len());
+        let mut computed = Vec::new();
+        let mut layout_columns = Vec::with_capacity(columns.len());
+        for (column, field, index) in columns {
+            match &column {
+                OutputColumn::Copy { root } => fields.push(file_schema.field(*root).clone()),
+                OutputColumn::Compute { .. } => {
+                    fields.push(field);
+                    computed.extend(index);
+                }
+            }
+            layout_columns.push(column);
+        }
+        let computed_arrow = Arc::new(Schema::new(
+            computed
+                .iter()
+                .map(|&i| computed_fields[i].clone())
+                .collect::<Vec<_>>(),
+        ));
+        let computed_parquet = Arc::new(
+            ArrowSchemaConverter::new()
+                .convert(&computed_arrow)
+                .map_err(|e| format!("a new column has no Parquet type: {e}"))?,
+        );
+        let input_roots = first_parquet.root_schema().get_fields();
+        let root_fields = layout_columns
+            .iter()
+            .map(|column| match column {
+                OutputColumn::Copy { root } => Arc::clone(&input_roots[*root]),
+                OutputColumn::Compute { n } => {
+                    Arc::clone(&computed_parquet.root_schema().get_fields()[*n])
+                }
+            })
+            .collect();
+        let root = Arc::new(
+            Type::group_type_builder(first_parquet.root_schema().name())
+                .with_fields(root_fields)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+        let arrow = Arc::new(Schema::new_with_metadata(
+            fields,
+            file_schema.metadata().clone(),
+        ));
+        let mut table_options = table_options.clone();
+        table_options.arrow_schema(&arrow);
+        let props = parquet::file::properties::WriterPropertiesBuilder::try_from(&table_options)
+            .map_err(|e| e.to_string())?
+            .set_compression(codec)
+            .build();
+        let props = Arc::new(props);
+        unstated_statistics(files, &props)?;
+        // The factory of column writers takes its schemas from a file writer.
+        let template = SerializedFileWriter::new(
+            std::io::sink(),
+            computed_parquet.root_schema_ptr(),
+            Arc::clone(&props),
+        )
+        .map_err(|e| e.to_string())?;
+        let writers = ArrowRowGroupWriterFactory::new(&template, Arc::clone(&computed_arrow));
+        Ok(FileLayout {
+            columns: layout_columns,
+            root,
+            props,
+            codec,
+            computed,
+            computed_parquet,
+            writers,
+        })
+    }
+}
+
+/// The columns of a file the copy writes beside its output, as
+/// [`CopyPlan::build`] takes them, and their codec.
+pub(super) struct Beside {
+    pub(super) columns: Vec<(Field, Wanted)>,
+    pub(super) codec: Codec,
+}
+
 /// An output column of a copy, as [`CopyPlan::build`] takes it.
 pub(super) enum Wanted {
     /// The table's column at this index, unchanged.
     Copy(usize),
     /// Computed by this expression over the table's columns.
     Compute(Arc<dyn PhysicalExpr>),
+    /// In a file beside the output: the output's `n`-th computed column.
+    Same(usize),
 }
 
 /// What a copy is written with, besides its inputs and columns.
@@ -352,9 +483,12 @@ pub(super) struct Settings {
     pub(super) batch_size: usize,
 }
 
-/// The checkpoint a copy writes as its output's bytes: one this process commits, whose
-/// codec is the output's (or left to follow it).
-fn copied_checkpoint(tee: &Tee, options: &ParquetWrite) -> Result<Arc<CheckpointTarget>, String> {
+/// The checkpoint a copy writes beside its output: one this process commits, and its
+/// codec (the task's format's, or else the output's).
+fn copied_checkpoint(
+    tee: &Tee,
+    options: &ParquetWrite,
+) -> Result<(Arc<CheckpointTarget>, Compression), String> {
     if tee.committed().is_some() {
         return Err(format!(
             "this run committed task {}'s checkpoint already: the sink reads it",
@@ -365,13 +499,8 @@ fn copied_checkpoint(tee: &Tee, options: &ParquetWrite) -> Result<Arc<Checkpoint
     let target = any
         .downcast::<CheckpointTarget>()
         .map_err(|_| format!("task {}'s checkpoint is written by the cluster", tee.task()))?;
-    match target.format.compression() {
-        Some(codec) if codec != options.compression => Err(format!(
-            "task {}'s checkpoint is set to {codec:?}, the output is {:?}: the tee writes it",
-            target.task, options.compression
-        )),
-        _ => Ok(target),
-    }
+    let codec = target.format.compression().unwrap_or(options.compression);
+    Ok((target, codec))
 }
 
 /// The files of a listing, in path order, with their footers: the objects the frame

@@ -71,8 +71,28 @@ impl CopyPlan {
     }
 
     /// Writes each output (none when only the checkpoint's part is written) from the
-    /// row groups of its files, and the checkpoint beside.
+    /// row groups of its files, and the checkpoint beside, on a task of its own: the
+    /// write is a deep future (its poll frames are large in debug builds) and the sink
+    /// that awaits it may be deep already. Dropped, it stops the write.
     pub(super) async fn write_outputs(
+        self,
+        outputs: Vec<(Option<Output>, Vec<usize>)>,
+    ) -> Result<(u64, WriteMethod), Stop> {
+        use tracing::Instrument;
+        let mut task = AbortOnDrop(tokio::spawn(
+            self.write_outputs_here(outputs).in_current_span(),
+        ));
+        match (&mut task.0).await {
+            Ok(written) => written,
+            Err(e) => match e.try_into_panic() {
+                // As if it had run here: the sink's guard reports it.
+                Ok(payload) => std::panic::resume_unwind(payload),
+                Err(e) => Err(Stop::Failed(DataFusionError::External(Box::new(e)))),
+            },
+        }
+    }
+
+    async fn write_outputs_here(
         self,
         outputs: Vec<(Option<Output>, Vec<usize>)>,
     ) -> Result<(u64, WriteMethod), Stop> {
@@ -259,6 +279,15 @@ pub(crate) async fn clear(
         }
     }
     Ok(())
+}
+
+/// A spawned task, aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A checkpoint the copy writes as its output's bytes, until committed: dropped
@@ -453,12 +482,27 @@ pub(super) enum Unit {
     Copy { f: usize, g: usize, leaf: usize },
 }
 
+/// A row group's computed columns in one file, by their index among the file's
+/// computed columns (a column's leaves in order).
+pub(super) type Computed = Vec<Vec<ArrowColumnChunk>>;
+
 /// A unit's result.
 pub(super) enum Done {
-    Computed(Vec<Vec<ArrowColumnChunk>>),
-    /// Compressed pages at the offsets the `ColumnCloseResult` names in the reader; and
-    /// whether they are the input's bytes unchanged.
-    Copied(Located, Box<ColumnCloseResult>, bool),
+    /// A row group's computed columns, by their index among the output's and among the
+    /// file beside's.
+    Computed(Computed, Computed),
+    /// A copied chunk, as the output has it and as the file beside has it (each when the
+    /// file has the column).
+    Copied(Option<CopiedChunk>, Option<CopiedChunk>),
+}
+
+/// A copied chunk: compressed pages at the offsets the `ColumnCloseResult` names in the
+/// reader, and whether they are the input's bytes unchanged.
+#[derive(Clone)]
+pub(super) struct CopiedChunk {
+    reader: Located,
+    close: Box<ColumnCloseResult>,
+    verbatim: bool,
 }
 
 /// One output file (at `output`, if any) from the row groups of `files`, in order, and
@@ -483,24 +527,55 @@ pub(super) async fn write_file(
     let buffer = SharedBuffer::default();
     let mut writer = SerializedFileWriter::new(
         buffer.clone(),
-        Arc::clone(&plan.output_root),
-        Arc::clone(&plan.props),
+        Arc::clone(&plan.output.root),
+        Arc::clone(&plan.output.props),
     )
     .map_err(parquet)?;
+    // The checkpoint's part as a file of its own, when it is not the output's bytes.
+    let beside_buffer = SharedBuffer::default();
+    let mut beside = match (&plan.beside, &part) {
+        (Some(layout), Some(_)) => Some((
+            layout,
+            SerializedFileWriter::new(
+                beside_buffer.clone(),
+                Arc::clone(&layout.root),
+                Arc::clone(&layout.props),
+            )
+            .map_err(parquet)?,
+        )),
+        _ => None,
+    };
+    let beside_layout = beside.as_ref().map(|(layout, _)| *layout);
+    let beside_only = |descr: &SchemaDescPtr| -> Vec<usize> {
+        let Some(layout) = beside_layout else {
+            return Vec::new();
+        };
+        layout
+            .columns
+            .iter()
+            .filter_map(|c| match c {
+                OutputColumn::Copy { root } if !plan.output.copies(*root) => Some(*root),
+                _ => None,
+            })
+            .flat_map(|root| leaves(descr, root).collect::<Vec<_>>())
+            .collect()
+    };
     let mut units = Vec::new();
     for &f in files {
         let descr = plan.files[f].metadata.file_metadata().schema_descr_ptr();
+        let only = beside_only(&descr);
         for &g in &plan.files[f].groups {
             if !plan.exprs.is_empty() {
                 units.push(Unit::Compute { f, g });
             }
-            for column in &plan.columns {
+            for column in &plan.output.columns {
                 if let OutputColumn::Copy { root } = column {
                     for leaf in leaves(&descr, *root) {
                         units.push(Unit::Copy { f, g, leaf });
                     }
                 }
             }
+            units.extend(only.iter().map(|&leaf| Unit::Copy { f, g, leaf }));
         }
     }
     let parallel = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
@@ -530,49 +605,61 @@ pub(super) async fn write_file(
         })
         .buffered(parallel)
         .map_ok(|(done, _reservation)| done);
+    // The output's bytes go to the checkpoint's part too, unless it is a file of its own.
+    let same_bytes = beside.is_none();
     let mut rows = 0u64;
     let mut counts = (0u64, 0u64);
-    let result: Result<ParquetMetaData, Stop> = async {
+    let result: Result<(ParquetMetaData, Option<ParquetMetaData>), Stop> = async {
         for &f in files {
             let file = &plan.files[f];
             let descr = file.metadata.file_metadata().schema_descr_ptr();
+            let only = beside_only(&descr);
             for &g in &file.groups {
                 let started = Instant::now();
-                let mut computed = if plan.exprs.is_empty() {
-                    Vec::new()
+                let (mut computed, beside_computed) = if plan.exprs.is_empty() {
+                    (Vec::new(), Vec::new())
                 } else {
                     match done.next().await.ok_or_else(internal)?? {
-                        Done::Computed(chunks) => chunks,
+                        Done::Computed(output, beside) => (output, beside),
                         Done::Copied(..) => return Err(internal()),
                     }
                 };
+                // The chunks the file beside has, by leaf, until its row group is written.
+                let mut kept: Vec<(usize, CopiedChunk)> = Vec::new();
                 let mut row_group = writer.next_row_group().map_err(parquet)?;
-                for column in &plan.columns {
+                for column in &plan.output.columns {
                     match column {
                         OutputColumn::Compute { n } => {
-                            for chunk in computed[*n].drain(..) {
-                                chunk.append_to_row_group(&mut row_group).map_err(parquet)?;
-                            }
+                            append_computed(&mut row_group, &mut computed[*n])?;
                         }
                         OutputColumn::Copy { root } => {
-                            for _ in leaves(&descr, *root) {
-                                let Done::Copied(reader, close, verbatim) =
+                            for leaf in leaves(&descr, *root) {
+                                let Done::Copied(Some(chunk), also) =
                                     done.next().await.ok_or_else(internal)??
                                 else {
                                     return Err(internal());
                                 };
-                                row_group.append_column(&reader, *close).map_err(parquet)?;
-                                if verbatim {
-                                    counts.0 += 1;
-                                } else {
-                                    counts.1 += 1;
-                                }
+                                append_copied(&mut row_group, chunk, &mut counts)?;
+                                kept.extend(also.map(|also| (leaf, also)));
                             }
                         }
                     }
-                    put(upload.as_mut(), part.as_mut(), buffer.take().into()).await?;
+                    let part = part.as_mut().filter(|_| same_bytes);
+                    put(upload.as_mut(), part, buffer.take().into()).await?;
                 }
                 row_group.close().map_err(parquet)?;
+                if let Some((layout, writer)) = &mut beside {
+                    for &leaf in &only {
+                        let Done::Copied(_, Some(chunk)) =
+                            done.next().await.ok_or_else(internal)??
+                        else {
+                            return Err(internal());
+                        };
+                        kept.push((leaf, chunk));
+                    }
+                    write_beside(layout, writer, &descr, beside_computed, kept)?;
+                    put(None, part.as_mut(), beside_buffer.take().into()).await?;
+                }
                 if let Some((at, tap)) = deadline
                     && Instant::now() > at
                 {
@@ -591,18 +678,27 @@ pub(super) async fn write_file(
             }
         }
         let footer = writer.finish().map_err(parquet)?;
-        put(upload.as_mut(), part.as_mut(), buffer.take().into()).await?;
+        let part_bytes = part.as_mut().filter(|_| same_bytes);
+        put(upload.as_mut(), part_bytes, buffer.take().into()).await?;
+        let beside_footer = match beside.take() {
+            Some((_, mut writer)) => {
+                let footer = writer.finish().map_err(parquet)?;
+                put(None, part.as_mut(), beside_buffer.take().into()).await?;
+                Some(footer)
+            }
+            None => None,
+        };
         // Taken: once finishing, the upload is finished or failed whole.
         if let Some(upload) = upload.take() {
             upload.finish().await?;
         }
-        Ok(footer)
+        Ok((footer, beside_footer))
     }
     .await;
     match result {
-        Ok(footer) => {
+        Ok((footer, beside_footer)) => {
             let part = match part {
-                Some(part) => Some(part.finish(rows, footer).await?),
+                Some(part) => Some(part.finish(rows, beside_footer.unwrap_or(footer)).await?),
                 None => None,
             };
             Ok((rows, counts.0, counts.1, part))
@@ -617,6 +713,67 @@ pub(super) async fn write_file(
             Err(stop)
         }
     }
+}
+
+/// Appends a computed column's chunks to `row_group`.
+fn append_computed<W: Write + Send>(
+    row_group: &mut parquet::file::writer::SerializedRowGroupWriter<'_, W>,
+    chunks: &mut Vec<ArrowColumnChunk>,
+) -> Result<(), Stop> {
+    for chunk in chunks.drain(..) {
+        chunk
+            .append_to_row_group(row_group)
+            .map_err(|e| Stop::Failed(DataFusionError::ParquetError(Box::new(e))))?;
+    }
+    Ok(())
+}
+
+/// Appends a copied chunk to `row_group`, counting it (verbatim, recompressed).
+fn append_copied<W: Write + Send>(
+    row_group: &mut parquet::file::writer::SerializedRowGroupWriter<'_, W>,
+    chunk: CopiedChunk,
+    counts: &mut (u64, u64),
+) -> Result<(), Stop> {
+    row_group
+        .append_column(&chunk.reader, *chunk.close)
+        .map_err(|e| Stop::Failed(DataFusionError::ParquetError(Box::new(e))))?;
+    if chunk.verbatim {
+        counts.0 += 1;
+    } else {
+        counts.1 += 1;
+    }
+    Ok(())
+}
+
+/// Writes a row group of the file beside the output: its `computed` columns and the
+/// copied chunks `kept` (by leaf), in its order.
+fn write_beside(
+    layout: &FileLayout,
+    writer: &mut SerializedFileWriter<SharedBuffer>,
+    descr: &SchemaDescPtr,
+    mut computed: Computed,
+    mut kept: Vec<(usize, CopiedChunk)>,
+) -> Result<(), Stop> {
+    let parquet = |e: ParquetError| Stop::Failed(DataFusionError::ParquetError(Box::new(e)));
+    let mut row_group = writer.next_row_group().map_err(parquet)?;
+    let mut counts = (0, 0);
+    for column in &layout.columns {
+        match column {
+            OutputColumn::Compute { n } => append_computed(&mut row_group, &mut computed[*n])?,
+            OutputColumn::Copy { root } => {
+                for leaf in leaves(descr, *root) {
+                    let at = kept.iter().position(|(l, _)| *l == leaf).ok_or_else(|| {
+                        Stop::Failed(DataFusionError::Internal(format!(
+                            "the column copy's chunk of leaf {leaf} went missing"
+                        )))
+                    })?;
+                    append_copied(&mut row_group, kept.swap_remove(at).1, &mut counts)?;
+                }
+            }
+        }
+    }
+    row_group.close().map_err(parquet)?;
+    Ok(())
 }
 
 /// Appends `bytes` to the output's upload and to the checkpoint's part, each if written.
@@ -728,17 +885,18 @@ impl Upload {
 }
 
 /// The CPU work of a unit: the new columns computed and encoded, or a copied chunk
-/// checked (and recompressed when the codec changes).
+/// checked (and recompressed when the codec changes), for the output and the file
+/// beside it.
 pub(super) fn run(plan: &CopyPlan, unit: Unit, fetched: Located) -> Result<Done, Stop> {
     let (f, g, leaf) = match unit {
         Unit::Compute { f, g } => {
-            return compute(plan, &plan.files[f], g, &fetched).map(Done::Computed);
+            let (output, beside) = compute(plan, &plan.files[f], g, &fetched)?;
+            return Ok(Done::Computed(output, beside));
         }
         Unit::Copy { f, g, leaf } => (f, g, leaf),
     };
     let file = &plan.files[f];
-    let group = file.metadata.row_group(g);
-    let chunk = group.column(leaf);
+    let chunk = file.metadata.row_group(g).column(leaf);
     if plan.validate && !file.reads.checked() {
         validate(file, g, leaf, &fetched).map_err(|reason| {
             Stop::Unsupported(format!(
@@ -748,6 +906,43 @@ pub(super) fn run(plan: &CopyPlan, unit: Unit, fetched: Located) -> Result<Done,
             ))
         })?;
     }
+    let root = file
+        .metadata
+        .file_metadata()
+        .schema_descr()
+        .get_column_root_idx(leaf);
+    let output = if plan.output.copies(root) {
+        Some(copied(plan, file, g, leaf, &fetched, plan.output.codec)?)
+    } else {
+        None
+    };
+    let beside = match (&plan.beside, &output) {
+        (Some(layout), Some(output))
+            if layout.copies(root) && layout.codec == plan.output.codec =>
+        {
+            Some(output.clone())
+        }
+        (Some(layout), _) if layout.copies(root) => {
+            Some(copied(plan, file, g, leaf, &fetched, layout.codec)?)
+        }
+        _ => None,
+    };
+    Ok(Done::Copied(output, beside))
+}
+
+/// Column `leaf` of row group `g` of `file`, fetched, as a file encoded with `codec`
+/// has it: its bytes unchanged when the codec is its own (unless recompression is
+/// asked), else recompressed page by page.
+fn copied(
+    plan: &CopyPlan,
+    file: &InputFile,
+    g: usize,
+    leaf: usize,
+    fetched: &Located,
+    codec: Codec,
+) -> Result<CopiedChunk, Stop> {
+    let group = file.metadata.row_group(g);
+    let chunk = group.column(leaf);
     let offsets = file
         .metadata
         .offset_index()
@@ -757,23 +952,27 @@ pub(super) fn run(plan: &CopyPlan, unit: Unit, fetched: Located) -> Result<Done,
         .column_index()
         .and_then(|c| c.get(g)?.get(leaf).cloned())
         .filter(|c| !matches!(c, ColumnIndexMetaData::NONE));
-    let same_codec = chunk.compression_codec() == CompressionCodec::from(plan.codec);
+    let same_codec = chunk.compression_codec() == CompressionCodec::from(codec);
     let verbatim = same_codec && !plan.recompress;
     let copied = if verbatim {
-        copy_chunk(&fetched, chunk, group.num_rows(), offsets, column_index)
+        copy_chunk(fetched, chunk, group.num_rows(), offsets, column_index)
     } else {
         recompress_chunk(
-            &fetched,
+            fetched,
             chunk,
             group.num_rows(),
             offsets,
             column_index,
-            plan.codec,
+            codec,
         )
         .map_err(|e| plan.read_failed(file, DataFusionError::ParquetError(Box::new(e))))?
     };
     match copied {
-        Ok((reader, close)) => Ok(Done::Copied(reader, Box::new(close), verbatim)),
+        Ok((reader, close)) => Ok(CopiedChunk {
+            reader,
+            close: Box::new(close),
+            verbatim,
+        }),
         Err(reason) => Err(Stop::Unsupported(format!(
             "column {} of row group {g} of {}: {reason}",
             chunk.column_path(),
@@ -782,23 +981,31 @@ pub(super) fn run(plan: &CopyPlan, unit: Unit, fetched: Located) -> Result<Done,
     }
 }
 
-/// The new columns of row group `g`: the input columns they read are decoded in
-/// batches, each batch's values evaluated and encoded, and nothing else is decoded.
+/// The computed columns of row group `g` for the output and for the file beside it:
+/// the input columns they read are decoded in batches, each column evaluated once per
+/// batch and encoded for each file that has it, and nothing else is decoded.
 pub(super) fn compute(
     plan: &CopyPlan,
     file: &InputFile,
     g: usize,
     fetched: &Located,
-) -> Result<Vec<Vec<ArrowColumnChunk>>, Stop> {
+) -> Result<(Computed, Computed), Stop> {
     if plan.exprs.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let read_failed = |e: DataFusionError| plan.read_failed(file, e);
     let parquet = |e: ParquetError| read_failed(DataFusionError::ParquetError(Box::new(e)));
-    let mut writers = plan
-        .writers
-        .create_column_writers(g)
-        .map_err(|e| Stop::Failed(DataFusionError::ParquetError(Box::new(e))))?;
+    let writers_of = |layout: &FileLayout| {
+        layout
+            .writers
+            .create_column_writers(g)
+            .map_err(|e| Stop::Failed(DataFusionError::ParquetError(Box::new(e))))
+    };
+    let mut writers = writers_of(&plan.output)?;
+    let mut beside_writers = match &plan.beside {
+        Some(layout) => writers_of(layout)?,
+        None => Vec::new(),
+    };
     let mask = ProjectionMask::roots(file.reader.parquet_schema(), plan.needed.iter().copied());
     let reader =
         ParquetRecordBatchReaderBuilder::new_with_metadata(fetched.clone(), file.reader.clone())
@@ -807,8 +1014,6 @@ pub(super) fn compute(
             .with_batch_size(plan.batch_size)
             .build()
             .map_err(parquet)?;
-    // Where each computed column's leaves start among the writers.
-    let descr = &plan.computed_parquet;
     for batch in reader {
         let batch =
             batch.map_err(|e| read_failed(DataFusionError::ArrowError(Box::new(e), None)))?;
@@ -831,28 +1036,46 @@ pub(super) fn compute(
         let batch =
             RecordBatch::try_new_with_options(Arc::clone(&plan.needed_schema), columns, &options)
                 .map_err(|e| read_failed(DataFusionError::ArrowError(Box::new(e), None)))?;
-        let mut leaf = 0;
-        for (n, (expr, field)) in plan
+        let values = plan
             .exprs
             .iter()
-            .zip(plan.computed_arrow.fields())
             .enumerate()
-        {
-            let value = expr
-                .evaluate(&batch)
-                .and_then(|v| v.into_array(batch.num_rows()))
-                .map_err(|e| Stop::Failed(plan.attribute(file, e, Cause::Computing(n))))?;
-            for column in compute_leaves(field, &value).map_err(parquet)? {
-                writers[leaf].write(&column).map_err(parquet)?;
-                leaf += 1;
+            .map(|(n, expr)| {
+                expr.evaluate(&batch)
+                    .and_then(|v| v.into_array(batch.num_rows()))
+                    .map_err(|e| Stop::Failed(plan.attribute(file, e, Cause::Computing(n))))
+            })
+            .collect::<Result<Vec<ArrayRef>, Stop>>()?;
+        let layouts = std::iter::once((&plan.output, &mut writers)).chain(
+            plan.beside
+                .as_ref()
+                .map(|layout| (layout, &mut beside_writers)),
+        );
+        for (layout, writers) in layouts {
+            let mut leaf = 0;
+            for &i in &layout.computed {
+                for column in
+                    compute_leaves(&plan.computed_fields[i], &values[i]).map_err(parquet)?
+                {
+                    writers[leaf].write(&column).map_err(parquet)?;
+                    leaf += 1;
+                }
             }
         }
     }
-    let mut chunks: Vec<Vec<ArrowColumnChunk>> =
-        (0..plan.exprs.len()).map(|_| Vec::new()).collect();
-    for (leaf, writer) in writers.into_iter().enumerate() {
-        let root = descr.get_column_root_idx(leaf);
-        chunks[root].push(writer.close().map_err(parquet)?);
-    }
-    Ok(chunks)
+    let close = |layout: &FileLayout,
+                 writers: Vec<parquet::arrow::arrow_writer::ArrowColumnWriter>| {
+        let mut chunks: Computed = (0..layout.computed.len()).map(|_| Vec::new()).collect();
+        for (leaf, writer) in writers.into_iter().enumerate() {
+            let root = layout.computed_parquet.get_column_root_idx(leaf);
+            chunks[root].push(writer.close().map_err(parquet)?);
+        }
+        Ok::<_, Stop>(chunks)
+    };
+    let output = close(&plan.output, writers)?;
+    let beside = match &plan.beside {
+        Some(layout) => close(layout, beside_writers)?,
+        None => Vec::new(),
+    };
+    Ok((output, beside))
 }
