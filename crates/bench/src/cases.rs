@@ -431,7 +431,8 @@ async fn persisted_pipeline(
 /// (`lz4`, `snappy`, `zstd1`, `zstd3`, `none`; `+dict`/`+nodict` for dictionary
 /// encoding, `+stats`/`+nostats` for page statistics, `+ROWS` for the row-group size),
 /// the knob used to pick the default. A codec named is every write's: the column copy
-/// leaves a checkpoint of another codec than the output's to the tee.
+/// writes a checkpoint of another codec than the output's beside it, each copied chunk
+/// recompressed for it.
 fn checkpoint_format() -> Result<CheckpointFormat> {
     let Ok(spec) = std::env::var("SLUICE_BENCH_CHECKPOINT_CODEC") else {
         return Ok(CheckpointFormat::default());
