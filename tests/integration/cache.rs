@@ -1290,10 +1290,11 @@ async fn a_hit_over_large_row_groups_fetches_them_in_pieces_and_gives_the_miss_f
     );
 }
 
-/// A sink that writes some columns of a persisted task's output, and adds one, is a
-/// column copy that writes the task's checkpoint from the same units, as a file of its
-/// own: every column of the task, the output's three; each source chunk fetched once.
-/// A hit's sink copies the output out of the checkpoint, and gives the miss's file.
+/// A sink that writes some columns of a persisted task's output in another order, and
+/// adds one, is a column copy that writes the task's checkpoint from the same units, as
+/// a file of its own: every column of the task in its order, the output's four; each
+/// source chunk fetched once. A hit's sink copies the output out of the checkpoint, and
+/// gives the miss's file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_of_some_columns_of_a_persisted_task_writes_its_checkpoint_beside() {
     let h = Harness::new(Backend::Local, "projected").await;
@@ -1308,7 +1309,7 @@ async fn a_sink_of_some_columns_of_a_persisted_task_writes_its_checkpoint_beside
                 .run(serde_json::json!({}), async {
                     let df = transform(extract(&source).await?).await?;
                     let out = df
-                        .select_columns(&["tip_fraction", "VendorID"])?
+                        .select_columns(&["tip_fraction", "total_amount", "VendorID"])?
                         .with_column("double_tip", col("tip_fraction") * lit(2.0))?;
                     load(out, &dest).await
                 })
@@ -1329,7 +1330,7 @@ async fn a_sink_of_some_columns_of_a_persisted_task_writes_its_checkpoint_beside
         WriteMethod::ColumnCopy {
             copied, computed, ..
         } => {
-            assert_eq!(copied, &["VendorID"], "{copied:?}");
+            assert_eq!(copied, &["total_amount", "VendorID"], "{copied:?}");
             assert_eq!(computed, &["tip_fraction", "double_tip"], "{computed:?}");
         }
         other => panic!("the sink was not a column copy: {other:?}"),

@@ -455,6 +455,15 @@ impl Taps {
 pub(super) struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
 
 impl SharedBuffer {
+    /// Room for `bytes` more: a chunk appended whole grows the buffer once, instead of
+    /// doubling it through its size (the doubled capacity is freed heap glibc keeps).
+    pub(super) fn reserve(&self, bytes: usize) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reserve(bytes);
+    }
+
     pub(super) fn take(&self) -> Vec<u8> {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -614,6 +623,7 @@ pub(super) async fn write_file(
             let file = &plan.files[f];
             let descr = file.metadata.file_metadata().schema_descr_ptr();
             let only = beside_only(&descr);
+            let items = beside_layout.map(|layout| beside_items(layout, &descr));
             for &g in &file.groups {
                 let started = Instant::now();
                 let (mut computed, beside_computed) = if plan.exprs.is_empty() {
@@ -624,8 +634,19 @@ pub(super) async fn write_file(
                         Done::Copied(..) => return Err(internal()),
                     }
                 };
-                // The chunks the file beside has, by leaf, until its row group is written.
+                // The file beside's row group is written as its columns come: the chunks
+                // it has that came before their turn wait here, by leaf.
                 let mut kept: Vec<(usize, CopiedChunk)> = Vec::new();
+                let mut side = match (&mut beside, &items) {
+                    (Some((_, writer)), Some(items)) => Some(BesideGroup {
+                        group: writer.next_row_group().map_err(parquet)?,
+                        buffer: beside_buffer.clone(),
+                        items,
+                        next: 0,
+                        computed: beside_computed,
+                    }),
+                    _ => None,
+                };
                 let mut row_group = writer.next_row_group().map_err(parquet)?;
                 for column in &plan.output.columns {
                     match column {
@@ -639,16 +660,21 @@ pub(super) async fn write_file(
                                 else {
                                     return Err(internal());
                                 };
-                                append_copied(&mut row_group, chunk, &mut counts)?;
+                                append_copied(&mut row_group, &buffer, chunk, &mut counts)?;
                                 kept.extend(also.map(|also| (leaf, also)));
                             }
                         }
                     }
-                    let part = part.as_mut().filter(|_| same_bytes);
-                    put(upload.as_mut(), part, buffer.take().into()).await?;
+                    let same = part.as_mut().filter(|_| same_bytes);
+                    put(upload.as_mut(), same, buffer.take().into()).await?;
+                    if let Some(side) = &mut side
+                        && side.advance(&mut kept)?
+                    {
+                        put(None, part.as_mut(), beside_buffer.take().into()).await?;
+                    }
                 }
                 row_group.close().map_err(parquet)?;
-                if let Some((layout, writer)) = &mut beside {
+                if let Some(mut side) = side {
                     for &leaf in &only {
                         let Done::Copied(_, Some(chunk)) =
                             done.next().await.ok_or_else(internal)??
@@ -656,8 +682,14 @@ pub(super) async fn write_file(
                             return Err(internal());
                         };
                         kept.push((leaf, chunk));
+                        if side.advance(&mut kept)? {
+                            put(None, part.as_mut(), beside_buffer.take().into()).await?;
+                        }
                     }
-                    write_beside(layout, writer, &descr, beside_computed, kept)?;
+                    if side.next < side.items.len() {
+                        return Err(internal());
+                    }
+                    side.group.close().map_err(parquet)?;
                     put(None, part.as_mut(), beside_buffer.take().into()).await?;
                 }
                 if let Some((at, tap)) = deadline
@@ -728,12 +760,15 @@ fn append_computed<W: Write + Send>(
     Ok(())
 }
 
-/// Appends a copied chunk to `row_group`, counting it (verbatim, recompressed).
+/// Appends a copied chunk to `row_group`, which writes into `buffer`, counting it
+/// (verbatim, recompressed).
 fn append_copied<W: Write + Send>(
     row_group: &mut parquet::file::writer::SerializedRowGroupWriter<'_, W>,
+    buffer: &SharedBuffer,
     chunk: CopiedChunk,
     counts: &mut (u64, u64),
 ) -> Result<(), Stop> {
+    buffer.reserve(chunk.close.bytes_written as usize);
     row_group
         .append_column(&chunk.reader, *chunk.close)
         .map_err(|e| Stop::Failed(DataFusionError::ParquetError(Box::new(e))))?;
@@ -745,35 +780,58 @@ fn append_copied<W: Write + Send>(
     Ok(())
 }
 
-/// Writes a row group of the file beside the output: its `computed` columns and the
-/// copied chunks `kept` (by leaf), in its order.
-fn write_beside(
-    layout: &FileLayout,
-    writer: &mut SerializedFileWriter<SharedBuffer>,
-    descr: &SchemaDescPtr,
-    mut computed: Computed,
-    mut kept: Vec<(usize, CopiedChunk)>,
-) -> Result<(), Stop> {
-    let parquet = |e: ParquetError| Stop::Failed(DataFusionError::ParquetError(Box::new(e)));
-    let mut row_group = writer.next_row_group().map_err(parquet)?;
-    let mut counts = (0, 0);
-    for column in &layout.columns {
-        match column {
-            OutputColumn::Compute { n } => append_computed(&mut row_group, &mut computed[*n])?,
-            OutputColumn::Copy { root } => {
-                for leaf in leaves(descr, *root) {
-                    let at = kept.iter().position(|(l, _)| *l == leaf).ok_or_else(|| {
-                        Stop::Failed(DataFusionError::Internal(format!(
-                            "the column copy's chunk of leaf {leaf} went missing"
-                        )))
-                    })?;
-                    append_copied(&mut row_group, kept.swap_remove(at).1, &mut counts)?;
+/// What the file beside the output writes of a row group, in order: a computed column
+/// (by its index among the file's), or a copied leaf.
+enum BesideItem {
+    Computed(usize),
+    Leaf(usize),
+}
+
+/// The file beside's columns as [`BesideItem`]s, leaves as `descr` has them.
+fn beside_items(layout: &FileLayout, descr: &SchemaDescPtr) -> Vec<BesideItem> {
+    layout
+        .columns
+        .iter()
+        .flat_map(|column| match column {
+            OutputColumn::Compute { n } => vec![BesideItem::Computed(*n)],
+            OutputColumn::Copy { root } => leaves(descr, *root).map(BesideItem::Leaf).collect(),
+        })
+        .collect()
+}
+
+/// A row group of the file beside the output, being written.
+struct BesideGroup<'a, 'w> {
+    group: parquet::file::writer::SerializedRowGroupWriter<'w, SharedBuffer>,
+    /// What the group writes into.
+    buffer: SharedBuffer,
+    items: &'a [BesideItem],
+    /// The first item not written yet.
+    next: usize,
+    computed: Computed,
+}
+
+impl BesideGroup<'_, '_> {
+    /// Appends the items whose turn it is and whose chunks are here (computed columns
+    /// are; a copied leaf is once in `kept`). Returns whether it appended any.
+    fn advance(&mut self, kept: &mut Vec<(usize, CopiedChunk)>) -> Result<bool, Stop> {
+        let start = self.next;
+        while let Some(item) = self.items.get(self.next) {
+            match item {
+                BesideItem::Computed(n) => {
+                    append_computed(&mut self.group, &mut self.computed[*n])?;
+                }
+                BesideItem::Leaf(leaf) => {
+                    let Some(at) = kept.iter().position(|(l, _)| l == leaf) else {
+                        break;
+                    };
+                    let chunk = kept.swap_remove(at).1;
+                    append_copied(&mut self.group, &self.buffer, chunk, &mut (0, 0))?;
                 }
             }
+            self.next += 1;
         }
+        Ok(self.next > start)
     }
-    row_group.close().map_err(parquet)?;
-    Ok(())
 }
 
 /// Appends `bytes` to the output's upload and to the checkpoint's part, each if written.
