@@ -149,6 +149,33 @@ impl Harness {
         (run, self.counting.bytes_read())
     }
 
+    /// Runs `body` as flow `name` in this harness's session and result store; returns
+    /// the run and the source bytes it read.
+    pub async fn run_flow<T>(
+        &self,
+        name: &str,
+        body: impl std::future::Future<Output = Result<T>>,
+    ) -> (FlowRun<T>, u64) {
+        self.counting.reset();
+        let run = Flow::new(name)
+            .with_options(FlowOptions::default().with_session(self.session.clone()))
+            .with_result_store(&self.store_url)
+            .run(serde_json::json!({}), body)
+            .await;
+        (run, self.counting.bytes_read())
+    }
+
+    /// The source bytes the plain seed ETL (no cache: the column copy of the task's
+    /// whole output) reads of `source`.
+    pub async fn plain_etl_bytes(&self, source: &str) -> u64 {
+        self.counting.reset();
+        crate::common::etl(source, &self.dest("reference.parquet"))
+            .with_session(self.session.clone())
+            .await
+            .unwrap();
+        self.counting.bytes_read()
+    }
+
     /// The valid checkpoints in the store.
     pub async fn valid_checkpoints(&self) -> Vec<sluice::CacheEntry> {
         let entries = self.store().list().await.unwrap();
@@ -628,6 +655,27 @@ fn verbatim_copy_of(written: &WriteSummary, original: &str) {
 }
 
 /// The checkpoint parts (Parquet objects) in the result store, in path order.
+/// The footer of the first part of the harness's checkpoint.
+async fn first_part_footer(h: &Harness) -> parquet::file::metadata::ParquetMetaData {
+    let part = checkpoint_parts(h).await.remove(0);
+    parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes::Bytes::from(read(h, &part.location).await))
+        .unwrap()
+}
+
+/// The rows of each row group of the Parquet file at `path`.
+fn row_groups(path: &str) -> Vec<i64> {
+    use parquet::file::reader::FileReader;
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+    reader
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|g| g.num_rows())
+        .collect()
+}
+
 pub(crate) async fn checkpoint_parts(h: &Harness) -> Vec<object_store::ObjectMeta> {
     checkpoint_objects(h)
         .await
@@ -1300,31 +1348,19 @@ async fn a_sink_of_some_columns_of_a_persisted_task_writes_its_checkpoint_beside
     let h = Harness::new(Backend::Local, "projected").await;
     let source = h.source("in.parquet", 30_000, 1);
     let run = |dest: String| {
-        let (h, source) = (&h, source.clone());
-        async move {
-            h.counting.reset();
-            let run = Flow::new("projected")
-                .with_options(FlowOptions::default().with_session(h.session.clone()))
-                .with_result_store(&h.store_url)
-                .run(serde_json::json!({}), async {
-                    let df = transform(extract(&source).await?).await?;
-                    let out = df
-                        .select_columns(&["tip_fraction", "total_amount", "VendorID"])?
-                        .with_column("double_tip", col("tip_fraction") * lit(2.0))?;
-                    load(out, &dest).await
-                })
-                .await;
-            (run, h.counting.bytes_read())
-        }
+        h.run_flow("projected", {
+            let source = source.clone();
+            async move {
+                let df = transform(extract(&source).await?).await?;
+                let out = df
+                    .select_columns(&["tip_fraction", "total_amount", "VendorID"])?
+                    .with_column("double_tip", col("tip_fraction") * lit(2.0))?;
+                load(out, &dest).await
+            }
+        })
     };
     // What the plain copy of the task's whole output reads: the miss reads no more.
-    let reference = h.dest("reference.parquet");
-    h.counting.reset();
-    crate::common::etl(&source, &reference)
-        .with_session(h.session.clone())
-        .await
-        .unwrap();
-    let reference_bytes = h.counting.bytes_read();
+    let reference_bytes = h.plain_etl_bytes(&source).await;
     let (miss, source_bytes) = run(h.dest("miss.parquet")).await;
     match &ok(&miss).method {
         WriteMethod::ColumnCopy {
@@ -1346,15 +1382,13 @@ async fn a_sink_of_some_columns_of_a_persisted_task_writes_its_checkpoint_beside
     assert_eq!(manifest.rows, 30_000);
     assert!(!manifest.reencode);
     // The checkpoint is the task's output: the source's row groups, every column.
-    let part = checkpoint_parts(&h).await.remove(0);
-    let footer = parquet::file::metadata::ParquetMetaDataReader::new()
-        .parse_and_finish(&bytes::Bytes::from(read(&h, &part.location).await))
-        .unwrap();
+    let footer = first_part_footer(&h).await;
     let groups: Vec<i64> = footer.row_groups().iter().map(|g| g.num_rows()).collect();
     assert_eq!(groups, [10_000, 10_000, 10_000]);
     assert_eq!(footer.file_metadata().schema_descr().num_columns(), 20);
+    let part = checkpoint_parts(&h).await.remove(0);
     assert_eq!(
-        read_in_order(Path::new(&reference)).await,
+        read_in_order(Path::new(&h.dest("reference.parquet"))).await,
         read_in_order(Path::new(&format!("/{}", part.location))).await,
         "the checkpoint is not the task's output"
     );
@@ -1379,43 +1413,28 @@ async fn a_checkpoint_in_another_codec_is_written_by_the_copy_beside_the_output(
     let h = Harness::new(Backend::Local, "other-codec").await;
     let source = h.source("in.parquet", 30_000, 1);
     let run = |dest: String| {
-        let (h, source) = (&h, source.clone());
-        async move {
-            h.counting.reset();
-            let run = Flow::new("other-codec")
-                .with_options(FlowOptions::default().with_session(h.session.clone()))
-                .with_result_store(&h.store_url)
-                .run(serde_json::json!({}), async move {
-                    let raw = extract(&source).await?;
-                    let df = Task::new("transform")
-                        .persist(Persist::Tee)
-                        .with_checkpoint_format(
-                            CheckpointFormat::default().with_compression(Compression::Lz4),
-                        )
-                        .run(move |_cx| {
-                            let raw = raw.clone();
-                            async move {
-                                raw.with_column(
-                                    "tip_fraction",
-                                    col("tip_amount") / col("total_amount"),
-                                )
-                            }
-                        })
-                        .await?;
-                    load(df, &dest).await
-                })
-                .await;
-            (run, h.counting.bytes_read())
-        }
+        h.run_flow("other-codec", {
+            let source = source.clone();
+            async move {
+                let raw = extract(&source).await?;
+                let df = Task::new("transform")
+                    .persist(Persist::Tee)
+                    .with_checkpoint_format(
+                        CheckpointFormat::default().with_compression(Compression::Lz4),
+                    )
+                    .run(move |_cx| {
+                        let raw = raw.clone();
+                        async move {
+                            raw.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+                        }
+                    })
+                    .await?;
+                load(df, &dest).await
+            }
+        })
     };
-    // What the plain copy of the same output reads: each chunk is fetched once for both codecs.
-    let reference = h.dest("reference.parquet");
-    h.counting.reset();
-    crate::common::etl(&source, &reference)
-        .with_session(h.session.clone())
-        .await
-        .unwrap();
-    let reference_bytes = h.counting.bytes_read();
+    // Each chunk fetched once for both codecs: no more read than by the plain copy.
+    let reference_bytes = h.plain_etl_bytes(&source).await;
     let (miss, source_bytes) = run(h.dest("miss.parquet")).await;
     assert!(ok(&miss).method.is_column_copy(), "{:?}", ok(&miss).method);
     assert!(
@@ -1426,11 +1445,7 @@ async fn a_checkpoint_in_another_codec_is_written_by_the_copy_beside_the_output(
     let manifest = h.store().show("transform", &key[..8]).await.unwrap();
     assert_eq!(manifest.compression, "Lz4");
     assert!(!manifest.reencode);
-    let part = checkpoint_parts(&h).await.remove(0);
-    let footer = parquet::file::metadata::ParquetMetaDataReader::new()
-        .parse_and_finish(&bytes::Bytes::from(read(&h, &part.location).await))
-        .unwrap();
-    for group in footer.row_groups() {
+    for group in first_part_footer(&h).await.row_groups() {
         assert_eq!(group.num_rows(), 10_000);
         for chunk in group.columns() {
             assert_eq!(chunk.compression(), parquet::basic::Compression::LZ4_RAW);
@@ -1454,20 +1469,9 @@ async fn a_checkpoint_in_another_codec_is_written_by_the_copy_beside_the_output(
         read_in_order(Path::new(&h.dest("hit.parquet"))).await,
         read_in_order(Path::new(&h.dest("miss.parquet"))).await
     );
-    let groups = |path: &str| -> Vec<i64> {
-        let file = std::fs::File::open(path).unwrap();
-        let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
-        use parquet::file::reader::FileReader;
-        reader
-            .metadata()
-            .row_groups()
-            .iter()
-            .map(|g| g.num_rows())
-            .collect()
-    };
     assert_eq!(
-        groups(&h.dest("hit.parquet")),
-        groups(&h.dest("miss.parquet"))
+        row_groups(&h.dest("hit.parquet")),
+        row_groups(&h.dest("miss.parquet"))
     );
 }
 
@@ -1480,44 +1484,27 @@ async fn a_hit_of_a_tee_written_beside_an_encoding_sink_gives_that_sinks_row_gro
     let h = Harness::new(Backend::Local, "beside").await;
     let source = h.source("in.parquet", 200_000, 3);
     let run = |dest: String| {
-        let (h, source) = (&h, source.clone());
-        async move {
-            h.counting.reset();
-            let run = Flow::new("beside")
-                .with_options(FlowOptions::default().with_session(h.session.clone()))
-                .with_result_store(&h.store_url)
-                .run(serde_json::json!({}), async move {
-                    let raw = extract(&source).await?;
-                    let kept = Task::new("kept")
-                        .persist(Persist::Tee)
-                        .run(move |_cx| {
-                            let raw = raw.clone();
-                            async move {
-                                raw.filter((col("PULocationID") % lit(10)).not_eq(lit(0)))?
-                                    .with_column(
-                                        "tip_fraction",
-                                        col("tip_amount") / col("total_amount"),
-                                    )
-                            }
-                        })
-                        .await?;
-                    kept.write_parquet(&dest, ParquetWrite::zstd(3).with_row_group_rows(50_000))
-                        .await
-                })
-                .await;
-            (run, h.counting.bytes_read())
-        }
-    };
-    let groups = |path: &str| -> Vec<i64> {
-        let file = std::fs::File::open(path).unwrap();
-        let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
-        use parquet::file::reader::FileReader;
-        reader
-            .metadata()
-            .row_groups()
-            .iter()
-            .map(|g| g.num_rows())
-            .collect()
+        h.run_flow("beside", {
+            let source = source.clone();
+            async move {
+                let raw = extract(&source).await?;
+                let kept = Task::new("kept")
+                    .persist(Persist::Tee)
+                    .run(move |_cx| {
+                        let raw = raw.clone();
+                        async move {
+                            raw.filter((col("PULocationID") % lit(10)).not_eq(lit(0)))?
+                                .with_column(
+                                    "tip_fraction",
+                                    col("tip_amount") / col("total_amount"),
+                                )
+                        }
+                    })
+                    .await?;
+                kept.write_parquet(&dest, ParquetWrite::zstd(3).with_row_group_rows(50_000))
+                    .await
+            }
+        })
     };
     let (miss, _) = run(h.dest("miss.parquet")).await;
     let rows = ok(&miss).rows;
@@ -1526,7 +1513,7 @@ async fn a_hit_of_a_tee_written_beside_an_encoding_sink_gives_that_sinks_row_gro
     let key = task(&miss, "kept").cache_key.clone().unwrap();
     let manifest = h.store().show("kept", &key[..8]).await.unwrap();
     assert!(manifest.reencode, "the tee's manifest is not marked");
-    let miss_groups = groups(&h.dest("miss.parquet"));
+    let miss_groups = row_groups(&h.dest("miss.parquet"));
     assert!(miss_groups.len() >= 3, "{miss_groups:?}");
     assert!(
         miss_groups[..miss_groups.len() - 1]
@@ -1536,11 +1523,7 @@ async fn a_hit_of_a_tee_written_beside_an_encoding_sink_gives_that_sinks_row_gro
     );
     // The checkpoint's own row groups are the tee's, not the output's: a copy of them
     // would give another file.
-    let part = checkpoint_parts(&h).await.remove(0);
-    let footer = parquet::file::metadata::ParquetMetaDataReader::new()
-        .parse_and_finish(&bytes::Bytes::from(read(&h, &part.location).await))
-        .unwrap();
-    assert_eq!(footer.row_group(0).num_rows(), 65_536);
+    assert_eq!(first_part_footer(&h).await.row_group(0).num_rows(), 65_536);
 
     let (hit, source_bytes) = run(h.dest("hit.parquet")).await;
     assert_eq!(task(&hit, "kept").state, TaskState::Cached);
@@ -1551,7 +1534,7 @@ async fn a_hit_of_a_tee_written_beside_an_encoding_sink_gives_that_sinks_row_gro
         }
         other => panic!("the hit copied the tee's row groups: {other:?}"),
     }
-    assert_eq!(groups(&h.dest("hit.parquet")), miss_groups);
+    assert_eq!(row_groups(&h.dest("hit.parquet")), miss_groups);
     let file = std::fs::File::open(h.dest("hit.parquet")).unwrap();
     let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
     use parquet::file::reader::FileReader;
