@@ -427,6 +427,76 @@ async fn a_hit_with_statistics_is_a_column_copy_of_the_checkpoint(backend: Backe
     }
 }
 
+/// A persisted task whose checkpoint format sets another codec than the output's: the
+/// copy writes the checkpoint beside the output, every copied chunk recompressed for it
+/// once fetched, and a hit copies out of it (recompressing back) the miss's rows and row
+/// groups.
+async fn a_checkpoint_in_another_codec_is_written_by_the_copy_beside_the_output(backend: Backend) {
+    let h = Harness::new(backend, "other-codec").await;
+    let source = h.source("in.parquet", 30_000, 1);
+    let run = |dest: String| {
+        h.run_flow("other-codec", {
+            let source = source.clone();
+            async move {
+                let raw = extract(&source).await?;
+                let df = Task::new("transform")
+                    .persist(Persist::Tee)
+                    .with_checkpoint_format(
+                        CheckpointFormat::default().with_compression(Compression::Lz4),
+                    )
+                    .run(move |_cx| {
+                        let raw = raw.clone();
+                        async move {
+                            raw.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
+                        }
+                    })
+                    .await?;
+                load(df, &dest).await
+            }
+        })
+    };
+    // Each chunk fetched once for both codecs: no more read than by the plain copy.
+    let reference_bytes = h.plain_etl_bytes(&source).await;
+    let (miss, source_bytes) = run(h.dest("miss.parquet")).await;
+    assert!(ok(&miss).method.is_column_copy(), "{:?}", ok(&miss).method);
+    assert!(
+        source_bytes <= reference_bytes,
+        "{source_bytes} > {reference_bytes}"
+    );
+    let key = task(&miss, "transform").cache_key.clone().unwrap();
+    let manifest = h.store().show("transform", &key[..8]).await.unwrap();
+    assert_eq!(manifest.compression, "Lz4");
+    assert!(!manifest.reencode);
+    for group in first_part_footer(&h).await.row_groups() {
+        assert_eq!(group.num_rows(), 10_000);
+        for chunk in group.columns() {
+            assert_eq!(chunk.compression(), parquet::basic::Compression::LZ4_RAW);
+        }
+    }
+    let (hit, source_bytes) = run(h.dest("hit.parquet")).await;
+    assert_eq!(task(&hit, "transform").state, TaskState::Cached);
+    assert_eq!(source_bytes, 0);
+    match &ok(&hit).method {
+        WriteMethod::ColumnCopy {
+            chunks_verbatim,
+            chunks_recompressed,
+            ..
+        } => {
+            assert_eq!(*chunks_verbatim, 0);
+            assert!(*chunks_recompressed > 0);
+        }
+        other => panic!("the hit's sink was not a column copy: {other:?}"),
+    }
+    assert_eq!(
+        read_in_order(Path::new(&h.dest("hit.parquet"))).await,
+        read_in_order(Path::new(&h.dest("miss.parquet"))).await
+    );
+    assert_eq!(
+        row_groups(&h.dest("hit.parquet")),
+        row_groups(&h.dest("miss.parquet"))
+    );
+}
+
 async fn a_changed_source_file_is_a_miss(backend: Backend) {
     let h = Harness::new(backend, "source").await;
     let source = h.source("in.parquet", 20_000, 1);
@@ -1289,6 +1359,7 @@ macro_rules! suite {
 suite!(
     a_second_run_reads_the_checkpoint_and_no_source_byte,
     a_hit_with_statistics_is_a_column_copy_of_the_checkpoint,
+    a_checkpoint_in_another_codec_is_written_by_the_copy_beside_the_output,
     a_changed_source_file_is_a_miss,
     changed_code_parameters_or_plan_are_misses,
     checkpoints_expire_by_the_injected_clock_and_refresh_replaces_them,
@@ -1401,77 +1472,6 @@ async fn a_sink_of_some_columns_of_a_persisted_task_writes_its_checkpoint_beside
         std::fs::read(h.dest("hit.parquet")).unwrap()
             == std::fs::read(h.dest("miss.parquet")).unwrap(),
         "the hit's output is not the miss's"
-    );
-}
-
-/// A persisted task whose checkpoint format sets another codec than the output's: the
-/// copy writes the checkpoint beside the output, every copied chunk recompressed for it
-/// once fetched, and a hit copies out of it (recompressing back) the miss's rows and row
-/// groups.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_checkpoint_in_another_codec_is_written_by_the_copy_beside_the_output() {
-    let h = Harness::new(Backend::Local, "other-codec").await;
-    let source = h.source("in.parquet", 30_000, 1);
-    let run = |dest: String| {
-        h.run_flow("other-codec", {
-            let source = source.clone();
-            async move {
-                let raw = extract(&source).await?;
-                let df = Task::new("transform")
-                    .persist(Persist::Tee)
-                    .with_checkpoint_format(
-                        CheckpointFormat::default().with_compression(Compression::Lz4),
-                    )
-                    .run(move |_cx| {
-                        let raw = raw.clone();
-                        async move {
-                            raw.with_column("tip_fraction", col("tip_amount") / col("total_amount"))
-                        }
-                    })
-                    .await?;
-                load(df, &dest).await
-            }
-        })
-    };
-    // Each chunk fetched once for both codecs: no more read than by the plain copy.
-    let reference_bytes = h.plain_etl_bytes(&source).await;
-    let (miss, source_bytes) = run(h.dest("miss.parquet")).await;
-    assert!(ok(&miss).method.is_column_copy(), "{:?}", ok(&miss).method);
-    assert!(
-        source_bytes <= reference_bytes,
-        "{source_bytes} > {reference_bytes}"
-    );
-    let key = task(&miss, "transform").cache_key.clone().unwrap();
-    let manifest = h.store().show("transform", &key[..8]).await.unwrap();
-    assert_eq!(manifest.compression, "Lz4");
-    assert!(!manifest.reencode);
-    for group in first_part_footer(&h).await.row_groups() {
-        assert_eq!(group.num_rows(), 10_000);
-        for chunk in group.columns() {
-            assert_eq!(chunk.compression(), parquet::basic::Compression::LZ4_RAW);
-        }
-    }
-    let (hit, source_bytes) = run(h.dest("hit.parquet")).await;
-    assert_eq!(task(&hit, "transform").state, TaskState::Cached);
-    assert_eq!(source_bytes, 0);
-    match &ok(&hit).method {
-        WriteMethod::ColumnCopy {
-            chunks_verbatim,
-            chunks_recompressed,
-            ..
-        } => {
-            assert_eq!(*chunks_verbatim, 0);
-            assert!(*chunks_recompressed > 0);
-        }
-        other => panic!("the hit's sink was not a column copy: {other:?}"),
-    }
-    assert_eq!(
-        read_in_order(Path::new(&h.dest("hit.parquet"))).await,
-        read_in_order(Path::new(&h.dest("miss.parquet"))).await
-    );
-    assert_eq!(
-        row_groups(&h.dest("hit.parquet")),
-        row_groups(&h.dest("miss.parquet"))
     );
 }
 
