@@ -460,18 +460,23 @@ async fn one_file_in_four_ranges(s3: &S3Target, rows: u64, group_rows: usize) ->
     let path = object_store::path::Path::from(format!("{}/in/trips.parquet", s3.prefix));
     let bytes = std::fs::read(&file).unwrap();
     s3.store().put(&path, bytes.into()).await.unwrap();
+    (s3.url("in/trips.parquet"), split_session(s3, s3.store()))
+}
+
+/// A session of 4 partitions that splits even a small file by byte ranges, whose
+/// `s3://` bucket is `s3`'s through `store`.
+fn split_session(s3: &S3Target, store: std::sync::Arc<dyn object_store::ObjectStore>) -> Session {
     let mut config = datafusion::prelude::SessionConfig::new();
     config.options_mut().optimizer.repartition_file_min_size = 1;
-    let session = Session::builder()
+    Session::builder()
         .with_config(config)
         .with_target_partitions(4)
         .with_object_store(
             &url::Url::parse(&format!("s3://{}/", s3.bucket)).unwrap(),
-            s3.store(),
+            store,
         )
         .build()
-        .unwrap();
-    (s3.url("in/trips.parquet"), session)
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,6 +649,53 @@ async fn one_file_on_s3_is_composed_by_the_server_from_the_executors_parts() {
     // Nothing but the two outputs under out/.
     let listed = objects_under(&s3, "out").await;
     assert_eq!(listed.len(), 2, "{listed:?}");
+    s3.assert_no_pending_uploads().await;
+}
+
+/// A store that fails every `UploadPartCopy` (after its retries) does not fail the
+/// write: the client assembles the one file from the executors' parts itself, and no
+/// upload is left open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_store_does_not_copy_parts_the_client_assembles_the_one_file() {
+    use sluice_testkit::faults::{FaultKind, FaultProxy, FaultRule, ProxyFault};
+    let s3 = S3Target::new("cluster-no-copy").await;
+    let (source, _) = one_file_in_four_ranges(&s3, 2_000_000, 100_000).await;
+    let proxy = FaultProxy::builder(&s3.endpoint)
+        .rule(
+            FaultRule::new(ProxyFault::InternalError)
+                .method("PUT")
+                .header("x-amz-copy-source"),
+        )
+        .start()
+        .await
+        .unwrap();
+    let store = s3
+        .store_builder(&s3.bucket)
+        .with_endpoint(&proxy.endpoint())
+        .build()
+        .unwrap();
+    let session = split_session(&s3, store);
+    let cluster = TestCluster::start(2, &s3.env());
+    let dest = s3.url("out/one.parquet");
+    let run = etl(&source, &dest)
+        .with_session(session.clone())
+        .with_runner(cluster.runner())
+        .run()
+        .await;
+    let summary = match &run.output {
+        Ok(summary) => summary.clone(),
+        Err(e) => panic!("the cluster run failed: {e}\n{}", cluster.logs()),
+    };
+    assert!(proxy.stats().injected(FaultKind::InternalError) > 0);
+    assert_eq!(summary.rows, 2_000_000);
+    let assembly = summary.assembly.expect("who assembled it");
+    assert_eq!(
+        (assembly.by_store, assembly.through_client),
+        (0, summary.bytes),
+        "{assembly:?}"
+    );
+    let written = session.read_parquet(&dest).await.unwrap();
+    assert_eq!(written.count().await.unwrap(), 2_000_000);
     s3.assert_no_pending_uploads().await;
 }
 

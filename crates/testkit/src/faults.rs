@@ -161,6 +161,7 @@ pub struct FaultRule {
     method: Option<String>,
     contains: Vec<String>,
     lacks: Vec<String>,
+    headers: Vec<String>,
     pick: Pick,
 }
 
@@ -172,6 +173,7 @@ impl FaultRule {
             method: None,
             contains: Vec::new(),
             lacks: Vec::new(),
+            headers: Vec::new(),
             pick: Pick::All,
         }
     }
@@ -192,6 +194,20 @@ impl FaultRule {
     /// Matches only requests whose target does not contain `text`.
     pub fn target_lacks(mut self, text: &str) -> Self {
         self.lacks.push(text.to_string());
+        self
+    }
+
+    /// Matches only requests that carry the header `name` (any case), such as
+    /// `x-amz-copy-source`, which tells S3's `UploadPartCopy` from `UploadPart` (the same
+    /// method and target).
+    ///
+    /// ```
+    /// use sluice_testkit::faults::{FaultRule, ProxyFault};
+    /// let copies = FaultRule::new(ProxyFault::InternalError).method("PUT").header("x-amz-copy-source");
+    /// # let _ = copies;
+    /// ```
+    pub fn header(mut self, name: &str) -> Self {
+        self.headers.push(name.to_string());
         self
     }
 
@@ -218,10 +234,14 @@ impl FaultRule {
         self
     }
 
-    fn matches(&self, method: &str, target: &str) -> bool {
+    fn matches(&self, method: &str, target: &str, headers: &[(String, String)]) -> bool {
         self.method.as_deref().is_none_or(|m| m == method)
             && self.contains.iter().all(|t| target.contains(t.as_str()))
             && !self.lacks.iter().any(|t| target.contains(t.as_str()))
+            && self
+                .headers
+                .iter()
+                .all(|h| headers.iter().any(|(name, _)| name.eq_ignore_ascii_case(h)))
     }
 }
 
@@ -272,9 +292,14 @@ struct Rules {
 }
 
 impl Rules {
-    fn pick(&mut self, method: &str, target: &str) -> Option<ProxyFault> {
+    fn pick(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(String, String)],
+    ) -> Option<ProxyFault> {
         for (rule, seen) in &mut self.rules {
-            if !rule.matches(method, target) {
+            if !rule.matches(method, target, headers) {
                 continue;
             }
             let index = *seen;
@@ -662,11 +687,11 @@ async fn proxy_one(shared: &Shared, mut client: TcpStream) -> std::io::Result<()
     let mut start = request.start.split(' ');
     let method = start.next().unwrap_or_default().to_string();
     let target = start.next().unwrap_or_default().to_string();
-    let fault = shared
-        .rules
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .pick(&method, &target);
+    let fault = shared.rules.lock().unwrap_or_else(|e| e.into_inner()).pick(
+        &method,
+        &target,
+        &request.headers,
+    );
     match fault {
         Some(f @ (ProxyFault::InternalError | ProxyFault::Unavailable | ProxyFault::SlowDown)) => {
             shared.record(&method, &target, f.kind());
@@ -772,10 +797,24 @@ mod tests {
             rng: SplitMix64(1),
         };
         let picks: Vec<_> = (0..4)
-            .map(|_| rules.pick("PUT", "/b/k?partNumber=1&uploadId=x"))
+            .map(|_| rules.pick("PUT", "/b/k?partNumber=1&uploadId=x", &[]))
             .collect();
         assert_eq!(picks, [None, Some(ProxyFault::Reset), None, None]);
-        assert_eq!(rules.pick("GET", "/b/k?partNumber=1"), None);
+        assert_eq!(rules.pick("GET", "/b/k?partNumber=1", &[]), None);
+
+        let mut copies = Rules {
+            rules: vec![(
+                FaultRule::new(ProxyFault::InternalError).header("x-amz-copy-source"),
+                0,
+            )],
+            rng: SplitMix64(1),
+        };
+        let copy = [("X-Amz-Copy-Source".to_string(), "/b/src".to_string())];
+        assert_eq!(copies.pick("PUT", "/b/k?partNumber=1", &[]), None);
+        assert_eq!(
+            copies.pick("PUT", "/b/k?partNumber=1", &copy),
+            Some(ProxyFault::InternalError)
+        );
 
         let draw = |seed| {
             let mut rules = Rules {
@@ -783,7 +822,7 @@ mod tests {
                 rng: SplitMix64(seed),
             };
             (0..1000)
-                .map(|_| rules.pick("GET", "/x").is_some())
+                .map(|_| rules.pick("GET", "/x", &[]).is_some())
                 .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));

@@ -1009,8 +1009,9 @@ async fn write_parts(
 /// only the new footer (and ranges too short to be parts, S3's minimum being 5 MiB)
 /// are sent from here (see `parquet_io::concat`). The upload waits for the publish.
 /// `Err(reason)` when the parts cannot be concatenated so (another schema in one part,
-/// bloom filters, no rows): the caller assembles them. Parts whose footers do not hold
-/// the job's `rows` fail the write.
+/// bloom filters, no rows) or the store does not compose them (it refuses
+/// `UploadPartCopy`, or keeps failing it): the caller assembles them. Parts whose
+/// footers do not hold the job's `rows` fail the write.
 async fn compose_parts(
     session: &Session,
     store: &Arc<dyn object_store::ObjectStore>,
@@ -1055,9 +1056,23 @@ async fn compose_parts(
             ),
         });
     }
-    let composed = in_place
+    // A store that refuses the copies (or keeps failing them after its retries) leaves
+    // the file to the client's assembly: nothing of the composition is held (its upload
+    // is aborted), and the parts are still there.
+    let composed = match in_place
         .compose(layout.pieces, sluice_store::ComposeOptions::default())
-        .await?;
+        .await
+    {
+        Ok(composed) => composed,
+        Err(e) => {
+            tracing::warn!(
+                parts = %sluice_store::redact(dir),
+                error = %e,
+                "the store did not compose the file from the parts; the client assembles it"
+            );
+            return Ok(Err(format!("the store did not compose it: {e}")));
+        }
+    };
     tracing::debug!(
         rows = layout.rows,
         parts = files.len(),
