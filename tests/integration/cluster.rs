@@ -671,7 +671,7 @@ async fn when_the_store_does_not_copy_parts_the_client_assembles_the_one_file() 
         .unwrap();
     let store = s3
         .store_builder(&s3.bucket)
-        .with_endpoint(&proxy.endpoint())
+        .with_endpoint(proxy.endpoint())
         .build()
         .unwrap();
     let session = split_session(&s3, store);
