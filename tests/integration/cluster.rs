@@ -231,15 +231,28 @@ async fn etl_here_then_there(
         .with_session(session.clone())
         .run()
         .await;
-    let on_cluster = etl(source, dest)
+    let (on_cluster, _) = etl_there(session, cluster, source, dest).await;
+    (local, on_cluster)
+}
+
+/// The seed ETL from `source` to `dest` on `cluster`: the run and its summary (a failed
+/// run panics, with the executors' logs).
+async fn etl_there(
+    session: &Session,
+    cluster: &TestCluster,
+    source: &str,
+    dest: &str,
+) -> (FlowRun<WriteSummary>, WriteSummary) {
+    let run = etl(source, dest)
         .with_session(session.clone())
         .with_runner(cluster.runner())
         .run()
         .await;
-    if let Err(e) = &on_cluster.output {
-        panic!("the cluster run failed: {e}\n{}", cluster.logs());
-    }
-    (local, on_cluster)
+    let summary = match &run.output {
+        Ok(summary) => summary.clone(),
+        Err(e) => panic!("the cluster run failed: {e}\n{}", cluster.logs()),
+    };
+    (run, summary)
 }
 
 /// Whether two frames hold the same rows, as multisets (a cluster does not keep row
@@ -369,15 +382,7 @@ async fn the_seed_etl_and_an_aggregation_run_on_two_executors_as_they_do_locally
 
     // A directory output: the executors' parts are its files.
     let dir_dest = s3.url("out/cluster-dir/");
-    let run = etl(&source, &dir_dest)
-        .with_session(session.clone())
-        .with_runner(cluster.runner())
-        .run()
-        .await;
-    let summary = match &run.output {
-        Ok(summary) => summary.clone(),
-        Err(e) => panic!("the cluster run failed: {e}\n{}", cluster.logs()),
-    };
+    let (_, summary) = etl_there(&session, &cluster, &source, &dir_dest).await;
     assert_eq!(summary.rows, 240_000);
     assert_eq!(
         summary.files.len(),
@@ -677,15 +682,7 @@ async fn when_the_store_does_not_copy_parts_the_client_assembles_the_one_file() 
     let session = split_session(&s3, store);
     let cluster = TestCluster::start(2, &s3.env());
     let dest = s3.url("out/one.parquet");
-    let run = etl(&source, &dest)
-        .with_session(session.clone())
-        .with_runner(cluster.runner())
-        .run()
-        .await;
-    let summary = match &run.output {
-        Ok(summary) => summary.clone(),
-        Err(e) => panic!("the cluster run failed: {e}\n{}", cluster.logs()),
-    };
+    let (_, summary) = etl_there(&session, &cluster, &source, &dest).await;
     assert!(proxy.stats().injected(FaultKind::InternalError) > 0);
     assert_eq!(summary.rows, 2_000_000);
     let assembly = summary.assembly.expect("who assembled it");

@@ -242,8 +242,9 @@ struct FileLayout {
     codec: Codec,
     /// Its computed columns, in order, as indices into [`CopyPlan::exprs`].
     computed: Vec<usize>,
-    /// Its computed columns alone: their Parquet schema, and column writers for them,
-    /// as DataFusion's sink configures them.
+    /// Its computed columns alone: their Arrow and Parquet schemas (as this file names
+    /// them), and column writers for them, as DataFusion's sink configures them.
+    computed_arrow: SchemaRef,
     computed_parquet: SchemaDescPtr,
     writers: ArrowRowGroupWriterFactory,
 }
@@ -269,9 +270,8 @@ pub(crate) struct CopyPlan {
     /// Bytes per row of the computed columns in memory (32 for variable widths).
     computed_width: usize,
     /// The computed columns of every file written, each evaluated once, over
-    /// [`needed_schema`](Self::needed_schema), with their fields.
+    /// [`needed_schema`](Self::needed_schema).
     exprs: Vec<Arc<dyn PhysicalExpr>>,
-    computed_fields: Vec<Field>,
     /// The table columns the expressions read, and their table types.
     needed: Vec<usize>,
     /// Their leaves (column chunks): the same in every file, whose Parquet schemas are

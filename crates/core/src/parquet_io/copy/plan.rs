@@ -311,7 +311,6 @@ impl CopyPlan {
             names,
             computed_width: computed_width as usize,
             exprs,
-            computed_fields,
             read_leaves,
             needed_leaves: needed
                 .iter()
@@ -381,23 +380,31 @@ impl FileLayout {
     ) -> Result<FileLayout, String> {
         let mut fields = Vec::with_capacity(columns.len());
         let mut computed = Vec::new();
+        // Its computed columns' own fields: a column computed as an output column of
+        // another name is named as this file names it.
+        let mut computed_own = Vec::new();
         let mut layout_columns = Vec::with_capacity(columns.len());
         for (column, field, index) in columns {
             match &column {
                 OutputColumn::Copy { root } => fields.push(file_schema.field(*root).clone()),
                 OutputColumn::Compute { .. } => {
+                    let index = index.ok_or("a computed column without its expression")?;
+                    if computed_fields[index].data_type() != field.data_type() {
+                        return Err(format!(
+                            "{} is computed as {}, the file says {}",
+                            field.name(),
+                            computed_fields[index].data_type(),
+                            field.data_type()
+                        ));
+                    }
+                    computed.push(index);
+                    computed_own.push(field.clone());
                     fields.push(field);
-                    computed.extend(index);
                 }
             }
             layout_columns.push(column);
         }
-        let computed_arrow = Arc::new(Schema::new(
-            computed
-                .iter()
-                .map(|&i| computed_fields[i].clone())
-                .collect::<Vec<_>>(),
-        ));
+        let computed_arrow = Arc::new(Schema::new(computed_own));
         let computed_parquet = Arc::new(
             ArrowSchemaConverter::new()
                 .convert(&computed_arrow)
@@ -445,6 +452,7 @@ impl FileLayout {
             props,
             codec,
             computed,
+            computed_arrow,
             computed_parquet,
             writers,
         })

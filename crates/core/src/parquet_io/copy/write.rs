@@ -1111,10 +1111,8 @@ pub(super) fn compute(
         );
         for (layout, writers) in layouts {
             let mut leaf = 0;
-            for &i in &layout.computed {
-                for column in
-                    compute_leaves(&plan.computed_fields[i], &values[i]).map_err(parquet)?
-                {
+            for (&i, field) in layout.computed.iter().zip(layout.computed_arrow.fields()) {
+                for column in compute_leaves(field, &values[i]).map_err(parquet)? {
                     writers[leaf].write(&column).map_err(parquet)?;
                     leaf += 1;
                 }
