@@ -347,6 +347,76 @@ mod s3 {
         assert_eq!(head.e_tag.map(|t| t.len()), Some(34), "an MD5 in quotes");
     }
 
+    /// A multipart upload completes as S3 completes it: the ETags the client lists must
+    /// be its parts' (a wrong one is refused and the upload stays open), a part uploaded
+    /// again counts as its last upload, and the object's ETag is the MD5 of the parts'
+    /// MD5s with the part count (the known answer below, as any S3 gives it). The test
+    /// server completes without hashing the parts again (`s3s-fs` 0.14 re-reads and
+    /// re-hashes every part, and takes any ETag listed).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_multipart_upload_completes_with_s3s_etags_and_checks_the_listed_ones() {
+        use object_store::multipart::{MultipartStore, PartId};
+        use object_store::{ObjectStoreExt, PutPayload};
+        let target = S3Target::new("complete").await;
+        let s3 = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&target.endpoint)
+            .with_bucket_name(&target.bucket)
+            .with_region("us-east-1")
+            .with_access_key_id(&target.access_key)
+            .with_secret_access_key(&target.secret_key)
+            .with_allow_http(true)
+            .build()
+            .unwrap();
+        let path = object_store::path::Path::from(format!("{}/joined.bin", target.prefix));
+        let first: Vec<u8> = (0..5 << 20).map(|i| (i % 251) as u8).collect();
+        let id = s3.create_multipart(&path).await.unwrap();
+        s3.put_part(&path, &id, 0, PutPayload::from(vec![7u8; 5 << 20]))
+            .await
+            .unwrap();
+        // Part 1 again, other bytes: the upload's part 1 is these.
+        let one = s3
+            .put_part(&path, &id, 0, PutPayload::from(first.clone()))
+            .await
+            .unwrap();
+        assert_eq!(one.content_id, "\"4c28640dc8df1933aaea192100d50ae0\"");
+        let two = s3
+            .put_part(&path, &id, 1, PutPayload::from_static(b"the last part"))
+            .await
+            .unwrap();
+
+        let wrong = PartId {
+            content_id: "\"00000000000000000000000000000000\"".into(),
+        };
+        let refused = s3
+            .complete_multipart(&path, &id, vec![one.clone(), wrong])
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("InvalidPart"), "{refused}");
+        assert!(s3.head(&path).await.is_err(), "no object after a refusal");
+
+        let done = s3
+            .complete_multipart(&path, &id, vec![one, two])
+            .await
+            .unwrap();
+        assert_eq!(
+            done.e_tag.as_deref(),
+            Some("\"54420c9bd0a43e64ad20b221d497393b-2\"")
+        );
+        let bytes = s3.get(&path).await.unwrap().bytes().await.unwrap();
+        assert_eq!(bytes.len(), first.len() + 13);
+        assert!(bytes[..first.len()] == first[..] && &bytes[first.len()..] == b"the last part");
+        assert_eq!(s3.head(&path).await.unwrap().e_tag, done.e_tag);
+        if let Some(server) = &target.server {
+            assert_eq!(server.pending_uploads(), 0);
+            let left = std::fs::read_dir(server.bucket_dir(&target.bucket).parent().unwrap())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".upload_id-"))
+                .count();
+            assert_eq!(left, 0, "parts or their records left behind");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_s3_write_aborts_its_upload_and_leaves_no_object() {
         let target = S3Target::new("abort").await;

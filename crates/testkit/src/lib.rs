@@ -37,6 +37,7 @@
 
 pub mod counting_store;
 pub mod faults;
+mod s3_backend;
 pub mod servers;
 pub mod taxi;
 

@@ -36,6 +36,7 @@ use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::s3_backend::{FsBackend, sidecar_path};
 use crate::{Result, TestkitError};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -209,127 +210,6 @@ pub struct S3Server {
     _temporary: Option<tempfile::TempDir>,
 }
 
-/// `s3s-fs` with two things S3 has that `s3s-fs` 0.14 lacks:
-/// - a suffix range longer than its object answered as S3 answers it: the whole object
-///   (RFC 9110: "the entire representation is used"). `s3s-fs` checks such a range
-///   right but then seeks that far back from the end, and fails with a 500: a client
-///   reading a small file's footer with one suffix request (Sluice, ...) would get
-///   errors and retries here that it never gets from S3;
-/// - `ListMultipartUploads` (by prefix), which `s3s-fs` does not implement: the uploads
-///   started and neither completed nor aborted, from the upload records `s3s-fs` keeps
-///   beside the objects (one per upload, naming its bucket and key).
-///
-/// Every other operation is `s3s-fs`'s own.
-struct SuffixClamp {
-    inner: s3s_fs::FileSystem,
-    root: PathBuf,
-}
-
-/// The S3 operations of [`SuffixClamp`]: `get_object` its own, the others `s3s-fs`'s.
-macro_rules! suffix_clamp {
-    ($($op:ident: $input:ident => $output:ident),* $(,)?) => {
-        #[async_trait::async_trait]
-        impl s3s::S3 for SuffixClamp {
-            async fn get_object(
-                &self,
-                mut req: s3s::S3Request<s3s::dto::GetObjectInput>,
-            ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetObjectOutput>> {
-                if let Some(s3s::dto::Range::Suffix { length }) = req.input.range {
-                    let path = self.root.join(&req.input.bucket).join(&req.input.key);
-                    if let Ok(meta) = tokio::fs::metadata(&path).await
-                        && length > meta.len()
-                    {
-                        req.input.range = Some(s3s::dto::Range::Int {
-                            first: 0,
-                            last: None,
-                        });
-                    }
-                }
-                s3s::S3::get_object(&self.inner, req).await
-            }
-
-            async fn list_multipart_uploads(
-                &self,
-                req: s3s::S3Request<s3s::dto::ListMultipartUploadsInput>,
-            ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListMultipartUploadsOutput>> {
-                let input = req.input;
-                let uploads = pending_uploads(&self.root, &input.bucket)
-                    .into_iter()
-                    .filter(|(key, _)| {
-                        input.prefix.as_ref().is_none_or(|p| key.starts_with(p.as_str()))
-                    })
-                    .map(|(key, id)| s3s::dto::MultipartUpload {
-                        key: Some(key),
-                        upload_id: Some(id),
-                        ..Default::default()
-                    })
-                    .collect();
-                Ok(s3s::S3Response::new(s3s::dto::ListMultipartUploadsOutput {
-                    bucket: Some(input.bucket),
-                    prefix: input.prefix,
-                    is_truncated: Some(false),
-                    uploads: Some(uploads),
-                    ..Default::default()
-                }))
-            }
-
-            $(
-                async fn $op(
-                    &self,
-                    req: s3s::S3Request<s3s::dto::$input>,
-                ) -> s3s::S3Result<s3s::S3Response<s3s::dto::$output>> {
-                    s3s::S3::$op(&self.inner, req).await
-                }
-            )*
-        }
-    };
-}
-
-suffix_clamp! {
-    create_bucket: CreateBucketInput => CreateBucketOutput,
-    copy_object: CopyObjectInput => CopyObjectOutput,
-    delete_bucket: DeleteBucketInput => DeleteBucketOutput,
-    delete_object: DeleteObjectInput => DeleteObjectOutput,
-    delete_objects: DeleteObjectsInput => DeleteObjectsOutput,
-    get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput,
-    head_bucket: HeadBucketInput => HeadBucketOutput,
-    head_object: HeadObjectInput => HeadObjectOutput,
-    list_buckets: ListBucketsInput => ListBucketsOutput,
-    list_objects: ListObjectsInput => ListObjectsOutput,
-    list_objects_v2: ListObjectsV2Input => ListObjectsV2Output,
-    put_object: PutObjectInput => PutObjectOutput,
-    create_multipart_upload: CreateMultipartUploadInput => CreateMultipartUploadOutput,
-    upload_part: UploadPartInput => UploadPartOutput,
-    upload_part_copy: UploadPartCopyInput => UploadPartCopyOutput,
-    list_parts: ListPartsInput => ListPartsOutput,
-    complete_multipart_upload: CompleteMultipartUploadInput => CompleteMultipartUploadOutput,
-    abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput,
-}
-
-/// The pending multipart uploads of `bucket` under `s3s-fs`'s `root`: (key, upload id)
-/// from its upload records (`.bucket-B.object-K.upload-ID.metadata.json`, bucket and
-/// key base64url), those whose upload is still open (`.upload-ID.json`), by key.
-fn pending_uploads(root: &Path, bucket: &str) -> Vec<(String, String)> {
-    use base64_simd::URL_SAFE_NO_PAD as B64;
-    let bucket = format!(".bucket-{}.object-", B64.encode_to_string(bucket));
-    let mut uploads: Vec<(String, String)> = std::fs::read_dir(root)
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.ok())
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let rest = name.strip_prefix(&bucket)?.strip_suffix(".metadata.json")?;
-            let (key, id) = rest.split_once(".upload-")?;
-            let key = String::from_utf8(B64.decode_to_vec(key).ok()?).ok()?;
-            root.join(format!(".upload-{id}.json"))
-                .exists()
-                .then(|| (key, id.to_string()))
-        })
-        .collect();
-    uploads.sort();
-    uploads
-}
-
 /// `127.0.0.1:0`: any free loopback port.
 fn any_loopback_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
@@ -380,10 +260,7 @@ impl S3Server {
         let fs = s3s_fs::FileSystem::new(root).map_err(|e| TestkitError::S3 {
             message: format!("{e:?}"),
         })?;
-        let fs = SuffixClamp {
-            inner: fs,
-            root: root.to_path_buf(),
-        };
+        let fs = FsBackend::new(fs, root);
         let service = {
             let mut builder = s3s::service::S3ServiceBuilder::new(fs);
             builder.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));
@@ -501,13 +378,8 @@ async fn stamp_placed_object(root: &Path, uri_path: &str) {
     let Ok(modified) = meta.modified() else {
         return;
     };
-    let encode = |s: &str| base64_simd::URL_SAFE_NO_PAD.encode_to_string(s);
     // s3s-fs's sidecar for the object (`FileSystem::get_internal_info_path`).
-    let info = root.join(format!(
-        ".bucket-{}.object-{}.internal.json",
-        encode(bucket),
-        encode(key)
-    ));
+    let info = sidecar_path(root, bucket, key, ".internal.json");
     let stamped = tokio::fs::metadata(&info)
         .await
         .and_then(|info| info.modified())

@@ -1,0 +1,466 @@
+//! The S3 operations behind [`S3Server`](crate::servers::S3Server): `s3s-fs` 0.14's, and
+//! those the testkit answers itself where `s3s-fs` answers unlike S3 or at a cost S3
+//! does not charge its clients.
+//!
+//! Everything stays in `s3s-fs`'s layout under its root (objects as files in bucket
+//! folders, its sidecars beside them), so that every operation left to `s3s-fs` sees
+//! what the testkit's own wrote.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use s3s::crypto::{Checksum as _, Md5};
+use s3s::dto::{
+    AbortMultipartUploadInput, AbortMultipartUploadOutput, CompleteMultipartUploadInput,
+    CompleteMultipartUploadOutput, CopyObjectInput, CopyObjectOutput, CreateBucketInput,
+    CreateBucketOutput, CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput,
+    DeleteBucketOutput, DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput,
+    DeleteObjectsOutput, ETag, GetBucketLocationInput, GetBucketLocationOutput, GetObjectInput,
+    GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput,
+    ListBucketsInput, ListBucketsOutput, ListMultipartUploadsInput, ListMultipartUploadsOutput,
+    ListObjectsInput, ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output, ListPartsInput,
+    ListPartsOutput, MultipartUpload, PutObjectInput, PutObjectOutput, Range, UploadPartCopyInput,
+    UploadPartCopyOutput, UploadPartInput, UploadPartOutput,
+};
+use s3s::{S3, S3Error, S3Request, S3Response, S3Result, s3_error};
+
+/// The smallest part S3 accepts but for the last.
+const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+
+/// `s3s-fs` with what S3 does that `s3s-fs` 0.14 does not:
+/// - a suffix range longer than its object answered as S3 answers it: the whole object
+///   (RFC 9110: "the entire representation is used"). `s3s-fs` checks such a range
+///   right but then seeks that far back from the end, and fails with a 500: a client
+///   reading a small file's footer with one suffix request (Sluice, ...) would get
+///   errors and retries here that it never gets from S3;
+/// - `ListMultipartUploads` (by prefix), which `s3s-fs` does not implement: the uploads
+///   started and neither completed nor aborted, from the upload records `s3s-fs` keeps
+///   beside the objects (one per upload, naming its bucket and key);
+/// - `CompleteMultipartUpload` at the cost of joining the parts, as S3 charges it:
+///   `s3s-fs` reads every part back through a 64 KiB buffer, hashes it again and writes
+///   the object after the last part arrived, while the client waits (0.5–0.75 s for
+///   200 MB on two cores, the CPU shared with the engine under test). Here each part's
+///   MD5 is kept from its upload (the ETag `UploadPart` answered, in a sidecar beside
+///   the part), the parts are joined by the kernel (`copy_file_range`), and the ETags the
+///   client lists are checked against the parts', as S3 checks them (`s3s-fs` does not:
+///   a wrong one is `InvalidPart` here). The object's ETag is S3's multipart one: the MD5
+///   of the parts' MD5s, `-` the part count.
+///
+/// Every other operation is `s3s-fs`'s own.
+pub(crate) struct FsBackend {
+    inner: s3s_fs::FileSystem,
+    files: Files,
+}
+
+impl FsBackend {
+    /// `inner` serving the directory `root`.
+    pub(crate) fn new(inner: s3s_fs::FileSystem, root: &Path) -> Self {
+        Self {
+            inner,
+            files: Files {
+                root: root.to_path_buf(),
+            },
+        }
+    }
+}
+
+/// `s3s-fs`'s files under its root, and the testkit's beside them.
+#[derive(Clone)]
+struct Files {
+    root: PathBuf,
+}
+
+impl Files {
+    /// `s3s-fs`'s file of part `part` of upload `upload_id`.
+    fn part_path(&self, upload_id: &str, part: i32) -> PathBuf {
+        self.root
+            .join(format!(".upload_id-{upload_id}.part-{part}"))
+    }
+
+    /// The testkit's record of that part's MD5 (hex). Its name starts as `s3s-fs`'s
+    /// part files do, so that `s3s-fs`'s `AbortMultipartUpload` removes it with them.
+    fn part_md5_path(&self, upload_id: &str, part: i32) -> PathBuf {
+        self.root
+            .join(format!(".upload_id-{upload_id}.part-{part}.md5"))
+    }
+
+    /// Records the ETag `s3s-fs` answered for an uploaded or copied part (the part's
+    /// MD5). A record that fails to be written costs a hash at completion, nothing else.
+    async fn record_part(&self, upload_id: &str, part: i32, e_tag: Option<&ETag>) {
+        let Some(md5) = e_tag.and_then(ETag::as_strong) else {
+            return;
+        };
+        if let Err(error) = tokio::fs::write(self.part_md5_path(upload_id, part), md5).await {
+            tracing::warn!(%error, upload_id, part, "could not record a part's MD5");
+        }
+    }
+}
+
+/// `Ok(id)` when `id` is an upload id `s3s-fs` can have made (a UUID): the ids name
+/// files under the root, so nothing else may reach a path.
+fn upload_id(id: &str) -> S3Result<&str> {
+    let uuid_like = id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if uuid_like {
+        Ok(id)
+    } else {
+        Err(s3_error!(NoSuchUpload, "no upload {id:?}"))
+    }
+}
+
+/// Where `s3s-fs` keeps object `key` of `bucket`; a key that would leave the bucket is
+/// refused, as `s3s-fs` refuses it.
+fn object_path(root: &Path, bucket: &str, key: &str) -> S3Result<PathBuf> {
+    let escapes = |name: &str| name.is_empty() || name.split('/').any(|part| part == "..");
+    if escapes(bucket) || bucket.contains('/') || escapes(key) || key.starts_with('/') {
+        return Err(s3_error!(
+            InvalidArgument,
+            "invalid object name {bucket}/{key}"
+        ));
+    }
+    Ok(root.join(bucket).join(key))
+}
+
+/// `s3s-fs`'s name for a sidecar of `bucket`/`key`: `.bucket-B.object-K{rest}`.
+pub(crate) fn sidecar_path(root: &Path, bucket: &str, key: &str, rest: &str) -> PathBuf {
+    let encode = |s: &str| base64_simd::URL_SAFE_NO_PAD.encode_to_string(s);
+    root.join(format!(
+        ".bucket-{}.object-{}{rest}",
+        encode(bucket),
+        encode(key)
+    ))
+}
+
+/// `s3s-fs`'s ETag of an object (its internal info's `e_tag`), if it stored one.
+fn stored_e_tag(root: &Path, bucket: &str, key: &str) -> Option<String> {
+    let info = std::fs::read(sidecar_path(root, bucket, key, ".internal.json")).ok()?;
+    let info: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&info).ok()?;
+    info.get("e_tag")?.as_str().map(str::to_owned)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The MD5 of a file, hex.
+fn file_md5(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut md5 = Md5::new();
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        match file.read(&mut buf)? {
+            0 => return Ok(hex(&md5.finalize())),
+            n => md5.update(&buf[..n]),
+        }
+    }
+}
+
+fn internal(error: std::io::Error) -> S3Error {
+    S3Error::internal_error(error)
+}
+
+/// One listed part, checked: its file, and its MD5.
+struct CheckedPart {
+    path: PathBuf,
+    md5: [u8; 16],
+}
+
+impl Files {
+    /// Checks the parts a `CompleteMultipartUpload` lists, as S3 does: in ascending order
+    /// of part number, each uploaded, each ETag the part's, each but the last ≥ 5 MiB.
+    fn check_parts(
+        &self,
+        upload_id: &str,
+        listed: &[s3s::dto::CompletedPart],
+    ) -> S3Result<Vec<CheckedPart>> {
+        let mut checked = Vec::with_capacity(listed.len());
+        let mut previous = 0;
+        for (index, part) in listed.iter().enumerate() {
+            let number = part
+                .part_number
+                .ok_or_else(|| s3_error!(InvalidPart, "a part without its number"))?;
+            if number <= previous {
+                return Err(s3_error!(
+                    InvalidPartOrder,
+                    "part {number} listed after part {previous}"
+                ));
+            }
+            previous = number;
+            let path = self.part_path(upload_id, number);
+            let size = std::fs::metadata(&path)
+                .map_err(|_| s3_error!(InvalidPart, "part {number} was not uploaded"))?
+                .len();
+            if index + 1 < listed.len() && size < MIN_PART_SIZE {
+                return Err(s3_error!(
+                    EntityTooSmall,
+                    "part {number} is {size} bytes, under the 5 MiB of all but the last"
+                ));
+            }
+            let listed_md5 = part.e_tag.as_ref().map(ETag::value).unwrap_or_default();
+            let recorded = std::fs::read_to_string(self.part_md5_path(upload_id, number)).ok();
+            // A missing or stale record (a part uploaded again) costs a hash of the part.
+            let md5 = match recorded {
+                Some(recorded) if recorded == listed_md5 => recorded,
+                _ => file_md5(&path).map_err(internal)?,
+            };
+            if md5 != listed_md5 {
+                return Err(s3_error!(
+                    InvalidPart,
+                    "the ETag listed for part {number} is not the part's"
+                ));
+            }
+            let mut bytes = [0; 16];
+            for (byte, pair) in bytes.iter_mut().zip(md5.as_bytes().chunks(2)) {
+                let pair = std::str::from_utf8(pair).unwrap_or("");
+                *byte = u8::from_str_radix(pair, 16)
+                    .map_err(|_| s3_error!(InvalidPart, "part {number}'s ETag is not an MD5"))?;
+            }
+            checked.push(CheckedPart { path, md5: bytes });
+        }
+        Ok(checked)
+    }
+
+    /// `CompleteMultipartUpload`: see [`FsBackend`].
+    fn complete(
+        &self,
+        input: &CompleteMultipartUploadInput,
+        access_key: Option<&str>,
+    ) -> S3Result<String> {
+        let id = upload_id(&input.upload_id)?;
+        let record = self.root.join(format!(".upload-{id}.json"));
+        let owner: Option<String> = match std::fs::read(&record) {
+            Ok(owner) => serde_json::from_slice(&owner)
+                .map_err(|_| s3_error!(InternalError, "upload record {id} is unreadable"))?,
+            Err(_) => return Err(s3_error!(NoSuchUpload, "no upload {id}")),
+        };
+        if owner.as_deref() != access_key {
+            return Err(s3_error!(AccessDenied));
+        }
+        let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
+        let object = object_path(&self.root, bucket, key)?;
+        if input.if_none_match.as_ref().is_some_and(|c| c.is_any()) && object.exists() {
+            return Err(s3_error!(PreconditionFailed, "object already exists"));
+        }
+        if let Some(condition) = &input.if_match {
+            let current = object
+                .exists()
+                .then(|| match stored_e_tag(&self.root, bucket, key) {
+                    Some(e_tag) => Ok(e_tag),
+                    None => file_md5(&object).map_err(internal),
+                })
+                .transpose()?;
+            let matches = match current {
+                None => false,
+                Some(_) if condition.is_any() => true,
+                Some(current) => condition
+                    .as_etag()
+                    .is_some_and(|wanted| wanted.strong_cmp(&ETag::Strong(current))),
+            };
+            if !matches {
+                return Err(s3_error!(PreconditionFailed, "ETag does not match"));
+            }
+        }
+        let listed = input
+            .multipart_upload
+            .as_ref()
+            .and_then(|upload| upload.parts.as_deref())
+            .unwrap_or_default();
+        if listed.is_empty() {
+            return Err(s3_error!(InvalidPart, "you must specify at least one part"));
+        }
+        let parts = self.check_parts(id, listed)?;
+
+        // Joined aside by the kernel and renamed: a reader sees the old object or the new.
+        let mut joined = tempfile::NamedTempFile::new_in(&self.root).map_err(internal)?;
+        for part in &parts {
+            let mut from = std::fs::File::open(&part.path).map_err(internal)?;
+            std::io::copy(&mut from, joined.as_file_mut()).map_err(internal)?;
+        }
+        if let Some(dir) = object.parent() {
+            std::fs::create_dir_all(dir).map_err(internal)?;
+        }
+        joined.persist(&object).map_err(|e| internal(e.error))?;
+
+        let mut md5 = Md5::new();
+        for part in &parts {
+            md5.update(&part.md5);
+        }
+        let e_tag = format!("{}-{}", hex(&md5.finalize()), parts.len());
+        let info_path = sidecar_path(&self.root, bucket, key, ".internal.json");
+        let mut info: serde_json::Map<String, serde_json::Value> = std::fs::read(&info_path)
+            .ok()
+            .and_then(|info| serde_json::from_slice(&info).ok())
+            .unwrap_or_default();
+        info.insert("e_tag".into(), e_tag.clone().into());
+        let mut file = tempfile::NamedTempFile::new_in(&self.root).map_err(internal)?;
+        file.write_all(&serde_json::to_vec(&info).unwrap_or_default())
+            .map_err(internal)?;
+        file.persist(&info_path).map_err(|e| internal(e.error))?;
+
+        // The attributes given when the upload started become the object's.
+        let attributes = sidecar_path(
+            &self.root,
+            bucket,
+            key,
+            &format!(".upload-{id}.metadata.json"),
+        );
+        if attributes.exists() {
+            std::fs::rename(
+                &attributes,
+                sidecar_path(&self.root, bucket, key, ".metadata.json"),
+            )
+            .map_err(internal)?;
+        }
+        for part in listed.iter().filter_map(|part| part.part_number) {
+            let _ = std::fs::remove_file(self.part_path(id, part));
+            let _ = std::fs::remove_file(self.part_md5_path(id, part));
+        }
+        std::fs::remove_file(&record).map_err(internal)?;
+        Ok(e_tag)
+    }
+}
+
+/// The S3 operations of [`FsBackend`]: those above its own, the others `s3s-fs`'s.
+macro_rules! fs_backend {
+    ($($op:ident: $input:ident => $output:ident),* $(,)?) => {
+        #[async_trait::async_trait]
+        impl S3 for FsBackend {
+            async fn get_object(
+                &self,
+                mut req: S3Request<GetObjectInput>,
+            ) -> S3Result<S3Response<GetObjectOutput>> {
+                if let Some(Range::Suffix { length }) = req.input.range {
+                    let path = self.files.root.join(&req.input.bucket).join(&req.input.key);
+                    if let Ok(meta) = tokio::fs::metadata(&path).await
+                        && length > meta.len()
+                    {
+                        req.input.range = Some(Range::Int {
+                            first: 0,
+                            last: None,
+                        });
+                    }
+                }
+                self.inner.get_object(req).await
+            }
+
+            async fn list_multipart_uploads(
+                &self,
+                req: S3Request<ListMultipartUploadsInput>,
+            ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+                let input = req.input;
+                let uploads = pending_uploads(&self.files.root, &input.bucket)
+                    .into_iter()
+                    .filter(|(key, _)| {
+                        input.prefix.as_ref().is_none_or(|p| key.starts_with(p.as_str()))
+                    })
+                    .map(|(key, id)| MultipartUpload {
+                        key: Some(key),
+                        upload_id: Some(id),
+                        ..Default::default()
+                    })
+                    .collect();
+                Ok(S3Response::new(ListMultipartUploadsOutput {
+                    bucket: Some(input.bucket),
+                    prefix: input.prefix,
+                    is_truncated: Some(false),
+                    uploads: Some(uploads),
+                    ..Default::default()
+                }))
+            }
+
+            async fn upload_part(
+                &self,
+                req: S3Request<UploadPartInput>,
+            ) -> S3Result<S3Response<UploadPartOutput>> {
+                let (id, part) = (req.input.upload_id.clone(), req.input.part_number);
+                let answer = self.inner.upload_part(req).await?;
+                self.files.record_part(&id, part, answer.output.e_tag.as_ref()).await;
+                Ok(answer)
+            }
+
+            async fn upload_part_copy(
+                &self,
+                req: S3Request<UploadPartCopyInput>,
+            ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+                let (id, part) = (req.input.upload_id.clone(), req.input.part_number);
+                let answer = self.inner.upload_part_copy(req).await?;
+                let e_tag = answer.output.copy_part_result.as_ref().and_then(|r| r.e_tag.as_ref());
+                self.files.record_part(&id, part, e_tag).await;
+                Ok(answer)
+            }
+
+            async fn complete_multipart_upload(
+                &self,
+                req: S3Request<CompleteMultipartUploadInput>,
+            ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+                let access_key = req.credentials.map(|c| c.access_key);
+                let input = req.input;
+                let files = self.files.clone();
+                let (input, e_tag) = tokio::task::spawn_blocking(move || {
+                    let e_tag = files.complete(&input, access_key.as_deref());
+                    (input, e_tag)
+                })
+                .await
+                .map_err(|e| s3_error!(InternalError, "completion panicked: {e}"))?;
+                let e_tag = e_tag?;
+                Ok(S3Response::new(CompleteMultipartUploadOutput {
+                    bucket: Some(input.bucket),
+                    key: Some(input.key),
+                    e_tag: Some(ETag::Strong(e_tag)),
+                    ..Default::default()
+                }))
+            }
+
+            $(
+                async fn $op(
+                    &self,
+                    req: S3Request<$input>,
+                ) -> S3Result<S3Response<$output>> {
+                    self.inner.$op(req).await
+                }
+            )*
+        }
+    };
+}
+
+fs_backend! {
+    create_bucket: CreateBucketInput => CreateBucketOutput,
+    copy_object: CopyObjectInput => CopyObjectOutput,
+    delete_bucket: DeleteBucketInput => DeleteBucketOutput,
+    delete_object: DeleteObjectInput => DeleteObjectOutput,
+    delete_objects: DeleteObjectsInput => DeleteObjectsOutput,
+    get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput,
+    head_bucket: HeadBucketInput => HeadBucketOutput,
+    head_object: HeadObjectInput => HeadObjectOutput,
+    list_buckets: ListBucketsInput => ListBucketsOutput,
+    list_objects: ListObjectsInput => ListObjectsOutput,
+    list_objects_v2: ListObjectsV2Input => ListObjectsV2Output,
+    put_object: PutObjectInput => PutObjectOutput,
+    create_multipart_upload: CreateMultipartUploadInput => CreateMultipartUploadOutput,
+    list_parts: ListPartsInput => ListPartsOutput,
+    abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput,
+}
+
+/// The pending multipart uploads of `bucket` under `s3s-fs`'s `root`: (key, upload id)
+/// from its upload records (`.bucket-B.object-K.upload-ID.metadata.json`, bucket and
+/// key base64url), those whose upload is still open (`.upload-ID.json`), by key.
+pub(crate) fn pending_uploads(root: &Path, bucket: &str) -> Vec<(String, String)> {
+    use base64_simd::URL_SAFE_NO_PAD as B64;
+    let bucket = format!(".bucket-{}.object-", B64.encode_to_string(bucket));
+    let mut uploads: Vec<(String, String)> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rest = name.strip_prefix(&bucket)?.strip_suffix(".metadata.json")?;
+            let (key, id) = rest.split_once(".upload-")?;
+            let key = String::from_utf8(B64.decode_to_vec(key).ok()?).ok()?;
+            root.join(format!(".upload-{id}.json"))
+                .exists()
+                .then(|| (key, id.to_string()))
+        })
+        .collect();
+    uploads.sort();
+    uploads
+}
