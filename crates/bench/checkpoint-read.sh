@@ -7,7 +7,9 @@
 #     (`SLUICE_BENCH_VERIFY=0`): what verification costs;
 #   - S3 (`sluice serve-s3` on loopback) through `sluice serve-proxy` adding LATENCY to
 #     every request: a persisted run writing its checkpoint there, then the hit; the
-#     wall, and the requests and bytes the proxy relayed.
+#     wall, the requests and bytes the proxy relayed, and the CPU time the server and
+#     the proxy spent meanwhile (on this machine they share its cores with the run);
+#   - the plain run (no checkpoint, local disk) beside them, for ratios within one run.
 #
 # The checkpoint's format is SLUICE_BENCH_CHECKPOINT_CODEC's (see `sluice-bench`'s
 # cases; `snappy+dict+stats` makes the hit a column copy), Sluice's default without it.
@@ -46,11 +48,18 @@ PY
 mkdir -p "$ROOT/buckets/bench"
 "$TOOLS/sluice" gen-taxi --rows "$ROWS" --out "$ROOT/taxi.parquet" >/dev/null
 
-echo "| case | wall (median) | range | peak RSS | requests, bytes |"
-echo "|---|---:|---:|---:|---|"
+echo "| case | wall (median) | range | peak RSS | requests, bytes | server + proxy CPU |"
+echo "|---|---:|---:|---:|---|---:|"
 
 # Local disk: persist once, then hits with and without the checksums.
 CASE=("$BIN/sluice-bench" case etl)
+walls=() rss=()
+for _ in $(seq "$RUNS"); do
+  out=$("$BIN/sluice-bench" measure -- "${CASE[@]}" lazy --input "$ROOT/taxi.parquet" \
+    --output "$ROOT/plain.parquet")
+  walls+=("$(json "$out" wall_s)"); rss+=("$(json "$out" peak_rss_mib)")
+done
+row "plain (no checkpoint)" "${walls[*]}" "${rss[*]}" "-" "-"
 "${CASE[@]}" persisted --input "$ROOT/taxi.parquet" --output "$ROOT/out.parquet" --cache "$ROOT/cache"
 for verify in 1 0; do
   walls=() rss=()
@@ -59,13 +68,14 @@ for verify in 1 0; do
       --input "$ROOT/taxi.parquet" --output "$ROOT/out.parquet" --cache "$ROOT/cache")
     walls+=("$(json "$out" wall_s)"); rss+=("$(json "$out" peak_rss_mib)")
   done
-  row "local hit, checksums $([ "$verify" = 1 ] && echo on || echo off)" "${walls[*]}" "${rss[*]}" "-"
+  row "local hit, checksums $([ "$verify" = 1 ] && echo on || echo off)" "${walls[*]}" "${rss[*]}" "-" "-"
 done
 
 # S3 through the proxy.
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$TOOLS/sluice" serve-s3 --root "$ROOT/buckets" --port "$PORT" >"$ROOT/server.out" &
-PIDS+=($!)
+SERVER=$!
+PIDS+=("$SERVER")
 for _ in $(seq 50); do grep -q '^export' "$ROOT/server.out" 2>/dev/null && break; sleep 0.1; done
 eval "$(grep '^export' "$ROOT/server.out")"
 S3_ENDPOINT="$AWS_ENDPOINT_URL"
@@ -74,7 +84,10 @@ S3_ENDPOINT="$AWS_ENDPOINT_URL"
 "${CASE[@]}" persisted --input "$ROOT/taxi.parquet" --output "$ROOT/out.parquet" --cache s3://bench/cache/
 PERSIST=("${CASE[@]}" persisted --input "$ROOT/taxi.parquet" --output "$ROOT/out.parquet" --cache s3://bench/cache/)
 HIT=("${CASE[@]}" cache-hit --input "$ROOT/taxi.parquet" --output "$ROOT/out.parquet" --cache s3://bench/cache/)
-# measure_through_proxy LATENCY CMD...: one run through a fresh proxy; sets OUT and COUNTS.
+# CPU seconds (user + system) process $1 has used.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+# measure_through_proxy LATENCY CMD...: one run through a fresh proxy; sets OUT, COUNTS and
+# SIDE_CPU (the server's and the proxy's CPU seconds during the run).
 measure_through_proxy() {
   local latency=$1; shift
   "$TOOLS/sluice" serve-proxy --upstream "$S3_ENDPOINT" --latency "$latency" >"$ROOT/proxy.out" &
@@ -82,14 +95,18 @@ measure_through_proxy() {
   for _ in $(seq 50); do grep -q '^proxy' "$ROOT/proxy.out" 2>/dev/null && break; sleep 0.1; done
   local endpoint
   endpoint=$(sed -n 's/^proxy \([^ ]*\) .*/\1/p' "$ROOT/proxy.out")
+  local server_before
+  server_before=$(cpu_s "$SERVER")
   OUT=$(AWS_ENDPOINT_URL="$endpoint" "$BIN/sluice-bench" measure -- "$@")
+  SIDE_CPU=$(python3 -c 'import sys; b, a, p = map(float, sys.argv[1:]); print(f"{a - b + p:.2f}")' \
+    "$server_before" "$(cpu_s "$SERVER")" "$(cpu_s "$proxy")")
   kill -INT "$proxy"; wait "$proxy" || true
   COUNTS=$(tail -n 1 "$ROOT/proxy.out")
 }
 for latency in "${LATENCIES[@]}"; do
   # A persisted run writes the checkpoint to S3 (the last one stays for the hits).
   for label in persisted hit; do
-    walls=() rss=() requests=() bytes=()
+    walls=() rss=() requests=() bytes=() side=()
     for _ in $(seq "$RUNS"); do
       if [ "$label" = persisted ]; then
         measure_through_proxy "$latency" "${PERSIST[@]}"
@@ -98,8 +115,10 @@ for latency in "${LATENCIES[@]}"; do
       fi
       walls+=("$(json "$OUT" wall_s)"); rss+=("$(json "$OUT" peak_rss_mib)")
       requests+=("$(json "$COUNTS" requests)"); bytes+=("$(json "$COUNTS" body_bytes)")
+      side+=("$SIDE_CPU")
     done
     row "S3 ${label}, ${latency} per request" "${walls[*]}" "${rss[*]}" \
-      "${requests[0]} requests, $((bytes[0] / 1048576)) MiB"
+      "${requests[0]} requests, $((bytes[0] / 1048576)) MiB" \
+      "$(printf '%s\n' "${side[@]}" | sort -n | sed -n "$(( (${#side[@]} + 1) / 2 ))p") s"
   done
 done
