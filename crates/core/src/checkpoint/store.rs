@@ -499,12 +499,25 @@ impl CheckpointStore {
     ) -> Result<Option<ObjectIdentity>> {
         let dir = self.key_dir(&manifest.task, &manifest.key);
         let path = dir.clone().join(MANIFEST);
-        let mut listed: BTreeMap<Path, u64> = BTreeMap::new();
-        for data_dir in data_dirs_of(manifest) {
-            for meta in self.list_under(&dir.clone().join(data_dir)).await? {
-                listed.insert(meta.location, meta.size);
+        // The parts' listing and the manifest a refresh replaces (its parts are released
+        // once the new one stands) are read together: one round trip, not two.
+        let listing = async {
+            let mut listed: BTreeMap<Path, u64> = BTreeMap::new();
+            for data_dir in data_dirs_of(manifest) {
+                for meta in self.list_under(&dir.clone().join(data_dir)).await? {
+                    listed.insert(meta.location, meta.size);
+                }
             }
-        }
+            Ok::<_, Error>(listed)
+        };
+        let replaced = async {
+            Ok::<_, Error>(if replace {
+                self.read_manifest(&path).await?.ok()
+            } else {
+                None
+            })
+        };
+        let (listed, replaced) = futures::try_join!(listing, replaced)?;
         for file in &manifest.files {
             let part = dir.clone().join_path(&file.path);
             if listed.get(&part) != Some(&file.size) {
@@ -529,12 +542,6 @@ impl CheckpointStore {
                 PutMode::Create
             },
             ..Default::default()
-        };
-        // What a refresh replaces: its parts are released once the new manifest stands.
-        let replaced = if replace {
-            self.read_manifest(&path).await?.ok()
-        } else {
-            None
         };
         match self
             .store
