@@ -84,6 +84,20 @@ impl S3Target {
         self.store_builder(&self.bucket).build().unwrap()
     }
 
+    /// object_store's own S3 client for the bucket, without Sluice's store layers (its
+    /// multipart uploads stay open until completed or aborted).
+    pub fn raw_client(&self) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_bucket_name(&self.bucket)
+            .with_region("us-east-1")
+            .with_access_key_id(&self.access_key)
+            .with_secret_access_key(&self.secret_key)
+            .with_allow_http(true)
+            .build()
+            .unwrap()
+    }
+
     /// A session whose `s3://bucket` is this target.
     pub fn session(&self) -> Session {
         Session::builder()
@@ -358,15 +372,7 @@ mod s3 {
         use object_store::multipart::{MultipartStore, PartId};
         use object_store::{ObjectStoreExt, PutPayload};
         let target = S3Target::new("complete").await;
-        let s3 = object_store::aws::AmazonS3Builder::new()
-            .with_endpoint(&target.endpoint)
-            .with_bucket_name(&target.bucket)
-            .with_region("us-east-1")
-            .with_access_key_id(&target.access_key)
-            .with_secret_access_key(&target.secret_key)
-            .with_allow_http(true)
-            .build()
-            .unwrap();
+        let s3 = target.raw_client();
         let path = object_store::path::Path::from(format!("{}/joined.bin", target.prefix));
         let first: Vec<u8> = (0..5 << 20).map(|i| (i % 251) as u8).collect();
         let id = s3.create_multipart(&path).await.unwrap();
@@ -804,15 +810,7 @@ mod s3 {
         use object_store::path::Path;
         let target = S3Target::new("open-uploads").await;
         // object_store's own client: its uploads stay open until completed or aborted.
-        let raw = object_store::aws::AmazonS3Builder::new()
-            .with_endpoint(&target.endpoint)
-            .with_bucket_name(&target.bucket)
-            .with_region("us-east-1")
-            .with_access_key_id(&target.access_key)
-            .with_secret_access_key(&target.secret_key)
-            .with_allow_http(true)
-            .build()
-            .unwrap();
+        let raw = target.raw_client();
         let key = |name: &str| Path::from(format!("{}/{name}", target.prefix));
         let before = target.server.as_ref().map(S3Server::pending_uploads);
         for name in [

@@ -491,11 +491,32 @@ impl CheckpointStore {
     /// object's identity, or `None` when another writer committed first (create lost the
     /// race). A replaced manifest's parts are released (see [`RELEASED`]), not deleted:
     /// a run may still be reading them.
+    ///
+    /// The writer's `lease` on the parts has ended when this returns, committed or not
+    /// (so that whoever deletes the parts next finds no renewal in flight). Once the
+    /// manifest is written it names the parts, so the lease ends while the manifest is
+    /// read back: one round trip, not two.
     pub(crate) async fn commit(
         &self,
         manifest: &Manifest,
         replace: bool,
         now: DateTime<Utc>,
+        mut lease: Option<Lease>,
+    ) -> Result<Option<ObjectIdentity>> {
+        let committed = self.commit_ending(manifest, replace, now, &mut lease).await;
+        if let Some(lease) = lease {
+            lease.end().await;
+        }
+        committed
+    }
+
+    /// [`commit`](Self::commit), ending `lease` (taking it) once the manifest is written.
+    async fn commit_ending(
+        &self,
+        manifest: &Manifest,
+        replace: bool,
+        now: DateTime<Utc>,
+        lease: &mut Option<Lease>,
     ) -> Result<Option<ObjectIdentity>> {
         let dir = self.key_dir(&manifest.task, &manifest.key);
         let path = dir.clone().join(MANIFEST);
@@ -559,8 +580,15 @@ impl CheckpointStore {
         }
         // Read it back: a server whose conditional put is not atomic under concurrency
         // (some S3-compatible ones) can let two creates succeed; the manifest that
-        // stands is the last one written, and only its writer keeps its parts.
-        match self.read_manifest_with_identity(&path).await? {
+        // stands is the last one written, and only its writer keeps its parts (a
+        // loser deletes its own, lease or not).
+        let end_lease = async {
+            if let Some(lease) = lease.take() {
+                lease.end().await;
+            }
+        };
+        let (standing, ()) = futures::join!(self.read_manifest_with_identity(&path), end_lease);
+        match standing? {
             Some((Ok(standing), identity)) => {
                 if standing.id != manifest.id {
                     return Ok(None);

@@ -834,15 +834,12 @@ pub(crate) async fn commit(
         compression: format!("{:?}", encoded.codec),
         reencode: encoded.reencode,
     };
+    // Committed or not, the lease has ended when it returns, before anyone deletes the
+    // parts.
     let committed = target
         .store
-        .commit(&manifest, target.replace, created)
-        .await;
-    // Committed or not, the lease ends here, before anyone deletes the parts.
-    if let Some(lease) = lease {
-        lease.end().await;
-    }
-    let committed = committed?;
+        .commit(&manifest, target.replace, created, lease)
+        .await?;
     if committed.is_some() {
         tracing::info!(
             task = %target.task,
