@@ -133,7 +133,7 @@ fn upload_id(id: &str) -> S3Result<&str> {
 
 /// Where `s3s-fs` keeps object `key` of `bucket`; a key that would leave the bucket is
 /// refused, as `s3s-fs` refuses it.
-fn object_path(root: &Path, bucket: &str, key: &str) -> S3Result<PathBuf> {
+pub(crate) fn object_path(root: &Path, bucket: &str, key: &str) -> S3Result<PathBuf> {
     let escapes = |name: &str| name.is_empty() || name.split('/').any(|part| part == "..");
     if escapes(bucket) || bucket.contains('/') || escapes(key) || key.starts_with('/') {
         return Err(s3_error!(
@@ -154,11 +154,26 @@ pub(crate) fn sidecar_path(root: &Path, bucket: &str, key: &str, rest: &str) -> 
     ))
 }
 
-/// `s3s-fs`'s ETag of an object (its internal info's `e_tag`), if it stored one.
-fn stored_e_tag(root: &Path, bucket: &str, key: &str) -> Option<String> {
-    let info = std::fs::read(sidecar_path(root, bucket, key, ".internal.json")).ok()?;
-    let info: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&info).ok()?;
-    info.get("e_tag")?.as_str().map(str::to_owned)
+/// `s3s-fs`'s internal info of an object (its stored ETag and checksums), where it
+/// keeps it; empty when there is none (or none readable).
+fn internal_info(
+    root: &Path,
+    bucket: &str,
+    key: &str,
+) -> serde_json::Map<String, serde_json::Value> {
+    std::fs::read(sidecar_path(root, bucket, key, ".internal.json"))
+        .ok()
+        .and_then(|info| serde_json::from_slice(&info).ok())
+        .unwrap_or_default()
+}
+
+/// Writes `bytes` to `to` aside (in `root`) and renames it there, so that a reader sees
+/// the old file or the new, never half of one.
+pub(crate) fn write_aside(root: &Path, to: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = tempfile::NamedTempFile::new_in(root)?;
+    file.write_all(bytes)?;
+    file.persist(to).map_err(|e| e.error)?;
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -397,28 +412,23 @@ impl Files {
             blocking(move || NewPart::start(files, &id, part, access_key.as_deref())).await?;
         let mut body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
         let mut block = Vec::with_capacity(PART_BLOCK);
-        loop {
-            let chunk = body
-                .next()
-                .await
-                .transpose()
-                .map_err(|e| s3_error!(IncompleteBody, "the part's body ended early: {e}"))?;
-            if let Some(chunk) = &chunk {
-                block.extend_from_slice(chunk);
-            }
-            if block.len() >= PART_BLOCK || (chunk.is_none() && !block.is_empty()) {
+        while let Some(chunk) = body
+            .next()
+            .await
+            .transpose()
+            .map_err(|e| s3_error!(IncompleteBody, "the part's body ended early: {e}"))?
+        {
+            block.extend_from_slice(&chunk);
+            if block.len() >= PART_BLOCK {
                 let full = std::mem::replace(&mut block, Vec::with_capacity(PART_BLOCK));
-                new = blocking(move || {
-                    new.write(&full)?;
-                    Ok(new)
-                })
-                .await?;
-            }
-            if chunk.is_none() {
-                break;
+                new = blocking(move || new.write(&full).map(|()| new)).await?;
             }
         }
-        blocking(move || new.finish()).await
+        blocking(move || {
+            new.write(&block)?;
+            new.finish()
+        })
+        .await
     }
 
     /// `UploadPartCopy` (a range of an object of this server), read and written in
@@ -475,9 +485,12 @@ impl Files {
         if let Some(condition) = &input.if_match {
             let current = object
                 .exists()
-                .then(|| match stored_e_tag(&self.root, bucket, key) {
-                    Some(e_tag) => Ok(e_tag),
-                    None => file_md5(&object).map_err(internal),
+                .then(|| {
+                    let info = internal_info(&self.root, bucket, key);
+                    match info.get("e_tag").and_then(|e| e.as_str()) {
+                        Some(e_tag) => Ok(e_tag.to_owned()),
+                        None => file_md5(&object).map_err(internal),
+                    }
                 })
                 .transpose()?;
             let matches = match current {
@@ -517,16 +530,14 @@ impl Files {
             md5.update(&part.md5);
         }
         let e_tag = format!("{}-{}", hex(&md5.finalize()), parts.len());
-        let info_path = sidecar_path(&self.root, bucket, key, ".internal.json");
-        let mut info: serde_json::Map<String, serde_json::Value> = std::fs::read(&info_path)
-            .ok()
-            .and_then(|info| serde_json::from_slice(&info).ok())
-            .unwrap_or_default();
+        let mut info = internal_info(&self.root, bucket, key);
         info.insert("e_tag".into(), e_tag.clone().into());
-        let mut file = tempfile::NamedTempFile::new_in(&self.root).map_err(internal)?;
-        file.write_all(&serde_json::to_vec(&info).unwrap_or_default())
-            .map_err(internal)?;
-        file.persist(&info_path).map_err(|e| internal(e.error))?;
+        write_aside(
+            &self.root,
+            &sidecar_path(&self.root, bucket, key, ".internal.json"),
+            &serde_json::to_vec(&info).unwrap_or_default(),
+        )
+        .map_err(internal)?;
 
         // The attributes given when the upload started become the object's.
         let attributes = sidecar_path(
@@ -561,8 +572,8 @@ macro_rules! fs_backend {
                 mut req: S3Request<GetObjectInput>,
             ) -> S3Result<S3Response<GetObjectOutput>> {
                 if let Some(Range::Suffix { length }) = req.input.range {
-                    let path = self.files.root.join(&req.input.bucket).join(&req.input.key);
-                    if let Ok(meta) = tokio::fs::metadata(&path).await
+                    if let Ok(path) = object_path(&self.files.root, &req.input.bucket, &req.input.key)
+                        && let Ok(meta) = tokio::fs::metadata(&path).await
                         && length > meta.len()
                     {
                         req.input.range = Some(Range::Int {

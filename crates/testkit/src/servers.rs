@@ -36,7 +36,7 @@ use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::s3_backend::{FsBackend, sidecar_path};
+use crate::s3_backend::{FsBackend, object_path, sidecar_path, write_aside};
 use crate::{Result, TestkitError};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -368,10 +368,9 @@ async fn stamp_placed_object(root: &Path, uri_path: &str) {
         return;
     };
     // s3s-fs refuses such keys itself; nothing to stamp.
-    if bucket.is_empty() || key.is_empty() || key.split('/').any(|part| part == "..") {
+    let Ok(object) = object_path(root, bucket, key) else {
         return;
-    }
-    let object = root.join(bucket).join(key);
+    };
     let Ok(meta) = tokio::fs::metadata(&object).await else {
         return;
     };
@@ -389,15 +388,9 @@ async fn stamp_placed_object(root: &Path, uri_path: &str) {
     }
     let body = format!("{{\"e_tag\":\"{}\"}}", file_etag(meta.len(), modified));
     let root = root.to_path_buf();
-    // Written aside and renamed, so that a GET answered meanwhile reads a whole sidecar.
-    let written = tokio::task::spawn_blocking(move || {
-        use std::io::Write as _;
-        let mut file = tempfile::NamedTempFile::new_in(&root)?;
-        file.write_all(body.as_bytes())?;
-        file.persist(&info).map_err(|e| e.error)?;
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
+    // Written aside, so that a GET answered meanwhile reads a whole sidecar.
+    let written =
+        tokio::task::spawn_blocking(move || write_aside(&root, &info, body.as_bytes())).await;
     if let Ok(Err(error)) = written {
         tracing::warn!(%error, object = %object.display(), "could not store a placed object's ETag");
     }
