@@ -293,6 +293,7 @@ impl SessionBuilder {
             .with_runtime_env(runtime.build_arc()?)
             .with_default_features()
             .with_physical_optimizer_rules(physical_optimizer_rules())
+            .with_optimizer_rule(Arc::new(crate::plan::date_part::FastDateParts))
             .with_query_planner(Arc::new(SluiceQueryPlanner))
             .build();
         // A runner given here must be usable; one from the environment that is not

@@ -1,12 +1,14 @@
 //! The plan layer: Sluice's nodes in DataFusion plans.
 //!
 //! A task's fragment ends in a [`boundary`] node that reports every execution of the
-//! task's output through the seam ([`crate::seam`]); [`concat`] stacks frames. The
+//! task's output through the seam ([`crate::seam`]); [`concat`] stacks frames;
+//! [`date_part`] evaluates DataFusion's `date_part` faster where it can. The
 //! checkpoint tee, also a plan node, lives with the checkpoints
 //! ([`crate::checkpoint`]). Nothing here imports the runtime.
 
 pub mod boundary;
 pub mod concat;
+pub(crate) mod date_part;
 
 /// The one input (or child) a single-input node of Sluice's is rebuilt with, or
 /// DataFusion's internal error naming the node.
