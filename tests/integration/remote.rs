@@ -1072,6 +1072,37 @@ mod http {
         );
     }
 
+    /// A scan of a remote source sends no `HEAD` when it is planned: DataFusion's listing
+    /// table lists a single object again (a round trip before the first byte of data),
+    /// but the frame pinned it when it was built, and the plan's scan is answered from
+    /// the pin. Over a proxy that logs every `HEAD`: the frame's listing (the footer read,
+    /// whose answer gives the size) sends none, the scan sends none, and the sums are
+    /// those of the file on disk.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_remote_scan_is_planned_from_its_pins_without_a_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = taxi_file(dir.path(), "yellow.parquet", 50_000, 10_000);
+        let server = HttpFileServer::start(dir.path()).await.unwrap();
+        let proxy = FaultProxy::builder(&server.url(""))
+            .rule(FaultRule::new(ProxyFault::Latency(Duration::ZERO)).method("HEAD"))
+            .start()
+            .await
+            .unwrap();
+        let session = Session::new();
+        let remote = session
+            .read_parquet(&proxy.url("yellow.parquet"))
+            .await
+            .unwrap();
+        let sums = sum_two_columns(&remote).await;
+        let stats = settled_stats(&proxy).await;
+        let heads = stats.log.iter().filter(|f| f.method == "HEAD").count();
+        assert_eq!(heads, 0, "{:?}", stats.log);
+        // The footer, then the data: nothing else.
+        assert!(stats.requests >= 2, "{} requests", stats.requests);
+        let local = session.read_parquet(path.to_str().unwrap()).await.unwrap();
+        assert_eq!(sums, sum_two_columns(&local).await);
+    }
+
     /// A scan that skips row groups (pruned by their statistics) stops reading ahead at
     /// the first one it skips: what it wastes is what was read ahead before, not every
     /// pruned row group.

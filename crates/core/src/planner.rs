@@ -1,5 +1,7 @@
 //! The query planner of Sluice's sessions: DataFusion's, plus Sluice's extension
-//! nodes (the task boundary of the plan layer and the checkpoint tee).
+//! nodes (the task boundary of the plan layer and the checkpoint tee), with the
+//! listings of pinned remote objects answered by their pins (see
+//! [`planned`](crate::parquet_io::planned)).
 
 use std::sync::Arc;
 
@@ -25,11 +27,15 @@ impl QueryPlanner for SluiceQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn DfSession,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![
+        let planner = DefaultPhysicalPlanner::with_extension_planners(vec![
             Arc::new(BoundaryPlanner),
             Arc::new(CheckpointTeePlanner),
-        ])
-        .create_physical_plan(logical_plan, session)
+        ]);
+        // The scans' listings of objects the plan's sources pinned are the pins.
+        crate::parquet_io::planned::with_pins(
+            logical_plan,
+            planner.create_physical_plan(logical_plan, session),
+        )
         .await
     }
 }

@@ -252,7 +252,9 @@ impl SessionBuilder {
         // `memory://two/data/` read after `memory://one/data/` lists bucket one's files.
         // Listings are cheap next to reading the data; correctness first.
         let mut runtime = RuntimeEnvBuilder::new()
-            .with_object_store_registry(Arc::clone(&stores) as _)
+            .with_object_store_registry(Arc::new(crate::parquet_io::planned::PlanningStores::new(
+                Arc::clone(&stores) as _,
+            )))
             .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0));
         let memory_limit = self
             .memory_limit

@@ -3,7 +3,7 @@
 //! [`limits`] caps what a hostile file can make a reader hold; [`footer`] reads a
 //! file's metadata in one request, once; [`evolution`] unifies
 //! the schemas of a source's files; [`pins`] holds a source to the objects its listing
-//! found; [`read_ahead`] keeps a remote scan's next row groups under way; [`copy`] is
+//! found, and [`planned`] spares a scan of them a second listing; [`read_ahead`] keeps a remote scan's next row groups under way; [`copy`] is
 //! the column copy, the Parquet sink that moves unchanged column
 //! chunks as compressed pages.
 
@@ -14,6 +14,7 @@ pub(crate) mod footer;
 pub(crate) mod format;
 pub mod limits;
 pub(crate) mod pins;
+pub(crate) mod planned;
 pub(crate) mod read_ahead;
 
 /// Whether the objects under `url` (a store's or an object's URL) are a round trip away:

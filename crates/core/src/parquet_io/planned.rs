@@ -1,0 +1,246 @@
+//! A scan's `HEAD` answered by its source's pins while the plan is planned.
+//!
+//! DataFusion's listing table lists its files again when a scan is planned: for a
+//! source that names one object, a `HEAD` request. On a remote store that is a round
+//! trip (20–100 ms to S3 from another region or a public HTTPS server) before the first
+//! byte of data, for an object whose size, time and ETag the source's frame pinned
+//! when it was built (see [`pins`](super::pins)) and whose every read is checked
+//! against that pin anyway (`If-Match`, and the identity of each response).
+//!
+//! While Sluice's query planner plans a plan, [`PlanningStores`] (the session's object
+//! store registry) answers a `HEAD` of an object that one of the plan's own remote
+//! sources pinned with the pin; everything else goes to the store. The scan then reads
+//! the pinned object, as it would have, and a change is caught by its first read
+//! instead of at planning: a replaced object fails it with
+//! [`SourceChanged`](crate::Error::SourceChanged) (the store refuses `If-Match`, or the
+//! response's size or ETag is not the pin's), a deleted one too ("no longer there").
+//! Objects two sources of the plan pinned differently are left to the store, and so is
+//! anything planned outside Sluice's planner (a listing of a collection, a new frame's
+//! listing).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::listing::ListingTable;
+use datafusion::datasource::source_as_provider;
+use datafusion::execution::object_store::ObjectStoreRegistry;
+use datafusion::logical_expr::LogicalPlan;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+use url::Url;
+
+use crate::parquet_io::format::WrappedFormat;
+use crate::parquet_io::pins::SourceFormat;
+
+tokio::task_local! {
+    /// The pins of the remote sources of the plan being planned.
+    static PLANNING: Arc<Planned>;
+}
+
+/// The objects a plan's remote sources pinned, by store (`s3://bucket`, as
+/// [`sluice_store::store_key`] names it: the registry's stores are keyed so) and path; `None` where two sources pinned one object differently.
+#[derive(Debug, Default)]
+struct Planned {
+    stores: HashMap<String, Arc<HashMap<Path, Option<ObjectMeta>>>>,
+}
+
+impl Planned {
+    fn of(plan: &LogicalPlan) -> Self {
+        let mut stores: HashMap<String, HashMap<Path, Option<ObjectMeta>>> = HashMap::new();
+        // Only table scans are visited, and they cannot fail.
+        let _ = plan.apply_with_subqueries(|node| {
+            let LogicalPlan::TableScan(scan) = node else {
+                return Ok(TreeNodeRecursion::Continue);
+            };
+            let Ok(provider) = source_as_provider(&scan.source) else {
+                return Ok(TreeNodeRecursion::Continue);
+            };
+            let Some(listing) = provider.downcast_ref::<ListingTable>() else {
+                return Ok(TreeNodeRecursion::Continue);
+            };
+            let Some(format) = listing
+                .options()
+                .format
+                .downcast_ref::<WrappedFormat<SourceFormat>>()
+            else {
+                return Ok(TreeNodeRecursion::Continue);
+            };
+            for url in listing.table_paths() {
+                let store = sluice_store::store_key(url.as_ref());
+                if !super::is_remote(&store) {
+                    continue;
+                }
+                let objects = stores.entry(store).or_default();
+                for pinned in format.hooks.pins().objects() {
+                    objects
+                        .entry(pinned.location.clone())
+                        .and_modify(|known| {
+                            if known.as_ref() != Some(&pinned) {
+                                *known = None;
+                            }
+                        })
+                        .or_insert_with(|| Some(pinned.clone()));
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        Self {
+            stores: stores
+                .into_iter()
+                .map(|(store, objects)| (store, Arc::new(objects)))
+                .collect(),
+        }
+    }
+}
+
+/// Runs `planning` (the physical planning of `plan`) with `HEAD`s of the objects that
+/// `plan`'s remote sources pinned answered by their pins (see the module's
+/// documentation).
+pub(crate) async fn with_pins<F: Future>(plan: &LogicalPlan, planning: F) -> F::Output {
+    let planned = Planned::of(plan);
+    if planned.stores.is_empty() {
+        return planning.await;
+    }
+    PLANNING.scope(Arc::new(planned), planning).await
+}
+
+/// The session's object store registry: its stores, whose `HEAD`s of pinned objects
+/// are answered by the pins while a plan over them is planned (see the module's
+/// documentation).
+#[derive(Debug)]
+pub(crate) struct PlanningStores {
+    inner: Arc<dyn ObjectStoreRegistry>,
+}
+
+impl PlanningStores {
+    pub(crate) fn new(inner: Arc<dyn ObjectStoreRegistry>) -> Self {
+        Self { inner }
+    }
+}
+
+impl ObjectStoreRegistry for PlanningStores {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.inner.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        self.inner.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        let store = self.inner.get_store(url)?;
+        let pinned = PLANNING
+            .try_with(|planned| planned.stores.get(&sluice_store::store_key(url)).cloned())
+            .ok()
+            .flatten();
+        Ok(match pinned {
+            Some(pinned) => Arc::new(PlannedStore {
+                inner: store,
+                pinned,
+            }),
+            None => store,
+        })
+    }
+}
+
+/// A store whose `HEAD`s of pinned objects are answered by their pins.
+struct PlannedStore {
+    inner: Arc<dyn ObjectStore>,
+    pinned: Arc<HashMap<Path, Option<ObjectMeta>>>,
+}
+
+impl fmt::Debug for PlannedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlannedStore")
+            .field("inner", &self.inner)
+            .field("pinned", &self.pinned.len())
+            .finish()
+    }
+}
+
+impl fmt::Display for PlannedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PlannedStore({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for PlannedStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        // A plain `HEAD`, as the listing sends it: nothing conditional, no range.
+        let plain_head = options.head
+            && options.range.is_none()
+            && options.version.is_none()
+            && options.if_match.is_none()
+            && options.if_none_match.is_none()
+            && options.if_modified_since.is_none()
+            && options.if_unmodified_since.is_none();
+        if plain_head && let Some(Some(meta)) = self.pinned.get(location) {
+            tracing::debug!(%location, "a planned scan's HEAD answered by its pin");
+            return Ok(GetResult {
+                payload: object_store::GetResultPayload::Stream(Box::pin(futures::stream::empty())),
+                meta: meta.clone(),
+                range: 0..meta.size,
+                attributes: Default::default(),
+            });
+        }
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
