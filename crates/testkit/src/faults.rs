@@ -60,7 +60,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -679,11 +679,16 @@ fn reset(socket: TcpStream) {
 }
 
 /// Proxies one request (one connection).
+/// The buffer a relayed body moves through: tokio's default 8 KiB made the proxy
+/// spend a quarter of a second of CPU relaying a 183 MiB upload in syscalls.
+const RELAY_BUFFER: usize = 256 << 10;
+
 async fn proxy_one(shared: &Shared, mut client: TcpStream) -> std::io::Result<()> {
     let Some(request) = read_head(&mut client).await? else {
         return Ok(());
     };
     shared.requests.fetch_add(1, Ordering::SeqCst);
+    let arrived = std::time::Instant::now();
     let mut start = request.start.split(' ');
     let method = start.next().unwrap_or_default().to_string();
     let target = start.next().unwrap_or_default().to_string();
@@ -719,7 +724,8 @@ async fn proxy_one(shared: &Shared, mut client: TcpStream) -> std::io::Result<()
     // The rest of the request body, however long, flows while the answer is awaited.
     let answer = {
         let (mut client_read, _) = client.split();
-        let body = tokio::io::copy(&mut client_read, &mut up_write);
+        let mut client_read = BufReader::with_capacity(RELAY_BUFFER, &mut client_read);
+        let body = tokio::io::copy_buf(&mut client_read, &mut up_write);
         let head = read_head(&mut up_read);
         tokio::pin!(body, head);
         let mut body_done = false;
@@ -760,7 +766,8 @@ async fn proxy_one(shared: &Shared, mut client: TcpStream) -> std::io::Result<()
         None => {
             client_write.write_all(&answer.encode(None)).await?;
             client_write.write_all(&answer.rest).await?;
-            let copied = tokio::io::copy(&mut up_read, &mut client_write).await;
+            let mut up_read = BufReader::with_capacity(RELAY_BUFFER, &mut up_read);
+            let copied = tokio::io::copy_buf(&mut up_read, &mut client_write).await;
             answer.rest.len() as u64 + copied.unwrap_or(0)
         }
         Some((keep, relabel)) => {
@@ -776,6 +783,13 @@ async fn proxy_one(shared: &Shared, mut client: TcpStream) -> std::io::Result<()
         }
     };
     shared.body_bytes.fetch_add(relayed, Ordering::SeqCst);
+    tracing::debug!(
+        method,
+        target,
+        bytes = relayed,
+        ms = arrived.elapsed().as_millis() as u64,
+        "relayed an answer"
+    );
     client_write.shutdown().await?;
     Ok(())
 }
