@@ -61,6 +61,10 @@ fn known_corrupt() -> &'static Mutex<std::collections::HashSet<String>> {
 /// Blocks kept between reads of a scan (the edges of the last reads): about 4 MiB.
 const CACHED_BLOCKS: usize = 16;
 
+/// A read spanning more blocks than this fetches all of them, the cached ones too
+/// (2 MiB: a row group's piece of the column copy's hit is up to 8 MiB).
+const WHOLE_READ_BLOCKS: u64 = 8;
+
 /// A checkpoint being read: its manifest, the footers the lookup checked, and what a
 /// task boundary over its scan needs to invalidate it if it turns out corrupt.
 #[derive(Debug)]
@@ -767,6 +771,15 @@ impl VerifiedParts {
             .collect();
         let mut whole = None;
         if let (Some(&from), Some(&to)) = (missing.first(), missing.last()) {
+            // A long read whose only cached blocks are at its ends (the block where the
+            // previous read ended) fetches them again: the range is then a slice of one
+            // fetch, where piecing it together would copy all of it, and hold it twice
+            // meanwhile.
+            let (from, to) = if last - first > WHOLE_READ_BLOCKS {
+                (first, last)
+            } else {
+                (from, to)
+            };
             let fetch = from * size..((to + 1) * size).min(file.size);
             let fetched = self.fetch(location, file, fetch.clone()).await?;
             if from == first && to == last {
