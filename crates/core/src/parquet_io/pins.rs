@@ -21,12 +21,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::stream::BoxStream;
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
+use object_store::{GetOptions, GetResult, ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use datafusion::catalog::Session as DfSession;
 use datafusion::datasource::file_format::FileFormat;
@@ -41,6 +37,7 @@ use crate::identity::ObjectIdentity;
 use crate::parquet_io::format::{FormatHooks, WrappedFormat};
 use crate::parquet_io::limits::ReadLimits;
 use crate::parquet_io::read_ahead::ReadAheadFactory;
+use crate::parquet_io::read_hook::{HookedStore, ReadHook};
 
 /// The objects a source's listing found, by object path, and the store's URL (to name
 /// them in errors).
@@ -134,69 +131,46 @@ impl Pins {
 
     /// `store` with every read of a pinned object checked against its pin.
     pub(crate) fn guard(self: &Arc<Self>, store: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
-        Arc::new(PinnedStore {
+        Arc::new(HookedStore {
             inner: store,
-            pins: Arc::clone(self),
+            hook: PinCheck(Arc::clone(self)),
         })
     }
 }
 
-/// An object store whose reads of pinned objects are checked (see [`Pins::guard`]).
-struct PinnedStore {
-    inner: Arc<dyn ObjectStore>,
-    pins: Arc<Pins>,
-}
+/// The check of every read of a pinned object (see [`Pins::guard`]).
+struct PinCheck(Arc<Pins>);
 
-impl fmt::Debug for PinnedStore {
+impl fmt::Debug for PinCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedStore")
-            .field("base", &self.pins.base)
-            .field("objects", &self.pins.objects.len())
+        f.debug_struct("PinCheck")
+            .field("base", &self.0.base)
+            .field("objects", &self.0.objects.len())
             .finish()
     }
 }
 
-impl fmt::Display for PinnedStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PinnedStore({})", self.inner)
-    }
-}
-
-impl PinnedStore {
+impl PinCheck {
     fn changed(&self, location: &Path, reason: String) -> object_store::Error {
         object_store::Error::Generic {
             store: "source",
-            source: Box::new(self.pins.changed(location, reason)),
+            source: Box::new(self.0.changed(location, reason)),
         }
     }
 }
 
 #[async_trait]
-impl ObjectStore for PinnedStore {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
+impl ReadHook for PinCheck {
+    const NAME: &'static str = "PinnedStore";
 
     async fn get_opts(
         &self,
+        inner: &dyn ObjectStore,
         location: &Path,
         mut options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        let Some((_, pin)) = self.pins.objects.get(location) else {
-            return self.inner.get_opts(location, options).await;
+        let Some((_, pin)) = self.0.objects.get(location) else {
+            return inner.get_opts(location, options).await;
         };
         // A weak ETag never matches `If-Match` (RFC 9110): only a strong one is sent.
         if options.if_match.is_none()
@@ -204,7 +178,7 @@ impl ObjectStore for PinnedStore {
         {
             options.if_match = Some(e_tag.clone());
         }
-        match self.inner.get_opts(location, options).await {
+        match inner.get_opts(location, options).await {
             Ok(result) => match pin.differs(&result.meta) {
                 Some(reason) => Err(self.changed(location, reason)),
                 None => Ok(result),
@@ -217,30 +191,6 @@ impl ObjectStore for PinnedStore {
             }
             Err(e) => Err(e),
         }
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
     }
 }
 

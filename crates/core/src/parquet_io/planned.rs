@@ -29,16 +29,13 @@ use datafusion::datasource::listing::ListingTable;
 use datafusion::datasource::source_as_provider;
 use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::logical_expr::LogicalPlan;
-use futures::stream::BoxStream;
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
+use object_store::{GetOptions, GetResult, ObjectMeta, ObjectStore};
 use url::Url;
 
 use crate::parquet_io::format::WrappedFormat;
 use crate::parquet_io::pins::SourceFormat;
+use crate::parquet_io::read_hook::{HookedStore, ReadHook};
 
 tokio::task_local! {
     /// The pins of the remote sources of the plan being planned.
@@ -146,57 +143,31 @@ impl ObjectStoreRegistry for PlanningStores {
             .ok()
             .flatten();
         Ok(match pinned {
-            Some(pinned) => Arc::new(PlannedStore {
+            Some(pinned) => Arc::new(HookedStore {
                 inner: store,
-                pinned,
+                hook: PinnedHeads(pinned),
             }),
             None => store,
         })
     }
 }
 
-/// A store whose `HEAD`s of pinned objects are answered by their pins.
-struct PlannedStore {
-    inner: Arc<dyn ObjectStore>,
-    pinned: Arc<HashMap<Path, Option<ObjectMeta>>>,
-}
+/// The `HEAD`s of pinned objects, answered by their pins.
+struct PinnedHeads(Arc<HashMap<Path, Option<ObjectMeta>>>);
 
-impl fmt::Debug for PlannedStore {
+impl fmt::Debug for PinnedHeads {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PlannedStore")
-            .field("inner", &self.inner)
-            .field("pinned", &self.pinned.len())
-            .finish()
-    }
-}
-
-impl fmt::Display for PlannedStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PlannedStore({})", self.inner)
+        f.debug_tuple("PinnedHeads").field(&self.0.len()).finish()
     }
 }
 
 #[async_trait]
-impl ObjectStore for PlannedStore {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
+impl ReadHook for PinnedHeads {
+    const NAME: &'static str = "PlannedStore";
 
     async fn get_opts(
         &self,
+        inner: &dyn ObjectStore,
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
@@ -208,7 +179,7 @@ impl ObjectStore for PlannedStore {
             && options.if_none_match.is_none()
             && options.if_modified_since.is_none()
             && options.if_unmodified_since.is_none();
-        if plain_head && let Some(Some(meta)) = self.pinned.get(location) {
+        if plain_head && let Some(Some(meta)) = self.0.get(location) {
             tracing::debug!(%location, "a planned scan's HEAD answered by its pin");
             return Ok(GetResult {
                 payload: object_store::GetResultPayload::Stream(Box::pin(futures::stream::empty())),
@@ -217,30 +188,6 @@ impl ObjectStore for PlannedStore {
                 attributes: Default::default(),
             });
         }
-        self.inner.get_opts(location, options).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
+        inner.get_opts(location, options).await
     }
 }
