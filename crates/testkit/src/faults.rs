@@ -678,11 +678,11 @@ fn reset(socket: TcpStream) {
     drop(socket);
 }
 
-/// Proxies one request (one connection).
 /// The buffer a relayed body moves through: tokio's default 8 KiB made the proxy
 /// spend a quarter of a second of CPU relaying a 183 MiB upload in syscalls.
 const RELAY_BUFFER: usize = 256 << 10;
 
+/// Proxies one request (one connection).
 async fn proxy_one(shared: &Shared, mut client: TcpStream) -> std::io::Result<()> {
     let Some(request) = read_head(&mut client).await? else {
         return Ok(());

@@ -771,8 +771,8 @@ impl VerifiedParts {
             .collect();
         let mut whole = None;
         if let (Some(&from), Some(&to)) = (missing.first(), missing.last()) {
-            // A long read whose only cached blocks are at its ends (the block where the
-            // previous read ended) fetches them again: the range is then a slice of one
+            // A long read fetches all its blocks, the cached ones too (those at its ends:
+            // the block where the previous read ended): the range is then a slice of one
             // fetch, where piecing it together would copy all of it, and hold it twice
             // meanwhile.
             let (from, to) = if last - first > WHOLE_READ_BLOCKS {

@@ -15,8 +15,8 @@
 //! [`SourceChanged`](crate::Error::SourceChanged) (the store refuses `If-Match`, or the
 //! response's size or ETag is not the pin's), a deleted one too ("no longer there").
 //! Objects two sources of the plan pinned differently are left to the store, and so is
-//! anything planned outside Sluice's planner (a listing of a collection, a new frame's
-//! listing).
+//! everything else: the listing of a directory or glob (a `LIST`), a new frame's
+//! listing, a read.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -43,7 +43,8 @@ tokio::task_local! {
 }
 
 /// The objects a plan's remote sources pinned, by store (`s3://bucket`, as
-/// [`sluice_store::store_key`] names it: the registry's stores are keyed so) and path; `None` where two sources pinned one object differently.
+/// [`sluice_store::store_key`] names it: DataFusion asks the registry with the table's
+/// whole URL) and path; `None` where two sources pinned one object differently.
 #[derive(Debug, Default)]
 struct Planned {
     stores: HashMap<String, Arc<HashMap<Path, Option<ObjectMeta>>>>,
