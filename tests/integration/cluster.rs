@@ -291,18 +291,19 @@ fn completed_rows(record: &FlowRunRecord, task: &str) -> u64 {
 }
 
 #[flow]
-async fn fares_by_vendor(
+async fn fares_by_vendor_and_zone(
     source: &str,
 ) -> Result<Vec<datafusion::arrow::record_batch::RecordBatch>> {
     let raw = crate::common::extract(source).await?;
+    // Two integer keys: grouped on one packed key locally, as written on the cluster.
     raw.aggregate(
-        [col("VendorID")],
+        [col("VendorID"), col("PULocationID")],
         [
             count(lit(1)).alias("trips"),
             sum(col("fare_amount")).alias("fares"),
         ],
     )?
-    .sort_by(&["VendorID"])?
+    .sort_by(&["VendorID", "PULocationID"])?
     .collect()
     .await
 }
@@ -398,11 +399,11 @@ async fn the_seed_etl_and_an_aggregation_run_on_two_executors_as_they_do_locally
     );
 
     // An aggregation (a shuffle between the executors), against the local answer.
-    let local = fares_by_vendor(&source)
+    let local = fares_by_vendor_and_zone(&source)
         .with_session(session.clone())
         .await
         .unwrap();
-    let run = fares_by_vendor(&source)
+    let run = fares_by_vendor_and_zone(&source)
         .with_session(session.clone())
         .with_runner(cluster.runner())
         .run()
@@ -428,7 +429,7 @@ async fn the_seed_etl_and_an_aggregation_run_on_two_executors_as_they_do_locally
                 .collect::<Vec<_>>()
         };
         let fares = datafusion::arrow::compute::cast(
-            batch.column(2),
+            batch.column(3),
             &datafusion::arrow::datatypes::DataType::Float64,
         )
         .unwrap();
@@ -438,7 +439,12 @@ async fn the_seed_etl_and_an_aggregation_run_on_two_executors_as_they_do_locally
             .unwrap()
             .values()
             .to_vec();
-        (text(0), text(1), fares)
+        let keys: Vec<String> = text(0)
+            .into_iter()
+            .zip(text(1))
+            .map(|(vendor, zone)| format!("{vendor}/{zone}"))
+            .collect();
+        (keys, text(2), fares)
     };
     let (local_vendors, local_trips, local_fares) = columns(&local);
     let (vendors, trips, fares) = columns(&remote);

@@ -538,8 +538,16 @@ impl Cluster {
             jobs: jobs.clone(),
         };
         let config = config.with_ballista_query_planner(Arc::new(planner));
+        // The packed group keys' functions are Sluice's: the executors could not run them.
+        let rules = local
+            .optimizers()
+            .iter()
+            .filter(|rule| rule.name() != crate::plan::group_keys::PackGroupKeys::NAME)
+            .cloned()
+            .collect();
         let state = SessionStateBuilder::new_from_existing(local)
             .with_config(config)
+            .with_optimizer_rules(rules)
             .build();
         // Ballista's rules and functions; the planner is the recorder set above.
         let state = state

@@ -296,6 +296,7 @@ impl SessionBuilder {
             .with_default_features()
             .with_physical_optimizer_rules(physical_optimizer_rules())
             .with_optimizer_rule(Arc::new(crate::plan::date_part::FastDateParts))
+            .with_optimizer_rule(Arc::new(crate::plan::group_keys::PackGroupKeys))
             .with_query_planner(Arc::new(SluiceQueryPlanner))
             .build();
         // A runner given here must be usable; one from the environment that is not

@@ -82,6 +82,41 @@ impl OptimizerRule for FastDateParts {
     }
 }
 
+/// The bits that hold every value of `expr`, when it is `date_part` (DataFusion's, or
+/// [`FastDatePart`]) of a part with a bounded range (the hour: 0 to 23, the month: 1 to
+/// 12, ...) of a timestamp or a date (its type in `input`, the schema `expr` is
+/// evaluated against); `None` otherwise.
+pub(crate) fn bounded_bits(expr: &Expr, input: &datafusion::common::DFSchema) -> Option<u32> {
+    use datafusion::logical_expr::ExprSchemable as _;
+    let mut expr = expr;
+    while let Expr::Alias(alias) = expr {
+        expr = &alias.expr;
+    }
+    let Expr::ScalarFunction(call) = expr else {
+        return None;
+    };
+    let inner = call.func.inner();
+    if inner.downcast_ref::<DatePartFunc>().is_none()
+        && inner.downcast_ref::<FastDatePart>().is_none()
+    {
+        return None;
+    }
+    let [Expr::Literal(part, _), value] = call.args.as_slice() else {
+        return None;
+    };
+    let part = match part {
+        ScalarValue::Utf8(Some(p))
+        | ScalarValue::Utf8View(Some(p))
+        | ScalarValue::LargeUtf8(Some(p)) => Part::parse(p)?,
+        _ => return None,
+    };
+    match value.get_type(input).ok()? {
+        DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => {}
+        _ => return None,
+    }
+    part.max().map(|max| u32::BITS - max.leading_zeros())
+}
+
 /// DataFusion's `date_part`, evaluated by integer arithmetic where that gives its
 /// results (see the module's documentation).
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -133,6 +168,21 @@ impl Part {
             "dow" => Some(Self::DayOfWeek),
             "isodow" => Some(Self::IsoDayOfWeek),
             _ => None,
+        }
+    }
+
+    /// The largest value the part takes; `None` for the year, which has no bound.
+    fn max(self) -> Option<u32> {
+        match self {
+            Self::Year => None,
+            Self::Quarter => Some(4),
+            Self::Month => Some(12),
+            Self::Day => Some(31),
+            Self::Hour => Some(23),
+            Self::Minute | Self::Second => Some(59),
+            Self::DayOfYear => Some(366),
+            Self::DayOfWeek => Some(6),
+            Self::IsoDayOfWeek => Some(7),
         }
     }
 
@@ -192,14 +242,14 @@ static DAYS: LazyLock<std::ops::RangeInclusive<i64>> = LazyLock::new(|| {
     days(chrono::NaiveDate::MIN)..=days(chrono::NaiveDate::MAX)
 });
 
-/// `part` of every value of a timestamp array of `T` with `per_second` values a second,
+/// `part` of every value of a timestamp array of `T` with `PER_SECOND` values a second,
 /// or `None` when a value lies outside chrono's dates (DataFusion's function answers).
-fn extract<T>(array: &dyn Array, per_second: i64, part: Part) -> Option<Int32Array>
+fn extract<T, const PER_SECOND: i64>(array: &dyn Array, part: Part) -> Option<Int32Array>
 where
     T: ArrowPrimitiveType<Native = i64>,
 {
     let array: &PrimitiveArray<T> = array.as_primitive();
-    let in_range = |v: i64| DAYS.contains(&v.div_euclid(per_second).div_euclid(86_400));
+    let in_range = |v: i64| DAYS.contains(&v.div_euclid(PER_SECOND).div_euclid(86_400));
     let (min, max) = (
         arrow::compute::min(array).unwrap_or(0),
         arrow::compute::max(array).unwrap_or(0),
@@ -207,12 +257,46 @@ where
     if !(in_range(min) && in_range(max)) {
         return None;
     }
-    // Null slots hold any value: the arithmetic cannot overflow on any i64, and their
-    // results stay null.
-    Some(array.unary(|v| {
-        let seconds = v.div_euclid(per_second);
-        part.of(seconds.div_euclid(86_400), seconds.rem_euclid(86_400))
-    }))
+    // One loop per part and unit, each dividing by constants (multiplications), not by
+    // a unit and a part known only at run time.
+    macro_rules! each_part {
+        ($($part:ident),*) => {
+            match part {
+                $(Part::$part => by_day_and_second::<T, PER_SECOND>(array, |days, second| {
+                    Part::$part.of(days, second)
+                }),)*
+            }
+        };
+    }
+    Some(each_part!(
+        Year,
+        Quarter,
+        Month,
+        Day,
+        Hour,
+        Minute,
+        Second,
+        DayOfYear,
+        DayOfWeek,
+        IsoDayOfWeek
+    ))
+}
+
+/// `part(days, second)` of every value of `array` (`PER_SECOND` values a second): the
+/// day after 1970-01-01 and the second of that day. Null slots hold any value: the
+/// arithmetic cannot overflow on any i64, and their results stay null.
+#[inline(always)]
+fn by_day_and_second<T, const PER_SECOND: i64>(
+    array: &PrimitiveArray<T>,
+    part: impl Fn(i64, i64) -> i32,
+) -> Int32Array
+where
+    T: ArrowPrimitiveType<Native = i64>,
+{
+    array.unary(|v| {
+        let seconds = v.div_euclid(PER_SECOND);
+        part(seconds.div_euclid(86_400), seconds.rem_euclid(86_400))
+    })
 }
 
 impl FastDatePart {
@@ -238,10 +322,10 @@ impl FastDatePart {
             return None;
         }
         let values = match unit {
-            TimeUnit::Second => extract::<TimestampSecondType>(array, 1, part),
-            TimeUnit::Millisecond => extract::<TimestampMillisecondType>(array, 1_000, part),
-            TimeUnit::Microsecond => extract::<TimestampMicrosecondType>(array, 1_000_000, part),
-            TimeUnit::Nanosecond => extract::<TimestampNanosecondType>(array, 1_000_000_000, part),
+            TimeUnit::Second => extract::<TimestampSecondType, 1>(array, part),
+            TimeUnit::Millisecond => extract::<TimestampMillisecondType, 1_000>(array, part),
+            TimeUnit::Microsecond => extract::<TimestampMicrosecondType, 1_000_000>(array, part),
+            TimeUnit::Nanosecond => extract::<TimestampNanosecondType, 1_000_000_000>(array, part),
         }?;
         Some(Arc::new(values))
     }

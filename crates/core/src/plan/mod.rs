@@ -2,13 +2,15 @@
 //!
 //! A task's fragment ends in a [`boundary`] node that reports every execution of the
 //! task's output through the seam ([`crate::seam`]); [`concat`] stacks frames;
-//! [`date_part`] evaluates DataFusion's `date_part` faster where it can. The
+//! [`date_part`] evaluates DataFusion's `date_part` faster where it can; [`group_keys`]
+//! groups on several small integer keys as on one. The
 //! checkpoint tee, also a plan node, lives with the checkpoints
 //! ([`crate::checkpoint`]). Nothing here imports the runtime.
 
 pub mod boundary;
 pub mod concat;
 pub(crate) mod date_part;
+pub(crate) mod group_keys;
 
 /// The one input (or child) a single-input node of Sluice's is rebuilt with, or
 /// DataFusion's internal error naming the node.
