@@ -198,37 +198,18 @@ fn width(data_type: &DataType) -> Option<u32> {
 /// of its width.
 macro_rules! with_key_type {
     ($data_type:expr, $t:ident, $u:ident, $body:expr) => {
+        with_key_type!(@arms $data_type, $t, $u, $body;
+            Int8 => Int8Type, u8; Int16 => Int16Type, u16; Int32 => Int32Type, u32;
+            UInt8 => UInt8Type, u8; UInt16 => UInt16Type, u16; UInt32 => UInt32Type, u32)
+    };
+    (@arms $data_type:expr, $t:ident, $u:ident, $body:expr;
+        $($variant:ident => $arrow:ty, $unsigned:ty);*) => {
         match $data_type {
-            DataType::Int8 => {
-                type $t = Int8Type;
-                type $u = u8;
+            $(DataType::$variant => {
+                type $t = $arrow;
+                type $u = $unsigned;
                 $body
-            }
-            DataType::Int16 => {
-                type $t = Int16Type;
-                type $u = u16;
-                $body
-            }
-            DataType::Int32 => {
-                type $t = Int32Type;
-                type $u = u32;
-                $body
-            }
-            DataType::UInt8 => {
-                type $t = UInt8Type;
-                type $u = u8;
-                $body
-            }
-            DataType::UInt16 => {
-                type $t = UInt16Type;
-                type $u = u16;
-                $body
-            }
-            DataType::UInt32 => {
-                type $t = UInt32Type;
-                type $u = u32;
-                $body
-            }
+            })*
             other => return internal_err!("a group key of type {other} cannot be packed"),
         }
     };
